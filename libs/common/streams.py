@@ -1,0 +1,409 @@
+"""Redis stream queues: how services pass serialized protobuf messages to each other.
+
+Every stream is `agentrl:{run_id}:{name}` (`stream_key`): `prompts` carries `RolloutTask`,
+`groups` carries `Group`. An entry has two fields: `data` (the serialized message) and `key`
+(its idempotency key). Consumers read through a consumer group, so each entry goes to one
+consumer of the group and stays in the group's pending list until acked.
+
+Delivery semantics: at-least-once delivery + idempotent completion = exactly-once effect.
+- An entry is delivered again when its consumer dies before acking: after
+  `visibility_timeout_ms` without renewal any consumer's `read()` reclaims it (XAUTOCLAIM).
+  A live consumer renews its unacked entries on each `read()`; one that holds entries longer
+  between reads (a rollout worker at its concurrency cap, a trainer between checkpoints) calls
+  `keep_alive()` from its loop or a timer thread. A restarted consumer with the same name gets
+  its own pending entries back first.
+- A producer whose XADD reply is lost retries, so one message may sit in the stream twice,
+  under the same idempotency key.
+- `complete(entry)` records the key in the group's done set and acks, atomically (one Lua
+  script). A consumer checks `is_done(entry)` before processing and only acks a done entry.
+  So a message whose completion was recorded is never processed again, whichever copy or
+  delivery arrives later.
+- Two gaps remain. (1) A consumer that dies after its effect but before `complete()` leaves
+  the entry to be processed again: call `complete()` only once the effect is durable, and make
+  the effect either vanish with the crash (the trainer acks a group only after the update that
+  used it is checkpointed; a crash restores the earlier checkpoint) or be keyed by the
+  idempotency key. (2) A consumer that is alive but renews nothing for a visibility timeout
+  (slow work, or stuck retrying through a Redis outage) loses its entry to another consumer
+  while still working on it: keep the timeout above the longest work between renewals plus the
+  longest outage to ride through. Keys are remembered `done_ttl_s`, far past any redelivery.
+- Redis itself is a network boundary: every operation retries ConnectionError/TimeoutError
+  with bounded exponential backoff until `retry_deadline_s`, then raises
+  `StreamUnavailableError`. After a restart without persistence the consumer group is
+  re-created (NOGROUP), and what the old server held is lost: durability across Redis restarts
+  is the server's job (AOF with `appendfsync always`), not this module's.
+
+Threads: `read()` belongs to one thread; the other methods may be called from any. Not
+covered: Redis Cluster (the Lua script touches two keys without a hash tag) and asyncio
+(services call these methods from a worker thread, e.g. `asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import redis
+from google.protobuf.message import Message
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+KEY_PREFIX = "agentrl"
+DATA_FIELD = b"data"
+KEY_FIELD = b"key"
+# A consumer that has not touched an entry for 60 s is presumed dead: a rollout episode renews
+# its entries on every read() long before that, and a dead worker's tasks wait at most a minute.
+VISIBILITY_TIMEOUT_MS = 60_000
+# How often read() renews its own entries and reclaims dead consumers' ones: a quarter of the
+# visibility timeout, so a live consumer renews several times before others may claim.
+RECLAIM_INTERVAL_S = 15.0
+# A completed key must outlive every redelivery of its entry (minutes at most); a day also covers
+# a producer retrying after a long outage, while the done set stays bounded for long runs.
+DONE_TTL_S = 24 * 3600
+# Kubernetes restarts a Redis pod in well under 30 s; past that, an operator must look.
+RETRY_DEADLINE_S = 30.0
+BACKOFF_INITIAL_S = 0.05  # first retry almost at once: a dropped connection reconnects at once
+BACKOFF_MAX_S = 2.0  # keep polling a restarting server often enough to resume within ~2 s
+# Socket reads give up after 10 s so a silently dead server is noticed; blocking reads stay below.
+SOCKET_TIMEOUT_S = 10.0
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+# KEYS: stream, done set. ARGV: group, ttl_s, then (entry id, idempotency key) pairs.
+_COMPLETE_LUA = """
+local now = tonumber(redis.call('TIME')[1])
+local ttl = tonumber(ARGV[2])
+local added = 0
+for i = 3, #ARGV, 2 do
+  added = added + redis.call('ZADD', KEYS[2], 'NX', now, ARGV[i + 1])
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return added
+"""
+# KEYS: stream. ARGV: group, consumer, entry ids. Resets the idle time of the entries this
+# consumer still owns (XCLAIM JUSTID does not count a delivery) and returns their ids.
+_KEEP_ALIVE_LUA = """
+local kept = {}
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    table.insert(kept, ARGV[i])
+  end
+end
+return kept
+"""
+
+
+def stream_key(run_id: str, name: str) -> str:
+    """The Redis key of a run's stream, e.g. `stream_key("r1", "groups")` -> `agentrl:r1:groups`."""
+    if not run_id or not name:
+        raise ValueError(f"run_id and name must be non-empty, got {run_id!r} and {name!r}")
+    return f"{KEY_PREFIX}:{run_id}:{name}"
+
+
+class StreamUnavailableError(ConnectionError):
+    """Redis could not be reached within the retry deadline."""
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    id: str
+    key: str  # idempotency key
+    payload: bytes
+    delivery_count: int  # 1 on first delivery, more when reclaimed from a dead consumer
+
+    def decode(self, message_cls: type[M]) -> M:
+        return message_cls.FromString(self.payload)
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    length: int  # entries in the stream, acked or not (trim() removes the acked ones)
+    lag: int | None  # entries not yet delivered to the group; None when Redis cannot tell
+    pending: int  # delivered, not yet acked
+    pending_per_consumer: dict[str, int]
+    last_delivered_id: str
+
+
+def _parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class StreamQueue:
+    """One stream seen by one consumer group; publish from anywhere, read as `consumer`."""
+
+    def __init__(
+        self,
+        url: str,
+        stream: str,
+        group: str,
+        *,
+        consumer: str | None = None,
+        maxlen: int | None = None,
+        visibility_timeout_ms: int = VISIBILITY_TIMEOUT_MS,
+        reclaim_interval_s: float = RECLAIM_INTERVAL_S,
+        done_ttl_s: int = DONE_TTL_S,
+        retry_deadline_s: float = RETRY_DEADLINE_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        socket_timeout_s: float = SOCKET_TIMEOUT_S,
+    ) -> None:
+        if maxlen is not None and maxlen <= 0:
+            raise ValueError(f"maxlen must be positive or None (no cap), got {maxlen}")
+        if visibility_timeout_ms <= 0 or done_ttl_s <= 0 or retry_deadline_s <= 0:
+            raise ValueError("visibility_timeout_ms, done_ttl_s and retry_deadline_s must be > 0")
+        self.url, self.stream, self.group = url, stream, group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.maxlen = maxlen
+        self.visibility_timeout_ms = visibility_timeout_ms
+        self.reclaim_interval_s = reclaim_interval_s
+        self.done_ttl_s = done_ttl_s
+        self.retry_deadline_s = retry_deadline_s
+        self.backoff_max_s = backoff_max_s
+        self.socket_timeout_s = socket_timeout_s
+        self.done_key = f"{stream}:{group}:done"
+        # Retries are ours (bounded by the deadline), not redis-py's.
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=min(socket_timeout_s, 5.0),
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._complete = self.client.register_script(_COMPLETE_LUA)
+        self._keep_alive = self.client.register_script(_KEEP_ALIVE_LUA)
+        self._in_flight: set[str] = set()  # ids handed out by read() and not yet acked
+        self._lock = threading.Lock()
+        self._own_cursor: str | None = "0"  # read() first pages through this name's own PEL
+        self._next_reclaim_s = 0.0
+        self._claim_cursor = "0-0"
+
+    # -- connection handling ------------------------------------------------------------------
+
+    def _retry(self, op: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.retry_deadline_s
+        backoff_s = BACKOFF_INITIAL_S
+        need_group = False
+        while True:
+            try:
+                if need_group:
+                    self._create_group()
+                return op()
+            except redis.ResponseError as err:
+                if not str(err).startswith("NOGROUP") or need_group:
+                    raise
+                need_group = True  # the server restarted empty: re-create the group, go on
+            except (redis.ConnectionError, redis.TimeoutError) as err:
+                remaining_s = deadline - time.monotonic()
+                if remaining_s <= 0:
+                    raise StreamUnavailableError(
+                        f"Redis at {self.url} unreachable for {self.retry_deadline_s:.0f} s "
+                        f"({type(err).__name__}: {err}); check that the server is running, that "
+                        "the URL (host, port, password, db) is right and the network allows it"
+                    ) from err
+                time.sleep(min(backoff_s, remaining_s))
+                backoff_s = min(backoff_s * 2, self.backoff_max_s)
+
+    def _create_group(self) -> None:
+        # Start at 0 so entries published before the first consumer came up are not skipped.
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as err:
+            if not str(err).startswith("BUSYGROUP"):
+                raise
+
+    def ensure_group(self) -> None:
+        """Create the stream and consumer group if missing (idempotent)."""
+        self._retry(self._create_group)
+
+    # -- producing ----------------------------------------------------------------------------
+
+    def publish(self, message: Message | bytes, idempotency_key: str | None = None) -> str:
+        """Append one message; the key defaults to the message's own `idempotency_key` field."""
+        if idempotency_key is None and isinstance(message, Message):
+            idempotency_key = getattr(message, "idempotency_key", None)
+        if not idempotency_key:
+            raise ValueError("publish needs an idempotency key (argument or message field)")
+        data = message if isinstance(message, bytes) else message.SerializeToString()
+        fields = {DATA_FIELD: data, KEY_FIELD: idempotency_key.encode()}
+        entry_id = self._retry(
+            lambda: self.client.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+        )
+        return entry_id.decode()
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def read(self, count: int = 16, block_ms: int = 1000) -> list[StreamEntry]:
+        """Up to `count` entries for this consumer: its own leftovers from a previous process with
+        the same name first, then (every `reclaim_interval_s`) entries reclaimed from dead
+        consumers, else new ones, waiting up to `block_ms` for them."""
+        if block_ms >= self.socket_timeout_s * 1000:
+            raise ValueError(f"block_ms={block_ms} must stay below socket_timeout_s * 1000")
+        if self._own_cursor is not None:  # leftovers of a previous process with our name
+            own, last_id = self._read_group(self._own_cursor, count, None)
+            self._own_cursor = last_id
+            if own:
+                return self._with_delivery_counts(own)
+        if time.monotonic() >= self._next_reclaim_s:
+            self.keep_alive()
+            reclaimed = self.reclaim(count)
+            # Sweep a dead consumer's backlog on consecutive reads; pause once the scan wrapped.
+            swept = len(reclaimed) < count and self._claim_cursor == "0-0"
+            self._next_reclaim_s = time.monotonic() + (self.reclaim_interval_s if swept else 0)
+            if reclaimed:
+                return reclaimed
+        return self._read_group(">", count, block_ms)[0]
+
+    def _read_group(
+        self, start: str, count: int, block_ms: int | None
+    ) -> tuple[list[StreamEntry], str | None]:
+        """Entries from XREADGROUP and the last id seen (None when there were none)."""
+        reply = self._retry(
+            lambda: self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
+            )
+        )
+        raw = reply[0][1] if reply else []
+        last_id = raw[-1][0].decode() if raw else None
+        return self._track(raw), last_id
+
+    def reclaim(self, count: int = 16, min_idle_ms: int | None = None) -> list[StreamEntry]:
+        """Take over up to `count` entries idle for `min_idle_ms` (default: the visibility
+        timeout) from any consumer of the group."""
+        idle_ms = self.visibility_timeout_ms if min_idle_ms is None else min_idle_ms
+        raw: list = []
+        while not raw:  # XAUTOCLAIM scans 10 * count PEL entries per call; go on until a wrap
+            cursor, raw, _deleted = self._retry(
+                lambda: self.client.xautoclaim(
+                    self.stream, self.group, self.consumer, idle_ms, self._claim_cursor, count=count
+                )
+            )
+            self._claim_cursor = cursor.decode()
+            if self._claim_cursor == "0-0":
+                break
+        with self._lock:  # our own live entries, renewed by the claim, are not handed out twice
+            raw = [(i, f) for i, f in raw if i.decode() not in self._in_flight]
+        return self._with_delivery_counts(self._track(raw))
+
+    def _with_delivery_counts(self, entries: list[StreamEntry]) -> list[StreamEntry]:
+        def fetch() -> list:
+            pipe = self.client.pipeline(transaction=False)
+            for e in entries:
+                pipe.xpending_range(self.stream, self.group, e.id, e.id, 1)
+            return pipe.execute()
+
+        counts = self._retry(fetch) if entries else []
+        return [
+            StreamEntry(e.id, e.key, e.payload, c[0]["times_delivered"] if c else e.delivery_count)
+            for e, c in zip(entries, counts)
+        ]
+
+    def _track(self, raw: list[tuple[bytes, dict | None]]) -> list[StreamEntry]:
+        entries, lost = [], []
+        for entry_id, fields in raw:
+            if not fields:  # the entry was removed (MAXLEN cap) while pending: nothing to process
+                lost.append(entry_id)
+                continue
+            key = fields.get(KEY_FIELD, b"").decode()
+            entries.append(StreamEntry(entry_id.decode(), key, fields[DATA_FIELD], 1))
+        if lost:
+            self._retry(lambda: self.client.xack(self.stream, self.group, *lost))
+        with self._lock:
+            self._in_flight.update(e.id for e in entries)
+        return entries
+
+    def keep_alive(self, entries: Iterable[StreamEntry] | None = None) -> list[str]:
+        """Renew this consumer's claim on `entries` (default: all it holds) so no other consumer
+        reclaims them; returns the ids still owned (the others were reclaimed meanwhile)."""
+        with self._lock:
+            ids = [e.id for e in entries] if entries is not None else sorted(self._in_flight)
+        if not ids:
+            return []
+        kept = self._retry(
+            lambda: self._keep_alive(keys=[self.stream], args=[self.group, self.consumer, *ids])
+        )
+        return [i.decode() for i in kept]
+
+    def is_done(self, entry: StreamEntry) -> bool:
+        """Whether some consumer of the group already completed this entry's idempotency key."""
+        return self._retry(lambda: self.client.zscore(self.done_key, entry.key)) is not None
+
+    def ack(self, entries: StreamEntry | Iterable[StreamEntry]) -> int:
+        """Ack without recording the key as done (for entries found `is_done`)."""
+        ids = self._forget(entries)
+        return self._retry(lambda: self.client.xack(self.stream, self.group, *ids)) if ids else 0
+
+    def complete(self, entries: StreamEntry | Iterable[StreamEntry]) -> int:
+        """Atomically record the entries' keys as done and ack them; returns how many keys were
+        new (fewer: another copy or delivery was completed first). Safe to repeat."""
+        batch = [entries] if isinstance(entries, StreamEntry) else list(entries)
+        if not batch:
+            return 0
+        self._forget(batch)
+        args: list[str | int] = [self.group, self.done_ttl_s]
+        for e in batch:
+            args += [e.id, e.key]
+        return self._retry(lambda: self._complete(keys=[self.stream, self.done_key], args=args))
+
+    def _forget(self, entries: StreamEntry | Iterable[StreamEntry]) -> list[str]:
+        ids = [entries.id] if isinstance(entries, StreamEntry) else [e.id for e in entries]
+        with self._lock:
+            self._in_flight.difference_update(ids)
+        return ids
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def trim(self) -> int:
+        """Delete entries every consumer group has acked; returns how many were deleted.
+
+        The bound per group is its lowest pending id, or (nothing pending) the id after its last
+        delivered one. Both only move forward, so reading them before XTRIM is safe."""
+
+        def op() -> int:
+            try:
+                groups = self.client.xinfo_groups(self.stream)
+            except redis.ResponseError:  # no such key
+                return 0
+            if not groups:
+                return 0  # nobody consumes yet: everything is undelivered
+            bounds = []
+            for g in groups:
+                summary = self.client.xpending(self.stream, g["name"])
+                if summary["pending"]:
+                    bounds.append(_parse_id(summary["min"].decode()))
+                else:
+                    ms, seq = _parse_id(g["last-delivered-id"].decode())
+                    bounds.append((ms, seq + 1))
+            ms, seq = min(bounds)
+            return self.client.xtrim(self.stream, minid=f"{ms}-{seq}", approximate=False)
+
+        return self._retry(op)
+
+    def stats(self) -> StreamStats:
+        def op() -> StreamStats:
+            length = self.client.xlen(self.stream)
+            try:
+                groups = self.client.xinfo_groups(self.stream)
+                consumers = self.client.xinfo_consumers(self.stream, self.group)
+            except redis.ResponseError:  # stream or group missing: nothing delivered yet
+                return StreamStats(length, length, 0, {}, "0-0")
+            g = next(g for g in groups if g["name"].decode() == self.group)
+            per_consumer = {c["name"].decode(): c["pending"] for c in consumers}
+            last = g["last-delivered-id"].decode()
+            return StreamStats(length, g.get("lag"), g["pending"], per_consumer, last)
+
+        return self._retry(op)
+
+    def delete(self) -> None:
+        """Remove the stream, every group on it and this group's done set (scratch streams)."""
+        self._retry(lambda: self.client.delete(self.stream, self.done_key))
+
+    def close(self) -> None:
+        self.client.close()
