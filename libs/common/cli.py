@@ -151,6 +151,45 @@ def streams_check(recipe: RecipeOption = None) -> None:
                   f"{elapsed_ms:.0f} ms; pending after completion: {stats.pending}")
 
 
+# Every service a deployment can run; `serve` offers those whose code is present.
+SERVICES = ("sandbox", "reward", "search", "rollout", "trainer")
+
+
+def available_services() -> list[str]:
+    import importlib.util
+
+    found = []
+    for name in SERVICES:
+        try:
+            if importlib.util.find_spec(f"agentrl.{name}.main") is not None:
+                found.append(name)
+        except ModuleNotFoundError:
+            pass
+    return found
+
+
+@app.command("serve")
+def serve(
+    service: Annotated[str, typer.Argument(help="sandbox | reward | search (those installed)")],
+    recipe: Annotated[Path | None, typer.Option(
+        "--recipe", "-r", envvar="AGENTRL_RECIPE", help="YAML recipe (env AGENTRL_RECIPE)")] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", envvar="AGENTRL_LOG_JSON",
+                                           help="JSON log lines (for log collectors)")] = False,
+) -> None:
+    """Run one service until SIGTERM: gRPC (health, reflection) plus HTTP /healthz /readyz /metrics."""
+    import importlib
+
+    from agentrl.common.logging import setup_logging
+
+    services = available_services()
+    if service not in services:
+        err_console.print(f"[red]unknown service {service!r}; one of: {', '.join(services)}[/]")
+        raise typer.Exit(code=2)
+    config = _load_or_exit(recipe)
+    setup_logging(service, json=log_json)
+    importlib.import_module(f"agentrl.{service}.main").main(config)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,236 @@
+"""Dial AgentRL gRPC services: `create_channel(target, ...)` with auth, keepalive, deadlines, retries.
+
+The channel returned is wrapped in `ClientInterceptor`, which on every call
+- attaches `authorization: Bearer <token>` metadata when a token is configured;
+- sets a deadline when the caller gave none (`default_timeout_s`); the deadline covers the call
+  with all its retries, as gRPC's own retry policy does;
+- retries unary-unary calls that fail with UNAVAILABLE (server restarting, connection refused,
+  draining) with exponential backoff and jitter, at most `RetryPolicy.max_attempts` attempts in
+  all. No other status is retried: DEADLINE_EXCEEDED means the budget is spent, and anything
+  else is an answer. Streaming calls get metadata and deadline but no retries (a consumed
+  request iterator or half-read response stream cannot be replayed). A retried call may reach
+  the server twice, so services keep such RPCs idempotent (tasks carry idempotency keys).
+- raises `RpcCallError` (a `grpc.RpcError` with `.code()`, `.details()`, `.target`, `.method`,
+  `.attempts`) whose message names the target and method.
+
+`stub.Method.future(...)` works, but through retries it blocks like a direct call.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import grpc
+from agentrl.common import auth
+
+log = logging.getLogger(__name__)
+
+# A dead peer behind a NAT or load balancer is noticed within ~40 s instead of never; the server
+# side (agentrl.common.grpc_server) accepts pings this frequent.
+KEEPALIVE_TIME_S = 30.0
+KEEPALIVE_TIMEOUT_S = 10.0
+# Most AgentRL RPCs answer within seconds; long tool runs pass their own timeout.
+DEFAULT_TIMEOUT_S = 30.0
+# Same bound as the server (agentrl.common.grpc_server.MAX_MESSAGE_BYTES).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff for UNAVAILABLE: sleep initial, initial*multiplier, ... ≤ max."""
+
+    max_attempts: int = 4
+    """Attempts in all, the first included (1 = never retry)."""
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    """Each sleep is scaled by a random factor in [1 - jitter, 1 + jitter] so clients spread out."""
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError("backoff must satisfy 0 <= initial_backoff_s <= max_backoff_s")
+        if self.multiplier < 1 or not 0 <= self.jitter < 1:
+            raise ValueError("multiplier must be >= 1 and jitter in [0, 1)")
+
+    def backoff_s(self, retry: int) -> float:
+        """Sleep before retry number `retry` (1 = the first retry)."""
+        base = min(self.initial_backoff_s * self.multiplier ** (retry - 1), self.max_backoff_s)
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class RpcCallError(grpc.RpcError):
+    """A failed call: `code()`, `details()`, and where it went (`target`, `method`, `attempts`)."""
+
+    def __init__(
+        self, target: str, method: str, code: grpc.StatusCode, details: str, attempts: int
+    ) -> None:
+        self.target = target
+        self.method = method
+        self._code = code
+        self._details = details
+        self.attempts = attempts
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"{method} on {target} failed with {code.name}{tries}: {details}")
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class _CallDetails(
+    NamedTuple(
+        "_CallDetails",
+        [
+            ("method", str),
+            ("timeout", float | None),
+            ("metadata", Sequence[tuple[str, str]] | None),
+            ("credentials", Any),
+            ("wait_for_ready", bool | None),
+            ("compression", Any),
+        ],
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+def _method_name(method: str | bytes) -> str:
+    return method.decode() if isinstance(method, bytes) else method
+
+
+class ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Auth metadata, default deadline, and UNAVAILABLE retries (see the module docstring)."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        default_timeout_s: float | None = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self.target = target
+        self._metadata = auth.auth_metadata(token) if token else ()
+        self._default_timeout_s = default_timeout_s
+        self._retry = retry
+
+    def _details(self, details: grpc.ClientCallDetails, timeout: float | None) -> _CallDetails:
+        metadata = list(details.metadata or ())
+        if self._metadata and not any(k == auth.AUTH_METADATA_KEY for k, _ in metadata):
+            metadata.extend(self._metadata)
+        return _CallDetails(
+            details.method,
+            timeout,
+            metadata or None,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def _timeout(self, details: grpc.ClientCallDetails) -> float | None:
+        return details.timeout if details.timeout is not None else self._default_timeout_s
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        method = _method_name(client_call_details.method)
+        timeout_s = self._timeout(client_call_details)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            outcome = continuation(self._details(client_call_details, remaining), request)
+            error = outcome.exception()
+            if error is None:
+                return outcome
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+            if code is grpc.StatusCode.UNAVAILABLE and attempt < self._retry.max_attempts:
+                sleep_s = self._retry.backoff_s(attempt)
+                if deadline is None or time.monotonic() + sleep_s < deadline:
+                    log.info(
+                        "retrying gRPC call after UNAVAILABLE",
+                        extra={
+                            "target": self.target,
+                            "method": method,
+                            "attempt": attempt,
+                            "backoff_s": round(sleep_s, 3),
+                            "details": details,
+                        },
+                    )
+                    time.sleep(sleep_s)
+                    continue
+            raise RpcCallError(self.target, method, code, details, attempt) from (
+                error if isinstance(error, BaseException) else None
+            )
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        details = self._details(client_call_details, self._timeout(client_call_details))
+        return continuation(details, request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        details = self._details(client_call_details, self._timeout(client_call_details))
+        return continuation(details, request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        details = self._details(client_call_details, self._timeout(client_call_details))
+        return continuation(details, request_iterator)
+
+
+def channel_options(
+    keepalive_time_s: float = KEEPALIVE_TIME_S, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
+) -> list[tuple[str, Any]]:
+    """Channel arguments: keepalive pings (also on idle channels) and message size limits."""
+    return [
+        ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+def create_channel(
+    target: str,
+    *,
+    token: str | None | Any = auth.FROM_ENV,
+    default_timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    retry: RetryPolicy = RetryPolicy(),
+    keepalive_time_s: float = KEEPALIVE_TIME_S,
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """An insecure channel to `target` (`host:port`) wrapped in `ClientInterceptor`.
+
+    token: default `auth.load_token()`; None sends no token.
+    default_timeout_s: deadline for calls that pass no `timeout=` (None: no deadline).
+    retry: policy for UNAVAILABLE on unary calls (`NO_RETRY` to disable).
+    options: extra grpc channel arguments, appended to (and overriding) the defaults.
+    Close it with `.close()` or use it as a context manager.
+    """
+    if not target:
+        raise ValueError("target must be 'host:port', got an empty string")
+    if default_timeout_s is not None and default_timeout_s <= 0:
+        raise ValueError(f"default_timeout_s must be > 0 or None, got {default_timeout_s}")
+    channel = grpc.insecure_channel(
+        target, options=[*channel_options(keepalive_time_s, keepalive_timeout_s), *options]
+    )
+    interceptor = ClientInterceptor(target, auth.resolve_token(token), default_timeout_s, retry)
+    return grpc.intercept_channel(channel, interceptor)
