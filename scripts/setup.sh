@@ -123,7 +123,7 @@ fi
 # --- 5. the project -----------------------------------------------------------------------------
 step "agentrl (editable, with dev tools)"
 # Reinstall when the metadata changes or a service folder appears (setup.py maps folders).
-want=$( (cat pyproject.toml setup.py scripts/setup.sh; ls services/*/__init__.py 2>/dev/null) | sha256sum | cut -d' ' -f1)
+want=$( (cat pyproject.toml setup.py scripts/setup.sh; ls services/*/__init__.py 2>/dev/null || true) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP_DIR/project.sha256" 2>/dev/null)" = "$want" ] && "$PY" -c 'import agentrl.common' 2>/dev/null; then
   skip "up to date"
 else
