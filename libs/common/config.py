@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "AGENTRL__"
+# Task types the reward service verifies without configuration (agentrl.reward.registry).
+BUILTIN_TASK_TYPES = ("math", "code", "qa", "format")
 
 
 class Section(BaseModel):
@@ -98,13 +100,114 @@ class SandboxConfig(ServiceEndpoint):
     """Memory limit when a request gives none."""
     max_output_bytes: int = Field(default=64 * 1024, ge=1024)
     """stdout and stderr are each cut to this size and flagged as truncated."""
+    max_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    """Largest timeout a request may ask for; beyond it the request is rejected."""
+    max_memory_mb: int = Field(default=4096, ge=16)
+    """Largest memory limit a request may ask for; beyond it the request is rejected."""
+    max_processes: int = Field(default=64, ge=4)
+    """Processes and threads one execution may have at once (pids cgroup); stops fork bombs."""
+    cpu_cores: float = Field(default=1.0, gt=0)
+    """CPU time one execution may use per wall second (cpu cgroup quota); 1.0 is one core."""
+    disk_mb: int = Field(default=64, ge=1)
+    """Size of an execution's writable space (work dir and /tmp together)."""
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest request (code + stdin + files); larger ones are rejected (HTTP 413)."""
+    queue_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest a request waits in the queue for a free slot before RESOURCE_EXHAUSTED."""
+    python: str = "/usr/bin/python3"
+    """Interpreter for `python` inside the sandbox (bwrap: a host path visible in the sandbox)."""
+    ro_binds: list[str] = []
+    """bwrap: extra host paths bound read-only at the same place (e.g. a venv with numpy)."""
+    sandbox_uid: int = Field(default=65534, ge=1)
+    """bwrap: host uid (and gid) the sandbox runs as when the service runs as root (nobody)."""
+    work_root: Path = Path("/tmp/agentrl-sandbox")
+    """bwrap: host directory holding each slot's work dir (a size-limited tmpfs when root)."""
+    session_idle_s: float = Field(default=600.0, gt=0)
+    """A session unused this long is closed and its interpreter state dropped."""
+    max_sessions: int = Field(default=64, ge=0)
+    """Sessions kept at once per replica; beyond it a new session is rejected."""
+    docker_image: str = "agentrl-sandbox:latest"
+    """docker: image of the warm pool (built by services/sandbox/image/build.sh)."""
+    pool_size: int = Field(default=4, ge=1)
+    """docker: warm containers kept ready; executions beyond it wait for a refill."""
+    runs_per_container: int = Field(default=50, ge=1)
+    """docker: a container is recycled after this many runs (and always after a timeout, OOM
+    or a write outside the work dir)."""
 
 
 class RewardConfig(ServiceEndpoint):
+    """Verifiers and reward shaping (ALGORITHMS.md §3; docs/reward.md explains every verdict)."""
+
     grpc_port: int = Field(default=50052, ge=0, le=65535)
     http_port: int = Field(default=8082, ge=0, le=65535)
     verifier_timeout_s: float = Field(default=10.0, gt=0)
     """Deadline per verification; past it the verdict is `verifier_error`, never a silent zero."""
+    code_verifier_timeout_s: float = Field(default=60.0, gt=0)
+    """Deadline of one code verification: all its unit tests through the sandbox."""
+    num_verifier_workers: int = Field(default=2, gt=0)
+    """Processes running math-verify, answer extraction and custom verifiers (killed and
+    replaced when a verification passes its deadline); about one per CPU core."""
+    verifier_worker_memory_mb: int = Field(default=2048, ge=0)
+    """Address-space limit of each verifier process (0: none); sympy on a huge answer fails
+    inside it instead of swapping the machine."""
+    correct_reward: float = 1.0
+    """Correctness component of a fully correct answer."""
+    incorrect_reward: float = -1.0
+    """Correctness component of a wrong (or missing) answer; partial scores (pass fraction, F1)
+    lie linearly in between. Set 0 with correct 1 for a 0/1 reward (Search-R1)."""
+    format_penalty: float = -1.0
+    """Format component when the format gate fails (the correctness component is then 0)."""
+    format_gate_task_types: list[str] = ["math", "qa", "code"]
+    """Task types whose responses must pass the format gate (balanced tags, one final answer,
+    nothing after it) before they are verified."""
+    qa_metric: Literal["em", "f1"] = "em"
+    """QA score: exact match (Search-R1) or token F1 (ASearcher), best over the gold aliases."""
+    code_reward_mode: Literal["all_pass", "pass_fraction", "pass_fraction_pow"] = "all_pass"
+    """Code score: 1 only when every test passes; the passed fraction; or fraction^code_pass_power."""
+    code_pass_power: float = Field(default=2.0, gt=0)
+    """Exponent k of `pass_fraction_pow` (k > 1 favours nearly complete solutions)."""
+    code_test_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    """Wall-clock limit of one unit test in the sandbox (a program that hangs fails that test)."""
+    code_memory_mb: int = Field(default=0, ge=0)
+    """Memory limit of one unit test (0: the sandbox default)."""
+    code_max_tests: int = Field(default=50, gt=0)
+    """Tests run per response; further ones are skipped (and the reason says so)."""
+    code_max_parallel_tests: int = Field(default=4, gt=0)
+    """Tests of one response in the sandbox at once."""
+    overlong_enabled: bool = True
+    """DAPO soft overlong penalty: min(0, -(L - (L_max - L_buf)) / L_buf * factor)."""
+    overlong_max_length_tokens: int = Field(default=20480, gt=0)
+    """L_max: the response length (tool output included) at which the penalty reaches -factor."""
+    overlong_buffer_tokens: int = Field(default=4096, gt=0)
+    """L_buf: the penalty starts at L_max - L_buf tokens."""
+    overlong_penalty_factor: float = Field(default=1.0, ge=0)
+    """kappa: the penalty at L_max and beyond."""
+    tool_shaping_enabled: bool = False
+    """Open-AgentRL tool-call shaping for wrong answers: reward min(-0.6, -1 + 0.1 k) for k calls."""
+    tool_shaping_per_call: float = Field(default=0.1, ge=0)
+    """Bonus per tool call of a wrong answer (the 0.1 above)."""
+    tool_shaping_cap: float = Field(default=0.4, ge=0)
+    """Largest bonus (0.4 above: a wrong answer never gets more than incorrect_reward + 0.4)."""
+    reward_scale: float = 1.0
+    """reward = reward_scale * (sum of components) + reward_bias; ASearcher: scale 10, bias -5."""
+    reward_bias: float = 0.0
+    """See reward_scale."""
+    custom_verifiers: dict[str, str] = {}
+    """Extra task types: name -> `package.module:function`, a function taking a
+    `agentrl.reward.interface.VerifyInput` and returning a `Verification`; runs in a verifier
+    process under `verifier_timeout_s`."""
+
+    @model_validator(mode="after")
+    def _check_reward(self) -> RewardConfig:
+        if self.overlong_buffer_tokens > self.overlong_max_length_tokens:
+            raise ValueError("overlong_buffer_tokens must not exceed overlong_max_length_tokens")
+        for name, path in self.custom_verifiers.items():
+            if name in BUILTIN_TASK_TYPES:
+                raise ValueError(f"custom_verifiers: {name!r} is a built-in task type; rename it")
+            module, _, function = path.partition(":")
+            if not module or not function.isidentifier():
+                raise ValueError(f"custom_verifiers.{name}: {path!r} must be 'package.module:function'")
+        return self
 
 
 class SearchConfig(ServiceEndpoint):
@@ -114,6 +217,25 @@ class SearchConfig(ServiceEndpoint):
     """Directory written by `agentrl search index`; replicas may share it read-only."""
     default_top_k: int = Field(default=3, gt=0, le=100)
     """Passages per query when a request gives no top_k (Search-R1 uses 3)."""
+    max_top_k: int = Field(default=100, gt=0, le=1000)
+    """Largest top_k a request may ask for; beyond it the request is rejected."""
+    extra_index_dirs: list[Path] = []
+    """More index directories served beside `index_dir`, each under its manifest name (the
+    `index` field of a request picks one; empty means `index_dir`)."""
+    cache_size: int = Field(default=20_000, ge=0)
+    """Per-query results kept in the LRU cache (keyed by index version); 0 disables it. An
+    entry holds its passages: ~2 KB at top_k 3, so the default takes ~40 MB."""
+    search_threads: int = Field(default=2, gt=0)
+    """Batches searched at once (CPU work; about one per core). Queries arriving meanwhile
+    are batched together."""
+    max_batch_queries: int = Field(default=64, gt=0)
+    """Most queries searched in one batch."""
+    queue_timeout_s: float = Field(default=10.0, gt=0)
+    """Longest a request waits for a search thread before RESOURCE_EXHAUSTED (HTTP 429)."""
+    max_queries_per_request: int = Field(default=512, gt=0)
+    """Most queries in one Retrieve request (and ids in one Access request)."""
+    max_query_chars: int = Field(default=4096, gt=0)
+    """Longest query accepted; longer ones are rejected, not cut."""
 
 
 class RolloutConfig(ServiceEndpoint):

@@ -1,0 +1,1 @@
+"""Reward service: verifiers (math, code, QA, format) and reward shaping behind gRPC."""

@@ -1,0 +1,254 @@
+"""Sessions: notebook-style interpreter state kept across the calls of one trajectory (bwrap).
+
+A session owns a bwrap slot of its own (cgroup + tmpfs work dir, agentrl.sandbox.bwrap) and one
+long-lived sandboxed interpreter running agentrl.sandbox.session_kernel. Calls with the same
+`session_id` run one at a time in that interpreter, so variables, imports and files persist.
+The memory limit is the first call's (or the default); a timeout or output overflow kills the
+whole session (its processes can't be trusted to stop), and a session that died (crash, OOM,
+os._exit) is reported once with a message saying its state was lost; the next call starts a
+clean one. Sessions idle for `session_idle_s` are closed by a reaper thread; at most
+`max_sessions` exist at once (then idle ones are evicted oldest first, else the call is
+rejected).
+
+What this module does NOT cover: persistence across service restarts or replicas (a session
+lives in one process: route a trajectory's calls to one replica), and per-call CPU/peak memory
+(reported for the session's cgroup, cumulative peak).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from agentrl.common.config import SandboxConfig
+from agentrl.common.logging import get_logger
+from agentrl.sandbox.bwrap import SANDBOX_ENV, BwrapBackend, Slot
+from agentrl.sandbox.capture import READ_CHUNK_BYTES, kill_group, spawn
+from agentrl.sandbox.interface import ExecutionRequest, ExecutionResult, RequestRejected, Status
+
+log = get_logger(__name__)
+
+KERNEL_SOURCE = (__import__("pathlib").Path(__file__).parent / "session_kernel.py").read_text()
+# How often the reaper looks for idle sessions.
+REAP_INTERVAL_S = 5.0
+# Session ids are chosen by clients; bound them so they cannot bloat logs and maps.
+MAX_SESSION_ID_CHARS = 128
+
+
+@dataclass
+class Session:
+    id: str
+    slot: Slot
+    memory_mb: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+    proc: object = None
+    control_fd: int = -1
+    lost_state: str = ""
+
+
+class SessionManager:
+    def __init__(self, backend: BwrapBackend, config: SandboxConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
+        self._reaper.start()
+
+    def count(self) -> int:
+        return len(self._sessions)
+
+    def _get(self, request: ExecutionRequest) -> Session:
+        if len(request.session_id) > MAX_SESSION_ID_CHARS:
+            raise RequestRejected(f"session_id must be at most {MAX_SESSION_ID_CHARS} chars")
+        with self._lock:
+            session = self._sessions.get(request.session_id)
+            if session is not None:
+                return session
+            if len(self._sessions) >= self.config.max_sessions:
+                idle = [s for s in self._sessions.values() if not s.lock.locked()]
+                if not idle:
+                    raise RequestRejected(f"{len(self._sessions)} sessions open (max_sessions)")
+                oldest = min(idle, key=lambda s: s.last_used)
+                self._sessions.pop(oldest.id)
+                self._destroy(oldest)
+            slot = self.backend.make_slot(f"session-{uuid.uuid4().hex[:12]}")
+            session = Session(request.session_id, slot, request.memory_mb)
+            self._sessions[request.session_id] = session
+            return session
+
+    def _start(self, session: Session) -> None:
+        slot = session.slot
+        if slot.cgroup is not None:
+            slot.cgroup.kill_all()
+            slot.cgroup.set_limits(session.memory_mb, self.config.max_processes,
+                                   self.config.cpu_cores)
+        read_fd, write_fd = os.pipe()
+        program = [self.config.python, "-c", KERNEL_SOURCE, str(write_fd)]
+        argv = self.backend.command(slot, self.config.max_timeout_s * 1000, session.memory_mb,
+                                    program)
+        session.proc = spawn(argv, SANDBOX_ENV, pass_fds=(write_fd,))
+        os.close(write_fd)
+        session.control_fd = read_fd
+        for stream in (session.proc.stdout, session.proc.stderr):
+            os.set_blocking(stream.fileno(), False)
+
+    def _stop_process(self, session: Session) -> None:
+        if session.proc is not None:
+            kill_group(session.proc)
+            session.proc.wait()
+            for stream in (session.proc.stdin, session.proc.stdout, session.proc.stderr):
+                stream.close()
+            session.proc = None
+        if session.slot.cgroup is not None:
+            session.slot.cgroup.kill_all()
+        if session.control_fd >= 0:
+            os.close(session.control_fd)
+            session.control_fd = -1
+
+    def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        session = self._get(request)
+        with session.lock:
+            session.last_used = time.monotonic()
+            notice, session.lost_state = session.lost_state, ""
+            if session.proc is None:
+                self._start(session)
+            group = session.slot.cgroup
+            oom_before = group.oom_kills() if group else 0
+            cpu_before = group.cpu_time_s() if group else 0.0
+            session.slot.dir.write_files(request.files)
+            frame = json.dumps({"code": request.code,
+                                "stdin": request.stdin.decode("utf-8", "replace")}).encode()
+            result = self._call(session, b"%d\n" % len(frame) + frame, request)
+            if group is not None:
+                result.cpu_time_s = group.cpu_time_s() - cpu_before
+                result.peak_memory_mb = group.peak_memory_bytes() / (1024 * 1024)
+                if session.proc is None and group.oom_kills() > oom_before:
+                    result.status = Status.OOM
+                    result.message = f"killed at the {session.memory_mb} MB memory limit; " + (
+                        result.message)
+            if request.fetch_files:
+                result.files = session.slot.dir.read_files(request.fetch_files,
+                                                           self.config.disk_mb << 20)
+            if notice:
+                result.message = f"{notice} {result.message}".strip()
+            result.backend, result.request_id = "bwrap", request.request_id
+            session.last_used = time.monotonic()
+            return result
+
+    def _call(self, session: Session, frame: bytes, request: ExecutionRequest) -> ExecutionResult:
+        """Send one cell and collect its output until the completion record or a limit."""
+        proc = session.proc
+        start = time.monotonic()
+        deadline = start + request.timeout_s
+        cap = self.config.max_output_bytes
+        out = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+        truncated = dict.fromkeys(out, False)
+        try:
+            proc.stdin.write(frame)
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        control = b""
+        status: Status | None = None
+        selector = selectors.DefaultSelector()
+        for fd in (*out, session.control_fd):
+            selector.register(fd, selectors.EVENT_READ)
+        try:
+            while status is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    status = Status.TIMEOUT
+                    break
+                for key, _ in selector.select(remaining):
+                    chunk = os.read(key.fd, READ_CHUNK_BYTES)
+                    if key.fd == session.control_fd:
+                        control += chunk
+                        if not chunk:
+                            status = Status.ERROR  # the interpreter died
+                        continue
+                    if not chunk:
+                        selector.unregister(key.fd)
+                        continue
+                    room = cap - len(out[key.fd])
+                    out[key.fd] += chunk[:room]
+                    if len(chunk) > room:
+                        truncated[key.fd] = True
+                        status = Status.OUTPUT_LIMIT
+                if control.endswith(b"\n") and status is None:
+                    status = Status.OK
+                    # Output the cell wrote just before finishing may still sit in the pipes.
+                    for fd, buffer in out.items():
+                        while True:
+                            try:
+                                chunk = os.read(fd, READ_CHUNK_BYTES)
+                            except BlockingIOError:
+                                break
+                            if not chunk:
+                                break
+                            room = cap - len(buffer)
+                            buffer += chunk[:room]
+                            truncated[fd] = truncated[fd] or len(chunk) > room
+        finally:
+            selector.close()
+        exit_code, message = -1, ""
+        if status == Status.OK:
+            record = json.loads(control.strip().splitlines()[-1])
+            exit_code = int(record.get("exit_code", 0))
+            status = Status.OK if exit_code == 0 else Status.ERROR
+        else:
+            self._stop_process(session)
+            lost = "session state was lost; the next call starts a clean interpreter"
+            message = {
+                Status.TIMEOUT: f"killed at the {request.timeout_s:g} s wall-clock limit; {lost}",
+                Status.OUTPUT_LIMIT: f"output passed {cap} bytes; the program was stopped; {lost}",
+            }.get(status, f"the session's interpreter crashed; {lost}")
+            session.lost_state = "(a new interpreter: the previous one was stopped)"
+        stdout_fd, stderr_fd = list(out)
+        return ExecutionResult(
+            status=status, exit_code=exit_code,
+            stdout=out[stdout_fd].decode("utf-8", "replace"),
+            stderr=out[stderr_fd].decode("utf-8", "replace"),
+            stdout_truncated=truncated[stdout_fd], stderr_truncated=truncated[stderr_fd],
+            wall_time_s=time.monotonic() - start, message=message,
+        )
+
+    def close(self, session_id: str) -> bool:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        with session.lock:
+            self._destroy(session)
+        return True
+
+    def _destroy(self, session: Session) -> None:
+        self._stop_process(session)
+        self.backend.release_slot(session.slot)
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(REAP_INTERVAL_S):
+            cutoff = time.monotonic() - self.config.session_idle_s
+            with self._lock:
+                idle = [s for s in self._sessions.values()
+                        if s.last_used < cutoff and not s.lock.locked()]
+                for session in idle:
+                    self._sessions.pop(session.id)
+            for session in idle:
+                log.info("closing idle session", extra={"session_id": session.id})
+                with session.lock:
+                    self._destroy(session)
+
+    def close_all(self) -> None:
+        self._stop.set()
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            self._destroy(session)
