@@ -10,8 +10,14 @@ AGENTRL = [sys.executable, "-m", "agentrl.common.cli"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*AGENTRL, *args], capture_output=True, text=True, cwd=REPO, timeout=60,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    return subprocess.run(
+        [*AGENTRL, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
 
 
 def test_every_listed_command_has_working_help():
@@ -24,8 +30,9 @@ def test_every_listed_command_has_working_help():
 
 
 def test_validate_prints_the_resolved_config():
-    result = run("config", "validate", "recipes/local.yaml",
-                 env={"AGENTRL__SANDBOX__MAX_CONCURRENCY": "7"})
+    result = run(
+        "config", "validate", "recipes/local.yaml", env={"AGENTRL__SANDBOX__MAX_CONCURRENCY": "7"}
+    )
     assert result.returncode == 0, result.stderr
     assert "max_concurrency: 7" in result.stdout
 
@@ -46,7 +53,71 @@ def test_streams_check_round_trips_through_real_redis():
 
 
 def test_streams_status_on_dead_redis_says_what_to_check():
-    result = run("streams", "status", env={"AGENTRL__REDIS__URL": "redis://127.0.0.1:1/0",
-                                           "AGENTRL__REDIS__RECONNECT_DEADLINE_S": "0.5"})
+    result = run(
+        "streams",
+        "status",
+        env={
+            "AGENTRL__REDIS__URL": "redis://127.0.0.1:1/0",
+            "AGENTRL__REDIS__RECONNECT_DEADLINE_S": "0.5",
+        },
+    )
     assert result.returncode == 1
     assert "unreachable" in result.stderr and "127.0.0.1:1" in result.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_runs_a_service_until_sigterm():
+    import signal
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "AGENTRL__REWARD__GRPC_PORT": str(grpc_port),
+        "AGENTRL__REWARD__HTTP_PORT": str(http_port),
+        "AGENTRL__REWARD__NUM_VERIFIER_WORKERS": "1",
+    }
+    process = subprocess.Popen(
+        [*AGENTRL, "serve", "reward"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+                break
+            except grpc.RpcError:
+                time.sleep(0.3)
+        assert status == health_pb2.HealthCheckResponse.SERVING, (
+            process.stdout.read() if process.poll() is not None else "not serving"
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_rejects_an_unknown_service():
+    result = run("serve", "nonsense")
+    assert result.returncode == 2
+    assert "sandbox" in result.stderr and "reward" in result.stderr
