@@ -12,6 +12,7 @@ AGENTRL = [sys.executable, "-m", "agentrl.common.cli"]
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*AGENTRL, *args],
+        check=False,
         capture_output=True,
         text=True,
         cwd=REPO,
