@@ -6,6 +6,7 @@ Only commands that work are registered here; a service joins when its issue land
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +24,8 @@ app.add_typer(streams_app, name="streams")
 # The streams of a run and the consumer group that reads each (ARCHITECTURE.md, Redis section).
 RUN_STREAMS = {"prompts": "rollout", "groups": "trainer"}
 
-console = Console(soft_wrap=True)
+# Piped output (logs, CI) gets a wide table instead of one squeezed to 80 columns.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
@@ -188,6 +190,79 @@ def serve(
     config = _load_or_exit(recipe)
     setup_logging(service, json=log_json)
     importlib.import_module(f"agentrl.{service}.main").main(config)
+
+
+@app.command("up")
+def stack_up(
+    recipe: Annotated[Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
+                                                help="YAML recipe")] = None,
+    services: Annotated[str, typer.Option(help="comma-separated; default: every installed one")] = "",
+) -> None:
+    """Start the local stack (Redis, then each service) in the background; wait until ready."""
+    from agentrl.common import local_stack
+
+    config = _load_or_exit(recipe)
+    chosen = [s for s in services.split(",") if s] or available_services()
+    unknown = sorted(set(chosen) - set(available_services()))
+    if unknown:
+        err_console.print(f"[red]unknown service(s) {', '.join(unknown)}; installed: "
+                          f"{', '.join(available_services())}[/]")
+        raise typer.Exit(code=2)
+    try:
+        local_stack.up(config, str(recipe or ""), chosen)
+    except local_stack.StackError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from None
+    _print_status(config)
+
+
+@app.command("down")
+def stack_down(
+    recipe: Annotated[Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
+                                                help="YAML recipe")] = None,
+) -> None:
+    """Stop the local stack: each service drains, then exits."""
+    from agentrl.common import local_stack
+
+    config = _load_or_exit(recipe)
+    try:
+        stopped = local_stack.down(config)
+    except local_stack.StackError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from None
+    console.print("stopped" if stopped else f"no stack running for {config.run.output_dir}")
+
+
+@app.command("status")
+def stack_status(
+    recipe: Annotated[Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
+                                                help="YAML recipe")] = None,
+) -> None:
+    """The local stack's services: address, health, in-flight calls, restarts."""
+    config = _load_or_exit(recipe)
+    if not _print_status(config):
+        raise typer.Exit(code=1)
+
+
+def _print_status(config) -> bool:
+    from agentrl.common import local_stack
+
+    state = local_stack.read_state(config)
+    if state is None or not local_stack.pid_alive(state.supervisor_pid):
+        err_console.print(f"no stack running for {config.run.output_dir} (start it: agentrl up)")
+        return False
+    table = Table("service", "gRPC", "HTTP", "health", "in flight", "restarts", "pid", "log")
+    healthy = True
+    for service in state.services.values():
+        result = local_stack.probe(service)
+        ok = result.grpc_serving and result.http_ready
+        healthy &= ok
+        health = "[green]serving[/]" if ok else f"[red]{service.status}[/]"
+        in_flight = "-" if result.in_flight is None else f"{result.in_flight:.0f}"
+        table.add_row(service.name, service.grpc_address, service.http_url, health, in_flight,
+                      str(service.restarts), str(service.pid), service.log)
+    console.print(table)
+    return healthy
 
 
 def main() -> None:

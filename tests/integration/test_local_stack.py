@@ -1,0 +1,83 @@
+"""`agentrl up/status/down`: real services as supervised local processes."""
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from agentrl.common import local_stack
+from agentrl.common.config import load_config
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def stack_config(tmp_path: Path):
+    recipe = tmp_path / "stack.yaml"
+    recipe.write_text(
+        f"run: {{run_id: stack-{os.getpid()}, output_dir: {tmp_path / 'run'}}}\n"
+        f"sandbox: {{grpc_port: {free_port()}, http_port: {free_port()}, max_concurrency: 2}}\n"
+        f"reward: {{grpc_port: {free_port()}, http_port: {free_port()}, num_verifier_workers: 1}}\n"
+    )
+    config = load_config(recipe, env={})
+    yield config, str(recipe)
+    local_stack.down(config)
+
+
+def wait_for(condition, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_up_supervises_restarts_and_down_stops_everything(stack_config):
+    config, recipe = stack_config
+    state = local_stack.up(config, recipe, ["sandbox", "reward"])
+    for service in state.services.values():
+        probe = local_stack.probe(service)
+        assert probe.grpc_serving and probe.http_ready and probe.in_flight == 0
+        assert Path(service.log).is_file()
+
+    # A second `up` for the same run is refused with a pointer to status/down.
+    with pytest.raises(local_stack.StackError, match="already up"):
+        local_stack.up(config, recipe, ["sandbox"])
+
+    # A crashed service is restarted and serves again.
+    crashed = state.services["sandbox"].pid
+    os.kill(crashed, signal.SIGKILL)
+
+    def restarted():
+        now = local_stack.read_state(config).services["sandbox"]
+        return now.restarts == 1 and now.pid != crashed and local_stack.probe(now).grpc_serving
+
+    assert wait_for(restarted), local_stack.read_state(config)
+
+    pids = [s.pid for s in local_stack.read_state(config).services.values()]
+    assert local_stack.down(config)
+    assert not any(local_stack.pid_alive(pid) for pid in pids)
+    assert {s.status for s in local_stack.read_state(config).services.values()} == {"stopped"}
+    assert not local_stack.down(config)  # nothing left to stop
+
+
+def test_a_taken_port_is_named_with_the_setting_to_change(stack_config):
+    config, recipe = stack_config
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", config.reward.http_port))
+        squatter.listen()
+        with pytest.raises(local_stack.StackError) as info:
+            local_stack.up(config, recipe, ["sandbox", "reward"])
+    message = str(info.value)
+    assert f"port {config.reward.http_port} (reward.http_port)" in message
+    assert "AGENTRL__REWARD__HTTP_PORT" in message
