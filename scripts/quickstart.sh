@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# The main job on the embedded default. Today: check the local stack's recipe and that Redis and
-# the generated schema are usable; the training quickstart (agentrl up + SFT + RL + report) will
-# replace the body of this script when it lands.
+# The main job on the embedded default (recipes/local.yaml). Today it brings up the services
+# that exist as a supervised local stack, shows their status, makes one real call to each and
+# takes the stack down again. Training a tiny model to use a tool end to end (SFT + RL +
+# report) will extend this script when the rollout and trainer services land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AGENTRL=.venv/bin/agentrl
-echo "==> recipe"
-$AGENTRL config validate recipes/local.yaml --quiet && echo "    recipes/local.yaml is valid"
+RECIPE=recipes/local.yaml
+
+echo "==> recipe: $RECIPE"
+$AGENTRL config validate "$RECIPE" --quiet
 echo "==> Redis streams"
-.venv/bin/agentrl streams check --recipe recipes/local.yaml
+$AGENTRL streams check --recipe "$RECIPE"
+echo "==> local stack (agentrl up)"
+trap '$AGENTRL down --recipe "$RECIPE" >/dev/null 2>&1 || true' EXIT
+$AGENTRL up --recipe "$RECIPE" --services sandbox,reward
+echo "==> one call to each service"
+.venv/bin/python scripts/stack_tour.py --recipe "$RECIPE"
+echo "==> agentrl down"
+$AGENTRL down --recipe "$RECIPE"
+trap - EXIT
