@@ -288,6 +288,32 @@ class AlgorithmConfig(Section):
     """Drop groups whose rewards are all equal (no signal)."""
     learning_rate: float = Field(default=1e-6, gt=0)
     """Optimizer learning rate."""
+    loss_agg_norm_length_tokens: int | None = Field(default=None, gt=0)
+    """Constant divisor of `seq-mean-token-sum-norm` (Dr. GRPO): the maximum response length in
+    tokens; required by that mode, unused by the others."""
+    gspo: bool = False
+    """GSPO: one ratio per sequence, exp(mean_t log r_t), clipped per sequence (pair it with
+    much smaller clip_low/clip_high, e.g. 3e-4/4e-4, and seq-mean-token-mean)."""
+    decoupled_ppo: bool = False
+    """AReaL decoupled PPO: clip against the proximal policy (weights before this update) and
+    weight each token by pi_prox / pi_behav (the policy that sampled it)."""
+    behaviour_weight_cap: float = Field(default=5.0, ge=1)
+    """Cap on the decoupled-PPO behaviour weight pi_prox / pi_behav."""
+    behaviour_weight_cap_mode: Literal["clamp", "mask"] = "mask"
+    """Above the cap: `clamp` the weight to the cap, or `mask` the token out of the loss
+    (weight 0, as AReaL does; it still counts in the token-mean normaliser)."""
+
+    @model_validator(mode="after")
+    def _check_algorithm(self) -> AlgorithmConfig:
+        if self.clip_high < self.clip_low:
+            raise ValueError(
+                f"clip_high ({self.clip_high}) must be >= clip_low ({self.clip_low}); "
+                "set clip_high = clip_low for a symmetric clip")
+        if self.loss_agg == "seq-mean-token-sum-norm" and self.loss_agg_norm_length_tokens is None:
+            raise ValueError(
+                "loss_agg_norm_length_tokens is required by loss_agg 'seq-mean-token-sum-norm'; "
+                "set it to the maximum response length in tokens")
+        return self
 
 
 class AgentRLConfig(Section):

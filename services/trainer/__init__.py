@@ -1,0 +1,1 @@
+"""Trainer service: advantages, the policy loss, sequence packing and the RL driver."""
