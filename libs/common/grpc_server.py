@@ -49,6 +49,10 @@ DEFAULT_GRACE_S = 20.0
 MIN_CLIENT_PING_INTERVAL_MS = 10_000
 # Messages carry token id lists and tool outputs; 64 MiB bounds a runaway payload.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Five minutes: new replicas receive traffic within minutes, and a reconnect costs a few ms.
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
+# Calls running when a connection ages out get this long to finish (longest sandbox timeout).
+MAX_CONNECTION_AGE_GRACE_MS = 10 * 60 * 1000
 
 ServicerRegistration = Callable[[grpc.Server], None]
 """Adds servicers to a server, e.g. `lambda s: add_FooServicer_to_server(FooServicer(), s)`."""
@@ -502,6 +506,11 @@ def serve(
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Clients keep one HTTP/2 connection to a Kubernetes Service, so replicas added by an
+        # autoscaler would get no traffic: end connections after a while (GOAWAY, in-flight
+        # calls finish within the grace) so clients reconnect and spread over the new pods.
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
         *options,
     ]
     server = grpc.server(
