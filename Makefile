@@ -11,8 +11,8 @@ setup:
 quickstart: setup
 	bash scripts/quickstart.sh
 
-test: setup
-	$(PY) -m pytest -q
+test:
+	bash scripts/test.sh
 
 # Skip tests marked slow (while iterating; CI runs everything).
 test-fast: setup

@@ -56,7 +56,8 @@ fi
 if [ "${AGENTRL_WITH_DOCKER:-0}" = 1 ] && ! docker info >/dev/null 2>&1; then
   skip "starting dockerd (no bridge, vfs storage: works without a kernel overlay module)"
   mkdir -p /var/log
-  nohup dockerd --iptables=false --ip-masq=false --bridge=none --storage-driver=vfs \
+  # setsid: the engine must outlive the shell (and process group) that started it.
+  setsid nohup dockerd --iptables=false --ip-masq=false --bridge=none --storage-driver=vfs \
     >/var/log/agentrl-dockerd.log 2>&1 &
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null 2>&1 || fail "dockerd did not start; see /var/log/agentrl-dockerd.log"

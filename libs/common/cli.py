@@ -71,6 +71,16 @@ def config_show(
     console.print(table)
 
 
+def _register_service_commands() -> None:
+    """Sub-commands that live with their service (imported lazily by each command)."""
+    from agentrl.search.cli import data_app, index_app
+
+    app.add_typer(index_app, name="search")
+    app.add_typer(data_app, name="data")
+
+
+_register_service_commands()
+
 RecipeOption = Annotated[Path | None, typer.Option("--recipe", "-r", help="YAML recipe")]
 
 

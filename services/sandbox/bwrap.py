@@ -24,7 +24,7 @@ the log.
 What this does NOT cover: kernel exploits (no seccomp filter: the whole syscall surface of the
 host kernel is reachable, minus what user namespaces restrict); CPU side channels; /usr content
 is readable (anything secret must not live under /usr or a ro_bind); disk I/O bandwidth; a
-program printing "bwrap: ..." to stderr and exiting 1 is reported as `sandbox_error`.
+program printing "bwrap: ..." to stderr and exiting non-zero is reported as `sandbox_error`.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class BwrapBackend(Backend):
         # As root, the sandbox runs as an unprivileged host uid (nobody), not as mapped root.
         self.run_as: int | None = config.sandbox_uid if is_root and self.setpriv else None
         if is_root:
-            _sweep_stale(Path(config.work_root))
+            sweep_stale(Path(config.work_root))
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
         if self.run_as is not None:
@@ -284,8 +284,9 @@ class BwrapBackend(Backend):
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _sweep_stale(work_root: Path) -> None:
-    """Free what a crashed service process left: its cgroups and its mounted work dirs."""
+def sweep_stale(work_root: Path) -> None:
+    """Free what a crashed service process left: its cgroups and its mounted work dirs
+    (instance dirs are named `<pid>-<random>` by both backends)."""
     CgroupParent.sweep_stale(CGROUP_PREFIX)
     if not work_root.is_dir():
         return
@@ -308,9 +309,13 @@ def _check_traversable(path: Path) -> None:
 
 
 def classify(
-    captured: Captured, oomed: bool, request: ExecutionRequest, max_output_bytes: int
+    captured: Captured, oomed: bool, request: ExecutionRequest, max_output_bytes: int,
+    failure_prefixes: tuple[bytes, ...] = (b"bwrap: ",),
 ) -> ExecutionResult:
-    """Turn what a process did into a typed result (the order of the checks matters)."""
+    """Turn what a process did into a typed result (the order of the checks matters).
+
+    A non-zero exit with no stdout and stderr starting with one of `failure_prefixes` (what
+    the sandbox tool prints when it could not start the program) is `sandbox_error`."""
     code = captured.returncode
     stderr = captured.stderr
     if captured.timed_out:
@@ -320,7 +325,7 @@ def classify(
         message = f"output passed {max_output_bytes} bytes; the program was stopped"
     elif oomed:
         status, message = Status.OOM, f"killed at the {request.memory_mb} MB memory limit"
-    elif code == 1 and stderr.startswith(b"bwrap: ") and not captured.stdout:
+    elif code != 0 and stderr.startswith(failure_prefixes) and not captured.stdout:
         status, message = Status.SANDBOX_ERROR, stderr.decode("utf-8", "replace").strip()
     elif code == 0:
         status, message = Status.OK, ""

@@ -9,6 +9,8 @@ until it is empty, which reaches processes that escaped the process group with s
 
 A process joins a group by writing its pid to `cgroup.procs`; `join_script` gives the shell
 lines that do it before `exec`, so nothing of the untrusted program ever runs outside the group.
+`Cgroup.of_process(pid)` wraps groups someone else made (a Docker container's): the docker
+backend sets per-run limits, reads usage and kills the processes of one uid through it.
 
 What this module does NOT cover: cgroup v2 (unified hierarchy; on such hosts the fallback to
 rlimits applies), I/O bandwidth (blkio), and memory that the kernel does not charge to a group.
@@ -103,14 +105,18 @@ class Cgroup:
     def cpu_time_s(self) -> float:
         return int(self._read("cpuacct", "cpuacct.usage")) / 1e9
 
-    def pids(self) -> list[int]:
-        return [int(p) for p in self._read("pids", "cgroup.procs").split()]
+    def pids(self, uid: int | None = None) -> list[int]:
+        """Processes in the group; with `uid`, only those whose real uid it is."""
+        pids = [int(p) for p in self._read("pids", "cgroup.procs").split()]
+        return pids if uid is None else [p for p in pids if _real_uid(p) == uid]
 
-    def kill_all(self, timeout_s: float = KILL_ROUNDS * KILL_ROUND_SLEEP_S) -> bool:
-        """SIGKILL every process in the group until none is left; False if some survived."""
+    def kill_all(self, timeout_s: float = KILL_ROUNDS * KILL_ROUND_SLEEP_S,
+                 uid: int | None = None) -> bool:
+        """SIGKILL every process in the group (with `uid`: every one of that real uid) until
+        none is left; False if some survived."""
         deadline = time.monotonic() + timeout_s
         while True:
-            pids = self.pids()
+            pids = self.pids(uid)
             if not pids:
                 return True
             if time.monotonic() > deadline:
@@ -122,10 +128,10 @@ class Cgroup:
                     pass
             time.sleep(KILL_ROUND_SLEEP_S)
 
-    def wait_empty(self, timeout_s: float) -> bool:
+    def wait_empty(self, timeout_s: float, uid: int | None = None) -> bool:
         """Wait for processes that are already dying (a pid namespace tears down asynchronously)."""
         deadline = time.monotonic() + timeout_s
-        while self.pids():
+        while self.pids(uid):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.001)
@@ -135,6 +141,26 @@ class Cgroup:
         self.kill_all()
         for path in self.paths.values():
             _rmdir_retrying(path)
+
+    @classmethod
+    def of_process(cls, pid: int, root: Path = CGROUP_ROOT) -> Cgroup | None:
+        """The v1 groups `pid` belongs to (e.g. a Docker container's), or None when a controller
+        is not mounted as v1 or the group is not visible from here."""
+        owned: dict[str, str] = {}
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _, names, path = line.split(":", 2)
+            for name in names.split(","):
+                owned[name] = path
+        paths: dict[str, Path] = {}
+        for controller in CONTROLLERS:
+            mount = next((m for m in root.glob("*") if controller in m.name.split(",")
+                          and (m / "cgroup.procs").exists()), None)
+            if mount is None or controller not in owned:
+                return None
+            paths[controller] = mount / owned[controller].lstrip("/")
+            if not (paths[controller] / "cgroup.procs").exists():
+                return None
+        return cls(paths)
 
 
 @dataclass
@@ -206,6 +232,17 @@ class CgroupParent:
             for child in [c for c in path.iterdir() if c.is_dir()]:
                 _rmdir_retrying(child)
             _rmdir_retrying(path)
+
+
+def _real_uid(pid: int) -> int | None:
+    """Real uid of `pid` (None once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _rmdir_retrying(path: Path) -> bool:

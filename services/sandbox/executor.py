@@ -39,7 +39,9 @@ def _bwrap(config: SandboxConfig) -> Backend:
 
 
 def _docker(config: SandboxConfig) -> Backend:
-    raise ValueError("sandbox.backend=docker is not implemented yet; use backend: bwrap")
+    from agentrl.sandbox.docker_backend import DockerBackend
+
+    return DockerBackend(config)
 
 
 BACKENDS: dict[str, Callable[[SandboxConfig], Backend]] = {"bwrap": _bwrap, "docker": _docker}

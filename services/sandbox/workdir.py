@@ -55,13 +55,32 @@ class SlotDir:
         self.clear()
 
     def clear(self) -> None:
-        """Empty work/ and tmp/ (symlink-safe: shutil.rmtree never follows links on Linux)."""
+        """Empty work/ and tmp/ in place and give them back their owner and mode 0700.
+
+        In place: the directories themselves stay (same inode), because the docker backend
+        bind-mounts them into a long-lived container once. Symlink-safe: links are unlinked,
+        never followed (shutil.rmtree does not follow them on Linux)."""
         for path in (self.work, self.tmp):
-            if path.exists() or path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            path.mkdir(mode=0o700)
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                path.unlink()
+            path.mkdir(mode=0o700, exist_ok=True)
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(entry.path)
+                        else:
+                            os.unlink(entry.path)
+                    except OSError:
+                        log.warning("could not remove %s", entry.path, exc_info=True)
+            os.chmod(path, 0o700)
             if self.uid is not None and os.geteuid() == 0:
                 os.chown(path, self.uid, self.uid)
+
+    def is_empty(self, which: str = "tmp") -> bool:
+        """Whether tmp/ (or work/) holds nothing (a cheap check the docker backend uses)."""
+        with os.scandir(self.tmp if which == "tmp" else self.work) as entries:
+            return next(entries, None) is None
 
     def write_files(self, files: dict[str, bytes]) -> None:
         """Write request files (paths already normalized) into a freshly cleared work/."""

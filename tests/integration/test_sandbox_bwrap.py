@@ -27,7 +27,7 @@ def run(sandbox, code, **fields):
     return sandbox.execute(ExecutionRequest(code=code, **fields))
 
 
-def leftovers(sandbox, marker="sleep 10"):
+def leftovers(sandbox, marker="sleep 4242.1"):
     """Live processes a finished run left behind: beyond the warm interpreter of each slot
     (sh/bwrap, bwrap's init, python: 3 processes), or any host process whose command line
     carries `marker`. Zombies are dead and not counted."""
@@ -92,7 +92,7 @@ def test_infinite_loop_times_out_at_the_limit(sandbox):
 
 
 def test_setsid_child_dies_with_the_program(sandbox):
-    code = ("import subprocess\nsubprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+    code = ("import subprocess\nsubprocess.Popen(['sleep', '4242.17'], start_new_session=True)\n"
             "print('spawned')")
     result = run(sandbox, code)
     assert result.status == Status.OK and result.stdout == "spawned\n"
@@ -100,7 +100,7 @@ def test_setsid_child_dies_with_the_program(sandbox):
 
 
 def test_setsid_child_dies_on_timeout(sandbox):
-    code = ("import subprocess, time\nsubprocess.Popen(['sleep', '1001'], start_new_session=True)"
+    code = ("import subprocess, time\nsubprocess.Popen(['sleep', '4242.18'], start_new_session=True)"
             "\ntime.sleep(100)")
     assert run(sandbox, code, timeout_s=1).status == Status.TIMEOUT
     assert leftovers(sandbox) == []

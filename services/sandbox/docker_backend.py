@@ -1,0 +1,203 @@
+"""The `docker` backend: each execution through `docker exec` in a warm, locked-down container.
+
+Containers come from a warm pool (agentrl.sandbox.docker_pool): no network, read-only root, no
+capabilities, non-root uids, memory/pids/CPU limits, a `disk_mb` tmpfs at /work and /tmp. A
+run: write the files and the source into the container's (emptied) work dir from the host, set
+the request's memory limit on the container's memory cgroup, hand the program to the warm
+interpreter that `docker exec` started before the request came (agentrl.sandbox.runner, the
+same one bwrap uses; other languages start cold), and drive the exec with
+agentrl.sandbox.capture. When the program exits, a wrapper inside the container SIGKILLs every
+process of the sandbox uid (setsid() children included); on timeout or output overflow the host
+SIGKILLs them through the container's cgroup. Statuses, output capping, file rules and request
+limits are the bwrap backend's (`classify`, capture, workdir, limits). CPU time and peak memory
+come from the container's cgroup.
+
+A container serves `runs_per_container` runs, and is recycled (removed, replaced in the
+background) at once after a timeout, an OOM kill, a write outside /work (anything left in /tmp,
+/dev/shm or /dev/mqueue), a process that survived the kill, or a docker failure.
+
+Why the `docker` SDK for containers and the `docker` CLI for executions: the SDK gives typed
+errors and labels for the lifecycle (create, inspect, remove, sweep); its exec API returns one
+multiplexed socket, while `docker exec -i` gives three plain pipes, so capture.drive (the same
+stdin pump, output cap and deadline as bwrap) applies unchanged and the exec can be started
+before the request arrives (that hides the ~100 ms exec start-up).
+
+Sessions are not supported (a request with a session id is rejected, see executor.py): the
+session kernel reports completion on an extra pipe, which `docker exec` cannot pass.
+
+What this does NOT cover: kernel exploits (Docker's default seccomp profile is the only syscall
+filter); a daemon on another host, rootless Docker or cgroup v2 (the host must reach the
+containers' cgroups and bind-mount its tmpfs work dirs; the service runs as root); SysV IPC
+objects a program leaves in its container's IPC namespace (seen by later runs in the same
+container until it is recycled); disk I/O bandwidth; a program that prints a Docker error
+message to stderr and exits non-zero is reported as `sandbox_error`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import docker
+from docker.errors import DockerException, ImageNotFound
+
+from agentrl.common.config import SandboxConfig
+from agentrl.common.logging import get_logger
+from agentrl.sandbox.bwrap import TEARDOWN_WAIT_S, classify, sweep_stale
+from agentrl.sandbox.capture import drive, spawn
+from agentrl.sandbox.docker_pool import (
+    EXTRA_PROCESSES,
+    INIT_UID,
+    OWNER_LABEL,
+    Container,
+    ContainerPool,
+    cli_env,
+)
+from agentrl.sandbox.interface import Backend, ExecutionRequest, ExecutionResult, Status
+from agentrl.sandbox.languages import get_language
+
+log = get_logger(__name__)
+
+# Seconds an API call to the daemon may take; container creation on vfs takes a few seconds.
+DOCKER_API_TIMEOUT_S = 120
+# Seconds start-up waits for the whole pool; creating one container on vfs takes ~4 s.
+STARTUP_TIMEOUT_S = 180.0
+# What the docker CLI prints when the exec itself failed (the program never ran).
+DOCKER_FAILURE_PREFIXES = (b"Error response from daemon", b"OCI runtime exec failed",
+                           b"Cannot connect to the Docker daemon", b"error during connect")
+
+
+class DockerBackend(Backend):
+    """Runs each request through `docker exec` in a warm container of the pool."""
+
+    name = "docker"
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.on_recycle = lambda reason: None  # the executor replaces it to count recycles
+        cli = shutil.which("docker")
+        if cli is None:
+            raise RuntimeError("the docker CLI is missing: AGENTRL_WITH_DOCKER=1 bash "
+                               "scripts/setup.sh installs docker.io and starts the engine")
+        if os.geteuid() != 0:
+            raise RuntimeError("backend: docker must run as root (it sets per-run limits in the "
+                               "containers' cgroups and mounts their tmpfs work dirs)")
+        if config.sandbox_uid == INIT_UID:
+            raise ValueError(f"sandbox_uid must not be {INIT_UID}: the containers' init runs "
+                             "as that uid; pick another (65534 is the default)")
+        try:
+            self.client = docker.from_env(timeout=DOCKER_API_TIMEOUT_S)
+            self.client.ping()
+        except DockerException as exc:
+            raise RuntimeError(f"no Docker engine answers ({exc}); start one with "
+                               "AGENTRL_WITH_DOCKER=1 bash scripts/setup.sh") from exc
+        try:
+            self.client.images.get(config.docker_image)
+        except ImageNotFound:
+            raise RuntimeError(f"image {config.docker_image} does not exist; build it with "
+                               "bash services/sandbox/image/build.sh") from None
+        self._sweep_stale()
+        self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.root = Path(config.work_root) / self.instance
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)
+        if config.pool_size < config.max_concurrency:
+            log.warning("pool_size %d < max_concurrency %d: executions beyond the pool wait "
+                        "for a container", config.pool_size, config.max_concurrency)
+        self.pool = ContainerPool(config, self.client, self.root, self.instance,
+                                  on_recycle=lambda reason: self.on_recycle(reason))
+        self.pool.docker_cli = cli
+        if not self._wait_for_pool(STARTUP_TIMEOUT_S):
+            self.close()
+            raise RuntimeError("no sandbox container started; see the log for Docker's error")
+
+    def _wait_for_pool(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.pool.ready_count() < self.config.pool_size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.pool.ready_count() > 0
+
+    def _sweep_stale(self) -> None:
+        """Remove containers and work dirs of service processes that are gone."""
+        for stale in self.client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+            pid = stale.labels.get(OWNER_LABEL, "").split("-")[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                log.info("removing a stale sandbox container", extra={"container": stale.name})
+                stale.remove(force=True)
+        sweep_stale(Path(self.config.work_root))
+
+    def ready(self) -> bool:
+        return self.pool.live_count() > 0
+
+    def pool_size(self) -> int:
+        return self.pool.ready_count()
+
+    def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        container = self.pool.take(self.config.queue_timeout_s)
+        reason = "sandbox_error"  # if _run raises, the container's state is unknown
+        try:
+            result, reason = self._run(container, request)
+            return result
+        finally:
+            self.pool.give_back(container, reason)
+
+    def _run(self, container: Container, request: ExecutionRequest) -> tuple[ExecutionResult, str]:
+        """Run `request` in `container`; returns the result and why to recycle it ('' = don't)."""
+        config = self.config
+        container.runs += 1
+        language = get_language(request.language)
+        code = request.code.encode("utf-8", "surrogatepass")
+        container.dir.write_files({**request.files, language.source_name: code})
+        group = container.cgroup
+        proc, stdin = container.warm, request.stdin
+        container.warm = None
+        max_processes = config.max_processes + EXTRA_PROCESSES
+        try:
+            group.set_limits(request.memory_mb, max_processes, config.cpu_cores)
+        except OSError:  # the warm interpreter alone is above the requested limit
+            container.warm = proc
+            container.stop_programs(config.sandbox_uid)
+            proc = None
+            group.set_limits(request.memory_mb, max_processes, config.cpu_cores)
+        group.reset_usage()
+        if proc is not None and (language.name != "python" or proc.poll() is not None):
+            container.warm = proc
+            container.stop_programs(config.sandbox_uid)
+            proc = None
+        if proc is not None:
+            stdin = b"%d\n" % len(code) + code + stdin
+        else:
+            program = language.argv(config.python, f"/work/{language.source_name}")
+            proc = spawn(self.pool.exec_argv(container, program), cli_env())
+        oom_before, cpu_before = group.oom_kills(), group.cpu_time_s()
+        captured = drive(
+            proc, stdin=stdin, timeout_s=request.timeout_s,
+            max_output_bytes=config.max_output_bytes,
+            kill_tree=lambda: group.kill_all(uid=config.sandbox_uid),
+        )
+        survived = not group.wait_empty(TEARDOWN_WAIT_S, uid=config.sandbox_uid)
+        if survived:
+            survived = not group.kill_all(uid=config.sandbox_uid)
+        oomed = group.oom_kills() > oom_before
+        result = classify(captured, oomed, request, config.max_output_bytes,
+                          failure_prefixes=DOCKER_FAILURE_PREFIXES)
+        result.cpu_time_s = group.cpu_time_s() - cpu_before
+        result.peak_memory_mb = group.peak_memory_bytes() / (1024 * 1024)
+        result.backend, result.request_id = self.name, request.request_id
+        if result.status != Status.SANDBOX_ERROR and request.fetch_files:
+            result.files = container.dir.read_files(request.fetch_files, config.disk_mb << 20)
+        reason = ("timeout" if result.status == Status.TIMEOUT
+                  else "oom" if result.status == Status.OOM
+                  else "sandbox_error" if result.status == Status.SANDBOX_ERROR
+                  else "survivors" if survived
+                  else "died" if not container.alive()
+                  else "write_outside_workdir" if container.wrote_outside_workdir()
+                  else "")
+        return result, reason
+
+    def close(self) -> None:
+        self.pool.close()
+        shutil.rmtree(self.root, ignore_errors=True)

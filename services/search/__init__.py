@@ -1,0 +1,1 @@
+"""Search service: a local retrieval tool (BM25, dense, hybrid) behind gRPC and Search-R1-compatible HTTP."""

@@ -1,0 +1,92 @@
+"""Command-line jobs of the search service: building an index and generating the QA world.
+
+Two typer apps that the `agentrl` CLI mounts (each holds one command):
+- `index_app`: `agentrl search index CORPUS.jsonl --out DIR [--dense] [--name N] [--overwrite]`
+- `data_app`:  `agentrl data make-qa-world --seed N --out DIR [--num-passages ...]`
+Heavy imports happen inside the commands so `agentrl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+index_app = typer.Typer(help="Build search indexes.", add_completion=False)
+data_app = typer.Typer(help="Generate data sets.", add_completion=False)
+
+
+@index_app.command("index")
+def index_command(
+    corpus: Annotated[Path, typer.Argument(help="JSONL corpus of {id, title, text} rows")],
+    out: Annotated[Path, typer.Option("--out", help="index directory to write")],
+    dense: Annotated[
+        bool,
+        typer.Option(
+            help="also build the all-MiniLM-L6-v2 dense index "
+            "(enables dense and hybrid; ~8 ms per passage)"
+        ),
+    ] = False,
+    name: Annotated[
+        str, typer.Option(help="index name requests use (default: the directory name)")
+    ] = "",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing index at --out")] = False,
+    chunk_passages: Annotated[int, typer.Option(help="passages held in memory at once")] = 10_000,
+) -> None:
+    """Index CORPUS into --out (BM25, optionally dense), streaming in bounded memory."""
+    from agentrl.search.indexer import build_index
+
+    try:
+        manifest = build_index(
+            corpus, out, dense=dense, name=name, overwrite=overwrite, chunk_passages=chunk_passages
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(
+        f"indexed {manifest['num_passages']} passages into {out} "
+        f"(name {manifest['name']}, version {manifest['version']}, "
+        f"methods {', '.join(manifest['methods'])}, {manifest['build_seconds']} s)"
+    )
+
+
+@data_app.command("make-qa-world")
+def make_qa_world_command(
+    seed: Annotated[int, typer.Option(help="random seed: the same seed gives the same world")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="directory for corpus.jsonl, train.jsonl, test.jsonl, entities.jsonl, world.json",
+        ),
+    ],
+    num_passages: Annotated[int, typer.Option(help="approximate corpus size")] = 10_000,
+    num_questions: Annotated[int, typer.Option(help="questions over both splits")] = 2_000,
+    test_fraction: Annotated[
+        float, typer.Option(help="share of entities (and questions) in the test split")
+    ] = 0.2,
+    single_hop_fraction: Annotated[
+        float, typer.Option(help="share of one-hop questions; the rest spread over 2..max-hops")
+    ] = 0.4,
+    max_hops: Annotated[int, typer.Option(help="longest question, in facts (2-4)")] = 4,
+) -> None:
+    """Write a fictional QA world: a corpus only search can answer from, and its questions."""
+    from agentrl.search.qa_questions import make_qa_world
+
+    try:
+        summary = make_qa_world(
+            out,
+            seed=seed,
+            num_passages=num_passages,
+            num_questions=num_questions,
+            test_fraction=test_fraction,
+            single_hop_fraction=single_hop_fraction,
+            max_hops=max_hops,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"next: agentrl search index {out / 'corpus.jsonl'} --out {out / 'index'}")

@@ -1,0 +1,86 @@
+"""Pieces the docker backend builds on, without an engine: how a Docker CLI failure is told
+from a program's own error, finding another process's cgroups, filtering a group's processes by
+uid, and emptying work dirs in place (a container bind-mounts them once, for its whole life)."""
+
+import os
+import stat
+from pathlib import Path
+
+from agentrl.sandbox.bwrap import classify
+from agentrl.sandbox.capture import Captured
+from agentrl.sandbox.cgroups import CONTROLLERS, Cgroup
+from agentrl.sandbox.docker_backend import DOCKER_FAILURE_PREFIXES
+from agentrl.sandbox.interface import ExecutionRequest, Status
+from agentrl.sandbox.workdir import SlotDir
+
+
+def captured(returncode, stdout=b"", stderr=b""):
+    return Captured(returncode=returncode, stdout=stdout, stderr=stderr, stdout_truncated=False,
+                    stderr_truncated=False, timed_out=False, output_exceeded=False,
+                    wall_time_s=0.1, cpu_time_s=0.0, max_rss_kb=0)
+
+
+def docker_status(result_of):
+    request = ExecutionRequest(code="", timeout_s=1, memory_mb=64)
+    return classify(result_of, False, request, 1024, failure_prefixes=DOCKER_FAILURE_PREFIXES)
+
+
+def test_docker_cli_failure_is_sandbox_error_and_program_errors_are_not():
+    failed = docker_status(captured(126, stderr=b"OCI runtime exec failed: exec failed: ..."))
+    assert failed.status == Status.SANDBOX_ERROR and "OCI runtime" in failed.message
+    gone = docker_status(captured(1, stderr=b"Error response from daemon: No such container"))
+    assert gone.status == Status.SANDBOX_ERROR
+    printed = docker_status(captured(1, stdout=b"x", stderr=b"Error response from daemon"))
+    assert printed.status == Status.ERROR
+    assert docker_status(captured(1, stderr=b"bwrap: looks like bwrap")).status == Status.ERROR
+    request = ExecutionRequest(code="", timeout_s=1, memory_mb=64)
+    bwrap = classify(captured(1, stderr=b"OCI runtime exec failed"), False, request, 1024)
+    assert bwrap.status == Status.ERROR
+
+
+def test_cgroup_of_process_finds_its_v1_groups(tmp_path):
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        for name in names.split(","):
+            own[name] = path
+    mounts = {"memory": ("memory",), "pids": ("pids",), "cpu,cpuacct": ("cpu", "cpuacct")}
+    for mount, controllers in mounts.items():
+        (tmp_path / mount).mkdir()
+        (tmp_path / mount / "cgroup.procs").write_text("")
+        group_dir = tmp_path / mount / own.get(controllers[0], "/").lstrip("/")
+        group_dir.mkdir(parents=True, exist_ok=True)
+        (group_dir / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    group = Cgroup.of_process(os.getpid(), root=tmp_path)
+    assert group is not None and set(group.paths) == set(CONTROLLERS)
+    assert group.paths["cpuacct"] == tmp_path / "cpu,cpuacct" / own.get("cpuacct", "/").lstrip("/")
+    assert group.pids() == [os.getpid()]
+    (tmp_path / "pids" / "cgroup.procs").unlink()
+    assert Cgroup.of_process(os.getpid(), root=tmp_path) is None
+
+
+def test_pids_filtered_by_real_uid(tmp_path):
+    (tmp_path / "cgroup.procs").write_text(f"{os.getpid()}\n999999999\n")
+    group = Cgroup({"pids": tmp_path})
+    assert group.pids() == [os.getpid(), 999999999]
+    assert group.pids(uid=os.getuid()) == [os.getpid()]
+    assert group.pids(uid=os.getuid() + 12345) == []
+
+
+def test_clear_empties_work_dirs_in_place(tmp_path):
+    slot = SlotDir(tmp_path / "slot", 4, None)
+    try:
+        inode = slot.work.stat().st_ino
+        (slot.work / "a" / "b").mkdir(parents=True)
+        (slot.work / "f.txt").write_text("x")
+        os.symlink(tmp_path, slot.work / "link")
+        (slot.tmp / "planted").write_text("1")
+        os.chmod(slot.work, 0o500)
+        assert not slot.is_empty("tmp") and not slot.is_empty("work")
+        slot.clear()
+        assert slot.work.stat().st_ino == inode
+        assert list(slot.work.iterdir()) == [] and slot.is_empty("tmp")
+        assert stat.S_IMODE(slot.work.stat().st_mode) == 0o700
+        assert tmp_path.is_dir()  # the link was removed, not followed
+    finally:
+        slot.close()
