@@ -9,8 +9,9 @@ import uuid
 import httpx
 import prometheus_client
 import pytest
-from agentrl.common import grpc_server, metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from agentrl.common import grpc_interceptors, metrics
 
 
 def test_metric_names_follow_the_convention():
@@ -75,8 +76,8 @@ def test_a_second_copy_of_a_module_reuses_the_default_registry_entries(monkeypat
 
 
 def test_grpc_interceptor_can_be_built_twice_on_the_default_registry():
-    grpc_server.MetricsInterceptor()
-    grpc_server.MetricsInterceptor()
+    grpc_interceptors.MetricsInterceptor()
+    grpc_interceptors.MetricsInterceptor()
 
 
 def test_standalone_metrics_server_serves_the_registry_on_a_free_loopback_port():
