@@ -73,10 +73,14 @@ def config_show(
 
 def _register_service_commands() -> None:
     """Sub-commands that live with their service (imported lazily by each command)."""
+    from agentrl.common.model_cli import model_app
     from agentrl.search.cli import data_app, index_app
+    from agentrl.trainer.cli import sft_app
 
     app.add_typer(index_app, name="search")
     app.add_typer(data_app, name="data")
+    app.add_typer(model_app, name="model")
+    app.add_typer(sft_app, name="sft")
 
 
 _register_service_commands()
@@ -192,6 +196,10 @@ def serve(
     import importlib
 
     from agentrl.common.logging import setup_logging
+    from agentrl.common.shutdown import hold_shutdown_signals
+
+    # A SIGTERM while the service starts is replayed once it can drain, not fatal.
+    hold_shutdown_signals()
 
     services = available_services()
     if service not in services:

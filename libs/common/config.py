@@ -247,6 +247,27 @@ class RolloutConfig(ServiceEndpoint):
     """Episodes one worker runs at once."""
     tool_format: Literal["code_tags", "search_tags", "hermes"] = "code_tags"
     """How tool calls are written: `<code>`/`<python>`, `<search>`, or Hermes `<tool_call>{json}`."""
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    """Deadline of one generation request to a vLLM server (a whole turn)."""
+    max_request_retries: int = Field(default=2, ge=0)
+    """Retries of a generation on another server when its server fails (connection error, 5xx)."""
+    health_check_interval_s: float = Field(default=5.0, gt=0)
+    """How often each vLLM server's /health is probed; a failed probe ejects it until it passes."""
+    tool_timeout_s: float = Field(default=10.0, gt=0)
+    """Wall-clock limit of one tool call (sandbox execution)."""
+    vllm_model_path: Path | None = None
+    """Checkpoint the local launcher serves (`agentrl up`); None: the run's `model.path`."""
+    vllm_max_model_len: int = Field(default=4096, gt=0)
+    """Context length of the launched servers: prompt + whole episode must fit."""
+    vllm_kv_cache_gib: int = Field(default=1, ge=1)
+    """CPU servers: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE, which vLLM reads as an
+    integer); 1 GiB holds ~1M tokens of the tiny model."""
+    vllm_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weights and activations of the launched servers; float32 on CPU keeps log-probs exact."""
+    vllm_max_num_seqs: int = Field(default=128, gt=0)
+    """Sequences a launched server batches at once."""
+    vllm_start_timeout_s: float = Field(default=300.0, gt=0)
+    """How long the launcher waits for a server's /health before giving up."""
 
 
 class TrainerConfig(ServiceEndpoint):
@@ -258,6 +279,40 @@ class TrainerConfig(ServiceEndpoint):
     """Prompts per optimizer step (each contributes a group of samples)."""
     max_staleness: int = Field(default=4, ge=0)
     """AReaL's staleness bound eta: admit while accepted + running < (eta + version + 1) * batch."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the policy trains: `auto` picks the GPU when there is one. Compute dtype is
+    `model.dtype` (bfloat16 on GPUs: autocast over float32 master weights)."""
+    parallelism: Literal["single", "fsdp2"] = "single"
+    """`single`: one device. `fsdp2`: shard across the GPUs of an initialised torch.distributed
+    process group (launch with torchrun); the model code stays single-device."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    micro_batch_tokens: int = Field(default=8192, gt=0)
+    """Token budget of one packed micro-batch (one forward pass); the longest sequence must fit."""
+    packed_attention: Literal["mask_4d", "position_ids"] = "mask_4d"
+    """How packed sequences are kept apart: an explicit block-diagonal mask (any kernel, O(T^2)
+    memory) or restarting position ids only (transformers finds the boundaries; FlashAttention)."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Gradients are clipped to this global L2 norm before each optimizer step."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW decoupled weight decay."""
+    lr_warmup_steps: int = Field(default=0, ge=0)
+    """Linear learning-rate warm-up from 0 over this many optimizer steps."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning rate after warm-up: constant, or decaying to 0 at `total_steps`."""
+    total_steps: int | None = Field(default=None, gt=0)
+    """Optimizer steps of the run; required by the `linear` and `cosine` schedules."""
+    checkpoint_interval_steps: int = Field(default=50, gt=0)
+    """Save a resumable checkpoint every this many optimizer steps."""
+    keep_checkpoints: int = Field(default=3, gt=0)
+    """Checkpoints kept in `<run.output_dir>/checkpoints`; older ones are deleted."""
+
+    @model_validator(mode="after")
+    def _check_trainer(self) -> TrainerConfig:
+        if self.lr_schedule != "constant" and self.total_steps is None:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} needs total_steps; set it or use "
+                             "'constant'")
+        return self
 
 
 class AlgorithmConfig(Section):
@@ -316,6 +371,36 @@ class AlgorithmConfig(Section):
         return self
 
 
+class SFTConfig(Section):
+    """Supervised fine-tuning on multi-turn tool-use trajectories (`agentrl sft`, docs/sft.md)."""
+
+    train_path: Path | None = None
+    """JSONL of chat trajectories: {"messages": [{"role": system|user|assistant|tool, ...}]}."""
+    output_dir: Path | None = None
+    """Where the fine-tuned Hugging Face checkpoint goes; default `<run.output_dir>/sft`."""
+    num_epochs: int = Field(default=3, gt=0)
+    """Passes over the trajectories (ignored when `max_steps` is set)."""
+    max_steps: int | None = Field(default=None, gt=0)
+    """Stop after this many optimizer steps instead of after `num_epochs`."""
+    batch_size: int = Field(default=16, gt=0)
+    """Trajectories per optimizer step (loss: mean over their assistant tokens)."""
+    micro_batch_tokens: int = Field(default=8192, gt=0)
+    """Token budget of one packed micro-batch."""
+    max_length_tokens: int = Field(default=4096, gt=0)
+    """Longer trajectories are dropped (and counted) rather than cut mid-turn."""
+    learning_rate: float = Field(default=1e-5, gt=0)
+    """AdamW learning rate."""
+    lr_warmup_steps: int = Field(default=0, ge=0)
+    """Linear warm-up from 0 over this many steps; then cosine decay to 0 at the last step."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW decoupled weight decay."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Global gradient-norm clip."""
+    prompt_format: Literal["chat_template", "plain"] = "chat_template"
+    """How system/user messages become the prompt: the tokenizer's chat template with an open
+    assistant turn, or the contents joined by newlines. Must match the trainer's prompts."""
+
+
 class AgentRLConfig(Section):
     """A whole run: one recipe file resolves to this."""
 
@@ -339,6 +424,8 @@ class AgentRLConfig(Section):
     """The RL driver."""
     algorithm: AlgorithmConfig = AlgorithmConfig()
     """Objective and advantages."""
+    sft: SFTConfig = SFTConfig()
+    """Supervised cold start on tool-use trajectories."""
 
 
 class ConfigIssue(BaseModel):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import grpc
+
 from agentrl.common import auth
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from agentrl.common import auth
+from agentrl.common import auth, shutdown
 from agentrl.common.grpc_interceptors import (
     DrainInterceptor,
     LoggingInterceptor,
@@ -161,8 +161,7 @@ class GrpcServer:
             log.info("received %s, shutting down", signal.Signals(signum).name)
             threading.Thread(target=self.stop, name="grpc-server-stop", daemon=True).start()
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous_handlers[signum] = signal.signal(signum, on_signal)
+        self._previous_handlers = shutdown.install_shutdown_handler(on_signal)
 
     def _restore_signal_handlers(self) -> None:
         # signal.signal() works only in the main thread: a signal-triggered stop runs in a

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from typing import Any, Self
 
 import uvicorn
-from agentrl.common import auth, metrics
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
+
+from agentrl.common import auth, metrics
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ def main(config: AgentRLConfig) -> None:
     from agentrl.common.grpc_server import serve
     from agentrl.common.http import serve_in_thread
     from agentrl.common.logging import get_logger, setup_logging
+    from agentrl.common.shutdown import install_shutdown_handler
     from agentrl.sandbox.executor import Sandbox
     from agentrl.sandbox.http_api import create_sandbox_app
     from agentrl.sandbox.service import SERVICE_NAME, SandboxServicer, register
@@ -52,7 +53,7 @@ def main(config: AgentRLConfig) -> None:
         sandbox.begin_drain()
         threading.Thread(target=grpc_server.stop, name="sandbox-stop", daemon=True).start()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = install_shutdown_handler(on_signal)
     try:
         grpc_server.wait()
         sandbox.admission.wait_idle(timeout_s=5.0)

@@ -231,3 +231,21 @@ def policy_loss(
         "behaviour_cap_hits": cap_hits,
     })
     return loss, metrics
+
+
+def policy_loss_fn(config: AlgorithmConfig, counts: GlobalTokenCounts):
+    """A backend `LossFn` (agentrl.trainer.interface) applying `policy_loss` to a micro-batch.
+
+    The micro-batch's per-token fields: `loss_mask`, `old_logprobs`, `advantages`, and when
+    used `behaviour_logprobs` (decoupled PPO) and `ref_logprobs` (KL). `counts` are the global
+    counts of the optimizer step (backend.global_counts of the summed micro-batch counts).
+    """
+
+    def loss_fn(logprobs: torch.Tensor, entropy: torch.Tensor, micro_batch):
+        fields = micro_batch.per_token
+        return policy_loss(logprobs, fields["old_logprobs"], fields["advantages"],
+                           fields["loss_mask"].bool(), micro_batch.seq_index, entropy, config,
+                           counts, behaviour_logprobs=fields.get("behaviour_logprobs"),
+                           ref_logprobs=fields.get("ref_logprobs"))
+
+    return loss_fn

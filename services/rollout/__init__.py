@@ -1,0 +1,1 @@
+"""Rollout: the agent loop over a vLLM server pool, token-in/token-out, and its workers."""

@@ -1,0 +1,182 @@
+"""The agent loop: one episode of generate -> tool -> generate ..., token-in/token-out.
+
+    loop = AgentLoop(pool, tokenizer, ToolBox({"python": SandboxTool(sandbox)}))
+    trajectory = await loop.run(prompt_ids, EpisodeSettings.from_task(task), trajectory_id="t1")
+
+Invariants (ARCHITECTURE.md, "Rollout in detail"):
+- `trajectory.token_ids` is exactly what the model saw and produced: each turn sends the ids so
+  far and appends the sampled ids as returned; an observation is tokenised on its own and
+  appended. Earlier turns are never re-rendered or re-tokenised.
+- loss mask 1 exactly on sampled tokens; prompt and observation tokens have mask 0, log-prob 0
+  and policy version -1; sampled tokens carry vLLM's log-prob and the version that sampled them.
+- Episodes end on an answer (`</answer>` or EOS), a limit (turns, tool calls, total tokens, the
+  turn's max_tokens) or an error; tool errors are observations, not episode errors.
+- A turn aborted by a pause (`pause(mode="abort")`) keeps its sampled tokens and continues from
+  them after the resume, at most MAX_ABORT_RESUMES times.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrl.proto.core.v1 import task_pb2, trajectory_pb2
+from agentrl.rollout.inference_client import InferenceError, InferencePool
+from agentrl.common.tool_formats import ParsedCall, get_format
+from agentrl.rollout.tools import ToolBox
+
+Finish = trajectory_pb2.FinishReason
+# A turn aborted more often than this (pauses in a row) ends the episode as ABORTED.
+MAX_ABORT_RESUMES = 8
+TRUNCATION_NOTE = "\n... (output truncated)"
+
+
+@dataclass
+class EpisodeSettings:
+    """How every turn of an episode is sampled and when the episode stops."""
+
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0})
+    """vLLM SamplingParams fields for every turn (temperature, top_p, top_k, seed, stop,
+    logprobs = top-k count, allowed_token_ids, structured_outputs...); max_tokens is set per turn."""
+    max_tokens_per_turn: int = 512
+    max_turns: int = 8
+    max_tool_calls: int = 4
+    max_total_tokens: int = 4096
+    """Prompt + responses + observations."""
+    max_tool_output_tokens: int = 256
+    """Tool output beyond this many tokens is cut (and flagged) before it is shown."""
+    tool_format: str = "code_tags"
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens_per_turn", "max_turns", "max_total_tokens",
+                     "max_tool_output_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_tool_calls < 0:
+            raise ValueError(f"max_tool_calls must be >= 0, got {self.max_tool_calls}")
+        get_format(self.tool_format)
+
+    @classmethod
+    def from_task(cls, task: task_pb2.RolloutTask, default_format: str = "code_tags",
+                  **extra_sampling: Any) -> EpisodeSettings:
+        s, limits = task.sampling, task.limits
+        sampling: dict[str, Any] = {"temperature": s.temperature or 1.0, "top_p": s.top_p or 1.0,
+                                    "top_k": s.top_k if s.top_k > 0 else -1,
+                                    "logprobs": max(s.num_logprobs, 0), "stop": list(s.stop)}
+        if s.seed:
+            sampling["seed"] = s.seed
+        sampling.update(extra_sampling)
+        return cls(sampling=sampling, max_tokens_per_turn=s.max_tokens_per_turn or 512,
+                   max_turns=limits.max_turns or 8, max_tool_calls=limits.max_tool_calls,
+                   max_total_tokens=limits.max_total_tokens or 4096,
+                   max_tool_output_tokens=limits.max_tool_output_tokens or 256,
+                   tool_format=task.tool_format or default_format)
+
+
+class AgentLoop:
+    def __init__(self, pool: InferencePool, tokenizer: Any, tools: ToolBox) -> None:
+        self.pool, self.tokenizer, self.tools = pool, tokenizer, tools
+
+    def truncate_output(self, text: str, budget_tokens: int) -> tuple[str, bool]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= budget_tokens:
+            return text, False
+        return self.tokenizer.decode(ids[:budget_tokens]) + TRUNCATION_NOTE, True
+
+    async def run(self, prompt_token_ids: list[int], settings: EpisodeSettings, *,
+                  trajectory_id: str, task_id: str = "", sample_index: int = 0
+                  ) -> trajectory_pb2.Trajectory:
+        started = time.monotonic()
+        fmt = get_format(settings.tool_format)
+        traj = trajectory_pb2.Trajectory(trajectory_id=trajectory_id, task_id=task_id,
+                                         sample_index=sample_index,
+                                         prompt_length=len(prompt_token_ids))
+        self._append(traj, prompt_token_ids)
+        stop = fmt.stop_strings + [s for s in settings.sampling.get("stop", [])
+                                   if s not in fmt.stop_strings]
+        try:
+            finish = await self._turns(traj, settings, fmt, stop)
+        except InferenceError as exc:
+            finish, traj.error = Finish.FINISH_REASON_ERROR, str(exc)
+        finally:
+            self.pool.release(trajectory_id)
+        traj.finish_reason = finish
+        traj.truncated = finish == Finish.FINISH_REASON_MAX_TOKENS
+        traj.response_text = self.tokenizer.decode(list(traj.token_ids[traj.prompt_length:]))
+        traj.wall_time_s = time.monotonic() - started
+        return traj
+
+    async def _turns(self, traj, settings: EpisodeSettings, fmt, stop: list[str]) -> int:
+        while True:
+            if len(traj.turns) >= settings.max_turns:
+                return Finish.FINISH_REASON_MAX_TURNS
+            budget = settings.max_total_tokens - len(traj.token_ids)
+            if budget <= 0:
+                return Finish.FINISH_REASON_MAX_TOKENS
+            turn = traj.turns.add(index=len(traj.turns), response_start=len(traj.token_ids))
+            out = await self._generate_turn(traj, settings, stop,
+                                            min(settings.max_tokens_per_turn, budget))
+            turn.response_end = turn.observation_start = turn.observation_end = \
+                len(traj.token_ids)
+            turn.stop_reason = str(out.stop_reason) if out.stop_reason is not None \
+                else out.finish_reason
+            if out.finish_reason == "abort":
+                return Finish.FINISH_REASON_ABORTED
+            if not fmt.ends_with_call(out.stop_reason):
+                return Finish.FINISH_REASON_MAX_TOKENS if out.finish_reason == "length" \
+                    else Finish.FINISH_REASON_ANSWER
+            turn_text = self.tokenizer.decode(list(traj.token_ids[turn.response_start:]))
+            call = fmt.parse(turn_text)
+            if traj.num_tool_calls >= settings.max_tool_calls:
+                turn.tool_call.CopyFrom(trajectory_pb2.ToolCall(
+                    tool=call.tool, arguments=call.arguments,
+                    status=trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED))
+                return Finish.FINISH_REASON_MAX_TOOL_CALLS
+            fits = await self._observe(traj, turn, call, settings, fmt)
+            if not fits:
+                return Finish.FINISH_REASON_MAX_TOKENS
+
+    async def _generate_turn(self, traj, settings: EpisodeSettings, stop: list[str],
+                             max_tokens: int):
+        """Sample one turn and append it; an aborted request resumes from its tokens."""
+        for _ in range(MAX_ABORT_RESUMES + 1):
+            sampling = {**settings.sampling, "stop": stop, "max_tokens": max_tokens,
+                        "include_stop_str_in_output": True, "n": 1,
+                        "logprobs": settings.sampling.get("logprobs", 0)}
+            out = await self.pool.generate(traj.trajectory_id, list(traj.token_ids), sampling)
+            self._append(traj, out.token_ids, out.logprobs or [0.0] * len(out.token_ids),
+                         out.policy_versions)
+            max_tokens -= len(out.token_ids)
+            if out.finish_reason != "abort" or max_tokens <= 0:
+                return out
+        return out
+
+    async def _observe(self, traj, turn, call: ParsedCall, settings: EpisodeSettings,
+                       fmt) -> bool:
+        """Run the call, append its observation (mask 0); False when it did not fit."""
+        outcome = await self.tools.run(call, traj.trajectory_id)
+        traj.num_tool_calls += 1
+        shown, truncated = self.truncate_output(outcome.output, settings.max_tool_output_tokens)
+        obs_ids = self.tokenizer.encode(fmt.render_observation(shown), add_special_tokens=False)
+        room = settings.max_total_tokens - len(traj.token_ids)
+        turn.observation_start = len(traj.token_ids)
+        self._append(traj, obs_ids[:room])
+        turn.observation_end = len(traj.token_ids)
+        turn.tool_call.CopyFrom(trajectory_pb2.ToolCall(
+            tool=call.tool, arguments=call.arguments, status=outcome.status, output=shown,
+            output_truncated=truncated or len(obs_ids) > room, latency_s=outcome.latency_s))
+        return len(obs_ids) < room
+
+    @staticmethod
+    def _append(traj, token_ids, logprobs=None, versions=None) -> None:
+        """Sampled tokens come with log-probs (mask 1); prompt/observation tokens without."""
+        traj.token_ids.extend(token_ids)
+        if logprobs is None:
+            traj.behaviour_logprobs.extend([0.0] * len(token_ids))
+            traj.loss_mask.extend([0] * len(token_ids))
+            traj.policy_versions.extend([-1] * len(token_ids))
+        else:
+            traj.behaviour_logprobs.extend(logprobs)
+            traj.loss_mask.extend([1] * len(token_ids))
+            traj.policy_versions.extend(versions)

@@ -1,0 +1,158 @@
+"""Resumable checkpoints: everything a run needs to continue exactly where it stopped.
+
+One checkpoint is a directory `<root>/step_<step:08d>/` holding
+
+    backend.pt           model, optimizer and schedule (TrainerBackend.state_dict; torch.save)
+    rng.json             python `random`, numpy's global generator, torch CPU (and CUDA) states
+    training_state.json  step, policy version, data position (EpochOrder.state_dict), opaque
+                         stream offsets (e.g. Redis stream ids) and any extra fields
+
+Atomic: the files are written and fsynced into `<root>/.partial-step_...-<pid>`, then the
+directory is renamed into place, so a kill mid-save leaves the previous checkpoint as the latest
+and at most a `.partial-*` directory (ignored, removed by the next save). Only
+the last `keep_last` checkpoints are kept.
+
+Resuming gives the same next batch and bit-identical losses on CPU (tests/unit/trainer/
+test_checkpoint.py). Under FSDP2 every rank takes part in gathering the state; rank 0 writes,
+and its RNG states are the ones saved. Not covered: GPU kernels that are nondeterministic
+themselves (atomics in some backward kernels) can still make GPU runs differ after resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl.trainer.interface import TrainerBackend
+
+STEP_PREFIX = "step_"
+PARTIAL_PREFIX = ".partial-"
+
+
+@dataclass
+class TrainingState:
+    """The driver's side of a checkpoint (the backend's side is its state_dict)."""
+
+    step: int
+    policy_version: int
+    data_position: dict[str, int] = field(default_factory=dict)
+    stream_offsets: dict[str, Any] = field(default_factory=dict)
+    """Opaque to the checkpoint: whatever the driver needs to re-read its streams (JSON)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global RNG the trainer draws from, as JSON-serialisable values."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _listify(random.getstate()),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _listify(value: Any) -> Any:
+    return [_listify(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _write(path: Path, write) -> None:
+    with path.open("wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class CheckpointManager:
+    """Saves, finds and restores checkpoints under one root directory."""
+
+    def __init__(self, root: str | Path, keep_last: int = 3) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.root = Path(root)
+        self.keep_last = keep_last
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir()
+                 if p.is_dir() and p.name.startswith(STEP_PREFIX)
+                 and p.name[len(STEP_PREFIX):].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+    def latest(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def save(self, backend: TrainerBackend, state: TrainingState) -> Path | None:
+        """Write a checkpoint of `backend` and `state`; its path (None on ranks other than 0)."""
+        backend_state = backend.state_dict()  # collective under FSDP2: every rank calls it
+        if not backend.is_main_process():
+            return None
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"{STEP_PREFIX}{state.step:08d}"
+        partial = self.root / f"{PARTIAL_PREFIX}{name}-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        _write(partial / "backend.pt", lambda f: torch.save(backend_state, f))
+        _write(partial / "rng.json", lambda f: f.write(json.dumps(capture_rng_state()).encode()))
+        _write(partial / "training_state.json",
+               lambda f: f.write(json.dumps(asdict(state), indent=2).encode()))
+        final = self.root / name
+        if final.exists():  # the same step saved again (e.g. after a resume): replace it
+            retired = self.root / f"{PARTIAL_PREFIX}retired-{name}-{os.getpid()}"
+            final.rename(retired)
+            partial.rename(final)
+            shutil.rmtree(retired)
+        else:
+            partial.rename(final)
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        for old in self.checkpoints()[:-self.keep_last]:
+            shutil.rmtree(old)
+        # One writer per root (rank 0 of one run): any other partial is from a killed save.
+        for leftover in self.root.glob(f"{PARTIAL_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def load(self, backend: TrainerBackend, path: str | Path | None = None,
+             restore_rng: bool = True) -> TrainingState:
+        """Restore `backend` (and the global RNGs) from `path`, default the latest checkpoint."""
+        if path is None:
+            path = self.latest()
+            if path is None:
+                raise ValueError(f"no checkpoint under {self.root}; start without resuming")
+        path = Path(path)
+        if not (path / "training_state.json").is_file():
+            raise ValueError(f"{path} is not a complete checkpoint (no training_state.json)")
+        # weights_only: a checkpoint is data; never unpickle arbitrary objects from disk.
+        backend.load_state_dict(torch.load(path / "backend.pt", map_location="cpu",
+                                           weights_only=True))
+        if restore_rng:
+            restore_rng_state(json.loads((path / "rng.json").read_text()))
+        return TrainingState(**json.loads((path / "training_state.json").read_text()))

@@ -1,0 +1,178 @@
+"""Agent-loop episodes against a real `vllm serve` (CPU, tiny local model) and the real sandbox
+service (bubblewrap, in this process on a free port).
+
+A randomly initialised tiny model never writes a tool call by itself, so turns are constrained:
+- with vLLM structured outputs (`structured_outputs.regex`) to write a given call or answer. The
+  engine still samples the tokens, but its log-probs are then those of the grammar-masked
+  distribution (vLLM applies the grammar bitmask before computing them), so these episodes check
+  text, mask, tools and limits, not log-probs;
+- with `allowed_token_ids` (a sampler restriction applied after raw log-probs are taken) for the
+  log-prob check: the recorded log-probs must equal vLLM's scoring of the same tokens.
+The loop, the stop strings, the sandbox and the token accounting are the real ones."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from agentrl.common.config import AgentRLConfig, RolloutConfig
+from agentrl.common.grpc_server import serve
+from agentrl.common.models import default_corpus, init_tiny_model
+from agentrl.proto.core.v1 import trajectory_pb2
+from agentrl.rollout.agent_loop import TRUNCATION_NOTE, AgentLoop, EpisodeSettings
+from agentrl.rollout.inference_client import InferencePool
+from agentrl.rollout.tools import SandboxTool, ToolBox
+from agentrl.rollout.vllm_launcher import VLLMServer
+from agentrl.sandbox import executor as sandbox_executor
+from agentrl.sandbox import service as sandbox_service
+from agentrl.sandbox.client import SandboxClient
+
+pytestmark = pytest.mark.slow
+Finish = trajectory_pb2.FinishReason
+LOGPROB_TOLERANCE = 1e-4
+CALL = "Let me compute.\n<code>\nprint(6 * 7)\n</code>"
+CALL_REGEX = r"Let me compute\.\n<code>\nprint\(6 \* 7\)\n</code>"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_tiny_model(tmp_path_factory.mktemp("model"), default_corpus(500), seed=2)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    config = RolloutConfig(vllm_max_model_len=1024, vllm_max_num_seqs=32)
+    with VLLMServer.launch(config, model_dir, tmp_path_factory.mktemp("logs") / "vllm.log") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxClient]:
+    config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 2}})
+    executor = sandbox_executor.Sandbox(config.sandbox)
+    servicer = sandbox_service.SandboxServicer(executor)
+    grpc_server = serve(sandbox_service.register(servicer), [sandbox_service.SERVICE_NAME],
+                        port=0, token=None, max_workers=8)
+    with SandboxClient(grpc_server.address, token=None) as client:
+        yield client
+    grpc_server.stop(0)
+    servicer.close()
+    executor.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir: Path):
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def prompt_ids(tokenizer, question: str = "What is 6 * 7?") -> list[int]:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                         add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def episode(server, sandbox, tokenizer, regex: str | None, prompt: list[int] | None = None,
+            allowed: list[int] | None = None, **limits):
+    constraint = {"structured_outputs": {"regex": regex}} if regex else {
+        "allowed_token_ids": allowed}
+    settings = EpisodeSettings(sampling={"temperature": 1.0, "seed": 11, "logprobs": 3,
+                                         **constraint}, max_tokens_per_turn=64, **limits)
+
+    async def body():
+        pool = InferencePool([server.url], request_timeout_s=120)
+        try:
+            loop = AgentLoop(pool, tokenizer, ToolBox({"python": SandboxTool(sandbox, 10.0)}))
+            traj = await loop.run(prompt or prompt_ids(tokenizer), settings, trajectory_id="t")
+            scored = await pool.score(list(traj.token_ids))
+            return traj, scored
+        finally:
+            await pool.close()
+
+    return asyncio.run(body())
+
+
+def test_tool_episode_is_exact_text_with_mask_on_sampled_tokens_only(server, sandbox,
+                                                                      tokenizer) -> None:
+    prompt = prompt_ids(tokenizer)
+    traj, _ = episode(server, sandbox, tokenizer, CALL_REGEX, prompt, max_tool_calls=1)
+    # Turn 0 calls the tool; turn 1 calls again, past the budget of one call.
+    assert traj.finish_reason == Finish.FINISH_REASON_MAX_TOOL_CALLS
+    assert [t.tool_call.status for t in traj.turns] == [
+        trajectory_pb2.TOOL_CALL_STATUS_OK, trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED]
+    first = traj.turns[0]
+    assert first.tool_call.tool == "python" and first.tool_call.arguments == "print(6 * 7)"
+    assert first.tool_call.output == "42\n" and first.tool_call.latency_s > 0
+    observation = "\n<output>\n42\n\n</output>\n"
+    expected = tokenizer.decode(prompt) + CALL + observation + CALL
+    assert tokenizer.decode(list(traj.token_ids)) == expected
+    assert list(traj.token_ids[:len(prompt)]) == prompt and traj.prompt_length == len(prompt)
+    assert tokenizer.decode(list(traj.token_ids[first.observation_start:first.observation_end])) \
+        == observation
+    unmasked = {i for i, m in enumerate(traj.loss_mask) if m == 0}
+    assert unmasked == set(range(len(prompt))) | set(range(first.observation_start,
+                                                           first.observation_end))
+    n = len(traj.token_ids)
+    assert len(traj.loss_mask) == len(traj.behaviour_logprobs) == len(traj.policy_versions) == n
+    for i in range(n):
+        if traj.loss_mask[i]:
+            # Forced by the grammar: log-prob of the masked distribution, 0 where one token fits.
+            assert traj.behaviour_logprobs[i] <= 0 and traj.policy_versions[i] == 0
+        else:
+            assert traj.behaviour_logprobs[i] == 0.0 and traj.policy_versions[i] == -1
+    assert traj.response_text == CALL + observation + CALL and traj.num_tool_calls == 1
+
+
+def test_recorded_logprobs_equal_vllm_scoring_across_turns(server, sandbox, tokenizer) -> None:
+    # Sampled text of a few tokens, ending each turn on </code> with no <code>: a parse error
+    # that is shown to the model, so the episode has several turns with observations between.
+    allowed = [tokenizer.convert_tokens_to_ids(t) for t in ("</code>", "x", "y", "Ġ")]
+    traj, scored = episode(server, sandbox, tokenizer, None, allowed=allowed, max_turns=3,
+                           max_tool_calls=5)
+    assert traj.finish_reason == Finish.FINISH_REASON_MAX_TURNS and len(traj.turns) == 3
+    assert all(t.tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_PARSE_ERROR
+               for t in traj.turns)
+    second = traj.turns[1]
+    observation = traj.token_ids[second.observation_start:second.observation_end]
+    assert "could not parse" in tokenizer.decode(list(observation))
+    sampled = [i for i, m in enumerate(traj.loss_mask) if m]
+    assert len(sampled) >= 3
+    for i in sampled:
+        assert abs(traj.behaviour_logprobs[i] - scored[i]) < LOGPROB_TOLERANCE, i
+
+
+def test_tool_errors_are_observations_and_limits_end_episodes(server, sandbox, tokenizer) -> None:
+    failing = r"<code>\n1/0\n</code>"
+    traj, _ = episode(server, sandbox, tokenizer, failing, max_turns=2, max_tool_calls=5)
+    assert traj.finish_reason == Finish.FINISH_REASON_MAX_TURNS and len(traj.turns) == 2
+    assert traj.turns[0].tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_ERROR
+    assert "ZeroDivisionError" in traj.turns[0].tool_call.output
+    assert "ZeroDivisionError" in tokenizer.decode(
+        list(traj.token_ids[traj.turns[0].observation_start:traj.turns[0].observation_end]))
+
+    prompt = prompt_ids(tokenizer)
+    traj, _ = episode(server, sandbox, tokenizer, CALL_REGEX, prompt,
+                      max_total_tokens=len(prompt) + 5)
+    assert traj.finish_reason == Finish.FINISH_REASON_MAX_TOKENS and traj.truncated
+    assert len(traj.token_ids) == len(prompt) + 5
+
+    long_output = r"<code>\nprint\('ab' \* 500\)\n</code>"
+    traj, _ = episode(server, sandbox, tokenizer, long_output, max_tool_calls=1,
+                      max_tool_output_tokens=8)
+    call = traj.turns[0].tool_call
+    assert call.output_truncated and call.output.endswith(TRUNCATION_NOTE)
+    shown = call.output.removesuffix(TRUNCATION_NOTE)
+    assert "abab" in shown and len(tokenizer.encode(shown)) <= 8
+    turn = traj.turns[0]
+    assert tokenizer.decode(list(traj.token_ids[turn.observation_start:turn.observation_end])) \
+        == f"\n<output>\n{call.output}\n</output>\n"
+
+
+def test_an_answer_ends_the_episode(server, sandbox, tokenizer) -> None:
+    traj, _ = episode(server, sandbox, tokenizer, r"The answer is <answer>42</answer>")
+    assert traj.finish_reason == Finish.FINISH_REASON_ANSWER
+    assert traj.turns[0].stop_reason == "</answer>" and traj.num_tool_calls == 0
+    assert traj.response_text == "The answer is <answer>42</answer>"

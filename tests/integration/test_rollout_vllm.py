@@ -1,0 +1,137 @@
+"""The vLLM pool against real `vllm serve` processes on CPU with a tiny local model: token-in/
+token-out generation, log-probs that match vLLM's own scoring, pause/resume with weight versions,
+sticky and least-loaded routing, and failover when a server is killed.
+
+Two servers start together for the module (~3 GiB of memory each, ~70-100 s to start on 2
+shared cores); one of them is killed by the failover test, which therefore runs last."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentrl.common.config import RolloutConfig
+from agentrl.common.models import default_corpus, init_tiny_model
+from agentrl.rollout.inference_client import InferencePool
+from agentrl.rollout.vllm_launcher import VLLMServer
+
+pytestmark = pytest.mark.slow
+LOGPROB_TOLERANCE = 1e-4
+CONFIG = RolloutConfig(vllm_max_model_len=1024, vllm_kv_cache_gib=1, vllm_max_num_seqs=64)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_tiny_model(tmp_path_factory.mktemp("model"), default_corpus(500), seed=1)
+
+
+@pytest.fixture(scope="module")
+def servers(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VLLMServer]]:
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    started = [VLLMServer.spawn(CONFIG, model_dir, logs / f"vllm-{i}.log") for i in range(2)]
+    try:
+        for server in started:
+            server.wait_ready(CONFIG.vllm_start_timeout_s)
+            print(f"engine start {server.start_time_s:.1f} s ({server.url})")
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def with_pool(urls: list[str], body):
+    pool = InferencePool(urls, request_timeout_s=120, max_retries=2)
+    try:
+        return await body(pool)
+    finally:
+        await pool.close()
+
+
+def test_generate_is_token_in_token_out_and_logprobs_match_scoring(servers) -> None:
+    prompt = [1, 40, 41, 42, 43]
+
+    async def body(pool: InferencePool):
+        out = await pool.generate("t-logprobs", prompt, {
+            "max_tokens": 24, "temperature": 1.0, "logprobs": 5, "seed": 7, "ignore_eos": True})
+        scored = await pool.score(prompt + out.token_ids)
+        return out, scored
+
+    out, scored = run(with_pool([servers[0].url], body))
+    assert len(out.token_ids) == 24 and out.finish_reason == "length"
+    assert len(out.logprobs) == len(out.top_logprobs) == len(out.policy_versions) == 24
+    assert all(len(top) == 5 for top in out.top_logprobs)
+    for token, logprob, top in zip(out.token_ids, out.logprobs, out.top_logprobs):
+        assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+        # The sampled token is in the top-k exactly when its log-prob reaches the k-th best.
+        assert logprob <= top[0][1] + LOGPROB_TOLERANCE
+        assert (token in dict(top)) == (logprob >= top[-1][1])
+        assert dict(top).get(token, logprob) == pytest.approx(logprob, abs=LOGPROB_TOLERANCE)
+    assert scored[0] is None
+    for sampled, rescored in zip(out.logprobs, scored[len(prompt):], strict=True):
+        assert abs(sampled - rescored) < LOGPROB_TOLERANCE
+
+
+def test_stop_string_ends_the_turn_on_the_tag(servers, model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    close_code = AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids("</code>")
+
+    async def body(pool: InferencePool):
+        # Only "x" and "</code>" may be sampled: the turn must end at the first "</code>".
+        return await pool.generate("t-stop", [1, 40], {
+            "max_tokens": 200, "stop": ["</code>"], "include_stop_str_in_output": True,
+            "allowed_token_ids": [87, close_code], "seed": 3})
+
+    out = run(with_pool([servers[0].url], body))
+    assert out.finish_reason == "stop" and out.stop_reason == "</code>"
+    assert out.token_ids[-1] == close_code and close_code not in out.token_ids[:-1]
+
+
+def test_pause_keeps_requests_and_tokens_carry_the_new_version(servers) -> None:
+    async def body(pool: InferencePool):
+        assert set((await pool.weight_versions()).values()) == {0}
+        await pool.pause("keep")
+        pending = asyncio.create_task(pool.generate("t-pause", [1, 40], {
+            "max_tokens": 8, "ignore_eos": True}))
+        await asyncio.sleep(1.0)
+        finished_while_paused = pending.done()
+        await pool.set_weight_version(7)
+        await pool.resume()
+        out = await pending
+        await pool.set_weight_version(0)
+        return finished_while_paused, out
+
+    finished_while_paused, out = run(with_pool([servers[0].url], body))
+    assert not finished_while_paused
+    assert out.policy_versions == [7] * 8
+
+
+def test_sticky_least_loaded_routing_and_failover_to_the_healthy_server(servers) -> None:
+    urls = [s.url for s in servers]
+
+    async def body(pool: InferencePool):
+        sampling = {"max_tokens": 4, "ignore_eos": True}
+        first = await asyncio.gather(*(pool.generate(f"s{i}", [1, 40 + i], sampling)
+                                       for i in range(4)))
+        spread = {out.server_url for out in first}
+        again = [await pool.generate(f"s{i}", [1, 40 + i], sampling) for i in range(4)]
+        sticky = all(a.server_url == b.server_url for a, b in zip(first, again))
+        servers[1].kill()
+        moved = [await pool.generate(f"s{i}", [1, 40 + i], sampling) for i in range(4)]
+        fresh = [await pool.generate(f"new{i}", [1, 50 + i], sampling) for i in range(3)]
+        health = await pool.check_health()
+        return spread, sticky, moved, fresh, health
+
+    spread, sticky, moved, fresh, health = run(with_pool(urls, body))
+    assert spread == set(urls), "new sessions must be spread over both servers"
+    assert sticky, "a session's later turns must go to its first server"
+    assert {out.server_url for out in moved + fresh} == {urls[0]}
+    assert all(len(out.token_ids) == 4 for out in moved + fresh)
+    assert health == {urls[0]: True, urls[1]: False}
