@@ -3,9 +3,14 @@
 Each backend runs behind a real gRPC server on 127.0.0.1 (the service's own code path:
 validation, admission, metrics); `bare` is a backend that runs `python3 -c CODE` with no
 isolation at all, through the same server, client, timeout and output handling. For every
-workload and concurrency it prints requests/s, p50 and p99 latency and the statuses seen.
+workload and concurrency it prints requests/s, p50 and p99 latency, CPU per request (the
+whole machine, this process, the sandboxed programs) and the statuses seen. All backends are
+started first and every cell runs them back to back (with `--rounds N`, N times in
+alternating order, reporting medians), so that a shared machine's changing load hits all of
+them alike; the closing table gives throughput and p50 as ratios to bare.
 
     .venv/bin/python benchmarks/sandbox_bench.py                 # bwrap and bare
+    .venv/bin/python benchmarks/sandbox_bench.py --rounds 3 --workloads 'print(1)'
     .venv/bin/python benchmarks/sandbox_bench.py --backends bwrap bare docker
     .venv/bin/python benchmarks/sandbox_bench.py --backends docker --pool-size 32
 
@@ -21,9 +26,12 @@ recycles its container), so the figures are warm-pool latencies; a cell at a con
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from agentrl.common.config import SandboxConfig
 from agentrl.common.grpc_server import serve
@@ -36,6 +44,8 @@ from agentrl.sandbox.service import SERVICE_NAME, SandboxServicer, register
 # 10 MB of output must come back whole: the cap sits above it.
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024
 CONCURRENCIES = (1, 8, 32)
+# Pause before each cell: warm interpreters started by the previous cell finish starting.
+SETTLE_S = 0.5
 # A docker pool re-creates recycled containers in the background (seconds each on vfs).
 POOL_REFILL_WAIT_S = 300.0
 WORKLOADS = {
@@ -69,8 +79,28 @@ class BareBackend(Backend):
                                wall_time_s=captured.wall_time_s, backend=self.name)
 
 
-def run_cell(client: SandboxClient, code: str, timeout_s: float, concurrency: int,
-             num_requests: int) -> dict:
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent outside idle/iowait since boot (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s(backend: Backend) -> tuple[float, float]:
+    """CPU seconds of this process (the server, its backend threads, the client) and of the
+    programs it ran: the bwrap backend's cgroups (every sandboxed process from its shell
+    prologue on), else its reaped children (bare interpreters)."""
+    own, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                    resource.RUSAGE_CHILDREN))
+    cgroups = getattr(backend, "cgroups", None)
+    if cgroups is not None:
+        usage_ns = int((cgroups.paths["cpuacct"] / "cpuacct.usage").read_text())
+        return own.ru_utime + own.ru_stime, usage_ns / 1e9
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def run_cell(client: SandboxClient, backend: Backend, code: str, timeout_s: float,
+             concurrency: int, num_requests: int) -> dict:
     def one(_: int) -> tuple[float, str, int]:
         start = time.perf_counter()
         result = client.execute(code, timeout_s=timeout_s)
@@ -78,9 +108,11 @@ def run_cell(client: SandboxClient, code: str, timeout_s: float, concurrency: in
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(min(concurrency, 4))))  # warm up connections and slots
-        start = time.perf_counter()
+        start, busy, (own, kids) = time.perf_counter(), machine_busy_s(), own_cpu_s(backend)
         samples = list(pool.map(one, range(num_requests)))
         elapsed = time.perf_counter() - start
+        own_after, kids_after = own_cpu_s(backend)
+        busy, own, kids = machine_busy_s() - busy, own_after - own, kids_after - kids
     latencies = sorted(s[0] for s in samples)
     statuses: dict[str, int] = {}
     for _, status, _ in samples:
@@ -91,50 +123,118 @@ def run_cell(client: SandboxClient, code: str, timeout_s: float, concurrency: in
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         "statuses": statuses,
         "stdout_bytes": max(s[2] for s in samples),
+        # CPU per request: the whole machine (sandboxes, kernel, service; other users' load
+        # too, so compare cells run back to back), this process alone (gRPC, backend threads,
+        # client) and its reaped children (sandboxes; kernel threads are not counted).
+        "cpu_ms": 1000 * busy / num_requests,
+        "service_cpu_ms": 1000 * own / num_requests,
+        "sandbox_cpu_ms": 1000 * kids / num_requests,
+        "busy_cores": busy / elapsed,
     }
 
 
 def wait_for_pool(backend: Backend, pool_size: int, timeout_s: float = POOL_REFILL_WAIT_S) -> None:
-    """Let a docker pool refill (recycled containers are re-created in the background)."""
+    """Let the previous cell's background work end: a docker pool refills (recycled containers
+    are re-created), bwrap re-primes its slots; then let the last interpreters finish starting,
+    so that no cell pays for its predecessor."""
+    target = len(backend._all) if backend.name == "bwrap" else pool_size
     deadline = time.monotonic() + timeout_s
-    while backend.name == "docker" and backend.pool_size() < pool_size:
+    while backend.name in ("docker", "bwrap") and backend.pool_size() < target:
         if time.monotonic() > deadline:
-            print(f"  (pool at {backend.pool_size()}/{pool_size} after {timeout_s:g} s)")
+            print(f"  (pool at {backend.pool_size()}/{target} after {timeout_s:g} s)")
             return
         time.sleep(0.1)
+    time.sleep(SETTLE_S)
 
 
-def bench_backend(name: str, num_requests: int, workloads: list[str],
-                  pool_size: int = max(CONCURRENCIES)) -> list[tuple]:
-    config = SandboxConfig(backend="docker" if name == "docker" else "bwrap",
-                           max_concurrency=max(CONCURRENCIES), queue_size=256,
-                           max_output_bytes=MAX_OUTPUT_BYTES, max_timeout_s=60,
-                           pool_size=pool_size)
-    backend = BareBackend(config) if name == "bare" else BACKENDS[config.backend](config)
-    sandbox = Sandbox(config, backend=backend)
-    servicer = SandboxServicer(sandbox)
-    server = serve(register(servicer), [SERVICE_NAME], port=0, token=None,
-                   max_workers=config.max_concurrency + config.queue_size + 8)
-    client = SandboxClient(server.address, token=None)
-    rows = []
+@dataclass
+class Bench:
+    """One backend behind its own gRPC server on 127.0.0.1, with a client."""
+
+    name: str
+    backend: Backend
+    sandbox: Sandbox
+    servicer: SandboxServicer
+    server: object
+    client: SandboxClient
+
+    @classmethod
+    def start(cls, name: str, pool_size: int) -> Bench:
+        config = SandboxConfig(backend="docker" if name == "docker" else "bwrap",
+                               max_concurrency=max(CONCURRENCIES), queue_size=256,
+                               max_output_bytes=MAX_OUTPUT_BYTES, max_timeout_s=60,
+                               pool_size=pool_size)
+        backend = BareBackend(config) if name == "bare" else BACKENDS[config.backend](config)
+        sandbox = Sandbox(config, backend=backend)
+        servicer = SandboxServicer(sandbox)
+        server = serve(register(servicer), [SERVICE_NAME], port=0, token=None,
+                       max_workers=config.max_concurrency + config.queue_size + 8)
+        return cls(name, backend, sandbox, servicer, server,
+                   SandboxClient(server.address, token=None))
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop(0)
+        self.servicer.close()
+        self.sandbox.close()
+
+
+def bench(names: list[str], num_requests: int, workloads: list[str],
+          pool_size: int = max(CONCURRENCIES), rounds: int = 1) -> list[tuple]:
+    """Every cell runs each backend back to back (`rounds` times, alternating the order), so
+    that the comparison sees the same load from whatever else runs on the machine."""
+    benches = []
     try:
+        for name in names:
+            benches.append(Bench.start(name, pool_size))
+        rows = []
         for workload in workloads:
             code, timeout_s = WORKLOADS[workload]
             for concurrency in CONCURRENCIES:
                 count = concurrency if workload == "timeout 1s" else max(num_requests,
                                                                           2 * concurrency)
-                wait_for_pool(backend, pool_size)
-                cell = run_cell(client, code, timeout_s, concurrency, count)
-                rows.append((workload, concurrency, name, cell))
-                print(f"{workload:13} c={concurrency:<3} {name:6} {cell['rps']:7.1f} req/s  "
-                      f"p50 {cell['p50_ms']:7.1f} ms  p99 {cell['p99_ms']:7.1f} ms  "
-                      f"{cell['statuses']} out={cell['stdout_bytes']}", flush=True)
+                for round_index in range(rounds):
+                    order = benches if round_index % 2 == 0 else benches[::-1]
+                    for one in order:
+                        wait_for_pool(one.backend, pool_size)
+                        cell = run_cell(one.client, one.backend, code, timeout_s,
+                                        concurrency, count)
+                        rows.append((workload, concurrency, one.name, cell))
+                        print(f"{workload:13} c={concurrency:<3} {one.name:6} "
+                              f"{cell['rps']:7.1f} req/s  p50 {cell['p50_ms']:7.1f} ms  "
+                              f"p99 {cell['p99_ms']:7.1f} ms  cpu/req {cell['cpu_ms']:5.1f} ms "
+                              f"(service {cell['service_cpu_ms']:4.1f}, "
+                              f"programs {cell['sandbox_cpu_ms']:4.1f})  "
+                              f"busy {cell['busy_cores']:.2f} cores  "
+                              f"{cell['statuses']} out={cell['stdout_bytes']}", flush=True)
+        return rows
     finally:
-        client.close()
-        server.stop(0)
-        servicer.close()
-        sandbox.close()
-    return rows
+        for one in benches:
+            one.close()
+
+
+def summarize(rows: list[tuple]) -> None:
+    """Markdown table: medians over rounds, and throughput / p50 as ratios to bare."""
+    cells: dict[tuple, list[dict]] = {}
+    for workload, concurrency, name, cell in rows:
+        cells.setdefault((workload, concurrency, name), []).append(cell)
+    med = {key: {k: statistics.median(c[k] for c in found) for k in ("rps", "p50_ms", "p99_ms")}
+           for key, found in cells.items()}
+    print("\n| workload | c | backend | req/s | p50 ms | p99 ms | req/s vs bare | p50 vs bare "
+          "| statuses |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (workload, concurrency, name), cell in sorted(med.items(), key=lambda kv: (
+            list(WORKLOADS).index(kv[0][0]), kv[0][1], kv[0][2])):
+        bare = med.get((workload, concurrency, "bare"))
+        ratios = (f"{cell['rps'] / bare['rps']:.2f} | {cell['p50_ms'] / bare['p50_ms']:.2f}"
+                  if bare else "- | -")
+        statuses: dict[str, int] = {}
+        for found in cells[(workload, concurrency, name)]:
+            for status, count in found["statuses"].items():
+                statuses[status] = statuses.get(status, 0) + count
+        print(f"| {workload} | {concurrency} | {name} | {cell['rps']:.1f} | "
+              f"{cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | {ratios} | "
+              + ", ".join(f"{k} {v}" for k, v in statuses.items()) + " |")
 
 
 def main() -> None:
@@ -142,21 +242,15 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["bare", "bwrap"])
     parser.add_argument("--requests", type=int, default=24, help="requests per cell (min 2c)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat each cell, alternating the backends' order; medians")
     parser.add_argument("--pool-size", type=int, default=max(CONCURRENCIES),
                         help="docker: warm containers (creating one takes seconds on vfs)")
     args = parser.parse_args()
-    rows = []
-    for name in args.backends:
-        start = time.perf_counter()
-        rows += bench_backend(name, args.requests, args.workloads, args.pool_size)
-        print(f"{name}: {time.perf_counter() - start:.0f} s including start-up and teardown")
-    print("\n| workload | c | backend | req/s | p50 ms | p99 ms | statuses |")
-    print("|---|---|---|---|---|---|---|")
-    for workload, concurrency, name, cell in sorted(rows, key=lambda r: (
-            list(WORKLOADS).index(r[0]), r[1], r[2])):
-        statuses = ", ".join(f"{k} {v}" for k, v in cell["statuses"].items())
-        print(f"| {workload} | {concurrency} | {name} | {cell['rps']:.1f} | "
-              f"{cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | {statuses} |")
+    start = time.perf_counter()
+    rows = bench(args.backends, args.requests, args.workloads, args.pool_size, args.rounds)
+    print(f"{time.perf_counter() - start:.0f} s including start-up and teardown")
+    summarize(rows)
 
 
 if __name__ == "__main__":

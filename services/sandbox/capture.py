@@ -7,6 +7,14 @@ because the bwrap backend spawns warm processes before a request exists. The bac
 `kill_tree` (cgroup-wide SIGKILL for bwrap, container kill for docker), because killing the
 direct child alone leaves grandchildren that called setsid().
 
+With `control_fd` (the read end of a pipe whose write end the program's runner holds), a line
+`<exit status>\n` on it ends the run at once: what stdout and stderr already hold is read
+(the runner flushed both before writing the line), and `drive` returns without waiting for
+the process to exit; `Captured.exited` is then False and the caller must kill and reap the
+process tree (the bwrap backend does so in the background before the slot is used again).
+Without the line (the program called os._exit, was killed, closed the fd) the run ends, as
+always, at EOF on stdout and stderr and the exit status is the process's own.
+
 What this module does NOT cover: isolation (it runs whatever argv says, with the caller's
 rights); the caller must pass an argv that enters the sandbox.
 """
@@ -27,6 +35,9 @@ READ_CHUNK_BYTES = 64 * 1024
 # After a kill, pipes close as soon as the kernel reaps the tree; this bounds the wait for EOF
 # if something unexpected keeps a pipe open (we then stop reading and report what we have).
 DRAIN_AFTER_KILL_S = 2.0
+# The control line is an exit status (0-255) and a newline; anything longer is not the runner's.
+MAX_EXIT_STATUS = 255
+MAX_CONTROL_LINE_BYTES = 16
 
 
 @dataclass
@@ -42,8 +53,11 @@ class Captured:
     output_exceeded: bool
     wall_time_s: float
     cpu_time_s: float
-    """User + system CPU of the process and the descendants it waited for (rusage)."""
+    """User + system CPU of the process and the descendants it waited for (rusage); 0 when
+    the run ended on the control line (not exited yet)."""
     max_rss_kb: int
+    exited: bool = True
+    """False when the run ended on the control line: the process may still be exiting."""
 
 
 def spawn(argv: Sequence[str], env: dict[str, str], pass_fds: Sequence[int] = ()) -> subprocess.Popen:
@@ -68,8 +82,10 @@ def drive(
     timeout_s: float,
     max_output_bytes: int,
     kill_tree: Callable[[], None] | None = None,
+    control_fd: int | None = None,
 ) -> Captured:
-    """Run `proc` to completion, the deadline or the output cap, whichever comes first."""
+    """Run `proc` to completion (or its control line), the deadline or the output cap,
+    whichever comes first."""
     start = time.monotonic()
 
     def kill() -> None:
@@ -91,10 +107,15 @@ def drive(
         selector.register(stdin_fd, selectors.EVENT_WRITE)
     else:
         proc.stdin.close()
+    control = _Control(control_fd)
+    if control_fd is not None:
+        os.set_blocking(control_fd, False)
+        selector.register(control_fd, selectors.EVENT_READ)
     deadline = start + timeout_s
     drain_deadline: float | None = None
+    finished = False  # ended on the runner's control line
     try:
-        while selector.get_map():
+        while selector.get_map() and not finished:
             now = time.monotonic()
             if drain_deadline is None and now >= deadline:
                 timed_out = True
@@ -108,21 +129,26 @@ def drive(
                 if fd == stdin_fd:
                     pending = _write_some(proc, stdin_fd, selector, pending)
                     continue
-                try:
-                    chunk = os.read(fd, READ_CHUNK_BYTES)
-                except BlockingIOError:
+                if fd == control_fd:
+                    state = control.read()
+                    if state == _Control.DONE and drain_deadline is None:
+                        # The runner flushed stdout and stderr before its line: take what
+                        # they hold and finish without waiting for the sandbox to exit.
+                        for stream_fd in [f for f in out if f in selector.get_map()]:
+                            exceeded |= _drain(out, truncated, stream_fd, max_output_bytes)
+                        finished = True
+                        break
+                    if state != _Control.WAIT:  # EOF, garbage, or a run already being killed
+                        selector.unregister(fd)
+                    continue
+                chunk = _read_chunk(fd)
+                if chunk is None:
                     continue
                 if not chunk:
                     selector.unregister(fd)
                     continue
-                buffer = out[fd]
-                room = max_output_bytes - len(buffer)
-                if len(chunk) <= room:
-                    buffer += chunk
-                    continue
-                buffer += chunk[:room]
-                truncated[fd] = True
-                if not exceeded and drain_deadline is None:
+                if _keep(out, truncated, fd, chunk, max_output_bytes) and not exceeded \
+                        and drain_deadline is None:
                     exceeded = True
                     kill()
                     drain_deadline = time.monotonic() + DRAIN_AFTER_KILL_S
@@ -133,16 +159,77 @@ def drive(
                 stream.close()
     if drain_deadline is not None:
         kill()
-    _, status, rusage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall_time_s = time.monotonic() - start
     stdout_fd, stderr_fd = list(out)
+    if finished:  # the program is done; its sandbox may still be exiting
+        returncode, cpu_time_s, max_rss_kb, exited = control.status, 0.0, 0, False
+    else:
+        _, status, rusage = os.wait4(proc.pid, 0)
+        proc.returncode = returncode = os.waitstatus_to_exitcode(status)
+        cpu_time_s, max_rss_kb = rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss
+        exited = True
     return Captured(
-        returncode=proc.returncode, stdout=bytes(out[stdout_fd]), stderr=bytes(out[stderr_fd]),
+        returncode=returncode, stdout=bytes(out[stdout_fd]), stderr=bytes(out[stderr_fd]),
         stdout_truncated=truncated[stdout_fd], stderr_truncated=truncated[stderr_fd],
-        timed_out=timed_out, output_exceeded=exceeded, wall_time_s=wall_time_s,
-        cpu_time_s=rusage.ru_utime + rusage.ru_stime, max_rss_kb=rusage.ru_maxrss,
+        timed_out=timed_out, output_exceeded=exceeded,
+        wall_time_s=time.monotonic() - start, cpu_time_s=cpu_time_s, max_rss_kb=max_rss_kb,
+        exited=exited,
     )
+
+
+class _Control:
+    """The runner's status line on the control fd, read as it comes."""
+
+    WAIT, DONE, IGNORE = "wait", "done", "ignore"
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd, self.data, self.status = fd, b"", 0
+
+    def read(self) -> str:
+        """DONE once a whole, valid line arrived (`status` holds it), WAIT for more, IGNORE
+        at EOF or for a malformed line (the run then ends at EOF of stdout and stderr)."""
+        chunk = _read_chunk(self.fd)
+        if chunk is None:
+            return self.WAIT
+        if not chunk:
+            return self.IGNORE
+        self.data += chunk
+        line, newline, _ = self.data.partition(b"\n")
+        if not newline:
+            return self.WAIT if len(self.data) < MAX_CONTROL_LINE_BYTES else self.IGNORE
+        if not (line.isdigit() and int(line) <= MAX_EXIT_STATUS):
+            return self.IGNORE
+        self.status = int(line)
+        return self.DONE
+
+
+def _drain(out: dict[int, bytearray], truncated: dict[int, bool], fd: int,
+           max_output_bytes: int) -> bool:
+    """Read a non-blocking fd until it is empty (or at EOF); True when it went past the cap."""
+    while chunk := _read_chunk(fd):
+        if _keep(out, truncated, fd, chunk, max_output_bytes):
+            return True
+    return False
+
+
+def _read_chunk(fd: int) -> bytes | None:
+    """Up to one chunk from a non-blocking fd; b"" at EOF, None when nothing is there now."""
+    try:
+        return os.read(fd, READ_CHUNK_BYTES)
+    except BlockingIOError:
+        return None
+
+
+def _keep(out: dict[int, bytearray], truncated: dict[int, bool], fd: int, chunk: bytes,
+          max_output_bytes: int) -> bool:
+    """Append `chunk` to fd's buffer up to the cap; True when it went past the cap."""
+    buffer = out[fd]
+    room = max_output_bytes - len(buffer)
+    if len(chunk) <= room:
+        buffer += chunk
+        return False
+    buffer += chunk[:room]
+    truncated[fd] = True
+    return True
 
 
 def _write_some(

@@ -22,7 +22,7 @@ import os
 import shlex
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -53,6 +53,8 @@ class Cgroup:
     """One group per controller; `paths[controller]` is its directory."""
 
     paths: dict[str, Path]
+    limits: tuple[int, int, float] | None = field(default=None, compare=False)
+    """The limits last written by set_limits (None: unknown); equal ones are not rewritten."""
 
     def _write(self, controller: str, name: str, value: str) -> None:
         (self.paths[controller] / name).write_text(value)
@@ -68,6 +70,11 @@ class Cgroup:
         return "".join(f"echo $$ > {shlex.quote(str(p))}; " for p in self.procs_files())
 
     def set_limits(self, memory_mb: int, max_processes: int, cpu_cores: float) -> None:
+        """Write the limits; a no-op when they equal the last ones written (the common case
+        of a reused slot: 6 file writes saved per run)."""
+        if self.limits == (memory_mb, max_processes, cpu_cores):
+            return
+        self.limits = None  # unknown until every write below succeeded
         limit = str(memory_mb * 1024 * 1024)
         memsw = self.paths["memory"] / "memory.memsw.limit_in_bytes"
         # memsw (memory + swap) must stay >= memory: raise it first when growing, after when not.
@@ -81,6 +88,7 @@ class Cgroup:
         self._write("pids", "pids.max", str(max_processes))
         self._write("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
         self._write("cpu", "cpu.cfs_quota_us", str(max(1000, int(cpu_cores * CPU_PERIOD_US))))
+        self.limits = (memory_mb, max_processes, cpu_cores)
 
     def reset_usage(self) -> None:
         """Restart the peak counter from the current usage (the page cache charged by earlier

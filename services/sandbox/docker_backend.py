@@ -46,7 +46,7 @@ from docker.errors import DockerException, ImageNotFound
 
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
-from agentrl.sandbox.bwrap import TEARDOWN_WAIT_S, classify, sweep_stale
+from agentrl.sandbox.bwrap import TEARDOWN_WAIT_S, sweep_stale
 from agentrl.sandbox.capture import drive, spawn
 from agentrl.sandbox.docker_pool import (
     EXTRA_PROCESSES,
@@ -58,6 +58,7 @@ from agentrl.sandbox.docker_pool import (
 )
 from agentrl.sandbox.interface import Backend, ExecutionRequest, ExecutionResult, Status
 from agentrl.sandbox.languages import get_language
+from agentrl.sandbox.outcome import classify
 
 log = get_logger(__name__)
 

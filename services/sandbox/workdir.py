@@ -9,6 +9,9 @@ Reading files back is done as root from a tree the untrusted program controlled,
 component is opened with O_NOFOLLOW relative to its parent's fd (a symlink to /etc/shadow or a
 FIFO is skipped, never followed or blocked on).
 
+`sweep_stale` frees what a crashed service process left (its cgroups, its mounted work dirs);
+`check_traversable` checks that the sandbox uid can reach the slot dirs.
+
 What this module does NOT cover: without root (no tmpfs mount) the size limit is only the
 per-file RLIMIT_FSIZE the backend sets, so many files can still fill the host disk; inode
 counts are bounded only by the tmpfs size.
@@ -23,8 +26,12 @@ import subprocess
 from pathlib import Path
 
 from agentrl.common.logging import get_logger
+from agentrl.sandbox.cgroups import CgroupParent
 
 log = get_logger(__name__)
+
+# Names of the service's cgroups: the prefix, then `<pid>-<random>` of the owning process.
+CGROUP_PREFIX = "agentrl-sandbox-"
 
 
 class SlotDir:
@@ -144,3 +151,27 @@ def read_no_follow(base: Path, rel: str, max_bytes: int) -> bytes | None:
             return handle.read(max_bytes + 1)[:max_bytes]
     finally:
         os.close(fd)
+
+
+def sweep_stale(work_root: Path) -> None:
+    """Free what a crashed service process left: its cgroups and its mounted work dirs
+    (instance dirs are named `<pid>-<random>` by both backends)."""
+    CgroupParent.sweep_stale(CGROUP_PREFIX)
+    if not work_root.is_dir():
+        return
+    for instance in work_root.iterdir():
+        pid = instance.name.split("-")[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        for slot_dir in instance.iterdir():
+            subprocess.run(["umount", "-l", str(slot_dir)], capture_output=True, check=False)
+        shutil.rmtree(instance, ignore_errors=True)
+
+
+def check_traversable(path: Path) -> None:
+    """bwrap runs as the sandbox uid and must reach the slot dirs through every parent."""
+    for parent in [path, *path.parents]:
+        if not os.stat(parent).st_mode & 0o001:
+            raise ValueError(
+                f"work_root: {parent} is not traversable by other users (mode o+x), so the "
+                f"sandbox uid cannot reach {path}; choose another work_root or chmod o+x it")

@@ -27,17 +27,24 @@ def run(sandbox, code, **fields):
     return sandbox.execute(ExecutionRequest(code=code, **fields))
 
 
-def leftovers(sandbox, marker="sleep 4242.1"):
+def leftovers(sandbox, marker="sleep 4242.1", wait_s=2.0):
     """Live processes a finished run left behind: beyond the warm interpreter of each slot
     (sh/bwrap, bwrap's init, python: 3 processes), or any host process whose command line
-    carries `marker`. Zombies are dead and not counted."""
-    extra = [slot.name for slot in sandbox.backend._all
-             if slot.cgroup is not None and len(slot.cgroup.pids()) > 3]
-    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True,
-                         check=True).stdout
-    stray = [line for line in out.splitlines()
-             if marker in line and not line.startswith("Z") and "ps -eo" not in line]
-    return extra + stray
+    carries `marker`. Zombies are dead and not counted. A run is answered as soon as its
+    program is done and its sandbox is killed in the background, so this waits up to
+    `wait_s` for that teardown (test_next_run_never_meets_the_previous_one checks that it
+    always happens before the slot is used again)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        extra = [slot.name for slot in sandbox.backend._all
+                 if slot.cgroup is not None and len(slot.cgroup.pids()) > 3]
+        out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True,
+                             check=True).stdout
+        stray = [line for line in out.splitlines()
+                 if marker in line and not line.startswith("Z") and "ps -eo" not in line]
+        if not extra + stray or time.monotonic() > deadline:
+            return extra + stray
+        time.sleep(0.05)
 
 
 def assert_healthy(sandbox):
@@ -97,6 +104,40 @@ def test_setsid_child_dies_with_the_program(sandbox):
     result = run(sandbox, code)
     assert result.status == Status.OK and result.stdout == "spawned\n"
     assert leftovers(sandbox) == []
+
+
+def test_next_run_never_meets_the_previous_one():
+    """One slot: a run leaves a setsid child and a file; the next run in that slot starts
+    only once the child is dead and the file gone, even though the first was answered early."""
+    from agentrl.sandbox.bwrap import BwrapBackend
+
+    config = SandboxConfig(max_concurrency=1)
+    backend = BwrapBackend(config, num_slots=1)
+    single = Sandbox(config, backend=backend)
+    seen = []
+    run_in_slot = backend.run_in_slot
+
+    def checked(slot, request):
+        out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True,
+                             check=True).stdout
+        seen.append(([line for line in out.splitlines() if "sleep 4242.19" in line
+                      and not line.startswith("Z") and "ps -eo" not in line],
+                     len(slot.cgroup.pids()) if slot.cgroup else 0))
+        return run_in_slot(slot, request)
+
+    backend.run_in_slot = checked
+    try:
+        code = ("import subprocess\nopen('left.txt', 'w').write('x')\n"
+                "subprocess.Popen(['sleep', '4242.19'], start_new_session=True)\nprint('a')")
+        for _ in range(3):
+            first = run(single, code)
+            second = run(single, "import os\nprint(sorted(os.listdir('.')))")
+            assert (first.status, first.stdout) == (Status.OK, "a\n")
+            assert (second.status, second.stdout) == (Status.OK, "['main.py']\n")
+        assert all(stray == [] and procs <= 3 for stray, procs in seen), seen
+        assert leftovers(single, marker="sleep 4242.19") == []
+    finally:
+        single.close()
 
 
 def test_setsid_child_dies_on_timeout(sandbox):

@@ -1,0 +1,87 @@
+"""The argv of one bubblewrap sandbox: shell prologue (cgroups, rlimits), setpriv, bwrap.
+
+    sh -c 'join the cgroups; set rlimits; exec "$@"' setpriv --reuid=nobody ... bwrap ... PROGRAM
+
+bwrap unshares every namespace (user, pid, net, ipc, uts, mount, cgroup), forbids nested user
+namespaces, drops all capabilities, binds /usr (and `ro_binds`) read-only, gives a private
+/proc, a minimal /dev, and the slot's work/ and tmp/ at /work and /tmp; the root itself is
+read-only. The shell joins the slot's cgroups before anything else runs, so nothing of the
+untrusted program ever runs outside them. Used by the one-shot runs and the warm slots of
+agentrl.sandbox.bwrap and by the sessions (agentrl.sandbox.sessions).
+
+What this module does NOT cover: starting or supervising the process (agentrl.sandbox.capture)
+and the limits' values (the cgroup's, set by the backend); without a cgroup the prologue falls
+back to RLIMIT_AS and a shared RLIMIT_NPROC.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from agentrl.common.config import SandboxConfig
+from agentrl.sandbox.cgroups import Cgroup
+from agentrl.sandbox.workdir import SlotDir
+
+# The sandbox's environment: nothing of the service's leaks in.
+SANDBOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/work",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+# Open files per process: plenty for Python and its subprocesses, far from the host's limit.
+MAX_OPEN_FILES = 1024
+# Without a memory cgroup, RLIMIT_AS stands in; address space exceeds resident memory
+# (interpreter mappings, thread stacks), so allow this much on top of the request.
+ADDRESS_SPACE_SLACK_MB = 256
+# Host directories that hold the interpreter and its libraries on Debian-like systems.
+SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+@dataclass(frozen=True)
+class Tools:
+    """Host paths of the tools and the host uid the sandbox runs as (None: the service's)."""
+
+    bwrap: str
+    setpriv: str | None
+    run_as: int | None
+
+
+def sandbox_argv(config: SandboxConfig, tools: Tools, slot_dir: SlotDir, cgroup: Cgroup | None,
+                 timeout_s: float, memory_mb: int, program: list[str]) -> list[str]:
+    """The full argv: shell prologue (cgroups, rlimits), setpriv, bwrap, program."""
+    prologue = cgroup.join_script() if cgroup is not None else ""
+    # sh's ulimit -f counts 512-byte blocks; -t is CPU seconds, a backstop behind the wall
+    # clock (a program using several cores may burn more CPU than wall time).
+    cpu_s = math.ceil(timeout_s * max(1.0, config.cpu_cores)) + 1
+    prologue += (f"ulimit -c 0; ulimit -f {config.disk_mb * 2048}; "
+                 f"ulimit -n {MAX_OPEN_FILES}; ulimit -t {cpu_s}; ")
+    if cgroup is None:
+        address_kb = (memory_mb + ADDRESS_SPACE_SLACK_MB) * 1024
+        procs = config.max_processes * config.max_concurrency
+        prologue += f"ulimit -v {address_kb}; ulimit -p {procs}; "
+    argv = ["/bin/sh", "-c", prologue + 'exec "$@"', "sh"]
+    if tools.run_as is not None:
+        argv += [tools.setpriv, f"--reuid={tools.run_as}", f"--regid={tools.run_as}",
+                 "--clear-groups", "--"]
+    return argv + bwrap_args(config, tools.bwrap, slot_dir) + ["--"] + program
+
+
+def bwrap_args(config: SandboxConfig, bwrap: str, slot_dir: SlotDir) -> list[str]:
+    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in config.ro_binds:
+        args += ["--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev",
+             "--bind", str(slot_dir.work), "/work", "--bind", str(slot_dir.tmp), "/tmp",
+             "--chdir", "/work", "--remount-ro", "/"]
+    return args
