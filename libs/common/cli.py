@@ -220,7 +220,9 @@ def stack_up(
     from agentrl.common import local_stack
 
     config = _load_or_exit(recipe)
-    chosen = [s for s in services.split(",") if s] or available_services()
+    # The trainer is a job that drives a run against the stack, not part of the stack.
+    chosen = [s for s in services.split(",") if s] or [
+        s for s in available_services() if s != "trainer"]
     unknown = sorted(set(chosen) - set(available_services()))
     if unknown:
         err_console.print(f"[red]unknown service(s) {', '.join(unknown)}; installed: "

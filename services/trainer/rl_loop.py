@@ -1,0 +1,234 @@
+"""The RL training loop over Redis and the vLLM pool: `run_training(config)` (for `agentrl train`).
+
+    admit ─► prompts stream ─► (rollout workers) ─► groups stream ─► step ─► sync ─► checkpoint
+
+Per optimizer step:
+1. admit: publish `RolloutTask`s (data-set prompts, rendered and tokenised once) to
+   `agentrl:{run_id}:prompts` while the staleness bound allows (driver.AdmissionControl); the
+   task's idempotency key is `{run_id}:{epoch}:{offset}` of the data order, so a resumed run
+   re-admitting the same prompts reuses their keys.
+2. wait: read `Group`s from `agentrl:{run_id}:groups` (consumer group `trainer`, consumer
+   `trainer-{run_id}`) until `batch_size` groups with a learning signal are in; dropped groups
+   (zero signal, all samples stale) free their admission slot, so more prompts are admitted
+   meanwhile (dynamic sampling's refill). Groups beyond the batch wait for the next step.
+3. train: driver.train_step on the TrainBatch; policy version + 1.
+4. sync: weight_sync.DiskWeightSync to every server, version published in Redis; optionally
+   the drift check on `drift_check_token_ids`.
+5. every `checkpoint_interval_steps` (and at the end): checkpoint, THEN `complete()` every
+   group entry used since the previous checkpoint (streams.py: a group is acked only once the
+   update that used it is durable). A crash replays the unacked groups, in order, to the same
+   consumer name, from the restored checkpoint: the same batches again.
+Metrics per step go to `<run dir>/metrics.jsonl` and Prometheus (metrics.StepMetricsWriter).
+
+Not covered: several trainer replicas (one consumer), evaluation, the nccl transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentrl.common.config import AgentRLConfig
+from agentrl.common.streams import StreamEntry, StreamQueue, stream_key
+from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
+from agentrl.trainer.data import EpochOrder, PromptRow, load_prompts
+from agentrl.trainer.driver import AdmissionControl, step_metrics, train_step
+from agentrl.trainer.metrics import StepMetricsWriter
+from agentrl.trainer.train_batch import build_train_batch
+from agentrl.trainer.weight_sync import (
+    DEFAULT_DRIFT_THRESHOLD,
+    DiskWeightSync,
+    PolicyVersionPublisher,
+    check_logprob_drift,
+)
+
+# A blocking stream read waits at most this long, so admission is re-checked every second.
+READ_BLOCK_MS = 1000
+
+
+@dataclass
+class TrainingResult:
+    steps: int
+    policy_version: int
+    run_dir: Path
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TrainingTimeout(RuntimeError):
+    """No full batch of groups arrived in time (are rollout workers running?)."""
+
+
+def make_task(row: PromptRow, config: AgentRLConfig, tokenizer: Any, key: str, version: int):
+    """The RolloutTask of one data-set row (sampling and limits left 0: the rollout defaults)."""
+    from agentrl.proto.core.v1 import task_pb2
+    from agentrl.trainer.rendering import render_prompt
+
+    text = render_prompt([{"role": "user", "content": row.prompt}], tokenizer,
+                         "chat_template" if getattr(tokenizer, "chat_template", None)
+                         else "plain")
+    return task_pb2.RolloutTask(
+        task_id=key, idempotency_key=key, prompt_id=row.prompt_id,
+        prompt_token_ids=tokenizer(text, add_special_tokens=False).input_ids, prompt_text=text,
+        task_type=row.task_type, ground_truth=row.ground_truth, metadata=row.metadata,
+        tools=list(row.tools), tool_format=config.rollout.tool_format,
+        num_samples=config.algorithm.group_size, admitted_policy_version=version,
+        created_at_unix_s=time.time())
+
+
+class RLTrainer:
+    """State of one run of the loop; `run_training` builds it and calls `run`."""
+
+    def __init__(self, config: AgentRLConfig, pool=None, *, wait_timeout_s: float = 600.0,
+                 drift_check_token_ids: list[int] | None = None,
+                 drift_threshold: float = DEFAULT_DRIFT_THRESHOLD) -> None:
+        from agentrl.rollout.inference_client import InferencePool
+        from agentrl.trainer.torch_backend import TorchBackend
+
+        if config.data is None:
+            raise ValueError("the recipe has no `data` section; set data.train_path")
+        self.config, self.trainer, self.algorithm = config, config.trainer, config.algorithm
+        self.run_id, self.run_dir = config.run.run_id, Path(config.run.output_dir)
+        self.wait_timeout_s = wait_timeout_s
+        self.drift_check_token_ids = drift_check_token_ids
+        self.drift_threshold = drift_threshold
+        self.backend = TorchBackend.from_config(config)
+        self.order = EpochOrder(load_prompts(config.data.train_path), seed=config.run.seed)
+        self.admission = AdmissionControl(self.trainer.batch_size, self.trainer.max_staleness)
+        redis_url = config.redis.url
+        self.prompts = StreamQueue(redis_url, stream_key(self.run_id, "prompts"), "rollout",
+                                   maxlen=config.redis.max_stream_length)
+        self.groups = StreamQueue(redis_url, stream_key(self.run_id, "groups"), "trainer",
+                                  consumer=f"trainer-{self.run_id}",
+                                  visibility_timeout_ms=int(config.redis.visibility_timeout_s
+                                                            * 1000))
+        self.groups.ensure_group()
+        self.publisher = PolicyVersionPublisher(redis_url, self.run_id)
+        self.pool = pool or InferencePool(config.rollout.inference_urls,
+                                          request_timeout_s=config.rollout.request_timeout_s)
+        self.sync = DiskWeightSync(self.backend, self.pool, self.run_dir,
+                                   publisher=self.publisher)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
+                                             self.trainer.keep_checkpoints)
+        self.step, self.version = 0, 0
+        self.carry: list[StreamEntry] = []  # read beyond the last batch: the next step's
+        self.uncommitted: list[StreamEntry] = []  # used since the last checkpoint
+
+    def admit(self) -> int:
+        count = self.admission.capacity(self.version)
+        for _ in range(count):
+            epoch, offset = self.order.epoch, self.order.offset
+            (row,) = self.order.take(1)
+            key = f"{self.run_id}:{epoch}:{offset}"
+            self.prompts.publish(make_task(row, self.config, self.backend.tokenizer, key,
+                                           self.version))
+        self.admission.on_admitted(count)
+        return count
+
+    async def collect(self) -> tuple[list, list[StreamEntry], float]:
+        """Groups (kept and dropped) for one step, their entries, seconds waited."""
+        from agentrl.proto.core.v1 import group_pb2
+
+        start = time.perf_counter()
+        kept, dropped, entries = [], [], []
+        while len(kept) < self.trainer.batch_size:
+            if time.perf_counter() - start > self.wait_timeout_s:
+                raise TrainingTimeout(f"{len(kept)} of {self.trainer.batch_size} groups after "
+                                      f"{self.wait_timeout_s:.0f} s; are rollout workers up?")
+            self.admit()
+            batch, self.carry = self.carry, []
+            if not batch:
+                batch = await asyncio.to_thread(self.groups.read, self.trainer.batch_size,
+                                                READ_BLOCK_MS)
+            for index, entry in enumerate(batch):
+                if len(kept) == self.trainer.batch_size:
+                    self.carry = batch[index:]
+                    break
+                if self.groups.is_done(entry):  # a redelivered copy of a consumed group
+                    self.groups.ack(entry)
+                    continue
+                group = entry.decode(group_pb2.Group)
+                probe = build_train_batch([group], self.version, self.algorithm,
+                                          self.trainer.max_staleness)
+                if self.admission.running > 0:  # groups of a run before a resume may exceed it
+                    self.admission.on_returned(1, probe.num_kept_groups)
+                (kept if probe.num_kept_groups else dropped).append(group)
+                entries.append(entry)
+        return kept + dropped, entries, time.perf_counter() - start
+
+    def checkpoint(self) -> None:
+        self.checkpoints.save(self.backend, TrainingState(
+            step=self.step, policy_version=self.version, data_position=self.order.state_dict(),
+            extra={"admission": self.admission.state_dict()}))
+        self.groups.complete(self.uncommitted)  # only now are their updates durable
+        self.uncommitted = []
+
+    def resume(self) -> None:
+        if self.checkpoints.latest() is None:
+            return
+        state = self.checkpoints.load(self.backend)
+        self.step, self.version = state.step, state.policy_version
+        self.order.load_state_dict(state.data_position)
+        self.admission.load_state_dict(state.extra["admission"])
+
+    async def run(self, max_steps: int, on_step: Callable[[dict], None] | None = None
+                  ) -> TrainingResult:
+        self.resume()
+        # The pool may serve other weights (newer than the checkpoint, or another run's):
+        # serve exactly the trainer's before the first prompt is admitted.
+        await self.sync.sync(self.version)
+        result = TrainingResult(steps=0, policy_version=self.version, run_dir=self.run_dir)
+        with StepMetricsWriter(self.run_dir) as writer:
+            while self.step < max_steps:
+                groups, entries, waited_s = await self.collect()
+                batch = build_train_batch(groups, self.version, self.algorithm,
+                                          self.trainer.max_staleness)
+                outcome = train_step(self.backend, batch, self.algorithm,
+                                     self.trainer.micro_batch_tokens)
+                self.step, self.version = self.step + 1, self.version + 1
+                synced = await self.sync.sync(self.version)
+                extra = {"policy_version": self.version, "prompts_admitted":
+                         self.admission.admitted, "weight_sync_bytes": synced.num_bytes}
+                if self.drift_check_token_ids:
+                    drift = await check_logprob_drift(self.backend, self.pool,
+                                                      self.drift_check_token_ids,
+                                                      self.drift_threshold)
+                    extra["logprob_drift_max"] = drift.max_abs_diff
+                record = writer.write(self.step, {
+                    **step_metrics(batch, outcome, time_waiting_s=waited_s,
+                                   time_weight_sync_s=synced.total_s), **extra})
+                result.metrics.append(record)
+                self.uncommitted.extend(entries)
+                if self.step % self.trainer.checkpoint_interval_steps == 0 \
+                        or self.step == max_steps:
+                    self.checkpoint()
+                if on_step is not None:
+                    on_step(record)
+        result.steps, result.policy_version = self.step, self.version
+        return result
+
+    async def close(self) -> None:
+        await self.pool.close()
+        for closable in (self.prompts, self.groups, self.publisher):
+            closable.close()
+
+
+def run_training(config: AgentRLConfig, max_steps: int | None = None, *,
+                 on_step: Callable[[dict], None] | None = None, **options: Any) -> TrainingResult:
+    """Train until `max_steps` (default `trainer.total_steps`) optimizer steps; resumes from the
+    latest checkpoint under `<run dir>/checkpoints`. `options`: RLTrainer's keyword arguments."""
+    steps = max_steps or config.trainer.total_steps
+    if not steps:
+        raise ValueError("set trainer.total_steps (or pass max_steps): how long to train")
+
+    async def main() -> TrainingResult:
+        trainer = RLTrainer(config, **options)
+        try:
+            return await trainer.run(steps, on_step)
+        finally:
+            await trainer.close()
+
+    return asyncio.run(main())
