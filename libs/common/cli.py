@@ -220,9 +220,12 @@ def stack_up(
     from agentrl.common import local_stack
 
     config = _load_or_exit(recipe)
-    # The trainer is a job that drives a run against the stack, not part of the stack.
+    # The trainer is a job that drives a run against the stack, not part of the stack; rollout
+    # joins the default only when the recipe names a model for its vLLM server.
+    has_model = bool(config.rollout.vllm_model_path) or config.model is not None
     chosen = [s for s in services.split(",") if s] or [
-        s for s in available_services() if s != "trainer"]
+        s for s in available_services()
+        if s != "trainer" and (s != "rollout" or has_model)]
     unknown = sorted(set(chosen) - set(available_services()))
     if unknown:
         err_console.print(f"[red]unknown service(s) {', '.join(unknown)}; installed: "

@@ -244,7 +244,26 @@ class RolloutConfig(ServiceEndpoint):
     inference_urls: list[str] = ["http://127.0.0.1:8000"]
     """Base URLs of the `vllm serve` pool."""
     max_concurrent_episodes: int = Field(default=64, gt=0)
-    """Episodes one worker runs at once."""
+    """Episodes one worker runs at once (a task holds its n; a task larger than this runs alone)."""
+    shutdown_grace_s: float = Field(default=120.0, gt=0)
+    """On SIGTERM a worker takes no new task and gives the ones in flight this long to finish and
+    publish; unfinished ones are left unacked for another worker (keep it under the pod's
+    terminationGracePeriodSeconds)."""
+    worker_id: str = ""
+    """This worker's consumer name in the prompts stream; empty: host-pid-random. A stable name
+    (a StatefulSet pod's) makes a restarted worker take its own unacked tasks back at once."""
+    arpo_initial_samples: int = Field(default=8, gt=0)
+    """ARPO (tasks with `tree_sampling`): global paths started per prompt, N of the budget M."""
+    arpo_entropy_tokens: int = Field(default=20, gt=0)
+    """ARPO: a turn's entropy is the mean over its first k tokens."""
+    arpo_top_logprobs: int = Field(default=10, gt=0)
+    """ARPO: top-K log-probs per token the entropy is computed from (requested from vLLM)."""
+    arpo_beta: float = Field(default=0.2, ge=0)
+    """ARPO: weight of the entropy rise in P = clip(U - beta (H_t - H_init), 0, 1)."""
+    arpo_tau: float = 0.5
+    """ARPO: branch when P <= tau (1 branches at every tool result, below 0 never)."""
+    arpo_beam_size: int = Field(default=2, gt=0)
+    """ARPO: at most beam_size - 1 copies branch off a path per decision."""
     tool_format: Literal["code_tags", "search_tags", "hermes"] = "code_tags"
     """How tool calls are written: `<code>`/`<python>`, `<search>`, or Hermes `<tool_call>{json}`."""
     request_timeout_s: float = Field(default=300.0, gt=0)

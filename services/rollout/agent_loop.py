@@ -18,15 +18,17 @@ Invariants (ARCHITECTURE.md, "Rollout in detail"):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.proto.core.v1 import task_pb2, trajectory_pb2
-from agentrl.rollout.inference_client import InferenceError, InferencePool
 from agentrl.common.tool_formats import ParsedCall, get_format
+from agentrl.proto.core.v1 import task_pb2, trajectory_pb2
+from agentrl.rollout.inference_client import GenerationResult, InferenceError, InferencePool
 from agentrl.rollout.tools import ToolBox
 
 Finish = trajectory_pb2.FinishReason
+TurnHook = Callable[[trajectory_pb2.Trajectory, GenerationResult], None]
 # A turn aborted more often than this (pauses in a row) ends the episode as ABORTED.
 MAX_ABORT_RESUMES = 8
 TRUNCATION_NOTE = "\n... (output truncated)"
@@ -85,29 +87,37 @@ class AgentLoop:
         return self.tokenizer.decode(ids[:budget_tokens]) + TRUNCATION_NOTE, True
 
     async def run(self, prompt_token_ids: list[int], settings: EpisodeSettings, *,
-                  trajectory_id: str, task_id: str = "", sample_index: int = 0
-                  ) -> trajectory_pb2.Trajectory:
-        started = time.monotonic()
-        fmt = get_format(settings.tool_format)
+                  trajectory_id: str, task_id: str = "", sample_index: int = 0,
+                  on_turn: TurnHook | None = None) -> trajectory_pb2.Trajectory:
         traj = trajectory_pb2.Trajectory(trajectory_id=trajectory_id, task_id=task_id,
                                          sample_index=sample_index,
                                          prompt_length=len(prompt_token_ids))
         self._append(traj, prompt_token_ids)
+        return await self.resume(traj, settings, on_turn=on_turn)
+
+    async def resume(self, traj: trajectory_pb2.Trajectory, settings: EpisodeSettings, *,
+                     on_turn: TurnHook | None = None) -> trajectory_pb2.Trajectory:
+        """Continue the episode `traj` holds (its prompt, or an ARPO branch's shared prefix
+        ending after a tool observation). `on_turn(traj, result)` runs after each turn's tokens
+        are appended (ARPO reads the turn's top-k log-probs there)."""
+        started = time.monotonic()
+        fmt = get_format(settings.tool_format)
         stop = fmt.stop_strings + [s for s in settings.sampling.get("stop", [])
                                    if s not in fmt.stop_strings]
         try:
-            finish = await self._turns(traj, settings, fmt, stop)
+            finish = await self._turns(traj, settings, fmt, stop, on_turn)
         except InferenceError as exc:
             finish, traj.error = Finish.FINISH_REASON_ERROR, str(exc)
         finally:
-            self.pool.release(trajectory_id)
+            self.pool.release(traj.trajectory_id)
         traj.finish_reason = finish
         traj.truncated = finish == Finish.FINISH_REASON_MAX_TOKENS
         traj.response_text = self.tokenizer.decode(list(traj.token_ids[traj.prompt_length:]))
         traj.wall_time_s = time.monotonic() - started
         return traj
 
-    async def _turns(self, traj, settings: EpisodeSettings, fmt, stop: list[str]) -> int:
+    async def _turns(self, traj, settings: EpisodeSettings, fmt, stop: list[str],
+                     on_turn: TurnHook | None = None) -> int:
         while True:
             if len(traj.turns) >= settings.max_turns:
                 return Finish.FINISH_REASON_MAX_TURNS
@@ -121,6 +131,8 @@ class AgentLoop:
                 len(traj.token_ids)
             turn.stop_reason = str(out.stop_reason) if out.stop_reason is not None \
                 else out.finish_reason
+            if on_turn is not None:
+                on_turn(traj, out)
             if out.finish_reason == "abort":
                 return Finish.FINISH_REASON_ABORTED
             if not fmt.ends_with_call(out.stop_reason):

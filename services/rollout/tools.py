@@ -17,8 +17,8 @@ from typing import Protocol
 
 import grpc
 
-from agentrl.proto.core.v1 import trajectory_pb2
 from agentrl.common.tool_formats import ParsedCall
+from agentrl.proto.core.v1 import trajectory_pb2
 
 Status = trajectory_pb2.ToolCallStatus
 

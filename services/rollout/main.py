@@ -1,0 +1,166 @@
+"""Entry point of the rollout worker: `agentrl serve rollout` calls `main(config)`.
+
+`start(config)` builds the pieces and returns at once (tests use it): the vLLM pool
+(`rollout.inference_urls`, background health checks), the tokenizer of the served checkpoint
+(`rollout.vllm_model_path`, else `model.path`; it decodes responses and tokenises observations),
+the tools (`python` through the sandbox service), the reward client, the sampler (plain groups,
+or ARPO trees for tasks with `tree_sampling`), the `RolloutWorker` on its
+own asyncio loop in a thread, gRPC `RolloutControlService` (GetStatus, Pause, Resume; health,
+reflection, metrics, auth from agentrl.common.grpc_server) and HTTP /healthz, /readyz, /metrics.
+
+`main` serves until SIGTERM/SIGINT (agentrl.common.shutdown): readiness and gRPC health turn
+NOT_SERVING, the worker stops taking tasks and drains (`rollout.shutdown_grace_s`), then the
+servers stop.
+
+What this does NOT cover: the search tool (no client yet) and weight-update events (issue 6,
+item 6: the trainer's transport drives pause/resume through this control service meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from agentrl.common.config import AgentRLConfig
+
+SERVICE_NAME = "agentrl.rollout.v1.RolloutControlService"
+# Control calls wait on every vLLM server's /pause or /resume: a few seconds even under load.
+CONTROL_TIMEOUT_S = 60.0
+GRPC_WORKERS = 8  # control calls are rare; health checks and reflection share the threads
+PAUSE_MODES = {1: "keep", 2: "abort", 3: "wait"}  # rollout_pb2.PauseMode -> pool mode
+
+
+class RolloutControlServicer:
+    """gRPC control of one worker; calls run on the worker's loop from gRPC threads."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+
+    def GetStatus(self, request, context):
+        return self.worker.status()
+
+    def Pause(self, request, context):
+        from agentrl.proto.rollout.v1 import rollout_pb2
+
+        mode = PAUSE_MODES.get(request.mode or 1)
+        if mode is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"unknown pause mode {request.mode}; use KEEP, ABORT or WAIT")
+        self.worker.pause(mode, CONTROL_TIMEOUT_S)
+        return rollout_pb2.PauseResponse(status=self.worker.status())
+
+    def Resume(self, request, context):
+        from agentrl.proto.rollout.v1 import rollout_pb2
+
+        self.worker.resume(CONTROL_TIMEOUT_S)
+        return rollout_pb2.ResumeResponse(status=self.worker.status())
+
+
+@dataclass
+class RunningRolloutService:
+    worker: Any
+    thread: threading.Thread
+    grpc: Any
+    http: Any
+    closers: list
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop taking tasks, drain (the worker's grace, or `timeout_s` to wait at most), stop."""
+        self.grpc.set_serving(False)
+        self.worker.request_stop()
+        self.thread.join(timeout_s)
+        self.grpc.stop(0)
+        self.http.stop()
+        for close in self.closers:
+            close()
+
+
+def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None,
+          worker_id: str | None = None) -> RunningRolloutService:
+    """Start the worker and its servers; return at once. `extra_sampling`: vLLM sampling fields
+    added to every turn (tests constrain the tiny model with them)."""
+    from transformers import AutoTokenizer
+
+    from agentrl.common import grpc_server, http
+    from agentrl.common.logging import get_logger
+    from agentrl.proto.rollout.v1 import rollout_pb2_grpc
+    from agentrl.reward.client import RewardClient
+    from agentrl.rollout.agent_loop import AgentLoop
+    from agentrl.rollout.arpo import ARPOSampler, arpo_settings
+    from agentrl.rollout.inference_client import InferencePool
+    from agentrl.rollout.metrics import RolloutMetrics
+    from agentrl.rollout.tools import SandboxTool, ToolBox
+    from agentrl.rollout.worker import RolloutWorker, default_worker_id
+    from agentrl.sandbox.client import SandboxClient
+
+    settings = config.rollout
+    model_path = settings.vllm_model_path or (config.model.path if config.model else None)
+    if model_path is None:
+        raise ValueError("the rollout worker needs the served checkpoint's tokenizer: set "
+                         "rollout.vllm_model_path or model.path")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    sandbox = SandboxClient(config.sandbox.target())
+    reward = RewardClient(config.reward.target())
+    worker_id = worker_id or settings.worker_id or default_worker_id()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def body() -> None:
+        pool = InferencePool(settings.inference_urls, request_timeout_s=settings.request_timeout_s,
+                             max_retries=settings.max_request_retries,
+                             health_check_interval_s=settings.health_check_interval_s)
+        await pool.start()
+        tools = ToolBox({"python": SandboxTool(sandbox, settings.tool_timeout_s)})
+        sampler = ARPOSampler(AgentLoop(pool, tokenizer, tools), reward, worker_id=worker_id,
+                              settings=arpo_settings(settings), vocab_size=len(tokenizer),
+                              default_format=settings.tool_format, extra_sampling=extra_sampling)
+        worker = RolloutWorker(config, sampler, pool, metrics=RolloutMetrics(),
+                               worker_id=worker_id)
+        holder["worker"] = worker
+        try:
+            await worker.run(on_started=ready.set)
+        finally:
+            await pool.close()
+
+    def thread_main() -> None:
+        try:
+            asyncio.run(body())
+        except Exception as exc:  # noqa: BLE001 - reported to start() and logged
+            holder["error"] = exc
+            get_logger(__name__).exception("rollout worker crashed")
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=thread_main, name="rollout-worker", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in holder:
+        raise RuntimeError(f"the rollout worker failed to start: {holder['error']!r}")
+    worker = holder["worker"]
+    servicer = RolloutControlServicer(worker)
+    server = grpc_server.serve(
+        lambda s: rollout_pb2_grpc.add_RolloutControlServiceServicer_to_server(servicer, s),
+        [SERVICE_NAME], host=settings.host, port=settings.grpc_port, max_workers=GRPC_WORKERS)
+    app = http.create_app("rollout", ready=thread.is_alive)
+    http_server = http.serve_in_thread(app, host=settings.host, port=settings.http_port)
+    get_logger(__name__).info("rollout worker ready", extra={
+        "worker_id": worker_id, "grpc": server.address, "http": http_server.url,
+        "inference_urls": settings.inference_urls})
+    return RunningRolloutService(worker, thread, server, http_server,
+                                 [sandbox.close, reward.close])
+
+
+def main(config: AgentRLConfig) -> None:
+    """Serve until SIGTERM/SIGINT, drain the tasks in flight, then exit."""
+    from agentrl.common.shutdown import install_shutdown_handler
+
+    service = start(config)
+    stopping = threading.Event()
+    install_shutdown_handler(lambda _signum, _frame: stopping.set())
+    while not stopping.wait(0.5) and service.thread.is_alive():
+        pass
+    service.stop()

@@ -1,0 +1,233 @@
+"""The rollout worker: RolloutTasks from Redis in, scored Groups out, many episodes at once.
+
+    worker = RolloutWorker(config, sampler, pool)
+    await worker.run()          # until request_stop(); other threads: pause/resume/status
+
+Loop: read one task at a time from `agentrl:{run_id}:prompts` (consumer group `rollout`) while
+fewer than `rollout.max_concurrent_episodes` episodes run (a task holds its n episodes; a task
+larger than the cap runs alone), sample its group (`GroupSampler`, asyncio), publish the Group
+to `agentrl:{run_id}:groups`, and only then `complete()` the task entry (key recorded as done,
+entry acked, atomically).
+
+Delivery (agentrl.common.streams): a task whose key is already done is acked and skipped; a
+second copy of a task running here waits for the first and is then skipped. While episodes run,
+a timer renews this worker's entries every quarter visibility timeout, so only a dead worker's
+tasks are reclaimed, by another worker's `read()`. A worker killed after publishing but before
+completing leaves a second group with the same idempotency key: the trainer counts it once.
+
+Failures: a malformed task is acked and counted (it can never succeed); a group attempt that
+raises (reward service down) is retried with backoff for as long as the worker lives.
+
+Shutdown (`request_stop`): no new task is read; tasks in flight get `rollout.shutdown_grace_s`
+to finish and publish; the rest are cancelled and left unacked for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from google.protobuf.message import DecodeError
+
+from agentrl.common.config import AgentRLConfig
+from agentrl.common.logging import get_logger
+from agentrl.common.streams import StreamEntry, StreamQueue, stream_key
+from agentrl.proto.core.v1 import task_pb2, trajectory_pb2
+from agentrl.proto.rollout.v1 import rollout_pb2
+from agentrl.rollout.group import GroupSampler, check_task
+from agentrl.rollout.inference_client import InferencePool
+from agentrl.rollout.metrics import RolloutMetrics
+
+log = get_logger(__name__)
+
+PROMPTS_GROUP = "rollout"
+# How long one read waits for a task: bounds how late a stop request is noticed.
+READ_BLOCK_MS = 500
+# Renew held entries this many times per visibility timeout (as streams.RECLAIM_INTERVAL_S).
+RENEWALS_PER_TIMEOUT = 4
+# Backoff of a failed group attempt: first retry soon, then at most every 30 s.
+RETRY_INITIAL_S, RETRY_MAX_S = 1.0, 30.0
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class RolloutWorker:
+    def __init__(self, config: AgentRLConfig, sampler: GroupSampler, pool: InferencePool, *,
+                 metrics: RolloutMetrics, worker_id: str | None = None) -> None:
+        self.config, self.sampler, self.pool, self.metrics = config, sampler, pool, metrics
+        self.worker_id = worker_id or sampler.worker_id or default_worker_id()
+        self.cap = config.rollout.max_concurrent_episodes
+        self.grace_s = config.rollout.shutdown_grace_s
+        visibility_ms = int(config.redis.visibility_timeout_s * 1000)
+        self.renew_interval_s = config.redis.visibility_timeout_s / RENEWALS_PER_TIMEOUT
+        run_id = config.run.run_id
+        self.prompts = StreamQueue(config.redis.url, stream_key(run_id, "prompts"), PROMPTS_GROUP,
+                                   consumer=self.worker_id, visibility_timeout_ms=visibility_ms,
+                                   reclaim_interval_s=self.renew_interval_s,
+                                   retry_deadline_s=config.redis.reconnect_deadline_s)
+        self.groups = StreamQueue(config.redis.url, stream_key(run_id, "groups"), "trainer",
+                                  maxlen=config.redis.max_stream_length,
+                                  retry_deadline_s=config.redis.reconnect_deadline_s)
+        self.paused = False
+        self.reserved = 0  # episodes of the tasks in flight (n each)
+        self.active: dict[str, asyncio.Task] = {}  # idempotency key -> its task
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._changed: asyncio.Condition | None = None
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="rollout-read")  # read() thread
+
+    # ---- control, from any thread ---------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop taking tasks and drain (safe from signal handlers and other threads)."""
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+            asyncio.run_coroutine_threadsafe(self._notify(), self.loop)
+
+    def pause(self, mode: str, timeout_s: float = 60.0) -> None:
+        """Admit no new task and pause the vLLM pool (`keep`, `wait` or `abort`)."""
+        self.paused = True
+        self._call(self.pool.pause(mode), timeout_s)
+
+    def resume(self, timeout_s: float = 60.0) -> None:
+        self._call(self.pool.resume(), timeout_s)
+        self.paused = False
+        self._call(self._notify(), timeout_s)
+
+    def _call(self, coro, timeout_s: float) -> None:
+        if self.loop is None:
+            coro.close()
+            raise RuntimeError("the worker is not running")
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def status(self) -> rollout_pb2.RolloutStatus:
+        servers = [rollout_pb2.InferenceServer(url=s.url, healthy=s.healthy,
+                                               in_flight=s.in_flight,
+                                               policy_version=self.metrics.policy_version)
+                   for s in self.pool.servers.values()]
+        return rollout_pb2.RolloutStatus(
+            worker_id=self.worker_id, episodes_in_flight=int(self.metrics.in_flight_local),
+            episodes_done=self.metrics.episodes_done, policy_version=self.metrics.policy_version,
+            paused=self.paused, servers=servers)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    async def run(self, on_started=None) -> None:
+        """Consume tasks until `request_stop()`, then drain; `on_started()` once reading."""
+        self.loop = asyncio.get_running_loop()
+        self._stop, self._changed = asyncio.Event(), asyncio.Condition()
+        await asyncio.to_thread(self.prompts.ensure_group)
+        if on_started is not None:
+            on_started()
+        keeper = asyncio.create_task(self._keep_alive_loop())
+        log.info("rollout worker started", extra={"worker_id": self.worker_id,
+                                                   "stream": self.prompts.stream})
+        try:
+            while not self._stop.is_set():
+                if not await self._wait_for(lambda: not self.paused and self.reserved < self.cap):
+                    break
+                entries = await self.loop.run_in_executor(self._reader, self.prompts.read, 1,
+                                                          READ_BLOCK_MS)
+                for entry in entries:
+                    await self._admit(entry)
+            await self._drain()
+        finally:
+            keeper.cancel()
+            self._reader.shutdown(wait=False)
+            log.info("rollout worker stopped", extra={"worker_id": self.worker_id,
+                                                       "episodes_done": self.metrics.episodes_done})
+
+    async def _wait_for(self, predicate) -> bool:
+        """Wait until `predicate()` holds; False when a stop was requested first."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate() or self._stop.is_set())
+        return not self._stop.is_set()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _admit(self, entry: StreamEntry) -> None:
+        try:
+            task = entry.decode(task_pb2.RolloutTask)
+            check_task(task)
+        except (DecodeError, ValueError) as exc:
+            log.error("malformed rollout task acked and dropped",
+                      extra={"entry": entry.id, "error": str(exc)})
+            self.metrics.rejected.inc()
+            await asyncio.to_thread(self.prompts.complete, entry)
+            return
+        if await asyncio.to_thread(self.prompts.is_done, entry):
+            await asyncio.to_thread(self.prompts.ack, entry)
+            return
+        n = task.num_samples
+        if not await self._wait_for(lambda: self.reserved == 0 or self.reserved + n <= self.cap):
+            return  # stopping: the entry stays unacked for another worker
+        self.reserved += n
+        self.metrics.start_episodes(n)
+        earlier = self.active.get(entry.key)
+        handle = asyncio.create_task(self._handle(entry, task, earlier))
+        self.active[entry.key] = handle
+
+    async def _handle(self, entry: StreamEntry, task: task_pb2.RolloutTask,
+                      earlier: asyncio.Task | None) -> None:
+        n, left = task.num_samples, [task.num_samples]
+
+        def finished(traj: trajectory_pb2.Trajectory) -> None:
+            left[0] -= 1
+            self.metrics.finish_episodes(1)
+            self.metrics.record_episode(traj)
+
+        try:
+            if earlier is not None:  # a second copy of a task running here: wait for the first
+                await asyncio.wait([earlier])
+                if await asyncio.to_thread(self.prompts.is_done, entry):
+                    await asyncio.to_thread(self.prompts.ack, entry)
+                    return
+            backoff_s = RETRY_INITIAL_S
+            while True:
+                try:
+                    group = await self.sampler.sample(task, on_episode=finished)
+                    break
+                except Exception as exc:  # noqa: BLE001 - retried; the entry stays ours
+                    self.metrics.failures.inc()
+                    self.metrics.finish_episodes(left[0])
+                    log.warning("group attempt failed; retrying",
+                                extra={"task_id": task.task_id, "error": repr(exc)})
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, RETRY_MAX_S)
+                    left[0] = n
+                    self.metrics.start_episodes(n)
+            await asyncio.to_thread(self.groups.publish, group)
+            await asyncio.to_thread(self.prompts.complete, entry)
+            self.metrics.groups.inc()
+        finally:
+            self.metrics.finish_episodes(left[0])
+            self.reserved -= n
+            if self.active.get(entry.key) is asyncio.current_task():
+                del self.active[entry.key]
+            await self._notify()
+
+    async def _keep_alive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_interval_s)
+            try:
+                await asyncio.to_thread(self.prompts.keep_alive)
+            except Exception as exc:  # noqa: BLE001 - the next renewal tries again
+                log.warning("keep-alive failed", extra={"error": repr(exc)})
+
+    async def _drain(self) -> None:
+        running = [t for t in self.active.values() if not t.done()]
+        if running:
+            log.info("draining tasks in flight", extra={"tasks": len(running),
+                                                        "grace_s": self.grace_s})
+            _done, pending = await asyncio.wait(running, timeout=self.grace_s)
+            for t in pending:  # unfinished: cancelled, never acked; another worker reclaims
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending)
