@@ -75,12 +75,13 @@ def _register_service_commands() -> None:
     """Sub-commands that live with their service (imported lazily by each command)."""
     from agentrl.common.model_cli import model_app
     from agentrl.search.cli import data_app, index_app
-    from agentrl.trainer.cli import sft_app
+    from agentrl.trainer.cli import eval_app, sft_app
 
     app.add_typer(index_app, name="search")
     app.add_typer(data_app, name="data")
     app.add_typer(model_app, name="model")
     app.add_typer(sft_app, name="sft")
+    app.add_typer(eval_app, name="eval")
 
 
 _register_service_commands()

@@ -33,6 +33,9 @@ TurnHook = Callable[[trajectory_pb2.Trajectory, GenerationResult], None]
 MAX_ABORT_RESUMES = 8
 TRUNCATION_NOTE = "\n... (output truncated)"
 
+# Tool calls per episode when a task gives no limit: one per default turn (8 turns).
+DEFAULT_MAX_TOOL_CALLS = 8
+
 
 @dataclass
 class EpisodeSettings:
@@ -70,7 +73,10 @@ class EpisodeSettings:
             sampling["seed"] = s.seed
         sampling.update(extra_sampling)
         return cls(sampling=sampling, max_tokens_per_turn=s.max_tokens_per_turn or 512,
-                   max_turns=limits.max_turns or 8, max_tool_calls=limits.max_tool_calls,
+                   max_turns=limits.max_turns or 8,
+                   # 0 means "the default" for every limit, as elsewhere in the task: a task
+                   # without tools says so with an empty `tools`, not with max_tool_calls 0.
+                   max_tool_calls=limits.max_tool_calls or DEFAULT_MAX_TOOL_CALLS,
                    max_total_tokens=limits.max_total_tokens or 4096,
                    max_tool_output_tokens=limits.max_tool_output_tokens or 256,
                    tool_format=task.tool_format or default_format)

@@ -1,12 +1,15 @@
-"""Trainer sub-commands for the `agentrl` CLI; the lead registers `sft_app` as `agentrl sft`.
+"""Trainer sub-commands for the `agentrl` CLI; the lead registers `sft_app` as `agentrl sft`
+and `eval_app` as `agentrl eval`.
 
     agentrl sft --recipe recipes/quickstart.yaml [--data trajectories.jsonl] [--output DIR]
+    agentrl eval --recipe recipes/quickstart.yaml --data eval.jsonl -k 4 [--out eval.json]
 
 Parses the recipe first and imports torch/transformers only when the command runs.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,8 +18,11 @@ from rich.console import Console
 
 console = Console()
 err_console = Console(stderr=True)
+# Piped output (logs, CI) gets the whole evaluation table instead of one squeezed to 80 columns.
+TABLE_WIDTH_PIPED = 160
 
 sft_app = typer.Typer(help="Supervised fine-tuning on tool-use trajectories (cold start).")
+eval_app = typer.Typer(help="Evaluate the served policy on a data set: avg@k, pass@k, tools.")
 
 
 @sft_app.callback(invoke_without_command=True)
@@ -64,3 +70,46 @@ def sft(
     console.print(f"SFT done: {result.num_steps} steps on {result.num_examples} trajectories"
                   f"{dropped}; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
                   f"{result.tokens_per_s:.0f} tokens/s. Checkpoint: {result.output_dir}")
+
+
+@eval_app.callback(invoke_without_command=True)
+def evaluate(
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
+                                         help="YAML recipe: rollout, sandbox, reward addresses")],
+    data: Annotated[Path | None, typer.Option(
+        help="JSONL/Parquet prompts; default: the recipe's data.eval_path")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="samples per prompt")] = 4,
+    out: Annotated[Path | None, typer.Option(
+        help="JSON report to write; default: <run dir>/eval.json")] = None,
+    max_turns: Annotated[int | None, typer.Option(min=1, help="turns per episode")] = None,
+    max_tool_calls: Annotated[int | None, typer.Option(
+        min=0, help="tool calls per episode (the task default, 0, allows none)")] = None,
+) -> None:
+    """Run DATA through the rollout path (k samples each) and print/write avg@k and pass@k."""
+    from agentrl.common.config import ConfigError, load_config
+
+    try:
+        config = load_config(recipe)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from None
+    data = data or (config.data.eval_path if config.data else None)
+    if data is None:
+        err_console.print("[red]no data set: pass --data or set data.eval_path[/]")
+        raise typer.Exit(code=1)
+    out = out or Path(config.run.output_dir) / "eval.json"
+
+    from agentrl.trainer.eval_job import run_eval
+    from agentrl.trainer.evaluation import report_table
+
+    try:
+        limits = {name: value for name, value in (("max_turns", max_turns),
+                                                   ("max_tool_calls", max_tool_calls))
+                  if value is not None}
+        result = run_eval(config, data, k, out, limits=limits)
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from None
+    table_console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH_PIPED)
+    table_console.print(report_table(result.report))
+    table_console.print(f"report: {out}")

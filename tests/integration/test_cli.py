@@ -24,7 +24,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 def test_every_listed_command_has_working_help():
     top = run("--help")
     assert top.returncode == 0
-    for group in ("config", "streams", "search", "data", "model", "sft", "up", "serve"):
+    for group in ("config", "streams", "search", "data", "model", "sft", "eval", "up", "serve"):
         assert group in top.stdout
         sub = run(group, "--help")
         assert sub.returncode == 0, sub.stderr

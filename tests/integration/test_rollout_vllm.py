@@ -15,6 +15,7 @@ import pytest
 
 from agentrl.common.config import RolloutConfig
 from agentrl.common.models import default_corpus, init_tiny_model
+from agentrl.proto.core.v1 import trajectory_pb2
 from agentrl.rollout.inference_client import InferencePool
 from agentrl.rollout.vllm_launcher import VLLMServer
 
@@ -111,6 +112,96 @@ def test_pause_keeps_requests_and_tokens_carry_the_new_version(servers) -> None:
     finished_while_paused, out = run(with_pool([servers[0].url], body))
     assert not finished_while_paused
     assert out.policy_versions == [7] * 8
+
+
+async def generation_tokens_total(pool: InferencePool, url: str) -> float:
+    """The server's `vllm:generation_tokens_total` (Prometheus /metrics), summed over labels."""
+    text = (await pool.http.get(url + "/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:generation_tokens_total"))
+
+
+def test_abort_pause_mid_turn_resumes_from_its_tokens_with_the_new_version(
+        servers, model_dir: Path) -> None:
+    """Issue item 6: pause(abort) while a turn is generating, set a new version, resume. The
+    turn continues from the tokens it had: one aborted request, then one request whose prompt is
+    the prompt plus exactly those tokens, and versions switch 0 -> 5 at that boundary."""
+    from transformers import AutoTokenizer
+
+    from agentrl.rollout.agent_loop import AgentLoop, EpisodeSettings
+    from agentrl.rollout.tools import ToolBox
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt, turn_tokens, new_version = [1, 40, 41, 42, 43], 900, 5
+    # Plain tokens only (a sampler restriction applied after raw log-probs): no stop string or
+    # EOS can end the turn early, so it runs for exactly turn_tokens tokens.
+    allowed = [tokenizer.convert_tokens_to_ids(t) for t in ("x", "y", "Ġ")]
+    settings = EpisodeSettings(sampling={"temperature": 1.0, "seed": 13, "ignore_eos": True,
+                                         "allowed_token_ids": allowed},
+                               max_tokens_per_turn=turn_tokens, max_turns=1)
+    url = servers[0].url
+    calls: list[tuple[list[int], object]] = []
+
+    async def body(pool: InferencePool):
+        generate = pool.generate
+
+        async def spy(session_id, prompt_token_ids, sampling):
+            out = await generate(session_id, prompt_token_ids, sampling)
+            calls.append((list(prompt_token_ids), out))
+            return out
+
+        pool.generate = spy
+        loop = AgentLoop(pool, tokenizer, ToolBox({}))
+        before = await generation_tokens_total(pool, url)
+        episode = asyncio.create_task(loop.run(prompt, settings, trajectory_id="t-abort"))
+        # Mid-turn: the server has sampled some of this (only) request's tokens, not all.
+        deadline = asyncio.get_running_loop().time() + 60
+        while await generation_tokens_total(pool, url) - before < 32:
+            assert not episode.done() and asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        try:
+            await pool.pause("abort")
+            await asyncio.sleep(0.5)
+            aborted_while_paused = len(calls)
+            await pool.set_weight_version(new_version)
+            await pool.resume()
+            traj = await asyncio.wait_for(episode, 120)
+        finally:
+            await pool.resume()
+            await pool.set_weight_version(0)
+        scored = await pool.score(list(traj.token_ids))
+        return aborted_while_paused, traj, scored
+
+    aborted_while_paused, traj, scored = run(with_pool([url], body))
+    assert aborted_while_paused == 1, "the pause must have ended the in-flight request"
+    (first_prompt, first), (second_prompt, second) = calls
+    assert first.finish_reason == "abort" and 0 < len(first.token_ids) < turn_tokens
+    assert first.policy_versions == [0] * len(first.token_ids)
+    # The resumed request continues from exactly the tokens the aborted one had.
+    assert first_prompt == prompt and second_prompt == prompt + first.token_ids
+    assert second.finish_reason == "length"
+    assert len(first.token_ids) + len(second.token_ids) == turn_tokens
+    assert second.policy_versions == [new_version] * len(second.token_ids)
+
+    n = len(traj.token_ids)
+    assert traj.finish_reason == trajectory_pb2.FINISH_REASON_MAX_TOKENS
+    assert len(traj.turns) == 1 and traj.turns[0].response_end == n == len(prompt) + turn_tokens
+    assert list(traj.token_ids) == prompt + first.token_ids + second.token_ids
+    assert len(traj.loss_mask) == len(traj.behaviour_logprobs) == len(traj.policy_versions) == n
+    assert list(traj.loss_mask) == [0] * len(prompt) + [1] * turn_tokens
+    assert traj.response_text == tokenizer.decode(first.token_ids + second.token_ids)
+    assert tokenizer.decode(list(traj.token_ids)) == tokenizer.decode(prompt) + traj.response_text
+    # Versions change once, from 0 to the new one, at the abort point inside the turn.
+    boundary = len(prompt) + len(first.token_ids)
+    assert list(traj.policy_versions) == ([-1] * len(prompt) + [0] * len(first.token_ids)
+                                          + [new_version] * len(second.token_ids))
+    changes = [i for i in range(len(prompt) + 1, n)
+               if traj.policy_versions[i] != traj.policy_versions[i - 1]]
+    assert changes == [boundary]
+    # Each sampled token was drawn given exactly the tokens before it in the trajectory (a lost
+    # or duplicated token would shift the context): its log-prob equals vLLM's scoring.
+    for i in range(len(prompt), n):
+        assert abs(traj.behaviour_logprobs[i] - scored[i]) < LOGPROB_TOLERANCE, i
 
 
 def test_sticky_least_loaded_routing_and_failover_to_the_healthy_server(servers) -> None:

@@ -22,6 +22,12 @@ def test_from_task_maps_sampling_and_limits() -> None:
     assert settings.tool_format == "search_tags"
 
 
+def test_unset_limits_take_the_defaults_tool_calls_included() -> None:
+    settings = EpisodeSettings.from_task(task_pb2.RolloutTask())
+    assert settings.max_turns == 8
+    assert settings.max_tool_calls == 8  # 0 is "unset", never "no tool call allowed"
+
+
 def test_bad_limits_and_formats_are_rejected() -> None:
     with pytest.raises(ValueError, match="max_turns must be positive"):
         EpisodeSettings(max_turns=0)
