@@ -194,7 +194,12 @@ def test_overload_is_resource_exhausted() -> None:
         with RewardClient(running.grpc.address, token=None) as reward_client:
             slow = threading.Thread(target=reward_client.score, args=("math", PATHOLOGICAL, "3"))
             slow.start()
-            time.sleep(0.5)
+            # Wait until the slow verification holds the only slot (a fixed sleep races on a
+            # loaded machine).
+            deadline = time.monotonic() + 30
+            while running.scorer._admitted < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert running.scorer._admitted == 1
             with pytest.raises(grpc.RpcError) as info:
                 reward_client.score("math", r"\boxed{1}", "1")
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -193,7 +193,9 @@ def make_config(run_id: str, server: VLLMServer, model_dir: Path, services: tupl
                 **rollout: object) -> AgentRLConfig:
     return AgentRLConfig.model_validate({
         "run": {"run_id": run_id},
-        "redis": {"url": REDIS_URL, "visibility_timeout_s": 3.0},
+        # Short enough that a killed worker's task is reclaimed within the test, long enough
+        # that a live worker on a loaded 2-core machine always renews its entries in time.
+        "redis": {"url": REDIS_URL, "visibility_timeout_s": 8.0},
         "sandbox": {"address": services[0]},
         "reward": {"address": services[1]},
         "rollout": {"inference_urls": [server.url], "vllm_model_path": str(model_dir),
