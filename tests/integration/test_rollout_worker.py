@@ -33,14 +33,12 @@ import redis
 import yaml
 from transformers import AutoTokenizer
 
-from agentrl.common.config import AgentRLConfig, RolloutConfig
-from agentrl.common.grpc_server import serve
+from agentrl.common.config import AgentRLConfig
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.common.streams import stream_key
 from agentrl.proto.core.v1 import group_pb2, task_pb2
 from agentrl.proto.rollout.v1 import rollout_pb2, rollout_pb2_grpc
 from agentrl.reward.client import RewardClient
-from agentrl.reward.main import start as start_reward
 from agentrl.rollout import main as rollout_main
 from agentrl.rollout.agent_loop import AgentLoop
 from agentrl.rollout.arpo import ARPOSampler, ARPOSettings
@@ -48,8 +46,6 @@ from agentrl.rollout.group import GroupSampler
 from agentrl.rollout.inference_client import InferencePool
 from agentrl.rollout.tools import SandboxTool, ToolBox
 from agentrl.rollout.vllm_launcher import VLLMServer
-from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import service as sandbox_service
 from agentrl.sandbox.client import SandboxClient
 
 pytestmark = pytest.mark.slow
@@ -152,31 +148,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    config = RolloutConfig(vllm_max_model_len=1024, vllm_max_num_seqs=32)
-    with VLLMServer.launch(config, model_dir, tmp_path_factory.mktemp("logs") / "vllm.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def services() -> Iterator[tuple[str, str]]:
-    """(sandbox address, reward address), both serving in this process."""
-    config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 4}})
-    executor = sandbox_executor.Sandbox(config.sandbox)
-    servicer = sandbox_service.SandboxServicer(executor)
-    sandbox = serve(sandbox_service.register(servicer), [sandbox_service.SERVICE_NAME],
-                    port=0, token=None, max_workers=8)
-    reward = start_reward(AgentRLConfig.model_validate({
-        "reward": {"grpc_port": 0, "http_port": 0, "num_verifier_workers": 1},
-        "sandbox": {"address": sandbox.address}}))
-    yield sandbox.address, reward.grpc.address
-    reward.stop(0)
-    sandbox.stop(0)
-    servicer.close()
-    executor.close()
 
 
 @pytest.fixture

@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agentrl.common.config import AgentRLConfig, RolloutConfig
-from agentrl.common.grpc_server import serve
+from agentrl.common.config import AgentRLConfig
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.proto.core.v1 import group_pb2
-from agentrl.reward.main import start as start_reward
 from agentrl.rollout.group import response_length_tokens
-from agentrl.rollout.vllm_launcher import VLLMServer
-from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import service as sandbox_service
 from agentrl.trainer.cli import eval_app
 from agentrl.trainer.eval_job import run_eval
 
@@ -53,31 +47,6 @@ K = 2
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_tiny_model(tmp_path_factory.mktemp("model"), default_corpus(500), seed=3)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    config = RolloutConfig(vllm_max_model_len=1024, vllm_max_num_seqs=32)
-    with VLLMServer.launch(config, model_dir, tmp_path_factory.mktemp("logs") / "vllm.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def services() -> Iterator[tuple[str, str]]:
-    """(sandbox address, reward address), both serving in this process."""
-    config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 4}})
-    executor = sandbox_executor.Sandbox(config.sandbox)
-    servicer = sandbox_service.SandboxServicer(executor)
-    sandbox = serve(sandbox_service.register(servicer), [sandbox_service.SERVICE_NAME],
-                    port=0, token=None, max_workers=8)
-    reward = start_reward(AgentRLConfig.model_validate({
-        "reward": {"grpc_port": 0, "http_port": 0, "num_verifier_workers": 1},
-        "sandbox": {"address": sandbox.address}}))
-    yield sandbox.address, reward.grpc.address
-    reward.stop(0)
-    sandbox.stop(0)
-    servicer.close()
-    executor.close()
 
 
 @pytest.fixture
