@@ -75,13 +75,14 @@ def _register_service_commands() -> None:
     """Sub-commands that live with their service (imported lazily by each command)."""
     from agentrl.common.model_cli import model_app
     from agentrl.search.cli import data_app, index_app
-    from agentrl.trainer.cli import eval_app, sft_app
+    from agentrl.trainer.cli import eval_app, report_app, sft_app
 
     app.add_typer(index_app, name="search")
     app.add_typer(data_app, name="data")
     app.add_typer(model_app, name="model")
     app.add_typer(sft_app, name="sft")
     app.add_typer(eval_app, name="eval")
+    app.add_typer(report_app, name="report")
 
 
 _register_service_commands()

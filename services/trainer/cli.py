@@ -1,8 +1,9 @@
-"""Trainer sub-commands for the `agentrl` CLI; the lead registers `sft_app` as `agentrl sft`
-and `eval_app` as `agentrl eval`.
+"""Trainer sub-commands for the `agentrl` CLI; the lead registers `sft_app` as `agentrl sft`,
+`eval_app` as `agentrl eval` and `report_app` as `agentrl report`.
 
     agentrl sft --recipe recipes/quickstart.yaml [--data trajectories.jsonl] [--output DIR]
     agentrl eval --recipe recipes/quickstart.yaml --data eval.jsonl -k 4 [--out eval.json]
+    agentrl report RUN_DIR
 
 Parses the recipe first and imports torch/transformers only when the command runs.
 """
@@ -23,6 +24,7 @@ TABLE_WIDTH_PIPED = 160
 
 sft_app = typer.Typer(help="Supervised fine-tuning on tool-use trajectories (cold start).")
 eval_app = typer.Typer(help="Evaluate the served policy on a data set: avg@k, pass@k, tools.")
+report_app = typer.Typer(help="Plots and a summary (Markdown, one HTML page) of a training run.")
 
 
 @sft_app.callback(invoke_without_command=True)
@@ -113,3 +115,22 @@ def evaluate(
     table_console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH_PIPED)
     table_console.print(report_table(result.report))
     table_console.print(f"report: {out}")
+
+
+@report_app.callback(invoke_without_command=True)
+def report(
+    run_dir: Annotated[Path, typer.Argument(
+        metavar="RUN_DIR", help="the run's directory (run.output_dir): metrics.jsonl, optional eval/, "
+             "samples.jsonl, config.json")],
+) -> None:
+    """Write RUN_DIR/report/: a PNG per training curve, report.md and a self-contained report.html."""
+    from agentrl.trainer.report import ReportInputError, write_report
+
+    try:
+        paths = write_report(run_dir)
+    except (ReportInputError, OSError) as exc:  # OSError: an unreadable file, a full disk
+        # The message holds paths and file text: printed as is, never read as markup.
+        err_console.print(str(exc), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    for path in [*paths.plots, paths.markdown, paths.html]:
+        typer.echo(path)  # plain lines, never wrapped: scripts read them
