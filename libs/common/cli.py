@@ -290,6 +290,25 @@ def _print_status(config) -> bool:
     return healthy
 
 
+@app.command("dry-run")
+def dry_run_command(
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
+                                         help="YAML recipe")],
+    timeout_s: Annotated[float, typer.Option(min=0.1, help="seconds per service check")] = 5.0,
+    file_timeout_s: Annotated[float, typer.Option(min=0.1, help="seconds per file check")] = 30.0,
+) -> None:
+    """Check a recipe before a run: config, data files, model, every service it uses."""
+    from agentrl.common.dry_run import format_report, run_dry_run
+
+    results = run_dry_run(recipe, timeout_s=timeout_s, file_timeout_s=file_timeout_s)
+    console.print(format_report(results), markup=False, highlight=False)
+    failed = [r.check for r in results if r.status == "FAIL"]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} check(s) failed: {', '.join(failed)}[/]")
+        raise typer.Exit(code=1)
+    err_console.print("[green]every check passed[/]")
+
+
 def main() -> None:
     app()
 

@@ -264,6 +264,20 @@ class RolloutConfig(ServiceEndpoint):
     """ARPO: branch when P <= tau (1 branches at every tool result, below 0 never)."""
     arpo_beam_size: int = Field(default=2, gt=0)
     """ARPO: at most beam_size - 1 copies branch off a path per decision."""
+    tree_sampling: bool = False
+    """ARPO switch: the trainer admits every task with `tree_sampling` set, so workers sample it
+    as an entropy-branching tree (the arpo_* fields) instead of n independent episodes."""
+    max_turns: int | None = Field(default=None, gt=0)
+    """Model turns per episode, written into each admitted task; None: the rollout default (8)."""
+    max_tool_calls: int | None = Field(default=None, gt=0)
+    """Tool calls per episode, written into each admitted task; None: the rollout default (8)."""
+    max_response_tokens: int | None = Field(default=None, gt=0)
+    """Tokens after the prompt (model tokens and tool output) per episode: a task's
+    max_total_tokens becomes its prompt length plus this; None: the rollout default (4096 in
+    all, prompt included)."""
+    max_tokens_per_turn: int | None = Field(default=None, gt=0)
+    """Tokens one model turn may generate, written into each admitted task (a turn never passes
+    the episode's remaining budget anyway); None: the rollout default (512)."""
     tool_format: Literal["code_tags", "search_tags", "hermes"] = "code_tags"
     """How tool calls are written: `<code>`/`<python>`, `<search>`, or Hermes `<tool_call>{json}`."""
     request_timeout_s: float = Field(default=300.0, gt=0)

@@ -63,20 +63,30 @@ class TrainingTimeout(RuntimeError):
 
 
 def make_task(row: PromptRow, config: AgentRLConfig, tokenizer: Any, key: str, version: int):
-    """The RolloutTask of one data-set row (sampling and limits left 0: the rollout defaults)."""
+    """The RolloutTask of one data-set row. Episode limits, the per-turn token budget and the
+    ARPO switch come from the `rollout` section; a limit left unset there stays 0 in the task,
+    i.e. the rollout default, as do the other sampling fields."""
     from agentrl.proto.core.v1 import task_pb2
     from agentrl.trainer.rendering import render_prompt
 
+    rollout = config.rollout
     text = render_prompt([{"role": "user", "content": row.prompt}], tokenizer,
                          "chat_template" if getattr(tokenizer, "chat_template", None)
                          else "plain")
+    prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
+    max_total_tokens = len(prompt_ids) + rollout.max_response_tokens \
+        if rollout.max_response_tokens else 0
     return task_pb2.RolloutTask(
         task_id=key, idempotency_key=key, prompt_id=row.prompt_id,
-        prompt_token_ids=tokenizer(text, add_special_tokens=False).input_ids, prompt_text=text,
+        prompt_token_ids=prompt_ids, prompt_text=text,
         task_type=row.task_type, ground_truth=row.ground_truth, metadata=row.metadata,
-        tools=list(row.tools), tool_format=config.rollout.tool_format,
+        tools=list(row.tools), tool_format=rollout.tool_format,
         num_samples=config.algorithm.group_size, admitted_policy_version=version,
-        created_at_unix_s=time.time())
+        sampling=task_pb2.SamplingParams(max_tokens_per_turn=rollout.max_tokens_per_turn or 0),
+        limits=task_pb2.EpisodeLimits(max_turns=rollout.max_turns or 0,
+                                      max_tool_calls=rollout.max_tool_calls or 0,
+                                      max_total_tokens=max_total_tokens),
+        tree_sampling=rollout.tree_sampling, created_at_unix_s=time.time())
 
 
 class RLTrainer:
