@@ -3,17 +3,21 @@
 `start(config)` builds the pieces and returns at once (tests use it): the vLLM pool
 (`rollout.inference_urls`, background health checks), the tokenizer of the served checkpoint
 (`rollout.vllm_model_path`, else `model.path`; it decodes responses and tokenises observations),
-the tools (`python` through the sandbox service), the reward client, the sampler (plain groups,
-or ARPO trees for tasks with `tree_sampling`), the `RolloutWorker` on its
-own asyncio loop in a thread, gRPC `RolloutControlService` (GetStatus, Pause, Resume; health,
+the tools (`python` through the sandbox service at `sandbox.address` or host:grpc_port, `search`
+through the search service at `search.address` or host:grpc_port; both are always registered,
+and a call to a service that does not answer is an UNAVAILABLE observation, not a crash), the
+reward client, the sampler (plain groups, or ARPO trees for tasks with `tree_sampling`), the
+`RolloutWorker` on its own asyncio loop in a thread (it also follows the run's published policy
+version from Redis), gRPC `RolloutControlService` (GetStatus, Pause, Resume; health,
 reflection, metrics, auth from agentrl.common.grpc_server) and HTTP /healthz, /readyz, /metrics.
 
 `main` serves until SIGTERM/SIGINT (agentrl.common.shutdown): readiness and gRPC health turn
 NOT_SERVING, the worker stops taking tasks and drains (`rollout.shutdown_grace_s`), then the
 servers stop.
 
-What this does NOT cover: the search tool (no client yet) and weight-update events (issue 6,
-item 6: the trainer's transport drives pause/resume through this control service meanwhile).
+What this does NOT cover: pausing the pool on a new policy version. The trainer's weight sync
+pauses, reloads and resumes the vLLM servers itself (docs/rollout.md, "Policy versions"); Pause
+and Resume here hold a worker's admission and its pool by hand (operators, tests).
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     added to every turn (tests constrain the tiny model with them)."""
     from transformers import AutoTokenizer
 
-    from agentrl.common import grpc_server, http
+    from agentrl.common import grpc_client, grpc_server, http
     from agentrl.common.logging import get_logger
     from agentrl.proto.rollout.v1 import rollout_pb2_grpc
     from agentrl.reward.client import RewardClient
@@ -93,7 +97,7 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     from agentrl.rollout.arpo import ARPOSampler, arpo_settings
     from agentrl.rollout.inference_client import InferencePool
     from agentrl.rollout.metrics import RolloutMetrics
-    from agentrl.rollout.tools import SandboxTool, ToolBox
+    from agentrl.rollout.tools import SandboxTool, SearchTool, ToolBox
     from agentrl.rollout.worker import RolloutWorker, default_worker_id
     from agentrl.sandbox.client import SandboxClient
 
@@ -104,6 +108,9 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
                          "rollout.vllm_model_path or model.path")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sandbox = SandboxClient(config.sandbox.target())
+    # Retrieve is idempotent: the channel's UNAVAILABLE retries are safe; the tool's timeout
+    # bounds each call with its retries.
+    search_channel = grpc_client.create_channel(config.search.target())
     reward = RewardClient(config.reward.target())
     worker_id = worker_id or settings.worker_id or default_worker_id()
     ready = threading.Event()
@@ -114,7 +121,8 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
                              max_retries=settings.max_request_retries,
                              health_check_interval_s=settings.health_check_interval_s)
         await pool.start()
-        tools = ToolBox({"python": SandboxTool(sandbox, settings.tool_timeout_s)})
+        tools = ToolBox({"python": SandboxTool(sandbox, settings.tool_timeout_s),
+                         "search": SearchTool(search_channel, settings.tool_timeout_s)})
         sampler = ARPOSampler(AgentLoop(pool, tokenizer, tools), reward, worker_id=worker_id,
                               settings=arpo_settings(settings), vocab_size=len(tokenizer),
                               default_format=settings.tool_format, extra_sampling=extra_sampling)
@@ -151,7 +159,7 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
         "worker_id": worker_id, "grpc": server.address, "http": http_server.url,
         "inference_urls": settings.inference_urls})
     return RunningRolloutService(worker, thread, server, http_server,
-                                 [sandbox.close, reward.close])
+                                 [sandbox.close, search_channel.close, reward.close])
 
 
 def main(config: AgentRLConfig) -> None:

@@ -1,16 +1,18 @@
 """The tools an episode can call, behind one async interface: `ToolRunner.run(call) -> ToolOutcome`.
 
-`SandboxTool` runs `python` calls in the sandbox service (SandboxClient, gRPC; the blocking call
-runs in a thread so episodes keep going). `ToolBox` dispatches a parsed call to the tool of its
-name and turns every failure into an observation the model sees: a parse error, an unknown tool,
-a program that raised, a timeout, an unreachable service. Nothing here raises for a bad call.
-
-What this does NOT cover: the search tool (its client lands with the search integration).
+`SandboxTool` runs `python` calls in the sandbox service (SandboxClient, gRPC). `SearchTool`
+runs `search` calls through the search service's `Retrieve` (gRPC) and shows the top-k passages
+as Search-R1 writes them (`format_passages`). Blocking calls run in a thread so episodes keep
+going. `ToolBox` dispatches a parsed call to the tool of its name and turns every failure into
+an observation the model sees: a parse error, an unknown tool, a program that raised, a refused
+query, a timeout, an unreachable service. Nothing here raises for a bad call. Truncation to the
+observation budget is the agent loop's, the same for every tool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -66,6 +68,60 @@ class SandboxTool:
                                f"sandbox error: {result.message or result.status.value}")
         detail = stderr or result.message or f"exited with {result.status.value}"
         return ToolOutcome(Status.TOOL_CALL_STATUS_ERROR, output + detail)
+
+
+def format_passages(passages) -> str:
+    """Search-R1's observation text: `Doc i(Title: t) text`, one line per passage."""
+    if not passages:
+        return "No passages found."
+    return "\n".join(f"Doc {i}(Title: {p.title}) {p.text}" for i, p in enumerate(passages, 1))
+
+
+def search_query(arguments: str) -> str:
+    """The query of a call: the tag's text (`search_tags`), or `{"query": ...}` (Hermes)."""
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments.strip()
+    if isinstance(parsed, dict) and isinstance(parsed.get("query"), str):
+        return parsed["query"].strip()
+    return arguments.strip()
+
+
+class SearchTool:
+    """`search` calls through the search service; the top-k passages are the observation."""
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float = 10.0,
+                 top_k: int | None = None) -> None:
+        """`channel`: from agentrl.common.grpc_client.create_channel (auth, retries on
+        UNAVAILABLE within `timeout_s`)."""
+        from agentrl.proto.search.v1 import search_pb2_grpc
+
+        self.stub = search_pb2_grpc.SearchServiceStub(channel)
+        self.timeout_s = timeout_s
+        self.top_k = top_k  # None: the service's `search.default_top_k`
+
+    async def run(self, call: ParsedCall, session_id: str) -> ToolOutcome:
+        from agentrl.proto.search.v1 import search_pb2
+
+        query = search_query(call.arguments)
+        if not query:
+            return ToolOutcome(Status.TOOL_CALL_STATUS_ERROR, "Error: the search query is empty")
+        request = search_pb2.RetrieveRequest(queries=[query], top_k=self.top_k)
+        try:
+            response = await asyncio.to_thread(self.stub.Retrieve, request,
+                                               timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return ToolOutcome(Status.TOOL_CALL_STATUS_TIMEOUT,
+                                   f"TimeoutError: the search ran past {self.timeout_s:g} s")
+            if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                return ToolOutcome(Status.TOOL_CALL_STATUS_ERROR, f"Error: {exc.details()}")
+            return ToolOutcome(Status.TOOL_CALL_STATUS_UNAVAILABLE,
+                               f"search unavailable: {code.name}")
+        return ToolOutcome(Status.TOOL_CALL_STATUS_OK,
+                           format_passages(response.results[0].passages))
 
 
 class ToolBox:

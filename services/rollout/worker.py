@@ -18,6 +18,10 @@ completing leaves a second group with the same idempotency key: the trainer coun
 Failures: a malformed task is acked and counted (it can never succeed); a group attempt that
 raises (reward service down) is retried with backoff for as long as the worker lives.
 
+Policy versions: a `PolicyVersionSubscriber` follows the run's latest published version
+(`latest_policy_version`, in GetStatus); each finished episode's lag behind it is a metric. The
+worker does not pause the pool on a new version: the trainer's weight sync does (docs/rollout.md).
+
 Shutdown (`request_stop`): no new task is read; tasks in flight get `rollout.shutdown_grace_s`
 to finish and publish; the rest are cancelled and left unacked for another worker.
 """
@@ -39,7 +43,8 @@ from agentrl.proto.core.v1 import task_pb2, trajectory_pb2
 from agentrl.proto.rollout.v1 import rollout_pb2
 from agentrl.rollout.group import GroupSampler, check_task
 from agentrl.rollout.inference_client import InferencePool
-from agentrl.rollout.metrics import RolloutMetrics
+from agentrl.rollout.metrics import STREAM_STATS_INTERVAL_S, RolloutMetrics
+from agentrl.rollout.policy_version import PolicyVersionSubscriber
 
 log = get_logger(__name__)
 
@@ -73,6 +78,8 @@ class RolloutWorker:
         self.groups = StreamQueue(config.redis.url, stream_key(run_id, "groups"), "trainer",
                                   maxlen=config.redis.max_stream_length,
                                   retry_deadline_s=config.redis.reconnect_deadline_s)
+        self.versions = PolicyVersionSubscriber(config.redis.url, run_id,
+                                                on_version=metrics.published_version.set)
         self.paused = False
         self.reserved = 0  # episodes of the tasks in flight (n each)
         self.active: dict[str, asyncio.Task] = {}  # idempotency key -> its task
@@ -105,6 +112,11 @@ class RolloutWorker:
             raise RuntimeError("the worker is not running")
         asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
+    @property
+    def latest_policy_version(self) -> int:
+        """The run's latest published policy version (0 before the first)."""
+        return self.versions.latest
+
     def status(self) -> rollout_pb2.RolloutStatus:
         servers = [rollout_pb2.InferenceServer(url=s.url, healthy=s.healthy,
                                                in_flight=s.in_flight,
@@ -113,7 +125,7 @@ class RolloutWorker:
         return rollout_pb2.RolloutStatus(
             worker_id=self.worker_id, episodes_in_flight=int(self.metrics.in_flight_local),
             episodes_done=self.metrics.episodes_done, policy_version=self.metrics.policy_version,
-            paused=self.paused, servers=servers)
+            paused=self.paused, servers=servers, latest_policy_version=self.latest_policy_version)
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -122,9 +134,11 @@ class RolloutWorker:
         self.loop = asyncio.get_running_loop()
         self._stop, self._changed = asyncio.Event(), asyncio.Condition()
         await asyncio.to_thread(self.prompts.ensure_group)
+        await asyncio.to_thread(self.versions.start)
         if on_started is not None:
             on_started()
         keeper = asyncio.create_task(self._keep_alive_loop())
+        stats = asyncio.create_task(self._stream_stats_loop())
         log.info("rollout worker started", extra={"worker_id": self.worker_id,
                                                    "stream": self.prompts.stream})
         try:
@@ -138,6 +152,8 @@ class RolloutWorker:
             await self._drain()
         finally:
             keeper.cancel()
+            stats.cancel()
+            await asyncio.to_thread(self.versions.stop)
             self._reader.shutdown(wait=False)
             log.info("rollout worker stopped", extra={"worker_id": self.worker_id,
                                                        "episodes_done": self.metrics.episodes_done})
@@ -165,6 +181,7 @@ class RolloutWorker:
         if await asyncio.to_thread(self.prompts.is_done, entry):
             await asyncio.to_thread(self.prompts.ack, entry)
             return
+        self.metrics.record_pickup(task.created_at_unix_s)
         n = task.num_samples
         if not await self._wait_for(lambda: self.reserved == 0 or self.reserved + n <= self.cap):
             return  # stopping: the entry stays unacked for another worker
@@ -181,7 +198,8 @@ class RolloutWorker:
         def finished(traj: trajectory_pb2.Trajectory) -> None:
             left[0] -= 1
             self.metrics.finish_episodes(1)
-            self.metrics.record_episode(traj)
+            self.metrics.record_episode(traj, latest_version=self.latest_policy_version,
+                                        admitted_version=task.admitted_policy_version)
 
         try:
             if earlier is not None:  # a second copy of a task running here: wait for the first
@@ -220,6 +238,15 @@ class RolloutWorker:
                 await asyncio.to_thread(self.prompts.keep_alive)
             except Exception as exc:  # noqa: BLE001 - the next renewal tries again
                 log.warning("keep-alive failed", extra={"error": repr(exc)})
+
+    async def _stream_stats_loop(self) -> None:
+        while True:
+            try:
+                stats = await asyncio.to_thread(self.prompts.stats)
+                self.metrics.record_stream(stats.lag, stats.pending)
+            except Exception as exc:  # noqa: BLE001 - the gauges stay stale; the next read tries
+                log.warning("prompts stream stats failed", extra={"error": repr(exc)})
+            await asyncio.sleep(STREAM_STATS_INTERVAL_S)
 
     async def _drain(self) -> None:
         running = [t for t in self.active.values() if not t.done()]

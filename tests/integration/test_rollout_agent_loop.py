@@ -1,5 +1,6 @@
-"""Agent-loop episodes against a real `vllm serve` (CPU, tiny local model) and the real sandbox
-service (bubblewrap, in this process on a free port).
+"""Agent-loop episodes against a real `vllm serve` (CPU, tiny local model, the conftest
+fixture), the real sandbox service (bubblewrap) and the real search service (BM25 over a small
+generated QA world), both in this process on free ports.
 
 A randomly initialised tiny model never writes a tool call by itself, so turns are constrained:
 - with vLLM structured outputs (`structured_outputs.regex`) to write a given call or answer. The
@@ -8,28 +9,39 @@ A randomly initialised tiny model never writes a tool call by itself, so turns a
   text, mask, tools and limits, not log-probs;
 - with `allowed_token_ids` (a sampler restriction applied after raw log-probs are taken) for the
   log-prob check: the recorded log-probs must equal vLLM's scoring of the same tokens.
-The loop, the stop strings, the sandbox and the token accounting are the real ones."""
+The loop, the stop strings, the sandbox, the search service and the token accounting are the
+real ones."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer
+from typer.testing import CliRunner
 
-from agentrl.common.config import AgentRLConfig, RolloutConfig
+from agentrl.common.config import AgentRLConfig, SearchConfig
+from agentrl.common.grpc_client import NO_RETRY, create_channel
 from agentrl.common.grpc_server import serve
 from agentrl.common.models import default_corpus, init_tiny_model
+from agentrl.common.tool_formats import ParsedCall, get_format
 from agentrl.proto.core.v1 import trajectory_pb2
+from agentrl.proto.search.v1 import search_pb2, search_pb2_grpc
 from agentrl.rollout.agent_loop import TRUNCATION_NOTE, AgentLoop, EpisodeSettings
 from agentrl.rollout.inference_client import InferencePool
-from agentrl.rollout.tools import SandboxTool, ToolBox
-from agentrl.rollout.vllm_launcher import VLLMServer
+from agentrl.rollout.tools import SandboxTool, SearchTool, ToolBox
 from agentrl.sandbox import executor as sandbox_executor
 from agentrl.sandbox import service as sandbox_service
 from agentrl.sandbox.client import SandboxClient
+from agentrl.search.cli import data_app, index_app
+from agentrl.search.main import start_search_service
+from agentrl.search.qa_questions import read_questions
 
 pytestmark = pytest.mark.slow
 Finish = trajectory_pb2.FinishReason
@@ -41,13 +53,6 @@ CALL_REGEX = r"Let me compute\.\n<code>\nprint\(6 \* 7\)\n</code>"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_tiny_model(tmp_path_factory.mktemp("model"), default_corpus(500), seed=2)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    config = RolloutConfig(vllm_max_model_len=1024, vllm_max_num_seqs=32)
-    with VLLMServer.launch(config, model_dir, tmp_path_factory.mktemp("logs") / "vllm.log") as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +70,31 @@ def sandbox() -> Iterator[SandboxClient]:
 
 
 @pytest.fixture(scope="module")
+def search_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated QA world of ~200 passages, indexed (BM25) as `qa`."""
+    out = tmp_path_factory.mktemp("search-world")
+    runner = CliRunner()
+    made = runner.invoke(data_app, ["--seed", "5", "--out", str(out), "--num-passages", "200",
+                                    "--num-questions", "40"])
+    assert made.exit_code == 0, made.output
+    indexed = runner.invoke(index_app, [str(out / "corpus.jsonl"), "--out", str(out / "index"),
+                                        "--name", "qa"])
+    assert indexed.exit_code == 0, indexed.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def search(search_world: Path) -> Iterator[grpc.Channel]:
+    """A channel to the real search service over `search_world` (max_query_chars 200)."""
+    config = SearchConfig(grpc_port=0, http_port=0, index_dir=search_world / "index",
+                          max_query_chars=200)
+    service = start_search_service(config, registry=CollectorRegistry(), token=None)
+    with create_channel(service.grpc_address, token=None) as channel:
+        yield channel
+    service.stop(0)
+
+
+@pytest.fixture(scope="module")
 def tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir)
 
@@ -76,7 +106,7 @@ def prompt_ids(tokenizer, question: str = "What is 6 * 7?") -> list[int]:
 
 
 def episode(server, sandbox, tokenizer, regex: str | None, prompt: list[int] | None = None,
-            allowed: list[int] | None = None, **limits):
+            allowed: list[int] | None = None, tools: ToolBox | None = None, **limits):
     constraint = {"structured_outputs": {"regex": regex}} if regex else {
         "allowed_token_ids": allowed}
     settings = EpisodeSettings(sampling={"temperature": 1.0, "seed": 11, "logprobs": 3,
@@ -85,7 +115,8 @@ def episode(server, sandbox, tokenizer, regex: str | None, prompt: list[int] | N
     async def body():
         pool = InferencePool([server.url], request_timeout_s=120)
         try:
-            loop = AgentLoop(pool, tokenizer, ToolBox({"python": SandboxTool(sandbox, 10.0)}))
+            loop = AgentLoop(pool, tokenizer,
+                             tools or ToolBox({"python": SandboxTool(sandbox, 10.0)}))
             traj = await loop.run(prompt or prompt_ids(tokenizer), settings, trajectory_id="t")
             scored = await pool.score(list(traj.token_ids))
             return traj, scored
@@ -176,3 +207,72 @@ def test_an_answer_ends_the_episode(server, sandbox, tokenizer) -> None:
     assert traj.finish_reason == Finish.FINISH_REASON_ANSWER
     assert traj.turns[0].stop_reason == "</answer>" and traj.num_tool_calls == 0
     assert traj.response_text == "The answer is <answer>42</answer>"
+
+
+def retrieve_top(channel: grpc.Channel, query: str) -> search_pb2.Passage:
+    stub = search_pb2_grpc.SearchServiceStub(channel)
+    return stub.Retrieve(search_pb2.RetrieveRequest(queries=[query], top_k=1)).results[0].passages[0]
+
+
+def test_search_call_shows_the_retrieved_passage_as_masked_observation(
+        server, search, search_world, tokenizer) -> None:
+    # A one-hop question whose supporting passage BM25 ranks first, short enough for one turn.
+    question, passage = next(
+        (q["question"], top) for q in read_questions(search_world / "train.jsonl")
+        if q["hops"] == 1 and len(tokenizer.encode(f"<search>{q['question']}</search>")) < 60
+        and (top := retrieve_top(search, q["question"])).id == q["supporting_ids"][0])
+    call = f"<search>{question}</search>"
+    prompt = prompt_ids(tokenizer, question)
+    tools = ToolBox({"search": SearchTool(search, timeout_s=10.0, top_k=1)})
+    traj, _ = episode(server, None, tokenizer, re.escape(call), prompt, tools=tools,
+                      tool_format="search_tags", max_tool_calls=1, max_tool_output_tokens=400)
+    assert traj.finish_reason == Finish.FINISH_REASON_MAX_TOOL_CALLS
+    first = traj.turns[0]
+    assert first.tool_call.tool == "search" and first.tool_call.arguments == question
+    assert first.tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_OK
+    assert first.tool_call.latency_s > 0 and not first.tool_call.output_truncated
+    assert first.tool_call.output == f"Doc 1(Title: {passage.title}) {passage.text}"
+    observation = get_format("search_tags").render_observation(first.tool_call.output)
+    obs_ids = list(traj.token_ids[first.observation_start:first.observation_end])
+    assert tokenizer.decode(obs_ids) == observation and passage.text in observation
+    assert set(traj.loss_mask[first.observation_start:first.observation_end]) == {0}
+    assert set(traj.policy_versions[first.observation_start:first.observation_end]) == {-1}
+    unmasked = {i for i, m in enumerate(traj.loss_mask) if m == 0}
+    assert unmasked == set(range(len(prompt))) | set(range(first.observation_start,
+                                                           first.observation_end))
+    assert tokenizer.decode(list(traj.token_ids)) == \
+        tokenizer.decode(prompt) + call + observation + call
+
+    # The observation budget cuts a long result, as for every tool.
+    traj, _ = episode(server, None, tokenizer, re.escape(call), prompt, tools=tools,
+                      tool_format="search_tags", max_tool_calls=1, max_tool_output_tokens=16)
+    cut = traj.turns[0].tool_call
+    assert cut.status == trajectory_pb2.TOOL_CALL_STATUS_OK and cut.output_truncated
+    assert cut.output.endswith(TRUNCATION_NOTE) and cut.output.startswith("Doc 1(Title: ")
+
+
+def test_search_service_down_is_an_unavailable_observation(server, tokenizer) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with create_channel(f"127.0.0.1:{port}", token=None, retry=NO_RETRY) as channel:
+        tools = ToolBox({"search": SearchTool(channel, timeout_s=5.0)})
+        traj, _ = episode(server, None, tokenizer, r"<search>capital of Krouperburg</search>",
+                          tools=tools, tool_format="search_tags", max_turns=1)
+    assert traj.finish_reason == Finish.FINISH_REASON_MAX_TURNS
+    call = traj.turns[0].tool_call
+    assert call.tool == "search" and call.status == trajectory_pb2.TOOL_CALL_STATUS_UNAVAILABLE
+    assert call.output == "search unavailable: UNAVAILABLE" and call.latency_s > 0
+    turn = traj.turns[0]
+    assert "search unavailable" in tokenizer.decode(
+        list(traj.token_ids[turn.observation_start:turn.observation_end]))
+
+
+def test_search_tool_refused_queries_are_errors_the_model_reads(search) -> None:
+    tool = SearchTool(search, timeout_s=10.0)
+    too_long = asyncio.run(tool.run(ParsedCall("search", "born " * 60), "s"))
+    assert too_long.status == trajectory_pb2.TOOL_CALL_STATUS_ERROR
+    assert too_long.output.startswith("Error: ") and "200" in too_long.output
+    hermes = asyncio.run(tool.run(ParsedCall("search", '{"query": "was born in the year"}'), "s"))
+    assert hermes.status == trajectory_pb2.TOOL_CALL_STATUS_OK
+    assert hermes.output.count("\nDoc ") == 2  # the service default: 3 passages

@@ -5,6 +5,8 @@ the real sandbox and reward services (in this process, free ports), real Redis a
 - `GroupSampler` runs n episodes of a task concurrently and scores each: one Group, n samples.
 - A task published to `agentrl:{run}:prompts` yields exactly one Group on `...:groups`; a second
   copy under the same idempotency key yields none; gRPC control and HTTP metrics answer.
+- The worker follows the policy version the trainer publishes (GetStatus, a gauge) and reports
+  queue lag, the prompts backlog and each episode's policy-version lag in /metrics.
 - A worker (subprocess, `agentrl serve rollout`) SIGKILLed mid-episode: a second worker
   reclaims the task after the visibility timeout, and, SIGTERMed mid-episode itself, finishes
   it, publishes exactly one group and exits 0.
@@ -31,6 +33,7 @@ import httpx
 import pytest
 import redis
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoTokenizer
 
 from agentrl.common.config import AgentRLConfig
@@ -47,6 +50,7 @@ from agentrl.rollout.inference_client import InferencePool
 from agentrl.rollout.tools import SandboxTool, ToolBox
 from agentrl.rollout.vllm_launcher import VLLMServer
 from agentrl.sandbox.client import SandboxClient
+from agentrl.trainer.weight_sync import PolicyVersionPublisher
 
 pytestmark = pytest.mark.slow
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -80,6 +84,16 @@ def assert_consistent(group: group_pb2.Group, task: task_pb2.RolloutTask) -> Non
         assert t.task_id == task.task_id and t.prompt_length == len(task.prompt_token_ids)
         assert list(t.token_ids[:t.prompt_length]) == list(task.prompt_token_ids)
         assert sum(t.loss_mask) > 0 and not any(t.loss_mask[:t.prompt_length])
+
+
+def metric(http_url: str, name: str, **labels: str) -> float:
+    """The value of one sample in the worker's /metrics (0 when it is not there yet)."""
+    text = httpx.get(f"{http_url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
 
 
 def free_port() -> int:
@@ -344,3 +358,60 @@ def test_killed_worker_task_completes_on_another_worker_once(
     assert_consistent(groups[0], task)
     assert client.xpending(prompts, "rollout")["pending"] == 0
     assert client.zscore(f"{prompts}:rollout:done", "k-kill") is not None
+
+
+def test_worker_follows_policy_version_and_reports_queue_and_version_lag(
+        server, services, model_dir, tokenizer, run_id) -> None:
+    publisher = PolicyVersionPublisher(REDIS_URL, run_id)
+    publisher.publish(3, "/weights/v3", "sha-3")  # before the worker starts: read from the key
+    config = make_config(run_id, server, model_dir, services)
+    service = rollout_main.start(config, worker_id="w-lag",
+                                 extra_sampling={"structured_outputs": {"regex": REGEX}})
+    client = redis.Redis.from_url(REDIS_URL)
+    http = service.http.url
+    # The metrics live in the process-wide registry: compare against their values now.
+    lag_count = metric(http, "agentrl_rollout_queue_lag_seconds_count")
+    lag_sum = metric(http, "agentrl_rollout_queue_lag_seconds_sum")
+    lag_fast = metric(http, "agentrl_rollout_queue_lag_seconds_bucket", le="10.0")
+    version_lag = {le: metric(http, "agentrl_rollout_policy_version_lag_versions_bucket", le=le)
+                   for le in ("2.0", "3.0")}
+    try:
+        with grpc.insecure_channel(service.grpc.address) as channel:
+            stub = rollout_pb2_grpc.RolloutControlServiceStub(channel)
+            assert stub.GetStatus(rollout_pb2.GetStatusRequest(), timeout=10) \
+                .latest_policy_version == 3
+            assert metric(http, "agentrl_rollout_published_policy_version") == 3
+
+            # Held back by a pause, an admitted task waits in the stream: the backlog gauge
+            # shows it at the next refresh.
+            stub.Pause(rollout_pb2.PauseRequest(mode=rollout_pb2.PAUSE_MODE_KEEP), timeout=60)
+            time.sleep(1.0)  # a read already in flight when the pause came ends within 0.5 s
+            task = make_task(tokenizer, "k-lag", n=2)
+            task.created_at_unix_s, task.admitted_policy_version = time.time() - 30, 3
+            client.xadd(stream_key(run_id, "prompts"),
+                        {b"data": task.SerializeToString(), b"key": b"k-lag"})
+            wait_until(lambda: metric(http, "agentrl_rollout_prompts_undelivered_tasks") == 1,
+                       15, "the backlog gauge")
+            stub.Resume(rollout_pb2.ResumeRequest(), timeout=60)
+            wait_until(lambda: groups_in(run_id), 120, "a group")
+
+            # Taken about 30 s after its admission.
+            assert metric(http, "agentrl_rollout_queue_lag_seconds_count") == lag_count + 1
+            assert metric(http, "agentrl_rollout_queue_lag_seconds_sum") - lag_sum >= 30
+            assert metric(http, "agentrl_rollout_queue_lag_seconds_bucket", le="10.0") == lag_fast
+            # Tokens sampled by the servers' version 0 while 3 is published: a lag of 3 each.
+            assert metric(http, "agentrl_rollout_policy_version_lag_versions_bucket",
+                          le="2.0") == version_lag["2.0"]
+            assert metric(http, "agentrl_rollout_policy_version_lag_versions_bucket",
+                          le="3.0") == version_lag["3.0"] + 2
+            wait_until(lambda: metric(http, "agentrl_rollout_prompts_undelivered_tasks") == 0
+                       and metric(http, "agentrl_rollout_prompts_pending_tasks") == 0,
+                       15, "an empty backlog")
+
+            publisher.publish(4, "/weights/v4", "sha-4")
+            wait_until(lambda: stub.GetStatus(rollout_pb2.GetStatusRequest(), timeout=10)
+                       .latest_policy_version == 4, 10, "version 4 from the event")
+            assert metric(http, "agentrl_rollout_published_policy_version") == 4
+    finally:
+        service.stop(30)
+        publisher.close()
