@@ -8,6 +8,8 @@ load the directory (shared by rollout, trainer and tests; nothing is downloaded)
 Tokenizer choices (why):
 - Byte-level BPE (GPT-2 pre-tokenisation, no normaliser): every string round-trips exactly, so a
   trajectory's token ids decode to exactly the text the model saw.
+- Digits are single tokens: `4821` is the same four ids after a space, a bracket or a newline,
+  which is what lets a tiny model copy operands into code and a tool result into its answer.
 - Chat markers (`<|im_start|>`, `<|im_end|>`, `<|endoftext|>`) are *special* tokens: one id
   each, skipped when decoding with `skip_special_tokens=True`.
 - Tool tags (`<code>`, `</code>`, `<output>`, ...) are *added, non-special* tokens: one id each,
@@ -78,7 +80,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Digits split one by one first (as Llama and Qwen do): a number is the same ids in the
+    # prompt, inside code and in a tool result, so a small model can copy it token by token.
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
@@ -158,7 +164,8 @@ def default_corpus(num_examples: int = 2000, seed: int = 0) -> list[str]:
 
 
 def read_corpus(path: str | Path) -> list[str]:
-    """Texts from a file: JSONL rows (every string value is used) or plain text lines."""
+    """Texts from a file: JSONL rows (every string value, and the contents of a `messages`
+    list) or plain text lines."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"corpus file {path} not found; pass a JSONL or text file")
@@ -169,6 +176,9 @@ def read_corpus(path: str | Path) -> list[str]:
         if path.suffix == ".jsonl":
             row = json.loads(line)
             texts.extend(v for v in row.values() if isinstance(v, str))
+            # SFT rows: {"messages": [{"role", "content"}, ...]}: their contents too.
+            texts.extend(m["content"] for m in row.get("messages", ())
+                         if isinstance(m, dict) and isinstance(m.get("content"), str))
         else:
             texts.append(line)
     return texts
