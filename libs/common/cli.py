@@ -75,14 +75,16 @@ def _register_service_commands() -> None:
     """Sub-commands that live with their service (imported lazily by each command)."""
     from agentrl.common.model_cli import model_app
     from agentrl.search.cli import data_app, index_app
-    from agentrl.trainer.cli import eval_app, report_app, sft_app
+    from agentrl.trainer.cli import eval_app, make_calculator, report, sft_app, train
 
     app.add_typer(index_app, name="search")
     app.add_typer(data_app, name="data")
     app.add_typer(model_app, name="model")
     app.add_typer(sft_app, name="sft")
     app.add_typer(eval_app, name="eval")
-    app.add_typer(report_app, name="report")
+    app.command("train")(train)
+    app.command("report")(report)
+    data_app.command("make-calculator")(make_calculator)
 
 
 _register_service_commands()
@@ -216,7 +218,9 @@ def serve(
 def stack_up(
     recipe: Annotated[Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
                                                 help="YAML recipe")] = None,
-    services: Annotated[str, typer.Option(help="comma-separated; default: every installed one")] = "",
+    services: Annotated[str, typer.Option(
+        help="comma-separated (sandbox, reward, search, rollout, vllm); default: every "
+             "installed one, plus vllm when the recipe names a model")] = "",
 ) -> None:
     """Start the local stack (Redis, then each service) in the background; wait until ready."""
     from agentrl.common import local_stack
@@ -228,7 +232,9 @@ def stack_up(
     chosen = [s for s in services.split(",") if s] or [
         s for s in available_services()
         if s != "trainer" and (s != "rollout" or has_model)]
-    unknown = sorted(set(chosen) - set(available_services()))
+    if not services and has_model and local_stack.vllm_is_local(config):
+        chosen.insert(0, local_stack.VLLM)  # the rollout's server, first: it starts slowest
+    unknown = sorted(set(chosen) - set(available_services()) - {local_stack.VLLM})
     if unknown:
         err_console.print(f"[red]unknown service(s) {', '.join(unknown)}; installed: "
                           f"{', '.join(available_services())}[/]")

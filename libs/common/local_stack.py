@@ -9,8 +9,12 @@ directory that `agentrl status` reads and completes with live health probes.
 Redis comes from the machine: when the recipe's Redis is on this host and not answering, the
 supervisor starts `redis-server` for the run (no persistence) and stops it on the way down.
 
-Not covered: services on other machines (point the recipe at them instead), and vLLM servers
-(they join with the rollout service).
+One vLLM server is a service of the stack too (`vllm`, when the recipe names a model and its
+first `rollout.inference_urls` entry is on this host): the supervisor runs stock vLLM's OpenAI
+server (agentrl.rollout.vllm_launcher) on that URL's port and probes its `/health`.
+
+Not covered: services on other machines (point the recipe at them instead); several vLLM servers
+on one machine (list the extra URLs and start them by hand).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from agentrl.common.config import AgentRLConfig
+
+# The stack's vLLM server: not an `agentrl serve` service, probed over HTTP only.
+VLLM = "vllm"
 
 STATE_FILE = "stack.json"
 # A crash loop is a bug to look at, not to hide: give up on a service after 5 restarts.
@@ -102,10 +109,30 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def vllm_url(config: AgentRLConfig) -> str:
+    return config.rollout.inference_urls[0].rstrip("/")
+
+
+def vllm_is_local(config: AgentRLConfig) -> bool:
+    """The recipe's first inference URL is on this host, so the stack can serve it."""
+    return urlparse(vllm_url(config)).hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def check_ports(config: AgentRLConfig, services: list[str]) -> list[str]:
     """Every configured port that is taken, as a message saying which setting to change."""
     problems = []
     for name in services:
+        if name == VLLM:
+            url = urlparse(vllm_url(config))
+            if url.port is None:
+                problems.append(f"rollout.inference_urls[0] ({vllm_url(config)}) has no port; "
+                                "write it as http://127.0.0.1:PORT")
+            elif port_in_use(url.hostname, url.port):
+                problems.append(
+                    f"port {url.port} (the vLLM server of rollout.inference_urls[0]) is already "
+                    f"taken: stop what uses it (`agentrl down`, or `ss -ltnp | grep {url.port}`) "
+                    "or list another URL in rollout.inference_urls")
+            continue
         section = getattr(config, name)
         for key in ("grpc_port", "http_port"):
             port = getattr(section, key)
@@ -148,13 +175,15 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.state = StackState(supervisor_pid=os.getpid(), recipe=recipe)
         for name in services:
-            section = getattr(config, name)
+            if name == VLLM:
+                grpc_address, http_url = "", vllm_url(config)
+            else:
+                section = getattr(config, name)
+                grpc_address = section.target()
+                http_url = f"http://{section.host}:{section.http_port}"
             self.state.services[name] = ServiceState(
-                name=name,
-                grpc_address=section.target(),
-                http_url=f"http://{section.host}:{section.http_port}",
-                log=str(self.logs / f"{name}.log"),
-            )
+                name=name, grpc_address=grpc_address, http_url=http_url,
+                log=str(self.logs / f"{name}.log"))
         self.processes: dict[str, subprocess.Popen] = {}
         self.next_start_at: dict[str, float] = {}
         self.redis: subprocess.Popen | None = None
@@ -186,7 +215,8 @@ class Supervisor:
 
     def _spawn(self, name: str) -> None:
         log = open(self.state.services[name].log, "ab")  # noqa: SIM115 - the child keeps it open
-        command = [sys.executable, "-m", "agentrl.common.cli", "serve", name]
+        command = ([sys.executable, "-m", "agentrl.rollout.vllm_launcher"] if name == VLLM
+                   else [sys.executable, "-m", "agentrl.common.cli", "serve", name])
         env = {**os.environ, "AGENTRL_RECIPE": self.recipe} if self.recipe else dict(os.environ)
         self.processes[name] = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -241,6 +271,11 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        for process in self.processes.values():  # what a child left behind (vLLM's engine)
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.redis is not None:
             self.redis.terminate()
             self.redis.wait(timeout=10)
@@ -262,6 +297,8 @@ def probe(service: ServiceState, timeout_s: float = 1.0) -> Probe:
     import httpx
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    if not service.grpc_address:  # the vLLM server: /health, and its running requests
+        return _probe_vllm(service.http_url, timeout_s)
     serving = False
     with grpc.insecure_channel(service.grpc_address) as channel:
         try:
@@ -283,6 +320,19 @@ def probe(service: ServiceState, timeout_s: float = 1.0) -> Probe:
     except (httpx.HTTPError, ValueError, IndexError):
         pass
     return Probe(serving, ready, in_flight)
+
+
+def _probe_vllm(url: str, timeout_s: float) -> Probe:
+    import httpx
+
+    try:
+        healthy = httpx.get(f"{url}/health", timeout=timeout_s).status_code == 200
+        metrics = httpx.get(f"{url}/metrics", timeout=timeout_s).text if healthy else ""
+    except httpx.HTTPError:
+        return Probe(False, False, None)
+    running = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("vllm:num_requests_running")]
+    return Probe(healthy, healthy, sum(running) if running else None)
 
 
 class StackError(RuntimeError):
@@ -310,7 +360,9 @@ def up(config: AgentRLConfig, recipe: str, services: list[str]) -> StackState:
     supervisor = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    ready_timeout_s = max(READY_TIMEOUT_S, config.rollout.vllm_start_timeout_s
+                          if VLLM in services else 0.0)
+    deadline = time.monotonic() + ready_timeout_s
     pending = set(services)
     while pending:
         state = read_state(config)
@@ -332,7 +384,7 @@ def up(config: AgentRLConfig, recipe: str, services: list[str]) -> StackState:
         if time.monotonic() > deadline:
             down(config)
             raise StackError(
-                f"not ready after {READY_TIMEOUT_S:.0f} s: {', '.join(sorted(pending))}"
+                f"not ready after {ready_timeout_s:.0f} s: {', '.join(sorted(pending))}"
                 f"; see the logs in {config.run.output_dir / 'logs'}"
             )
         time.sleep(POLL_INTERVAL_S)

@@ -191,3 +191,27 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve_from_recipe() -> None:
+    """`python -m agentrl.rollout.vllm_launcher`: become the recipe's local vLLM server (the
+    local stack's `vllm` service) on the port of `rollout.inference_urls[0]`, serving
+    `rollout.vllm_model_path` (else `model.path`). The process is replaced by vLLM's, so the
+    supervisor's signals reach vLLM directly."""
+    from urllib.parse import urlparse
+
+    from agentrl.common.config import load_config
+
+    config = load_config(os.environ.get("AGENTRL_RECIPE") or None)
+    model_dir = config.rollout.vllm_model_path or (config.model.path if config.model else None)
+    if model_dir is None or not (Path(model_dir) / "config.json").is_file():
+        sys.exit(f"no checkpoint to serve at {model_dir}: set rollout.vllm_model_path (or "
+                 "model.path) to a directory made by `agentrl model init` or `agentrl sft`")
+    url = urlparse(config.rollout.inference_urls[0])
+    command = build_command(config.rollout, Path(model_dir), url.port or 8000,
+                            host=url.hostname or "127.0.0.1", seed=config.run.seed)
+    os.execve(command[0], command, build_env(config.rollout))
+
+
+if __name__ == "__main__":
+    serve_from_recipe()
