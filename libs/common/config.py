@@ -335,6 +335,11 @@ class TrainerConfig(ServiceEndpoint):
     """Learning rate after warm-up: constant, or decaying to 0 at `total_steps`."""
     total_steps: int | None = Field(default=None, gt=0)
     """Optimizer steps of the run; required by the `linear` and `cosine` schedules."""
+    eval_samples_per_prompt: int = Field(default=0, ge=0)
+    """k of the evaluations a training run makes on `data.eval_path` (`eval/before.json` before
+    the first step, `eval/after.json` after the last; `agentrl eval`'s metrics); 0: none."""
+    eval_interval_steps: int = Field(default=0, ge=0)
+    """Also evaluate every this many steps (`eval/step_XXXXXXXX.json`); 0: before and after only."""
     checkpoint_interval_steps: int = Field(default=50, gt=0)
     """Save a resumable checkpoint every this many optimizer steps."""
     keep_checkpoints: int = Field(default=3, gt=0)

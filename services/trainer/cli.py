@@ -1,9 +1,12 @@
-"""Trainer sub-commands for the `agentrl` CLI; the lead registers `sft_app` as `agentrl sft`,
-`eval_app` as `agentrl eval` and `report_app` as `agentrl report`.
+"""Trainer sub-commands for the `agentrl` CLI; the main CLI registers `sft_app` as `agentrl sft`,
+`eval_app` as `agentrl eval`, and the functions `train`, `report` and `make_calculator` as
+`agentrl train`, `agentrl report` and `agentrl data make-calculator`.
 
     agentrl sft --recipe recipes/quickstart.yaml [--data trajectories.jsonl] [--output DIR]
+    agentrl train --recipe recipes/quickstart.yaml [--max-steps N]
     agentrl eval --recipe recipes/quickstart.yaml --data eval.jsonl -k 4 [--out eval.json]
     agentrl report RUN_DIR
+    agentrl data make-calculator --recipe recipes/quickstart.yaml --out data/calculator
 
 Parses the recipe first and imports torch/transformers only when the command runs.
 """
@@ -24,7 +27,6 @@ TABLE_WIDTH_PIPED = 160
 
 sft_app = typer.Typer(help="Supervised fine-tuning on tool-use trajectories (cold start).")
 eval_app = typer.Typer(help="Evaluate the served policy on a data set: avg@k, pass@k, tools.")
-report_app = typer.Typer(help="Plots and a summary (Markdown, one HTML page) of a training run.")
 
 
 @sft_app.callback(invoke_without_command=True)
@@ -117,7 +119,6 @@ def evaluate(
     table_console.print(f"report: {out}")
 
 
-@report_app.callback(invoke_without_command=True)
 def report(
     run_dir: Annotated[Path, typer.Argument(
         metavar="RUN_DIR", help="the run's directory (run.output_dir): metrics.jsonl, optional eval/, "
@@ -134,3 +135,74 @@ def report(
         raise typer.Exit(code=1) from None
     for path in [*paths.plots, paths.markdown, paths.html]:
         typer.echo(path)  # plain lines, never wrapped: scripts read them
+
+
+def _load_recipe_or_exit(recipe: Path):
+    from agentrl.common.config import ConfigError, load_config
+
+    try:
+        return load_config(recipe)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from None
+
+
+def train(
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
+                                         help="YAML recipe: model, data, trainer, algorithm")],
+    max_steps: Annotated[int | None, typer.Option(
+        min=1, help="optimizer steps; default: trainer.total_steps")] = None,
+) -> None:
+    """RL-train the recipe's policy against the running stack (`agentrl up`); resumes from the
+    run directory's latest checkpoint."""
+    config = _load_recipe_or_exit(recipe)
+    from agentrl.trainer.main import train_with_display
+
+    try:
+        result = train_with_display(config, max_steps, console)
+    except (ValueError, RuntimeError) as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from None
+    console.print(f"training done: {result.steps} steps, policy version "
+                  f"{result.policy_version}; run directory {result.run_dir} "
+                  f"(`agentrl report {result.run_dir}` for plots and a summary)")
+
+
+def make_calculator(
+    out: Annotated[Path, typer.Option("--out", help="directory for train/eval/sft JSONL")],
+    recipe: Annotated[Path | None, typer.Option(
+        "--recipe", "-r", envvar="AGENTRL_RECIPE",
+        help="recipe whose sandbox service executes the SFT tool calls")] = None,
+    num_train: Annotated[int, typer.Option(min=1, help="RL prompts")] = 2000,
+    num_eval: Annotated[int, typer.Option(min=1, help="held-out prompts")] = 100,
+    num_sft: Annotated[int, typer.Option(min=1, help="cold-start trajectories")] = 1500,
+    tool_fraction: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="share of SFT trajectories that call the tool")] = 0.4,
+    seed: Annotated[int, typer.Option(help="the same seed gives the same files")] = 0,
+) -> None:
+    """Write the quickstart's calculator task: RL and eval prompts, and SFT trajectories whose
+    tool calls the sandbox service really executed (it must be up: `agentrl up`)."""
+    import json
+
+    import grpc
+
+    from agentrl.common.config import AgentRLConfig
+
+    config = _load_recipe_or_exit(recipe) if recipe else AgentRLConfig()
+    from agentrl.sandbox.client import SandboxClient
+    from agentrl.trainer.calculator import make_calculator_data
+
+    try:
+        with SandboxClient(config.sandbox.target()) as sandbox:
+            summary = make_calculator_data(out, sandbox, num_train=num_train, num_eval=num_eval,
+                                           num_sft=num_sft, tool_fraction=tool_fraction,
+                                           seed=seed)
+    except (ValueError, RuntimeError) as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from None
+    except grpc.RpcError as exc:  # the sandbox is not there
+        err_console.print(f"[red]the sandbox service at {config.sandbox.target()} did not run the "
+                          f"tool calls ({type(exc).__name__}: {exc}); start it with `agentrl up "
+                          "--services sandbox` or set sandbox.address[/]")
+        raise typer.Exit(code=1) from None
+    console.print(json.dumps(summary, indent=2))

@@ -1,4 +1,5 @@
-"""The trainer process: `agentrl serve trainer` (and `agentrl train`) land here.
+"""The trainer process: `agentrl train` (a job with a live console) and `agentrl serve trainer`
+(log lines, for containers) land here.
 
 Thin on purpose (STYLE.md): the config is already parsed; heavy imports (torch, transformers,
 vLLM's client) happen inside `run_training`, which owns the loop (rl_loop.py).
@@ -6,23 +7,55 @@ vLLM's client) happen inside `run_training`, which owns the loop (rl_loop.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 from agentrl.common.config import AgentRLConfig
 from agentrl.common.logging import get_logger
 
 log = get_logger(__name__)
 
 
+def step_line(record: dict[str, Any]) -> str:
+    """One step as a console/log line: outcome, learning health, where the time went."""
+    line = (f"step {record['step']:>4}  reward {record['reward_mean']:+.3f}  "
+            f"acc {record['accuracy']:.3f}  tools/ep {record.get('tool_calls_mean', 0.0):.2f}  "
+            f"kept {record['kept_group_ratio']:.2f}  entropy {record.get('entropy') or 0.0:.3f}  "
+            f"grad {record['grad_norm'] or 0.0:.3f}  | wait {record['time_waiting_s']:.1f}s  "
+            f"train {record['time_training_s']:.1f}s  sync {record['time_weight_sync_s']:.2f}s")
+    if "eval_avg_at_k" in record:
+        line += f"  | eval avg@k {record['eval_avg_at_k']:.3f}"
+    return line
+
+
+def train_with_display(config: AgentRLConfig, max_steps: int | None, console: Any):
+    """run_training with a progress bar and one line per step on a rich `console`."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from agentrl.trainer.rl_loop import run_training
+
+    total = max_steps or config.trainer.total_steps
+    with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        bar = progress.add_task("steps", total=total)
+
+        def show(record: dict) -> None:
+            progress.console.print(step_line(record))
+            progress.update(bar, completed=record["step"])
+
+        return run_training(config, max_steps, on_step=show)
+
+
 def main(config: AgentRLConfig) -> None:
     """Train the recipe's policy for `trainer.total_steps` steps against the running stack."""
     from agentrl.trainer.rl_loop import run_training
 
-    def show(record: dict) -> None:
-        log.info("step %d  reward %.3f  accuracy %.3f  kept %.2f  entropy %.3f  grad_norm %.3f  "
-                 "wait %.1f s  train %.1f s  sync %.2f s", record["step"], record["reward_mean"],
-                 record["accuracy"], record["kept_group_ratio"], record.get("entropy", 0.0),
-                 record["grad_norm"], record["time_waiting_s"], record["time_training_s"],
-                 record["time_weight_sync_s"])
-
-    result = run_training(config, on_step=show)
+    result = run_training(config, on_step=lambda record: log.info("%s", step_line(record)))
     log.info("training done: %d steps, policy version %d, run directory %s", result.steps,
              result.policy_version, result.run_dir)

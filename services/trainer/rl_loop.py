@@ -18,9 +18,13 @@ Per optimizer step:
    group entry used since the previous checkpoint (streams.py: a group is acked only once the
    update that used it is durable). A crash replays the unacked groups, in order, to the same
    consumer name, from the restored checkpoint: the same batches again.
-Metrics per step go to `<run dir>/metrics.jsonl` and Prometheus (metrics.StepMetricsWriter).
+Metrics per step go to `<run dir>/metrics.jsonl` and Prometheus (metrics.StepMetricsWriter), a
+few example trajectories per step to `samples.jsonl` and the resolved config to `config.json`
+(run_files.py). With `trainer.eval_samples_per_prompt` = k > 0 the run evaluates
+`data.eval_path` through the same pool (eval_job.run_eval) before the first step
+(`eval/before.json`), every `trainer.eval_interval_steps` and after the last (`eval/after.json`).
 
-Not covered: several trainer replicas (one consumer), evaluation, the nccl transport.
+Not covered: several trainer replicas (one consumer), the nccl transport.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
 from agentrl.trainer.data import EpochOrder, PromptRow, load_prompts
 from agentrl.trainer.driver import AdmissionControl, step_metrics, train_step
 from agentrl.trainer.metrics import StepMetricsWriter
+from agentrl.trainer.run_files import SampleWriter, write_config
 from agentrl.trainer.train_batch import build_train_batch
 from agentrl.trainer.weight_sync import (
     DEFAULT_DRIFT_THRESHOLD,
@@ -178,19 +183,44 @@ class RLTrainer:
 
     def resume(self) -> None:
         if self.checkpoints.latest() is None:
+            # A fresh run: whatever a finished run of the same run_id left in its streams
+            # (unread tasks, done keys that would make workers skip our tasks) goes first.
+            for queue in (self.prompts, self.groups):
+                queue.delete()
+                queue.ensure_group()
             return
         state = self.checkpoints.load(self.backend)
         self.step, self.version = state.step, state.policy_version
         self.order.load_state_dict(state.data_position)
         self.admission.load_state_dict(state.extra["admission"])
 
+    async def evaluate(self, name: str) -> dict[str, Any] | None:
+        """Evaluate the served policy on `data.eval_path` into `eval/<name>.json` (when on)."""
+        from agentrl.trainer.eval_job import run_eval
+
+        k, eval_path = self.trainer.eval_samples_per_prompt, self.config.data.eval_path
+        if not k or eval_path is None:
+            return None
+        started = time.perf_counter()
+        result = await asyncio.to_thread(run_eval, self.config, eval_path, k,
+                                         self.run_dir / "eval" / f"{name}.json",
+                                         tokenizer=self.backend.tokenizer)
+        overall = result.report["overall"]
+        return {"eval_avg_at_k": overall["avg_at_k"], "eval_pass_at_k": overall["pass_at_k"],
+                "time_eval_s": time.perf_counter() - started}
+
     async def run(self, max_steps: int, on_step: Callable[[dict], None] | None = None
                   ) -> TrainingResult:
         self.resume()
+        write_config(self.run_dir, self.config)
         # The pool may serve other weights (newer than the checkpoint, or another run's):
         # serve exactly the trainer's before the first prompt is admitted.
         await self.sync.sync(self.version)
+        if self.step == 0 and self.step < max_steps:
+            await self.evaluate("before")
         result = TrainingResult(steps=0, policy_version=self.version, run_dir=self.run_dir)
+        samples = SampleWriter(self.run_dir, self.backend.tokenizer)
+        interval = self.trainer.eval_interval_steps
         with StepMetricsWriter(self.run_dir) as writer:
             while self.step < max_steps:
                 groups, entries, waited_s = await self.collect()
@@ -207,6 +237,10 @@ class RLTrainer:
                                                       self.drift_check_token_ids,
                                                       self.drift_threshold)
                     extra["logprob_drift_max"] = drift.max_abs_diff
+                name = "after" if self.step == max_steps else f"step_{self.step:08d}"
+                if self.step == max_steps or (interval and self.step % interval == 0):
+                    extra.update(await self.evaluate(name) or {})
+                samples.write(self.step, groups)
                 record = writer.write(self.step, {
                     **step_metrics(batch, outcome, time_waiting_s=waited_s,
                                    time_weight_sync_s=synced.total_s), **extra})

@@ -1,0 +1,164 @@
+"""The quickstart's task: arithmetic a small model cannot do in its head, with a Python tool.
+
+    agentrl data make-calculator --out data/calculator --recipe recipes/quickstart.yaml
+
+writes three files:
+
+    train.jsonl   RL prompts        {"id", "prompt", "ground_truth", "task_type": "math",
+    eval.jsonl    held-out prompts   "tools": ["python"]}  (trainer/data.py's format)
+    sft.jsonl     cold-start trajectories {"messages": [...]}  (trainer/sft.py's format)
+
+A problem is the product of two 3-digit numbers (6 digits; one token per digit in
+agentrl.common.models tokenizers): far too many carries for a 0.5M-parameter model to get
+exactly right without the tool, trivial with it. Train and eval problems are disjoint (their expressions).
+
+The SFT trajectories follow the research's cold-start advice (ALGORITHMS.md §6): they are real
+end-to-end episodes, the `<code>` call actually executed by the sandbox service through the
+rollout's own tool code and its output spliced in verbatim as the tool message (what an RL
+episode would show, trailing newline included: a copy at a fixed offset breaks on one stray
+token), and the final answer read off that output. A share
+(`tool_fraction`) calls the tool; the rest answer directly, with the right number, as a model
+with a working head for arithmetic would. A tiny model imitates the *choice* well and the
+mental arithmetic badly, which is the gap RL closes: it learns that calling the tool pays.
+
+What this does NOT cover: word problems, code execution failures in SFT data (every call here
+is a valid one-liner; the RL rollouts see the model's own broken calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TASK_TYPE = "math"
+TOOLS = ("python",)
+# 317**2 > 10**5: every product of two operands in this range has exactly 6 digits.
+MIN_OPERAND, MAX_OPERAND = 317, 999
+# Sandbox calls in flight while generating SFT data: enough to hide gRPC latency, within the
+# local sandbox's default concurrency.
+SANDBOX_PARALLELISM = 4
+
+
+@dataclass(frozen=True)
+class Problem:
+    expression: str
+    value: int
+
+    @property
+    def prompt(self) -> str:
+        return f"What is {self.expression}?"
+
+
+def make_problem(rng: random.Random) -> Problem:
+    """One product of two 3-digit numbers, always 6 digits long.
+
+    Fixed widths are deliberate: every digit sits at the same distance from its copy (prompt ->
+    code, tool output -> answer), a copy a 2-layer model learns in a few hundred SFT steps; the
+    product itself is far beyond what it can compute.
+    """
+    a, b = rng.randint(MIN_OPERAND, MAX_OPERAND), rng.randint(MIN_OPERAND, MAX_OPERAND)
+    return Problem(f"{a} * {b}", a * b)
+
+
+def make_problems(num_problems: int, rng: random.Random, exclude: set[str]) -> list[Problem]:
+    """`num_problems` distinct problems whose expressions are not in `exclude` (then added)."""
+    problems = []
+    while len(problems) < num_problems:
+        problem = make_problem(rng)
+        if problem.expression not in exclude:
+            exclude.add(problem.expression)
+            problems.append(problem)
+    return problems
+
+
+def prompt_row(problem: Problem, split: str, index: int) -> dict[str, Any]:
+    return {"id": f"calc-{split}-{index}", "prompt": problem.prompt,
+            "ground_truth": str(problem.value), "task_type": TASK_TYPE, "tools": list(TOOLS)}
+
+
+def tool_call(problem: Problem) -> str:
+    """The assistant's turn that calls the tool (stops on the closing tag, like the rollout)."""
+    return f"<code>\nprint({problem.expression})\n</code>"
+
+
+def direct_answer(value: str) -> str:
+    return f"<answer>{value}</answer>"
+
+
+def executed_trajectory(problem: Problem, sandbox: Any) -> dict[str, Any]:
+    """An episode that calls the tool. The call goes through the rollout's own `SandboxTool`,
+    so the tool message is byte for byte the observation an RL episode shows (stdout with its
+    newline); the answer is what the program printed."""
+    from agentrl.common.tool_formats import get_format
+    from agentrl.proto.core.v1 import trajectory_pb2
+    from agentrl.rollout.tools import SandboxTool
+
+    call = tool_call(problem)
+    parsed = get_format("code_tags").parse(call)
+    outcome = asyncio.run(SandboxTool(sandbox).run(parsed, session_id=""))
+    if outcome.status != trajectory_pb2.TOOL_CALL_STATUS_OK or \
+            outcome.output.strip() != str(problem.value):
+        raise RuntimeError(f"the sandbox answered {outcome.output.strip()!r} (status "
+                           f"{outcome.status}) for {parsed.arguments!r}, expected "
+                           f"{problem.value}; is it healthy?")
+    return {"messages": [{"role": "user", "content": problem.prompt},
+                         {"role": "assistant", "content": call},
+                         {"role": "tool", "content": outcome.output},
+                         {"role": "assistant", "content": direct_answer(outcome.output.strip())}],
+            "tool_calls": 1}
+
+
+def direct_trajectory(problem: Problem) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": problem.prompt},
+                         {"role": "assistant", "content": direct_answer(str(problem.value))}],
+            "tool_calls": 0}
+
+
+def sft_trajectories(problems: list[Problem], sandbox: Any, tool_fraction: float,
+                     rng: random.Random) -> list[dict[str, Any]]:
+    """Cold-start episodes: `tool_fraction` of them executed through `sandbox` (a
+    SandboxClient), the rest answered directly; order as `problems`."""
+    if not 0.0 <= tool_fraction <= 1.0:
+        raise ValueError(f"tool_fraction must be in [0, 1], got {tool_fraction}")
+    uses_tool = [rng.random() < tool_fraction for _ in problems]
+    with ThreadPoolExecutor(SANDBOX_PARALLELISM) as pool:
+        executed = pool.map(lambda p: executed_trajectory(p, sandbox),
+                            [p for p, tool in zip(problems, uses_tool, strict=True) if tool])
+        executed = iter(list(executed))
+    return [next(executed) if tool else direct_trajectory(problem)
+            for problem, tool in zip(problems, uses_tool, strict=True)]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def make_calculator_data(out_dir: str | Path, sandbox: Any, *, num_train: int = 2000,
+                         num_eval: int = 100, num_sft: int = 1500, tool_fraction: float = 0.4,
+                         seed: int = 0) -> dict[str, Any]:
+    """Write train.jsonl, eval.jsonl and sft.jsonl to `out_dir`; returns a summary."""
+    for name, count in (("num_train", num_train), ("num_eval", num_eval), ("num_sft", num_sft)):
+        if count < 1:
+            raise ValueError(f"{name} must be at least 1, got {count}")
+    rng = random.Random(f"agentrl-calculator:{seed}")
+    seen: set[str] = set()
+    eval_problems = make_problems(num_eval, rng, seen)
+    train_problems = make_problems(num_train, rng, seen)
+    sft_problems = make_problems(num_sft, rng, seen)
+    trajectories = sft_trajectories(sft_problems, sandbox, tool_fraction, rng)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "train.jsonl", [prompt_row(p, "train", i)
+                                      for i, p in enumerate(train_problems)])
+    write_jsonl(out / "eval.jsonl", [prompt_row(p, "eval", i)
+                                     for i, p in enumerate(eval_problems)])
+    write_jsonl(out / "sft.jsonl", trajectories)
+    num_tool = sum(t["tool_calls"] for t in trajectories)
+    return {"out_dir": str(out), "num_train": num_train, "num_eval": num_eval,
+            "num_sft": num_sft, "num_sft_with_tool": num_tool,
+            "num_sft_direct": num_sft - num_tool, "seed": seed}
