@@ -149,4 +149,7 @@ def setup_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request at INFO: thousands a second from a rollout worker, burying
+    # what matters. Its warnings and errors still come through.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     return handler

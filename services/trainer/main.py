@@ -38,15 +38,19 @@ def train_with_display(config: AgentRLConfig, max_steps: int | None, console: An
         TimeRemainingColumn,
     )
 
+    from transformers.utils import logging as transformers_logging
+
     from agentrl.trainer.rl_loop import run_training
 
+    # Per-step weight exports would each draw a "Writing model shards" bar over the display.
+    transformers_logging.disable_progress_bar()
     total = max_steps or config.trainer.total_steps
     with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
         bar = progress.add_task("steps", total=total)
 
         def show(record: dict) -> None:
-            progress.console.print(step_line(record))
+            progress.console.print(step_line(record), soft_wrap=True)  # one line per step
             progress.update(bar, completed=record["step"])
 
         return run_training(config, max_steps, on_step=show)
