@@ -11,6 +11,8 @@ Per optimizer step:
    `trainer-{run_id}`) until `batch_size` groups with a learning signal are in; dropped groups
    (zero signal, all samples stale) free their admission slot, so more prompts are admitted
    meanwhile (dynamic sampling's refill). Groups beyond the batch wait for the next step.
+   After `algorithm.dynamic_sampling_max_batches` batches' worth of groups the step stops
+   waiting and trains on what it has, zero-signal groups filling the batch with advantage 0.
 3. train: driver.train_step on the TrainBatch; policy version + 1.
 4. sync: weight_sync.DiskWeightSync to every server, version published in Redis; optionally
    the drift check on `drift_check_token_ids`.
@@ -143,13 +145,18 @@ class RLTrainer:
         self.admission.on_admitted(count)
         return count
 
-    async def collect(self) -> tuple[list, list[StreamEntry], float]:
-        """Groups (kept and dropped) for one step, their entries, seconds waited."""
+    async def collect(self) -> tuple[list, list[StreamEntry], float, bool]:
+        """Groups (kept and dropped) for one step, their entries, seconds waited, and whether
+        dynamic sampling hit its cap (then dropped groups fill the batch)."""
         from agentrl.proto.core.v1 import group_pb2
 
         start = time.perf_counter()
         kept, dropped, entries = [], [], []
+        max_groups = self.trainer.batch_size * self.algorithm.dynamic_sampling_max_batches
         while len(kept) < self.trainer.batch_size:
+            if len(kept) + len(dropped) >= max_groups:
+                filler = dropped[:self.trainer.batch_size - len(kept)]
+                return kept + filler, entries, time.perf_counter() - start, True
             if time.perf_counter() - start > self.wait_timeout_s:
                 raise TrainingTimeout(f"{len(kept)} of {self.trainer.batch_size} groups after "
                                       f"{self.wait_timeout_s:.0f} s; are rollout workers up?")
@@ -172,7 +179,7 @@ class RLTrainer:
                     self.admission.on_returned(1, probe.num_kept_groups)
                 (kept if probe.num_kept_groups else dropped).append(group)
                 entries.append(entry)
-        return kept + dropped, entries, time.perf_counter() - start
+        return kept + dropped, entries, time.perf_counter() - start, False
 
     def checkpoint(self) -> None:
         self.checkpoints.save(self.backend, TrainingState(
@@ -221,16 +228,26 @@ class RLTrainer:
         result = TrainingResult(steps=0, policy_version=self.version, run_dir=self.run_dir)
         samples = SampleWriter(self.run_dir, self.backend.tokenizer)
         interval = self.trainer.eval_interval_steps
+        skipped_entries = 0  # groups read by steps that had nothing to train on
         with StepMetricsWriter(self.run_dir) as writer:
             while self.step < max_steps:
-                groups, entries, waited_s = await self.collect()
-                batch = build_train_batch(groups, self.version, self.algorithm,
+                groups, entries, waited_s, capped = await self.collect()
+                # Capped: train on the zero-signal groups too (advantage 0) rather than wait.
+                algorithm = self.algorithm.model_copy(update={"dynamic_sampling": False}) \
+                    if capped else self.algorithm
+                batch = build_train_batch(groups, self.version, algorithm,
                                           self.trainer.max_staleness)
+                if not batch.samples:  # every sample stale or failed: nothing to learn from
+                    self.uncommitted.extend(entries)
+                    skipped_entries += len(entries)
+                    continue
                 outcome = train_step(self.backend, batch, self.algorithm,
                                      self.trainer.micro_batch_tokens)
                 self.step, self.version = self.step + 1, self.version + 1
                 synced = await self.sync.sync(self.version)
-                extra = {"policy_version": self.version, "prompts_admitted":
+                extra = {"dynamic_sampling_capped": int(capped),
+                         "groups_consumed": len(entries) + skipped_entries,
+                         "policy_version": self.version, "prompts_admitted":
                          self.admission.admitted, "weight_sync_bytes": synced.num_bytes}
                 if self.drift_check_token_ids:
                     drift = await check_logprob_drift(self.backend, self.pool,
@@ -246,6 +263,7 @@ class RLTrainer:
                                    time_weight_sync_s=synced.total_s), **extra})
                 result.metrics.append(record)
                 self.uncommitted.extend(entries)
+                skipped_entries = 0
                 if self.step % self.trainer.checkpoint_interval_steps == 0 \
                         or self.step == max_steps:
                     self.checkpoint()

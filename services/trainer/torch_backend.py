@@ -97,6 +97,9 @@ class TorchBackend(TrainerBackend):
             learning_rate=algorithm.learning_rate, weight_decay=trainer.weight_decay,
             max_grad_norm=trainer.max_grad_norm, warmup_steps=trainer.lr_warmup_steps,
             schedule=trainer.lr_schedule, total_steps=trainer.total_steps)
+        if trainer.cpu_threads:
+            # Process-wide: intra-op threads of every torch op in this process.
+            torch.set_num_threads(trainer.cpu_threads)
         return cls(config.model.path, settings, device=trainer.device, dtype=config.model.dtype,
                    parallelism=trainer.parallelism,
                    gradient_checkpointing=trainer.gradient_checkpointing,

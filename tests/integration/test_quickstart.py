@@ -1,0 +1,174 @@
+"""The main job, reduced: `scripts/quickstart.sh` on a small recipe through the real local stack
+(Redis, vLLM on CPU, bubblewrap sandbox, reward, rollout worker), then a second `agentrl train`
+that resumes from its checkpoint while the rollout worker and the sandbox are SIGKILLed.
+
+Checked: the job completes and writes metrics, evaluations, samples and the report; every
+trajectory that reached the trainer is self-consistent (lengths, masks, versions, turn spans);
+the resumed run continues at the next step, the supervisor restarts the killed services, and
+every group is consumed exactly once (none lost, none counted twice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from agentrl.common.streams import stream_key
+from agentrl.rollout.vllm_launcher import free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+AGENTRL = [sys.executable, "-m", "agentrl.common.cli"]
+REDIS_URL = "redis://127.0.0.1:6379/0"
+FIRST_STEPS, RESUMED_STEPS = 2, 5
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("quickstart")
+    ports = iter(free_port() for _ in range(7))
+    run_id = f"qs-test-{os.getpid()}"
+    config = {
+        "run": {"run_id": run_id, "output_dir": str(root / "run"), "seed": 0},
+        "model": {"path": str(root / "run" / "sft")},
+        "data": {"train_path": str(root / "data" / "train.jsonl"),
+                 "eval_path": str(root / "data" / "eval.jsonl")},
+        "redis": {"url": REDIS_URL, "visibility_timeout_s": 10},
+        "sandbox": {"grpc_port": next(ports), "http_port": next(ports), "max_concurrency": 4},
+        "reward": {"grpc_port": next(ports), "http_port": next(ports),
+                   "num_verifier_workers": 1},
+        "rollout": {"grpc_port": next(ports), "http_port": next(ports),
+                    "inference_urls": [f"http://127.0.0.1:{next(ports)}"],
+                    "vllm_max_model_len": 512, "vllm_max_num_seqs": 32,
+                    "max_concurrent_episodes": 16, "shutdown_grace_s": 5},
+        "trainer": {"batch_size": 2, "max_staleness": 1, "total_steps": FIRST_STEPS,
+                    "checkpoint_interval_steps": 1, "eval_samples_per_prompt": 1},
+        "algorithm": {"group_size": 4, "learning_rate": 5e-4},
+        "sft": {"train_path": str(root / "data" / "sft.jsonl"),
+                "output_dir": str(root / "run" / "sft"), "max_steps": 20, "batch_size": 16,
+                "learning_rate": 3e-3},
+    }
+    path = root / "quickstart-test.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def load(recipe: Path) -> dict:
+    return yaml.safe_load(recipe.read_text())
+
+
+def agentrl(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*AGENTRL, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+
+
+def metric_steps(run_dir: Path) -> list[int]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def first_run(recipe: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "QUICKSTART_RECIPE": str(recipe),
+           "QUICKSTART_DATA_ARGS": "--num-train 64 --num-eval 6 --num-sft 200"}
+    result = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=900, check=False)
+    yield result
+    agentrl("down", "--recipe", str(recipe))
+
+
+def test_reduced_quickstart_completes_and_reports(recipe: Path, first_run) -> None:
+    assert first_run.returncode == 0, first_run.stdout[-3000:] + first_run.stderr[-3000:]
+    run_dir = Path(load(recipe)["run"]["output_dir"])
+    assert metric_steps(run_dir) == list(range(1, FIRST_STEPS + 1))
+    for name in ("before", "after"):
+        report = json.loads((run_dir / "eval" / f"{name}.json").read_text())
+        assert report["num_prompts"] == 6 and report["k"] == 1
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == set(range(1, FIRST_STEPS + 1))
+    assert all(s["segments"] and s["segments"][0]["role"] == "model" for s in samples)
+    assert json.loads((run_dir / "config.json").read_text())["run"]["run_id"] == \
+        load(recipe)["run"]["run_id"]
+    html = (run_dir / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    assert len(list((run_dir / "report").glob("*.png"))) >= 5
+    assert (run_dir / "checkpoints" / f"step_{FIRST_STEPS:08d}").is_dir()
+    assert "held-out accuracy" in first_run.stdout
+
+
+def test_every_consumed_trajectory_accounts_for_its_tokens(recipe: Path, first_run) -> None:
+    from agentrl.proto.core.v1 import group_pb2
+
+    assert first_run.returncode == 0
+    client = redis.Redis.from_url(REDIS_URL)
+    entries = client.xrange(stream_key(load(recipe)["run"]["run_id"], "groups"))
+    assert entries, "no group reached the groups stream"
+    for _entry_id, fields in entries:
+        group = group_pb2.Group.FromString(fields[b"data"])
+        assert len(group.samples) == 4
+        for scored in group.samples:
+            t = scored.trajectory
+            n = len(t.token_ids)
+            assert n == len(t.loss_mask) == len(t.behaviour_logprobs) == len(t.policy_versions)
+            assert not any(t.loss_mask[:t.prompt_length])
+            observed = set()
+            position = t.prompt_length
+            for turn in t.turns:  # turns tile the response: model tokens, then tool output
+                assert turn.response_start == position <= turn.response_end
+                assert all(t.loss_mask[turn.response_start:turn.response_end])
+                assert all(v >= 0 for v in t.policy_versions[turn.response_start:
+                                                             turn.response_end])
+                assert all(lp <= 0 for lp in t.behaviour_logprobs[turn.response_start:
+                                                                  turn.response_end])
+                assert turn.observation_start == turn.response_end <= turn.observation_end
+                observed.update(range(turn.observation_start, turn.observation_end))
+                position = turn.observation_end
+            assert position == n
+            assert {i for i in range(t.prompt_length, n) if not t.loss_mask[i]} == observed
+            assert t.num_tool_calls == sum(1 for turn in t.turns if turn.HasField("tool_call"))
+
+
+def test_resume_survives_killed_worker_and_sandbox(recipe: Path, first_run) -> None:
+    assert first_run.returncode == 0
+    config = load(recipe)
+    run_dir = Path(config["run"]["output_dir"])
+    up = agentrl("up", "--recipe", str(recipe), "--services", "vllm,sandbox,reward,rollout")
+    assert up.returncode == 0, up.stdout + up.stderr
+    train = subprocess.Popen([*AGENTRL, "train", "--recipe", str(recipe), "--max-steps",
+                              str(RESUMED_STEPS)], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while metric_steps(run_dir)[-1] < FIRST_STEPS + 1 and time.monotonic() < deadline:
+            assert train.poll() is None, train.stdout.read()
+            time.sleep(0.5)
+        stack = json.loads((run_dir / "stack.json").read_text())
+        for name in ("rollout", "sandbox"):  # mid-run: episodes and tool calls in flight
+            os.kill(stack["services"][name]["pid"], signal.SIGKILL)
+        output, _ = train.communicate(timeout=600)
+    finally:
+        if train.poll() is None:
+            train.kill()
+    assert train.returncode == 0, output[-4000:]
+    steps = metric_steps(run_dir)
+    assert steps == list(range(1, RESUMED_STEPS + 1)), steps  # resumed at 3, no step twice
+    restarted = json.loads((run_dir / "stack.json").read_text())["services"]
+    assert restarted["rollout"]["restarts"] >= 1 and restarted["sandbox"]["restarts"] >= 1
+    # Exactly once: every group the trainer used is done once, none is left pending.
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    client = redis.Redis.from_url(REDIS_URL)
+    groups = stream_key(config["run"]["run_id"], "groups")
+    assert client.zcard(f"{groups}:trainer:done") == sum(r["groups_consumed"] for r in records)
+    assert client.xpending(groups, "trainer")["pending"] == 0
+    status = agentrl("status", "--recipe", str(recipe))
+    assert status.returncode == 0, status.stdout  # every service serving again
