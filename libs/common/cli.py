@@ -290,8 +290,8 @@ def _print_status(config) -> bool:
         healthy &= ok
         health = "[green]serving[/]" if ok else f"[red]{service.status}[/]"
         in_flight = "-" if result.in_flight is None else f"{result.in_flight:.0f}"
-        table.add_row(service.name, service.grpc_address, service.http_url, health, in_flight,
-                      str(service.restarts), str(service.pid), service.log)
+        table.add_row(service.name, service.grpc_address or "-", service.http_url, health,
+                      in_flight, str(service.restarts), str(service.pid), service.log)
     console.print(table)
     return healthy
 

@@ -55,7 +55,11 @@ def sft(
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from None
 
+    from transformers.utils import logging as transformers_logging
+
     from agentrl.trainer.sft import run_sft
+
+    transformers_logging.disable_progress_bar()  # loading/saving bars would break the step lines
 
     def show(record: dict) -> None:
         if record["step"] == 1 or record["step"] % log_every == 0:
