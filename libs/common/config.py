@@ -319,9 +319,10 @@ class TrainerConfig(ServiceEndpoint):
     """`single`: one device. `fsdp2`: shard across the GPUs of an initialised torch.distributed
     process group (launch with torchrun); the model code stays single-device."""
     cpu_threads: int = Field(default=0, ge=0)
-    """torch intra-op threads of the trainer process; 0: torch's default (one per core). On a
-    machine the trainer shares with vLLM and the services, 1 avoids OpenMP threads spinning
-    against each other (measured here on 2 cores: a step 10x faster than with 2)."""
+    """torch intra-op threads of the trainer and SFT processes; 0: torch's default (one per
+    core). On a machine shared with vLLM, the services or other jobs, 1 avoids OpenMP threads
+    spinning against each other (measured here on 2 busy cores: an RL step and an SFT step
+    each about 10x faster than with 2)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     micro_batch_tokens: int = Field(default=8192, gt=0)

@@ -127,6 +127,8 @@ def run_sft(config: Any, train_path: str | Path | None = None,
         max_grad_norm=sft.max_grad_norm, warmup_steps=min(sft.lr_warmup_steps, max_steps - 1),
         schedule="cosine", total_steps=max_steps)
     trainer = config.trainer
+    if trainer.cpu_threads:  # as for RL (config.py): OpenMP threads must not fight other jobs
+        torch.set_num_threads(trainer.cpu_threads)
     backend = TorchBackend(config.model.path, settings, device=trainer.device,
                            dtype=config.model.dtype, parallelism=trainer.parallelism,
                            gradient_checkpointing=trainer.gradient_checkpointing,
