@@ -1,8 +1,10 @@
 """Command-line jobs of the search service: building an index and generating the QA world.
 
-Two typer apps that the `agentrl` CLI mounts (each holds one command):
+Two typer apps that the `agentrl` CLI mounts:
 - `index_app`: `agentrl search index CORPUS.jsonl --out DIR [--dense] [--name N] [--overwrite]`
-- `data_app`:  `agentrl data make-qa-world --seed N --out DIR [--num-passages ...]`
+- `data_app`:  `agentrl data make-qa-world --seed N --out DIR [--num-passages ...]` and
+  `agentrl data make-search-task --world DIR --out DIR --recipe R` (the search quickstart's
+  task, search_task.py)
 Heavy imports happen inside the commands so `agentrl --help` stays fast.
 """
 
@@ -90,3 +92,57 @@ def make_qa_world_command(
         raise typer.Exit(code=1) from None
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"next: agentrl search index {out / 'corpus.jsonl'} --out {out / 'index'}")
+
+
+@data_app.command("make-search-task")
+def make_search_task_command(
+    world: Annotated[Path, typer.Option(help="world directory written by make-qa-world")],
+    out: Annotated[Path, typer.Option("--out", help="directory for train/eval/sft JSONL")],
+    recipe: Annotated[
+        Path | None,
+        typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
+                     help="recipe whose search service runs the SFT searches"),
+    ] = None,
+    fact: Annotated[str, typer.Option(help="the fact every question asks for")] = "occupation",
+    num_train: Annotated[int, typer.Option(min=1, help="RL prompts (at most)")] = 1000,
+    num_eval: Annotated[int, typer.Option(min=1, help="held-out prompts (at most)")] = 100,
+    num_sft: Annotated[int, typer.Option(min=1, help="cold-start trajectories")] = 1500,
+    num_sft_entities: Annotated[
+        int, typer.Option(min=1, help="train entities the SFT questions are about")
+    ] = 800,
+    tool_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of SFT trajectories that search")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="the same seed gives the same files")] = 0,
+) -> None:
+    """Write the search quickstart's task: one-hop questions over the world, and SFT
+    trajectories whose searches the search service really ran (it must be up: `agentrl up`)."""
+    import grpc
+
+    from agentrl.common import grpc_client
+    from agentrl.common.config import AgentRLConfig, ConfigError, load_config
+    from agentrl.rollout.tools import SearchTool
+    from agentrl.search.search_task import make_search_task
+
+    try:
+        config = load_config(recipe) if recipe else AgentRLConfig()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    channel = grpc_client.create_channel(config.search.target())
+    try:
+        summary = make_search_task(
+            world, out, SearchTool(channel, config.rollout.tool_timeout_s), fact=fact,
+            num_train=num_train, num_eval=num_eval, num_sft=num_sft,
+            num_sft_entities=num_sft_entities, tool_fraction=tool_fraction, seed=seed,
+        )
+    except (ValueError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    except grpc.RpcError as exc:
+        typer.echo(f"error: the search service at {config.search.target()} did not answer "
+                   f"({exc}); start it with `agentrl up --services search`", err=True)
+        raise typer.Exit(code=1) from None
+    finally:
+        channel.close()
+    typer.echo(json.dumps(summary, indent=2))

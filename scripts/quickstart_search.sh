@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The search quickstart: a tiny model learns to look facts up in a generated world it has never
+# seen (one-hop questions, BM25 over the world's corpus), through the whole local stack. Each
+# step is one `agentrl` command, as in scripts/quickstart.sh. QUICKSTART_RECIPE picks another
+# recipe; QUICKSTART_WORLD_ARGS and QUICKSTART_DATA_ARGS size the world and the task (the
+# integration test's reduced run).
+#
+#   1. the QA world, its BM25 index, the task; the SFT trajectories' searches run by the search
+#      service
+#   2. a tiny model (tokenizer trained on the task's text) and its SFT cold start
+#   3. the local stack: vLLM serving the SFT model, search, reward, rollout
+#   4. RL (GRPO): evaluation before, the training steps, evaluation after
+#   5. the report: plots, Markdown and HTML in <run dir>/report/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+AGENTRL=.venv/bin/agentrl
+RECIPE=${QUICKSTART_RECIPE:-recipes/quickstart_search.yaml}
+started=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - started )) s"; }
+# Paths from the recipe, so that a reduced recipe writes elsewhere; the world sits beside the task.
+read -r RUN_DIR MODEL_DIR DATA_DIR INDEX_DIR < <(.venv/bin/python -c '
+import sys; from pathlib import Path; from agentrl.common.config import load_config
+config = load_config(sys.argv[1])
+print(config.run.output_dir, config.model.path, Path(config.data.train_path).parent,
+      config.search.index_dir)' "$RECIPE")
+WORLD_DIR=$DATA_DIR/world
+# Defaults: a 10,000-passage world (~2,000 train people), 1,500 SFT episodes about 800 of them
+# (docs/search.md "Search quickstart" for what larger settings did).
+WORLD_ARGS=${QUICKSTART_WORLD_ARGS:---num-passages 10000 --num-questions 200}
+DATA_ARGS=${QUICKSTART_DATA_ARGS:-}
+trap '$AGENTRL down --recipe "$RECIPE" >/dev/null 2>&1 || true' EXIT
+
+echo "==> [$(elapsed)] recipe $RECIPE (run directory $RUN_DIR)"
+$AGENTRL config validate "$RECIPE" --quiet
+if [ -e "$RUN_DIR/checkpoints" ] && [ -z "${QUICKSTART_RESUME:-}" ]; then
+  echo "    $RUN_DIR holds an earlier run: starting afresh (QUICKSTART_RESUME=1 continues it)"
+  rm -rf "$RUN_DIR"
+fi
+
+if [ ! -f "$WORLD_DIR/entities.jsonl" ]; then
+  echo "==> [$(elapsed)] QA world and its BM25 index"
+  # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
+  $AGENTRL data make-qa-world --seed 0 --out "$WORLD_DIR" $WORLD_ARGS >/dev/null
+  $AGENTRL search index "$WORLD_DIR/corpus.jsonl" --out "$INDEX_DIR" --overwrite 2>/dev/null
+fi
+if [ ! -f "$DATA_DIR/sft.jsonl" ]; then
+  echo "==> [$(elapsed)] search task; the SFT trajectories' searches run in the search service"
+  $AGENTRL up --recipe "$RECIPE" --services search >/dev/null
+  # shellcheck disable=SC2086
+  $AGENTRL data make-search-task --recipe "$RECIPE" --world "$WORLD_DIR" --out "$DATA_DIR" \
+    $DATA_ARGS
+  $AGENTRL down --recipe "$RECIPE" >/dev/null
+fi
+
+if [ ! -f "$MODEL_DIR/config.json" ]; then
+  echo "==> [$(elapsed)] tiny model: tokenizer trained on the task's text, random weights"
+  $AGENTRL model init --preset tiny --out "$RUN_DIR/init" --data "$DATA_DIR/sft.jsonl" >/dev/null
+  echo "==> [$(elapsed)] SFT cold start on executed trajectories"
+  $AGENTRL sft --recipe "$RECIPE" --model "$RUN_DIR/init" --log-every 50
+fi
+
+echo "==> [$(elapsed)] local stack: vLLM (the SFT model), search, reward, rollout"
+$AGENTRL up --recipe "$RECIPE" --services vllm,search,reward,rollout
+
+echo "==> [$(elapsed)] RL through the stack (evaluation before and after)"
+$AGENTRL train --recipe "$RECIPE"
+
+echo "==> [$(elapsed)] agentrl down"
+$AGENTRL down --recipe "$RECIPE" >/dev/null
+trap - EXIT
+
+echo "==> [$(elapsed)] report"
+$AGENTRL report "$RUN_DIR" | tail -2
+.venv/bin/python scripts/quickstart_summary.py "$RUN_DIR"
+echo "==> done in $(elapsed)"
