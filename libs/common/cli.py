@@ -74,7 +74,7 @@ def config_show(
 def _register_service_commands() -> None:
     """Sub-commands that live with their service (imported lazily by each command)."""
     from agentrl.common.model_cli import model_app
-    from agentrl.search.cli import data_app, index_app
+    from agentrl.search.cli import data_app, index_app, make_search_task_command
     from agentrl.trainer.cli import eval_app, make_calculator, report, sft_app, train
 
     app.add_typer(index_app, name="search")
@@ -85,6 +85,7 @@ def _register_service_commands() -> None:
     app.command("train")(train)
     app.command("report")(report)
     data_app.command("make-calculator")(make_calculator)
+    data_app.command("make-search-task")(make_search_task_command)
 
 
 _register_service_commands()

@@ -2,9 +2,9 @@
 
 Two typer apps that the `agentrl` CLI mounts:
 - `index_app`: `agentrl search index CORPUS.jsonl --out DIR [--dense] [--name N] [--overwrite]`
-- `data_app`:  `agentrl data make-qa-world --seed N --out DIR [--num-passages ...]` and
-  `agentrl data make-search-task --world DIR --out DIR --recipe R` (the search quickstart's
-  task, search_task.py)
+- `data_app`:  `agentrl data make-qa-world --seed N --out DIR [--num-passages ...]`
+and `make_search_task_command`, which the main CLI registers as `agentrl data make-search-task
+--world DIR --out DIR --recipe R` (the search quickstart's task, search_task.py).
 Heavy imports happen inside the commands so `agentrl --help` stays fast.
 """
 
@@ -94,7 +94,6 @@ def make_qa_world_command(
     typer.echo(f"next: agentrl search index {out / 'corpus.jsonl'} --out {out / 'index'}")
 
 
-@data_app.command("make-search-task")
 def make_search_task_command(
     world: Annotated[Path, typer.Option(help="world directory written by make-qa-world")],
     out: Annotated[Path, typer.Option("--out", help="directory for train/eval/sft JSONL")],
