@@ -74,8 +74,15 @@ def config_show(
 def _register_service_commands() -> None:
     """Sub-commands that live with their service (imported lazily by each command)."""
     from agentrl.common.model_cli import model_app
-    from agentrl.search.cli import data_app, index_app, make_search_task_command
+    from agentrl.search.cli import index_app, make_qa_world_command, make_search_task_command
     from agentrl.trainer.cli import eval_app, make_calculator, report, sft_app, train
+
+    # `agentrl data` gathers generators from several services in a group of its own (adding
+    # commands to a service's typer app would change how that app parses when used alone).
+    data_app = typer.Typer(help="Generate data sets.", no_args_is_help=True)
+    data_app.command("make-qa-world")(make_qa_world_command)
+    data_app.command("make-calculator")(make_calculator)
+    data_app.command("make-search-task")(make_search_task_command)
 
     app.add_typer(index_app, name="search")
     app.add_typer(data_app, name="data")
@@ -84,8 +91,6 @@ def _register_service_commands() -> None:
     app.add_typer(eval_app, name="eval")
     app.command("train")(train)
     app.command("report")(report)
-    data_app.command("make-calculator")(make_calculator)
-    data_app.command("make-search-task")(make_search_task_command)
 
 
 _register_service_commands()

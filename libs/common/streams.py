@@ -197,9 +197,12 @@ class StreamQueue:
                     self._create_group()
                 return op()
             except redis.ResponseError as err:
-                if not str(err).startswith("NOGROUP") or need_group:
+                # NOGROUP: the server restarted empty. UNBLOCKED: the stream was deleted while
+                # this consumer was blocked reading it (a fresh run resetting its streams).
+                # Either way: re-create the group and go on.
+                if not str(err).startswith(("NOGROUP", "UNBLOCKED")) or need_group:
                     raise
-                need_group = True  # the server restarted empty: re-create the group, go on
+                need_group = True
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 remaining_s = deadline - time.monotonic()
                 if remaining_s <= 0:

@@ -114,6 +114,11 @@ class AgentLoop:
             finish = await self._turns(traj, settings, fmt, stop, on_turn)
         except InferenceError as exc:
             finish, traj.error = Finish.FINISH_REASON_ERROR, str(exc)
+            if traj.turns and traj.turns[-1].response_end < traj.turns[-1].response_start:
+                # The failed turn keeps what it sampled before the error, and no observation.
+                last = traj.turns[-1]
+                last.response_end = last.observation_start = last.observation_end = \
+                    len(traj.token_ids)
         finally:
             self.pool.release(traj.trajectory_id)
         traj.finish_reason = finish

@@ -25,7 +25,8 @@ import yaml
 from agentrl.common.streams import stream_key
 from agentrl.rollout.vllm_launcher import free_port
 
-pytestmark = pytest.mark.slow
+# The reduced job takes ~3 min alone; a loaded machine can take several times that.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parents[2]
 AGENTRL = [sys.executable, "-m", "agentrl.common.cli"]

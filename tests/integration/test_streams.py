@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from agentrl.common.streams import StreamQueue, StreamUnavailableError, stream_key
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
 
@@ -374,3 +375,31 @@ def test_redis_restart_empty_recreates_group_and_consumers_go_on(private_redis, 
     consumer.complete(got)
     stats = consumer.stats()
     assert (stats.pending, stats.lag, stats.length) == (0, 0, 20)
+
+
+def test_reader_blocked_on_a_deleted_stream_goes_on_reading_the_new_one(run_id, queues):
+    """A fresh training run deletes its streams while rollout workers sit in a blocking read:
+    Redis unblocks them with an error; the reader re-creates its group and keeps reading."""
+    key = stream_key(run_id, "prompts")
+    reader = queues(REDIS_URL, key, "rollout", consumer="worker")
+    reader.ensure_group()
+    got: list = []
+    errors: list[BaseException] = []
+
+    def blocked_read() -> None:
+        try:
+            got.extend(reader.read(1, block_ms=5000))
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever escaped
+            errors.append(exc)
+
+    thread = threading.Thread(target=blocked_read)
+    thread.start()
+    time.sleep(0.5)  # the read is blocked now
+    owner = queues(REDIS_URL, key, "rollout")
+    owner.delete()
+    owner.ensure_group()
+    owner.publish(b"task after the reset", idempotency_key="k1")
+    thread.join(timeout=10)
+    assert not thread.is_alive() and errors == []
+    entries = got or reader.read(1, block_ms=2000)
+    assert [e.payload for e in entries] == [b"task after the reset"]
