@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 
 import redis
+
 from agentrl.common.streams import StreamQueue, stream_key
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
 

@@ -37,7 +37,6 @@ def train_with_display(config: AgentRLConfig, max_steps: int | None, console: An
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-
     from transformers.utils import logging as transformers_logging
 
     from agentrl.trainer.rl_loop import run_training

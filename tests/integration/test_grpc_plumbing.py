@@ -17,16 +17,17 @@ import grpc
 import httpx
 import prometheus_client
 import pytest
-from agentrl.common import grpc_client, grpc_server, http
-from agentrl.common.auth import TOKEN_ENV
-from agentrl.common.logging import get_context
-from agentrl.proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from prometheus_client.parser import text_string_to_metric_families
+
+from agentrl.common import grpc_client, grpc_server, http
+from agentrl.common.auth import TOKEN_ENV
+from agentrl.common.logging import get_context
+from agentrl.proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 TRAINER_SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["TrainerStatusService"].full_name
 GET_STATUS = f"/{TRAINER_SERVICE}/GetStatus"

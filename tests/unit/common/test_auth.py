@@ -5,8 +5,9 @@ from __future__ import annotations
 import hmac
 
 import pytest
-from agentrl.common import auth, http
 from fastapi.testclient import TestClient
+
+from agentrl.common import auth, http
 
 TOKEN = "s3cret-token-for-tests"
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from agentrl.common import http, metrics
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+
+from agentrl.common import http, metrics
 
 
 def test_healthz_answers_while_not_ready():

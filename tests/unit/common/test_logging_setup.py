@@ -8,6 +8,7 @@ import logging
 import threading
 
 import pytest
+
 from agentrl.common.logging import (
     bind_context,
     get_context,

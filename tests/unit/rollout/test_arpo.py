@@ -8,8 +8,14 @@ import math
 import pytest
 
 from agentrl.proto.core.v1 import trajectory_pb2
-from agentrl.rollout.arpo import (ARPOSettings, TreeBudget, branch, branch_probability,
-                                  normalised_entropy, window_entropy)
+from agentrl.rollout.arpo import (
+    ARPOSettings,
+    TreeBudget,
+    branch,
+    branch_probability,
+    normalised_entropy,
+    window_entropy,
+)
 
 VOCAB = 1000
 
