@@ -1,7 +1,8 @@
 """Asynchronous (staleness bound eta > 0) against synchronous (eta = 0) RL: wall-clock for the
 same number of steps, from the same starting checkpoint, against the same running stack.
 
-    agentrl up --recipe recipes/quickstart.yaml        # after `make quickstart` made the SFT model
+    agentrl up --recipe recipes/quickstart.yaml --services vllm,sandbox,reward,rollout
+    # (after `make quickstart` made the SFT model)
     .venv/bin/python benchmarks/rl_async_vs_sync.py --recipe recipes/quickstart.yaml --steps 10
 
 Runs alternate (sync, async, sync, async ... for --rounds), each a fresh run (own directory

@@ -52,24 +52,6 @@ if [ ! -f "$DATA_DIR/sft.jsonl" ]; then
   $AGENTRL down --recipe "$RECIPE" >/dev/null
 fi
 
-if [ ! -f "$MODEL_DIR/config.json" ]; then
-  echo "==> [$(elapsed)] tiny model: tokenizer trained on the task's text, random weights"
-  $AGENTRL model init --preset tiny --out "$RUN_DIR/init" --data "$DATA_DIR/sft.jsonl" >/dev/null
-  echo "==> [$(elapsed)] SFT cold start on executed trajectories"
-  $AGENTRL sft --recipe "$RECIPE" --model "$RUN_DIR/init" --log-every 50
-fi
-
-echo "==> [$(elapsed)] local stack: vLLM (the SFT model), search, reward, rollout"
-$AGENTRL up --recipe "$RECIPE" --services vllm,search,reward,rollout
-
-echo "==> [$(elapsed)] RL through the stack (evaluation before and after)"
-$AGENTRL train --recipe "$RECIPE"
-
-echo "==> [$(elapsed)] agentrl down"
-$AGENTRL down --recipe "$RECIPE" >/dev/null
-trap - EXIT
-
-echo "==> [$(elapsed)] report"
-$AGENTRL report "$RUN_DIR" | tail -2
-.venv/bin/python scripts/quickstart_summary.py "$RUN_DIR"
-echo "==> done in $(elapsed)"
+# shellcheck source=scripts/quickstart_steps.sh
+source scripts/quickstart_steps.sh
+cold_start_rl_report vllm,search,reward,rollout

@@ -240,6 +240,10 @@ def stack_up(
         if s != "trainer" and (s != "rollout" or has_model)]
     if not services and has_model and local_stack.vllm_is_local(config):
         chosen.insert(0, local_stack.VLLM)  # the rollout's server, first: it starts slowest
+    if not services and "search" in chosen and not config.search.index_dir.exists():
+        chosen.remove("search")  # it would only crash-loop without its index
+        console.print(f"search left out: no index at {config.search.index_dir} (build one with "
+                      "`agentrl search index`, or name the services with --services)")
     unknown = sorted(set(chosen) - set(available_services()) - {local_stack.VLLM})
     if unknown:
         err_console.print(f"[red]unknown service(s) {', '.join(unknown)}; installed: "
