@@ -11,23 +11,10 @@
 #   5. the report: plots, Markdown and HTML in <run dir>/report/
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AGENTRL=.venv/bin/agentrl
 RECIPE=${QUICKSTART_RECIPE:-recipes/quickstart.yaml}
-started=$(date +%s)
-elapsed() { echo "$(( $(date +%s) - started )) s"; }
-# Paths from the recipe, so that a reduced recipe writes elsewhere.
-read -r RUN_DIR MODEL_DIR DATA_DIR < <(.venv/bin/python -c '
-import sys; from pathlib import Path; from agentrl.common.config import load_config
-config = load_config(sys.argv[1])
-print(config.run.output_dir, config.model.path, Path(config.data.train_path).parent)' "$RECIPE")
-trap '$AGENTRL down --recipe "$RECIPE" >/dev/null 2>&1 || true' EXIT
-
-echo "==> [$(elapsed)] recipe $RECIPE (run directory $RUN_DIR)"
-$AGENTRL config validate "$RECIPE" --quiet
-if [ -e "$RUN_DIR/checkpoints" ] && [ -z "${QUICKSTART_RESUME:-}" ]; then
-  echo "    $RUN_DIR holds an earlier run: starting afresh (QUICKSTART_RESUME=1 continues it)"
-  rm -rf "$RUN_DIR"
-fi
+# shellcheck source=scripts/quickstart_steps.sh
+source scripts/quickstart_steps.sh
+start_run
 
 if [ ! -f "$DATA_DIR/sft.jsonl" ]; then
   echo "==> [$(elapsed)] calculator task; the SFT trajectories' tool calls run in the sandbox"
@@ -37,6 +24,4 @@ if [ ! -f "$DATA_DIR/sft.jsonl" ]; then
   $AGENTRL down --recipe "$RECIPE" >/dev/null
 fi
 
-# shellcheck source=scripts/quickstart_steps.sh
-source scripts/quickstart_steps.sh
 cold_start_rl_report vllm,sandbox,reward,rollout

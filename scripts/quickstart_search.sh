@@ -13,30 +13,15 @@
 #   5. the report: plots, Markdown and HTML in <run dir>/report/
 set -euo pipefail
 cd "$(dirname "$0")/.."
-AGENTRL=.venv/bin/agentrl
 RECIPE=${QUICKSTART_RECIPE:-recipes/quickstart_search.yaml}
-started=$(date +%s)
-elapsed() { echo "$(( $(date +%s) - started )) s"; }
-# Paths from the recipe, so that a reduced recipe writes elsewhere; the world sits beside the task.
-read -r RUN_DIR MODEL_DIR DATA_DIR INDEX_DIR < <(.venv/bin/python -c '
-import sys; from pathlib import Path; from agentrl.common.config import load_config
-config = load_config(sys.argv[1])
-print(config.run.output_dir, config.model.path, Path(config.data.train_path).parent,
-      config.search.index_dir)' "$RECIPE")
+# shellcheck source=scripts/quickstart_steps.sh
+source scripts/quickstart_steps.sh
+start_run  # the QA world sits beside the task data
 WORLD_DIR=$DATA_DIR/world
 # Defaults: a 10,000-passage world (~2,000 train people), 1,500 SFT episodes about 800 of them
 # (docs/search.md "Search quickstart" for what larger settings did).
 WORLD_ARGS=${QUICKSTART_WORLD_ARGS:---num-passages 10000 --num-questions 200}
 DATA_ARGS=${QUICKSTART_DATA_ARGS:-}
-trap '$AGENTRL down --recipe "$RECIPE" >/dev/null 2>&1 || true' EXIT
-
-echo "==> [$(elapsed)] recipe $RECIPE (run directory $RUN_DIR)"
-$AGENTRL config validate "$RECIPE" --quiet
-if [ -e "$RUN_DIR/checkpoints" ] && [ -z "${QUICKSTART_RESUME:-}" ]; then
-  echo "    $RUN_DIR holds an earlier run: starting afresh (QUICKSTART_RESUME=1 continues it)"
-  rm -rf "$RUN_DIR"
-fi
-
 if [ ! -f "$WORLD_DIR/entities.jsonl" ]; then
   echo "==> [$(elapsed)] QA world and its BM25 index"
   # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
@@ -52,6 +37,4 @@ if [ ! -f "$DATA_DIR/sft.jsonl" ]; then
   $AGENTRL down --recipe "$RECIPE" >/dev/null
 fi
 
-# shellcheck source=scripts/quickstart_steps.sh
-source scripts/quickstart_steps.sh
 cold_start_rl_report vllm,search,reward,rollout
