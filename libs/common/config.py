@@ -344,7 +344,8 @@ class TrainerConfig(ServiceEndpoint):
     """k of the evaluations a training run makes on `data.eval_path` (`eval/before.json` before
     the first step, `eval/after.json` after the last; `agentrl eval`'s metrics); 0: none."""
     eval_interval_steps: int = Field(default=0, ge=0)
-    """Also evaluate every this many steps (`eval/step_XXXXXXXX.json`); 0: before and after only."""
+    """Also evaluate every this many steps (step 10 writes `eval/step_00000010.json`); 0: before
+    and after only."""
     checkpoint_interval_steps: int = Field(default=50, gt=0)
     """Save a resumable checkpoint every this many optimizer steps."""
     keep_checkpoints: int = Field(default=3, gt=0)

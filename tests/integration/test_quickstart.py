@@ -53,7 +53,8 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "vllm_max_model_len": 512, "vllm_max_num_seqs": 32,
                     "max_concurrent_episodes": 16, "shutdown_grace_s": 5},
         "trainer": {"batch_size": 2, "max_staleness": 1, "total_steps": FIRST_STEPS,
-                    "checkpoint_interval_steps": 1, "eval_samples_per_prompt": 1},
+                    "checkpoint_interval_steps": 1, "eval_samples_per_prompt": 1,
+                    "eval_interval_steps": 4},
         "algorithm": {"group_size": 4, "learning_rate": 5e-4},
         "sft": {"train_path": str(root / "data" / "sft.jsonl"),
                 "output_dir": str(root / "run" / "sft"), "max_steps": 20, "batch_size": 16,
@@ -163,10 +164,13 @@ def test_resume_survives_killed_worker_and_sandbox(recipe: Path, first_run) -> N
     assert train.returncode == 0, output[-4000:]
     steps = metric_steps(run_dir)
     assert steps == list(range(1, RESUMED_STEPS + 1)), steps  # resumed at 3, no step twice
+    # Evaluated mid-run at step 4 (trainer.eval_interval_steps) and after the last step.
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads((run_dir / "eval" / "step_00000004.json").read_text())["num_prompts"] == 6
+    assert [r["step"] for r in records if "eval_avg_at_k" in r] == [FIRST_STEPS, 4, RESUMED_STEPS]
     restarted = json.loads((run_dir / "stack.json").read_text())["services"]
     assert restarted["rollout"]["restarts"] >= 1 and restarted["sandbox"]["restarts"] >= 1
     # Exactly once: every group the trainer used is done once, none is left pending.
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     client = redis.Redis.from_url(REDIS_URL)
     groups = stream_key(config["run"]["run_id"], "groups")
     assert client.zcard(f"{groups}:trainer:done") == sum(r["groups_consumed"] for r in records)
