@@ -103,9 +103,11 @@ def executed_trajectory(problem: Problem, sandbox: Any) -> dict[str, Any]:
     outcome = asyncio.run(SandboxTool(sandbox).run(parsed, session_id=""))
     if outcome.status != trajectory_pb2.TOOL_CALL_STATUS_OK or \
             outcome.output.strip() != str(problem.value):
+        # SandboxTool turns an unreachable service into an observation: say what to do here.
         raise RuntimeError(f"the sandbox answered {outcome.output.strip()!r} (status "
                            f"{outcome.status}) for {parsed.arguments!r}, expected "
-                           f"{problem.value}; is it healthy?")
+                           f"{problem.value}; is the sandbox service up (`agentrl up "
+                           "--services sandbox`) and healthy?")
     return {"messages": [{"role": "user", "content": problem.prompt},
                          {"role": "assistant", "content": call},
                          {"role": "tool", "content": outcome.output},

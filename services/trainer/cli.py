@@ -188,8 +188,6 @@ def make_calculator(
     tool calls the sandbox service really executed (it must be up: `agentrl up`)."""
     import json
 
-    import grpc
-
     from agentrl.common.config import AgentRLConfig
 
     config = _load_recipe_or_exit(recipe) if recipe else AgentRLConfig()
@@ -203,10 +201,5 @@ def make_calculator(
                                            seed=seed)
     except (ValueError, RuntimeError) as exc:
         err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
-    except grpc.RpcError as exc:  # the sandbox is not there
-        err_console.print(f"[red]the sandbox service at {config.sandbox.target()} did not run the "
-                          f"tool calls ({type(exc).__name__}: {exc}); start it with `agentrl up "
-                          "--services sandbox` or set sandbox.address[/]")
         raise typer.Exit(code=1) from None
     console.print(json.dumps(summary, indent=2))
