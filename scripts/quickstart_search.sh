@@ -22,11 +22,13 @@ WORLD_DIR=$DATA_DIR/world
 # (docs/search.md "Search quickstart" for what larger settings did).
 WORLD_ARGS=${QUICKSTART_WORLD_ARGS:---num-passages 10000 --num-questions 200}
 DATA_ARGS=${QUICKSTART_DATA_ARGS:-}
-if [ ! -f "$WORLD_DIR/entities.jsonl" ]; then
+# Questions name people by catalogue number (search_task.py): an older world without them is remade.
+if ! grep -qs '"numbered": true' "$WORLD_DIR/world.json"; then
   echo "==> [$(elapsed)] QA world and its BM25 index"
   # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
-  $AGENTRL data make-qa-world --seed 0 --out "$WORLD_DIR" $WORLD_ARGS >/dev/null
+  $AGENTRL data make-qa-world --seed 0 --numbered --out "$WORLD_DIR" $WORLD_ARGS >/dev/null
   $AGENTRL search index "$WORLD_DIR/corpus.jsonl" --out "$INDEX_DIR" --overwrite 2>/dev/null
+  rm -f "$DATA_DIR/sft.jsonl"  # the task of another world
 fi
 if [ ! -f "$DATA_DIR/sft.jsonl" ]; then
   echo "==> [$(elapsed)] search task; the SFT trajectories' searches run in the search service"

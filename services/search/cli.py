@@ -73,6 +73,10 @@ def make_qa_world_command(
         float, typer.Option(help="share of one-hop questions; the rest spread over 2..max-hops")
     ] = 0.4,
     max_hops: Annotated[int, typer.Option(help="longest question, in facts (2-4)")] = 4,
+    numbered: Annotated[
+        bool,
+        typer.Option(help="give every entity a catalogue number, in its passages' titles"),
+    ] = False,
 ) -> None:
     """Write a fictional QA world: a corpus only search can answer from, and its questions."""
     from agentrl.search.qa_questions import make_qa_world
@@ -86,6 +90,7 @@ def make_qa_world_command(
             test_fraction=test_fraction,
             single_hop_fraction=single_hop_fraction,
             max_hops=max_hops,
+            numbered=numbered,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -112,6 +117,9 @@ def make_search_task_command(
     tool_fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="share of SFT trajectories that search")
     ] = 0.5,
+    refer_by: Annotated[
+        str, typer.Option(help="how questions name an entity: number (a --numbered world) or name")
+    ] = "number",
     seed: Annotated[int, typer.Option(help="the same seed gives the same files")] = 0,
 ) -> None:
     """Write the search quickstart's task: one-hop questions over the world, and SFT
@@ -133,7 +141,8 @@ def make_search_task_command(
         summary = make_search_task(
             world, out, SearchTool(channel, config.rollout.tool_timeout_s), fact=fact,
             num_train=num_train, num_eval=num_eval, num_sft=num_sft,
-            num_sft_entities=num_sft_entities, tool_fraction=tool_fraction, seed=seed,
+            num_sft_entities=num_sft_entities, tool_fraction=tool_fraction, refer_by=refer_by,
+            seed=seed,
         )
     except (ValueError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)

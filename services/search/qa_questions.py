@@ -142,6 +142,7 @@ def make_qa_world(
     test_fraction: float = 0.2,
     single_hop_fraction: float = 0.4,
     max_hops: int = MAX_HOPS,
+    numbered: bool = False,
 ) -> dict:
     """Generate the world and its questions into `out_dir`; returns the summary (world.json)."""
     if not 2 <= max_hops <= MAX_HOPS:
@@ -152,12 +153,13 @@ def make_qa_world(
         raise ValueError(f"num_questions must be at least 2 (one per split), got {num_questions}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = generate_world(seed, num_passages, test_fraction)
+    world = generate_world(seed, num_passages, test_fraction, numbered)
     rng = random.Random(seed + 1)
     summary: dict = {
         "seed": seed,
         "num_passages": len(world.passages),
         "test_fraction": test_fraction,
+        "numbered": numbered,
         "entities": dict(Counter(f"{e.split}.{e.kind}" for e in world.entities.values())),
         "questions": {},
     }

@@ -10,6 +10,13 @@ Each fact is stated in exactly one passage, of its subject: `Entity.fact_passage
 and those are the supporting passages of the questions. An entity's passages share its name as
 title and its id as `doc_id` (so `Access` by entity id returns its whole page).
 
+With `numbered=True` every entity also carries a catalogue number (`Entity.number`, unique,
+fixed width, like a Wikidata id) written in the title of each of its passages ("Mara Quell
+(no. 48213)"), so a question can name an entity by it: the search quickstart does, because a
+tiny model copies a fixed-width number into a query but not a name it has never seen
+(search_task.py). The numbers come from their own random stream: a world is the same with and
+without them, but for the titles.
+
 The world is two disjoint sub-worlds, `train` and `test`: relations never cross them and no
 word of a name is shared between them (qa_names.py), so a test entity, and therefore a test
 answer, never appears in a training question. Both sub-worlds are in the one corpus.
@@ -91,6 +98,8 @@ PASSAGES_PER_KIND = {
 # Share of entities of each kind: people dominate, as in an encyclopaedia.
 KIND_SHARES = {"person": 0.50, "organisation": 0.15, "city": 0.15, "country": 0.02, "event": 0.18}
 SPLITS = ("train", "test")
+# Width of a catalogue number: at least 10x more numbers than entities, so numbers look random.
+NUMBER_MIN_DIGITS = 5
 
 
 @dataclass
@@ -102,6 +111,12 @@ class Entity:
     values: dict[str, str] = field(default_factory=dict)  # literal facts
     links: dict[str, str] = field(default_factory=dict)  # relation -> entity id
     fact_passage: dict[str, str] = field(default_factory=dict)  # fact -> passage id
+    number: str = ""  # catalogue number, only in a numbered world
+
+    @property
+    def title(self) -> str:
+        """The title of its passages: the name, and the number in a numbered world."""
+        return f"{self.name} (no. {self.number})" if self.number else self.name
 
     @property
     def mention(self) -> str:
@@ -118,8 +133,11 @@ class World:
         return [e for e in self.entities.values() if e.split == split]
 
 
-def generate_world(seed: int, num_passages: int, test_fraction: float) -> World:
-    """A world of about `num_passages` passages; the test sub-world gets `test_fraction` of it."""
+def generate_world(
+    seed: int, num_passages: int, test_fraction: float, numbered: bool = False
+) -> World:
+    """A world of about `num_passages` passages; the test sub-world gets `test_fraction` of it.
+    `numbered` gives every entity a catalogue number (module docstring)."""
     if num_passages < 200:
         raise ValueError(
             f"num_passages must be at least 200 (got {num_passages}): smaller worlds "
@@ -136,6 +154,8 @@ def generate_world(seed: int, num_passages: int, test_fraction: float) -> World:
         total = num_passages * share / per_entity
         counts = {k: max(3, round(total * s)) for k, s in KIND_SHARES.items()}
         _populate(rng, names, split, counts, entities)
+    if numbered:
+        _number(random.Random(f"qa-world-numbers:{seed}"), entities)
     return World(entities=entities, passages=_write_passages(rng, entities))
 
 
@@ -202,6 +222,16 @@ def _populate(
         )
 
 
+def _number(rng: random.Random, entities: dict[str, Entity]) -> None:
+    """Distinct random catalogue numbers, all of one width (5 digits, more for a huge world)."""
+    width = max(NUMBER_MIN_DIGITS, len(str(10 * len(entities))))
+    low = 10 ** (width - 1)
+    for entity, number in zip(
+        entities.values(), rng.sample(range(low, 10 * low), len(entities)), strict=True
+    ):
+        entity.number = str(number)
+
+
 def object_text(world_entities: dict[str, Entity], entity: Entity, fact: Fact) -> str:
     """The object of `fact` for `entity` as it is written in text."""
     if fact.target is None:
@@ -225,7 +255,7 @@ def _write_passages(rng: random.Random, entities: dict[str, Entity]) -> list[Pas
             rng.shuffle(sentences)
             sentences.append(_filler(rng, entity, part))
             passages.append(
-                Passage(id=pid, title=entity.name, text=" ".join(sentences), doc_id=entity.id)
+                Passage(id=pid, title=entity.title, text=" ".join(sentences), doc_id=entity.id)
             )
     return passages
 

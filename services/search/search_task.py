@@ -10,7 +10,12 @@ reads a world written by `agentrl data make-qa-world` (entities.jsonl) and write
     sft.jsonl     cold-start trajectories {"messages": [...]}  (trainer/sft.py's format)
 
 Every question asks for one fact (`--fact`, default `occupation`: "What was the profession of
-X?") of one entity. The default is chosen for a 2-layer model: the answer is one common word
+person no. 48213?") of one entity, named by its catalogue number (a world written with
+`make-qa-world --numbered`; `--refer-by name` names it instead: "... of Mara Quell?"). The
+number is why a 2-layer model learns this task: the query it must write is the question, and a
+question of fixed width (five single-token digits) is copied at a fixed token distance, as the
+calculator copies its operands; a name it has never seen (2-8 tokens) needs an induction-style
+copy at a varying distance, which the tiny model did not learn (docs/search.md). The default is chosen for a 2-layer model: the answer is one common word
 right after a fixed phrase of the top passage ("By profession, X was a clockmaker."), so the
 answer is a short copy from the observation, and a guess is right 1 time in 27. The
 eval questions are about the world's `test` entities, which share no name word with the train
@@ -45,6 +50,7 @@ from agentrl.search.qa_world import FACTS, Entity
 TASK_TYPE = "qa"
 TOOLS = ("search",)
 DEFAULT_FACT = "occupation"
+REFER_BY = ("number", "name")
 FACTS_BY_NAME = {fact.name: fact for fact in FACTS}
 # Search calls in flight while generating SFT data: hides gRPC latency, within the local search
 # service's default two search threads.
@@ -75,13 +81,26 @@ def load_entities(world_dir: str | Path) -> dict[str, Entity]:
     return {e.id: e for e in entities}
 
 
-def one_hop_questions(entities: dict[str, Entity], fact_name: str,
-                      split: str) -> list[SearchQuestion]:
+def question_subject(entity: Entity, refer_by: str) -> str:
+    """How a question names `entity`: "person no. 48213", or its mention ("Mara Quell")."""
+    if refer_by not in REFER_BY:
+        raise ValueError(f"refer_by must be one of {', '.join(REFER_BY)}, got {refer_by!r}")
+    if refer_by == "name":
+        return entity.mention
+    if not entity.number:
+        raise ValueError("the world's entities have no catalogue numbers: write it with "
+                         "`agentrl data make-qa-world --numbered`, or name entities with "
+                         "--refer-by name")
+    return f"{entity.kind} no. {entity.number}"
+
+
+def one_hop_questions(entities: dict[str, Entity], fact_name: str, split: str,
+                      refer_by: str = "number") -> list[SearchQuestion]:
     """The question of `fact_name` about every entity of `split` that has the fact, in id order."""
     if fact_name not in FACTS_BY_NAME:
         raise ValueError(f"unknown fact {fact_name!r}; one of {', '.join(FACTS_BY_NAME)}")
     fact = FACTS_BY_NAME[fact_name]
-    return [SearchQuestion(fact.question.format(s=e.mention),
+    return [SearchQuestion(fact.question.format(s=question_subject(e, refer_by)),
                            tuple(answer_aliases(entities, e, fact)), e.id)
             for e in entities.values() if e.kind == fact.subject and e.split == split]
 
@@ -171,7 +190,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def make_search_task(world_dir: str | Path, out_dir: str | Path, search_tool: Any, *,
                      fact: str = DEFAULT_FACT, num_train: int = 1000, num_eval: int = 100,
                      num_sft: int = 1500, num_sft_entities: int = 800,
-                     tool_fraction: float = 0.5, seed: int = 0) -> dict[str, Any]:
+                     tool_fraction: float = 0.5, refer_by: str = "number",
+                     seed: int = 0) -> dict[str, Any]:
     """Write train.jsonl, eval.jsonl and sft.jsonl to `out_dir`; returns a summary. SFT draws
     `num_sft` episodes from `num_sft_entities` train entities; RL prompts are up to `num_train`
     of the other train entities; eval prompts `num_eval` of the test entities."""
@@ -180,9 +200,9 @@ def make_search_task(world_dir: str | Path, out_dir: str | Path, search_tool: An
             raise ValueError(f"{name} must be at least 1, got {count}")
     entities = load_entities(world_dir)
     rng = random.Random(f"agentrl-search-task:{seed}")
-    sft_pool, train = split_train(one_hop_questions(entities, fact, "train"),
+    sft_pool, train = split_train(one_hop_questions(entities, fact, "train", refer_by),
                                   num_sft_entities, rng)
-    test = one_hop_questions(entities, fact, "test")
+    test = one_hop_questions(entities, fact, "test", refer_by)
     rng.shuffle(test)
     train, evaluation = train[:num_train], test[:num_eval]
     trajectories, num_missed = sft_trajectories([rng.choice(sft_pool) for _ in range(num_sft)],
@@ -194,7 +214,7 @@ def make_search_task(world_dir: str | Path, out_dir: str | Path, search_tool: An
                                      for i, q in enumerate(evaluation)])
     write_jsonl(out / "sft.jsonl", trajectories)
     num_search = sum(t["tool_calls"] for t in trajectories)
-    return {"out_dir": str(out), "fact": fact, "num_train": len(train),
+    return {"out_dir": str(out), "fact": fact, "refer_by": refer_by, "num_train": len(train),
             "num_eval": len(evaluation), "num_sft": len(trajectories),
             "num_sft_with_search": num_search, "num_sft_direct": len(trajectories) - num_search,
             "num_sft_missed": num_missed, "num_sft_entities": num_sft_entities, "seed": seed}

@@ -159,3 +159,16 @@ _COMMON_NAME_WORDS = {
     "Falcon",
     "Tide",
 }
+
+
+def test_a_numbered_world_differs_only_by_its_catalogue_numbers_in_titles() -> None:
+    plain = generate_world(seed=3, num_passages=1_000, test_fraction=0.2)
+    numbered = generate_world(seed=3, num_passages=1_000, test_fraction=0.2, numbered=True)
+    numbers = [e.number for e in numbered.entities.values()]
+    assert len(set(numbers)) == len(numbers)  # distinct
+    assert {len(n) for n in numbers} == {5} and all(n.isdigit() for n in numbers)
+    assert all(e.number == "" for e in plain.entities.values())
+    for a, b in zip(plain.passages, numbered.passages, strict=True):
+        entity = numbered.entities[b.doc_id]
+        assert (a.id, a.text, a.doc_id) == (b.id, b.text, b.doc_id)
+        assert (a.title, b.title) == (entity.name, f"{entity.name} (no. {entity.number})")

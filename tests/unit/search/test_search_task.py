@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from agentrl.common.tool_formats import ParsedCall
+from agentrl.search.indexer import build_index
+from agentrl.search.qa_questions import make_qa_world
 from agentrl.proto.core.v1 import trajectory_pb2
 from agentrl.reward.interface import VerifyInput
 from agentrl.reward.qa_verifier import verify_qa
@@ -45,29 +47,60 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_questions_ask_each_entity_of_a_split_for_the_fact(qa_world: Path) -> None:
-    entities = load_entities(qa_world)
-    corpus = {row["id"]: row["text"] for row in read_jsonl(qa_world / "corpus.jsonl")}
+@pytest.fixture(scope="module")
+def numbered_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared fixture's world (same seed and size) with catalogue numbers, as the quickstart."""
+    out = tmp_path_factory.mktemp("numbered-world")
+    make_qa_world(out, seed=7, num_passages=1_500, num_questions=50, numbered=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def numbered_index_dir(numbered_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("numbered-index") / "world"
+    build_index(numbered_world / "corpus.jsonl", out, progress=False)
+    return out
+
+
+def test_questions_ask_each_entity_of_a_split_for_the_fact(numbered_world: Path) -> None:
+    entities = load_entities(numbered_world)
+    corpus = {row["id"]: row for row in read_jsonl(numbered_world / "corpus.jsonl")}
     questions = one_hop_questions(entities, "occupation", "test")
     people = [e for e in entities.values() if e.kind == "person" and e.split == "test"]
     assert [q.entity_id for q in questions] == [e.id for e in people]
     for q in questions:
         entity = entities[q.entity_id]
-        assert q.question == f"What was the profession of {entity.name}?"
-        assert f"was a {q.answers[0]}." in corpus[entity.fact_passage["occupation"]]
+        assert q.question == f"What was the profession of person no. {entity.number}?"
+        passage = corpus[entity.fact_passage["occupation"]]
+        assert f"was a {q.answers[0]}." in passage["text"]
+        assert passage["title"] == f"{entity.name} (no. {entity.number})"
+    # Every question has the same width: five digits, the one part that differs.
+    assert {len(q.question) for q in questions} == {len("What was the profession of person "
+                                                        "no. 12345?")}
     with pytest.raises(ValueError, match="unknown fact"):
         one_hop_questions(entities, "shoe_size", "train")
 
 
+def test_questions_name_the_entity_when_asked_to(qa_world: Path) -> None:
+    entities = load_entities(qa_world)
+    questions = one_hop_questions(entities, "occupation", "test", refer_by="name")
+    assert [q.question for q in questions] == [
+        f"What was the profession of {entities[q.entity_id].name}?" for q in questions]
+    with pytest.raises(ValueError, match="--numbered"):
+        one_hop_questions(entities, "occupation", "test")  # this world has no numbers
+    with pytest.raises(ValueError, match="refer_by"):
+        one_hop_questions(entities, "occupation", "test", refer_by="nickname")
+
+
 def test_task_files_are_entity_disjoint_and_sft_searches_are_executed(
-        qa_world: Path, bm25_index_dir: Path, tmp_path: Path) -> None:
-    tool = IndexSearchTool(bm25_index_dir)
-    summary = make_search_task(qa_world, tmp_path, tool, num_train=50, num_eval=20, num_sft=200,
+        numbered_world: Path, numbered_index_dir: Path, tmp_path: Path) -> None:
+    tool = IndexSearchTool(numbered_index_dir)
+    summary = make_search_task(numbered_world, tmp_path, tool, num_train=50, num_eval=20, num_sft=200,
                                num_sft_entities=60, tool_fraction=0.5, seed=3)
     train, evaluation = read_jsonl(tmp_path / "train.jsonl"), read_jsonl(tmp_path / "eval.jsonl")
     sft = read_jsonl(tmp_path / "sft.jsonl")
     assert (len(train), len(evaluation), len(sft)) == (50, 20, 200)
-    entities = load_entities(qa_world)
+    entities = load_entities(numbered_world)
     assert {entities[r["entity_id"]].split for r in evaluation} == {"test"}
     assert {entities[r["entity_id"]].split for r in train} == {"train"}
     sft_prompts = {t["messages"][0]["content"] for t in sft}
@@ -76,6 +109,7 @@ def test_task_files_are_entity_disjoint_and_sft_searches_are_executed(
     searched = [t for t in sft if t["tool_calls"]]
     assert summary["num_sft_with_search"] == len(searched) == len(tool.queries)
     assert 60 <= len(searched) <= 140  # about half of 200
+    assert summary["num_sft_missed"] == 0  # the number finds the fact's passage every time
     for t in searched:
         user, call, observation, answer = (m["content"] for m in t["messages"])
         assert call == f"<search>{user}</search>"
@@ -85,8 +119,8 @@ def test_task_files_are_entity_disjoint_and_sft_searches_are_executed(
         assert f" {word}." in observation  # copied from the top passage, space included
 
 
-def test_answers_score_correct_under_the_qa_verifier(qa_world: Path) -> None:
-    questions = one_hop_questions(load_entities(qa_world), "birth_year", "train")[:5]
+def test_answers_score_correct_under_the_qa_verifier(numbered_world: Path) -> None:
+    questions = one_hop_questions(load_entities(numbered_world), "birth_year", "train")[:5]
     row = questions[0].row("x")
     for q in questions:
         reply = direct_trajectory(q)["messages"][-1]["content"]
@@ -95,16 +129,17 @@ def test_answers_score_correct_under_the_qa_verifier(qa_world: Path) -> None:
     assert json.loads(row["ground_truth"]) == {"answers": list(questions[0].answers)}
 
 
-def test_same_seed_same_files(qa_world: Path, bm25_index_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_same_files(numbered_world: Path, numbered_index_dir: Path,
+                              tmp_path: Path) -> None:
     for name in ("a", "b"):
-        make_search_task(qa_world, tmp_path / name, IndexSearchTool(bm25_index_dir),
+        make_search_task(numbered_world, tmp_path / name, IndexSearchTool(numbered_index_dir),
                          num_train=10, num_eval=5, num_sft=30, num_sft_entities=20, seed=1)
     for file in ("train.jsonl", "eval.jsonl", "sft.jsonl"):
         assert (tmp_path / "a" / file).read_text() == (tmp_path / "b" / file).read_text()
 
 
-def test_bad_settings_and_a_wrong_index_are_refused(qa_world: Path, tmp_path: Path) -> None:
-    questions = one_hop_questions(load_entities(qa_world), "occupation", "train")[:4]
+def test_bad_settings_and_a_wrong_index_are_refused(numbered_world: Path, tmp_path: Path) -> None:
+    questions = one_hop_questions(load_entities(numbered_world), "occupation", "train")[:4]
 
     class NowhereTool:
         async def run(self, call: ParsedCall, session_id: str) -> ToolOutcome:
@@ -115,6 +150,6 @@ def test_bad_settings_and_a_wrong_index_are_refused(qa_world: Path, tmp_path: Pa
     with pytest.raises(RuntimeError, match="index of this world"):
         sft_trajectories(questions, NowhereTool(), 1.0, random.Random(0))
     with pytest.raises(ValueError, match="num_sft_entities"):
-        make_search_task(qa_world, tmp_path, NowhereTool(), num_sft_entities=100_000)
+        make_search_task(numbered_world, tmp_path, NowhereTool(), num_sft_entities=100_000)
     with pytest.raises(ValueError, match="make-qa-world"):
         make_search_task(tmp_path / "no-world", tmp_path, NowhereTool())
