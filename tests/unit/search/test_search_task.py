@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from agentrl.common.tool_formats import ParsedCall
-from agentrl.search.indexer import build_index
-from agentrl.search.qa_questions import make_qa_world
 from agentrl.proto.core.v1 import trajectory_pb2
 from agentrl.reward.interface import VerifyInput
 from agentrl.reward.qa_verifier import verify_qa
 from agentrl.rollout.tools import ToolOutcome, format_passages
+from agentrl.search.indexer import build_index
+from agentrl.search.qa_questions import make_qa_world
 from agentrl.search.retriever import SearchIndex
 from agentrl.search.search_task import (
     direct_trajectory,
