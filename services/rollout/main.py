@@ -97,7 +97,7 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     from agentrl.rollout.arpo import ARPOSampler, arpo_settings
     from agentrl.rollout.inference_client import InferencePool
     from agentrl.rollout.metrics import RolloutMetrics
-    from agentrl.rollout.tools import SandboxTool, SearchTool, ToolBox
+    from agentrl.rollout.tools import ToolBox
     from agentrl.rollout.worker import RolloutWorker, default_worker_id
     from agentrl.sandbox.client import SandboxClient
 
@@ -121,8 +121,7 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
                              max_retries=settings.max_request_retries,
                              health_check_interval_s=settings.health_check_interval_s)
         await pool.start()
-        tools = ToolBox({"python": SandboxTool(sandbox, settings.tool_timeout_s),
-                         "search": SearchTool(search_channel, settings.tool_timeout_s)})
+        tools = ToolBox.for_agents(sandbox, search_channel, settings.tool_timeout_s)
         sampler = ARPOSampler(AgentLoop(pool, tokenizer, tools), reward, worker_id=worker_id,
                               settings=arpo_settings(settings), vocab_size=len(tokenizer),
                               default_format=settings.tool_format, extra_sampling=extra_sampling)

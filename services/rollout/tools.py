@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -129,6 +129,14 @@ class ToolBox:
 
     def __init__(self, tools: dict[str, ToolRunner]) -> None:
         self.tools = tools
+
+    @classmethod
+    def for_agents(cls, sandbox: Any, search_channel: grpc.Channel,
+                   timeout_s: float) -> ToolBox:
+        """Every tool an agent task may name (`python`, `search`): the one set the rollout worker
+        and the evaluation both use, so a model is evaluated with the tools it trained with."""
+        return cls({"python": SandboxTool(sandbox, timeout_s),
+                    "search": SearchTool(search_channel, timeout_s)})
 
     async def run(self, call: ParsedCall, session_id: str) -> ToolOutcome:
         started = time.monotonic()

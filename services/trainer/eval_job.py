@@ -66,15 +66,18 @@ def build_eval_tasks(rows, config: AgentRLConfig, tokenizer: Any, k: int, *,
 
 
 def group_summary(group) -> dict[str, Any]:
-    """Per-prompt record for the JSON: the verdict, reward, tools and length of every sample."""
+    """Per-prompt record for the JSON: the verdict, reward, tool calls (and how many failed) and
+    length of every sample."""
     from agentrl.proto.core.v1 import group_pb2
     from agentrl.rollout.group import response_length_tokens
+    from agentrl.trainer.evaluation import num_tool_errors
 
     return {"prompt_id": group.task.prompt_id, "task_type": group.task.task_type,
             "num_correct": sum(1 for s in group.samples if is_correct(s)),
             "samples": [{"verdict": group_pb2.Verdict.Name(s.result.verdict),
                          "reward": s.result.reward,
                          "num_tool_calls": s.trajectory.num_tool_calls,
+                         "num_tool_errors": num_tool_errors(s.trajectory),
                          "response_length_tokens": response_length_tokens(s.trajectory)}
                         for s in group.samples]}
 
@@ -82,11 +85,12 @@ def group_summary(group) -> dict[str, Any]:
 async def sample_groups(config: AgentRLConfig, tasks: list, tokenizer: Any,
                         extra_sampling: dict[str, Any] | None = None) -> list:
     """Run every task through GroupSampler against the configured stack; groups in task order."""
+    from agentrl.common import grpc_client
     from agentrl.reward.client import RewardClient
     from agentrl.rollout.agent_loop import AgentLoop
     from agentrl.rollout.group import GroupSampler
     from agentrl.rollout.inference_client import InferencePool
-    from agentrl.rollout.tools import SandboxTool, ToolBox
+    from agentrl.rollout.tools import ToolBox
     from agentrl.sandbox.client import SandboxClient
 
     settings = config.rollout
@@ -99,10 +103,11 @@ async def sample_groups(config: AgentRLConfig, tasks: list, tokenizer: Any,
                          max_retries=settings.max_request_retries,
                          health_check_interval_s=settings.health_check_interval_s)
     await pool.start()
+    search_channel = grpc_client.create_channel(config.search.target())
     try:
         with SandboxClient(config.sandbox.target()) as sandbox, \
                 RewardClient(config.reward.target()) as reward:
-            tools = ToolBox({"python": SandboxTool(sandbox, settings.tool_timeout_s)})
+            tools = ToolBox.for_agents(sandbox, search_channel, settings.tool_timeout_s)
             sampler = GroupSampler(AgentLoop(pool, tokenizer, tools), reward,
                                    worker_id=EVAL_WORKER_ID, default_format=settings.tool_format,
                                    extra_sampling=extra_sampling)
@@ -113,6 +118,7 @@ async def sample_groups(config: AgentRLConfig, tasks: list, tokenizer: Any,
 
             return list(await asyncio.gather(*(one(task) for task in tasks)))
     finally:
+        search_channel.close()
         await pool.close()
 
 

@@ -12,6 +12,8 @@ shaped rewards do not count). Per prompt with n samples of which c are correct:
   1 - C(n - c, k) / C(n, k), averaged over prompts; exactly 1 when n - c < k.
 - tool_calls_per_solved: mean `num_tool_calls` over the correct samples (None when none is).
 - mean_response_length_tokens: mean tokens after the prompt (model tokens and observations).
+- num_tool_calls, num_tool_errors: all calls, and those whose status is not OK (a tool the
+  evaluation could not reach shows up here, not as a silently low accuracy).
 
 Metrics are computed per task type (the task's `task_type`) and overall. Pure functions: no
 I/O, no services; `eval_job.run_eval` produces the groups.
@@ -23,7 +25,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from agentrl.proto.core.v1 import group_pb2
+from agentrl.proto.core.v1 import group_pb2, trajectory_pb2
 from agentrl.rollout.group import response_length_tokens
 
 OVERALL = "overall"
@@ -47,6 +49,17 @@ def is_correct(sample: group_pb2.ScoredTrajectory) -> bool:
     return sample.result.verdict == group_pb2.VERDICT_CORRECT
 
 
+NOT_RUN_OR_OK = (trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED, trajectory_pb2.TOOL_CALL_STATUS_OK)
+
+
+def num_tool_errors(trajectory: trajectory_pb2.Trajectory) -> int:
+    """Tool calls that ran and failed (unknown tool, parse error, timeout, service down); a call
+    past the episode's budget never runs and is not one. A handful is the model's doing, a run
+    of them a broken tool."""
+    return sum(1 for turn in trajectory.turns if turn.HasField("tool_call")
+               and turn.tool_call.status not in NOT_RUN_OR_OK)
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -56,7 +69,7 @@ def summarize(groups: Sequence[group_pb2.Group], k: int) -> dict[str, Any]:
     if not groups:
         raise ValueError("no groups to evaluate")
     rates, passes, tool_calls_solved, lengths_tokens, rewards = [], [], [], [], []
-    num_correct_total = 0
+    num_correct_total = num_tool_calls = num_errors = 0
     for group in groups:
         samples = list(group.samples)
         if not samples:
@@ -68,6 +81,8 @@ def summarize(groups: Sequence[group_pb2.Group], k: int) -> dict[str, Any]:
         tool_calls_solved.extend(s.trajectory.num_tool_calls for s in correct)
         lengths_tokens.extend(response_length_tokens(s.trajectory) for s in samples)
         rewards.extend(s.result.reward for s in samples)
+        num_tool_calls += sum(s.trajectory.num_tool_calls for s in samples)
+        num_errors += sum(num_tool_errors(s.trajectory) for s in samples)
     return {
         "num_prompts": len(groups),
         "num_samples": len(lengths_tokens),
@@ -78,6 +93,8 @@ def summarize(groups: Sequence[group_pb2.Group], k: int) -> dict[str, Any]:
         "tool_calls_per_solved": _mean(tool_calls_solved),
         "mean_response_length_tokens": _mean(lengths_tokens),
         "mean_reward": _mean(rewards),
+        "num_tool_calls": num_tool_calls,
+        "num_tool_errors": num_errors,
     }
 
 

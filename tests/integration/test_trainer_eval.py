@@ -5,6 +5,8 @@ module), the real sandbox and reward services in this process (free ports), no R
   JSON report with per-task-type counts, every rate in [0, 1], and avg@k / pass@k equal to
   what the returned groups' VERDICT_CORRECT samples give.
 - `agentrl eval` (the typer app) writes the same kind of report and prints the table.
+- A search task is evaluated with the search tool the rollout worker has (the real search service
+  over a generated world): the calls come back OK with passages, none counted as a tool error.
 
 The random tiny model never writes a tool call by itself, so `run_eval` constrains it with a
 vLLM structured-outputs regex (a python call or an answer, as in test_rollout_worker.py)."""
@@ -13,16 +15,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
-from agentrl.common.config import AgentRLConfig
+from agentrl.common.config import AgentRLConfig, SearchConfig
 from agentrl.common.models import default_corpus, init_tiny_model
-from agentrl.proto.core.v1 import group_pb2
+from agentrl.proto.core.v1 import group_pb2, trajectory_pb2
 from agentrl.rollout.group import response_length_tokens
+from agentrl.search.indexer import build_index
+from agentrl.search.main import start_search_service
+from agentrl.search.qa_questions import make_qa_world
 from agentrl.trainer.cli import eval_app
 from agentrl.trainer.eval_job import run_eval
 
@@ -124,3 +131,39 @@ def test_eval_cli_writes_the_report_and_prints_the_table(config_data, tmp_path) 
     assert report["overall"]["num_samples"] == 6
     assert sorted(report["by_task_type"]) == ["math", "qa"]
     assert "pass@2" in outcome.output and "overall" in outcome.output
+
+
+@pytest.fixture(scope="module")
+def search_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real search service over a small generated world (BM25)."""
+    world = tmp_path_factory.mktemp("world")
+    make_qa_world(world, seed=2, num_passages=200, num_questions=10)
+    build_index(world / "corpus.jsonl", world / "index", progress=False)
+    service = start_search_service(
+        SearchConfig(grpc_port=0, http_port=0, index_dir=world / "index", default_top_k=1),
+        registry=CollectorRegistry(), token=None)
+    yield service.grpc_address
+    service.stop(0)
+
+
+def test_search_tasks_are_evaluated_with_the_search_tool(config_data, search_address,
+                                                         tmp_path) -> None:
+    raw, _ = config_data
+    raw = {**raw, "search": {"address": search_address},
+           "rollout": {**raw["rollout"], "tool_format": "search_tags"}}
+    data_path = tmp_path / "search.jsonl"
+    data_path.write_text(json.dumps({"id": "s1", "prompt": "Who won the regatta?",
+                                     "ground_truth": '{"answers": ["nobody"]}',
+                                     "task_type": "qa", "tools": ["search"]}) + "\n")
+    call = r"<search>Who won the regatta\?</search>"
+    result = run_eval(AgentRLConfig.model_validate(raw), data_path, K, tmp_path / "eval.json",
+                      extra_sampling={"structured_outputs": {"regex": call}},
+                      sampling=SAMPLING, limits={**LIMITS, "max_tool_output_tokens": 200})
+    calls = [s.trajectory.turns[0].tool_call for s in result.groups[0].samples]
+    for c in calls:  # each sample's first call ran (its second is past the call budget)
+        assert (c.tool, c.arguments) == ("search", "Who won the regatta?")
+        assert c.status == trajectory_pb2.TOOL_CALL_STATUS_OK, c.output
+        assert c.output.startswith("Doc 1(Title: ")
+    overall = result.report["overall"]
+    assert overall["num_tool_errors"] == 0
+    assert [s["num_tool_errors"] for s in result.report["groups"][0]["samples"]] == [0] * K

@@ -74,6 +74,18 @@ def test_metrics_per_task_type_and_overall() -> None:
     assert overall["tool_calls_per_solved"] == pytest.approx((2 + 0 + 1 + 2 + 3) / 5)
 
 
+def test_failed_tool_calls_are_counted() -> None:
+    ok, unknown = trajectory_pb2.TOOL_CALL_STATUS_OK, trajectory_pb2.TOOL_CALL_STATUS_ERROR
+    failing = sample(WRONG, 2)
+    failing.trajectory.turns.extend([
+        trajectory_pb2.Turn(index=0, tool_call=trajectory_pb2.ToolCall(tool="search", status=ok)),
+        trajectory_pb2.Turn(index=1, tool_call=trajectory_pb2.ToolCall(tool="search",
+                                                                        status=unknown)),
+        trajectory_pb2.Turn(index=2)])  # the final answer: no call
+    metrics = evaluate_groups([group("qa", failing, sample(CORRECT, 1))], k=1)["overall"]
+    assert (metrics["num_tool_calls"], metrics["num_tool_errors"]) == (3, 1)
+
+
 def test_no_correct_sample_gives_none_for_tool_calls_per_solved() -> None:
     report = evaluate_groups([group("qa", sample(WRONG, 3), sample(WRONG, 1))], k=2)
     metrics = report["overall"]
