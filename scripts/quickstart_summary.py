@@ -37,6 +37,10 @@ def main(run_dir: Path) -> int:
           f"({acc_after - acc_before:+.3f})")
     print(f"tool calls per episode: {tool_calls_per_episode(before):.2f} -> "
           f"{tool_calls_per_episode(after):.2f}")
+    errors = [report["overall"].get("num_tool_errors", 0) for report in (before, after)]
+    if any(errors):  # a broken tool reads as low accuracy; say so
+        print(f"tool calls that failed in the evaluations: {errors[0]} -> {errors[1]} "
+              f"(samples: {run_dir / 'eval'}/*.json)")
     if records:
         parts = {name: statistics.fmean(r[f"time_{name}_s"] or 0.0 for r in records)
                  for name in ("waiting", "training", "weight_sync")}
