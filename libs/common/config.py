@@ -445,6 +445,9 @@ class SFTConfig(Section):
     """AdamW decoupled weight decay."""
     max_grad_norm: float = Field(default=1.0, gt=0)
     """Global gradient-norm clip."""
+    cpu_threads: int | None = Field(default=None, ge=0)
+    """Torch CPU threads for SFT; None: `trainer.cpu_threads`. SFT usually runs alone (the
+    quickstarts bring the stack up after it), so it may take every core where RL must share."""
     prompt_format: Literal["chat_template", "plain"] = "chat_template"
     """How system/user messages become the prompt: the tokenizer's chat template with an open
     assistant turn, or the contents joined by newlines. Must match the trainer's prompts."""

@@ -106,6 +106,15 @@ def sft_loss_fn(counts: GlobalTokenCounts):
     return loss_fn
 
 
+def sft_cpu_threads(config: Any) -> int:
+    """Torch threads for SFT (0: torch's default): `sft.cpu_threads`, else `trainer.cpu_threads`
+    (as for RL, OpenMP threads must not fight other jobs on the cores)."""
+    sft = config.sft
+    if sft is not None and sft.cpu_threads is not None:
+        return sft.cpu_threads
+    return config.trainer.cpu_threads
+
+
 def run_sft(config: Any, train_path: str | Path | None = None,
             output_dir: str | Path | None = None, max_steps: int | None = None,
             on_step: Callable[[dict[str, float]], None] | None = None) -> SFTResult:
@@ -127,8 +136,8 @@ def run_sft(config: Any, train_path: str | Path | None = None,
         max_grad_norm=sft.max_grad_norm, warmup_steps=min(sft.lr_warmup_steps, max_steps - 1),
         schedule="cosine", total_steps=max_steps)
     trainer = config.trainer
-    if trainer.cpu_threads:  # as for RL (config.py): OpenMP threads must not fight other jobs
-        torch.set_num_threads(trainer.cpu_threads)
+    if threads := sft_cpu_threads(config):
+        torch.set_num_threads(threads)
     backend = TorchBackend(config.model.path, settings, device=trainer.device,
                            dtype=config.model.dtype, parallelism=trainer.parallelism,
                            gradient_checkpointing=trainer.gradient_checkpointing,

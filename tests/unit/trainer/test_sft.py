@@ -14,7 +14,7 @@ from agentrl.common.config import AgentRLConfig, ModelConfig, RunConfig, SFTConf
 from agentrl.trainer.cli import sft_app
 from agentrl.trainer.packing import pack_micro_batches, token_logprobs_and_entropy
 from agentrl.trainer.rendering import episode_segments, render_observation, tokenize_segments
-from agentrl.trainer.sft import build_examples, run_sft
+from agentrl.trainer.sft import build_examples, run_sft, sft_cpu_threads
 
 SYSTEM = "Use Python for arithmetic."
 
@@ -217,3 +217,10 @@ def test_the_sft_command_trains_and_reports(tiny_checkpoint, tmp_path):
     )
     assert result.exit_code == 1
     assert "first message must be system or user" in result.output
+
+
+def test_sft_threads_follow_the_sft_setting_then_the_trainers() -> None:
+    trainer = TrainerConfig(cpu_threads=1)
+    assert sft_cpu_threads(AgentRLConfig(trainer=trainer)) == 1  # as RL, unless told
+    assert sft_cpu_threads(AgentRLConfig(trainer=trainer, sft=SFTConfig(cpu_threads=2))) == 2
+    assert sft_cpu_threads(AgentRLConfig(trainer=trainer, sft=SFTConfig(cpu_threads=0))) == 0
