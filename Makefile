@@ -3,13 +3,17 @@
 #   make test         the whole test suite, slow tests included
 PY := .venv/bin/python
 
-.PHONY: setup quickstart test test-fast proto lint bench
+.PHONY: setup quickstart quickstart-search test test-fast proto lint bench
 
 setup:
 	bash scripts/setup.sh
 
 quickstart: setup
 	bash scripts/quickstart.sh
+
+# The second job: the same with a search engine over a generated QA world (docs/search.md).
+quickstart-search: setup
+	bash scripts/quickstart_search.sh
 
 test:
 	bash scripts/test.sh
