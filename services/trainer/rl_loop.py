@@ -20,6 +20,8 @@ Per optimizer step:
    group entry used since the previous checkpoint (streams.py: a group is acked only once the
    update that used it is durable). A crash replays the unacked groups, in order, to the same
    consumer name, from the restored checkpoint: the same batches again.
+While it runs, the trainer serves its status (gRPC `TrainerStatusService`, the phase of the
+step) and Prometheus `/metrics` on `trainer.grpc_port` / `trainer.http_port` (status_server.py).
 Metrics per step go to `<run dir>/metrics.jsonl` and Prometheus (metrics.StepMetricsWriter), a
 few example trajectories per step to `samples.jsonl` and the resolved config to `config.json`
 (run_files.py). With `trainer.eval_samples_per_prompt` = k > 0 the run evaluates
@@ -43,8 +45,9 @@ from agentrl.common.streams import StreamEntry, StreamQueue, stream_key
 from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
 from agentrl.trainer.data import EpochOrder, PromptRow, load_prompts
 from agentrl.trainer.driver import AdmissionControl, step_metrics, train_step
-from agentrl.trainer.metrics import StepMetricsWriter
+from agentrl.trainer.metrics import StepMetricsWriter, read_step_metrics
 from agentrl.trainer.run_files import SampleWriter, write_config
+from agentrl.trainer.status_server import StatusBoard, start_status_servers
 from agentrl.trainer.train_batch import build_train_batch
 from agentrl.trainer.weight_sync import (
     DEFAULT_DRIFT_THRESHOLD,
@@ -101,7 +104,8 @@ class RLTrainer:
 
     def __init__(self, config: AgentRLConfig, pool=None, *, wait_timeout_s: float = 600.0,
                  drift_check_token_ids: list[int] | None = None,
-                 drift_threshold: float = DEFAULT_DRIFT_THRESHOLD) -> None:
+                 drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
+                 status: StatusBoard | None = None) -> None:
         from agentrl.rollout.inference_client import InferencePool
         from agentrl.trainer.torch_backend import TorchBackend
 
@@ -131,6 +135,7 @@ class RLTrainer:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
                                              self.trainer.keep_checkpoints)
         self.step, self.version = 0, 0
+        self.status = status or StatusBoard(self.run_id)  # served by status_server.py
         self.carry: list[StreamEntry] = []  # read beyond the last batch: the next step's
         self.uncommitted: list[StreamEntry] = []  # used since the last checkpoint
 
@@ -208,6 +213,7 @@ class RLTrainer:
         k, eval_path = self.trainer.eval_samples_per_prompt, self.config.data.eval_path
         if not k or eval_path is None:
             return None
+        self.status.set_phase("evaluating")
         started = time.perf_counter()
         result = await asyncio.to_thread(run_eval, self.config, eval_path, k,
                                          self.run_dir / "eval" / f"{name}.json",
@@ -219,6 +225,8 @@ class RLTrainer:
     async def run(self, max_steps: int, on_step: Callable[[dict], None] | None = None
                   ) -> TrainingResult:
         self.resume()
+        self.status.set_position(self.step, self.version,
+                                 read_step_metrics(self.run_dir) if self.step else [])
         write_config(self.run_dir, self.config)
         # The pool may serve other weights (newer than the checkpoint, or another run's):
         # serve exactly the trainer's before the first prompt is admitted.
@@ -231,6 +239,7 @@ class RLTrainer:
         skipped_entries = 0  # groups read by steps that had nothing to train on
         with StepMetricsWriter(self.run_dir) as writer:
             while self.step < max_steps:
+                self.status.set_phase("training")
                 groups, entries, waited_s, capped = await self.collect()
                 # Capped: train on the zero-signal groups too (advantage 0) rather than wait.
                 algorithm = self.algorithm.model_copy(update={"dynamic_sampling": False}) \
@@ -244,6 +253,7 @@ class RLTrainer:
                 outcome = train_step(self.backend, batch, self.algorithm,
                                      self.trainer.micro_batch_tokens)
                 self.step, self.version = self.step + 1, self.version + 1
+                self.status.set_phase("syncing")
                 synced = await self.sync.sync(self.version)
                 extra = {"dynamic_sampling_capped": int(capped),
                          "groups_consumed": len(entries) + skipped_entries,
@@ -262,13 +272,17 @@ class RLTrainer:
                     **step_metrics(batch, outcome, time_waiting_s=waited_s,
                                    time_weight_sync_s=synced.total_s), **extra})
                 result.metrics.append(record)
+                self.status.record_step(record)
                 self.uncommitted.extend(entries)
                 skipped_entries = 0
                 if self.step % self.trainer.checkpoint_interval_steps == 0 \
                         or self.step == max_steps:
+                    self.status.set_phase("checkpointing")
                     self.checkpoint()
+                self.status.set_phase("training" if self.step < max_steps else "done")
                 if on_step is not None:
                     on_step(record)
+        self.status.set_phase("done")
         result.steps, result.policy_version = self.step, self.version
         return result
 
@@ -287,10 +301,13 @@ def run_training(config: AgentRLConfig, max_steps: int | None = None, *,
         raise ValueError("set trainer.total_steps (or pass max_steps): how long to train")
 
     async def main() -> TrainingResult:
-        trainer = RLTrainer(config, **options)
+        trainer = RLTrainer(config, status=board, **options)
         try:
             return await trainer.run(steps, on_step)
         finally:
             await trainer.close()
 
-    return asyncio.run(main())
+    # Status (gRPC) and /metrics (HTTP) first: a taken port fails before any work.
+    board = StatusBoard(config.run.run_id)
+    with start_status_servers(config, board):
+        return asyncio.run(main())
