@@ -22,7 +22,7 @@ from typing import Any, Self
 
 from prometheus_client import CollectorRegistry
 
-from agentrl.common.metrics import gauge
+from agentrl.common import metrics
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -45,9 +45,9 @@ class StepMetricsWriter:
         self._file = self.path.open("a")  # append: a resumed run continues the same file
         if torn:  # a kill mid-write left half a line: start on a fresh one
             self._file.write("\n")
-        self._step = gauge("trainer", "step", "index", "Latest optimizer step written",
+        self._step = metrics.gauge("trainer", "step", "index", "Latest optimizer step written",
                            registry=registry)
-        self._values = gauge("trainer", "step_metric", "value",
+        self._values = metrics.gauge("trainer", "step_metric", "value",
                              "Each metric of the latest optimizer step", ("metric",),
                              registry=registry)
 
