@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,6 +250,10 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
         RunConfig,
         TrainerConfig,
     )
+    from agentrl.common.grpc_client import create_channel
+    from agentrl.proto.trainer.v1.trainer_pb2 import GetTrainerStatusRequest
+    from agentrl.proto.trainer.v1.trainer_pb2_grpc import TrainerStatusServiceStub
+    from agentrl.rollout.vllm_launcher import free_port
     from agentrl.trainer.metrics import read_step_metrics
     from agentrl.trainer.rl_loop import run_training
 
@@ -265,7 +270,7 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
         rollout=CONFIG.model_copy(update={"inference_urls": [server.url]}),
         trainer=TrainerConfig(batch_size=batch_size, max_staleness=max_staleness, device="cpu",
                               micro_batch_tokens=256, checkpoint_interval_steps=2,
-                              total_steps=steps),
+                              total_steps=steps, grpc_port=free_port(), http_port=free_port()),
         algorithm=AlgorithmConfig(group_size=4, learning_rate=1e-3))
     stop = threading.Event()
     worker = threading.Thread(target=stand_in_rollout,
@@ -274,8 +279,19 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
     client = redis.Redis.from_url(redis_url)
     done_key = f"agentrl:{run_id}:groups:trainer:done"
     done_after_step = []  # completed group keys seen right after each step
+    served = []  # (GetStatus, /metrics text) asked from outside while the run serves them
+
+    def on_step(record: dict) -> None:
+        done_after_step.append(client.zcard(done_key))
+        with create_channel(f"127.0.0.1:{config.trainer.grpc_port}", token=None) as channel:
+            status = TrainerStatusServiceStub(channel).GetStatus(GetTrainerStatusRequest(),
+                                                                 timeout=10)
+        url = f"http://127.0.0.1:{config.trainer.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            served.append((status, response.read().decode()))
+
     options = {"wait_timeout_s": 120, "drift_check_token_ids": fixed_sequence(model_dir),
-               "on_step": lambda record: done_after_step.append(client.zcard(done_key))}
+               "on_step": on_step}
     try:
         first = run_training(config, max_steps=2, **options)
         # A second process resumes from step_00000002 (weights, data order, admission counters,
@@ -318,5 +334,13 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
     # (checkpoint_interval_steps=2: nothing after step 1, steps 1-2 after step 2, all at the end).
     groups_per_step = [r["num_groups"] for r in records]
     assert done_after_step == [0, sum(groups_per_step[:2]), num_groups]
+    # The trainer served its status and metrics while it ran: after each step, that step; the
+    # resumed process's counters carry on from the run's records.
+    assert [(s.run_id, s.step, s.policy_version, s.phase) for s, _ in served] == [
+        (run_id, 1, 1, "training"), (run_id, 2, 2, "done"), (run_id, 3, 3, "done")]
+    assert [s.samples_consumed for s, _ in served] == [8, 16, 24]
+    for (status, text), record in zip(served, records, strict=True):
+        assert status.last_metrics["reward_mean"] == pytest.approx(record["reward_mean"])
+        assert f"agentrl_trainer_step_index {float(record['step'])}" in text
     assert client.zcard(done_key) == num_groups
     client.close()
