@@ -18,8 +18,8 @@ RECIPE=${QUICKSTART_RECIPE:-recipes/quickstart_search.yaml}
 source scripts/quickstart_steps.sh
 start_run  # the QA world sits beside the task data
 WORLD_DIR=$DATA_DIR/world
-# Defaults: a 10,000-passage world (~2,000 train people), 1,500 SFT episodes about 800 of them
-# (docs/search.md "Search quickstart" for what larger settings did).
+# Defaults: a 10,000-passage world (~2,000 train people, each with a catalogue number), 1,500 SFT
+# episodes about 800 of them; questions name people by number (docs/search.md "Search quickstart").
 WORLD_ARGS=${QUICKSTART_WORLD_ARGS:---num-passages 10000 --num-questions 200}
 DATA_ARGS=${QUICKSTART_DATA_ARGS:-}
 # Questions name people by catalogue number (search_task.py): an older world without them is remade.
