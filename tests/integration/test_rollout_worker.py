@@ -127,13 +127,22 @@ class WorkerProcess:
             except grpc.RpcError:
                 return None
 
-    def wait_in_flight(self, timeout_s: float) -> None:
+    def wait_in_flight(self, timeout_s: float, prompts: str) -> None:
+        seen: list = []
+
         def in_flight() -> bool:
             assert self.process.poll() is None, self.log()
             status = self.status()
+            seen[:] = [status]
             return status is not None and status.episodes_in_flight > 0
 
-        wait_until(in_flight, timeout_s, "episode in flight", interval_s=0.05)
+        try:
+            wait_until(in_flight, timeout_s, "episode in flight", interval_s=0.05)
+        except AssertionError as exc:  # say where the task was: unread, pending, or done
+            client = redis.Redis.from_url(REDIS_URL)
+            groups = client.xinfo_groups(prompts) if client.exists(prompts) else []
+            raise AssertionError(f"{exc}; worker status {seen}; stream {prompts} groups "
+                                 f"{groups}; worker log:\n{self.log()}") from None
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -338,7 +347,7 @@ def test_killed_worker_task_completes_on_another_worker_once(
 
     first = WorkerProcess(config, tmp_path / "first", "w-first")
     try:
-        first.wait_in_flight(120)
+        first.wait_in_flight(120, prompts)
         assert not groups_in(run_id)
         first.kill()
     finally:
@@ -347,7 +356,7 @@ def test_killed_worker_task_completes_on_another_worker_once(
 
     second = WorkerProcess(config, tmp_path / "second", "w-second")
     try:
-        second.wait_in_flight(120)  # reclaimed after the visibility timeout
+        second.wait_in_flight(120, prompts)  # reclaimed after the visibility timeout
         second.terminate()  # SIGTERM mid-episode: finishes, publishes, acks, exits
         assert second.wait(90) == 0, second.log()
     finally:
