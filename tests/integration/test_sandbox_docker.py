@@ -65,7 +65,8 @@ def recycles(sandbox, reason):
 def leftovers(sandbox, marker="sleep 4242.1"):
     """Live processes a finished run left: any of the sandbox uid in a pool container other
     than the warm interpreters (and `runc init`, which starts the next one), or any host
-    process whose command line carries `marker`. Containers being removed are skipped."""
+    process whose command line carries `marker`. Containers being removed, and processes
+    already exiting (zombies), are skipped."""
     stray = []
     for container in list(sandbox.backend.pool._live.values()):
         try:
@@ -75,7 +76,13 @@ def leftovers(sandbox, marker="sleep 4242.1"):
         for pid in pids:
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
+                # The state follows the parenthesised command name: Z (zombie) and X (dead).
+                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            # Already exiting, not left over: a zombie, or a process whose memory is gone (its
+            # cmdline reads empty from then on; seen once in a full CI run).
+            if state in ("Z", "X") or not cmdline:
                 continue
             if WARM_SOURCE.encode()[:40] not in cmdline and not cmdline.startswith(b"runc"):
                 stray.append(cmdline.decode(errors="replace"))
