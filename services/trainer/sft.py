@@ -109,9 +109,8 @@ def sft_loss_fn(counts: GlobalTokenCounts):
 def sft_cpu_threads(config: Any) -> int:
     """Torch threads for SFT (0: torch's default): `sft.cpu_threads`, else `trainer.cpu_threads`
     (as for RL, OpenMP threads must not fight other jobs on the cores)."""
-    sft = config.sft
-    if sft is not None and sft.cpu_threads is not None:
-        return sft.cpu_threads
+    if config.sft.cpu_threads is not None:
+        return config.sft.cpu_threads
     return config.trainer.cpu_threads
 
 

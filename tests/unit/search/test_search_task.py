@@ -15,8 +15,6 @@ from agentrl.proto.core.v1 import trajectory_pb2
 from agentrl.reward.interface import VerifyInput
 from agentrl.reward.qa_verifier import verify_qa
 from agentrl.rollout.tools import ToolOutcome, format_passages
-from agentrl.search.indexer import build_index
-from agentrl.search.qa_questions import make_qa_world
 from agentrl.search.retriever import SearchIndex
 from agentrl.search.search_task import (
     direct_trajectory,
@@ -45,21 +43,6 @@ class IndexSearchTool:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def numbered_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared fixture's world (same seed and size) with catalogue numbers, as the quickstart."""
-    out = tmp_path_factory.mktemp("numbered-world")
-    make_qa_world(out, seed=7, num_passages=1_500, num_questions=50, numbered=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def numbered_index_dir(numbered_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("numbered-index") / "world"
-    build_index(numbered_world / "corpus.jsonl", out, progress=False)
-    return out
 
 
 def test_questions_ask_each_entity_of_a_split_for_the_fact(numbered_world: Path) -> None:
