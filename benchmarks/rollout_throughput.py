@@ -29,14 +29,14 @@ from pathlib import Path
 
 import httpx
 
+from agentrl.common.agent.loop import AgentLoop, EpisodeSettings
+from agentrl.common.agent.tools import SandboxTool, ToolBox
 from agentrl.common.config import AgentRLConfig, RolloutConfig
+from agentrl.common.inference.launcher import VLLMServer
+from agentrl.common.inference.pool import GENERATE_ROUTE, InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.common.tool_formats import get_format
 from agentrl.proto.core.v1 import trajectory_pb2
-from agentrl.rollout.agent_loop import AgentLoop, EpisodeSettings
-from agentrl.rollout.inference_client import GENERATE_ROUTE, InferencePool
-from agentrl.rollout.tools import SandboxTool, ToolBox
-from agentrl.rollout.vllm_launcher import VLLMServer
 
 CALL_REGEX = r"Let me compute\.\n<code>\nprint\(6 \* 7\)\n</code>"
 QUESTIONS = [f"What is {a} * {b}?" for a in range(3, 19) for b in range(2, 10)]

@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from agentrl.common.config import RolloutConfig
-from agentrl.rollout.inference_client import InferencePool
-from agentrl.rollout.vllm_launcher import VLLMServer
-from agentrl.trainer.interface import OptimizerSettings
-from agentrl.trainer.torch_backend import TorchBackend
+from agentrl.common.inference.launcher import VLLMServer
+from agentrl.common.inference.pool import InferencePool
+from agentrl.trainer.backends.interface import OptimizerSettings
+from agentrl.trainer.backends.torch.backend import TorchBackend
 from agentrl.trainer.weight_sync import (
     DEFAULT_DRIFT_THRESHOLD,
     DiskWeightSync,

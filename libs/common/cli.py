@@ -22,7 +22,6 @@ streams_app = typer.Typer(help="Inspect and check the run's Redis streams.", no_
 app.add_typer(streams_app, name="streams")
 
 # The streams of a run and the consumer group that reads each (ARCHITECTURE.md, Redis section).
-RUN_STREAMS = {"prompts": "rollout", "groups": "trainer"}
 
 # Piped output (logs, CI) gets a wide table instead of one squeezed to 80 columns.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -114,14 +113,15 @@ def streams_status(
     run_id: Annotated[str, typer.Option(help="run to inspect; default: the recipe's")] = "",
 ) -> None:
     """Length, lag and pending entries of the run's streams, per consumer."""
-    from agentrl.common.streams import StreamQueue, StreamUnavailableError, stream_key
+    from agentrl.common.run_layout import RunLayout
+    from agentrl.common.streams import StreamQueue, StreamUnavailableError
 
     config = _load_or_exit(recipe)
     run = run_id or config.run.run_id
     table = Table("group", "length", "lag", "pending", "pending by consumer")
     table.add_column("stream", no_wrap=True)
-    for name, group in RUN_STREAMS.items():
-        queue = StreamQueue(config.redis.url, stream_key(run, name), group,
+    for key, group in RunLayout(run).streams().values():
+        queue = StreamQueue(config.redis.url, key, group,
                             retry_deadline_s=min(config.redis.reconnect_deadline_s, 5.0))
         try:
             stats = queue.stats()
@@ -132,7 +132,7 @@ def streams_status(
             queue.close()
         per_consumer = ", ".join(f"{k}={v}" for k, v in stats.pending_per_consumer.items())
         table.add_row(group, str(stats.length), "?" if stats.lag is None else str(stats.lag),
-                      str(stats.pending), per_consumer or "-", stream_key(run, name))
+                      str(stats.pending), per_consumer or "-", key)
     console.print(table)
 
 

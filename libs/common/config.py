@@ -350,12 +350,34 @@ class TrainerConfig(ServiceEndpoint):
     """Save a resumable checkpoint every this many optimizer steps."""
     keep_checkpoints: int = Field(default=3, gt=0)
     """Checkpoints kept in `<run.output_dir>/checkpoints`; older ones are deleted."""
+    weight_transport: Literal["disk", "vllm"] = "disk"
+    """How new weights reach the vLLM pool after each step: `disk` (safetensors in the run
+    directory, which every server must be able to read, then vLLM's reload) or `vllm` (vLLM's
+    native weight-transfer API: NCCL on GPU nodes, the gloo engine on CPU; the servers must be
+    started with its --weight-transfer-config, as `agentrl up` does). docs/trainer.md."""
+    weight_sync_pause_mode: Literal["keep", "wait", "abort"] = "keep"
+    """How the servers pause around a weight update: `keep` freezes in-flight requests (they
+    re-prefill on the new weights, AReaL's interruptible rollout), `wait` lets them finish,
+    `abort` ends them."""
+    weight_sync_timeout_s: float = Field(default=600.0, gt=0)
+    """Every phase of a weight sync (each transfer, each reload) fails after this long, naming
+    the server and the phase; the pool keeps serving the previous version."""
+    drift_check: bool = True
+    """After every weight sync, compare vLLM's log-probs of one sequence just trained on with
+    the trainer's, on every server (`logprob_drift_max` per step; a warning above
+    `drift_threshold`). One short forward on each side."""
+    drift_threshold: float = Field(default=1e-3, gt=0)
+    """Largest per-token log-prob difference the drift check accepts: float32 on both sides
+    agrees to ~1e-6; bf16 serving against fp32 training needs ~5e-2."""
 
     @model_validator(mode="after")
     def _check_trainer(self) -> TrainerConfig:
         if self.lr_schedule != "constant" and self.total_steps is None:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} needs total_steps; set it or use "
                              "'constant'")
+        if self.backend == "megatron":
+            raise ValueError("backend 'megatron' is not built yet (its own issue); use "
+                             "backend: torch (parallelism: fsdp2 for several GPUs)")
         return self
 
 
@@ -409,6 +431,10 @@ class AlgorithmConfig(Section):
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> AlgorithmConfig:
+        if self.kl_coef > 0:
+            raise ValueError(
+                f"kl_coef {self.kl_coef} needs log-probs of a reference policy, which the trainer "
+                "does not compute yet (its own issue); set kl_coef: 0 (the KL is still logged)")
         if self.clip_high < self.clip_low:
             raise ValueError(
                 f"clip_high ({self.clip_high}) must be >= clip_low ({self.clip_low}); "

@@ -272,7 +272,7 @@ def service_checks(config: Any, rows: list | None, timeout_s: float) -> list[Che
         checks.append(Check(
             "vllm", url, partial(_http_health_probe, url, timeout_s),
             "start `vllm serve` there (the flags the rollout needs: "
-            "services/rollout/vllm_launcher.py) or fix rollout.inference_urls "
+            "libs/common/inference/launcher.py) or fix rollout.inference_urls "
             "(env AGENTRL__ROLLOUT__INFERENCE_URLS)", timeout_s))
     return checks
 

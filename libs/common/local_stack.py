@@ -11,7 +11,7 @@ supervisor starts `redis-server` for the run (no persistence) and stops it on th
 
 One vLLM server is a service of the stack too (`vllm`, when the recipe names a model and its
 first `rollout.inference_urls` entry is on this host): the supervisor runs stock vLLM's OpenAI
-server (agentrl.rollout.vllm_launcher) on that URL's port and probes its `/health`.
+server (agentrl.common.inference.launcher) on that URL's port and probes its `/health`.
 
 Not covered: services on other machines (point the recipe at them instead); several vLLM servers
 on one machine (list the extra URLs and start them by hand).
@@ -215,7 +215,7 @@ class Supervisor:
 
     def _spawn(self, name: str) -> None:
         log = open(self.state.services[name].log, "ab")  # noqa: SIM115 - the child keeps it open
-        command = ([sys.executable, "-m", "agentrl.rollout.vllm_launcher"] if name == VLLM
+        command = ([sys.executable, "-m", "agentrl.common.inference.launcher"] if name == VLLM
                    else [sys.executable, "-m", "agentrl.common.cli", "serve", name])
         env = {**os.environ, "AGENTRL_RECIPE": self.recipe} if self.recipe else dict(os.environ)
         self.processes[name] = subprocess.Popen(

@@ -90,14 +90,14 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     from transformers import AutoTokenizer
 
     from agentrl.common import grpc_client, grpc_server, http
+    from agentrl.common.agent.arpo import TaskSampler, arpo_settings
+    from agentrl.common.agent.loop import AgentLoop
+    from agentrl.common.agent.tools import ToolBox
+    from agentrl.common.inference.pool import InferencePool
     from agentrl.common.logging import get_logger
     from agentrl.proto.rollout.v1 import rollout_pb2_grpc
     from agentrl.reward.client import RewardClient
-    from agentrl.rollout.agent_loop import AgentLoop
-    from agentrl.rollout.arpo import ARPOSampler, arpo_settings
-    from agentrl.rollout.inference_client import InferencePool
     from agentrl.rollout.metrics import RolloutMetrics
-    from agentrl.rollout.tools import ToolBox
     from agentrl.rollout.worker import RolloutWorker, default_worker_id
     from agentrl.sandbox.client import SandboxClient
 
@@ -122,7 +122,7 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
                              health_check_interval_s=settings.health_check_interval_s)
         await pool.start()
         tools = ToolBox.for_agents(sandbox, search_channel, settings.tool_timeout_s)
-        sampler = ARPOSampler(AgentLoop(pool, tokenizer, tools), reward, worker_id=worker_id,
+        sampler = TaskSampler(AgentLoop(pool, tokenizer, tools), reward, worker_id=worker_id,
                               settings=arpo_settings(settings), vocab_size=len(tokenizer),
                               default_format=settings.tool_format, extra_sampling=extra_sampling)
         worker = RolloutWorker(config, sampler, pool, metrics=RolloutMetrics(),

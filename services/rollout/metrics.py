@@ -15,7 +15,7 @@
   worker, and read but not yet completed. They describe the whole stream, so every worker
   reports the same figure: aggregate with max(), not sum().
 - `published_policy_version` (gauge): the run's latest published policy version as this worker
-  follows it (agentrl.rollout.policy_version).
+  follows it (agentrl.common.policy_version).
 - `policy_version_lag_versions` (histogram): per finished episode, the published version minus
   the oldest version among its sampled tokens (`policy_version_lag`; the trainer's staleness of
   the sample if it were consumed now).

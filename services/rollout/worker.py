@@ -36,19 +36,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 from google.protobuf.message import DecodeError
 
+from agentrl.common.agent.group import GroupSampler, check_task
 from agentrl.common.config import AgentRLConfig
+from agentrl.common.inference import control
+from agentrl.common.inference.pool import InferencePool
 from agentrl.common.logging import get_logger
-from agentrl.common.streams import StreamEntry, StreamQueue, stream_key
+from agentrl.common.policy_version import PolicyVersionSubscriber
+from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
+from agentrl.common.streams import StreamEntry, StreamQueue
 from agentrl.proto.core.v1 import task_pb2, trajectory_pb2
 from agentrl.proto.rollout.v1 import rollout_pb2
-from agentrl.rollout.group import GroupSampler, check_task
-from agentrl.rollout.inference_client import InferencePool
 from agentrl.rollout.metrics import STREAM_STATS_INTERVAL_S, RolloutMetrics
-from agentrl.rollout.policy_version import PolicyVersionSubscriber
 
 log = get_logger(__name__)
 
-PROMPTS_GROUP = "rollout"
 # How long one read waits for a task: bounds how late a stop request is noticed.
 READ_BLOCK_MS = 500
 # Renew held entries this many times per visibility timeout (as streams.RECLAIM_INTERVAL_S).
@@ -71,11 +72,12 @@ class RolloutWorker:
         visibility_ms = int(config.redis.visibility_timeout_s * 1000)
         self.renew_interval_s = config.redis.visibility_timeout_s / RENEWALS_PER_TIMEOUT
         run_id = config.run.run_id
-        self.prompts = StreamQueue(config.redis.url, stream_key(run_id, "prompts"), PROMPTS_GROUP,
+        layout = RunLayout(run_id)
+        self.prompts = StreamQueue(config.redis.url, layout.prompts, PROMPTS_GROUP,
                                    consumer=self.worker_id, visibility_timeout_ms=visibility_ms,
                                    reclaim_interval_s=self.renew_interval_s,
                                    retry_deadline_s=config.redis.reconnect_deadline_s)
-        self.groups = StreamQueue(config.redis.url, stream_key(run_id, "groups"), "trainer",
+        self.groups = StreamQueue(config.redis.url, layout.groups, GROUPS_GROUP,
                                   maxlen=config.redis.max_stream_length,
                                   retry_deadline_s=config.redis.reconnect_deadline_s)
         self.versions = PolicyVersionSubscriber(config.redis.url, run_id,
@@ -99,10 +101,10 @@ class RolloutWorker:
     def pause(self, mode: str, timeout_s: float = 60.0) -> None:
         """Admit no new task and pause the vLLM pool (`keep`, `wait` or `abort`)."""
         self.paused = True
-        self._call(self.pool.pause(mode), timeout_s)
+        self._call(control.pause(self.pool, mode), timeout_s)
 
     def resume(self, timeout_s: float = 60.0) -> None:
-        self._call(self.pool.resume(), timeout_s)
+        self._call(control.resume(self.pool), timeout_s)
         self.paused = False
         self._call(self._notify(), timeout_s)
 

@@ -127,8 +127,8 @@ def make_search_task_command(
     import grpc
 
     from agentrl.common import grpc_client
+    from agentrl.common.agent.tools import SearchTool
     from agentrl.common.config import AgentRLConfig, ConfigError, load_config
-    from agentrl.rollout.tools import SearchTool
     from agentrl.search.search_task import make_search_task
 
     try:

@@ -94,9 +94,9 @@ def executed_trajectory(problem: Problem, sandbox: Any) -> dict[str, Any]:
     """An episode that calls the tool. The call goes through the rollout's own `SandboxTool`,
     so the tool message is byte for byte the observation an RL episode shows (stdout with its
     newline); the answer is what the program printed."""
+    from agentrl.common.agent.tools import SandboxTool
     from agentrl.common.tool_formats import get_format
     from agentrl.proto.core.v1 import trajectory_pb2
-    from agentrl.rollout.tools import SandboxTool
 
     call = tool_call(problem)
     parsed = get_format("code_tags").parse(call)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from agentrl.trainer.interface import TrainerBackend
+from agentrl.trainer.backends.interface import TrainerBackend
 
 STEP_PREFIX = "step_"
 PARTIAL_PREFIX = ".partial-"

@@ -68,8 +68,8 @@ def build_eval_tasks(rows, config: AgentRLConfig, tokenizer: Any, k: int, *,
 def group_summary(group) -> dict[str, Any]:
     """Per-prompt record for the JSON: the verdict, reward, tool calls (and how many failed) and
     length of every sample."""
+    from agentrl.common.agent.group import response_length_tokens
     from agentrl.proto.core.v1 import group_pb2
-    from agentrl.rollout.group import response_length_tokens
     from agentrl.trainer.evaluation import num_tool_errors
 
     return {"prompt_id": group.task.prompt_id, "task_type": group.task.task_type,
@@ -86,11 +86,11 @@ async def sample_groups(config: AgentRLConfig, tasks: list, tokenizer: Any,
                         extra_sampling: dict[str, Any] | None = None) -> list:
     """Run every task through GroupSampler against the configured stack; groups in task order."""
     from agentrl.common import grpc_client
+    from agentrl.common.agent.group import GroupSampler
+    from agentrl.common.agent.loop import AgentLoop
+    from agentrl.common.agent.tools import ToolBox
+    from agentrl.common.inference.pool import InferencePool
     from agentrl.reward.client import RewardClient
-    from agentrl.rollout.agent_loop import AgentLoop
-    from agentrl.rollout.group import GroupSampler
-    from agentrl.rollout.inference_client import InferencePool
-    from agentrl.rollout.tools import ToolBox
     from agentrl.sandbox.client import SandboxClient
 
     settings = config.rollout

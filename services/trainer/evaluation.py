@@ -25,8 +25,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from agentrl.common.agent.group import response_length_tokens
 from agentrl.proto.core.v1 import group_pb2, trajectory_pb2
-from agentrl.rollout.group import response_length_tokens
 
 OVERALL = "overall"
 

@@ -234,7 +234,7 @@ def policy_loss(
 
 
 def policy_loss_fn(config: AlgorithmConfig, counts: GlobalTokenCounts):
-    """A backend `LossFn` (agentrl.trainer.interface) applying `policy_loss` to a micro-batch.
+    """A backend `LossFn` (agentrl.trainer.backends.interface) applying `policy_loss` to a micro-batch.
 
     The micro-batch's per-token fields: `loss_mask`, `old_logprobs`, `advantages`, and when
     used `behaviour_logprobs` (decoupled PPO) and `ref_logprobs` (KL). `counts` are the global

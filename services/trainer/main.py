@@ -22,6 +22,8 @@ def step_line(record: dict[str, Any]) -> str:
             f"kept {record['kept_group_ratio']:.2f}  entropy {record.get('entropy') or 0.0:.3f}  "
             f"grad {record['grad_norm'] or 0.0:.3f}  | wait {record['time_waiting_s']:.1f}s  "
             f"train {record['time_training_s']:.1f}s  sync {record['time_weight_sync_s']:.2f}s")
+    if record.get("logprob_drift_alarm"):
+        line += f"  | WARNING log-prob drift {record['logprob_drift_max']:.1e} after sync"
     if "eval_avg_at_k" in record:
         line += f"  | eval avg@k {record['eval_avg_at_k']:.3f}"
     return line

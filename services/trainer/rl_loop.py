@@ -14,8 +14,10 @@ Per optimizer step:
    After `algorithm.dynamic_sampling_max_batches` batches' worth of groups the step stops
    waiting and trains on what it has, zero-signal groups filling the batch with advantage 0.
 3. train: driver.train_step on the TrainBatch; policy version + 1.
-4. sync: weight_sync.DiskWeightSync to every server, version published in Redis; optionally
-   the drift check on `drift_check_token_ids`.
+4. sync: the weight transport (`trainer.weight_transport`, transports/) makes every server
+   serve the new version, which is then published in Redis (policy_version.py); then the drift
+   check (drift_check.py, `trainer.drift_check`) compares vLLM's and the trainer's log-probs of
+   one sample just trained on, on every server.
 5. every `checkpoint_interval_steps` (and at the end): checkpoint, THEN `complete()` every
    group entry used since the previous checkpoint (streams.py: a group is acked only once the
    update that used it is durable). A crash replays the unacked groups, in order, to the same
@@ -28,12 +30,13 @@ few example trajectories per step to `samples.jsonl` and the resolved config to 
 `data.eval_path` through the same pool (eval_job.run_eval) before the first step
 (`eval/before.json`), every `trainer.eval_interval_steps` and after the last (`eval/after.json`).
 
-Not covered: several trainer replicas (one consumer), the nccl transport.
+Not covered: several trainer replicas (one consumer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,20 +44,21 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.common.config import AgentRLConfig
-from agentrl.common.streams import StreamEntry, StreamQueue, stream_key
+from agentrl.common.logging import get_logger
+from agentrl.common.policy_version import PolicyVersionPublisher
+from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
+from agentrl.common.streams import StreamEntry, StreamQueue
 from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
 from agentrl.trainer.data import EpochOrder, PromptRow, load_prompts
-from agentrl.trainer.driver import AdmissionControl, step_metrics, train_step
+from agentrl.trainer.drift_check import check_logprob_drift
 from agentrl.trainer.metrics import StepMetricsWriter, read_step_metrics
+from agentrl.trainer.rl_step import AdmissionControl, step_metrics, train_step
 from agentrl.trainer.run_files import SampleWriter, write_config
 from agentrl.trainer.status_server import StatusBoard, start_status_servers
 from agentrl.trainer.train_batch import build_train_batch
-from agentrl.trainer.weight_sync import (
-    DEFAULT_DRIFT_THRESHOLD,
-    DiskWeightSync,
-    PolicyVersionPublisher,
-    check_logprob_drift,
-)
+from agentrl.trainer.transports import SyncResult
+
+log = get_logger(__name__)
 
 # A blocking stream read waits at most this long, so admission is re-checked every second.
 READ_BLOCK_MS = 1000
@@ -104,34 +108,33 @@ class RLTrainer:
 
     def __init__(self, config: AgentRLConfig, pool=None, *, wait_timeout_s: float = 600.0,
                  drift_check_token_ids: list[int] | None = None,
-                 drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
                  status: StatusBoard | None = None) -> None:
-        from agentrl.rollout.inference_client import InferencePool
-        from agentrl.trainer.torch_backend import TorchBackend
+        from agentrl.common.inference.pool import InferencePool
+        from agentrl.trainer.backends import create_backend
+        from agentrl.trainer.transports import create_transport
 
         if config.data is None:
             raise ValueError("the recipe has no `data` section; set data.train_path")
         self.config, self.trainer, self.algorithm = config, config.trainer, config.algorithm
         self.run_id, self.run_dir = config.run.run_id, Path(config.run.output_dir)
         self.wait_timeout_s = wait_timeout_s
-        self.drift_check_token_ids = drift_check_token_ids
-        self.drift_threshold = drift_threshold
-        self.backend = TorchBackend.from_config(config)
+        self.drift_check_token_ids = drift_check_token_ids  # default: a sample just trained on
+        self.drift_rng = random.Random(config.run.seed)
+        self.backend = create_backend(config)
         self.order = EpochOrder(load_prompts(config.data.train_path), seed=config.run.seed)
         self.admission = AdmissionControl(self.trainer.batch_size, self.trainer.max_staleness)
-        redis_url = config.redis.url
-        self.prompts = StreamQueue(redis_url, stream_key(self.run_id, "prompts"), "rollout",
+        redis_url, layout = config.redis.url, RunLayout(self.run_id)
+        self.prompts = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP,
                                    maxlen=config.redis.max_stream_length)
-        self.groups = StreamQueue(redis_url, stream_key(self.run_id, "groups"), "trainer",
-                                  consumer=f"trainer-{self.run_id}",
+        self.groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP,
+                                  consumer=layout.trainer_consumer,
                                   visibility_timeout_ms=int(config.redis.visibility_timeout_s
                                                             * 1000))
         self.groups.ensure_group()
         self.publisher = PolicyVersionPublisher(redis_url, self.run_id)
         self.pool = pool or InferencePool(config.rollout.inference_urls,
                                           request_timeout_s=config.rollout.request_timeout_s)
-        self.sync = DiskWeightSync(self.backend, self.pool, self.run_dir,
-                                   publisher=self.publisher)
+        self.transport = create_transport(config, self.backend, self.pool, self.run_dir)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
                                              self.trainer.keep_checkpoints)
         self.step, self.version = 0, 0
@@ -222,6 +225,25 @@ class RLTrainer:
         return {"eval_avg_at_k": overall["avg_at_k"], "eval_pass_at_k": overall["pass_at_k"],
                 "time_eval_s": time.perf_counter() - started}
 
+    async def sync_weights(self) -> SyncResult:
+        """Serve the trainer's weights as `self.version` on every server, then publish it."""
+        result = await self.transport.sync(self.version)
+        if self.backend.is_main_process():
+            self.publisher.publish(self.version, result.weights_uri, result.checksum)
+        return result
+
+    async def drift(self, batch) -> dict[str, float]:
+        """The post-sync drift check on one sample just trained on (or the fixed sequence the
+        caller gave): `logprob_drift_max`, `logprob_drift_mean`, `logprob_drift_alarm`."""
+        token_ids = self.drift_check_token_ids or self.drift_rng.choice(batch.samples).token_ids
+        report = await check_logprob_drift(self.backend, self.pool, list(token_ids),
+                                           self.trainer.drift_threshold, raise_above=False)
+        if report.exceeded:
+            log.warning("%s", report.describe())
+        return {"logprob_drift_max": report.max_abs_diff,
+                "logprob_drift_mean": report.mean_abs_diff,
+                "logprob_drift_alarm": int(report.exceeded)}
+
     async def run(self, max_steps: int, on_step: Callable[[dict], None] | None = None
                   ) -> TrainingResult:
         self.resume()
@@ -230,7 +252,7 @@ class RLTrainer:
         write_config(self.run_dir, self.config)
         # The pool may serve other weights (newer than the checkpoint, or another run's):
         # serve exactly the trainer's before the first prompt is admitted.
-        await self.sync.sync(self.version)
+        await self.sync_weights()
         if self.step == 0 and self.step < max_steps:
             await self.evaluate("before")
         result = TrainingResult(steps=0, policy_version=self.version, run_dir=self.run_dir)
@@ -254,16 +276,16 @@ class RLTrainer:
                                      self.trainer.micro_batch_tokens)
                 self.step, self.version = self.step + 1, self.version + 1
                 self.status.set_phase("syncing")
-                synced = await self.sync.sync(self.version)
+                synced = await self.sync_weights()
                 extra = {"dynamic_sampling_capped": int(capped),
                          "groups_consumed": len(entries) + skipped_entries,
                          "policy_version": self.version, "prompts_admitted":
-                         self.admission.admitted, "weight_sync_bytes": synced.num_bytes}
-                if self.drift_check_token_ids:
-                    drift = await check_logprob_drift(self.backend, self.pool,
-                                                      self.drift_check_token_ids,
-                                                      self.drift_threshold)
-                    extra["logprob_drift_max"] = drift.max_abs_diff
+                         self.admission.admitted, "weight_sync_bytes": synced.num_bytes,
+                         "time_weight_sync_pause_s": synced.pause_s,
+                         **{f"time_weight_sync_{name}": seconds
+                            for name, seconds in synced.phases_s.items()}}
+                if self.trainer.drift_check:
+                    extra.update(await self.drift(batch))
                 name = "after" if self.step == max_steps else f"step_{self.step:08d}"
                 if self.step == max_steps or (interval and self.step % interval == 0):
                     extra.update(await self.evaluate(name) or {})
@@ -288,6 +310,7 @@ class RLTrainer:
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.transport.close()
         for closable in (self.prompts, self.groups, self.publisher):
             closable.close()
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from agentrl.trainer.backends.interface import OptimizerSettings
 from agentrl.trainer.data import EpochOrder
-from agentrl.trainer.interface import OptimizerSettings
 from agentrl.trainer.loss import GlobalTokenCounts
 from agentrl.trainer.packing import MicroBatch, pack_micro_batches
 from agentrl.trainer.rendering import episode_segments, tokenize_segments
@@ -118,7 +118,7 @@ def run_sft(config: Any, train_path: str | Path | None = None,
             output_dir: str | Path | None = None, max_steps: int | None = None,
             on_step: Callable[[dict[str, float]], None] | None = None) -> SFTResult:
     """Fine-tune `config.model.path` on the trajectories; returns where the checkpoint went."""
-    from agentrl.trainer.torch_backend import TorchBackend
+    from agentrl.trainer.backends import create_backend
 
     sft = config.sft
     train_path = train_path or sft.train_path
@@ -134,13 +134,10 @@ def run_sft(config: Any, train_path: str | Path | None = None,
         learning_rate=sft.learning_rate, weight_decay=sft.weight_decay,
         max_grad_norm=sft.max_grad_norm, warmup_steps=min(sft.lr_warmup_steps, max_steps - 1),
         schedule="cosine", total_steps=max_steps)
-    trainer = config.trainer
-    if threads := sft_cpu_threads(config):
-        torch.set_num_threads(threads)
-    backend = TorchBackend(config.model.path, settings, device=trainer.device,
-                           dtype=config.model.dtype, parallelism=trainer.parallelism,
-                           gradient_checkpointing=trainer.gradient_checkpointing,
-                           packed_attention=trainer.packed_attention)
+    # The backend sets the process's torch threads from trainer.cpu_threads: give it SFT's.
+    config = config.model_copy(update={"trainer": config.trainer.model_copy(
+        update={"cpu_threads": sft_cpu_threads(config)})})
+    backend = create_backend(config, settings)
     examples, dropped = build_examples(trajectories, backend.tokenizer, config.rollout.tool_format,
                                        sft.prompt_format, sft.max_length_tokens, str(train_path))
     order = EpochOrder(examples, seed=config.run.seed)

@@ -9,8 +9,8 @@ import pytest
 
 from agentrl.common.config import AgentRLConfig, RolloutConfig
 from agentrl.common.grpc_server import serve
+from agentrl.common.inference.launcher import VLLMServer
 from agentrl.reward.main import start as start_reward
-from agentrl.rollout.vllm_launcher import VLLMServer
 from agentrl.sandbox import executor as sandbox_executor
 from agentrl.sandbox import service as sandbox_service
 

@@ -22,8 +22,8 @@ import pytest
 import redis
 import yaml
 
+from agentrl.common.inference.launcher import free_port
 from agentrl.common.streams import stream_key
-from agentrl.rollout.vllm_launcher import free_port
 
 # The reduced job takes ~3 min alone; a loaded machine can take several times that.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentrl.rollout.vllm_launcher import free_port
+from agentrl.common.inference.launcher import free_port
 
 # The whole job (data, SFT, vLLM start, RL, report) takes 3-6 minutes on 2 busy cores.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1000)]

@@ -26,16 +26,16 @@ from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
+from agentrl.common.agent.loop import TRUNCATION_NOTE, AgentLoop, EpisodeSettings
+from agentrl.common.agent.tools import SandboxTool, SearchTool, ToolBox
 from agentrl.common.config import AgentRLConfig, SearchConfig
 from agentrl.common.grpc_client import NO_RETRY, create_channel
 from agentrl.common.grpc_server import serve
+from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.common.tool_formats import ParsedCall, get_format
 from agentrl.proto.core.v1 import trajectory_pb2
 from agentrl.proto.search.v1 import search_pb2, search_pb2_grpc
-from agentrl.rollout.agent_loop import TRUNCATION_NOTE, AgentLoop, EpisodeSettings
-from agentrl.rollout.inference_client import InferencePool
-from agentrl.rollout.tools import SandboxTool, SearchTool, ToolBox
 from agentrl.sandbox import executor as sandbox_executor
 from agentrl.sandbox import service as sandbox_service
 from agentrl.sandbox.client import SandboxClient

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from agentrl.rollout.policy_version import PolicyVersionSubscriber
-from agentrl.trainer.weight_sync import PolicyVersionPublisher
+from agentrl.common.policy_version import PolicyVersionPublisher, PolicyVersionSubscriber
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

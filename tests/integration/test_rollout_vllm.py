@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from agentrl.common.config import RolloutConfig
+from agentrl.common.inference import control
+from agentrl.common.inference.launcher import VLLMServer
+from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.proto.core.v1 import trajectory_pb2
-from agentrl.rollout.inference_client import InferencePool
-from agentrl.rollout.vllm_launcher import VLLMServer
 
 pytestmark = pytest.mark.slow
 LOGPROB_TOLERANCE = 1e-4
@@ -97,16 +98,16 @@ def test_stop_string_ends_the_turn_on_the_tag(servers, model_dir: Path) -> None:
 
 def test_pause_keeps_requests_and_tokens_carry_the_new_version(servers) -> None:
     async def body(pool: InferencePool):
-        assert set((await pool.weight_versions()).values()) == {0}
-        await pool.pause("keep")
+        assert set((await control.weight_versions(pool)).values()) == {0}
+        await control.pause(pool, "keep")
         pending = asyncio.create_task(pool.generate("t-pause", [1, 40], {
             "max_tokens": 8, "ignore_eos": True}))
         await asyncio.sleep(1.0)
         finished_while_paused = pending.done()
-        await pool.set_weight_version(7)
-        await pool.resume()
+        await control.set_weight_version(pool, 7)
+        await control.resume(pool)
         out = await pending
-        await pool.set_weight_version(0)
+        await control.set_weight_version(pool, 0)
         return finished_while_paused, out
 
     finished_while_paused, out = run(with_pool([servers[0].url], body))
@@ -128,8 +129,8 @@ def test_abort_pause_mid_turn_resumes_from_its_tokens_with_the_new_version(
     the prompt plus exactly those tokens, and versions switch 0 -> 5 at that boundary."""
     from transformers import AutoTokenizer
 
-    from agentrl.rollout.agent_loop import AgentLoop, EpisodeSettings
-    from agentrl.rollout.tools import ToolBox
+    from agentrl.common.agent.loop import AgentLoop, EpisodeSettings
+    from agentrl.common.agent.tools import ToolBox
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt, turn_tokens, new_version = [1, 40, 41, 42, 43], 900, 5
@@ -160,15 +161,15 @@ def test_abort_pause_mid_turn_resumes_from_its_tokens_with_the_new_version(
             assert not episode.done() and asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.02)
         try:
-            await pool.pause("abort")
+            await control.pause(pool, "abort")
             await asyncio.sleep(0.5)
             aborted_while_paused = len(calls)
-            await pool.set_weight_version(new_version)
-            await pool.resume()
+            await control.set_weight_version(pool, new_version)
+            await control.resume(pool)
             traj = await asyncio.wait_for(episode, 120)
         finally:
-            await pool.resume()
-            await pool.set_weight_version(0)
+            await control.resume(pool)
+            await control.set_weight_version(pool, 0)
         scored = await pool.score(list(traj.token_ids))
         return aborted_while_paused, traj, scored
 

@@ -36,21 +36,21 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoTokenizer
 
+from agentrl.common.agent.arpo import ARPOSettings, TaskSampler
+from agentrl.common.agent.group import GroupSampler
+from agentrl.common.agent.loop import AgentLoop
+from agentrl.common.agent.tools import SandboxTool, ToolBox
 from agentrl.common.config import AgentRLConfig
+from agentrl.common.inference.launcher import VLLMServer
+from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
+from agentrl.common.policy_version import PolicyVersionPublisher
 from agentrl.common.streams import stream_key
 from agentrl.proto.core.v1 import group_pb2, task_pb2
 from agentrl.proto.rollout.v1 import rollout_pb2, rollout_pb2_grpc
 from agentrl.reward.client import RewardClient
 from agentrl.rollout import main as rollout_main
-from agentrl.rollout.agent_loop import AgentLoop
-from agentrl.rollout.arpo import ARPOSampler, ARPOSettings
-from agentrl.rollout.group import GroupSampler
-from agentrl.rollout.inference_client import InferencePool
-from agentrl.rollout.tools import SandboxTool, ToolBox
-from agentrl.rollout.vllm_launcher import VLLMServer
 from agentrl.sandbox.client import SandboxClient
-from agentrl.trainer.weight_sync import PolicyVersionPublisher
 
 pytestmark = pytest.mark.slow
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -212,7 +212,7 @@ def make_task(tokenizer, key: str, n: int, max_tokens_per_turn: int = 48) -> tas
 
 def sample_group(server, services, tokenizer, task: task_pb2.RolloutTask, regex: str,
                  arpo: ARPOSettings | None = None) -> tuple[group_pb2.Group, GroupSampler]:
-    """One group through GroupSampler, or ARPOSampler when `arpo` is given."""
+    """One group through GroupSampler, or TaskSampler when `arpo` is given."""
 
     async def body() -> tuple[group_pb2.Group, GroupSampler]:
         pool = InferencePool([server.url], request_timeout_s=120)
@@ -222,7 +222,7 @@ def sample_group(server, services, tokenizer, task: task_pb2.RolloutTask, regex:
                 loop = AgentLoop(pool, tokenizer, ToolBox({"python": SandboxTool(sandbox)}))
                 extra = {"structured_outputs": {"regex": regex}}
                 sampler = GroupSampler(loop, reward, worker_id="w-test", extra_sampling=extra) \
-                    if arpo is None else ARPOSampler(loop, reward, worker_id="w-test",
+                    if arpo is None else TaskSampler(loop, reward, worker_id="w-test",
                                                      settings=arpo, vocab_size=len(tokenizer),
                                                      extra_sampling=extra)
                 return await sampler.sample(task), sampler

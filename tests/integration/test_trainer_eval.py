@@ -23,10 +23,10 @@ import yaml
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
+from agentrl.common.agent.group import response_length_tokens
 from agentrl.common.config import AgentRLConfig, SearchConfig
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.proto.core.v1 import group_pb2, trajectory_pb2
-from agentrl.rollout.group import response_length_tokens
 from agentrl.search.indexer import build_index
 from agentrl.search.main import start_search_service
 from agentrl.search.qa_questions import make_qa_world

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from agentrl.common.agent.arpo import ARPOSettings, arpo_settings
+from agentrl.common.agent.loop import EpisodeSettings
 from agentrl.common.config import AgentRLConfig, load_config
 from agentrl.common.tool_formats import get_format
 from agentrl.reward.interface import CORRECT, FORMAT_ERROR, INCORRECT, Verification
 from agentrl.reward.scorer import shaping_settings
 from agentrl.reward.shaping import shape
-from agentrl.rollout.agent_loop import EpisodeSettings
-from agentrl.rollout.arpo import ARPOSettings, arpo_settings
 from agentrl.trainer.data import PromptRow
 from agentrl.trainer.rl_loop import make_task
 

@@ -3,10 +3,10 @@ policy-version lag metric (counted as the trainer counts staleness)."""
 
 from __future__ import annotations
 
+from agentrl.common.agent.tools import format_passages, search_query
 from agentrl.proto.core.v1 import trajectory_pb2
 from agentrl.proto.search.v1 import search_pb2
 from agentrl.rollout.metrics import policy_version_lag
-from agentrl.rollout.tools import format_passages, search_query
 
 
 def test_query_is_the_tag_text_or_the_hermes_query_argument() -> None:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from agentrl.common.config import AlgorithmConfig
+from agentrl.trainer.backends.interface import OptimizerSettings
+from agentrl.trainer.backends.torch.backend import TorchBackend
 from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
 from agentrl.trainer.data import EpochOrder, load_prompts
-from agentrl.trainer.interface import OptimizerSettings
 from agentrl.trainer.loss import GlobalTokenCounts, policy_loss_fn
 from agentrl.trainer.packing import pack_micro_batches
-from agentrl.trainer.torch_backend import TorchBackend
 
 PROMPTS_PER_STEP = 3
 RESPONSE_TOKENS = 6  # stand-in "sampled" response per prompt, drawn from the torch RNG

@@ -14,7 +14,7 @@ Response length: every token after the prompt (model tokens and tool observation
 agree. The `Group` carries the task, the task's idempotency key (a redelivered task yields a
 group the trainer counts once), the worker id and the wall time of the whole group.
 
-What this does NOT cover: ARPO tree sampling (`agentrl.rollout.arpo`), retries of a failed
+What this does NOT cover: ARPO tree sampling (`agentrl.common.agent.arpo`), retries of a failed
 reward call (the `RewardClient` retries UNAVAILABLE; anything else propagates to the worker).
 """
 
@@ -26,8 +26,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from agentrl.common.agent.loop import AgentLoop, EpisodeSettings
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
-from agentrl.rollout.agent_loop import AgentLoop, EpisodeSettings
 
 EpisodeHook = Callable[[trajectory_pb2.Trajectory], None]
 

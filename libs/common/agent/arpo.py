@@ -1,6 +1,6 @@
 """ARPO tree sampling (ALGORITHMS.md §4): branch paths where entropy rises after a tool result.
 
-    sampler = ARPOSampler(loop, reward, worker_id="w1", settings=ARPOSettings(),
+    sampler = TaskSampler(loop, reward, worker_id="w1", settings=ARPOSettings(),
                           vocab_size=len(tokenizer))
     group = await sampler.sample(task)    # task.tree_sampling: exactly task.num_samples (M)
 
@@ -33,8 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from agentrl.common.agent.group import EpisodeHook, GroupSampler, check_task, trajectory_id
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
-from agentrl.rollout.group import EpisodeHook, GroupSampler, check_task, trajectory_id
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def branch(parent: trajectory_pb2.Trajectory, turn_index: int, new_id: str,
         parent_trajectory_id=parent.trajectory_id, branch_point=point)
 
 
-class ARPOSampler(GroupSampler):
+class TaskSampler(GroupSampler):
     def __init__(self, loop: Any, reward: Any, *, worker_id: str, settings: ARPOSettings,
                  vocab_size: int, uniform: Callable[[], float] = random.random,
                  **kwargs: Any) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+from agentrl.common.agent.loop import AgentLoop, EpisodeSettings
+from agentrl.common.agent.tools import ToolBox, ToolOutcome
+from agentrl.common.inference.pool import GenerationResult, InferenceError
 from agentrl.common.models import train_tokenizer
 from agentrl.proto.core.v1 import trajectory_pb2
-from agentrl.rollout.agent_loop import AgentLoop, EpisodeSettings
-from agentrl.rollout.inference_client import GenerationResult, InferenceError
-from agentrl.rollout.tools import ToolBox, ToolOutcome
 
 
 class OneTurnThenFailingPool:

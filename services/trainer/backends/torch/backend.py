@@ -8,14 +8,12 @@
   schedule's whole state is the step counter (exact on resume).
 - Parallelism lives in parallelize.py; this file calls it and never branches on rank otherwise.
 
-`TorchBackend.from_config(config)` builds it from a recipe (model, trainer and algorithm
-sections).
+Build it with `agentrl.trainer.backends.create_backend(config, optimizer)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -24,14 +22,13 @@ from typing import Any, Literal
 
 import torch
 
-from agentrl.trainer import parallelize
-from agentrl.trainer.interface import (
+from agentrl.trainer.backends.interface import (
     LossFn,
     OptimizerSettings,
     StepStats,
     TrainerBackend,
-    WeightExport,
 )
+from agentrl.trainer.backends.torch import parallelize
 from agentrl.trainer.loss import GlobalTokenCounts
 from agentrl.trainer.packing import MicroBatch, token_logprobs_and_entropy
 
@@ -75,6 +72,7 @@ class TorchBackend(TrainerBackend):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch.float32, attn_implementation=attn_implementation)
+        self.hf_config = self.model.config
         if gradient_checkpointing:
             # Non-reentrant: works with inputs that need no grad and with FSDP2.
             self.model.gradient_checkpointing_enable(
@@ -86,24 +84,6 @@ class TorchBackend(TrainerBackend):
             self.model.parameters(), lr=optimizer.learning_rate * optimizer.lr_factor(0),
             betas=optimizer.betas, weight_decay=optimizer.weight_decay)
         self.step = 0
-
-    @classmethod
-    def from_config(cls, config: Any) -> TorchBackend:
-        """From an `AgentRLConfig` with its `model` section set."""
-        if config.model is None:
-            raise ValueError("the recipe has no `model` section; set model.path")
-        trainer, algorithm = config.trainer, config.algorithm
-        settings = OptimizerSettings(
-            learning_rate=algorithm.learning_rate, weight_decay=trainer.weight_decay,
-            max_grad_norm=trainer.max_grad_norm, warmup_steps=trainer.lr_warmup_steps,
-            schedule=trainer.lr_schedule, total_steps=trainer.total_steps)
-        if trainer.cpu_threads:
-            # Process-wide: intra-op threads of every torch op in this process.
-            torch.set_num_threads(trainer.cpu_threads)
-        return cls(config.model.path, settings, device=trainer.device, dtype=config.model.dtype,
-                   parallelism=trainer.parallelism,
-                   gradient_checkpointing=trainer.gradient_checkpointing,
-                   packed_attention=trainer.packed_attention)
 
     def _autocast(self):
         # Under FSDP2 the mixed-precision policy casts; on one device autocast does.
@@ -181,24 +161,20 @@ class TorchBackend(TrainerBackend):
     def is_main_process(self) -> bool:
         return parallelize.is_main_process(self.parallelism)
 
-    def export_weights(self, directory: str | Path) -> WeightExport:
+    def hf_weights(self) -> dict[str, torch.Tensor]:
+        state = parallelize.model_state_dict(self.model, self.parallelism)
+        if not parallelize.is_main_process(self.parallelism):
+            return {}
+        if getattr(self.hf_config, "tie_word_embeddings", False):
+            # One tensor under two names: checkpoints (and vLLM) carry the embedding only.
+            state.pop("lm_head.weight", None)
+        return state
+
+    def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         state = parallelize.model_state_dict(self.model, self.parallelism)
         if parallelize.is_main_process(self.parallelism):
             directory.mkdir(parents=True, exist_ok=True)
             self.model.save_pretrained(directory, state_dict=state)
-        digest, num_bytes = hashlib.sha256(), 0
-        if not parallelize.is_main_process(self.parallelism):  # rank 0 wrote and checksums
-            return WeightExport(directory=directory, num_bytes=0, sha256="")
-        for path in sorted(directory.glob("*.safetensors")):
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):  # 1 MiB reads keep memory flat
-                    digest.update(chunk)
-                    num_bytes += len(chunk)
-        return WeightExport(directory=directory, num_bytes=num_bytes, sha256=digest.hexdigest())
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        export = self.export_weights(directory)
-        if parallelize.is_main_process(self.parallelism):
-            self.tokenizer.save_pretrained(export.directory)
-        return export.directory
+            self.tokenizer.save_pretrained(directory)
+        return directory

@@ -9,9 +9,9 @@ import torch
 
 from agentrl.common.config import AlgorithmConfig
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
-from agentrl.trainer.driver import AdmissionControl, step_metrics, train_step
-from agentrl.trainer.interface import OptimizerSettings
+from agentrl.trainer.backends.interface import OptimizerSettings
 from agentrl.trainer.loss import GlobalTokenCounts, policy_loss
+from agentrl.trainer.rl_step import AdmissionControl, step_metrics, train_step
 from agentrl.trainer.train_batch import build_train_batch
 
 PROMPT_LENGTH = 3
@@ -122,7 +122,7 @@ def test_zero_signal_groups_are_dropped_and_the_rest_get_grpo_advantages() -> No
 
 
 def test_a_step_changes_the_weights_and_its_loss_is_policy_loss(tiny_checkpoint) -> None:
-    from agentrl.trainer.torch_backend import TorchBackend
+    from agentrl.trainer.backends.torch.backend import TorchBackend
 
     torch.manual_seed(0)
     backend = TorchBackend(tiny_checkpoint, OptimizerSettings(learning_rate=1e-2), device="cpu")
@@ -161,7 +161,7 @@ def test_a_step_changes_the_weights_and_its_loss_is_policy_loss(tiny_checkpoint)
 
 
 def test_decoupled_ppo_clips_against_the_current_weights(tiny_checkpoint) -> None:
-    from agentrl.trainer.torch_backend import TorchBackend
+    from agentrl.trainer.backends.torch.backend import TorchBackend
 
     backend = TorchBackend(tiny_checkpoint, OptimizerSettings(learning_rate=1e-3), device="cpu")
     batch = build_train_batch([make_group("g", [1.0, 0.0, 0.0])], policy_version=0,

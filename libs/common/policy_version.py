@@ -1,11 +1,12 @@
-"""Follow the run's latest published policy version: `PolicyVersionSubscriber`.
+"""The run's policy version in Redis: the trainer publishes it, rollout workers follow it.
 
-    versions = PolicyVersionSubscriber(redis_url, run_id)
+    PolicyVersionPublisher(redis_url, run_id).publish(v, weights_uri, checksum)   # trainer
+    versions = PolicyVersionSubscriber(redis_url, run_id)                          # rollout
     versions.start()           # reads the key, then listens in a thread
     versions.latest            # the last version the trainer published (0 before the first)
 
-The trainer publishes each version twice (services/trainer/weight_sync.py
-`PolicyVersionPublisher`, one MULTI): `SET agentrl:{run_id}:policy_version v` and a
+The trainer publishes each version twice (`PolicyVersionPublisher`, one MULTI), after the
+weight transport made every server serve it: `SET agentrl:{run_id}:policy_version v` and a
 `PolicyVersionEvent` on the pub/sub channel `agentrl:{run_id}:events`. The subscriber thread
 subscribes first and reads the key second, so a version published in between is seen by one of
 the two; pub/sub drops what is sent while the connection is down, so after every reconnect the
@@ -20,13 +21,14 @@ servers itself, before it publishes).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import redis
 from google.protobuf.message import DecodeError
 
 from agentrl.common.logging import get_logger
-from agentrl.common.streams import stream_key
+from agentrl.common.run_layout import RunLayout
 from agentrl.proto.core.v1 import events_pb2
 
 log = get_logger(__name__)
@@ -40,12 +42,41 @@ HEALTH_CHECK_INTERVAL_S = 10.0
 SOCKET_TIMEOUT_S = 10.0
 
 
+class PolicyVersionPublisher:
+    """Publishes the current policy version of a run (key + pub/sub event, one MULTI)."""
+
+    def __init__(self, redis_url: str, run_id: str) -> None:
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        # A network boundary: a few bounded retries ride through a reconnect.
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=SOCKET_TIMEOUT_S,
+                                           retry=Retry(ExponentialBackoff(cap=2.0), 3))
+        layout = RunLayout(run_id)
+        self.version_key, self.events_channel = layout.policy_version, layout.events
+
+    def publish(self, version: int, weights_uri: str, checksum: str) -> None:
+        event = events_pb2.PolicyVersionEvent(version=version, weights_uri=weights_uri,
+                                              checksum=checksum, published_at_unix_s=time.time())
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.version_key, str(version))
+        pipe.publish(self.events_channel, event.SerializeToString())
+        pipe.execute()
+
+    def latest(self) -> int | None:
+        value = self.client.get(self.version_key)
+        return None if value is None else int(value)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class PolicyVersionSubscriber:
     def __init__(self, redis_url: str, run_id: str,
                  on_version: Callable[[int], None] | None = None) -> None:
         self.redis_url = redis_url
-        self.version_key = stream_key(run_id, "policy_version")
-        self.channel = stream_key(run_id, "events")
+        layout = RunLayout(run_id)
+        self.version_key, self.channel = layout.policy_version, layout.events
         self.on_version = on_version
         self.client_name = f"agentrl-policy-version-{run_id}"  # in CLIENT LIST, for operators
         self.latest = 0

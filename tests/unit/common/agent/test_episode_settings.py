@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from agentrl.common.agent.loop import EpisodeSettings
+from agentrl.common.inference.pool import parse_generation, parse_version
 from agentrl.proto.core.v1 import task_pb2
-from agentrl.rollout.agent_loop import EpisodeSettings
-from agentrl.rollout.inference_client import parse_generation, parse_version
 
 
 def test_from_task_maps_sampling_and_limits() -> None:

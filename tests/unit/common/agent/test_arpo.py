@@ -7,8 +7,7 @@ import math
 
 import pytest
 
-from agentrl.proto.core.v1 import trajectory_pb2
-from agentrl.rollout.arpo import (
+from agentrl.common.agent.arpo import (
     ARPOSettings,
     TreeBudget,
     branch,
@@ -16,6 +15,7 @@ from agentrl.rollout.arpo import (
     normalised_entropy,
     window_entropy,
 )
+from agentrl.proto.core.v1 import trajectory_pb2
 
 VOCAB = 1000
 

@@ -10,12 +10,14 @@ four things with it:
    (`global_counts` all-reduces them over data-parallel ranks), so gradients accumulate exactly.
 3. `optimizer_step`: clip the global gradient norm, step the optimizer and the schedule.
 4. Weights out: `state_dict`/`load_state_dict` for checkpoints (agentrl.trainer.checkpoint),
-   `export_weights` (safetensors + config.json for the `disk` weight transport) and
+   `hf_weights` (full tensors in Hugging Face naming: what every weight transport sends) and
    `save_pretrained` (a full Hugging Face checkpoint directory with the tokenizer).
 
-Backends: `torch` (torch_backend.py: Hugging Face causal LM, single device or FSDP2) and, later,
-`megatron` (megatron-core; it converts Hugging Face checkpoints in and out, so the same four
-verbs hold). `create_backend` picks one by `TrainerConfig.backend` through a plain dict.
+Backends live beside this file, one folder each (`torch/`: Hugging Face causal LM, single device
+or FSDP2); `agentrl.trainer.backends.create_backend` picks one by `trainer.backend` through a
+plain dict and is the only way the RL loop, SFT, evaluation and the benchmarks get one. A new
+backend (e.g. `megatron`, which converts Hugging Face checkpoints in and out so the same verbs
+hold) adds a folder, a line in `BACKENDS` and its name to `TrainerConfig.backend`.
 
 The micro-batch layout (packed `[1, T]` rows, `seq_index`, per-token fields) is packing.py's.
 """
@@ -87,21 +89,13 @@ class StepStats:
     """Learning rate this step used."""
 
 
-@dataclass(frozen=True)
-class WeightExport:
-    """A weight export for the `disk` transport: where, how big, and its checksum."""
-
-    directory: Path
-    num_bytes: int
-    sha256: str
-    """Of the safetensors file(s), in name order: the receiver verifies it before loading."""
-
-
 class TrainerBackend(ABC):
     """One policy under training; see the module docstring for the four verbs."""
 
     tokenizer: Any
     """The checkpoint's Hugging Face tokenizer."""
+    hf_config: Any
+    """The checkpoint's Hugging Face model config (written beside exported weights)."""
     device: torch.device
 
     @abstractmethod
@@ -131,8 +125,11 @@ class TrainerBackend(ABC):
         """Restore what `state_dict` returned (the backend must be built from the same model)."""
 
     @abstractmethod
-    def export_weights(self, directory: str | Path) -> WeightExport:
-        """Write config.json + safetensors into `directory` (no tokenizer)."""
+    def hf_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's full weights in Hugging Face checkpoint naming, on CPU, in the training
+        dtype, on the main process (an empty dict on the others: every rank calls it, gathering
+        is collective). Tied weights appear once, under the embedding's name. What the weight
+        transports (agentrl.trainer.transports) send to vLLM."""
 
     @abstractmethod
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -147,20 +144,3 @@ class TrainerBackend(ABC):
         """`forward_backward` over all micro-batches, then one `optimizer_step`."""
         metrics = self.forward_backward(micro_batches, loss_fn, temperature)
         return metrics, self.optimizer_step()
-
-
-# Backends by `TrainerConfig.backend`: module and class, imported only when chosen.
-BACKENDS: dict[str, str] = {"torch": "agentrl.trainer.torch_backend:TorchBackend"}
-
-
-def create_backend(kind: str, **kwargs: Any) -> TrainerBackend:
-    """The backend `kind` built with `kwargs` (see each backend's constructor)."""
-    if kind == "megatron":
-        raise ValueError("trainer.backend 'megatron' is not implemented yet (its own issue); "
-                         "use 'torch'")
-    if kind not in BACKENDS:
-        raise ValueError(f"unknown trainer.backend {kind!r}; choose one of {', '.join(BACKENDS)}")
-    import importlib
-
-    module, _, name = BACKENDS[kind].partition(":")
-    return getattr(importlib.import_module(module), name)(**kwargs)

@@ -14,7 +14,8 @@ Routing: a trajectory's turns go to the server that served its first turn (stick
 id, so the prefix cache holds the earlier turns); a new session goes to the healthy server with
 the fewest requests in flight. A server that fails a request (connection error, 5xx) or a
 health probe is ejected until a probe passes; the request is retried on another server, at most
-`max_retries` times. Control calls (pause, resume, weight version) fan out to every server.
+`max_retries` times. Control calls (pause, resume, weight version, weight transfer) are
+control.py's: they fan out to every server of the pool.
 
 What this does NOT cover: weight transfer itself (the trainer's transport) and resuming an
 aborted request from its partial tokens (the agent loop re-sends its tokens as a new turn).
@@ -86,7 +87,7 @@ def parse_version(label: str | None) -> int:
         return int(label)
     except ValueError:
         raise InferenceError(f"server reports weight version {label!r}; AgentRL sets integer "
-                             "versions through InferencePool.set_weight_version") from None
+                             "versions through agentrl.common.inference.control.set_weight_version") from None
 
 
 def parse_generation(body: dict[str, Any], url: str, num_top: int = 0) -> GenerationResult:
@@ -112,7 +113,7 @@ class InferencePool:
                  max_retries: int = 2, health_check_interval_s: float = 5.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         if not urls:
-            raise ValueError("the vLLM pool needs at least one URL (rollout.inference_urls)")
+            raise ValueError("the vLLM pool needs at least one URL (inference.urls)")
         self.servers = {url.rstrip("/"): ServerState(url.rstrip("/")) for url in urls}
         self.request_timeout_s = request_timeout_s
         self.max_retries = max_retries
@@ -201,9 +202,11 @@ class InferencePool:
         raise NoHealthyServer(f"generation failed on {sorted(failed)} after "
                               f"{self.max_retries + 1} attempts")
 
-    async def score(self, token_ids: list[int]) -> list[float | None]:
-        """vLLM's log-prob of every token given the ones before it (None for the first)."""
-        server = self.pick(f"score-{next(self._request_counter)}")
+    async def score(self, token_ids: list[int], url: str | None = None) -> list[float | None]:
+        """vLLM's log-prob of every token given the ones before it (None for the first), from
+        server `url` (default: the least-loaded healthy one)."""
+        server = self.servers[url.rstrip("/")] if url else \
+            self.pick(f"score-{next(self._request_counter)}")
         body = {"token_ids": token_ids, "output_mode": "tokens",
                 "sampling_params": {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 1.0}}
         response = await self.http.post(server.url + GENERATE_ROUTE, json=body,
@@ -250,37 +253,3 @@ class InferencePool:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
         await self.http.aclose()
-
-    # ---- control fan-out -----------------------------------------------------------------
-    async def _fan_out(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        async def call(url: str) -> Any:
-            response = await self.http.request(method, url + path, **kwargs)
-            if response.status_code != 200:
-                raise InferenceError(f"{method} {url}{path}: HTTP {response.status_code} "
-                                     f"{response.text[:300]}")
-            return response.json()
-
-        urls = [url for url, s in self.servers.items() if s.healthy]
-        results = await asyncio.gather(*(call(url) for url in urls), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise InferenceError(f"{len(errors)} of {len(urls)} servers failed: {errors[0]}")
-        return dict(zip(urls, results, strict=True))
-
-    async def pause(self, mode: str = "keep") -> None:
-        """Pause generation on every healthy server: `keep` freezes in-flight requests until
-        resume, `wait` lets them finish, `abort` ends them (finish_reason `abort`)."""
-        if mode not in ("keep", "wait", "abort"):
-            raise ValueError(f"pause mode {mode!r}; use keep, wait or abort")
-        await self._fan_out("POST", "/pause", params={"mode": mode})
-
-    async def resume(self) -> None:
-        await self._fan_out("POST", "/resume")
-
-    async def set_weight_version(self, version: int) -> None:
-        """Label the weights every server holds; tokens sampled from now on carry `version`."""
-        await self._fan_out("POST", "/update_weight_version", json={"new_version": str(version)})
-
-    async def weight_versions(self) -> dict[str, int]:
-        replies = await self._fan_out("GET", "/weight_info")
-        return {url: parse_version(r["weight_version"]) for url, r in replies.items()}

@@ -194,7 +194,7 @@ class VLLMServer:
 
 
 def serve_from_recipe() -> None:
-    """`python -m agentrl.rollout.vllm_launcher`: become the recipe's local vLLM server (the
+    """`python -m agentrl.common.inference.launcher`: become the recipe's local vLLM server (the
     local stack's `vllm` service) on the port of `rollout.inference_urls[0]`, serving
     `rollout.vllm_model_path` (else `model.path`). The process is replaced by vLLM's, so the
     supervisor's signals reach vLLM directly."""

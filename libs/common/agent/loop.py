@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentrl.common.agent.tools import ToolBox
+from agentrl.common.inference.pool import GenerationResult, InferenceError, InferencePool
 from agentrl.common.tool_formats import ParsedCall, get_format
 from agentrl.proto.core.v1 import task_pb2, trajectory_pb2
-from agentrl.rollout.inference_client import GenerationResult, InferenceError, InferencePool
-from agentrl.rollout.tools import ToolBox
 
 Finish = trajectory_pb2.FinishReason
 TurnHook = Callable[[trajectory_pb2.Trajectory, GenerationResult], None]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentrl.common.config import AlgorithmConfig
-from agentrl.trainer.interface import StepStats, TrainerBackend
+from agentrl.trainer.backends.interface import StepStats, TrainerBackend
 from agentrl.trainer.loss import GlobalTokenCounts, policy_loss_fn
 from agentrl.trainer.train_batch import TrainBatch
 
