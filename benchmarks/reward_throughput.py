@@ -84,7 +84,7 @@ def main() -> None:
     }
     if shutil.which("bwrap"):
         from agentrl.sandbox.executor import Sandbox
-        from agentrl.sandbox.service import SERVICE_NAME, SandboxServicer, register
+        from agentrl.sandbox.servicer import SERVICE_NAME, SandboxServicer, register
 
         sandbox_config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 4}}).sandbox
         sandbox = Sandbox(sandbox_config)

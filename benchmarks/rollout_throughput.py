@@ -213,7 +213,7 @@ def main() -> None:
 
     from agentrl.common.grpc_server import serve
     from agentrl.sandbox import executor as sandbox_executor
-    from agentrl.sandbox import service as sandbox_service
+    from agentrl.sandbox import servicer as sandbox_service
     from agentrl.sandbox.client import SandboxClient
 
     work = Path(tempfile.mkdtemp(prefix="rollout-bench-"))

@@ -39,7 +39,7 @@ from agentrl.sandbox.capture import drive, spawn
 from agentrl.sandbox.client import SandboxClient
 from agentrl.sandbox.executor import BACKENDS, Sandbox
 from agentrl.sandbox.interface import Backend, ExecutionRequest, ExecutionResult, Status
-from agentrl.sandbox.service import SERVICE_NAME, SandboxServicer, register
+from agentrl.sandbox.servicer import SERVICE_NAME, SandboxServicer, register
 
 # 10 MB of output must come back whole: the cap sits above it.
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024

@@ -27,41 +27,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from agentrl.common.config import AgentRLConfig
 
 SERVICE_NAME = "agentrl.rollout.v1.RolloutControlService"
-# Control calls wait on every vLLM server's /pause or /resume: a few seconds even under load.
-CONTROL_TIMEOUT_S = 60.0
 GRPC_WORKERS = 8  # control calls are rare; health checks and reflection share the threads
-PAUSE_MODES = {1: "keep", 2: "abort", 3: "wait"}  # rollout_pb2.PauseMode -> pool mode
-
-
-class RolloutControlServicer:
-    """gRPC control of one worker; calls run on the worker's loop from gRPC threads."""
-
-    def __init__(self, worker: Any) -> None:
-        self.worker = worker
-
-    def GetStatus(self, request, context):
-        return self.worker.status()
-
-    def Pause(self, request, context):
-        from agentrl.proto.rollout.v1 import rollout_pb2
-
-        mode = PAUSE_MODES.get(request.mode or 1)
-        if mode is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"unknown pause mode {request.mode}; use KEEP, ABORT or WAIT")
-        self.worker.pause(mode, CONTROL_TIMEOUT_S)
-        return rollout_pb2.PauseResponse(status=self.worker.status())
-
-    def Resume(self, request, context):
-        from agentrl.proto.rollout.v1 import rollout_pb2
-
-        self.worker.resume(CONTROL_TIMEOUT_S)
-        return rollout_pb2.ResumeResponse(status=self.worker.status())
 
 
 @dataclass
@@ -98,6 +67,7 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     from agentrl.proto.rollout.v1 import rollout_pb2_grpc
     from agentrl.reward.client import RewardClient
     from agentrl.rollout.metrics import RolloutMetrics
+    from agentrl.rollout.servicer import RolloutControlServicer
     from agentrl.rollout.worker import RolloutWorker, default_worker_id
     from agentrl.sandbox.client import SandboxClient
 

@@ -24,7 +24,7 @@ from agentrl.common import auth
 from agentrl.common.grpc_client import create_channel
 from agentrl.proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from agentrl.sandbox.interface import ExecutionRequest, ExecutionResult, Status
-from agentrl.sandbox.service import RETRY_AFTER_KEY
+from agentrl.sandbox.servicer import RETRY_AFTER_KEY
 
 # The call deadline is the program's timeout plus this margin for queueing and transport.
 DEADLINE_MARGIN_S = 30.0

@@ -30,7 +30,7 @@ def main(config: AgentRLConfig) -> None:
     from agentrl.common.shutdown import install_shutdown_handler
     from agentrl.sandbox.executor import Sandbox
     from agentrl.sandbox.http_api import create_sandbox_app
-    from agentrl.sandbox.service import SERVICE_NAME, SandboxServicer, register
+    from agentrl.sandbox.servicer import SERVICE_NAME, SandboxServicer, register
 
     setup_logging("sandbox")
     log = get_logger("agentrl.sandbox.main")

@@ -61,9 +61,9 @@ def start_search_service(
     from agentrl.common.grpc_server import serve
     from agentrl.common.http import serve_in_thread
     from agentrl.search.engine import SearchEngine
-    from agentrl.search.grpc_service import SERVICE_NAME, registration
     from agentrl.search.http_api import create_search_app
     from agentrl.search.service_metrics import SearchMetrics
+    from agentrl.search.servicer import SERVICE_NAME, registration
 
     engine = SearchEngine(config, SearchMetrics(registry))
     grpc_server = serve(

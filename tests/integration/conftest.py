@@ -12,7 +12,7 @@ from agentrl.common.grpc_server import serve
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.reward.main import start as start_reward
 from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import service as sandbox_service
+from agentrl.sandbox import servicer as sandbox_service
 
 
 @pytest.fixture(scope="module")

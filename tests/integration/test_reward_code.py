@@ -17,7 +17,7 @@ from agentrl.reward.main import RunningRewardService, start
 
 # The real sandbox service (bubblewrap backend, installed by scripts/setup.sh) runs the tests.
 from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import service as sandbox_service
+from agentrl.sandbox import servicer as sandbox_service
 
 ASSERTS = json.dumps(
     {"asserts": ["assert is_leap(2024)", "assert not is_leap(1900)", "assert is_leap(2000)"]}

@@ -37,7 +37,7 @@ from agentrl.common.tool_formats import ParsedCall, get_format
 from agentrl.proto.core.v1 import trajectory_pb2
 from agentrl.proto.search.v1 import search_pb2, search_pb2_grpc
 from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import service as sandbox_service
+from agentrl.sandbox import servicer as sandbox_service
 from agentrl.sandbox.client import SandboxClient
 from agentrl.search.cli import data_app, index_app
 from agentrl.search.main import start_search_service

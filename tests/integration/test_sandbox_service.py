@@ -22,7 +22,7 @@ from agentrl.sandbox.client import SandboxClient, SandboxOverloaded
 from agentrl.sandbox.executor import Sandbox
 from agentrl.sandbox.http_api import create_sandbox_app
 from agentrl.sandbox.interface import ExecutionRequest, Status
-from agentrl.sandbox.service import SERVICE_NAME, SandboxServicer, register
+from agentrl.sandbox.servicer import SERVICE_NAME, SandboxServicer, register
 
 # bubblewrap is installed by scripts/setup.sh: a missing one must fail the suite, not skip it.
 
