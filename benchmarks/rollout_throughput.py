@@ -31,7 +31,7 @@ import httpx
 
 from agentrl.common.agent.loop import AgentLoop, EpisodeSettings
 from agentrl.common.agent.tools import SandboxTool, ToolBox
-from agentrl.common.config import AgentRLConfig, RolloutConfig
+from agentrl.common.config import AgentRLConfig, InferenceServerConfig
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import GENERATE_ROUTE, InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
@@ -221,8 +221,7 @@ def main() -> None:
     try:
         model_dir = init_tiny_model(work / "model", default_corpus(500), seed=1)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        config = RolloutConfig(vllm_max_model_len=1024, vllm_kv_cache_gib=1,
-                               vllm_max_num_seqs=128)
+        config = InferenceServerConfig(max_model_len=1024, kv_cache_gib=1, max_num_seqs=128)
         sandbox_config = AgentRLConfig.model_validate(
             {"sandbox": {"max_concurrency": args.sandbox_concurrency}}).sandbox
         executor = sandbox_executor.Sandbox(sandbox_config)

@@ -2,7 +2,7 @@
 
 For each model, one after another (one vLLM server at a time):
 1. `vllm serve` of the checkpoint on this machine (`VLLMServer.launch`, `--dtype` from
-   `--dtype`, float32 by default as the rollout config's) and a `TorchBackend` of the same
+   `--dtype`, float32 by default as `inference.server.dtype`) and a `TorchBackend` of the same
    checkpoint in this process;
 2. `--num-syncs` times: move every trainer weight a little (as an optimizer step would, so each
    version really differs), then `DiskWeightSync.sync(v)`: export + manifest, re-hash, and
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from agentrl.common.config import RolloutConfig
+from agentrl.common.config import InferenceServerConfig
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
 from agentrl.trainer.backends.interface import OptimizerSettings
@@ -109,7 +109,7 @@ async def run_syncs(backend: TorchBackend, url: str, run_dir: Path, num_syncs: i
     return results, before, after
 
 
-def benchmark(name: str, model_dir: Path, config: RolloutConfig, num_syncs: int,
+def benchmark(name: str, model_dir: Path, config: InferenceServerConfig, num_syncs: int,
               work_dir: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -121,7 +121,7 @@ def benchmark(name: str, model_dir: Path, config: RolloutConfig, num_syncs: int,
             backend, server.url, work_dir / f"{name}-run", num_syncs, token_ids))
     num_parameters = sum(p.numel() for p in backend.model.parameters())
     print(f"\n{name}: {num_parameters / 1e6:.1f}M parameters, {results[0].num_bytes / 1e6:.1f} MB "
-          f"of safetensors per version, vLLM {config.vllm_dtype} engine start "
+          f"of safetensors per version, vLLM {config.dtype} engine start "
           f"{server.start_time_s:.1f} s, {num_syncs} syncs")
     for phase in PHASES:
         values = [getattr(result, phase) for result in results]
@@ -150,8 +150,8 @@ def main() -> None:
         parser.error("--num-syncs must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = RolloutConfig(vllm_max_model_len=512, vllm_kv_cache_gib=1, vllm_max_num_seqs=16,
-                           vllm_dtype=args.dtype, vllm_start_timeout_s=900)
+    config = InferenceServerConfig(max_model_len=512, kv_cache_gib=1, max_num_seqs=16,
+                                   dtype=args.dtype, start_timeout_s=900)
     with tempfile.TemporaryDirectory(prefix="agentrl-weight-sync-") as tmp:
         work_dir = Path(tmp)
         models = ([(path.name, path) for path in args.model] if args.model

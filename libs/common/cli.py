@@ -50,23 +50,22 @@ def config_validate(
 
 @config_app.command("show")
 def config_show(
-    section: Annotated[str, typer.Argument(help="a section, e.g. sandbox; empty: all")] = "",
+    section: Annotated[str, typer.Argument(
+        help="a section, sub-section or field, e.g. sandbox, inference.server; empty: all")] = "",
 ) -> None:
     """List every config field with its type, default and meaning."""
-    from agentrl.common.config import AgentRLConfig
+    from rich.text import Text
 
+    from agentrl.common.config import describe_fields
+
+    try:
+        rows = describe_fields(section)
+    except ValueError as exc:
+        err_console.print(Text(str(exc), style="red"))
+        raise typer.Exit(code=1) from None
     table = Table("field", "type", "default", "meaning", show_lines=False)
-    sections = AgentRLConfig.model_fields
-    if section and section not in sections:
-        err_console.print(f"[red]unknown section {section!r}; one of: {', '.join(sections)}[/]")
-        raise typer.Exit(code=1)
-    for name, field in sections.items():
-        if section and name != section:
-            continue
-        for key, sub in field.annotation.model_fields.items():
-            annotation = str(sub.annotation).replace("typing.", "").replace("<class '", "")
-            table.add_row(f"{name}.{key}", annotation.rstrip("'>"), repr(sub.default),
-                          (sub.description or "").replace("\n", " "))
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # help text is shown as written, not markup
     console.print(table)
 
 
@@ -234,7 +233,7 @@ def stack_up(
     config = _load_or_exit(recipe)
     # The trainer is a job that drives a run against the stack, not part of the stack; rollout
     # joins the default only when the recipe names a model for its vLLM server.
-    has_model = bool(config.rollout.vllm_model_path) or config.model is not None
+    has_model = config.served_model_path() is not None
     chosen = [s for s in services.split(",") if s] or [
         s for s in available_services()
         if s != "trainer" and (s != "rollout" or has_model)]

@@ -1,14 +1,19 @@
 """The one typed configuration of AgentRL, loaded from a YAML recipe plus environment overrides.
 
-Every field carries a docstring that doubles as help text (`agentrl config show`). The schema
-imports nothing heavy, so every service and test can load it.
+Every field carries a docstring that doubles as help text (`agentrl config show [SECTION[.SUB]]`,
+from `describe_fields`). A component with settings of its own gets a sub-section it takes whole
+(`inference.server` for the vLLM launcher, `rollout.arpo` for the ARPO sampler, `reward.code`,
+`reward.overlong`, `reward.tool_shaping`) rather than prefixed fields; `MOVED_KEYS` tells an old
+recipe where its flat keys went. The schema imports nothing heavy, so every service and test can
+load it.
 
 Layering, later wins:
 1. defaults in this file,
 2. the YAML recipe (`agentrl config validate recipes/quickstart.yaml`),
 3. environment variables `AGENTRL__<SECTION>__<FIELD>=value` (double underscores separate the
-   path; values are parsed as YAML scalars, so `8`, `true`, `[a, b]` work). This is how
-   Kubernetes manifests override a recipe.
+   path, sub-sections included: `AGENTRL__INFERENCE__SERVER__MAX_MODEL_LEN=2048`; values are
+   parsed as YAML scalars, so `8`, `true`, `[a, b]` work). This is how Kubernetes manifests
+   override a recipe.
 
 Credentials never live here: the service token comes from `AGENTRL_AUTH_TOKEN` or a mounted file
 (see agentrl.common.auth). Errors are collected, not raised one at a time: `ConfigError` lists
@@ -135,6 +140,57 @@ class SandboxConfig(ServiceEndpoint):
     or a write outside the work dir)."""
 
 
+class CodeVerifierConfig(Section):
+    """The `code` verifier: the final program against the task's unit tests, each test one
+    sandbox execution (services/reward/code_verifier.py)."""
+
+    verifier_timeout_s: float = Field(default=60.0, gt=0)
+    """Deadline of one code verification: all its unit tests through the sandbox."""
+    reward_mode: Literal["all_pass", "pass_fraction", "pass_fraction_pow"] = "all_pass"
+    """Code score: 1 only when every test passes; the passed fraction; or fraction^pass_power."""
+    pass_power: float = Field(default=2.0, gt=0)
+    """Exponent k of `pass_fraction_pow` (k > 1 favours nearly complete solutions)."""
+    test_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    """Wall-clock limit of one unit test in the sandbox (a program that hangs fails that test)."""
+    memory_mb: int = Field(default=0, ge=0)
+    """Memory limit of one unit test (0: the sandbox default)."""
+    max_tests: int = Field(default=50, gt=0)
+    """Tests run per response; further ones are skipped (and the reason says so)."""
+    max_parallel_tests: int = Field(default=4, gt=0)
+    """Tests of one response in the sandbox at once."""
+
+
+class OverlongPenaltyConfig(Section):
+    """DAPO's soft punishment of long responses (services/reward/shaping.py)."""
+
+    enabled: bool = True
+    """DAPO soft overlong penalty: min(0, -(L - (L_max - L_buf)) / L_buf * factor)."""
+    max_length_tokens: int = Field(default=20480, gt=0)
+    """L_max: the response length (tool output included) at which the penalty reaches -factor."""
+    buffer_tokens: int = Field(default=4096, gt=0)
+    """L_buf: the penalty starts at L_max - L_buf tokens."""
+    penalty_factor: float = Field(default=1.0, ge=0)
+    """kappa: the penalty at L_max and beyond."""
+
+    @model_validator(mode="after")
+    def _check_overlong(self) -> OverlongPenaltyConfig:
+        if self.buffer_tokens > self.max_length_tokens:
+            raise ValueError(f"buffer_tokens ({self.buffer_tokens}) must not exceed "
+                             f"max_length_tokens ({self.max_length_tokens}); lower it")
+        return self
+
+
+class ToolShapingConfig(Section):
+    """Open-AgentRL's bonus for the tool calls of a wrong answer (services/reward/shaping.py)."""
+
+    enabled: bool = False
+    """Open-AgentRL tool-call shaping for wrong answers: reward min(-0.6, -1 + 0.1 k) for k calls."""
+    per_call: float = Field(default=0.1, ge=0)
+    """Bonus per tool call of a wrong answer (the 0.1 above)."""
+    cap: float = Field(default=0.4, ge=0)
+    """Largest bonus (0.4 above: a wrong answer never gets more than incorrect_reward + 0.4)."""
+
+
 class RewardConfig(ServiceEndpoint):
     """Verifiers and reward shaping (ALGORITHMS.md §3; docs/reward.md explains every verdict)."""
 
@@ -142,8 +198,6 @@ class RewardConfig(ServiceEndpoint):
     http_port: int = Field(default=8082, ge=0, le=65535)
     verifier_timeout_s: float = Field(default=10.0, gt=0)
     """Deadline per verification; past it the verdict is `verifier_error`, never a silent zero."""
-    code_verifier_timeout_s: float = Field(default=60.0, gt=0)
-    """Deadline of one code verification: all its unit tests through the sandbox."""
     num_verifier_workers: int = Field(default=2, gt=0)
     """Processes running math-verify, answer extraction and custom verifiers (killed and
     replaced when a verification passes its deadline); about one per CPU core."""
@@ -162,32 +216,12 @@ class RewardConfig(ServiceEndpoint):
     nothing after it) before they are verified."""
     qa_metric: Literal["em", "f1"] = "em"
     """QA score: exact match (Search-R1) or token F1 (ASearcher), best over the gold aliases."""
-    code_reward_mode: Literal["all_pass", "pass_fraction", "pass_fraction_pow"] = "all_pass"
-    """Code score: 1 only when every test passes; the passed fraction; or fraction^code_pass_power."""
-    code_pass_power: float = Field(default=2.0, gt=0)
-    """Exponent k of `pass_fraction_pow` (k > 1 favours nearly complete solutions)."""
-    code_test_timeout_s: float = Field(default=5.0, gt=0, le=600)
-    """Wall-clock limit of one unit test in the sandbox (a program that hangs fails that test)."""
-    code_memory_mb: int = Field(default=0, ge=0)
-    """Memory limit of one unit test (0: the sandbox default)."""
-    code_max_tests: int = Field(default=50, gt=0)
-    """Tests run per response; further ones are skipped (and the reason says so)."""
-    code_max_parallel_tests: int = Field(default=4, gt=0)
-    """Tests of one response in the sandbox at once."""
-    overlong_enabled: bool = True
-    """DAPO soft overlong penalty: min(0, -(L - (L_max - L_buf)) / L_buf * factor)."""
-    overlong_max_length_tokens: int = Field(default=20480, gt=0)
-    """L_max: the response length (tool output included) at which the penalty reaches -factor."""
-    overlong_buffer_tokens: int = Field(default=4096, gt=0)
-    """L_buf: the penalty starts at L_max - L_buf tokens."""
-    overlong_penalty_factor: float = Field(default=1.0, ge=0)
-    """kappa: the penalty at L_max and beyond."""
-    tool_shaping_enabled: bool = False
-    """Open-AgentRL tool-call shaping for wrong answers: reward min(-0.6, -1 + 0.1 k) for k calls."""
-    tool_shaping_per_call: float = Field(default=0.1, ge=0)
-    """Bonus per tool call of a wrong answer (the 0.1 above)."""
-    tool_shaping_cap: float = Field(default=0.4, ge=0)
-    """Largest bonus (0.4 above: a wrong answer never gets more than incorrect_reward + 0.4)."""
+    code: CodeVerifierConfig = CodeVerifierConfig()
+    """The `code` verifier: deadline, score mode and per-test limits (`reward.code.*`)."""
+    overlong: OverlongPenaltyConfig = OverlongPenaltyConfig()
+    """DAPO's soft overlong penalty (`reward.overlong.*`)."""
+    tool_shaping: ToolShapingConfig = ToolShapingConfig()
+    """Open-AgentRL's tool-call bonus for wrong answers (`reward.tool_shaping.*`)."""
     reward_scale: float = 1.0
     """reward = reward_scale * (sum of components) + reward_bias; ASearcher: scale 10, bias -5."""
     reward_bias: float = 0.0
@@ -199,8 +233,6 @@ class RewardConfig(ServiceEndpoint):
 
     @model_validator(mode="after")
     def _check_reward(self) -> RewardConfig:
-        if self.overlong_buffer_tokens > self.overlong_max_length_tokens:
-            raise ValueError("overlong_buffer_tokens must not exceed overlong_max_length_tokens")
         for name, path in self.custom_verifiers.items():
             if name in BUILTIN_TASK_TYPES:
                 raise ValueError(f"custom_verifiers: {name!r} is a built-in task type; rename it")
@@ -238,11 +270,66 @@ class SearchConfig(ServiceEndpoint):
     """Longest query accepted; longer ones are rejected, not cut."""
 
 
+class InferenceServerConfig(Section):
+    """How the local launcher starts `vllm serve` (`agentrl up`'s `vllm` service, tests,
+    benchmarks; libs/common/inference/launcher.py). Servers on a cluster are started by their
+    own manifests: only `inference.urls` reaches them."""
+
+    model_path: Path | None = None
+    """Checkpoint the local launcher serves (`agentrl up`); None: the run's `model.path`."""
+    max_model_len: int = Field(default=4096, gt=0)
+    """Context length of the launched servers: prompt + whole episode must fit."""
+    kv_cache_gib: int = Field(default=1, ge=1)
+    """CPU servers: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE, which vLLM reads as an
+    integer); 1 GiB holds ~1M tokens of the tiny model."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weights and activations of the launched servers; float32 on CPU keeps log-probs exact."""
+    max_num_seqs: int = Field(default=128, gt=0)
+    """Sequences a launched server batches at once."""
+    start_timeout_s: float = Field(default=300.0, gt=0)
+    """How long the launcher waits for a server's /health before giving up."""
+
+
+class InferenceConfig(Section):
+    """The vLLM pool that rollout workers, evaluation and the trainer's weight sync talk to
+    (libs/common/inference/pool.py), and how the local launcher starts its server."""
+
+    urls: list[str] = ["http://127.0.0.1:8000"]
+    """Base URLs of the `vllm serve` pool."""
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    """Deadline of one generation request to a vLLM server (a whole turn)."""
+    max_request_retries: int = Field(default=2, ge=0)
+    """Retries of a generation on another server when its server fails (connection error, 5xx)."""
+    health_check_interval_s: float = Field(default=5.0, gt=0)
+    """How often each vLLM server's /health is probed; a failed probe ejects it until it passes."""
+    server: InferenceServerConfig = InferenceServerConfig()
+    """The locally launched server (`inference.server.*`)."""
+
+
+class ARPOConfig(Section):
+    """ARPO tree sampling (ALGORITHMS.md §4; libs/common/agent/arpo.py): how a worker branches
+    the tasks that arrive with `tree_sampling` set. The switch itself stays
+    `rollout.tree_sampling`: it is not the sampler's setting but a property of each task, which
+    the trainer writes into every task it admits (like `max_turns` and `tool_format`); these
+    parameters are the workers' and apply to any task carrying the flag."""
+
+    initial_samples: int = Field(default=8, gt=0)
+    """Global paths started per prompt, N of the budget M (tasks with `tree_sampling`)."""
+    entropy_tokens: int = Field(default=20, gt=0)
+    """A turn's entropy is the mean over its first k tokens."""
+    top_logprobs: int = Field(default=10, gt=0)
+    """Top-K log-probs per token the entropy is computed from (requested from vLLM)."""
+    beta: float = Field(default=0.2, ge=0)
+    """Weight of the entropy rise in P = clip(U - beta (H_t - H_init), 0, 1)."""
+    tau: float = 0.5
+    """Branch when P <= tau (1 branches at every tool result, below 0 never)."""
+    beam_size: int = Field(default=2, gt=0)
+    """At most beam_size - 1 copies branch off a path per decision."""
+
+
 class RolloutConfig(ServiceEndpoint):
     grpc_port: int = Field(default=50054, ge=0, le=65535)
     http_port: int = Field(default=8084, ge=0, le=65535)
-    inference_urls: list[str] = ["http://127.0.0.1:8000"]
-    """Base URLs of the `vllm serve` pool."""
     max_concurrent_episodes: int = Field(default=64, gt=0)
     """Episodes one worker runs at once (a task holds its n; a task larger than this runs alone)."""
     shutdown_grace_s: float = Field(default=120.0, gt=0)
@@ -252,21 +339,12 @@ class RolloutConfig(ServiceEndpoint):
     worker_id: str = ""
     """This worker's consumer name in the prompts stream; empty: host-pid-random. A stable name
     (a StatefulSet pod's) makes a restarted worker take its own unacked tasks back at once."""
-    arpo_initial_samples: int = Field(default=8, gt=0)
-    """ARPO (tasks with `tree_sampling`): global paths started per prompt, N of the budget M."""
-    arpo_entropy_tokens: int = Field(default=20, gt=0)
-    """ARPO: a turn's entropy is the mean over its first k tokens."""
-    arpo_top_logprobs: int = Field(default=10, gt=0)
-    """ARPO: top-K log-probs per token the entropy is computed from (requested from vLLM)."""
-    arpo_beta: float = Field(default=0.2, ge=0)
-    """ARPO: weight of the entropy rise in P = clip(U - beta (H_t - H_init), 0, 1)."""
-    arpo_tau: float = 0.5
-    """ARPO: branch when P <= tau (1 branches at every tool result, below 0 never)."""
-    arpo_beam_size: int = Field(default=2, gt=0)
-    """ARPO: at most beam_size - 1 copies branch off a path per decision."""
     tree_sampling: bool = False
     """ARPO switch: the trainer admits every task with `tree_sampling` set, so workers sample it
-    as an entropy-branching tree (the arpo_* fields) instead of n independent episodes."""
+    as an entropy-branching tree (the `rollout.arpo` parameters) instead of n independent
+    episodes."""
+    arpo: ARPOConfig = ARPOConfig()
+    """ARPO's branching parameters (`rollout.arpo.*`), used for tasks with `tree_sampling`."""
     max_turns: int | None = Field(default=None, gt=0)
     """Model turns per episode, written into each admitted task; None: the rollout default (8)."""
     max_tool_calls: int | None = Field(default=None, gt=0)
@@ -280,27 +358,8 @@ class RolloutConfig(ServiceEndpoint):
     the episode's remaining budget anyway); None: the rollout default (512)."""
     tool_format: Literal["code_tags", "search_tags", "hermes"] = "code_tags"
     """How tool calls are written: `<code>`/`<python>`, `<search>`, or Hermes `<tool_call>{json}`."""
-    request_timeout_s: float = Field(default=300.0, gt=0)
-    """Deadline of one generation request to a vLLM server (a whole turn)."""
-    max_request_retries: int = Field(default=2, ge=0)
-    """Retries of a generation on another server when its server fails (connection error, 5xx)."""
-    health_check_interval_s: float = Field(default=5.0, gt=0)
-    """How often each vLLM server's /health is probed; a failed probe ejects it until it passes."""
     tool_timeout_s: float = Field(default=10.0, gt=0)
     """Wall-clock limit of one tool call (sandbox execution)."""
-    vllm_model_path: Path | None = None
-    """Checkpoint the local launcher serves (`agentrl up`); None: the run's `model.path`."""
-    vllm_max_model_len: int = Field(default=4096, gt=0)
-    """Context length of the launched servers: prompt + whole episode must fit."""
-    vllm_kv_cache_gib: int = Field(default=1, ge=1)
-    """CPU servers: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE, which vLLM reads as an
-    integer); 1 GiB holds ~1M tokens of the tiny model."""
-    vllm_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    """Weights and activations of the launched servers; float32 on CPU keeps log-probs exact."""
-    vllm_max_num_seqs: int = Field(default=128, gt=0)
-    """Sequences a launched server batches at once."""
-    vllm_start_timeout_s: float = Field(default=300.0, gt=0)
-    """How long the launcher waits for a server's /health before giving up."""
 
 
 class TrainerConfig(ServiceEndpoint):
@@ -496,14 +555,37 @@ class AgentRLConfig(Section):
     """Reward/verifier service."""
     search: SearchConfig = SearchConfig()
     """Search tool service."""
+    inference: InferenceConfig = InferenceConfig()
+    """The vLLM pool (and the server `agentrl up` launches)."""
     rollout: RolloutConfig = RolloutConfig()
-    """Rollout workers and the vLLM pool they use."""
+    """Rollout workers: episodes, tools, ARPO."""
     trainer: TrainerConfig = TrainerConfig()
     """The RL driver."""
     algorithm: AlgorithmConfig = AlgorithmConfig()
     """Objective and advantages."""
     sft: SFTConfig = SFTConfig()
     """Supervised cold start on tool-use trajectories."""
+
+    def served_model_path(self) -> Path | None:
+        """The checkpoint the vLLM pool serves: `inference.server.model_path`, else `model.path`."""
+        return self.inference.server.model_path or (self.model.path if self.model else None)
+
+
+# Keys that moved when flat prefixes became sub-sections: an old recipe or variable is told
+# where its key went instead of getting a bare "unknown key".
+MOVED_KEYS: dict[str, str] = {
+    "rollout.inference_urls": "inference.urls",
+    **{f"rollout.{key}": f"inference.{key}"
+       for key in ("request_timeout_s", "max_request_retries", "health_check_interval_s")},
+    **{f"rollout.vllm_{key}": f"inference.server.{key}"
+       for key in InferenceServerConfig.model_fields},
+    **{f"rollout.arpo_{key}": f"rollout.arpo.{key}" for key in ARPOConfig.model_fields},
+    **{f"reward.code_{key}": f"reward.code.{key}" for key in CodeVerifierConfig.model_fields},
+    **{f"reward.overlong_{key}": f"reward.overlong.{key}"
+       for key in OverlongPenaltyConfig.model_fields},
+    **{f"reward.tool_shaping_{key}": f"reward.tool_shaping.{key}"
+       for key in ToolShapingConfig.model_fields},
+}
 
 
 class ConfigIssue(BaseModel):
@@ -603,6 +685,11 @@ def _explain(error: dict[str, Any], sources: dict[str, str]) -> ConfigIssue:
     model = _model_at(loc[:-1])
     if kind == "missing":
         message = "required field is missing; add it"
+    elif kind == "extra_forbidden" and path in MOVED_KEYS:
+        moved = MOVED_KEYS[path]
+        message = f"unknown key; moved to {moved}"
+        if source.startswith("env "):
+            message += f" (env {ENV_PREFIX}{moved.upper().replace('.', '__')})"
     elif kind == "extra_forbidden":
         known = list(model.model_fields) if model else []
         close = difflib.get_close_matches(loc[-1], known, n=1)
@@ -619,15 +706,62 @@ def _explain(error: dict[str, Any], sources: dict[str, str]) -> ConfigIssue:
 
 
 def _model_at(loc: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = AgentRLConfig
+    model: type[BaseModel] | None = AgentRLConfig
     for part in loc:
-        field = model.model_fields.get(part)
-        candidates = typing.get_args(field.annotation) or (field.annotation,) if field else ()
-        found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not found:
-            return None
-        model = found[0]
+        field = model.model_fields.get(part) if model else None
+        model = section_model(field.annotation) if field else None
     return model
+
+
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds (`X` or `X | None`); None for a plain value."""
+    candidates = typing.get_args(annotation) or (annotation,)
+    found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return found[0] if found else None
+
+
+class FieldHelp(typing.NamedTuple):
+    """One row of `agentrl config show`."""
+
+    path: str
+    type: str
+    default: str
+    help: str
+
+
+def describe_fields(path: str = "") -> list[FieldHelp]:
+    """Every field under the section or sub-section `path` (`sandbox`, `inference.server`; empty:
+    all), a sub-section as a row of its own followed by its fields; a field's path gives its own
+    row. Raises ValueError naming what there is when `path` is neither."""
+    model: type[BaseModel] = AgentRLConfig
+    prefix = ""
+    parts = path.split(".") if path else []
+    for n, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        inner = section_model(field.annotation) if field else None
+        if field is not None and inner is None and n == len(parts) - 1:
+            return [row for row in _field_rows(model, prefix) if row.path == path]
+        if inner is None:
+            what = "section" if not prefix else "sub-section or field"
+            known = [prefix + k for k in model.model_fields]
+            raise ValueError(f"unknown {what} {prefix + part!r}; one of: {', '.join(known)}")
+        model, prefix = inner, f"{prefix}{part}."
+    return _field_rows(model, prefix)
+
+
+def _field_rows(model: type[BaseModel], prefix: str) -> list[FieldHelp]:
+    rows = []
+    for name, field in model.model_fields.items():
+        inner = section_model(field.annotation)
+        text = " ".join((field.description or "").split())
+        if inner is not None:
+            rows.append(FieldHelp(prefix + name, "section", "", text))
+            rows.extend(_field_rows(inner, f"{prefix}{name}."))
+            continue
+        type_name = str(field.annotation).replace("typing.", "").replace("<class '", "")
+        default = "(required)" if field.is_required() else repr(field.default)
+        rows.append(FieldHelp(prefix + name, type_name.replace("'>", ""), default, text))
+    return rows
 
 
 def dump_config(config: AgentRLConfig) -> str:

@@ -12,7 +12,7 @@ In order:
    reports the service's own name SERVING at the reward address, at the sandbox's when tasks
    run code (the `code_tags` format, a `python` tool, a `code` task), at the search's when they
    search (the `search_tags` format, a `search` tool), at the rollout's when rollout.address is
-   set; every URL of rollout.inference_urls answers GET /health with 200. Which tools and task
+   set; every URL of inference.urls answers GET /health with 200. Which tools and task
    types the tasks use is read from data.train_path; without it the tool format decides
    (`hermes` then checks both sandbox and search).
 
@@ -268,12 +268,12 @@ def service_checks(config: Any, rows: list | None, timeout_s: float) -> list[Che
                    "or unset rollout.address to skip this check")
         checks.append(Check(name, target, _grpc_probe(name, target, timeout_s, detail), fix,
                             timeout_s))
-    for url in config.rollout.inference_urls:
+    for url in config.inference.urls:
         checks.append(Check(
             "vllm", url, partial(_http_health_probe, url, timeout_s),
             "start `vllm serve` there (the flags the rollout needs: "
-            "libs/common/inference/launcher.py) or fix rollout.inference_urls "
-            "(env AGENTRL__ROLLOUT__INFERENCE_URLS)", timeout_s))
+            "libs/common/inference/launcher.py) or fix inference.urls "
+            "(env AGENTRL__INFERENCE__URLS)", timeout_s))
     return checks
 
 

@@ -12,7 +12,7 @@ Steps (why):
 - `config.quantization_config` is dropped before saving: it describes the file that was read,
   not the float32 tensors written, and vLLM would try to load the directory as GGUF-quantized.
 - Weights are saved as float32 safetensors (a 135M model is ~0.5 GB): the trainer works in
-  float32, and vLLM casts to `rollout.vllm_dtype` on load.
+  float32, and vLLM casts to `inference.server.dtype` on load.
 - `agentrl_model.json` records where the checkpoint came from (the GGUF path and its sha256, the
   package and version that shipped it) and its parameter count.
 

@@ -10,7 +10,7 @@ Redis comes from the machine: when the recipe's Redis is on this host and not an
 supervisor starts `redis-server` for the run (no persistence) and stops it on the way down.
 
 One vLLM server is a service of the stack too (`vllm`, when the recipe names a model and its
-first `rollout.inference_urls` entry is on this host): the supervisor runs stock vLLM's OpenAI
+first `inference.urls` entry is on this host): the supervisor runs stock vLLM's OpenAI
 server (agentrl.common.inference.launcher) on that URL's port and probes its `/health`.
 
 Not covered: services on other machines (point the recipe at them instead); several vLLM servers
@@ -110,7 +110,7 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def vllm_url(config: AgentRLConfig) -> str:
-    return config.rollout.inference_urls[0].rstrip("/")
+    return config.inference.urls[0].rstrip("/")
 
 
 def vllm_is_local(config: AgentRLConfig) -> bool:
@@ -125,13 +125,13 @@ def check_ports(config: AgentRLConfig, services: list[str]) -> list[str]:
         if name == VLLM:
             url = urlparse(vllm_url(config))
             if url.port is None:
-                problems.append(f"rollout.inference_urls[0] ({vllm_url(config)}) has no port; "
+                problems.append(f"inference.urls[0] ({vllm_url(config)}) has no port; "
                                 "write it as http://127.0.0.1:PORT")
             elif port_in_use(url.hostname, url.port):
                 problems.append(
-                    f"port {url.port} (the vLLM server of rollout.inference_urls[0]) is already "
+                    f"port {url.port} (the vLLM server of inference.urls[0]) is already "
                     f"taken: stop what uses it (`agentrl down`, or `ss -ltnp | grep {url.port}`) "
-                    "or list another URL in rollout.inference_urls")
+                    "or list another URL in inference.urls")
             continue
         section = getattr(config, name)
         for key in ("grpc_port", "http_port"):
@@ -360,7 +360,7 @@ def up(config: AgentRLConfig, recipe: str, services: list[str]) -> StackState:
     supervisor = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    ready_timeout_s = max(READY_TIMEOUT_S, config.rollout.vllm_start_timeout_s
+    ready_timeout_s = max(READY_TIMEOUT_S, config.inference.server.start_timeout_s
                           if VLLM in services else 0.0)
     deadline = time.monotonic() + ready_timeout_s
     pending = set(services)

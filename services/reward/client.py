@@ -19,7 +19,7 @@ from agentrl.common import grpc_client
 from agentrl.proto.core.v1 import group_pb2
 from agentrl.proto.reward.v1 import reward_pb2, reward_pb2_grpc
 
-# A code verification may run for a minute (reward.code_verifier_timeout_s); leave margin.
+# A code verification may run for a minute (reward.code.verifier_timeout_s); leave margin.
 DEFAULT_TIMEOUT_S = 120.0
 
 

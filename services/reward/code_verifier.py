@@ -2,10 +2,11 @@
 
 Nothing model-written ever runs in the reward process: every test is one
 `agentrl.sandbox.v1.SandboxService.Execute` call (tests and harness: agentrl.reward.code_tests).
-Up to `code_max_parallel_tests` tests of one response run at once. Scores, by
-`reward.code_reward_mode`: `all_pass` (1 when every test passes, else 0; stops at the first
-failure), `pass_fraction` (passed / run) or `pass_fraction_pow` (that fraction to the power
-`code_pass_power`, which favours nearly-complete solutions).
+Its settings are `reward.code` (`CodeVerifierConfig`), taken whole. Up to
+`max_parallel_tests` tests of one response run at once. Scores, by `reward_mode`: `all_pass` (1
+when every test passes, else 0; stops at the first failure), `pass_fraction` (passed / run) or
+`pass_fraction_pow` (that fraction to the power `pass_power`, which favours nearly-complete
+solutions).
 
 A test the *program* fails (wrong output, exception, timeout, memory, output flood) is a failed
 test. A failure of the *sandbox* (unreachable, `sandbox_error`, `rejected`) raises
@@ -17,10 +18,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import grpc
 
+from agentrl.common.config import CodeVerifierConfig
 from agentrl.proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from agentrl.reward import answers, code_tests, format_gate
 from agentrl.reward.interface import (
@@ -53,18 +54,6 @@ class TestOutcome:
     why: str = ""
 
 
-@dataclass(frozen=True)
-class CodeSettings:
-    """The code verifier's share of RewardConfig."""
-
-    reward_mode: Literal["all_pass", "pass_fraction", "pass_fraction_pow"] = "all_pass"
-    pass_power: float = 2.0
-    test_timeout_s: float = 5.0
-    memory_mb: int = 0
-    max_tests: int = 50
-    max_parallel_tests: int = 4
-
-
 def prepare_code(
     item: VerifyInput, apply_gate: bool, max_tests: int
 ) -> Verification | tuple[list[code_tests.CodeTest], int]:
@@ -88,7 +77,7 @@ class CodeVerifier:
         self,
         pool: WorkerPool,
         stub: sandbox_pb2_grpc.SandboxServiceStub,
-        settings: CodeSettings,
+        settings: CodeVerifierConfig,
         executor: cf.ThreadPoolExecutor,
         apply_gate: bool,
     ) -> None:
@@ -235,6 +224,6 @@ class CodeVerifier:
                 f"; {first_failure}" if first_failure else ""
             )
         if skipped:
-            summary += f"; {skipped} tests beyond code_max_tests not run"
+            summary += f"; {skipped} tests beyond reward.code.max_tests not run"
         verdict = CORRECT if score == 1.0 else INCORRECT if score == 0.0 else PARTIAL
         return Verification(verdict, score, clip_reason(summary))

@@ -65,20 +65,12 @@ def build_verifiers(
 ) -> dict[str, Verifier]:
     """Task type -> verifier, for every built-in and custom task type of `config`."""
     gated = set(config.format_gate_task_types)
-    code_settings = code_verifier.CodeSettings(
-        reward_mode=config.code_reward_mode,
-        pass_power=config.code_pass_power,
-        test_timeout_s=config.code_test_timeout_s,
-        memory_mb=config.code_memory_mb,
-        max_tests=config.code_max_tests,
-        max_parallel_tests=config.code_max_parallel_tests,
-    )
     verifiers: dict[str, Verifier] = {
         "math": PoolVerifier(pool, math_verifier.verify_math, "math" in gated),
         "qa": PoolVerifier(pool, qa_verifier.verify_qa, config.qa_metric, "qa" in gated),
         "format": PoolVerifier(pool, format_gate.verify_format),
         "code": code_verifier.CodeVerifier(
-            pool, sandbox_stub, code_settings, executor, "code" in gated
+            pool, sandbox_stub, config.code, executor, "code" in gated
         ),
     }
     for name, path in config.custom_verifiers.items():

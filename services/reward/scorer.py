@@ -55,29 +55,11 @@ class Overloaded(RuntimeError):
     """More requests than `max_concurrency + queue_size`; the caller should back off."""
 
 
-def shaping_settings(config: RewardConfig) -> shaping.ShapingSettings:
-    return shaping.ShapingSettings(
-        correct_reward=config.correct_reward,
-        incorrect_reward=config.incorrect_reward,
-        format_penalty=config.format_penalty,
-        overlong_enabled=config.overlong_enabled,
-        overlong_max_length_tokens=config.overlong_max_length_tokens,
-        overlong_buffer_tokens=config.overlong_buffer_tokens,
-        overlong_penalty_factor=config.overlong_penalty_factor,
-        tool_shaping_enabled=config.tool_shaping_enabled,
-        tool_shaping_per_call=config.tool_shaping_per_call,
-        tool_shaping_cap=config.tool_shaping_cap,
-        scale=config.reward_scale,
-        bias=config.reward_bias,
-    )
-
-
 class Scorer:
     """Turns ScoreRequests into RewardResults; thread-safe; `close()` stops its processes."""
 
     def __init__(self, config: RewardConfig, sandbox_stub: Any = None) -> None:
         self.config = config
-        self.shaping = shaping_settings(config)
         self._restarts = metrics.counter(
             "reward",
             "verifier_worker_restarts",
@@ -189,7 +171,7 @@ class Scorer:
         self, item: VerifyInput, request: reward_pb2.ScoreRequest
     ) -> group_pb2.RewardResult:
         deadline_s = (
-            self.config.code_verifier_timeout_s
+            self.config.code.verifier_timeout_s
             if item.task_type == "code"
             else self.config.verifier_timeout_s
         )
@@ -207,7 +189,7 @@ class Scorer:
             )
         elapsed_s = time.perf_counter() - start
         result = shaping.shape(
-            verification, self.shaping, request.response_length_tokens, request.num_tool_calls
+            verification, self.config, request.response_length_tokens, request.num_tool_calls
         )
         result.verify_time_s = elapsed_s
         self._scores.labels(item.task_type, group_pb2.Verdict.Name(result.verdict)).inc()

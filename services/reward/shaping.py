@@ -15,6 +15,10 @@
   cap 0.4, incorrect −1) the reward of a wrong answer is exactly `min(-0.6, -1 + 0.1 k)`.
 - scale and bias last, e.g. ASearcher's `(r - 0.5) * 10` is scale 10, bias −5.
 
+Every setting is a field of `RewardConfig`, which `shape` takes whole: `correct_reward`,
+`incorrect_reward`, `format_penalty`, `overlong` (L_max, L_buf, kappa), `tool_shaping`
+(per_call, cap), `reward_scale` and `reward_bias`.
+
 A verifier error (timeout, crash, sandbox down) gives every component 0, so the reward is just
 `bias` (the formula above still holds); the verdict and reason say what failed, and the trainer
 must skip such samples rather than learn from a made-up value.
@@ -22,8 +26,7 @@ must skip such samples rather than learn from a made-up value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from agentrl.common.config import RewardConfig
 from agentrl.proto.core.v1 import group_pb2
 from agentrl.reward.interface import (
     FORMAT_ERROR,
@@ -32,31 +35,6 @@ from agentrl.reward.interface import (
     VERIFIER_ERROR,
     Verification,
 )
-
-
-@dataclass(frozen=True)
-class ShapingSettings:
-    """The shaping share of RewardConfig (see its field docs)."""
-
-    correct_reward: float = 1.0
-    incorrect_reward: float = -1.0
-    format_penalty: float = -1.0
-    overlong_enabled: bool = True
-    overlong_max_length_tokens: int = 20480
-    overlong_buffer_tokens: int = 4096
-    overlong_penalty_factor: float = 1.0
-    tool_shaping_enabled: bool = False
-    tool_shaping_per_call: float = 0.1
-    tool_shaping_cap: float = 0.4
-    scale: float = 1.0
-    bias: float = 0.0
-
-    def __post_init__(self) -> None:
-        if (
-            self.overlong_buffer_tokens <= 0
-            or self.overlong_buffer_tokens > self.overlong_max_length_tokens
-        ):
-            raise ValueError("overlong_buffer_tokens must be in (0, overlong_max_length_tokens]")
 
 
 def overlong_penalty(
@@ -78,30 +56,30 @@ def tool_shaping(num_tool_calls: int, per_call: float, cap: float) -> float:
 
 
 def shape(
-    verification: Verification, settings: ShapingSettings, length_tokens: int, num_tool_calls: int
+    verification: Verification, config: RewardConfig, length_tokens: int, num_tool_calls: int
 ) -> group_pb2.RewardResult:
     """The reward and its components for one verification (verify_time_s is set by the caller)."""
     components = group_pb2.RewardComponents()
     verdict = verification.verdict
     if verdict == VERIFIER_ERROR:
         return group_pb2.RewardResult(
-            reward=settings.bias, components=components, verdict=verdict, reason=verification.reason
+            reward=config.reward_bias, components=components, verdict=verdict,
+            reason=verification.reason,
         )
     if verdict == FORMAT_ERROR:
-        components.format = settings.format_penalty
+        components.format = config.format_penalty
     else:
-        span = settings.correct_reward - settings.incorrect_reward
-        components.correctness = settings.incorrect_reward + span * verification.score
-    if settings.overlong_enabled:
+        span = config.correct_reward - config.incorrect_reward
+        components.correctness = config.incorrect_reward + span * verification.score
+    overlong = config.overlong
+    if overlong.enabled:
         components.overlong_penalty = overlong_penalty(
-            length_tokens,
-            settings.overlong_max_length_tokens,
-            settings.overlong_buffer_tokens,
-            settings.overlong_penalty_factor,
+            length_tokens, overlong.max_length_tokens, overlong.buffer_tokens,
+            overlong.penalty_factor,
         )
-    if settings.tool_shaping_enabled and verdict in (INCORRECT, NO_ANSWER):
+    if config.tool_shaping.enabled and verdict in (INCORRECT, NO_ANSWER):
         components.tool_shaping = tool_shaping(
-            num_tool_calls, settings.tool_shaping_per_call, settings.tool_shaping_cap
+            num_tool_calls, config.tool_shaping.per_call, config.tool_shaping.cap
         )
     total = (
         components.correctness
@@ -110,7 +88,7 @@ def shape(
         + components.tool_shaping
     )
     return group_pb2.RewardResult(
-        reward=settings.scale * total + settings.bias,
+        reward=config.reward_scale * total + config.reward_bias,
         components=components,
         verdict=verdict,
         reason=verification.reason,

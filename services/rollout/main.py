@@ -1,15 +1,16 @@
 """Entry point of the rollout worker: `agentrl serve rollout` calls `main(config)`.
 
 `start(config)` builds the pieces and returns at once (tests use it): the vLLM pool
-(`rollout.inference_urls`, background health checks), the tokenizer of the served checkpoint
-(`rollout.vllm_model_path`, else `model.path`; it decodes responses and tokenises observations),
-the tools (`python` through the sandbox service at `sandbox.address` or host:grpc_port, `search`
-through the search service at `search.address` or host:grpc_port; both are always registered,
-and a call to a service that does not answer is an UNAVAILABLE observation, not a crash), the
-reward client, the sampler (plain groups, or ARPO trees for tasks with `tree_sampling`), the
-`RolloutWorker` on its own asyncio loop in a thread (it also follows the run's published policy
-version from Redis), gRPC `RolloutControlService` (GetStatus, Pause, Resume; health,
-reflection, metrics, auth from agentrl.common.grpc_server) and HTTP /healthz, /readyz, /metrics.
+(`inference.*`, background health checks), the tokenizer of the served checkpoint
+(`inference.server.model_path`, else `model.path`; it decodes responses and tokenises
+observations), the tools (`python` through the sandbox service at `sandbox.address` or
+host:grpc_port, `search` through the search service at `search.address` or host:grpc_port; both
+are always registered, and a call to a service that does not answer is an UNAVAILABLE
+observation, not a crash), the reward client, the sampler (plain groups, or ARPO trees with
+`rollout.arpo` for tasks with `tree_sampling`), the `RolloutWorker` on its own asyncio loop in a
+thread (it also follows the run's published policy version from Redis), gRPC
+`RolloutControlService` (GetStatus, Pause, Resume; health, reflection, metrics, auth from
+agentrl.common.grpc_server) and HTTP /healthz, /readyz, /metrics.
 
 `main` serves until SIGTERM/SIGINT (agentrl.common.shutdown): readiness and gRPC health turn
 NOT_SERVING, the worker stops taking tasks and drains (`rollout.shutdown_grace_s`), then the
@@ -59,7 +60,7 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     from transformers import AutoTokenizer
 
     from agentrl.common import grpc_client, grpc_server, http
-    from agentrl.common.agent.arpo import TaskSampler, arpo_settings
+    from agentrl.common.agent.arpo import TaskSampler
     from agentrl.common.agent.loop import AgentLoop
     from agentrl.common.agent.tools import ToolBox
     from agentrl.common.inference.pool import InferencePool
@@ -72,10 +73,10 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     from agentrl.sandbox.client import SandboxClient
 
     settings = config.rollout
-    model_path = settings.vllm_model_path or (config.model.path if config.model else None)
+    model_path = config.served_model_path()
     if model_path is None:
         raise ValueError("the rollout worker needs the served checkpoint's tokenizer: set "
-                         "rollout.vllm_model_path or model.path")
+                         "inference.server.model_path or model.path")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sandbox = SandboxClient(config.sandbox.target())
     # Retrieve is idempotent: the channel's UNAVAILABLE retries are safe; the tool's timeout
@@ -87,13 +88,11 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     holder: dict[str, Any] = {}
 
     async def body() -> None:
-        pool = InferencePool(settings.inference_urls, request_timeout_s=settings.request_timeout_s,
-                             max_retries=settings.max_request_retries,
-                             health_check_interval_s=settings.health_check_interval_s)
+        pool = InferencePool.from_config(config.inference)
         await pool.start()
         tools = ToolBox.for_agents(sandbox, search_channel, settings.tool_timeout_s)
         sampler = TaskSampler(AgentLoop(pool, tokenizer, tools), reward, worker_id=worker_id,
-                              settings=arpo_settings(settings), vocab_size=len(tokenizer),
+                              arpo=settings.arpo, vocab_size=len(tokenizer),
                               default_format=settings.tool_format, extra_sampling=extra_sampling)
         worker = RolloutWorker(config, sampler, pool, metrics=RolloutMetrics(),
                                worker_id=worker_id)
@@ -126,7 +125,7 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     http_server = http.serve_in_thread(app, host=settings.host, port=settings.http_port)
     get_logger(__name__).info("rollout worker ready", extra={
         "worker_id": worker_id, "grpc": server.address, "http": http_server.url,
-        "inference_urls": settings.inference_urls})
+        "inference_urls": config.inference.urls})
     return RunningRolloutService(worker, thread, server, http_server,
                                  [sandbox.close, search_channel.close, reward.close])
 

@@ -6,7 +6,7 @@ Every row of the data set (agentrl.trainer.data.load_prompts) becomes a `Rollout
 as the RL loop builds it (`rl_loop.make_task`: the same prompt rendering and tokenisation, the
 rollout defaults for sampling and limits), with `num_samples = k`. The tasks run in this
 process through `GroupSampler` against the running stack of the recipe: the vLLM pool
-(`rollout.inference_urls`), the sandbox (`sandbox.address`, the `python` tool) and the reward
+(`inference.urls`), the sandbox (`sandbox.address`, the `python` tool) and the reward
 service (`reward.address`). The groups are scored by `evaluation.evaluate_groups`; the report
 (and, when asked, every group's per-sample verdicts) is written as JSON.
 
@@ -94,14 +94,12 @@ async def sample_groups(config: AgentRLConfig, tasks: list, tokenizer: Any,
     from agentrl.sandbox.client import SandboxClient
 
     settings = config.rollout
-    if not settings.inference_urls:
-        raise ValueError("evaluation needs the vLLM pool: set rollout.inference_urls")
+    if not config.inference.urls:
+        raise ValueError("evaluation needs the vLLM pool: set inference.urls")
     k = max(task.num_samples for task in tasks)
     # Whole groups share the episode budget; at least one group runs even when k exceeds it.
     slots = asyncio.Semaphore(max(1, settings.max_concurrent_episodes // k))
-    pool = InferencePool(settings.inference_urls, request_timeout_s=settings.request_timeout_s,
-                         max_retries=settings.max_request_retries,
-                         health_check_interval_s=settings.health_check_interval_s)
+    pool = InferencePool.from_config(config.inference)
     await pool.start()
     search_channel = grpc_client.create_channel(config.search.target())
     try:
@@ -130,18 +128,17 @@ def run_eval(config: AgentRLConfig, data_path: str | Path, k: int,
     """Evaluate `data_path` with k samples per prompt; write the report to `out_json` (when
     given) and return it with the groups. Report: evaluation.evaluate_groups' dict plus
     `data_path`, `num_prompts` and, with `include_groups`, per-prompt records under `groups`. `tokenizer`: default the
-    served checkpoint's (rollout.vllm_model_path, else model.path); `extra_sampling`: vLLM
+    served checkpoint's (inference.server.model_path, else model.path); `extra_sampling`: vLLM
     sampling fields added to every turn (tests constrain the tiny model with them);
     `sampling` / `limits`: per-task overrides (build_eval_tasks)."""
     rows = load_prompts(data_path)
     if tokenizer is None:
         from transformers import AutoTokenizer
 
-        model_path = config.rollout.vllm_model_path or (config.model.path if config.model
-                                                        else None)
+        model_path = config.served_model_path()
         if model_path is None:
             raise ValueError("evaluation needs the served checkpoint's tokenizer: set "
-                             "rollout.vllm_model_path or model.path")
+                             "inference.server.model_path or model.path")
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     tasks = build_eval_tasks(rows, config, tokenizer, k, sampling=sampling, limits=limits)
     groups = asyncio.run(sample_groups(config, tasks, tokenizer, extra_sampling))

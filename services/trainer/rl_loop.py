@@ -132,8 +132,7 @@ class RLTrainer:
                                                             * 1000))
         self.groups.ensure_group()
         self.publisher = PolicyVersionPublisher(redis_url, self.run_id)
-        self.pool = pool or InferencePool(config.rollout.inference_urls,
-                                          request_timeout_s=config.rollout.request_timeout_s)
+        self.pool = pool or InferencePool.from_config(config.inference)
         self.transport = create_transport(config, self.backend, self.pool, self.run_dir)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
                                              self.trainer.keep_checkpoints)

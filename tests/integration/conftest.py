@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.common.config import AgentRLConfig, RolloutConfig
+from agentrl.common.config import AgentRLConfig, InferenceServerConfig
 from agentrl.common.grpc_server import serve
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.reward.main import start as start_reward
@@ -18,7 +18,7 @@ from agentrl.sandbox import servicer as sandbox_service
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     """A real `vllm serve` of the module's `model_dir` (each module defines that fixture)."""
-    config = RolloutConfig(vllm_max_model_len=1024, vllm_max_num_seqs=32)
+    config = InferenceServerConfig(max_model_len=1024, max_num_seqs=32)
     with VLLMServer.launch(config, model_dir, tmp_path_factory.mktemp("logs") / "vllm.log") as s:
         yield s
 

@@ -47,6 +47,33 @@ def test_validate_lists_every_error_and_fails(tmp_path):
     assert "trainer.batch_size" in result.stderr
 
 
+def test_validate_says_where_an_old_flat_key_moved(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("rollout:\n  vllm_max_model_len: 2048\n")
+    result = run("config", "validate", str(recipe),
+                 env={"AGENTRL__ROLLOUT__ARPO_TAU": "1.0"})
+    assert result.returncode == 1
+    assert "rollout.vllm_max_model_len" in result.stderr
+    assert "moved to inference.server.max_model_len" in result.stderr
+    assert "moved to rollout.arpo.tau (env AGENTRL__ROLLOUT__ARPO__TAU)" in result.stderr
+
+
+def test_config_show_lists_every_section_and_sub_section():
+    everything = run("config", "show")  # once crashed on the optional sections (model, data)
+    assert everything.returncode == 0, everything.stderr
+    for key in ("model.path", "data.train_path", "inference.server.max_model_len",
+                "rollout.arpo.beam_size", "reward.overlong.buffer_tokens", "sft.max_steps"):
+        assert key in everything.stdout
+    model = run("config", "show", "model")
+    assert model.returncode == 0, model.stderr
+    assert "model.path" in model.stdout and "Hugging Face checkpoint" in model.stdout
+    server = run("config", "show", "inference.server")
+    assert server.returncode == 0, server.stderr
+    assert "inference.server.kv_cache_gib" in server.stdout and "inference.urls" not in server.stdout
+    unknown = run("config", "show", "rollout.arpoo")
+    assert unknown.returncode == 1 and "rollout.arpo" in unknown.stderr
+
+
 def test_streams_check_round_trips_through_real_redis():
     result = run("streams", "check", "--recipe", "recipes/local.yaml")
     assert result.returncode == 0, result.stderr

@@ -89,7 +89,8 @@ def write_recipe(tmp_path: Path, files: dict, sandbox: str, reward: str, urls: l
         "redis": {"url": REDIS_URL},
         "sandbox": {"address": sandbox},
         "reward": {"address": reward},
-        "rollout": {"inference_urls": urls, "tool_format": "code_tags"},
+        "inference": {"urls": urls},
+        "rollout": {"tool_format": "code_tags"},
     }
     for name, values in sections.items():
         recipe.setdefault(name, {}).update(values)

@@ -50,14 +50,13 @@ def sandbox_address() -> Iterator[str]:
     sandbox.close()
 
 
-def start_reward(sandbox_address: str, **reward: object) -> RunningRewardService:
+def start_reward(sandbox_address: str, **code: object) -> RunningRewardService:
+    """The reward service with `code` overriding keys of `reward.code`."""
     settings = {
         "grpc_port": 0,
         "http_port": 0,
         "num_verifier_workers": 1,
-        "code_test_timeout_s": 1.0,
-        "code_verifier_timeout_s": 20.0,
-        **reward,
+        "code": {"test_timeout_s": 1.0, "verifier_timeout_s": 20.0, **code},
     }
     return start(
         AgentRLConfig.model_validate({"reward": settings, "sandbox": {"address": sandbox_address}})
@@ -125,7 +124,7 @@ def test_humaneval_and_call_based(client: RewardClient) -> None:
 @pytest.mark.slow
 def test_pass_fraction_modes(sandbox_address: str) -> None:
     running = start_reward(
-        sandbox_address, code_reward_mode="pass_fraction_pow", code_pass_power=2.0
+        sandbox_address, reward_mode="pass_fraction_pow", pass_power=2.0
     )
     try:
         with RewardClient(running.grpc.address, token=None) as reward_client:

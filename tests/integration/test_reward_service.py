@@ -50,7 +50,7 @@ def make_config(**reward: object) -> AgentRLConfig:
         "http_port": 0,
         "num_verifier_workers": 1,
         "verifier_timeout_s": 2.0,
-        "code_verifier_timeout_s": 5.0,
+        "code": {"verifier_timeout_s": 5.0},
         **reward,
     }
     return AgentRLConfig.model_validate(
@@ -65,7 +65,7 @@ def make_config(**reward: object) -> AgentRLConfig:
 def service() -> Iterator[RunningRewardService]:
     running = start(
         make_config(
-            tool_shaping_enabled=True,
+            tool_shaping={"enabled": True},
             custom_verifiers={"length": f"{__name__}:length_verifier"},
         )
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.common.config import RolloutConfig
+from agentrl.common.config import InferenceServerConfig
 from agentrl.common.inference import control
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
@@ -22,7 +22,7 @@ from agentrl.proto.core.v1 import trajectory_pb2
 
 pytestmark = pytest.mark.slow
 LOGPROB_TOLERANCE = 1e-4
-CONFIG = RolloutConfig(vllm_max_model_len=1024, vllm_kv_cache_gib=1, vllm_max_num_seqs=64)
+CONFIG = InferenceServerConfig(max_model_len=1024, kv_cache_gib=1, max_num_seqs=64)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def servers(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     started = [VLLMServer.spawn(CONFIG, model_dir, logs / f"vllm-{i}.log") for i in range(2)]
     try:
         for server in started:
-            server.wait_ready(CONFIG.vllm_start_timeout_s)
+            server.wait_ready(CONFIG.start_timeout_s)
             print(f"engine start {server.start_time_s:.1f} s ({server.url})")
         yield started
     finally:

@@ -36,11 +36,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoTokenizer
 
-from agentrl.common.agent.arpo import ARPOSettings, TaskSampler
+from agentrl.common.agent.arpo import TaskSampler
 from agentrl.common.agent.group import GroupSampler
 from agentrl.common.agent.loop import AgentLoop
 from agentrl.common.agent.tools import SandboxTool, ToolBox
-from agentrl.common.config import AgentRLConfig
+from agentrl.common.config import AgentRLConfig, ARPOConfig
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
@@ -192,9 +192,10 @@ def make_config(run_id: str, server: VLLMServer, model_dir: Path, services: tupl
         "redis": {"url": REDIS_URL, "visibility_timeout_s": 8.0},
         "sandbox": {"address": services[0]},
         "reward": {"address": services[1]},
-        "rollout": {"inference_urls": [server.url], "vllm_model_path": str(model_dir),
-                    "grpc_port": 0, "http_port": 0, "max_concurrent_episodes": 16,
-                    "request_timeout_s": 120.0, "shutdown_grace_s": 60.0, **rollout}})
+        "inference": {"urls": [server.url], "request_timeout_s": 120.0,
+                      "server": {"model_path": str(model_dir)}},
+        "rollout": {"grpc_port": 0, "http_port": 0, "max_concurrent_episodes": 16,
+                    "shutdown_grace_s": 60.0, **rollout}})
 
 
 def make_task(tokenizer, key: str, n: int, max_tokens_per_turn: int = 48) -> task_pb2.RolloutTask:
@@ -211,7 +212,7 @@ def make_task(tokenizer, key: str, n: int, max_tokens_per_turn: int = 48) -> tas
 
 
 def sample_group(server, services, tokenizer, task: task_pb2.RolloutTask, regex: str,
-                 arpo: ARPOSettings | None = None) -> tuple[group_pb2.Group, GroupSampler]:
+                 arpo: ARPOConfig | None = None) -> tuple[group_pb2.Group, GroupSampler]:
     """One group through GroupSampler, or TaskSampler when `arpo` is given."""
 
     async def body() -> tuple[group_pb2.Group, GroupSampler]:
@@ -223,7 +224,7 @@ def sample_group(server, services, tokenizer, task: task_pb2.RolloutTask, regex:
                 extra = {"structured_outputs": {"regex": regex}}
                 sampler = GroupSampler(loop, reward, worker_id="w-test", extra_sampling=extra) \
                     if arpo is None else TaskSampler(loop, reward, worker_id="w-test",
-                                                     settings=arpo, vocab_size=len(tokenizer),
+                                                     arpo=arpo, vocab_size=len(tokenizer),
                                                      extra_sampling=extra)
                 return await sampler.sample(task), sampler
         finally:
@@ -257,7 +258,7 @@ def test_arpo_forced_branching_gives_exactly_m_samples_in_a_consistent_tree(
         server, services, tokenizer) -> None:
     task = tree_task(tokenizer, "k-tree")
     # tau = 1: P <= tau at every turn after a tool result, i.e. every such point branches.
-    arpo = ARPOSettings(initial_samples=2, tau=1.0, beam_size=2)
+    arpo = ARPOConfig(initial_samples=2, tau=1.0, beam_size=2)
     group, sampler = sample_group(server, services, tokenizer, task, CALL_REGEX, arpo)
     assert_consistent(group, task)
     trajs = {s.trajectory.trajectory_id: s.trajectory for s in group.samples}
@@ -278,7 +279,7 @@ def test_arpo_forced_branching_gives_exactly_m_samples_in_a_consistent_tree(
 def test_arpo_with_branching_disabled_equals_plain_group_sampling(
         server, services, tokenizer) -> None:
     task = tree_task(tokenizer, "k-flat")
-    never = ARPOSettings(initial_samples=2, tau=-1.0)  # P >= 0 > tau: no branch
+    never = ARPOConfig(initial_samples=2, tau=-1.0)  # P >= 0 > tau: no branch
     tree, sampler = sample_group(server, services, tokenizer, task, CALL_REGEX, never)
     task.tree_sampling = False
     plain, _ = sample_group(server, services, tokenizer, task, CALL_REGEX)

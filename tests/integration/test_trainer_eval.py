@@ -63,8 +63,9 @@ def config_data(server, services, model_dir, tmp_path) -> tuple[dict, Path]:
     config = {
         "run": {"run_id": "test-eval", "output_dir": str(tmp_path / "run")},
         "sandbox": {"address": services[0]}, "reward": {"address": services[1]},
-        "rollout": {"inference_urls": [server.url], "vllm_model_path": str(model_dir),
-                    "max_concurrent_episodes": 16, "request_timeout_s": 120.0}}
+        "inference": {"urls": [server.url], "request_timeout_s": 120.0,
+                      "server": {"model_path": str(model_dir)}},
+        "rollout": {"max_concurrent_episodes": 16}}
     return config, data_path
 
 

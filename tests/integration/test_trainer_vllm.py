@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from agentrl.common.config import RolloutConfig
+from agentrl.common.config import InferenceConfig, InferenceServerConfig
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 MATCH_TOLERANCE = 1e-3
 # Noise added to every weight: large enough to move log-probs by far more than the tolerance.
 PERTURBATION_STD = 0.05
-CONFIG = RolloutConfig(vllm_max_model_len=512, vllm_kv_cache_gib=1, vllm_max_num_seqs=16)
+CONFIG = InferenceServerConfig(max_model_len=512, kv_cache_gib=1, max_num_seqs=16)
 RUN_ID = "weight-sync-test"
 
 
@@ -177,7 +177,7 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
         run=RunConfig(run_id=run_id, output_dir=tmp_path / "run"),
         model=ModelConfig(path=model_dir), data=DataConfig(train_path=data),
         redis=RedisConfig(url=redis_url),
-        rollout=CONFIG.model_copy(update={"inference_urls": [server.url]}),
+        inference=InferenceConfig(urls=[server.url], server=CONFIG),
         trainer=TrainerConfig(batch_size=batch_size, max_staleness=max_staleness, device="cpu",
                               micro_batch_tokens=256, checkpoint_interval_steps=2,
                               total_steps=steps, grpc_port=free_port(), http_port=free_port()),

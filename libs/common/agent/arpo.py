@@ -1,11 +1,12 @@
 """ARPO tree sampling (ALGORITHMS.md §4): branch paths where entropy rises after a tool result.
 
-    sampler = TaskSampler(loop, reward, worker_id="w1", settings=ARPOSettings(),
+    sampler = TaskSampler(loop, reward, worker_id="w1", arpo=config.rollout.arpo,
                           vocab_size=len(tokenizer))
     group = await sampler.sample(task)    # task.tree_sampling: exactly task.num_samples (M)
 
-Per prompt (one `sample()` call; nothing carries over between calls, so H_init is reset per
-batch, unlike the reference code):
+The parameters are `rollout.arpo` (`ARPOConfig`: ALGORITHMS.md §4's reference defaults, checked
+by the config). Per prompt (one `sample()` call; nothing carries over between calls, so H_init
+is reset per batch, unlike the reference code):
 1. N = `initial_samples` global paths start (at most M). Each runs the agent loop.
 2. Entropy of a turn: mean over its first k = `entropy_tokens` tokens of the normalised entropy
    `H = -sum(p log p) / log|V|` over the top-K = `top_logprobs` log-probs vLLM returns. H_init is
@@ -30,38 +31,12 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from agentrl.common.agent.group import EpisodeHook, GroupSampler, check_task, trajectory_id
+from agentrl.common.config import ARPOConfig
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
-
-
-@dataclass(frozen=True)
-class ARPOSettings:
-    """ALGORITHMS.md §4 parameters, reference defaults in brackets there."""
-
-    initial_samples: int = 8
-    entropy_tokens: int = 20
-    top_logprobs: int = 10
-    beta: float = 0.2
-    tau: float = 0.5
-    beam_size: int = 2
-
-    def __post_init__(self) -> None:
-        for name in ("initial_samples", "entropy_tokens", "top_logprobs", "beam_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ARPO {name} must be >= 1, got {getattr(self, name)}")
-        if self.beta < 0:
-            raise ValueError(f"ARPO beta must be >= 0, got {self.beta}")
-
-
-def arpo_settings(rollout: Any) -> ARPOSettings:
-    """The ARPO parameters of a `RolloutConfig` (its `arpo_*` fields)."""
-    return ARPOSettings(initial_samples=rollout.arpo_initial_samples,
-                        entropy_tokens=rollout.arpo_entropy_tokens,
-                        top_logprobs=rollout.arpo_top_logprobs, beta=rollout.arpo_beta,
-                        tau=rollout.arpo_tau, beam_size=rollout.arpo_beam_size)
 
 
 def normalised_entropy(top: Sequence[tuple[int, float]], vocab_size: int) -> float:
@@ -127,11 +102,11 @@ def branch(parent: trajectory_pb2.Trajectory, turn_index: int, new_id: str,
 
 
 class TaskSampler(GroupSampler):
-    def __init__(self, loop: Any, reward: Any, *, worker_id: str, settings: ARPOSettings,
+    def __init__(self, loop: Any, reward: Any, *, worker_id: str, arpo: ARPOConfig,
                  vocab_size: int, uniform: Callable[[], float] = random.random,
                  **kwargs: Any) -> None:
         super().__init__(loop, reward, worker_id=worker_id, **kwargs)
-        self.arpo, self.vocab_size, self.uniform = settings, vocab_size, uniform
+        self.arpo, self.vocab_size, self.uniform = arpo, vocab_size, uniform
         self.decisions = 0  # branching decisions taken (for logs and tests)
 
     async def sample(self, task: task_pb2.RolloutTask,

@@ -1,6 +1,6 @@
 """Start and stop stock `vllm serve` processes for local runs and tests (one CPU or GPU server).
 
-    with VLLMServer.launch(config.rollout, model_dir, log_path) as server:
+    with VLLMServer.launch(config.inference.server, model_dir, log_path) as server:
         pool = InferencePool([server.url], ...)
 
 The server runs vLLM's own OpenAI API server (`python -m vllm.entrypoints.openai.api_server`,
@@ -35,7 +35,7 @@ from typing import Self
 
 import httpx
 
-from agentrl.common.config import RolloutConfig
+from agentrl.common.config import InferenceServerConfig
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 SERVED_MODEL_NAME = "policy"
@@ -59,25 +59,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def build_command(config: RolloutConfig, model_dir: Path, port: int, host: str = "127.0.0.1",
+def build_command(config: InferenceServerConfig, model_dir: Path, port: int, host: str = "127.0.0.1",
                   seed: int = 0) -> list[str]:
     """The server's argv: `vllm serve` flags (see the module docstring for why each is set)."""
     return [
         sys.executable, "-m", VLLM_SERVER_MODULE, "--model", str(model_dir),
         "--served-model-name", SERVED_MODEL_NAME, "--host", host, "--port", str(port),
-        "--dtype", config.vllm_dtype, "--max-model-len", str(config.vllm_max_model_len),
-        "--max-num-seqs", str(config.vllm_max_num_seqs), "--max-logprobs", str(MAX_LOGPROBS),
+        "--dtype", config.dtype, "--max-model-len", str(config.max_model_len),
+        "--max-num-seqs", str(config.max_num_seqs), "--max-logprobs", str(MAX_LOGPROBS),
         "--logprobs-mode", "raw_logprobs", "--generation-config", "vllm",
         "--enable-scale-out", "--enforce-eager", "--seed", str(seed),
         "--disable-uvicorn-access-log",
     ]
 
 
-def build_env(config: RolloutConfig) -> dict[str, str]:
+def build_env(config: InferenceServerConfig) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "VLLM_SERVER_DEV_MODE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": str(config.vllm_kv_cache_gib),
+        "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
         # Nothing is downloaded at run time: models are local directories.
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
     })
@@ -95,7 +95,7 @@ class VLLMServer:
         self._started_at = 0.0
 
     @classmethod
-    def spawn(cls, config: RolloutConfig, model_dir: str | Path, log_path: str | Path, *,
+    def spawn(cls, config: InferenceServerConfig, model_dir: str | Path, log_path: str | Path, *,
               port: int = 0, seed: int = 0) -> VLLMServer:
         """Start a server for `model_dir` without waiting (start several, then wait_ready)."""
         model_dir = Path(model_dir)
@@ -109,12 +109,12 @@ class VLLMServer:
         return server
 
     @classmethod
-    def launch(cls, config: RolloutConfig, model_dir: str | Path, log_path: str | Path, *,
+    def launch(cls, config: InferenceServerConfig, model_dir: str | Path, log_path: str | Path, *,
                port: int = 0, seed: int = 0) -> VLLMServer:
         """Start a server for `model_dir` and wait until it is healthy."""
         server = cls.spawn(config, model_dir, log_path, port=port, seed=seed)
         try:
-            server.wait_ready(config.vllm_start_timeout_s)
+            server.wait_ready(config.start_timeout_s)
         except BaseException:
             server.stop()
             raise
@@ -144,7 +144,7 @@ class VLLMServer:
                 pass
             time.sleep(HEALTH_POLL_INTERVAL_S)
         raise VLLMStartError(f"vllm not healthy after {timeout_s:.0f} s (raise "
-                             f"rollout.vllm_start_timeout_s?); log {self.log_path}:\n"
+                             f"inference.server.start_timeout_s?); log {self.log_path}:\n"
                              f"{self.log_tail()}")
 
     def log_tail(self) -> str:
@@ -195,22 +195,22 @@ class VLLMServer:
 
 def serve_from_recipe() -> None:
     """`python -m agentrl.common.inference.launcher`: become the recipe's local vLLM server (the
-    local stack's `vllm` service) on the port of `rollout.inference_urls[0]`, serving
-    `rollout.vllm_model_path` (else `model.path`). The process is replaced by vLLM's, so the
+    local stack's `vllm` service) on the port of `inference.urls[0]`, serving
+    `inference.server.model_path` (else `model.path`). The process is replaced by vLLM's, so the
     supervisor's signals reach vLLM directly."""
     from urllib.parse import urlparse
 
     from agentrl.common.config import load_config
 
     config = load_config(os.environ.get("AGENTRL_RECIPE") or None)
-    model_dir = config.rollout.vllm_model_path or (config.model.path if config.model else None)
+    model_dir = config.served_model_path()
     if model_dir is None or not (Path(model_dir) / "config.json").is_file():
-        sys.exit(f"no checkpoint to serve at {model_dir}: set rollout.vllm_model_path (or "
+        sys.exit(f"no checkpoint to serve at {model_dir}: set inference.server.model_path (or "
                  "model.path) to a directory made by `agentrl model init` or `agentrl sft`")
-    url = urlparse(config.rollout.inference_urls[0])
-    command = build_command(config.rollout, Path(model_dir), url.port or 8000,
+    url = urlparse(config.inference.urls[0])
+    command = build_command(config.inference.server, Path(model_dir), url.port or 8000,
                             host=url.hostname or "127.0.0.1", seed=config.run.seed)
-    os.execve(command[0], command, build_env(config.rollout))
+    os.execve(command[0], command, build_env(config.inference.server))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """An async client of a pool of `vllm serve` servers, token-in/token-out.
 
-    pool = InferencePool(["http://127.0.0.1:8000"])
+    pool = InferencePool(["http://127.0.0.1:8000"])   # or .from_config(config.inference)
     await pool.start()                       # background health checks
     out = await pool.generate("traj-1", prompt_ids, {"max_tokens": 64, "logprobs": 5})
     out.token_ids, out.logprobs, out.top_logprobs, out.policy_versions
@@ -27,11 +27,14 @@ import asyncio
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from agentrl.common.logging import get_logger
+
+if TYPE_CHECKING:
+    from agentrl.common.config import InferenceConfig
 
 log = get_logger(__name__)
 
@@ -123,6 +126,13 @@ class InferencePool:
         self._sticky: OrderedDict[str, str] = OrderedDict()
         self._request_counter = itertools.count()
         self._health_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, config: InferenceConfig, **kwargs: Any) -> InferencePool:
+        """The pool of the `inference` section (URLs, request deadline, retries, health checks)."""
+        return cls(config.urls, request_timeout_s=config.request_timeout_s,
+                   max_retries=config.max_request_retries,
+                   health_check_interval_s=config.health_check_interval_s, **kwargs)
 
     # ---- routing -------------------------------------------------------------------------
     def pick(self, session_id: str, exclude: set[str] = frozenset()) -> ServerState:

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.common.config import AgentRLConfig, ConfigError, dump_config, load_config
+from agentrl.common.config import (
+    MOVED_KEYS,
+    AgentRLConfig,
+    ConfigError,
+    describe_fields,
+    dump_config,
+    load_config,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -37,12 +44,57 @@ def test_shipped_recipes_validate():
 def test_recipe_then_environment_layering(tmp_path):
     recipe = write(tmp_path, "sandbox:\n  backend: docker\n  max_concurrency: 3\n")
     config = load_config(recipe, env={"AGENTRL__SANDBOX__MAX_CONCURRENCY": "12",
-                                      "AGENTRL__ROLLOUT__INFERENCE_URLS": "[http://a:1, http://b:2]",
+                                      "AGENTRL__INFERENCE__URLS": "[http://a:1, http://b:2]",
                                       "UNRELATED": "x"})
     assert config.sandbox.backend == "docker"  # from the recipe
     assert config.sandbox.max_concurrency == 12  # environment wins
-    assert config.rollout.inference_urls == ["http://a:1", "http://b:2"]
+    assert config.inference.urls == ["http://a:1", "http://b:2"]
     assert load_config(dump_and_write(tmp_path, config), env={}) == config
+
+
+def test_environment_reaches_a_field_of_a_sub_section(tmp_path):
+    recipe = write(tmp_path, "inference:\n  server:\n    dtype: bfloat16\n    max_model_len: 1024\n"
+                             "rollout:\n  arpo:\n    beam_size: 3\n")
+    config = load_config(recipe, env={"AGENTRL__INFERENCE__SERVER__MAX_MODEL_LEN": "2048",
+                                      "AGENTRL__ROLLOUT__ARPO__TAU": "1"})
+    assert config.inference.server.max_model_len == 2048  # environment wins
+    assert config.inference.server.dtype == "bfloat16"  # the recipe's sibling key stays
+    assert (config.rollout.arpo.tau, config.rollout.arpo.beam_size) == (1.0, 3)
+    issues = issues_of(recipe, env={"AGENTRL__REWARD__OVERLONG__BUFFER_TOKENS": "-1"})
+    assert "greater than 0" in issues["reward.overlong.buffer_tokens"]
+
+
+def test_a_moved_flat_key_names_its_new_place(tmp_path):
+    recipe = write(tmp_path, "rollout:\n  vllm_max_model_len: 1024\n"
+                             "  inference_urls: [http://a:1]\nreward:\n  code_max_tests: 5\n")
+    issues = issues_of(recipe, env={"AGENTRL__REWARD__OVERLONG_ENABLED": "false"})
+    assert issues["rollout.vllm_max_model_len"] == ("unknown key; moved to "
+                                                   "inference.server.max_model_len")
+    assert "moved to inference.urls" in issues["rollout.inference_urls"]
+    assert "moved to reward.code.max_tests" in issues["reward.code_max_tests"]
+    assert issues["reward.overlong_enabled"] == ("unknown key; moved to reward.overlong.enabled "
+                                                 "(env AGENTRL__REWARD__OVERLONG__ENABLED)")
+
+
+def test_every_moved_key_points_at_a_field_and_is_no_field_itself():
+    fields = {row.path for row in describe_fields()}
+    assert len(MOVED_KEYS) == 30
+    for old, new in MOVED_KEYS.items():
+        assert new in fields and old not in fields, (old, new)
+
+
+def test_config_show_lists_every_section_sub_section_and_optional_one():
+    everything = {row.path: row for row in describe_fields()}
+    assert everything["model"].type == "section"  # `ModelConfig | None` is a section too
+    assert everything["model.path"].default == "(required)"
+    assert "Context length" in everything["inference.server.max_model_len"].help
+    server = describe_fields("inference.server")
+    assert [row.path for row in server][:2] == ["inference.server.model_path",
+                                                "inference.server.max_model_len"]
+    assert [row.path for row in describe_fields("data")] == ["data.train_path", "data.eval_path"]
+    assert describe_fields("rollout.arpo.tau")[0].default == "0.5"
+    with pytest.raises(ValueError, match="one of: .*inference.server"):
+        describe_fields("inference.sever")
 
 
 def dump_and_write(tmp_path: Path, config: AgentRLConfig) -> Path:

@@ -9,7 +9,7 @@ from agentrl.common.config import AgentRLConfig
 
 
 def config_with_vllm_url(url: str) -> AgentRLConfig:
-    return AgentRLConfig.model_validate({"rollout": {"inference_urls": [url]}})
+    return AgentRLConfig.model_validate({"inference": {"urls": [url]}})
 
 
 def test_a_taken_vllm_port_names_inference_urls() -> None:
@@ -20,7 +20,7 @@ def test_a_taken_vllm_port_names_inference_urls() -> None:
         problems = local_stack.check_ports(config_with_vllm_url(f"http://127.0.0.1:{port}"),
                                            [local_stack.VLLM])
     assert len(problems) == 1
-    assert f"port {port}" in problems[0] and "rollout.inference_urls" in problems[0]
+    assert f"port {port}" in problems[0] and "inference.urls" in problems[0]
 
 
 def test_a_free_vllm_port_and_a_url_without_port() -> None:

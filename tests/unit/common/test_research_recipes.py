@@ -8,12 +8,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from agentrl.common.agent.arpo import ARPOSettings, arpo_settings
 from agentrl.common.agent.loop import EpisodeSettings
-from agentrl.common.config import AgentRLConfig, load_config
+from agentrl.common.config import AgentRLConfig, ARPOConfig, load_config
 from agentrl.common.tool_formats import get_format
 from agentrl.reward.interface import CORRECT, FORMAT_ERROR, INCORRECT, Verification
-from agentrl.reward.scorer import shaping_settings
 from agentrl.reward.shaping import shape
 from agentrl.trainer.data import PromptRow
 from agentrl.trainer.rl_loop import make_task
@@ -77,8 +75,9 @@ def test_open_agentrl_grpo_tcr_holds_the_paper_settings():
     assert (rollout.max_turns, rollout.max_response_tokens) == (16, 20480)
     assert rollout.tool_format == "code_tags" and not rollout.tree_sampling
     reward = config.reward
-    assert (reward.overlong_max_length_tokens, reward.overlong_buffer_tokens) == (20480, 4096)
-    assert reward.overlong_enabled and reward.tool_shaping_enabled
+    assert (reward.overlong.max_length_tokens, reward.overlong.buffer_tokens) == (20480, 4096)
+    assert reward.overlong.enabled and reward.tool_shaping.enabled
+    assert reward.code.reward_mode == "all_pass"
     assert rollout.tool_timeout_s == 30.0
     assert (config.sandbox.backend, config.sandbox.default_timeout_s,
             config.sandbox.default_memory_mb) == ("docker", 30.0, 2048)
@@ -100,7 +99,7 @@ def test_open_agentrl_limits_reach_the_task_and_the_episode():
 
 
 def test_open_agentrl_reward_shapes_wrong_answers_by_tool_calls_and_long_responses():
-    settings = shaping_settings(research("open_agentrl_grpo_tcr.yaml").reward)
+    settings = research("open_agentrl_grpo_tcr.yaml").reward
     wrong = Verification(INCORRECT, 0.0, "wrong")
     assert shape(wrong, settings, length_tokens=100, num_tool_calls=3).reward == pytest.approx(-0.7)
     assert shape(wrong, settings, length_tokens=100, num_tool_calls=9).reward == pytest.approx(-0.6)
@@ -122,14 +121,14 @@ def test_unset_limits_stay_the_rollout_defaults():
 
 def test_arpo_holds_the_tree_sampling_settings_and_switches_tasks_to_trees():
     config = research("arpo_search_python.yaml")
-    assert arpo_settings(config.rollout) == ARPOSettings(
+    assert config.rollout.arpo == ARPOConfig(
         initial_samples=8, entropy_tokens=20, top_logprobs=10, beta=0.2, tau=0.5, beam_size=2)
     assert config.algorithm.group_size == 16  # the budget M
     assert config.rollout.tool_format == "hermes"  # one format names both tools
     task = task_of(config)
     assert task.tree_sampling and task.num_samples == 16
     assert task.limits.max_total_tokens == len(task.prompt_token_ids) + 8192
-    assert config.reward.overlong_max_length_tokens == config.rollout.max_response_tokens
+    assert config.reward.overlong.max_length_tokens == config.rollout.max_response_tokens
 
 
 def test_search_r1_uses_its_tags_top3_and_an_exact_match_reward_behind_a_format_gate():
@@ -140,7 +139,7 @@ def test_search_r1_uses_its_tags_top3_and_an_exact_match_reward_behind_a_format_
     assert "</answer>" in fmt.stop_strings
     assert config.search.default_top_k == 3
     assert config.reward.qa_metric == "em" and "qa" in config.reward.format_gate_task_types
-    settings = shaping_settings(config.reward)
+    settings = config.reward
     long_response = 30_000  # no overlong penalty: the reward is EM and the gate alone
     assert shape(Verification(CORRECT, 1.0, ""), settings, long_response, 2).reward == 1.0
     assert shape(Verification(INCORRECT, 0.0, ""), settings, long_response, 2).reward == 0.0

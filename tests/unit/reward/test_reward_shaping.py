@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agentrl.common.config import OverlongPenaltyConfig, RewardConfig, ToolShapingConfig
 from agentrl.reward.interface import (
     CORRECT,
     FORMAT_ERROR,
@@ -13,7 +14,7 @@ from agentrl.reward.interface import (
     VERIFIER_ERROR,
     Verification,
 )
-from agentrl.reward.shaping import ShapingSettings, overlong_penalty, shape
+from agentrl.reward.shaping import overlong_penalty, shape
 
 L_MAX, L_BUF = 20480, 4096
 
@@ -45,7 +46,8 @@ def test_overlong_penalty_stays_at_kappa_past_l_max() -> None:
 
 @pytest.mark.parametrize("k", range(7))
 def test_tool_shaping_for_wrong_answers(k: int) -> None:
-    settings = ShapingSettings(tool_shaping_enabled=True, overlong_enabled=False)
+    settings = RewardConfig(tool_shaping=ToolShapingConfig(enabled=True),
+                            overlong=OverlongPenaltyConfig(enabled=False))
     wrong = shape(Verification(INCORRECT, 0.0, "wrong"), settings, 0, num_tool_calls=k)
     assert wrong.reward == pytest.approx(min(-0.6, -1 + 0.1 * k))
     assert wrong.components.correctness == -1.0
@@ -59,13 +61,14 @@ def test_tool_shaping_for_wrong_answers(k: int) -> None:
 
 
 def test_tool_shaping_is_off_unless_enabled() -> None:
-    result = shape(Verification(INCORRECT, 0.0, "wrong"), ShapingSettings(), 0, num_tool_calls=4)
+    result = shape(Verification(INCORRECT, 0.0, "wrong"), RewardConfig(), 0, num_tool_calls=4)
     assert result.reward == -1.0 and result.components.tool_shaping == 0.0
 
 
 def test_components_add_up_with_scale_and_bias() -> None:
     # ASearcher: F1 in [0, 1] then (r - 0.5) * 10; F1 0.8 -> 3.0; minus the overlong share.
-    settings = ShapingSettings(correct_reward=1.0, incorrect_reward=0.0, scale=10.0, bias=-5.0)
+    settings = RewardConfig(correct_reward=1.0, incorrect_reward=0.0, reward_scale=10.0,
+                            reward_bias=-5.0)
     result = shape(Verification(PARTIAL, 0.8, "f1"), settings, L_MAX - L_BUF // 4, 0)
     assert result.components.correctness == pytest.approx(0.8)
     assert result.components.overlong_penalty == pytest.approx(-0.75)
@@ -73,19 +76,20 @@ def test_components_add_up_with_scale_and_bias() -> None:
 
 
 def test_partial_scores_map_linearly_onto_the_reward_range() -> None:
-    result = shape(Verification(PARTIAL, 0.25, "1/4 tests"), ShapingSettings(), 0, 0)
+    result = shape(Verification(PARTIAL, 0.25, "1/4 tests"), RewardConfig(), 0, 0)
     assert result.reward == pytest.approx(-1 + 2 * 0.25)
 
 
 def test_verifier_error_has_no_components_and_keeps_the_reason() -> None:
-    settings = ShapingSettings(tool_shaping_enabled=True, bias=-5.0, scale=10.0)
+    settings = RewardConfig(tool_shaping=ToolShapingConfig(enabled=True), reward_bias=-5.0,
+                            reward_scale=10.0)
     result = shape(Verification(VERIFIER_ERROR, 0.0, "timeout: x"), settings, L_MAX, 3)
     assert result.reward == -5.0 and result.verdict == VERIFIER_ERROR
     assert result.components.overlong_penalty == 0 and result.reason == "timeout: x"
 
 
 def test_bad_settings_and_inputs_are_value_errors() -> None:
-    with pytest.raises(ValueError, match="overlong_buffer_tokens"):
-        ShapingSettings(overlong_max_length_tokens=100, overlong_buffer_tokens=200)
+    with pytest.raises(ValueError, match="buffer_tokens .200. must not exceed max_length_tokens"):
+        OverlongPenaltyConfig(max_length_tokens=100, buffer_tokens=200)
     with pytest.raises(ValueError, match="length_tokens"):
         overlong_penalty(-1, L_MAX, L_BUF, 1.0)

@@ -76,7 +76,7 @@ def make_run(root: Path, records: list[dict] | None = None) -> Path:
     (run_dir / "samples.jsonl").write_text(
         "".join(json.dumps(sample(step)) + "\n" for step in (1, 10, 20, 30, 40, 50)))
     (run_dir / "config.json").write_text(json.dumps(
-        {"run": {"run_id": "quickstart"}, "rollout": {"inference_urls": ["http://127.0.0.1:8000"]}}))
+        {"run": {"run_id": "quickstart"}, "inference": {"urls": ["http://127.0.0.1:8000"]}}))
     return run_dir
 
 

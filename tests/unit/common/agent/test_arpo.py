@@ -8,13 +8,13 @@ import math
 import pytest
 
 from agentrl.common.agent.arpo import (
-    ARPOSettings,
     TreeBudget,
     branch,
     branch_probability,
     normalised_entropy,
     window_entropy,
 )
+from agentrl.common.config import ARPOConfig
 from agentrl.proto.core.v1 import trajectory_pb2
 
 VOCAB = 1000
@@ -60,9 +60,9 @@ def test_budget_gives_exactly_total_slots_and_at_most_beam_minus_one_copies() ->
     with pytest.raises(ValueError, match="beam_size"):
         TreeBudget(total=4, beam_size=0)
     with pytest.raises(ValueError, match="initial_samples"):
-        ARPOSettings(initial_samples=0)
+        ARPOConfig(initial_samples=0)
     with pytest.raises(ValueError, match="beta"):
-        ARPOSettings(beta=-1.0)
+        ARPOConfig(beta=-1.0)
 
 
 def test_a_branch_shares_the_prefix_up_to_the_turn_it_resamples() -> None:
