@@ -228,7 +228,7 @@ class RewardConfig(ServiceEndpoint):
     """See reward_scale."""
     custom_verifiers: dict[str, str] = {}
     """Extra task types: name -> `package.module:function`, a function taking a
-    `agentrl.reward.interface.VerifyInput` and returning a `Verification`; runs in a verifier
+    `agentrl.reward.verifier.VerifyInput` and returning a `Verification`; runs in a verifier
     process under `verifier_timeout_s`."""
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ import grpc
 from agentrl.common.config import CodeVerifierConfig
 from agentrl.proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from agentrl.reward import answers, code_tests, format_gate
-from agentrl.reward.interface import (
+from agentrl.reward.verifier import (
     CORRECT,
     INCORRECT,
     NO_ANSWER,

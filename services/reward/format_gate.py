@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 
 from agentrl.reward import answers
-from agentrl.reward.interface import (
+from agentrl.reward.verifier import (
     CORRECT,
     FORMAT_ERROR,
     Verification,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from agentrl.reward import answers, format_gate
-from agentrl.reward.interface import (
+from agentrl.reward.verifier import (
     CORRECT,
     INCORRECT,
     NO_ANSWER,

@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Literal
 
 from agentrl.reward import answers, format_gate
-from agentrl.reward.interface import (
+from agentrl.reward.verifier import (
     CORRECT,
     INCORRECT,
     NO_ANSWER,

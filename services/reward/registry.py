@@ -17,7 +17,7 @@ from typing import Any
 
 from agentrl.common.config import RewardConfig
 from agentrl.reward import code_verifier, format_gate, math_verifier, qa_verifier
-from agentrl.reward.interface import Verification, Verifier, VerifierError, VerifyInput
+from agentrl.reward.verifier import Verification, Verifier, VerifierError, VerifyInput
 from agentrl.reward.worker_pool import WorkerPool
 
 
@@ -55,7 +55,7 @@ def run_custom(item: VerifyInput, path: str, apply_gate: bool) -> Verification:
     if not isinstance(result, Verification):
         raise VerifierError(
             f"custom verifier {path} returned {type(result).__name__}, "
-            "not agentrl.reward.interface.Verification"
+            "not agentrl.reward.verifier.Verification"
         )
     return result
 

@@ -24,7 +24,8 @@ from agentrl.common.config import RewardConfig
 from agentrl.proto.core.v1 import group_pb2
 from agentrl.proto.reward.v1 import reward_pb2
 from agentrl.reward import code_tests, qa_verifier, registry, shaping
-from agentrl.reward.interface import (
+from agentrl.reward.math_verifier import MATH_PRELOAD
+from agentrl.reward.verifier import (
     VERIFIER_ERROR,
     Verification,
     VerifierError,
@@ -32,7 +33,6 @@ from agentrl.reward.interface import (
     VerifyInput,
     clip_reason,
 )
-from agentrl.reward.math_verifier import MATH_PRELOAD
 from agentrl.reward.worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)

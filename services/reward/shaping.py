@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from agentrl.common.config import RewardConfig
 from agentrl.proto.core.v1 import group_pb2
-from agentrl.reward.interface import (
+from agentrl.reward.verifier import (
     FORMAT_ERROR,
     INCORRECT,
     NO_ANSWER,

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from agentrl.reward.interface import VerifierError, VerifierTimeout
+from agentrl.reward.verifier import VerifierError, VerifierTimeout
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from agentrl.common.config import AgentRLConfig
 from agentrl.proto.core.v1 import group_pb2
 from agentrl.proto.reward.v1 import reward_pb2
 from agentrl.reward.client import RewardClient
-from agentrl.reward.interface import CORRECT, INCORRECT, Verification, VerifyInput
 from agentrl.reward.main import RunningRewardService, start
+from agentrl.reward.verifier import CORRECT, INCORRECT, Verification, VerifyInput
 
 PATHOLOGICAL = r"\boxed{9^{9^{9^{9}}}}"
 

@@ -11,8 +11,8 @@ import yaml
 from agentrl.common.agent.loop import EpisodeSettings
 from agentrl.common.config import AgentRLConfig, ARPOConfig, load_config
 from agentrl.common.tool_formats import get_format
-from agentrl.reward.interface import CORRECT, FORMAT_ERROR, INCORRECT, Verification
 from agentrl.reward.shaping import shape
+from agentrl.reward.verifier import CORRECT, FORMAT_ERROR, INCORRECT, Verification
 from agentrl.trainer.data import PromptRow
 from agentrl.trainer.rl_loop import make_task
 

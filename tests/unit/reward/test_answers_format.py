@@ -8,7 +8,7 @@ import pytest
 
 from agentrl.reward import answers
 from agentrl.reward.format_gate import check_format, verify_format
-from agentrl.reward.interface import CORRECT, FORMAT_ERROR, VerifyInput
+from agentrl.reward.verifier import CORRECT, FORMAT_ERROR, VerifyInput
 
 
 @pytest.mark.parametrize(

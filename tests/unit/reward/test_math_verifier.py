@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentrl.reward.interface import (
+from agentrl.reward.math_verifier import verify_math
+from agentrl.reward.verifier import (
     CORRECT,
     FORMAT_ERROR,
     INCORRECT,
@@ -14,7 +15,6 @@ from agentrl.reward.interface import (
     VerifierError,
     VerifyInput,
 )
-from agentrl.reward.math_verifier import verify_math
 
 # (response, gold, expected verdict)
 EQUAL_FORMS = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from agentrl.reward.interface import CORRECT, INCORRECT, NO_ANSWER, PARTIAL, VerifyInput
 from agentrl.reward.qa_verifier import (
     exact_match,
     normalize_answer,
@@ -12,6 +11,7 @@ from agentrl.reward.qa_verifier import (
     token_f1,
     verify_qa,
 )
+from agentrl.reward.verifier import CORRECT, INCORRECT, NO_ANSWER, PARTIAL, VerifyInput
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agentrl.common.config import OverlongPenaltyConfig, RewardConfig, ToolShapingConfig
-from agentrl.reward.interface import (
+from agentrl.reward.shaping import overlong_penalty, shape
+from agentrl.reward.verifier import (
     CORRECT,
     FORMAT_ERROR,
     INCORRECT,
@@ -14,7 +15,6 @@ from agentrl.reward.interface import (
     VERIFIER_ERROR,
     Verification,
 )
-from agentrl.reward.shaping import overlong_penalty, shape
 
 L_MAX, L_BUF = 20480, 4096
 

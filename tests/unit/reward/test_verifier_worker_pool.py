@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from agentrl.reward.interface import VerifierError, VerifierTimeout, VerifyInput
 from agentrl.reward.math_verifier import MATH_PRELOAD, verify_math
+from agentrl.reward.verifier import VerifierError, VerifierTimeout, VerifyInput
 from agentrl.reward.worker_pool import WorkerPool
 
 

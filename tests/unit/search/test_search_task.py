@@ -13,8 +13,8 @@ import pytest
 from agentrl.common.agent.tools import ToolOutcome, format_passages
 from agentrl.common.tool_formats import ParsedCall
 from agentrl.proto.core.v1 import trajectory_pb2
-from agentrl.reward.interface import VerifyInput
 from agentrl.reward.qa_verifier import verify_qa
+from agentrl.reward.verifier import VerifyInput
 from agentrl.search.retriever import SearchIndex
 from agentrl.search.search_task import (
     direct_trajectory,
