@@ -304,6 +304,11 @@ class InferenceConfig(Section):
     """How often each vLLM server's /health is probed; a failed probe ejects it until it passes."""
     server: InferenceServerConfig = InferenceServerConfig()
     """The locally launched server (`inference.server.*`)."""
+    weight_transfer_backend: Literal["agentrl_gloo", "nccl", "none"] = "agentrl_gloo"
+    """The weight-transfer engine the pool's servers run (`vllm serve --weight-transfer-config
+    '{"backend": ...}'`; the local launcher passes it): `agentrl_gloo` (AgentRL's CPU engine,
+    gloo over TCP, registered through vLLM's plugin entry point), `nccl` (vLLM's GPU engine),
+    `none`. `trainer.weight_transport: vllm` drives it."""
 
 
 class ARPOConfig(Section):
@@ -418,9 +423,12 @@ class TrainerConfig(ServiceEndpoint):
     """How the servers pause around a weight update: `keep` freezes in-flight requests (they
     re-prefill on the new weights, AReaL's interruptible rollout), `wait` lets them finish,
     `abort` ends them."""
-    weight_sync_timeout_s: float = Field(default=600.0, gt=0)
+    weight_sync_timeout_s: float = Field(default=300.0, gt=0)
     """Every phase of a weight sync (each transfer, each reload) fails after this long, naming
     the server and the phase; the pool keeps serving the previous version."""
+    weight_transfer_address: str = "127.0.0.1"
+    """`vllm` transport: the address the servers reach this trainer at for the transfer's
+    process group (rendezvous on a free port); on a cluster, the trainer pod's Service name."""
     drift_check: bool = True
     """After every weight sync, compare vLLM's log-probs of one sequence just trained on with
     the trainer's, on every server (`logprob_drift_max` per step; a warning above
@@ -565,6 +573,24 @@ class AgentRLConfig(Section):
     """Objective and advantages."""
     sft: SFTConfig = SFTConfig()
     """Supervised cold start on tool-use trajectories."""
+
+    @model_validator(mode="after")
+    def _check_weight_transport(self) -> AgentRLConfig:
+        if self.trainer.weight_transport != "vllm":
+            return self
+        engine = self.inference.weight_transfer_backend
+        if engine == "none":
+            raise ValueError(
+                "trainer.weight_transport 'vllm' needs servers started with a weight-transfer "
+                "engine, but inference.weight_transfer_backend is 'none'; set it to "
+                "'agentrl_gloo' (and restart the servers) or use trainer.weight_transport: disk")
+        if engine == "nccl":
+            raise ValueError(
+                "trainer.weight_transport 'vllm' with inference.weight_transfer_backend 'nccl' is "
+                "not built: the native transport drives the 'agentrl_gloo' engine only (vLLM's "
+                "NCCL engine is untested here without a GPU build of vLLM); on GPU nodes use "
+                "trainer.weight_transport: disk, or agentrl_gloo")
+        return self
 
     def served_model_path(self) -> Path | None:
         """The checkpoint the vLLM pool serves: `inference.server.model_path`, else `model.path`."""

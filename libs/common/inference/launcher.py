@@ -13,6 +13,10 @@ the code behind `vllm serve`) in a new process group, with
   parameters a task asks for;
 - `--logprobs-mode raw_logprobs`: log-probs of the model's own distribution (before
   temperature or token constraints), the quantity the trainer recomputes;
+- `--weight-transfer-config '{"backend": "agentrl_gloo"}'` (`inference.weight_transfer_backend`):
+  the engine behind the four-phase weight-transfer routes; `agentrl_gloo` is registered by
+  AgentRL's `vllm.general_plugins` entry point (vllm_plugin.py), so the server must run in an
+  environment where agentrl is installed;
 - `--enforce-eager` and `VLLM_CPU_KVCACHE_SPACE` (GiB) on CPU, where graphs are not captured
   and the KV cache is sized by hand.
 The module form is used instead of the `vllm` console script because vllm-cpu's distribution
@@ -24,6 +28,7 @@ placement (CUDA_VISIBLE_DEVICES is inherited).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -60,9 +65,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def build_command(config: InferenceServerConfig, model_dir: Path, port: int, host: str = "127.0.0.1",
-                  seed: int = 0) -> list[str]:
+                  seed: int = 0, weight_transfer_backend: str = "agentrl_gloo") -> list[str]:
     """The server's argv: `vllm serve` flags (see the module docstring for why each is set)."""
-    return [
+    command = [
         sys.executable, "-m", VLLM_SERVER_MODULE, "--model", str(model_dir),
         "--served-model-name", SERVED_MODEL_NAME, "--host", host, "--port", str(port),
         "--dtype", config.dtype, "--max-model-len", str(config.max_model_len),
@@ -71,6 +76,10 @@ def build_command(config: InferenceServerConfig, model_dir: Path, port: int, hos
         "--enable-scale-out", "--enforce-eager", "--seed", str(seed),
         "--disable-uvicorn-access-log",
     ]
+    if weight_transfer_backend != "none":
+        command += ["--weight-transfer-config",
+                    json.dumps({"backend": weight_transfer_backend})]
+    return command
 
 
 def build_env(config: InferenceServerConfig) -> dict[str, str]:
@@ -96,23 +105,28 @@ class VLLMServer:
 
     @classmethod
     def spawn(cls, config: InferenceServerConfig, model_dir: str | Path, log_path: str | Path, *,
-              port: int = 0, seed: int = 0) -> VLLMServer:
+              port: int = 0, seed: int = 0,
+              weight_transfer_backend: str = "agentrl_gloo") -> VLLMServer:
         """Start a server for `model_dir` without waiting (start several, then wait_ready)."""
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise ValueError(f"{model_dir} is not a checkpoint directory (no config.json); "
                              "create one with `agentrl model init --out DIR`")
         port = port or free_port()
-        server = cls(build_command(config, model_dir, port, seed=seed), build_env(config),
+        server = cls(build_command(config, model_dir, port, seed=seed,
+                                   weight_transfer_backend=weight_transfer_backend),
+                     build_env(config),
                      f"http://127.0.0.1:{port}", Path(log_path))
         server.start()
         return server
 
     @classmethod
     def launch(cls, config: InferenceServerConfig, model_dir: str | Path, log_path: str | Path, *,
-               port: int = 0, seed: int = 0) -> VLLMServer:
+               port: int = 0, seed: int = 0,
+               weight_transfer_backend: str = "agentrl_gloo") -> VLLMServer:
         """Start a server for `model_dir` and wait until it is healthy."""
-        server = cls.spawn(config, model_dir, log_path, port=port, seed=seed)
+        server = cls.spawn(config, model_dir, log_path, port=port, seed=seed,
+                           weight_transfer_backend=weight_transfer_backend)
         try:
             server.wait_ready(config.start_timeout_s)
         except BaseException:
@@ -209,7 +223,8 @@ def serve_from_recipe() -> None:
                  "model.path) to a directory made by `agentrl model init` or `agentrl sft`")
     url = urlparse(config.inference.urls[0])
     command = build_command(config.inference.server, Path(model_dir), url.port or 8000,
-                            host=url.hostname or "127.0.0.1", seed=config.run.seed)
+                            host=url.hostname or "127.0.0.1", seed=config.run.seed,
+                            weight_transfer_backend=config.inference.weight_transfer_backend)
     os.execve(command[0], command, build_env(config.inference.server))
 
 

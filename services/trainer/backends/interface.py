@@ -128,8 +128,9 @@ class TrainerBackend(ABC):
     def hf_weights(self) -> dict[str, torch.Tensor]:
         """The policy's full weights in Hugging Face checkpoint naming, on CPU, in the training
         dtype, on the main process (an empty dict on the others: every rank calls it, gathering
-        is collective). Tied weights appear once, under the embedding's name. What the weight
-        transports (agentrl.trainer.transports) send to vLLM."""
+        is collective). Tied weights appear under both names (vLLM reloads a tied
+        head only when it is named). What the weight transports (agentrl.trainer.transports)
+        send to vLLM."""
 
     @abstractmethod
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -165,10 +165,11 @@ class TorchBackend(TrainerBackend):
         state = parallelize.model_state_dict(self.model, self.parallelism)
         if not parallelize.is_main_process(self.parallelism):
             return {}
-        if getattr(self.hf_config, "tie_word_embeddings", False):
-            # One tensor under two names: checkpoints (and vLLM) carry the embedding only.
-            state.pop("lm_head.weight", None)
-        return state
+        # Tied embeddings keep both names, each its own tensor: vLLM's in-place reload updates
+        # a tied lm_head only when `lm_head.weight` is among the weights it is given (measured:
+        # without it the served logits kept the old embedding, log-probs off by ~1).
+        return {name: tensor.clone() if name == "lm_head.weight" else tensor
+                for name, tensor in state.items()}
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)

@@ -1,25 +1,26 @@
-"""The `agentrl_gloo` weight-transfer engine against two real `vllm serve` on CPU (tiny model),
-driven through vLLM's four-phase API by `GlooWeightSender`:
+"""The weight transports and the `agentrl_gloo` engine against two real `vllm serve` on CPU
+(tiny model), as the trainer uses them.
 
-    pause(keep) -> init (once) -> start -> update -> finish -> reset prefix cache
-    -> update_weight_version -> resume
-
-- After a transfer both servers' greedy tokens and log-probs equal transformers' with the sent
-  (perturbed) weights, within 1e-4 in float32.
-- A bad checksum and a stalled trainer fail /update_weights with the cause, within the timeout,
-  and leave the served weights alone; the next transfer re-initialises the group and works.
-- A server killed between start_weight_update and update_weights fails the update with its URL
-  and the phase; the survivor discards its staged copy and keeps serving its previous weights.
+- Both transports (`disk`, `vllm` native): after `sync(v)` every server's greedy tokens and
+  log-probs equal those of the trainer's (perturbed) weights (drift below 1e-4 in float32; the
+  drift check fires before the sync and passes after it), tokens carry version v, and the
+  result reports the pause window apart from the total and each phase.
+- The engine through vLLM's four-phase API (`GlooWeightSender`): a bad checksum and a stalled
+  trainer fail /update_weights with the cause, within the timeout, and leave the served weights
+  alone; the next transfer re-initialises the group and works.
+- A server killed mid-transfer (between start_weight_update and update_weights) fails the
+  native sync with its URL and the phase; the survivor discards its staged copy and keeps
+  serving its previous weights and version, and the next sync (the dead server ejected) works.
   (Last in the module: it kills one of the module's two servers.)
 
-Two servers for the module, started together (~3 GiB each, 40-90 s on 2 shared cores).
+Two servers for the module, started together (~3 GiB each, 40-90 s on 2 shared cores), each
+with `--weight-transfer-config '{"backend": "agentrl_gloo"}'` as the launcher starts them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +32,14 @@ from agentrl.common.config import InferenceServerConfig
 from agentrl.common.inference import control
 from agentrl.common.inference.control import ControlError
 from agentrl.common.inference.gloo_weight_transfer import GlooWeightSender, PackedWeights
-from agentrl.common.inference.launcher import VLLMServer, build_command, build_env, free_port
+from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
 from agentrl.common.inference.vllm_plugin import BACKEND_NAME
 from agentrl.common.models import default_corpus, init_tiny_model
+from agentrl.trainer.drift_check import WeightDriftError, check_logprob_drift
+from agentrl.trainer.transports.disk import DiskTransport
+from agentrl.trainer.transports.interface import WeightSyncError
+from agentrl.trainer.transports.vllm_native import NativeTransport
 
 pytestmark = pytest.mark.slow
 MATCH_TOLERANCE = 1e-4
@@ -56,17 +61,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def servers(model_dir: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[list[VLLMServer]]:
-    """Two servers with `--weight-transfer-config '{"backend": "agentrl_gloo"}'`."""
+    """Two servers, as the launcher starts them (the agentrl_gloo engine by default)."""
     logs = tmp_path_factory.mktemp("vllm-logs")
     started = []
     try:
         for name in ("a", "b"):
-            port = free_port()
-            command = build_command(CONFIG, model_dir, port) + [
-                "--weight-transfer-config", json.dumps({"backend": BACKEND_NAME})]
-            server = VLLMServer(command, build_env(CONFIG), f"http://127.0.0.1:{port}",
-                                logs / f"vllm-{name}.log")
-            server.start()
+            server = VLLMServer.spawn(CONFIG, model_dir, logs / f"vllm-{name}.log")
+            assert BACKEND_NAME in " ".join(server.command)
             started.append(server)
         for server in started:
             server.wait_ready(CONFIG.start_timeout_s)
@@ -141,6 +142,60 @@ async def push(urls: list[str], sender: GlooWeightSender, packed: PackedWeights,
         await pool.close()
 
 
+def trainer_backend(model_dir: Path, seed: int):
+    """A torch backend of the served checkpoint whose weights then move (as a step would)."""
+    from agentrl.trainer.backends.interface import OptimizerSettings
+    from agentrl.trainer.backends.torch.backend import TorchBackend
+
+    backend = TorchBackend(model_dir, OptimizerSettings(learning_rate=1e-3), device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in backend.model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * PERTURBATION_STD)
+    backend.model.eval()
+    return backend
+
+
+@pytest.mark.parametrize("kind", ["disk", "vllm"])
+def test_each_transport_makes_every_server_serve_the_trainers_weights(
+        servers, model_dir, tmp_path, kind) -> None:
+    urls = [server.url for server in servers]
+    prompt = prompt_ids(model_dir)
+    backend = trainer_backend(model_dir, seed={"disk": 11, "vllm": 12}[kind])
+    expected_tokens, expected_logprobs = reference(backend.model, prompt)
+    sequence = prompt + expected_tokens
+
+    async def body():
+        pool = InferencePool(urls, request_timeout_s=120)
+        transport = (DiskTransport(backend, pool, tmp_path) if kind == "disk"
+                     else NativeTransport(backend, pool, timeout_s=TIMEOUT_S))
+        try:
+            version = max((await control.weight_versions(pool)).values()) + 1
+            with pytest.raises(WeightDriftError, match="differ by up to"):
+                await check_logprob_drift(backend, pool, sequence, MATCH_TOLERANCE)
+            results = [await transport.sync(version), await transport.sync(version + 1)]
+            drift = await check_logprob_drift(backend, pool, sequence, MATCH_TOLERANCE)
+            after = [await served(url, prompt) for url in urls]
+            return version, results, drift, after
+        finally:
+            await transport.close()
+            await pool.close()
+
+    version, results, drift, after = asyncio.run(body())
+    for result in results:
+        print(f"{kind}: {result.num_bytes} bytes to {len(urls)} servers, pause window "
+              f"{result.pause_s:.3f} s, total {result.total_s:.3f} s, phases "
+              f"{ {name: round(s, 3) for name, s in result.phases_s.items()} }")
+        assert 0 < result.pause_s < result.total_s
+        assert result.checksum.startswith("sha256:") and result.num_bytes > 0
+    assert results[1].version == version + 1
+    assert drift.max_abs_diff < MATCH_TOLERANCE and drift.num_tokens == len(sequence) - 1
+    for tokens, logprobs, versions in after:
+        assert tokens == expected_tokens
+        assert max_diff(logprobs, expected_logprobs) < MATCH_TOLERANCE
+        assert versions == [version + 1] * NUM_NEW_TOKENS
+
+
 def test_transfer_makes_every_server_serve_the_sent_weights(servers, model_dir) -> None:
     urls = [server.url for server in servers]
     prompt = prompt_ids(model_dir)
@@ -212,47 +267,50 @@ def test_bad_checksum_and_stalled_trainer_leave_the_served_weights_alone(servers
     assert after[2] == [2] * NUM_NEW_TOKENS
 
 
-def test_server_killed_mid_transfer_is_named_and_the_survivor_keeps_its_weights(
-        servers, model_dir) -> None:
+def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps_serving(
+        servers, model_dir, tmp_path, monkeypatch) -> None:
     survivor, victim = servers
     prompt = prompt_ids(model_dir)
-    model = perturbed_weights(model_dir, 2)
-    expected_tokens, expected_logprobs = reference(model, prompt)
-    packed = PackedWeights.pack(model.state_dict())
-    sender = GlooWeightSender([survivor.url, victim.url], timeout_s=TIMEOUT_S)
+    backend = trainer_backend(model_dir, seed=4)
+    expected_tokens, expected_logprobs = reference(backend.model, prompt)
+    start = GlooWeightSender.start
+
+    def start_then_kill(sender: GlooWeightSender) -> None:
+        start(sender)  # every server opened its update session; now one dies
+        if victim.process.poll() is None:
+            victim.kill()
 
     async def body():
-        before = await served(survivor.url, prompt)
-        await asyncio.to_thread(sender.connect)
-        pool = InferencePool([survivor.url, victim.url])
-        await control.pause(pool, "keep")
+        pool = InferencePool([survivor.url, victim.url], request_timeout_s=120)
+        transport = NativeTransport(backend, pool, timeout_s=TIMEOUT_S)
         try:
-            await asyncio.to_thread(sender.start)
-            victim.kill()
+            before = await served(survivor.url, prompt)
+            label_before = (await control.weight_versions(pool))[survivor.url]
+            monkeypatch.setattr(GlooWeightSender, "start", start_then_kill)
             failed_at = time.perf_counter()
-            with pytest.raises(ControlError) as failure:
-                await asyncio.to_thread(sender.update, packed)
+            with pytest.raises(WeightSyncError) as failure:
+                await transport.sync(label_before + 1)
             failure_s = time.perf_counter() - failed_at
+            monkeypatch.setattr(GlooWeightSender, "start", start)
+            after = await served(survivor.url, prompt)
+            # The health check ejects the dead server; the next sync goes to the survivor.
+            await pool.check_health()
+            retried = await transport.sync(label_before + 2)
+            return (label_before, before, failure.value, failure_s, after, retried,
+                    await served(survivor.url, prompt))
         finally:
-            await control.post_each(pool, "/resume", "resume", urls=[survivor.url])
+            await transport.close()
             await pool.close()
-        after = await served(survivor.url, prompt)
-        # The survivor's session was closed (discarded): a new transfer starts and loads.
-        retry = GlooWeightSender([survivor.url], timeout_s=TIMEOUT_S)
-        await push([survivor.url], retry, packed, version=3)
-        retry.close()
-        return before, failure.value, failure_s, after, await served(survivor.url, prompt)
 
-    before, failure, failure_s, after, retried = asyncio.run(body())
+    label, before, failure, failure_s, after, retried, final = asyncio.run(body())
     print(f"failure after {failure_s:.3f} s: {failure}")
-    assert (failure.url, failure.phase) == (victim.url, "update_weights")
     assert victim.url in str(failure) and "update_weights" in str(failure)
+    assert f"version {label + 1}" in str(failure)
     assert failure_s < TIMEOUT_S + 5
-    assert list(sender.engines) == [survivor.url]  # the victim's group was dropped
-    sender.close()
     # The survivor still serves what it served before, under the same version.
     assert after[0] == before[0] and max_diff(after[1], before[1]) < 1e-6
-    assert after[2] == before[2]
-    assert retried[0] == expected_tokens
-    assert max_diff(retried[1], expected_logprobs) < MATCH_TOLERANCE
-    assert retried[2] == [3] * NUM_NEW_TOKENS
+    assert after[2] == before[2] == [label] * NUM_NEW_TOKENS
+    assert retried.version == label + 2
+    assert final[0] == expected_tokens
+    assert max_diff(final[1], expected_logprobs) < MATCH_TOLERANCE
+    assert final[2] == [label + 2] * NUM_NEW_TOKENS

@@ -1,0 +1,137 @@
+"""The `vllm` weight transport: vLLM's native four-phase weight-transfer API on a stock
+`vllm serve`, in flight, with nothing written to disk.
+
+One sync of policy version v (`NativeTransport.sync`):
+
+1. gather: `backend.hf_weights()` (every rank takes part; rank 0 gets the full tensors), packed
+   into one flat buffer with its `weights_checksum` (before any server pauses);
+2. connect (the first sync, and after a server failed): `/init_weight_transfer_engine` opens a
+   process group with every server (one per server, the trainer rank 0);
+3. on every healthy server at once (agentrl.common.inference.control, gloo_weight_transfer):
+     POST /pause?mode=keep                     in-flight requests freeze, keep their tokens
+     POST /start_weight_update
+     POST /update_weights {names, dtypes, shapes, checksum} + the broadcast of the buffer:
+        the receiver stages what arrives and verifies the checksum; nothing is loaded yet
+     POST /finish_weight_update                 only when every server staged: each loads
+                                                through vLLM's own `load_weights`
+     POST /reset_prefix_cache?reset_running_requests=true
+     POST /update_weight_version {"new_version": "v"}
+     POST /resume                               always, also after a failure
+4. verify: every server reports version v.
+
+A server that dies or stalls fails the sync within `trainer.weight_sync_timeout_s` with a
+`WeightSyncError` naming it and the phase; the other servers discard the staged update and go
+on serving the previous version under its label (all-or-nothing across the pool). The next sync
+reconnects.
+
+Engines: `agentrl_gloo` (libs/common/inference/gloo_weight_transfer.py, CPU; what CI runs).
+What this does NOT cover: vLLM's `nccl` engine (config validation refuses it until a GPU build
+of vLLM can test it), trainer ranks other than 0 sending (rank 0 holds the full weights and
+sends them all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from agentrl.common.inference import control
+from agentrl.common.inference.pool import InferenceError, InferencePool
+from agentrl.trainer.backends.interface import TrainerBackend
+from agentrl.trainer.transports.interface import SyncResult, WeightSyncError, WeightTransport
+
+
+class NativeTransport(WeightTransport):
+    """vLLM's weight-transfer API through the `agentrl_gloo` engine: see the module docstring."""
+
+    name = "vllm"
+
+    def __init__(self, backend: TrainerBackend, pool: InferencePool, *,
+                 pause_mode: str = "keep", timeout_s: float = 300.0,
+                 master_address: str = "127.0.0.1", engine: str = "agentrl_gloo") -> None:
+        if engine != "agentrl_gloo":
+            raise ValueError(f"the vllm transport drives the 'agentrl_gloo' engine, not {engine!r}"
+                             "; set inference.weight_transfer_backend: agentrl_gloo")
+        self.backend, self.pool = backend, pool
+        self.pause_mode, self.timeout_s = pause_mode, timeout_s
+        self.master_address = master_address
+        self.sender: Any = None  # a GlooWeightSender for the current set of healthy servers
+
+    @classmethod
+    def from_config(cls, config: Any, backend: TrainerBackend, pool: InferencePool,
+                    run_dir: Path) -> NativeTransport:
+        trainer = config.trainer
+        return cls(backend, pool, pause_mode=trainer.weight_sync_pause_mode,
+                   timeout_s=trainer.weight_sync_timeout_s,
+                   master_address=trainer.weight_transfer_address,
+                   engine=config.inference.weight_transfer_backend)
+
+    def _sender_for(self, urls: list[str]):
+        from agentrl.common.inference.gloo_weight_transfer import GlooWeightSender
+
+        if self.sender is None or self.sender.urls != urls:
+            if self.sender is not None:  # the pool changed: a server left or came back
+                self.sender.close()
+            self.sender = GlooWeightSender(urls, master_address=self.master_address,
+                                           timeout_s=self.timeout_s)
+        return self.sender
+
+    async def sync(self, version: int) -> SyncResult:
+        from agentrl.common.inference.gloo_weight_transfer import PackedWeights
+
+        start = time.perf_counter()
+        weights = self.backend.hf_weights()
+        uri = f"vllm://agentrl_gloo/v{version}"
+        if not self.backend.is_main_process():
+            return SyncResult(version, 0, "", uri, 0.0, time.perf_counter() - start,
+                              {"gather_s": time.perf_counter() - start})
+        packed = await asyncio.to_thread(PackedWeights.pack, weights)
+        phases = {"gather_and_pack_s": time.perf_counter() - start}
+        try:
+            pause_s = await self._transfer(packed, version, phases)
+        except InferenceError as exc:  # ControlError names the server and the phase
+            raise WeightSyncError(f"native sync of version {version}: {exc}") from exc
+        return SyncResult(version, packed.num_bytes, packed.checksum, uri, pause_s,
+                          time.perf_counter() - start, phases)
+
+    async def _transfer(self, packed: Any, version: int, phases: dict[str, float]) -> float:
+        sender = self._sender_for(control.healthy_urls(self.pool))
+        mark = time.perf_counter()
+        await asyncio.to_thread(sender.connect)  # groups open once, outside the pause
+        phases["connect_s"] = time.perf_counter() - mark
+        paused = time.perf_counter()
+        await control.pause(self.pool, self.pause_mode)
+        try:
+            mark = time.perf_counter()
+            await asyncio.to_thread(sender.start)
+            await asyncio.to_thread(sender.update, packed)
+            phases["transfer_s"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            await asyncio.to_thread(sender.finish)
+            phases["load_s"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            await control.reset_prefix_cache(self.pool)
+            await control.set_weight_version(self.pool, version)
+            phases["reset_and_label_s"] = time.perf_counter() - mark
+        except BaseException:
+            with contextlib.suppress(InferenceError):  # the first error is the one to report
+                await control.resume(self.pool)
+            raise
+        await control.resume(self.pool)
+        pause_s = time.perf_counter() - paused
+        mark = time.perf_counter()
+        served = await control.weight_versions(self.pool)
+        wrong = {url: v for url, v in served.items() if v != version}
+        if wrong:
+            raise WeightSyncError(f"after the native update to version {version}, servers "
+                                  f"report {wrong}: the label did not take")
+        phases["verify_s"] = time.perf_counter() - mark
+        return pause_s
+
+    async def close(self) -> None:
+        if self.sender is not None:
+            await asyncio.to_thread(self.sender.close)
+            self.sender = None
