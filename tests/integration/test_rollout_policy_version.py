@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from agentrl.common.policy_version import PolicyVersionPublisher, PolicyVersionSubscriber
+from agentrl.common.run_layout import RunLayout
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -48,7 +49,7 @@ def test_subscriber_follows_published_versions_across_a_lost_connection(run_id) 
 
         # A version set while nobody listens (its event lost), then the connection dropped:
         # the reconnect reads the key.
-        client.set(f"agentrl:{run_id}:policy_version", "7")
+        client.set(RunLayout(run_id).policy_version, "7")
         time.sleep(0.5)
         assert subscriber.latest == 5  # no event was sent for 7
         ids = [c["id"] for c in client.client_list() if c["name"] == subscriber.client_name]

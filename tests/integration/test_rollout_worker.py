@@ -45,7 +45,7 @@ from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.common.policy_version import PolicyVersionPublisher
-from agentrl.common.streams import stream_key
+from agentrl.common.run_layout import RunLayout
 from agentrl.proto.core.v1 import group_pb2, task_pb2
 from agentrl.proto.rollout.v1 import rollout_pb2, rollout_pb2_grpc
 from agentrl.reward.client import RewardClient
@@ -68,7 +68,7 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1) 
 
 
 def groups_in(run_id: str) -> list[group_pb2.Group]:
-    entries = redis.Redis.from_url(REDIS_URL).xrange(stream_key(run_id, "groups"))
+    entries = redis.Redis.from_url(REDIS_URL).xrange(RunLayout(run_id).groups)
     return [group_pb2.Group.FromString(fields[b"data"]) for _id, fields in entries]
 
 
@@ -300,7 +300,7 @@ def test_worker_publishes_one_group_per_task_and_answers_control(
     service = rollout_main.start(config, worker_id="w-inproc",
                                  extra_sampling={"structured_outputs": {"regex": CALL_REGEX}})
     client = redis.Redis.from_url(REDIS_URL)
-    prompts = stream_key(run_id, "prompts")
+    prompts = RunLayout(run_id).prompts
     try:
         task = make_task(tokenizer, "k-one", n=3)
         client.xadd(prompts, {b"data": task.SerializeToString(), b"key": b"k-one"})
@@ -342,7 +342,7 @@ def test_killed_worker_task_completes_on_another_worker_once(
         server, services, model_dir, tokenizer, run_id, tmp_path) -> None:
     config = make_config(run_id, server, model_dir, services)
     client = redis.Redis.from_url(REDIS_URL)
-    prompts = stream_key(run_id, "prompts")
+    prompts = RunLayout(run_id).prompts
     task = make_task(tokenizer, "k-kill", n=4, max_tokens_per_turn=400)
     client.xadd(prompts, {b"data": task.SerializeToString(), b"key": b"k-kill"})
 
@@ -398,7 +398,7 @@ def test_worker_follows_policy_version_and_reports_queue_and_version_lag(
             time.sleep(1.0)  # a read already in flight when the pause came ends within 0.5 s
             task = make_task(tokenizer, "k-lag", n=2)
             task.created_at_unix_s, task.admitted_policy_version = time.time() - 30, 3
-            client.xadd(stream_key(run_id, "prompts"),
+            client.xadd(RunLayout(run_id).prompts,
                         {b"data": task.SerializeToString(), b"key": b"k-lag"})
             wait_until(lambda: metric(http, "agentrl_rollout_prompts_undelivered_tasks") == 1,
                        15, "the backlog gauge")

@@ -28,6 +28,7 @@ from agentrl.common.config import InferenceConfig, InferenceServerConfig
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
+from agentrl.common.run_layout import RunLayout
 from agentrl.trainer.backends.torch.backend import TorchBackend
 
 pytestmark = pytest.mark.slow
@@ -237,7 +238,7 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
         dropped += r["num_groups"] - round(r["kept_group_ratio"] * r["num_groups"])
         assert r["prompts_admitted"] <= (max_staleness + r["policy_version"]) * batch_size + dropped
     # The version is published; checkpoints at the interval and at the end.
-    assert int(client.get(f"agentrl:{run_id}:policy_version")) == steps
+    assert int(client.get(RunLayout(run_id).policy_version)) == steps
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "step_00000002", "step_00000003"]
     # Every group used by a step was completed, and only once its checkpoint was written
