@@ -14,7 +14,10 @@ the last `keep_last` checkpoints are kept.
 
 Resuming gives the same next batch and bit-identical losses on CPU (tests/unit/trainer/
 test_checkpoint.py). Under FSDP2 every rank takes part in gathering the state; rank 0 writes,
-and its RNG states are the ones saved. Not covered: GPU kernels that are nondeterministic
+and its RNG states are the ones saved; `load` reads the files on every rank (the run directory
+must be visible to all of them). `backend.pt` holds full tensors keyed by parameter name
+whatever the parallelism, so a checkpoint written at one world size resumes at any other
+(tests/integration/test_fsdp2.py). Not covered: GPU kernels that are nondeterministic
 themselves (atomics in some backward kernels) can still make GPU runs differ after resume.
 """
 
@@ -142,7 +145,8 @@ class CheckpointManager:
 
     def load(self, backend: TrainerBackend, path: str | Path | None = None,
              restore_rng: bool = True) -> TrainingState:
-        """Restore `backend` (and the global RNGs) from `path`, default the latest checkpoint."""
+        """Restore `backend` (and the global RNGs) from `path`, default the latest checkpoint.
+        Every rank calls it (restoring sharded state is collective under FSDP2)."""
         if path is None:
             path = self.latest()
             if path is None:

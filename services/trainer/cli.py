@@ -4,11 +4,14 @@
 
     agentrl sft --recipe recipes/quickstart.yaml [--data trajectories.jsonl] [--output DIR]
     agentrl train --recipe recipes/quickstart.yaml [--max-steps N]
+    agentrl train|sft ... --nproc-per-node N     # data parallel (trainer.parallelism: fsdp2)
     agentrl eval --recipe recipes/quickstart.yaml --data eval.jsonl -k 4 [--out eval.json]
     agentrl report RUN_DIR
     agentrl data make-calculator --recipe recipes/quickstart.yaml --out data/calculator
 
 Parses the recipe first and imports torch/transformers only when the command runs.
+`--nproc-per-node N` re-launches the same command line under torchrun (distributed.py); a
+command torchrun started runs data-parallel by itself, and only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ console = Console()
 err_console = Console(stderr=True)
 # Piped output (logs, CI) gets the whole evaluation table instead of one squeezed to 80 columns.
 TABLE_WIDTH_PIPED = 160
+
+NPROC_HELP = ("data-parallel processes on this machine: re-runs this command under torchrun "
+              "(standalone); needs trainer.parallelism: fsdp2")
 
 sft_app = typer.Typer(help="Supervised fine-tuning on tool-use trajectories (cold start).")
 eval_app = typer.Typer(help="Evaluate the served policy on a data set: avg@k, pass@k, tools.")
@@ -42,6 +48,7 @@ def sft(
     max_steps: Annotated[int | None, typer.Option(
         min=1, help="optimizer steps; default: sft.max_steps or sft.num_epochs epochs")] = None,
     log_every: Annotated[int, typer.Option(min=1, help="print every N steps")] = 10,
+    nproc_per_node: Annotated[int | None, typer.Option(min=1, help=NPROC_HELP)] = None,
 ) -> None:
     """Fine-tune the recipe's model on trajectories; write a Hugging Face checkpoint."""
     from agentrl.common.config import ConfigError, ModelConfig, load_config
@@ -54,9 +61,11 @@ def sft(
     except ConfigError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from None
+    _relaunch_or_exit(nproc_per_node, config)
 
     from transformers.utils import logging as transformers_logging
 
+    from agentrl.trainer.distributed import env_rank, process_group
     from agentrl.trainer.sft import run_sft
 
     transformers_logging.disable_progress_bar()  # loading/saving bars would break the step lines
@@ -68,11 +77,14 @@ def sft(
                           f"  {record['num_tokens'] / record['step_time_s']:.0f} tokens/s")
 
     try:
-        result = run_sft(config, train_path=data, output_dir=output, max_steps=max_steps,
-                         on_step=show)
+        with process_group(config.trainer):
+            result = run_sft(config, train_path=data, output_dir=output, max_steps=max_steps,
+                             on_step=show)
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from None
+    if env_rank() != 0:
+        return
     dropped = (f", {result.num_dropped_too_long} dropped as too long"
                if result.num_dropped_too_long else "")
     console.print(f"SFT done: {result.num_steps} steps on {result.num_examples} trajectories"
@@ -151,15 +163,32 @@ def _load_recipe_or_exit(recipe: Path):
         raise typer.Exit(code=1) from None
 
 
+def _relaunch_or_exit(nproc_per_node: int | None, config) -> None:
+    """With `--nproc-per-node`, become torchrun running this same command (returns only
+    inside it); a wrong parallelism or count is an error message and exit code 1."""
+    if nproc_per_node is None:
+        return
+    from agentrl.trainer.distributed import relaunch_under_torchrun
+
+    try:
+        relaunch_under_torchrun(nproc_per_node, config.trainer.parallelism)
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from None
+
+
 def train(
     recipe: Annotated[Path, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
                                          help="YAML recipe: model, data, trainer, algorithm")],
     max_steps: Annotated[int | None, typer.Option(
         min=1, help="optimizer steps; default: trainer.total_steps")] = None,
+    nproc_per_node: Annotated[int | None, typer.Option(min=1, help=NPROC_HELP)] = None,
 ) -> None:
     """RL-train the recipe's policy against the running stack (`agentrl up`); resumes from the
     run directory's latest checkpoint."""
     config = _load_recipe_or_exit(recipe)
+    _relaunch_or_exit(nproc_per_node, config)
+    from agentrl.trainer.distributed import env_rank
     from agentrl.trainer.main import train_with_display
 
     try:
@@ -167,6 +196,8 @@ def train(
     except (ValueError, RuntimeError) as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from None
+    if env_rank() != 0:
+        return
     console.print(f"training done: {result.steps} steps, policy version "
                   f"{result.policy_version}; run directory {result.run_dir} "
                   f"(`agentrl report {result.run_dir}` for plots and a summary)")

@@ -2,7 +2,8 @@
 (log lines, for containers) land here.
 
 Thin on purpose (STYLE.md): the config is already parsed; heavy imports (torch, transformers,
-vLLM's client) happen inside `run_training`, which owns the loop (rl_loop.py).
+vLLM's client) happen inside `run_training`, which owns the loop (rl_loop.py). Under torchrun
+both run inside `distributed.process_group` and only rank 0 displays or logs steps.
 """
 
 from __future__ import annotations
@@ -41,26 +42,33 @@ def train_with_display(config: AgentRLConfig, max_steps: int | None, console: An
     )
     from transformers.utils import logging as transformers_logging
 
+    from agentrl.trainer.distributed import env_rank, process_group
     from agentrl.trainer.rl_loop import run_training
 
     # Per-step weight exports would each draw a "Writing model shards" bar over the display.
     transformers_logging.disable_progress_bar()
     total = max_steps or config.trainer.total_steps
-    with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
-        bar = progress.add_task("steps", total=total)
+    with process_group(config.trainer):
+        if env_rank() != 0:  # one display per run: rank 0's
+            return run_training(config, max_steps)
+        with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+            bar = progress.add_task("steps", total=total)
 
-        def show(record: dict) -> None:
-            progress.console.print(step_line(record), soft_wrap=True)  # one line per step
-            progress.update(bar, completed=record["step"])
+            def show(record: dict) -> None:
+                progress.console.print(step_line(record), soft_wrap=True)  # one line per step
+                progress.update(bar, completed=record["step"])
 
-        return run_training(config, max_steps, on_step=show)
+            return run_training(config, max_steps, on_step=show)
 
 
 def main(config: AgentRLConfig) -> None:
     """Train the recipe's policy for `trainer.total_steps` steps against the running stack."""
+    from agentrl.trainer.distributed import env_rank, process_group
     from agentrl.trainer.rl_loop import run_training
 
-    result = run_training(config, on_step=lambda record: log.info("%s", step_line(record)))
-    log.info("training done: %d steps, policy version %d, run directory %s", result.steps,
-             result.policy_version, result.run_dir)
+    with process_group(config.trainer):
+        result = run_training(config, on_step=lambda record: log.info("%s", step_line(record)))
+    if env_rank() == 0:
+        log.info("training done: %d steps, policy version %d, run directory %s", result.steps,
+                 result.policy_version, result.run_dir)

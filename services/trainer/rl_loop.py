@@ -30,6 +30,15 @@ few example trajectories per step to `samples.jsonl` and the resolved config to 
 `data.eval_path` through the same pool (eval_job.run_eval) before the first step
 (`eval/before.json`), every `trainer.eval_interval_steps` and after the last (`eval/after.json`).
 
+Data parallel (`trainer.parallelism: fsdp2` under torchrun, distributed.py): rank 0 alone talks
+to Redis (admission, reading and completing groups, the policy version), the pool (weight
+reloads, drift check, evaluation) and the run directory (metrics, samples, checkpoint files,
+the status servers). Each step it broadcasts the groups it read (serialised `Group`s) and every
+rank builds the same TrainBatch from them, trains on its share, and takes part in the
+collective verbs in the same order: the step, the weight gathering of `transport.sync`, the
+drift check's log-probs, the checkpoint's state. Resuming, every rank loads the checkpoint rank
+0 picked.
+
 Not covered: several trainer replicas (one consumer).
 """
 
@@ -39,6 +48,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +60,7 @@ from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
 from agentrl.common.streams import StreamEntry, StreamQueue
 from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
 from agentrl.trainer.data import EpochOrder, PromptRow, load_prompts
+from agentrl.trainer.distributed import broadcast_object, is_main_process
 from agentrl.trainer.drift_check import check_logprob_drift
 from agentrl.trainer.metrics import StepMetricsWriter, read_step_metrics
 from agentrl.trainer.rl_step import AdmissionControl, step_metrics, train_step
@@ -121,17 +132,22 @@ class RLTrainer:
         self.drift_check_token_ids = drift_check_token_ids  # default: a sample just trained on
         self.drift_rng = random.Random(config.run.seed)
         self.backend = create_backend(config)
+        self.main = self.backend.is_main_process()  # rank 0: Redis, the pool, the run dir
         self.order = EpochOrder(load_prompts(config.data.train_path), seed=config.run.seed)
         self.admission = AdmissionControl(self.trainer.batch_size, self.trainer.max_staleness)
-        redis_url, layout = config.redis.url, RunLayout(self.run_id)
-        self.prompts = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP,
-                                   maxlen=config.redis.max_stream_length)
-        self.groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP,
-                                  consumer=layout.trainer_consumer,
-                                  visibility_timeout_ms=int(config.redis.visibility_timeout_s
-                                                            * 1000))
-        self.groups.ensure_group()
-        self.publisher = PolicyVersionPublisher(redis_url, self.run_id)
+        self.prompts = self.groups = self.publisher = None
+        if self.main:
+            redis_url, layout = config.redis.url, RunLayout(self.run_id)
+            self.prompts = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP,
+                                       maxlen=config.redis.max_stream_length)
+            self.groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP,
+                                      consumer=layout.trainer_consumer,
+                                      visibility_timeout_ms=int(
+                                          config.redis.visibility_timeout_s * 1000))
+            self.groups.ensure_group()
+            self.publisher = PolicyVersionPublisher(redis_url, self.run_id)
+        # Every rank holds the pool and calls `transport.sync` (gathering weights is
+        # collective); only rank 0 sends anything to the servers (transports/interface.py).
         self.pool = pool or InferencePool.from_config(config.inference)
         self.transport = create_transport(config, self.backend, self.pool, self.run_dir)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
@@ -188,22 +204,37 @@ class RLTrainer:
                 entries.append(entry)
         return kept + dropped, entries, time.perf_counter() - start, False
 
+    async def next_groups(self) -> tuple[list, list[StreamEntry], float, bool]:
+        """`collect` on rank 0, its groups broadcast to every rank (the other ranks get no
+        entries: completing them is rank 0's)."""
+        from agentrl.proto.core.v1 import group_pb2
+
+        if self.main:
+            groups, entries, waited_s, capped = await self.collect()
+            broadcast_object(([g.SerializeToString() for g in groups], capped))
+            return groups, entries, waited_s, capped
+        payloads, capped = broadcast_object(None)
+        return [group_pb2.Group.FromString(p) for p in payloads], [], 0.0, capped
+
     def checkpoint(self) -> None:
-        self.checkpoints.save(self.backend, TrainingState(
+        self.checkpoints.save(self.backend, TrainingState(  # every rank gathers; rank 0 writes
             step=self.step, policy_version=self.version, data_position=self.order.state_dict(),
             extra={"admission": self.admission.state_dict()}))
-        self.groups.complete(self.uncommitted)  # only now are their updates durable
+        if self.main:
+            self.groups.complete(self.uncommitted)  # only now are their updates durable
         self.uncommitted = []
 
     def resume(self) -> None:
-        if self.checkpoints.latest() is None:
-            # A fresh run: whatever a finished run of the same run_id left in its streams
-            # (unread tasks, done keys that would make workers skip our tasks) goes first.
-            for queue in (self.prompts, self.groups):
-                queue.delete()
-                queue.ensure_group()
+        latest = broadcast_object(self.checkpoints.latest() if self.main else None)
+        if latest is None:
+            if self.main:
+                # A fresh run: whatever a finished run of the same run_id left in its streams
+                # (unread tasks, done keys that would make workers skip our tasks) goes first.
+                for queue in (self.prompts, self.groups):
+                    queue.delete()
+                    queue.ensure_group()
             return
-        state = self.checkpoints.load(self.backend)
+        state = self.checkpoints.load(self.backend, latest)
         self.step, self.version = state.step, state.policy_version
         self.order.load_state_dict(state.data_position)
         self.admission.load_state_dict(state.extra["admission"])
@@ -213,7 +244,7 @@ class RLTrainer:
         from agentrl.trainer.eval_job import run_eval
 
         k, eval_path = self.trainer.eval_samples_per_prompt, self.config.data.eval_path
-        if not k or eval_path is None:
+        if not k or eval_path is None or not self.main:
             return None
         self.status.set_phase("evaluating")
         started = time.perf_counter()
@@ -227,7 +258,7 @@ class RLTrainer:
     async def sync_weights(self) -> SyncResult:
         """Serve the trainer's weights as `self.version` on every server, then publish it."""
         result = await self.transport.sync(self.version)
-        if self.backend.is_main_process():
+        if self.main:
             self.publisher.publish(self.version, result.weights_uri, result.checksum)
         return result
 
@@ -235,6 +266,11 @@ class RLTrainer:
         """The post-sync drift check on one sample just trained on (or the fixed sequence the
         caller gave): `logprob_drift_max`, `logprob_drift_mean`, `logprob_drift_alarm`."""
         token_ids = self.drift_check_token_ids or self.drift_rng.choice(batch.samples).token_ids
+        if not self.main:  # the trainer's side of the check is a collective forward
+            from agentrl.trainer.packing import pack_micro_batches
+
+            self.backend.logprobs(pack_micro_batches([list(token_ids)], len(token_ids)))
+            return {}
         report = await check_logprob_drift(self.backend, self.pool, list(token_ids),
                                            self.trainer.drift_threshold, raise_above=False)
         if report.exceeded:
@@ -247,21 +283,23 @@ class RLTrainer:
                   ) -> TrainingResult:
         self.resume()
         self.status.set_position(self.step, self.version,
-                                 read_step_metrics(self.run_dir) if self.step else [])
-        write_config(self.run_dir, self.config)
+                                 read_step_metrics(self.run_dir) if self.step and self.main
+                                 else [])
+        if self.main:
+            write_config(self.run_dir, self.config)
         # The pool may serve other weights (newer than the checkpoint, or another run's):
         # serve exactly the trainer's before the first prompt is admitted.
         await self.sync_weights()
         if self.step == 0 and self.step < max_steps:
             await self.evaluate("before")
         result = TrainingResult(steps=0, policy_version=self.version, run_dir=self.run_dir)
-        samples = SampleWriter(self.run_dir, self.backend.tokenizer)
+        samples = SampleWriter(self.run_dir, self.backend.tokenizer) if self.main else None
         interval = self.trainer.eval_interval_steps
         skipped_entries = 0  # groups read by steps that had nothing to train on
-        with StepMetricsWriter(self.run_dir) as writer:
+        with StepMetricsWriter(self.run_dir) if self.main else nullcontext() as writer:
             while self.step < max_steps:
                 self.status.set_phase("training")
-                groups, entries, waited_s, capped = await self.collect()
+                groups, entries, waited_s, capped = await self.next_groups()
                 # Capped: train on the zero-signal groups too (advantage 0) rather than wait.
                 algorithm = self.algorithm.model_copy(update={"dynamic_sampling": False}) \
                     if capped else self.algorithm
@@ -288,12 +326,14 @@ class RLTrainer:
                 name = "after" if self.step == max_steps else f"step_{self.step:08d}"
                 if self.step == max_steps or (interval and self.step % interval == 0):
                     extra.update(await self.evaluate(name) or {})
-                samples.write(self.step, groups)
-                record = writer.write(self.step, {
-                    **step_metrics(batch, outcome, time_waiting_s=waited_s,
-                                   time_weight_sync_s=synced.total_s), **extra})
-                result.metrics.append(record)
-                self.status.record_step(record)
+                record = None
+                if self.main:
+                    samples.write(self.step, groups)
+                    record = writer.write(self.step, {
+                        **step_metrics(batch, outcome, time_waiting_s=waited_s,
+                                       time_weight_sync_s=synced.total_s), **extra})
+                    result.metrics.append(record)
+                    self.status.record_step(record)
                 self.uncommitted.extend(entries)
                 skipped_entries = 0
                 if self.step % self.trainer.checkpoint_interval_steps == 0 \
@@ -301,7 +341,7 @@ class RLTrainer:
                     self.status.set_phase("checkpointing")
                     self.checkpoint()
                 self.status.set_phase("training" if self.step < max_steps else "done")
-                if on_step is not None:
+                if on_step is not None and record is not None:
                     on_step(record)
         self.status.set_phase("done")
         result.steps, result.policy_version = self.step, self.version
@@ -311,13 +351,16 @@ class RLTrainer:
         await self.pool.close()
         await self.transport.close()
         for closable in (self.prompts, self.groups, self.publisher):
-            closable.close()
+            if closable is not None:  # None on ranks other than 0
+                closable.close()
 
 
 def run_training(config: AgentRLConfig, max_steps: int | None = None, *,
                  on_step: Callable[[dict], None] | None = None, **options: Any) -> TrainingResult:
     """Train until `max_steps` (default `trainer.total_steps`) optimizer steps; resumes from the
-    latest checkpoint under `<run dir>/checkpoints`. `options`: RLTrainer's keyword arguments."""
+    latest checkpoint under `<run dir>/checkpoints`. `options`: RLTrainer's keyword arguments.
+    Under torchrun, every rank calls it inside `distributed.process_group` (main.py does);
+    `on_step` and the status servers run on rank 0."""
     steps = max_steps or config.trainer.total_steps
     if not steps:
         raise ValueError("set trainer.total_steps (or pass max_steps): how long to train")
@@ -331,5 +374,5 @@ def run_training(config: AgentRLConfig, max_steps: int | None = None, *,
 
     # Status (gRPC) and /metrics (HTTP) first: a taken port fails before any work.
     board = StatusBoard(config.run.run_id)
-    with start_status_servers(config, board):
+    with start_status_servers(config, board) if is_main_process() else nullcontext():
         return asyncio.run(main())

@@ -12,11 +12,14 @@ refills the batch by itself. With max_staleness 0 the trainer admits exactly one
 version (synchronous RL); with η it runs at most η versions ahead.
 
 One step (`train_step`):
-1. micro-batches from the TrainBatch (train_batch.py), at most `micro_batch_tokens` each;
+1. micro-batches from the TrainBatch (train_batch.py), at most `micro_batch_tokens` each; under
+   data parallelism every rank holds the whole batch, packs the same micro-batches and trains
+   on its share (distributed.rank_share: micro-batches r, r + W, ...);
 2. decoupled PPO only: π_prox = the current weights' log-probs (no grad) become `old_logprobs`,
    the behaviour log-probs stay as `behaviour_logprobs`; otherwise old = behaviour;
-3. the step's global token counts (summed over micro-batches, all-reduced over ranks), then
-   `backend.train_step` with `loss.policy_loss_fn` (gradient accumulation, one AdamW step).
+3. the step's global token counts (summed over this rank's micro-batches, all-reduced over
+   ranks), then `backend.train_step` with `loss.policy_loss_fn` (gradient accumulation, one
+   AdamW step; its metrics come back summed over ranks).
 
 `step_metrics` turns a step into the flat dict written per step (metrics.py): reward mean and
 std, accuracy, entropy, clip fractions, approx KL, grad norm, response length, tool calls,
@@ -34,6 +37,7 @@ from typing import Any
 
 from agentrl.common.config import AlgorithmConfig
 from agentrl.trainer.backends.interface import StepStats, TrainerBackend
+from agentrl.trainer.distributed import rank_share
 from agentrl.trainer.loss import GlobalTokenCounts, policy_loss_fn
 from agentrl.trainer.train_batch import TrainBatch
 
@@ -98,6 +102,7 @@ class StepOutcome:
     stats: StepStats
     counts: GlobalTokenCounts
     num_micro_batches: int
+    """Micro-batches of the global batch (all ranks together)."""
     time_training_s: float
 
 
@@ -105,7 +110,8 @@ def train_step(backend: TrainerBackend, batch: TrainBatch, algorithm: AlgorithmC
                micro_batch_tokens: int) -> StepOutcome:
     """One optimizer step on `batch` (see the module docstring)."""
     start = time.perf_counter()
-    micro_batches = batch.micro_batches(micro_batch_tokens)
+    all_micro_batches = batch.micro_batches(micro_batch_tokens)
+    micro_batches = rank_share(all_micro_batches)
     if algorithm.decoupled_ppo:
         proximal = backend.logprobs(micro_batches, LOGPROB_TEMPERATURE)
         for micro_batch, (logprobs, _entropy) in zip(micro_batches, proximal, strict=True):
@@ -121,7 +127,7 @@ def train_step(backend: TrainerBackend, batch: TrainBatch, algorithm: AlgorithmC
     loss_metrics, stats = backend.train_step(micro_batches, policy_loss_fn(algorithm, counts),
                                              LOGPROB_TEMPERATURE)
     return StepOutcome(loss_metrics=loss_metrics, stats=stats, counts=counts,
-                       num_micro_batches=len(micro_batches),
+                       num_micro_batches=len(all_micro_batches),
                        time_training_s=time.perf_counter() - start)
 
 

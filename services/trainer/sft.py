@@ -11,6 +11,12 @@ Training: trajectories in a seeded shuffle per epoch (data.EpochOrder), `batch_s
 optimizer step, packed into micro-batches (packing.py) on the torch backend; AdamW with linear
 warm-up and cosine decay to 0 at the last step. At the end the model and tokenizer are written
 as a Hugging Face checkpoint directory, and every step's metrics to `sft_metrics.jsonl` in it.
+
+Data parallel (`trainer.parallelism: fsdp2` under torchrun, agentrl.trainer.distributed): every
+rank reads the trajectories, takes the same batch in the same seeded order and packs the same
+micro-batches, then trains on its share of them; the loss is normalised by the batch's global
+token count, so the steps equal world size 1's. Rank 0 writes the metrics, prints (`on_step`)
+and writes the checkpoint, which every rank gathers.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,7 @@ import torch
 
 from agentrl.trainer.backends.interface import OptimizerSettings
 from agentrl.trainer.data import EpochOrder
+from agentrl.trainer.distributed import rank_share
 from agentrl.trainer.loss import GlobalTokenCounts
 from agentrl.trainer.packing import MicroBatch, pack_micro_batches
 from agentrl.trainer.rendering import episode_segments, tokenize_segments
@@ -143,15 +151,17 @@ def run_sft(config: Any, train_path: str | Path | None = None,
     order = EpochOrder(examples, seed=config.run.seed)
     torch.manual_seed(config.run.seed)
     result = SFTResult(output_dir, max_steps, len(examples), dropped, backend=backend)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    main = backend.is_main_process()
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
     started, num_tokens = time.perf_counter(), 0
-    with (output_dir / "sft_metrics.jsonl").open("w") as metrics_file:
+    with (output_dir / "sft_metrics.jsonl").open("w") if main else nullcontext() as metrics_file:
         for _ in range(max_steps):
             step_start = time.perf_counter()
             batch = order.take(min(sft.batch_size, len(examples)))
-            micro_batches = pack_micro_batches(
+            micro_batches = rank_share(pack_micro_batches(
                 [e.token_ids for e in batch], max(sft.micro_batch_tokens, sft.max_length_tokens),
-                {"loss_mask": [e.loss_mask for e in batch]})
+                {"loss_mask": [e.loss_mask for e in batch]}))
             counts = backend.global_counts(sum(
                 (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
                  for mb in micro_batches), GlobalTokenCounts(0, 0, 0)))
@@ -163,9 +173,10 @@ def run_sft(config: Any, train_path: str | Path | None = None,
                       "num_tokens": counts.num_tokens, "num_loss_tokens": counts.num_loss_tokens,
                       "step_time_s": time.perf_counter() - step_start}
             result.losses.append(metrics["loss"])
-            metrics_file.write(json.dumps(record) + "\n")
-            if on_step is not None:
-                on_step(record)
+            if main:
+                metrics_file.write(json.dumps(record) + "\n")
+                if on_step is not None:
+                    on_step(record)
     elapsed_s = time.perf_counter() - started
     result.tokens_per_s = num_tokens / elapsed_s
     result.steps_per_s = max_steps / elapsed_s

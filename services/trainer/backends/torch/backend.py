@@ -1,4 +1,4 @@
-"""The `torch` training backend: a Hugging Face causal LM on CPU, one GPU, or FSDP2 across GPUs.
+"""The `torch` training backend: a Hugging Face causal LM on CPU, one GPU, or FSDP2 over ranks.
 
 - Weights stay float32 (the optimizer's master copy); with `dtype="bfloat16"` the forward runs
   under autocast in bfloat16 (the GPU default). float16 is refused: it needs loss scaling.
@@ -7,6 +7,11 @@
 - Optimizer: AdamW; the learning rate is set by hand each step from `OptimizerSettings`, so the
   schedule's whole state is the step counter (exact on resume).
 - Parallelism lives in parallelize.py; this file calls it and never branches on rank otherwise.
+  Under `fsdp2` each rank is given its own share of the step's micro-batches (the caller splits
+  them, agentrl.trainer.distributed.rank_share); every verb is then collective: all ranks call
+  it, in the same order, with the same number of micro-batches. Gradients are summed over
+  ranks, and `forward_backward`'s metrics are summed over micro-batches AND ranks, so a step
+  reports what world size 1 reports for the same global batch.
 
 Build it with `agentrl.trainer.backends.create_backend(config, optimizer)`.
 """
@@ -35,12 +40,7 @@ from agentrl.trainer.packing import MicroBatch, token_logprobs_and_entropy
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device {device!r} but no CUDA GPU is visible; use 'cpu'")
-    return torch.device(device)
+resolve_device = parallelize.resolve_device
 
 
 class TorchBackend(TrainerBackend):
@@ -67,8 +67,7 @@ class TorchBackend(TrainerBackend):
         self.parallelism = parallelism
         self.packed_attention = packed_attention
         self.compute_dtype = DTYPES[dtype]
-        self.device = (parallelize.fsdp2_device() if parallelism == "fsdp2"
-                       else resolve_device(device))
+        self.device = parallelize.training_device(parallelism, device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch.float32, attn_implementation=attn_implementation)
@@ -121,7 +120,7 @@ class TorchBackend(TrainerBackend):
             loss.backward()
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + float(value)
-        return totals
+        return parallelize.all_reduce_metrics(totals, self.parallelism, self.device)
 
     def optimizer_step(self) -> StepStats:
         learning_rate = self.settings.learning_rate * self.settings.lr_factor(self.step)

@@ -1,0 +1,474 @@
+"""FSDP2 data parallelism for real: two ranks under torchrun, gloo on CPU, against world size 1.
+
+Launches of this file under torchrun (`python -m torch.distributed.run --standalone
+--nproc-per-node 2`, `trainer.parallelism: fsdp2` on every rank) run the scenarios below; the
+same functions run at world size 1 (`single`) in the test process. Shown, in float32 (reduction
+order allows ~1e-5 relative):
+- one RL step (`rl_step.train_step` on scored Groups packed into 5 micro-batches, so one rank
+  also runs an empty one) gives world size 1's gradient, grad norm, loss metrics and updated
+  weights, for the default objective and for decoupled PPO with seq-mean-token-mean;
+- a checkpoint written at world size 2 resumes at world size 1 and one written at world size 1
+  resumes at world size 2, the next step giving the weights of an uninterrupted run;
+- the RL loop (`run_training`, real Redis, stand-ins for rollout workers and vLLM) on two ranks,
+  stopped after 2 steps and resumed, logs world size 1's metrics once and exports its weights;
+- `agentrl sft --nproc-per-node 2` (the CLI re-launching itself under torchrun) trains, prints
+  its steps once, and writes the checkpoint `run_sft` writes at world size 1.
+
+The grad norm is the check that sees a gradient scaled by the world size: Adam's first update is
+nearly scale-free, so equal weights alone would not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentrl.common.config import AgentRLConfig, AlgorithmConfig, ModelConfig, TrainerConfig
+from agentrl.trainer.backends import create_backend
+from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
+from agentrl.trainer.distributed import (
+    is_main_process,
+    process_group,
+    rank_share,
+    world_size,
+)
+from agentrl.trainer.loss import GlobalTokenCounts, policy_loss_fn
+from agentrl.trainer.rl_step import train_step
+from agentrl.trainer.train_batch import build_train_batch
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+WORLD_SIZE = 2
+MICRO_BATCH_TOKENS = 52  # the groups below pack into 5 micro-batches: 3 on rank 0, 2 + 1 empty
+PROMPT_LENGTH = 5
+LEARNING_RATE = 1e-3
+RTOL, ATOL = 1e-5, 1e-6  # float32 sums taken in another order (measured: ~2e-7 apart)
+ALGORITHMS = {
+    "default": AlgorithmConfig(learning_rate=LEARNING_RATE),
+    "decoupled_seq_mean": AlgorithmConfig(learning_rate=LEARNING_RATE, decoupled_ppo=True,
+                                          loss_agg="seq-mean-token-mean"),
+}
+LAUNCH_TIMEOUT_S = 240  # a launch takes 10-20 s on 2 busy cores; room for a loaded CI machine
+
+
+# ---- what every rank runs (and the test process, at world size 1) ----------------------------
+
+def make_groups(seed: int) -> list:
+    """Three scored groups of four samples with mixed rewards, different lengths, and behaviour
+    log-probs near a random model's (about -log 1024), so some ratios clip and some do not."""
+    from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
+
+    generator = torch.Generator().manual_seed(seed)
+    rewards = [[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 1.0]]
+    groups = []
+    for g, group_rewards in enumerate(rewards):
+        samples = []
+        for i, reward in enumerate(group_rewards):
+            length = PROMPT_LENGTH + 6 + 4 * i + 3 * g
+            response = length - PROMPT_LENGTH
+            behaviour = (-6.9 + 0.3 * torch.randn(response, generator=generator)).tolist()
+            samples.append(group_pb2.ScoredTrajectory(
+                trajectory=trajectory_pb2.Trajectory(
+                    trajectory_id=f"g{g}-{i}", sample_index=i, prompt_length=PROMPT_LENGTH,
+                    token_ids=torch.randint(3, 300, (length,), generator=generator).tolist(),
+                    loss_mask=[0] * PROMPT_LENGTH + [1] * response,
+                    behaviour_logprobs=[0.0] * PROMPT_LENGTH + behaviour,
+                    policy_versions=[-1] * PROMPT_LENGTH + [0] * response),
+                result=group_pb2.RewardResult(reward=reward)))
+        groups.append(group_pb2.Group(group_id=f"g{g}", task=task_pb2.RolloutTask(
+            task_id=f"g{g}"), samples=samples))
+    return groups
+
+
+def make_backend(model_dir: Path, parallelism: str):
+    config = AgentRLConfig(model=ModelConfig(path=model_dir),
+                           trainer=TrainerConfig(device="cpu", parallelism=parallelism,
+                                                 cpu_threads=1),
+                           algorithm=AlgorithmConfig(learning_rate=LEARNING_RATE))
+    return create_backend(config)
+
+
+def full_gradients(backend) -> dict[str, torch.Tensor]:
+    """Every parameter's whole gradient (gathering a DTensor is collective: all ranks call)."""
+    return {name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+            for name, p in backend.model.named_parameters()}
+
+
+def step(backend, seed: int, algorithm: AlgorithmConfig):
+    batch = build_train_batch(make_groups(seed), 0, algorithm, max_staleness=4)
+    return train_step(backend, batch, algorithm, MICRO_BATCH_TOKENS)
+
+
+def rl_step_scenario(model_dir: Path, parallelism: str, algorithm: AlgorithmConfig) -> dict:
+    """The gradient of one step through `forward_backward`, then the step through rl_step."""
+    backend = make_backend(model_dir, parallelism)
+    batch = build_train_batch(make_groups(0), 0, algorithm, max_staleness=4)
+    micro_batches = rank_share(batch.micro_batches(MICRO_BATCH_TOKENS))
+    counts = backend.global_counts(sum(
+        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
+        GlobalTokenCounts(0, 0, 0)))
+    backend.forward_backward(micro_batches, policy_loss_fn(algorithm, counts))
+    gradients = full_gradients(backend)
+    backend.optimizer.zero_grad(set_to_none=True)
+    outcome = train_step(backend, batch, algorithm, MICRO_BATCH_TOKENS)
+    return {"gradients": gradients, "loss_metrics": outcome.loss_metrics,
+            "grad_norm": outcome.stats.grad_norm, "counts": outcome.counts,
+            "num_micro_batches": outcome.num_micro_batches,
+            "num_local_micro_batches": len(micro_batches),
+            "time_training_s": outcome.time_training_s, "weights": backend.hf_weights()}
+
+
+def write_checkpoint(model_dir: Path, parallelism: str, root: Path) -> None:
+    """Step 1 on batch 0, then a checkpoint under `root`."""
+    backend = make_backend(model_dir, parallelism)
+    step(backend, 0, ALGORITHMS["default"])
+    CheckpointManager(root).save(backend, TrainingState(step=1, policy_version=1))
+
+
+def resume_checkpoint(model_dir: Path, parallelism: str, root: Path) -> dict[str, torch.Tensor]:
+    """Restore the checkpoint under `root`, step 2 on batch 1: the weights after it."""
+    backend = make_backend(model_dir, parallelism)
+    state = CheckpointManager(root).load(backend)
+    assert (state.step, backend.step) == (1, 1)
+    step(backend, 1, ALGORITHMS["default"])
+    return backend.hf_weights()
+
+
+def uninterrupted(model_dir: Path) -> dict[str, torch.Tensor]:
+    backend = make_backend(model_dir, "single")
+    step(backend, 0, ALGORITHMS["default"])
+    step(backend, 1, ALGORITHMS["default"])
+    return backend.hf_weights()
+
+
+def backend_scenarios(model_dir: Path, out_dir: Path, checkpoint_from_one_rank: Path) -> None:
+    """The RL steps and checkpoints on every rank; rank 0 saves what the tests compare."""
+    results: dict = {"world_size": world_size()}
+    for name, algorithm in ALGORITHMS.items():
+        results[name] = rl_step_scenario(model_dir, "fsdp2", algorithm)
+    write_checkpoint(model_dir, "fsdp2", out_dir / "checkpoints")
+    results["resumed"] = resume_checkpoint(model_dir, "fsdp2", checkpoint_from_one_rank)
+    if is_main_process():
+        torch.save(results, out_dir / "results.pt")
+
+
+# The RL loop needs Redis (real, a private redis-server), rollout workers and vLLM servers. vLLM
+# is not started here: a stand-in rollout thread answers each task with a seeded random group,
+# and the pool's HTTP routes (weight reload, version label, the drift check's scoring) are
+# answered in-process. What is real is the loop itself on every rank, Redis and torch.distributed.
+
+def stand_in_pool():
+    import httpx
+
+    from agentrl.common.inference.pool import InferencePool
+
+    served = {"version": "0"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/inference/v1/generate":  # the drift check: any log-probs will do
+            token_ids = json.loads(request.content)["token_ids"]
+            return httpx.Response(200, json={"prompt_logprobs": [None] + [
+                {str(t): {"logprob": -6.9}} for t in token_ids[1:]]})
+        if path == "/update_weight_version":
+            served["version"] = json.loads(request.content)["new_version"]
+        if path == "/weight_info":
+            return httpx.Response(200, json={"weight_version": served["version"]})
+        return httpx.Response(200, json={"success": True})
+
+    return InferencePool(["http://stand-in-vllm:8000"], transport=httpx.MockTransport(answer))
+
+
+def stand_in_rollout(redis_url: str, run_id: str, stop) -> None:
+    """Each task of the run's prompts stream becomes a group seeded by its data position, so
+    two runs (any run id, any world size) train on the same groups."""
+    from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
+    from agentrl.common.streams import StreamQueue
+    from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
+
+    layout = RunLayout(run_id)
+    tasks = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP, consumer="stand-in")
+    groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP)
+    while not stop.is_set():
+        for entry in tasks.read(4, 100):
+            task = entry.decode(task_pb2.RolloutTask)
+            rng = random.Random(task.idempotency_key.split(":", 1)[1])  # "epoch:offset"
+            prompt, samples = list(task.prompt_token_ids), []
+            for i in range(task.num_samples):
+                n = rng.randint(4, 12)
+                samples.append(group_pb2.ScoredTrajectory(
+                    trajectory=trajectory_pb2.Trajectory(
+                        trajectory_id=f"{task.task_id}-{i}", task_id=task.task_id,
+                        sample_index=i, prompt_length=len(prompt),
+                        token_ids=prompt + [rng.randint(3, 300) for _ in range(n)],
+                        behaviour_logprobs=[0.0] * len(prompt)
+                        + [-6.9 + rng.gauss(0, 0.3) for _ in range(n)],
+                        loss_mask=[0] * len(prompt) + [1] * n,
+                        policy_versions=[-1] * len(prompt) + [task.admitted_policy_version] * n),
+                    result=group_pb2.RewardResult(reward=float(rng.random() < 0.5))))
+            groups.publish(group_pb2.Group(group_id=task.task_id,
+                                           idempotency_key=task.idempotency_key, task=task,
+                                           samples=samples))
+            tasks.complete(entry)
+    tasks.close()
+    groups.close()
+
+
+def rl_loop_scenario(model_dir: Path, data: Path, run_dir: Path, redis_url: str,
+                     parallelism: str, max_steps: int) -> None:
+    """`run_training` to `max_steps` (resuming from `run_dir`), the stand-ins on rank 0."""
+    import threading
+
+    from agentrl.trainer.rl_loop import run_training
+
+    config = AgentRLConfig.model_validate({
+        "run": {"run_id": run_dir.name, "output_dir": str(run_dir), "seed": 5},
+        "model": {"path": str(model_dir)}, "data": {"train_path": str(data)},
+        "redis": {"url": redis_url},
+        "trainer": {"device": "cpu", "parallelism": parallelism, "cpu_threads": 1,
+                    "batch_size": 2, "max_staleness": 0, "checkpoint_interval_steps": 2,
+                    "grpc_port": 0, "http_port": 0, "micro_batch_tokens": 40},
+        "algorithm": {"group_size": 4, "learning_rate": LEARNING_RATE}})
+    stop = threading.Event()
+    if is_main_process():
+        threading.Thread(target=stand_in_rollout, args=(redis_url, run_dir.name, stop),
+                         daemon=True).start()
+    try:
+        run_training(config, max_steps, pool=stand_in_pool(), wait_timeout_s=60)
+    finally:
+        stop.set()
+
+
+def main(scenario: str, *args: str) -> None:
+    """Each rank of a torchrun launch of this file."""
+    torch.set_num_threads(1)
+    with process_group(TrainerConfig(device="cpu", parallelism="fsdp2")):
+        if scenario == "backend":
+            backend_scenarios(*map(Path, args))
+        else:
+            *paths, redis_url, max_steps = args
+            rl_loop_scenario(*map(Path, paths), redis_url, "fsdp2", int(max_steps))
+
+
+# ---- the tests --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from agentrl.common.models import default_corpus, init_tiny_model
+
+    return init_tiny_model(tmp_path_factory.mktemp("model"), default_corpus(300), seed=4)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The world-size-1 runs here use one thread like each rank (and give the rest back)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def torchrun_this_file(*args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={WORLD_SIZE}", __file__, *map(str, args)]
+
+
+def launch(args: list[str], timeout_s: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, check=False, cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout_s,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(model_dir, one_thread, tmp_path_factory):
+    """World size 1 in this process, world size 2 under torchrun, then the cross resume."""
+    out = tmp_path_factory.mktemp("fsdp2")
+    one = {name: rl_step_scenario(model_dir, "single", algorithm)
+           for name, algorithm in ALGORITHMS.items()}
+    write_checkpoint(model_dir, "single", out / "checkpoints_one_rank")
+    one["uninterrupted"] = uninterrupted(model_dir)
+    started = time.perf_counter()
+    launch(torchrun_this_file("backend", model_dir, out, out / "checkpoints_one_rank"))
+    print(f"torchrun launch of {WORLD_SIZE} ranks: {time.perf_counter() - started:.1f} s")
+    two = torch.load(out / "results.pt", weights_only=False)
+    one["resumed_from_two_ranks"] = resume_checkpoint(model_dir, "single", out / "checkpoints")
+    return one, two
+
+
+def assert_same_tensors(expected: dict, actual: dict) -> None:
+    assert expected.keys() == actual.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=RTOL, atol=ATOL,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_an_rl_step_on_two_ranks_equals_one_rank(runs, algorithm) -> None:
+    one, two = runs[0][algorithm], runs[1][algorithm]
+    assert runs[1]["world_size"] == WORLD_SIZE
+    assert one["num_micro_batches"] == two["num_micro_batches"] == 5
+    assert two["num_local_micro_batches"] == 3  # rank 0's share; rank 1 pads with an empty one
+    assert one["counts"] == two["counts"]  # the global counts, all-reduced
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=RTOL)  # summed exactly once
+    assert one["grad_norm"] > 0
+    assert one["loss_metrics"].keys() == two["loss_metrics"].keys()
+    for name, value in one["loss_metrics"].items():  # summed over micro-batches and ranks
+        assert two["loss_metrics"][name] == pytest.approx(value, rel=RTOL, abs=ATOL), name
+    assert one["loss_metrics"]["entropy"] > 0
+    assert_same_tensors(one["gradients"], two["gradients"])
+    assert_same_tensors(one["weights"], two["weights"])
+    print(f"{algorithm}: step {one['time_training_s']:.3f} s on 1 rank, "
+          f"{two['time_training_s']:.3f} s on {WORLD_SIZE}")
+
+
+def test_checkpoints_resume_across_world_sizes(runs) -> None:
+    one, two = runs
+    assert_same_tensors(one["uninterrupted"], one["resumed_from_two_ranks"])
+    assert_same_tensors(one["uninterrupted"], two["resumed"])
+
+
+# ---- the CLI -----------------------------------------------------------------------------------
+
+def write_trajectories(path: Path, count: int) -> Path:
+    """Calculator episodes in `load_trajectories`' format, half of them calling the tool."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(count):
+        a, b = rng.randint(10, 999), rng.randint(10, 99)
+        messages = [{"role": "system", "content": "Use Python for arithmetic."},
+                    {"role": "user", "content": f"What is {a} * {b}?"}]
+        if i % 2:
+            messages += [{"role": "assistant",
+                          "content": f"Let me compute it.\n<code>\nprint({a} * {b})\n</code>"},
+                         {"role": "tool", "content": f"{a * b}\n"}]
+        messages.append({"role": "assistant", "content": f"The result is <answer>{a * b}</answer>"})
+        rows.append(json.dumps({"messages": messages}))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_sft_with_nproc_per_node_trains_data_parallel_and_matches_one_rank(
+        model_dir, one_thread, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from agentrl.common.config import load_config
+    from agentrl.trainer.sft import run_sft
+
+    data = write_trajectories(tmp_path / "sft.jsonl", count=12)
+    recipe = tmp_path / "recipe.yaml"
+    # 6 trajectories of ~40-70 tokens per step in micro-batches of 128: 3 micro-batches.
+    recipe.write_text(
+        f"run: {{output_dir: {tmp_path / 'run'}, seed: 3}}\n"
+        f"model: {{path: {model_dir}}}\n"
+        "trainer: {device: cpu, parallelism: fsdp2, cpu_threads: 1}\n"
+        f"sft: {{train_path: {data}, batch_size: 6, max_steps: 2, learning_rate: 0.001, "
+        "micro_batch_tokens: 128, max_length_tokens: 128}\n")
+    result = launch([sys.executable, "-m", "agentrl.common.cli", "sft", "--recipe", str(recipe),
+                     "--nproc-per-node", str(WORLD_SIZE), "--log-every", "1"])
+    assert result.stdout.count("SFT done: 2 steps on 12 trajectories") == 1, result.stdout
+    assert result.stdout.count("step     1  loss") == 1  # rank 0 alone prints
+    two_ranks = tmp_path / "run" / "sft"
+    records = [json.loads(line)
+               for line in (two_ranks / "sft_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert (two_ranks / "config.json").is_file() and (two_ranks / "tokenizer.json").is_file()
+
+    config = load_config(recipe)
+    config = config.model_copy(update={"trainer": config.trainer.model_copy(
+        update={"parallelism": "single"})})
+    one_rank = run_sft(config, output_dir=tmp_path / "one_rank")
+    for record, loss in zip(records, one_rank.losses, strict=True):
+        assert record["loss"] == pytest.approx(loss, rel=RTOL)
+    expected = [json.loads(line) for line in
+                (tmp_path / "one_rank" / "sft_metrics.jsonl").read_text().splitlines()]
+    for record, reference in zip(records, expected, strict=True):
+        assert record["grad_norm"] == pytest.approx(reference["grad_norm"], rel=RTOL)
+        assert record["num_tokens"] == reference["num_tokens"]
+    assert_same_tensors(load_file(tmp_path / "one_rank" / "model.safetensors"),
+                        load_file(two_ranks / "model.safetensors"))
+
+
+def test_single_parallelism_with_several_processes_is_refused(model_dir, tmp_path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {{path: {model_dir}}}\ntrainer: {{device: cpu}}\n")
+    result = subprocess.run([sys.executable, "-m", "agentrl.common.cli", "sft", "--recipe",
+                             str(recipe), "--nproc-per-node", "2"], check=False, cwd=REPO,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 1
+    assert "set trainer.parallelism: fsdp2" in result.stderr
+
+
+# ---- the RL loop --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server of this module's own on a free port (nothing shared is touched)."""
+    import shutil
+    import socket
+
+    import redis
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+         "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    process.kill()
+    process.wait()
+
+
+def test_the_rl_loop_on_two_ranks_resumes_and_equals_one_rank(model_dir, redis_url, one_thread,
+                                                               tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from agentrl.trainer.metrics import read_step_metrics
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i} * 7?", "ground_truth": str(7 * i),
+                                        "task_type": "math"}) + "\n" for i in range(20)))
+    one, two = tmp_path / "one-rank", tmp_path / "two-ranks"
+    rl_loop_scenario(model_dir, data, one, redis_url, "single", 3)
+    launch(torchrun_this_file("rl_loop", model_dir, data, two, redis_url, 2))
+    launch(torchrun_this_file("rl_loop", model_dir, data, two, redis_url, 3))  # resumes at 2
+
+    expected, records = read_step_metrics(one), read_step_metrics(two)
+    assert [r["step"] for r in records] == [1, 2, 3]  # rank 0 alone writes
+    for record, reference in zip(records, expected, strict=True):
+        for name in ("reward_mean", "num_loss_tokens", "num_micro_batches", "policy_version"):
+            assert record[name] == reference[name], name
+        for name in ("loss", "pg_loss", "entropy", "approx_kl", "clip_frac_high", "grad_norm"):
+            assert record[name] == pytest.approx(reference[name], rel=RTOL, abs=ATOL), name
+    assert [p.name for p in sorted((two / "checkpoints").iterdir())] == [
+        "step_00000002", "step_00000003"]
+    weights = "weights/v00000003/model.safetensors"  # the last version the pool was sent
+    assert_same_tensors(load_file(one / weights), load_file(two / weights))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
