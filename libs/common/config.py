@@ -414,11 +414,12 @@ class TrainerConfig(ServiceEndpoint):
     """Save a resumable checkpoint every this many optimizer steps."""
     keep_checkpoints: int = Field(default=3, gt=0)
     """Checkpoints kept in `<run.output_dir>/checkpoints`; older ones are deleted."""
-    weight_transport: Literal["disk", "vllm"] = "disk"
-    """How new weights reach the vLLM pool after each step: `disk` (safetensors in the run
-    directory, which every server must be able to read, then vLLM's reload) or `vllm` (vLLM's
-    native weight-transfer API: NCCL on GPU nodes, the gloo engine on CPU; the servers must be
-    started with its --weight-transfer-config, as `agentrl up` does). docs/trainer.md."""
+    weight_transport: Literal["disk", "vllm"] = "vllm"
+    """How new weights reach the vLLM pool after each step: `vllm` (vLLM's native
+    weight-transfer API, in flight, nothing on disk; the servers must run the engine of
+    `inference.weight_transfer_backend`, as `agentrl up` starts them) or `disk` (safetensors in
+    the run directory, which every server must be able to read, then vLLM's reload).
+    docs/trainer.md, "Weight transports"."""
     weight_sync_pause_mode: Literal["keep", "wait", "abort"] = "keep"
     """How the servers pause around a weight update: `keep` freezes in-flight requests (they
     re-prefill on the new weights, AReaL's interruptible rollout), `wait` lets them finish,
