@@ -16,7 +16,7 @@
 
 `TrainBatch.micro_batches(token_budget)` packs the samples (packing.py) with the per-token
 fields the loss reads: `loss_mask`, `behaviour_logprobs` (what vLLM reported when sampling),
-`old_logprobs` (= behaviour log-probs; decoupled PPO replaces them by π_prox, see driver.py)
+`old_logprobs` (= behaviour log-probs; decoupled PPO replaces them by π_prox, see rl_step.py)
 and `advantages`. vLLM's log-probs are `raw_logprobs` (before temperature), so the trainer
 recomputes at temperature 1.
 """
