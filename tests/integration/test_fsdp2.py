@@ -236,7 +236,8 @@ def rl_loop_scenario(model_dir: Path, data: Path, run_dir: Path, redis_url: str,
         "redis": {"url": redis_url},
         "trainer": {"device": "cpu", "parallelism": parallelism, "cpu_threads": 1,
                     "batch_size": 2, "max_staleness": 0, "checkpoint_interval_steps": 2,
-                    "grpc_port": 0, "http_port": 0, "micro_batch_tokens": 40},
+                    "grpc_port": 0, "http_port": 0, "micro_batch_tokens": 40,
+                    "weight_transport": "disk"},  # the transport whose routes the stand-in answers
         "algorithm": {"group_size": 4, "learning_rate": LEARNING_RATE}})
     stop = threading.Event()
     if is_main_process():
