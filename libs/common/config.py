@@ -380,8 +380,9 @@ class TrainerConfig(ServiceEndpoint):
     """Where the policy trains: `auto` picks the GPU when there is one. Compute dtype is
     `model.dtype` (bfloat16 on GPUs: autocast over float32 master weights)."""
     parallelism: Literal["single", "fsdp2"] = "single"
-    """`single`: one device. `fsdp2`: shard across the GPUs of an initialised torch.distributed
-    process group (launch with torchrun); the model code stays single-device."""
+    """`single`: one device. `fsdp2`: data-parallel, parameters sharded over the ranks of a
+    torch.distributed group (GPUs with NCCL, CPU processes with gloo); launch with
+    `agentrl train|sft --nproc-per-node N` or torchrun. The model code stays single-device."""
     cpu_threads: int = Field(default=0, ge=0)
     """torch intra-op threads of the trainer and SFT processes; 0: torch's default (one per
     core). On a machine shared with vLLM, the services or other jobs, 1 avoids OpenMP threads

@@ -106,7 +106,8 @@ class TrainerBackend(ABC):
     @abstractmethod
     def forward_backward(self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn,
                          temperature: float = 1.0) -> dict[str, float]:
-        """Accumulate the gradient of `loss_fn` over the micro-batches; metrics summed."""
+        """Accumulate the gradient of `loss_fn` over this rank's micro-batches; metrics summed
+        over the micro-batches and the data-parallel ranks (what one process would report)."""
 
     @abstractmethod
     def optimizer_step(self) -> StepStats:
