@@ -5,9 +5,12 @@ Each slot (or session) owns a directory `<work_root>/<service pid>/<name>/` hold
 directory is a tmpfs mounted with `size=disk_mb`, so one program filling "the disk" fills only
 its own slot; files belong to the sandbox uid. Between runs the slot is emptied.
 
-Reading files back is done as root from a tree the untrusted program controlled, so every path
-component is opened with O_NOFOLLOW relative to its parent's fd (a symlink to /etc/shadow or a
-FIFO is skipped, never followed or blocked on).
+The program controls the tree under work/ (and, in a session, keeps controlling it between
+calls), so request files are written and fetched files read back through
+agentrl.sandbox.no_follow: every path component opened relative to its parent's fd with
+O_NOFOLLOW, ownership given with fchown on the open file. A link the program planted (to a
+host file or directory, dangling, in a parent component) makes the write a `rejected` request
+and a fetch skip the file; it is never followed.
 
 `sweep_stale` frees what a crashed service process left (its cgroups, its mounted work dirs);
 `check_traversable` checks that the sandbox uid can reach the slot dirs.
@@ -21,12 +24,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
 from agentrl.common.logging import get_logger
 from agentrl.sandbox.cgroups import CgroupParent
+from agentrl.sandbox.no_follow import read_file, write_file
 
 log = get_logger(__name__)
 
@@ -80,9 +83,13 @@ class SlotDir:
                             os.unlink(entry.path)
                     except OSError:
                         log.warning("could not remove %s", entry.path, exc_info=True)
-            os.chmod(path, 0o700)
-            if self.uid is not None and os.geteuid() == 0:
-                os.chown(path, self.uid, self.uid)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o700)
+                if self._owner() is not None:
+                    os.fchown(fd, self.uid, self.uid)
+            finally:
+                os.close(fd)
 
     def is_empty(self, which: str = "tmp") -> bool:
         """Whether tmp/ (or work/) holds nothing (a cheap check the docker backend uses)."""
@@ -90,29 +97,21 @@ class SlotDir:
             return next(entries, None) is None
 
     def write_files(self, files: dict[str, bytes]) -> None:
-        """Write request files (paths already normalized) into a freshly cleared work/."""
+        """Write request files (paths already normalized) into work/, never through a link;
+        raises UnsafePath (a RequestRejected) for a path it refuses."""
         for rel, data in files.items():
-            target = self.work / rel
-            parent = target.parent
-            if not parent.exists():
-                parent.mkdir(parents=True)
-                for made in [parent, *parent.parents]:
-                    if made == self.work:
-                        break
-                    self._own(made)
-            target.write_bytes(data)
-            self._own(target)
+            write_file(self.work, rel, data, self._owner())
 
-    def _own(self, path: Path) -> None:
-        if self.uid is not None and os.geteuid() == 0:
-            os.chown(path, self.uid, self.uid)
+    def _owner(self) -> int | None:
+        """The uid given what the service writes: the sandbox's, when root can give it."""
+        return self.uid if self.uid is not None and os.geteuid() == 0 else None
 
     def read_files(self, paths: list[str], max_total_bytes: int) -> dict[str, bytes]:
         """Regular files among `paths` (missing, special or linked ones are skipped)."""
         found: dict[str, bytes] = {}
         total = 0
         for rel in paths:
-            data = read_no_follow(self.work, rel, max_total_bytes - total)
+            data = read_file(self.work, rel, max_total_bytes - total)
             if data is not None:
                 found[rel] = data
                 total += len(data)
@@ -122,35 +121,6 @@ class SlotDir:
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.root)], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def read_no_follow(base: Path, rel: str, max_bytes: int) -> bytes | None:
-    """Content of the regular file `base/rel`, never following a symlink, or None."""
-    parts = rel.split("/")
-    flags_dir = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        dir_fd = os.open(base, flags_dir)
-    except OSError:
-        return None
-    try:
-        for part in parts[:-1]:
-            next_fd = os.open(part, flags_dir, dir_fd=dir_fd)
-            os.close(dir_fd)
-            dir_fd = next_fd
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dir_fd)
-    except OSError:
-        os.close(dir_fd)
-        return None
-    os.close(dir_fd)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(max_bytes + 1)[:max_bytes]
-    finally:
-        os.close(fd)
 
 
 def sweep_stale(work_root: Path) -> None:
