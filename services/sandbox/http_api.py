@@ -1,10 +1,13 @@
 """The sandbox's HTTP app: agentrl.common.http's probes and metrics plus SandboxFusion's
 `POST /run_code` (agentrl.sandbox.sandbox_fusion).
 
-Answers: 200 with a SandboxFusion body for every request that reached the sandbox (whatever the
-program did); 413 for a body over `max_request_bytes` (checked while reading, before parsing);
-422 for a body that is not the schema (including non-UTF-8 or non-JSON); 429 with
-`Retry-After` when the replica is full; 503 while it drains.
+Answers: 200 with a SandboxFusion body for every program that ran (whatever it did) and for a
+sandbox failure (`SandboxError`); 413 for a body over `max_request_bytes` (checked while
+reading, before parsing); 422 in FastAPI's `{"detail": [{type, loc, msg}]}` shape for a body that
+is not the schema (non-UTF-8, non-JSON, a missing `language`, a language not run here) and for
+a request the sandbox refuses to run (bad base64 or paths, memory below 16 MB...): SandboxFusion's
+clients log or raise on a non-2xx answer, where verl scores a 200 `SandboxError` -1 without a
+word; 429 with `Retry-After` when the replica is full; 503 while it drains.
 
 Executions run in worker threads capped at max_concurrency + queue_size, so admission (not the
 thread pool) decides who waits and who gets 429.
@@ -27,14 +30,8 @@ from agentrl.common import auth
 from agentrl.common.http import create_app
 from agentrl.sandbox.admission import Draining, Overloaded
 from agentrl.sandbox.executor import Sandbox
-from agentrl.sandbox.interface import RequestRejected
-from agentrl.sandbox.sandbox_fusion import (
-    RunCodeRequest,
-    RunCodeResponse,
-    RunStatus,
-    to_request,
-    to_response,
-)
+from agentrl.sandbox.interface import RequestRejected, Status
+from agentrl.sandbox.sandbox_fusion import RunCodeRequest, RunCodeResponse, to_request, to_response
 
 # JSON and base64 add overhead around the raw bytes max_request_bytes bounds (base64: 4/3).
 BODY_OVERHEAD_FACTOR = 1.5
@@ -62,13 +59,14 @@ def create_sandbox_app(
             parsed = RunCodeRequest.model_validate_json(bytes(body))
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False, include_context=False)
-            return JSONResponse({"detail": errors}, status_code=422)
+            # FastAPI's own validation answers locate fields under "body".
+            return JSONResponse({"detail": [{**error, "loc": ["body", *error["loc"]]}
+                                            for error in errors]}, status_code=422)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
-            execution = to_request(parsed, request_id)
+            execution, clamped = to_request(parsed, sandbox.config, request_id)
         except RequestRejected as exc:
-            return _json(RunCodeResponse(status=RunStatus.SandboxError,
-                                         message=f"rejected: {exc}"))
+            return _refused(str(exc))
         try:
             result = await anyio.to_thread.run_sync(sandbox.execute, execution, limiter=limiter)
         except Overloaded as exc:
@@ -76,13 +74,16 @@ def create_sandbox_app(
                                 headers={"Retry-After": exc.retry_after_header()})
         except Draining as exc:
             return JSONResponse({"detail": str(exc)}, status_code=503)
-        return _json(to_response(result))
+        if result.status == Status.REJECTED:
+            return _refused(result.message)
+        return JSONResponse(to_response(result, clamped, parsed.fetch_files).to_json())
 
     return app
 
 
-def _json(response: RunCodeResponse) -> JSONResponse:
-    return JSONResponse(response.model_dump(mode="json"))
+def _refused(message: str) -> JSONResponse:
+    return JSONResponse({"detail": [{"type": "value_error", "loc": ["body"],
+                                     "msg": f"rejected: {message}"}]}, status_code=422)
 
 
 def _too_large(limit: int) -> JSONResponse:

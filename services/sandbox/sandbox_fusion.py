@@ -1,23 +1,39 @@
 """SandboxFusion's `POST /run_code` schema, and its mapping to and from our types.
 
 Same JSON field names, defaults and status strings as SandboxFusion (bytedance/SandboxFusion,
-sandbox/server/sandbox_api.py), so RL code written for it works by changing the URL:
+sandbox/server/sandbox_api.py and sandbox/runners/types.py), so RL code written for it (verl's
+sandbox_fusion reward and tool, SandboxFusion's own `sandbox_fusion` client) works by changing
+the URL. docs/sandbox.md has the table, field by field, of what each client reads.
 
-request  {code, language, compile_timeout, run_timeout, memory_limit_MB, stdin, files,
-          fetch_files}; files and fetched files are base64.
-response {status: Success|Failed|SandboxError, message, compile_result, run_result:
-          {status: Finished|Error|TimeLimitExceeded, execution_time, return_code, stdout,
-          stderr}, executor_pod_name, files}
+    request JSON -> RunCodeRequest (422: schema, missing `language`, a language not run here)
+        -> to_request (clamp limits to the caps; 422: bad base64) -> ExecutionRequest
+        -> Sandbox.execute -> ExecutionResult (rejected -> 422 in http_api)
+        -> to_response -> RunCodeResponse JSON (+ `clamped_limits` when a limit was clamped)
+
+Invariants a client can rely on:
+- Whatever the service refuses to run comes back as an HTTP error (422), never as a 200
+  `SandboxError`: verl scores a `SandboxError` -1 without a log line, while it logs every
+  non-2xx answer as an API error. `SandboxError` means only that the sandbox itself failed.
+- A limit above the service's cap (`run_timeout` or `compile_timeout` over `max_timeout_s`,
+  `memory_limit_MB` over `max_memory_mb`) runs at the cap and the response says so in
+  `clamped_limits` ({field: {requested, applied}}), an extra field SandboxFusion's clients
+  ignore; the field is absent when nothing was clamped, so the body is SandboxFusion's.
+- `language` is required, as in SandboxFusion; one this sandbox does not run (SandboxFusion's
+  `cpp`, `nodejs`...) is a 422 naming the languages it does run, as SandboxFusion answers a
+  language outside its own list.
+- `compile_timeout` bounds a compile step and never extends the run: python and bash have no
+  compile step (`compile_result` is null, as SandboxFusion's python runner answers), so for
+  them it is validated and clamped but bounds nothing.
 
 Mapping: ok -> Success/Finished; error, oom, output_limit -> Failed/Finished with the return
-code (message names oom/output_limit); timeout -> Failed/TimeLimitExceeded; rejected and
-sandbox_error -> SandboxError (run_result Error for sandbox_error, none for rejected).
-Deviations, on purpose: an unknown language is answered 200 SandboxError with a message
-(SandboxFusion answers 422 from its Literal type); output over the cap is returned up to the
-cap with message `output_limit` instead of being silently cut.
+code (message names oom/output_limit); timeout -> Failed/TimeLimitExceeded (no return code);
+sandbox_error -> SandboxError with run_result Error. `memory_limit_MB` -1 or 0 (SandboxFusion: no
+limit) -> the cap `max_memory_mb`; a null file content writes no file (as SandboxFusion).
 
 What this module does NOT cover: `/run_jupyter`, `/submit` and SandboxFusion's dataset APIs;
-compiled languages (compile_timeout is accepted and ignored).
+compiled languages (the compile step and `ExecutionRequest`'s field for its budget come with the
+first one; tests/unit/sandbox/test_sandbox_fusion.py fails until `to_request` fills that field
+from `compile_timeout`); SandboxFusion's `IGNORE_THIS_FILE` file names (written like any other).
 """
 
 from __future__ import annotations
@@ -25,11 +41,23 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Sequence
 from enum import Enum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
 
+from agentrl.common.config import SandboxConfig
+from agentrl.common.logging import get_logger
 from agentrl.sandbox.interface import ExecutionRequest, ExecutionResult, RequestRejected, Status
+from agentrl.sandbox.languages import ALIASES, LANGUAGES, get_language
+from agentrl.sandbox.limits import normalize_path
+
+log = get_logger(__name__)
+
+# Fields whose clamp has been logged: an RL job sends the same limits with every request, so one
+# line per field and process says it without flooding the log.
+_LOGGED_CLAMPS: set[str] = set()
 
 
 class RunStatus(str, Enum):
@@ -46,15 +74,41 @@ class CommandRunStatus(str, Enum):
 
 class RunCodeRequest(BaseModel):
     code: str
-    language: str = "python"
-    compile_timeout: float = 10
-    run_timeout: float = 10
+    language: str
+    """Required, as in SandboxFusion: a language of agentrl.sandbox.languages or 422."""
+    compile_timeout: float = Field(default=10, gt=0, allow_inf_nan=False)
+    """Seconds for a compile step; none of our languages has one (see the module docstring)."""
+    run_timeout: float = Field(default=10, gt=0, allow_inf_nan=False)
     memory_limit_MB: int = -1
-    """-1: the service default."""
+    """-1 or 0: no limit from the request, so the service's cap `max_memory_mb` (SandboxFusion
+    applies no limit then)."""
     stdin: str | None = None
     files: dict[str, str | None] = Field(default_factory=dict)
-    """path -> base64 content."""
+    """path -> base64 content; a null content writes no file (as SandboxFusion)."""
     fetch_files: list[str] = Field(default_factory=list)
+
+    @field_validator("language")
+    @classmethod
+    def _runs_here(cls, value: str) -> str:
+        # get_language reads an empty name as python; SandboxFusion's Literal refuses it.
+        if value.strip():
+            try:
+                return get_language(value).name
+            except RequestRejected:
+                pass
+        runnable = ", ".join(sorted(LANGUAGES))
+        aliases = ", ".join(f"{alias}={name}" for alias, name in sorted(ALIASES.items()))
+        raise PydanticCustomError(
+            "literal_error",
+            "this sandbox does not run '{language}'; it runs {runnable} (aliases {aliases}); "
+            "docs/sandbox.md lists what it supports",
+            {"language": value[:40], "runnable": runnable, "aliases": aliases},
+        )
+
+
+class ClampedLimit(BaseModel):
+    requested: float
+    applied: float
 
 
 class CommandRunResult(BaseModel):
@@ -72,41 +126,86 @@ class RunCodeResponse(BaseModel):
     run_result: CommandRunResult | None = None
     executor_pod_name: str | None = None
     files: dict[str, str] = Field(default_factory=dict)
+    clamped_limits: dict[str, ClampedLimit] = Field(default_factory=dict)
+    """AgentRL's addition: limits that ran at the service's cap instead of the requested value."""
+
+    def to_json(self) -> dict:
+        """SandboxFusion's body; `clamped_limits` only when something was clamped."""
+        return self.model_dump(mode="json", exclude=set() if self.clamped_limits
+                               else {"clamped_limits"})
 
 
-def to_request(body: RunCodeRequest, request_id: str = "") -> ExecutionRequest:
-    """Our request for a SandboxFusion one; RequestRejected for undecodable base64."""
+def _clamp(field: str, requested: float, cap: float, setting: str,
+           clamped: dict[str, ClampedLimit]) -> float:
+    if requested <= cap:
+        return requested
+    clamped[field] = ClampedLimit(requested=requested, applied=cap)
+    if field not in _LOGGED_CLAMPS:
+        _LOGGED_CLAMPS.add(field)
+        log.warning("/run_code %s=%s is above sandbox.%s=%s: runs with %s (reported in the "
+                    "response's clamped_limits); raise sandbox.%s to allow more",
+                    field, requested, setting, cap, cap, setting)
+    return cap
+
+
+def to_request(body: RunCodeRequest, config: SandboxConfig,
+               request_id: str = "") -> tuple[ExecutionRequest, dict[str, ClampedLimit]]:
+    """Our request for a SandboxFusion one and the limits clamped to `config`'s caps.
+
+    Raises RequestRejected for undecodable base64 (the HTTP front end answers 422).
+    """
     files: dict[str, bytes] = {}
     for path, content in body.files.items():
+        if content is None:
+            continue
         try:
-            files[path] = base64.b64decode(content or "", validate=True)
+            files[path] = base64.b64decode(content, validate=True)
         except (binascii.Error, ValueError):
             raise RequestRejected(f"files[{path[:60]!r}] is not valid base64") from None
-    return ExecutionRequest(
+    clamped: dict[str, ClampedLimit] = {}
+    run_timeout_s = _clamp("run_timeout", body.run_timeout, config.max_timeout_s,
+                           "max_timeout_s", clamped)
+    # Validated and clamped like run_timeout so a client learns its value is not what will apply
+    # once a language compiles; ExecutionRequest has no compile budget yet (module docstring).
+    _clamp("compile_timeout", body.compile_timeout, config.max_timeout_s, "max_timeout_s",
+           clamped)
+    memory_mb = config.max_memory_mb if body.memory_limit_MB <= 0 else int(_clamp(
+        "memory_limit_MB", body.memory_limit_MB, config.max_memory_mb, "max_memory_mb", clamped))
+    execution = ExecutionRequest(
         code=body.code, language=body.language, stdin=(body.stdin or "").encode(),
-        files=files, fetch_files=list(body.fetch_files), timeout_s=body.run_timeout,
-        memory_mb=max(0, body.memory_limit_MB), request_id=request_id,
+        files=files, fetch_files=list(body.fetch_files), timeout_s=run_timeout_s,
+        memory_mb=memory_mb, request_id=request_id,
     )
+    return execution, clamped
 
 
-def to_response(result: ExecutionResult) -> RunCodeResponse:
+def to_response(result: ExecutionResult, clamped: dict[str, ClampedLimit] | None = None,
+                fetch_files: Sequence[str] = ()) -> RunCodeResponse:
+    """SandboxFusion's answer for a run (not for `rejected`: the front end answers that 422).
+
+    Fetched files are keyed by the path as the client wrote it in `fetch_files` (`./out.txt`
+    stays `./out.txt`), as SandboxFusion keys them.
+    """
+    assert result.status != Status.REJECTED, "rejected requests are answered 422, not run"
     pod = os.environ.get("MY_POD_NAME") or os.environ.get("HOSTNAME")
-    files = {path: base64.b64encode(data).decode() for path, data in result.files.items()}
-    if result.status == Status.REJECTED:
-        return RunCodeResponse(status=RunStatus.SandboxError, message=f"rejected: {result.message}",
-                               executor_pod_name=pod)
+    files: dict[str, str] = {}
+    for path in fetch_files:
+        data = result.files.get(normalize_path(path))
+        if data is not None:
+            files[path] = base64.b64encode(data).decode()
     run = CommandRunResult(
         status=CommandRunStatus.Finished, execution_time=result.wall_time_s,
         return_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
     )
+    common = {"executor_pod_name": pod, "clamped_limits": clamped or {}}
     if result.status == Status.SANDBOX_ERROR:
         run.status, run.return_code = CommandRunStatus.Error, None
         return RunCodeResponse(status=RunStatus.SandboxError, message=result.message,
-                               run_result=run, executor_pod_name=pod)
+                               run_result=run, **common)
     if result.status == Status.TIMEOUT:
         run.status, run.return_code = CommandRunStatus.TimeLimitExceeded, None
     status = RunStatus.Success if result.status == Status.OK else RunStatus.Failed
     message = "" if result.status in (Status.OK, Status.ERROR) else (
         f"{result.status.value}: {result.message}")
-    return RunCodeResponse(status=status, message=message, run_result=run,
-                           executor_pod_name=pod, files=files)
+    return RunCodeResponse(status=status, message=message, run_result=run, files=files,
+                           **common)

@@ -299,7 +299,8 @@ def test_grpc_service_with_docker_backend(sandbox_image):
                 assert reach.status == Status.ERROR and "ConnectionRefused" in reach.stderr
             session = client.execute("x = 1", session_id="s1")
             assert session.status == Status.REJECTED and "bwrap" in session.message
-        fusion = httpx.post(f"{http}/run_code", json={"code": "print(2)"}, timeout=30).json()
+        fusion = httpx.post(f"{http}/run_code", json={"code": "print(2)", "language": "python"},
+                            timeout=30).json()
         assert fusion["status"] == "Success" and fusion["run_result"]["stdout"] == "2\n"
         metrics = httpx.get(f"{http}/metrics").text
         assert 'agentrl_sandbox_executions_total{backend="docker",status="ok"}' in metrics
