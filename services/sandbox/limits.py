@@ -1,7 +1,8 @@
 """Validate a request and fill in its limits from `SandboxConfig` before any backend sees it.
 
 Every refusal is a `RequestRejected` whose message says what to change; the service answers it
-with status `rejected` (gRPC) or `SandboxError` (HTTP, SandboxFusion has no such status).
+with status `rejected` (gRPC) or an HTTP 422 (SandboxFusion has no such status; a 422 is an
+error its clients see, where a 200 `SandboxError` would be silently scored).
 
 What this module does NOT cover: limits enforced while the code runs (the backends do that);
 this only refuses requests that could never run within the configured bounds.
