@@ -8,7 +8,12 @@ readers open it with `immutable=1` (no locks, no journal), so the index director
 read-only volume. The file is never written after `agentrl search index` finishes.
 
 A document is every passage sharing a `doc_id` (a passage without one is its own document);
-fetching a document returns its passages' texts joined by blank lines, under its first title.
+fetching a document returns its passages' texts joined by blank lines, under its first title
+(and its first passage's `url` and `contents_head`). A page is every passage sharing a `url`,
+put together the same way: what ASearcher's `/access` returns for an address.
+
+Indexes built before `url` and `contents_head` existed lack those columns; they read as "" and
+NULL (synthetic URLs, `contents` rebuilt as `title\\ntext`), so old directories keep serving.
 """
 
 from __future__ import annotations
@@ -26,9 +31,15 @@ CREATE TABLE passages (
   id TEXT NOT NULL UNIQUE,
   doc_id TEXT NOT NULL,
   title TEXT NOT NULL,
-  text TEXT NOT NULL
+  text TEXT NOT NULL,
+  url TEXT NOT NULL DEFAULT '',
+  contents_head TEXT
 );
 """
+# The columns every reader selects, in the order `_passage` takes them.
+COLUMNS = ("row", "id", "doc_id", "title", "text", "url", "contents_head")
+# Stand-ins for the columns an index built before they existed lacks.
+OLD_INDEX_DEFAULTS = {"url": "''", "contents_head": "NULL"}
 # SQLite's default cap on `?` parameters per statement is 32766; stay well below it.
 MAX_PARAMS_PER_QUERY = 900
 
@@ -52,10 +63,10 @@ class DocStoreWriter:
                 f"passage id {duplicate!r} appears more than once in the corpus; ids must be unique"
             )
         rows = [
-            (self.num_rows + i, p.id, p.document_id, p.title, p.text)
+            (self.num_rows + i, p.id, p.document_id, p.title, p.text, p.url, p.contents_head)
             for i, p in enumerate(passages)
         ]
-        self._conn.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?)", rows)
+        self._conn.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         self.num_rows += len(rows)
 
     def _first_duplicate(self, passages: list[Passage]) -> str | None:
@@ -75,6 +86,8 @@ class DocStoreWriter:
 
     def close(self) -> None:
         self._conn.execute("CREATE INDEX passages_doc_id ON passages (doc_id, row)")
+        # Partial: a corpus without urls (most) pays nothing for the `/access` by url lookup.
+        self._conn.execute("CREATE INDEX passages_url ON passages (url, row) WHERE url != ''")
         self._conn.commit()
         self._conn.close()
 
@@ -88,6 +101,11 @@ class DocStore:
         self._path = path
         self._local = threading.local()
         self.num_rows = self._conn().execute("SELECT COUNT(*) FROM passages").fetchone()[0]
+        present = {r[1] for r in self._conn().execute("PRAGMA table_info(passages)")}
+        self._columns = ", ".join(
+            c if c in present else f"{OLD_INDEX_DEFAULTS[c]} AS {c}" for c in COLUMNS
+        )
+        self.has_urls = "url" in present
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -108,38 +126,72 @@ class DocStore:
 
     def documents(self, doc_ids: list[str]) -> dict[str, Passage]:
         """Whole documents (all their passages, in corpus order) for the doc ids that exist."""
+        return {
+            doc_id: _joined(doc_id, ps) for doc_id, ps in self._groups("doc_id", doc_ids).items()
+        }
+
+    def pages(self, urls: list[str]) -> dict[str, Passage]:
+        """Every passage carrying each url that some passage carries, joined like a document."""
+        if not self.has_urls:
+            return {}
+        groups = self._groups("url", [u for u in urls if u])
+        return {url: _joined(ps[0].document_id, ps) for url, ps in groups.items()}
+
+    def _groups(self, column: str, keys: list[str]) -> dict[str, list[Passage]]:
         parts: dict[str, list[Passage]] = {}
-        for chunk in _chunks(list(dict.fromkeys(doc_ids))):
+        # Only with this clause does SQLite use the partial index passages_url.
+        url_set = "AND url != '' " if column == "url" else ""
+        for chunk in _chunks(list(dict.fromkeys(keys))):
             marks = ",".join("?" * len(chunk))
             cursor = self._conn().execute(
-                f"SELECT id, doc_id, title, text FROM passages WHERE doc_id IN ({marks}) "
-                "ORDER BY doc_id, row",
+                f"SELECT {self._columns} FROM passages WHERE {column} IN ({marks}) "
+                f"{url_set}ORDER BY {column}, row",
                 chunk,
             )
-            for pid, doc_id, title, text in cursor:
-                parts.setdefault(doc_id, []).append(Passage(pid, title, text, doc_id))
-        return {
-            doc_id: Passage(
-                id=doc_id, title=ps[0].title, doc_id=doc_id, text="\n\n".join(p.text for p in ps)
-            )
-            for doc_id, ps in parts.items()
-        }
+            for values in cursor:
+                passage = _passage(values)
+                key = passage.document_id if column == "doc_id" else passage.url
+                parts.setdefault(key, []).append(passage)
+        return parts
 
     def _select(self, column: str, keys: list) -> dict:
         found: dict = {}
         for chunk in _chunks(keys):
             marks = ",".join("?" * len(chunk))
             cursor = self._conn().execute(
-                f"SELECT row, id, doc_id, title, text FROM passages WHERE {column} IN ({marks})",
-                chunk,
+                f"SELECT {self._columns} FROM passages WHERE {column} IN ({marks})", chunk
             )
-            for row, pid, doc_id, title, text in cursor:
-                # A passage that is its own document was read without a doc_id; give it back so.
-                passage = Passage(
-                    id=pid, title=title, text=text, doc_id="" if doc_id == pid else doc_id
-                )
-                found[row if column == "row" else pid] = passage
+            for values in cursor:
+                passage = _passage(values)
+                found[values[0] if column == "row" else passage.id] = passage
         return found
+
+
+def _passage(values: tuple) -> Passage:
+    """A Passage from one row of `COLUMNS`."""
+    _row, pid, doc_id, title, text, url, contents_head = values
+    # A passage that is its own document was read without a doc_id; give it back so.
+    return Passage(
+        id=pid,
+        title=title,
+        text=text,
+        doc_id="" if doc_id == pid else doc_id,
+        url=url,
+        contents_head=contents_head,
+    )
+
+
+def _joined(doc_id: str, passages: list[Passage]) -> Passage:
+    """Passages (in corpus order) as one: the first one's title, url and head, texts joined."""
+    first = passages[0]
+    return Passage(
+        id=doc_id,
+        title=first.title,
+        text="\n\n".join(p.text for p in passages),
+        doc_id=doc_id,
+        url=first.url,
+        contents_head=first.contents_head,
+    )
 
 
 def _chunks(keys: list) -> Iterable[list]:

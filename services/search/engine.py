@@ -6,10 +6,16 @@ same errors. Order of work for a Retrieve:
 
 1. admission: at most `max_concurrency + queue_size` requests inside at once, else
    RESOURCE_EXHAUSTED (HTTP 429) at once;
-2. checks: known index, method available in it, 1 <= top_k <= max_top_k, 1..N non-empty
-   queries of bounded length (INVALID_ARGUMENT / 400, NOT_FOUND / 404 for an unknown index);
-3. cache: each query looked up under (index version, method, top_k, query);
-4. the misses go through the batcher (batcher.py), then into the cache.
+2. checks: known index, method available in it, 1 <= top_k <= max_top_k, at most N queries
+   of bounded length (INVALID_ARGUMENT / 400, NOT_FOUND / 404 for an unknown index);
+3. a blank query matches nothing: its result is empty, it never reaches the index (an agent's
+   `<search></search>` is a move of the policy, not a malformed request, and Search-R1's
+   client sends it in a batch with others; a batch with no query at all is answered empty);
+4. cache: each other query looked up under (index version, method, top_k, query);
+5. the misses go through the batcher (batcher.py), then into the cache.
+
+`access` answers every key or refuses the request (NOT_FOUND); `lookup` answers None for a key
+nothing answers to (ASearcher's `/access`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from agentrl.common.config import SearchConfig
 from agentrl.search.batcher import QueryBatcher, QueueTimeout
 from agentrl.search.cache import ResultCache
-from agentrl.search.corpus import MAX_ID_CHARS, Passage
+from agentrl.search.corpus import MAX_URL_CHARS, Passage
 from agentrl.search.retriever import METHODS, Hit, SearchIndex, UnknownIdsError
 from agentrl.search.service_metrics import SearchMetrics
 
@@ -136,6 +142,9 @@ class SearchEngine:
             results: list[tuple[Hit, ...] | None] = []
             misses: list[int] = []
             for i, query in enumerate(queries):
+                if not query.strip():
+                    results.append(())
+                    continue
                 cached = self.cache.get((target.version, method, top_k, query))
                 self.metrics.cache_lookups.labels("miss" if cached is None else "hit").inc()
                 results.append(cached)
@@ -176,21 +185,28 @@ class SearchEngine:
                 f"index {index.name!r} has no {method} retriever (it has "
                 f"{', '.join(index.methods)}); rebuild it with --dense"
             )
-        self._check_list("queries", queries, self.config.max_query_chars)
+        self._check_list("queries", queries, self.config.max_query_chars, blank_ok=True)
 
-    def _check_list(self, what: str, values: Sequence[str], max_chars: int) -> None:
-        most = self.config.max_queries_per_request
-        if not values:
+    def _check_list(
+        self, what: str, values: Sequence[str], max_chars: int, blank_ok: bool = False
+    ) -> None:
+        if not values and not blank_ok:
             raise InvalidRequest(f"{what} is empty; send at least one")
-        if len(values) > most:
-            raise InvalidRequest(f"{len(values)} {what} in one request; send at most {most}")
+        self._check_count(what, values)
         for i, value in enumerate(values):
-            if not isinstance(value, str) or not value.strip():
+            if not isinstance(value, str):
+                raise InvalidRequest(f"{what}[{i}] is not a string")
+            if not blank_ok and not value.strip():
                 raise InvalidRequest(f"{what}[{i}] is empty; every entry needs text")
             if len(value) > max_chars:
                 raise InvalidRequest(
                     f"{what}[{i}] has {len(value)} characters; at most {max_chars} are accepted"
                 )
+
+    def _check_count(self, what: str, values: Sequence[str]) -> None:
+        most = self.config.max_queries_per_request
+        if len(values) > most:
+            raise InvalidRequest(f"{len(values)} {what} in one request; send at most {most}")
 
     def _search_group(
         self, group: tuple[str, str, int], queries: list[str]
@@ -206,11 +222,31 @@ class SearchEngine:
         self._admit()
         try:
             target = self._index(index)
-            self._check_list("ids", ids, MAX_ID_CHARS)
+            self._check_list("ids", ids, MAX_URL_CHARS)
             try:
                 return target, target.access(ids)
             except UnknownIdsError as exc:
                 raise NotFound(str(exc)) from None
+        finally:
+            self._release()
+            self.metrics.latency.labels("access", transport).observe(time.perf_counter() - started)
+
+    def lookup(
+        self, keys: Sequence[str], index: str = "", transport: str = "python"
+    ) -> tuple[SearchIndex, list[Passage | None]]:
+        """As `access`, but None for each key nothing answers to (blank or too long included);
+        only a bad request as a whole (too many keys, unknown index) is refused."""
+        started = time.perf_counter()
+        self._admit()
+        try:
+            target = self._index(index)
+            self._check_count("urls", keys)
+            known = [i for i, k in enumerate(keys) if k.strip() and len(k) <= MAX_URL_CHARS]
+            found = target.lookup([keys[i] for i in known]) if known else []
+            passages: list[Passage | None] = [None] * len(keys)
+            for i, passage in zip(known, found, strict=True):
+                passages[i] = passage
+            return target, passages
         finally:
             self._release()
             self.metrics.latency.labels("access", transport).observe(time.perf_counter() - started)

@@ -107,12 +107,16 @@ def _build(
         for chunk in chunked(passages, chunk_passages):
             docstore.add(chunk)
             # Titles are part of what is searched: entity pages are found by their names.
-            texts = [p.contents for p in chunk]
+            texts = [p.search_text for p in chunk]
             bm25.add(texts)
             if dense_builder is not None:
                 dense_builder.add(texts)
             for p in chunk:
-                digest.update(json.dumps([p.id, p.doc_id, p.title, p.text]).encode())
+                fields = [p.id, p.doc_id, p.title, p.text]
+                if p.url or p.contents_head is not None:
+                    # Only then, so a corpus without them keeps the version it always had.
+                    fields += [p.url, p.contents_head]
+                digest.update(json.dumps(fields).encode())
             bar.update(len(chunk))
     docstore.close()
     bm25_stats = bm25.finish(work / "bm25")

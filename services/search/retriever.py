@@ -10,6 +10,12 @@
   query; a passage missing from one list gets 0 from it). Comparable only within one query.
 
 Ties are broken by corpus order, so one query always gives one answer, whichever transport.
+
+Addresses (`lookup`, `access`): a key is a passage id, else a document id, else a `url` some
+passages carry (their page), else this index's synthetic document URL
+`agentrl://<index>/<doc id, percent-encoded>`, which `url_of` gives a passage whose corpus row
+had no `url`. One document keeps one URL across builds while its doc id and the index name
+stay the same.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 
@@ -33,6 +40,8 @@ HYBRID_BM25_WEIGHT = 0.5
 # Candidates taken from each retriever before fusing (recall of the fused list beyond this
 # depth is not needed: callers ask for at most a few dozen passages).
 HYBRID_CANDIDATES = 100
+# Scheme of the URLs made for passages without one; never a real address, so no clash.
+SYNTHETIC_URL_SCHEME = "agentrl://"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +53,7 @@ class Hit:
 
 
 class UnknownIdsError(KeyError):
-    """Access asked for ids that are neither a passage nor a document of the index."""
+    """Access asked for keys that are no passage, document or page of the index."""
 
     def __init__(self, ids: list[str]):
         super().__init__(ids)
@@ -53,7 +62,7 @@ class UnknownIdsError(KeyError):
     def __str__(self) -> str:
         shown = ", ".join(repr(i) for i in self.ids[:5])
         more = f" and {len(self.ids) - 5} more" if len(self.ids) > 5 else ""
-        return f"unknown passage or document id(s): {shown}{more}"
+        return f"unknown passage id(s), document id(s) or url(s): {shown}{more}"
 
 
 class SearchIndex:
@@ -110,15 +119,53 @@ class SearchIndex:
         passages = self.docstore.by_rows(rows.tolist())
         return [Hit(p, float(s)) for p, s in zip(passages, scores.tolist())]
 
+    def url_of(self, passage: Passage) -> str:
+        """The passage's `url`, else its document's synthetic one."""
+        return passage.url or synthetic_url(self.name, passage.document_id)
+
+    def lookup(self, keys: Sequence[str]) -> list[Passage | None]:
+        """Each key as a passage, document or page (module docstring), None when unknown."""
+        keys = list(keys)
+        found: dict[str, Passage] = dict(self.docstore.by_ids(keys))
+        missing = [k for k in keys if k not in found]
+        if missing:
+            found.update(self.docstore.documents(missing))
+            missing = [k for k in missing if k not in found]
+        if missing:
+            found.update(self.docstore.pages(missing))
+            missing = [k for k in missing if k not in found]
+        synthetic: dict[str, str] = {}  # key -> doc id, for this index's own URLs
+        for key in missing:
+            parsed = parse_synthetic_url(key)
+            if parsed is not None and parsed[0] == self.name:
+                synthetic[key] = parsed[1]
+        if synthetic:
+            documents = self.docstore.documents(list(synthetic.values()))
+            found.update({k: documents[d] for k, d in synthetic.items() if d in documents})
+        return [found.get(k) for k in keys]
+
     def access(self, ids: Sequence[str]) -> list[Passage]:
-        """Passages by passage id, else whole documents by doc id, in the order asked."""
-        passages = self.docstore.by_ids(list(ids))
-        missing = [i for i in ids if i not in passages]
-        documents = self.docstore.documents(missing) if missing else {}
-        unknown = [i for i in missing if i not in documents]
+        """`lookup` that raises UnknownIdsError naming every key it could not resolve."""
+        passages = self.lookup(ids)
+        unknown = [i for i, p in zip(ids, passages, strict=True) if p is None]
         if unknown:
             raise UnknownIdsError(unknown)
-        return [passages.get(i) or documents[i] for i in ids]
+        return passages
+
+
+def synthetic_url(index_name: str, doc_id: str) -> str:
+    """`agentrl://<index>/<doc id>`, both percent-encoded: the address of a document."""
+    return f"{SYNTHETIC_URL_SCHEME}{quote(index_name, safe='')}/{quote(doc_id, safe='')}"
+
+
+def parse_synthetic_url(url: str) -> tuple[str, str] | None:
+    """(index name, doc id) of a URL `synthetic_url` made; None for any other string."""
+    if not url.startswith(SYNTHETIC_URL_SCHEME):
+        return None
+    name, slash, doc_id = url[len(SYNTHETIC_URL_SCHEME) :].partition("/")
+    if not slash or not name or not doc_id:
+        return None
+    return unquote(name), unquote(doc_id)
 
 
 def fuse_scores(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,15 @@ def write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_round_trip_keeps_ids_titles_texts_and_doc_ids(tmp_path: Path) -> None:
-    passages = [Passage("a", "Alpha", "first text", "doc1"), Passage("b", "", "second", "")]
+def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    passages = [
+        Passage("a", "Alpha", "first text", "doc1"),
+        Passage("b", "", "second", ""),
+        Passage("c", "Paris", "Capital.", url="https://en.wikipedia.org/wiki/Paris"),
+        Passage("d", "Paris", "Capital.", contents_head='"Paris"\n'),
+        Passage("e", "", "one line, no title", contents_head=""),
+        Passage("f", "T", "x", contents_head="T\nsubtitle\n"),
+    ]
     write_corpus(passages, tmp_path / "c.jsonl")
     assert list(read_corpus(tmp_path / "c.jsonl")) == passages
 
@@ -32,7 +40,30 @@ def test_integer_ids_blank_lines_and_search_r1_contents_are_accepted(tmp_path: P
     rows = list(read_corpus(path))
     assert rows[0].id == "7"
     assert (rows[1].title, rows[1].text) == ("Paris", "Capital of France.")
-    assert rows[1].contents == "Paris\nCapital of France."
+    assert rows[1].search_text == "Paris\nCapital of France."
+
+
+# Search-R1's clients render `contents` themselves (first line = title), so it must come back
+# exactly as the corpus row wrote it.
+@pytest.mark.parametrize(
+    ("row", "title", "text", "contents"),
+    [
+        ({"contents": '"Paris"\nCapital.'}, "Paris", "Capital.", '"Paris"\nCapital.'),
+        ({"contents": "Paris\nCapital."}, "Paris", "Capital.", "Paris\nCapital."),
+        ({"contents": ' "Paris" \nA\nB'}, "Paris", "A\nB", ' "Paris" \nA\nB'),
+        ({"contents": "no newline at all"}, "", "no newline at all", "no newline at all"),
+        ({"contents": "X: body", "title": "X", "text": "body"}, "X", "body", "X: body"),
+        ({"title": "T", "text": "body"}, "T", "body", "T\nbody"),
+    ],
+)
+def test_contents_come_back_exactly_as_written(
+    tmp_path: Path, row: dict, title: str, text: str, contents: str
+) -> None:
+    path = write_lines(tmp_path / "c.jsonl", [json.dumps({"id": "p", **row})])
+    [passage] = read_corpus(path)
+    assert (passage.title, passage.text, passage.contents) == (title, text, contents)
+    # Only what cannot be rebuilt from title and text is kept.
+    assert (passage.contents_head is None) == (contents == f"{title}\n{text}")
 
 
 @pytest.mark.parametrize(
@@ -43,6 +74,10 @@ def test_integer_ids_blank_lines_and_search_r1_contents_are_accepted(tmp_path: P
         ('{"title": "T", "text": "x"}', "`id` must be a non-empty string"),
         ('{"id": "a", "title": "T", "text": "   "}', "`text` must be a non-empty string"),
         ('{"id": "a", "title": 3, "text": "x"}', "`title` must be a string"),
+        ('{"id": "a", "contents": 3}', "`contents` must be a string"),
+        ('{"id": "a", "contents": "T\\nbody", "text": "other"}', "does not end with `text`"),
+        ('{"id": "a", "text": "x", "url": ["u"]}', "`url` must be a printable string"),
+        ('{"id": "a", "text": "x", "url": "' + "u" * 3000 + '"}', "at most 2048"),
     ],
 )
 def test_bad_rows_name_file_line_and_fix(tmp_path: Path, line: str, message: str) -> None:

@@ -43,8 +43,6 @@ def test_repeated_queries_are_served_from_the_cache(bm25_index_dir: Path) -> Non
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"queries": []}, InvalidRequest, "queries is empty"),
-        ({"queries": ["ok", "  "]}, InvalidRequest, r"queries\[1\] is empty"),
         ({"queries": ["q"], "top_k": 0}, InvalidRequest, r"top_k must be an integer in \[1, 100\]"),
         ({"queries": ["q"], "top_k": 10_000}, InvalidRequest, "got 10000"),
         ({"queries": ["q"], "method": "magic"}, InvalidRequest, "unknown method 'magic'"),
@@ -63,6 +61,29 @@ def test_bad_requests_are_refused_with_what_to_change(
 ) -> None:
     with pytest.raises(error, match=message):
         make_engine(bm25_index_dir).retrieve(**kwargs)
+
+
+def test_blank_queries_match_nothing_without_failing_the_batch(bm25_index_dir: Path) -> None:
+    engine = make_engine(bm25_index_dir)
+    result = engine.retrieve(["river town", "", "  \n", "mayor of"], top_k=2)
+    assert [len(hits) for hits in result.results] == [2, 0, 0, 2]
+    assert result.results[0] == engine.retrieve(["river town"], top_k=2).results[0]
+    assert engine.retrieve([]).results == []
+    assert engine.cache.misses == 2  # blank queries never reach the cache or the index
+
+
+def test_lookup_answers_none_per_unknown_key_and_access_refuses(bm25_index_dir: Path) -> None:
+    engine = make_engine(bm25_index_dir, max_queries_per_request=4)
+    index = engine.indexes["world"]
+    [hit] = engine.retrieve(["river town"], top_k=1).results[0]
+    url = index.url_of(hit.passage)
+    _, found = engine.lookup([url, "nope", "", "x" * 5000])
+    assert found[0].id == hit.passage.document_id and found[1:] == [None, None, None]
+    assert engine.lookup([])[1] == []
+    with pytest.raises(InvalidRequest, match="5 urls in one request; send at most 4"):
+        engine.lookup(["a"] * 5)
+    with pytest.raises(NotFound, match="'nope'"):
+        engine.access([url, "nope"])
 
 
 def test_requests_before_loading_are_unavailable(bm25_index_dir: Path) -> None:

@@ -4,6 +4,7 @@ the retrieval rules of an opened index (access by id, method checks, rank fusion
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,13 @@ import pytest
 
 from agentrl.search.corpus import Passage, write_corpus
 from agentrl.search.indexer import build_index, read_manifest
-from agentrl.search.retriever import SearchIndex, UnknownIdsError, fuse_scores
+from agentrl.search.retriever import (
+    SearchIndex,
+    UnknownIdsError,
+    fuse_scores,
+    parse_synthetic_url,
+    synthetic_url,
+)
 
 PASSAGES = [
     Passage("a1", "Velna River", "The Velna river runs past Orford.", "velna"),
@@ -78,6 +85,62 @@ def test_access_by_passage_id_and_by_document_id(corpus: Path, tmp_path: Path) -
     assert document.text == f"{PASSAGES[0].text}\n\n{PASSAGES[1].text}"
     with pytest.raises(UnknownIdsError, match="'nope'"):
         index.access(["a1", "nope"])
+
+
+def test_pages_by_url_and_synthetic_urls_resolve_to_whole_documents(tmp_path: Path) -> None:
+    wiki = "https://en.wikipedia.org/wiki/Velna"
+    passages = [
+        Passage("a1", "Velna", "The Velna runs past Orford.", url=wiki),
+        Passage("a2", "Velna", "Its water is cold.", url=wiki, contents_head='"Velna"\n'),
+        Passage("b1", "Orford", "A town with a bridge.", "orford"),
+    ]
+    write_corpus(passages, tmp_path / "corpus.jsonl")
+    build_index(tmp_path / "corpus.jsonl", tmp_path / "idx", progress=False)
+    index = SearchIndex(tmp_path / "idx")
+    page, orford = index.lookup([wiki, "agentrl://idx/orford"])
+    assert (page.id, page.url, page.text) == (
+        "a1",
+        wiki,
+        f"{passages[0].text}\n\n{passages[1].text}",
+    )
+    assert orford.text == passages[2].text
+    assert index.url_of(index.lookup(["b1"])[0]) == "agentrl://idx/orford"
+    assert index.url_of(index.lookup(["a2"])[0]) == wiki
+    assert index.lookup(["a2"])[0].contents == '"Velna"\nIts water is cold.'
+    # Another index's URL, an unknown document, a near miss: nothing.
+    assert index.lookup(["agentrl://other/orford", "agentrl://idx/x", wiki + "/"]) == [None] * 3
+    assert synthetic_url("my index", "a/b c") == "agentrl://my%20index/a%2Fb%20c"
+    assert parse_synthetic_url(synthetic_url("my index", "a/b c")) == ("my index", "a/b c")
+
+
+def test_an_index_built_before_urls_and_contents_head_still_serves(
+    corpus: Path, tmp_path: Path
+) -> None:
+    build_index(corpus, tmp_path / "idx", progress=False)
+    with sqlite3.connect(tmp_path / "idx" / "passages.sqlite") as conn:
+        conn.execute("DROP INDEX passages_url")
+        conn.execute("ALTER TABLE passages DROP COLUMN url")
+        conn.execute("ALTER TABLE passages DROP COLUMN contents_head")
+    index = SearchIndex(tmp_path / "idx")
+    [hits] = index.retrieve(["stone bridge town"], 1, "bm25")
+    assert hits[0].passage == PASSAGES[2]
+    assert index.lookup(["agentrl://idx/velna", "https://x"])[0].id == "velna"
+    assert index.lookup(["https://x"]) == [None]
+
+
+def test_version_changes_with_urls_and_contents_only_when_present(tmp_path: Path) -> None:
+    plain = [Passage("a", "T", "body")]
+    versions = []
+    for name, passages in [
+        ("plain", plain),
+        ("url", [Passage("a", "T", "body", url="https://t")]),
+        ("quoted", [Passage("a", "T", "body", contents_head='"T"\n')]),
+    ]:
+        write_corpus(passages, tmp_path / f"{name}.jsonl")
+        versions.append(
+            build_index(tmp_path / f"{name}.jsonl", tmp_path / name, progress=False)["version"]
+        )
+    assert len(set(versions)) == 3
 
 
 def test_not_an_index_and_other_formats_are_explained(corpus: Path, tmp_path: Path) -> None:
