@@ -1,12 +1,15 @@
 """Runs INSIDE the sandbox: a notebook-like interpreter whose state lives across calls.
 
-Protocol: the service writes frames `<length>\\n<json>` on stdin, json {"code": str,
-"stdin": str}; the kernel runs the code in one persistent namespace (variables and imports
-persist), prints the repr of a trailing expression like a notebook cell, flushes stdout and
-stderr (the process's own pipes, so subprocess output is captured too), then writes
-`{"exit_code": n}` and a newline on the control fd given in argv[1]. An uncaught exception
+Protocol: once started, before any untrusted code runs, the kernel writes `{"ready": true}`
+and a newline on the control fd given in argv[1] (the service records the session's processes
+then: agentrl.sandbox.leftovers). Then the service writes frames `<length>\\n<json>` on stdin,
+json {"code": str, "stdin": str}; the kernel runs the code in one persistent namespace
+(variables and imports persist), prints the repr of a trailing expression like a notebook
+cell, flushes stdout and stderr (the process's own pipes, so subprocess output is captured
+too), then writes `{"exit_code": n}` and a newline on the control fd. An uncaught exception
 prints its traceback and gives exit code 1; SystemExit gives its code; the session survives
-both. The service kills the whole sandbox on a timeout or output overflow.
+both. The service kills the whole sandbox on a timeout or output overflow, and after each
+call the processes the call left running.
 
 What this does NOT cover: isolation (bwrap and the cgroup do that); a program can write fake
 completion records to the control fd and so confuse only its own session.
@@ -58,6 +61,7 @@ def main():
     sys.path[0] = "/work"
     import io
 
+    os.write(control, b'{"ready": true}\n')
     cell = 0
     while True:
         frame = _read_frame()

@@ -10,15 +10,23 @@ clean one. Sessions idle for `session_idle_s` are closed by a reaper thread; at 
 `max_sessions` exist at once (then idle ones are evicted oldest first, else the call is
 rejected).
 
+A session keeps variables, imports and files, not processes: when a call returns, every process
+it left running (`sleep 600 &`, a kept subprocess, a double-forked daemon) is SIGKILLed
+(agentrl.sandbox.leftovers) and the answer says how many. The session's work dir is the
+program's between calls, so request files are written and fetched files read without following
+links (agentrl.sandbox.no_follow): a link the session planted makes the call `rejected`.
+
 What this module does NOT cover: persistence across service restarts or replicas (a session
-lives in one process: route a trajectory's calls to one replica), and per-call CPU/peak memory
-(reported for the session's cgroup, cumulative peak).
+lives in one process: route a trajectory's calls to one replica), per-call CPU/peak memory
+(reported for the session's cgroup, cumulative peak), and threads a call starts in the
+interpreter (they keep running between calls, within the session's limits).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import selectors
 import threading
 import time
@@ -30,6 +38,7 @@ from agentrl.common.logging import get_logger
 from agentrl.sandbox.bwrap import SANDBOX_ENV, BwrapBackend, Slot
 from agentrl.sandbox.capture import READ_CHUNK_BYTES, kill_group, spawn
 from agentrl.sandbox.interface import ExecutionRequest, ExecutionResult, RequestRejected, Status
+from agentrl.sandbox.leftovers import end_leftovers, session_pids
 
 log = get_logger(__name__)
 
@@ -38,6 +47,8 @@ KERNEL_SOURCE = (__import__("pathlib").Path(__file__).parent / "session_kernel.p
 REAP_INTERVAL_S = 5.0
 # Session ids are chosen by clients; bound them so they cannot bloat logs and maps.
 MAX_SESSION_ID_CHARS = 128
+# A new interpreter reports ready in well under a second; this allows for a loaded host.
+KERNEL_START_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -50,6 +61,8 @@ class Session:
     proc: object = None
     control_fd: int = -1
     lost_state: str = ""
+    kernel_pids: frozenset[int] = frozenset()
+    """The interpreter's own processes (bwrap, its init, the kernel), kept after each call."""
 
 
 class SessionManager:
@@ -99,6 +112,29 @@ class SessionManager:
         session.control_fd = read_fd
         for stream in (session.proc.stdout, session.proc.stderr):
             os.set_blocking(stream.fileno(), False)
+        self._await_ready(session)
+
+    def _await_ready(self, session: Session) -> None:
+        """Wait for the kernel's ready line, then record the session's processes: no untrusted
+        code has run yet, so every one of them is the interpreter's own."""
+        deadline = time.monotonic() + KERNEL_START_TIMEOUT_S
+        line = b""
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            readable, _, _ = select.select([session.control_fd], [], [], max(remaining, 0))
+            chunk = os.read(session.control_fd, READ_CHUNK_BYTES) if readable else b""
+            if not chunk:
+                try:
+                    stderr = session.proc.stderr.read() or b""
+                except BlockingIOError:  # still running, silent: the deadline passed
+                    stderr = b""
+                self._stop_process(session)
+                why = ("exited before it was ready" if readable
+                       else f"was not ready within {KERNEL_START_TIMEOUT_S:g} s")
+                raise RuntimeError(f"the session's interpreter {why}: "
+                                   f"{stderr.decode('utf-8', 'replace')[-500:]}")
+            line += chunk
+        session.kernel_pids = frozenset(session_pids(session.proc.pid, session.slot.cgroup))
 
     def _stop_process(self, session: Session) -> None:
         if session.proc is not None:
@@ -127,6 +163,8 @@ class SessionManager:
             frame = json.dumps({"code": request.code,
                                 "stdin": request.stdin.decode("utf-8", "replace")}).encode()
             result = self._call(session, b"%d\n" % len(frame) + frame, request)
+            if session.proc is not None:
+                self._end_leftovers(session, result)
             if group is not None:
                 result.cpu_time_s = group.cpu_time_s() - cpu_before
                 result.peak_memory_mb = group.peak_memory_bytes() / (1024 * 1024)
@@ -142,6 +180,22 @@ class SessionManager:
             result.backend, result.request_id = "bwrap", request.request_id
             session.last_used = time.monotonic()
             return result
+
+    def _end_leftovers(self, session: Session, result: ExecutionResult) -> None:
+        """SIGKILL what the call left running; a session whose leftovers outrun the kill (a
+        fork bomb in the background) is stopped as a whole."""
+        ended = end_leftovers(session.proc.pid, session.slot.cgroup, session.kernel_pids)
+        if ended is None:
+            self._stop_process(session)
+            session.lost_state = "(a new interpreter: the previous one was stopped)"
+            note = ("processes the call left running could not be stopped; the session was "
+                    "stopped and its state lost; the next call starts a clean interpreter")
+        elif ended:
+            note = (f"ended {ended} background process(es) the call left running "
+                    "(a session keeps variables and files, not processes)")
+        else:
+            return
+        result.message = f"{result.message} {note}".strip()
 
     def _call(self, session: Session, frame: bytes, request: ExecutionRequest) -> ExecutionResult:
         """Send one cell and collect its output until the completion record or a limit."""
