@@ -5,12 +5,16 @@
   log-probs equal those of the trainer's (perturbed) weights (drift below 1e-4 in float32; the
   drift check fires before the sync and passes after it), tokens carry version v, and the
   result reports the pause window apart from the total and each phase.
+- The native sync moves the bytes outside the pause window: a request made while a server has
+  the receive in flight completes, unpaused, on the old weights and label; the pause window is
+  shorter than the total less the transfer and the wait.
 - The engine through vLLM's four-phase API (`GlooWeightSender`): a bad checksum and a stalled
-  trainer fail /update_weights with the cause, within the timeout, and leave the served weights
-  alone; the next transfer re-initialises the group and works.
-- A server killed mid-transfer (between start_weight_update and update_weights) fails the
-  native sync with its URL and the phase; the survivor discards its staged copy and keeps
-  serving its previous weights and version, and the next sync (the dead server ejected) works.
+  trainer fail the wait (/update_weights {"wait": true}) with the cause, within the timeout;
+  finish refuses an update that was not waited for; a discard ends a receive in flight at once.
+  All leave the served weights alone; the next transfer re-initialises the group and works.
+- A server killed mid-transfer (after the broadcast, before the wait) fails the native sync
+  with its URL and the phase; the survivor discards its verified staged copy and keeps serving
+  its previous weights and version, and the next sync (the dead server ejected) works.
   (Last in the module: it kills one of the module's two servers.)
 
 Two servers for the module, started together (~3 GiB each, 40-90 s on 2 shared cores), each
@@ -25,13 +29,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
 from agentrl.common.config import InferenceServerConfig
 from agentrl.common.inference import control
 from agentrl.common.inference.control import ControlError
-from agentrl.common.inference.gloo_weight_transfer import GlooWeightSender, PackedWeights
+from agentrl.common.inference.gloo_weight_transfer import (
+    WAIT_PHASE,
+    GlooWeightSender,
+    HTTPWeightTransferClient,
+    PackedWeights,
+)
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
 from agentrl.common.inference.vllm_plugin import BACKEND_NAME
@@ -124,14 +134,16 @@ def max_diff(a: list[float], b: list[float]) -> float:
 
 async def push(urls: list[str], sender: GlooWeightSender, packed: PackedWeights,
                version: int) -> float:
-    """The transfer as the trainer runs it; returns the pause window in seconds."""
+    """The transfer as the trainer runs it (the servers generate meanwhile), then the load in
+    the pause window; returns the pause window in seconds."""
+    await asyncio.to_thread(sender.start)
+    await asyncio.to_thread(sender.update, packed)
+    await asyncio.to_thread(sender.wait)
     pool = InferencePool(urls)
     try:
         paused_at = time.perf_counter()
         await control.pause(pool, "keep")
         try:
-            await asyncio.to_thread(sender.start)
-            await asyncio.to_thread(sender.update, packed)
             await asyncio.to_thread(sender.finish)
             await control.reset_prefix_cache(pool)
             await control.set_weight_version(pool, version)
@@ -188,12 +200,62 @@ def test_each_transport_makes_every_server_serve_the_trainers_weights(
               f"{ {name: round(s, 3) for name, s in result.phases_s.items()} }")
         assert 0 < result.pause_s < result.total_s
         assert result.checksum.startswith("sha256:") and result.num_bytes > 0
+        if kind == "vllm":  # the bytes move before the pause, not inside it
+            outside_s = result.phases_s["transfer_s"] + result.phases_s["wait_staged_s"]
+            assert result.pause_s < result.total_s - outside_s
     assert results[1].version == version + 1
     assert drift.max_abs_diff < MATCH_TOLERANCE and drift.num_tokens == len(sequence) - 1
     for tokens, logprobs, versions in after:
         assert tokens == expected_tokens
         assert max_diff(logprobs, expected_logprobs) < MATCH_TOLERANCE
         assert versions == [version + 1] * NUM_NEW_TOKENS
+
+
+def test_native_sync_moves_the_bytes_while_the_servers_generate(servers, model_dir,
+                                                                monkeypatch) -> None:
+    urls = [server.url for server in servers]
+    prompt = prompt_ids(model_dir)
+    backend = trainer_backend(model_dir, seed=13)
+    expected_tokens, _ = reference(backend.model, prompt)
+    kick_off = HTTPWeightTransferClient.update_weights
+    during: dict[str, tuple[bool, tuple]] = {}
+
+    def kick_off_then_generate(client: HTTPWeightTransferClient, update_info: dict,
+                               timeout_s: float | None = None) -> None:
+        kick_off(client, update_info, timeout_s)
+        if "names" in update_info:  # the server is receiving; not a byte is sent yet
+            paused = httpx.get(f"{client.url}/is_paused", timeout=10).json()["is_paused"]
+            during[client.url] = (paused, asyncio.run(served(client.url, prompt)))
+
+    async def body():
+        pool = InferencePool(urls, request_timeout_s=120)
+        # A generous group timeout: the receive waits for the broadcast while we generate.
+        transport = NativeTransport(backend, pool, timeout_s=60)
+        try:
+            label = max((await control.weight_versions(pool)).values())
+            await control.set_weight_version(pool, label)  # one label on both servers
+            before = {url: await served(url, prompt) for url in urls}
+            monkeypatch.setattr(HTTPWeightTransferClient, "update_weights",
+                                kick_off_then_generate)
+            result = await transport.sync(label + 1)
+            monkeypatch.setattr(HTTPWeightTransferClient, "update_weights", kick_off)
+            return label, before, result, {url: await served(url, prompt) for url in urls}
+        finally:
+            await transport.close()
+            await pool.close()
+
+    label, before, result, after = asyncio.run(body())
+    print(f"pause window {result.pause_s:.3f} s of {result.total_s:.3f} s, phases "
+          f"{ {name: round(s, 3) for name, s in result.phases_s.items()} }")
+    assert set(during) == set(urls)
+    for url, (paused, (tokens, logprobs, versions)) in during.items():
+        # Mid-transfer: not paused, the old weights under the old label.
+        assert paused is False
+        assert tokens == before[url][0] and max_diff(logprobs, before[url][1]) < 1e-6
+        assert versions == [label] * NUM_NEW_TOKENS
+        assert after[url][0] == expected_tokens and after[url][2] == [label + 1] * NUM_NEW_TOKENS
+    outside_s = result.phases_s["transfer_s"] + result.phases_s["wait_staged_s"]
+    assert result.pause_s < result.total_s - outside_s
 
 
 def test_transfer_makes_every_server_serve_the_sent_weights(servers, model_dir) -> None:
@@ -204,7 +266,7 @@ def test_transfer_makes_every_server_serve_the_sent_weights(servers, model_dir) 
     async def body():
         before = [await served(url, prompt) for url in urls]
         started_at = time.perf_counter()
-        # Layout and checksum before the pause: generation goes on meanwhile.
+        # Layout, checksum and transfer before the pause: generation goes on meanwhile.
         packed = PackedWeights.pack(perturbed_weights(model_dir, 0).state_dict())
         sender = GlooWeightSender(urls, timeout_s=TIMEOUT_S)
         await asyncio.to_thread(sender.connect)
@@ -215,7 +277,7 @@ def test_transfer_makes_every_server_serve_the_sent_weights(servers, model_dir) 
 
     before, after, packed, pause_s, total_s = asyncio.run(body())
     print(f"{packed.num_bytes} bytes to {len(urls)} servers: pause window {pause_s:.3f} s, "
-          f"total (pack + connect + pause window) {total_s:.3f} s")
+          f"total (pack + connect + transfer + pause window) {total_s:.3f} s")
     for (tokens_before, logprobs_before, _), (tokens, logprobs, versions) in zip(before, after):
         assert max_diff(logprobs_before, expected_logprobs) > 100 * MATCH_TOLERANCE
         assert tokens == expected_tokens
@@ -223,8 +285,8 @@ def test_transfer_makes_every_server_serve_the_sent_weights(servers, model_dir) 
         assert versions == [1] * NUM_NEW_TOKENS
 
 
-def test_bad_checksum_and_stalled_trainer_leave_the_served_weights_alone(servers,
-                                                                        model_dir) -> None:
+def test_bad_checksum_stall_and_discard_leave_the_served_weights_alone(servers,
+                                                                      model_dir) -> None:
     url = servers[0].url
     prompt = prompt_ids(model_dir)
     model = perturbed_weights(model_dir, 1)
@@ -234,33 +296,52 @@ def test_bad_checksum_and_stalled_trainer_leave_the_served_weights_alone(servers
 
     async def body():
         before = await served(url, prompt)
-        # The receiver checksums what it got; a mismatch is /update_weights' HTTP error.
+        # The receiver checksums what it got; a mismatch is the wait's HTTP error.
         await asyncio.to_thread(sender.start)
+        await asyncio.to_thread(sender.update, dataclasses.replace(
+            packed, checksum="sha256:" + "0" * 64))
         with pytest.raises(ControlError) as mismatch:
-            await asyncio.to_thread(sender.update, dataclasses.replace(
-                packed, checksum="sha256:" + "0" * 64))
-        # The trainer announces an update and never sends it: the receive times out.
+            await asyncio.to_thread(sender.wait)
+        # The trainer announces an update and never sends it: finish refuses to load what was
+        # not verified, and the wait reports the receive's timeout.
         await asyncio.to_thread(sender.start)  # re-initialises the dropped group
+        client = sender.engines[url].client
         stall_began = time.perf_counter()
+        await asyncio.to_thread(client.update_weights, packed.update_info())
+        with pytest.raises(ControlError) as refused:
+            await asyncio.to_thread(client.finish_weight_update)
         with pytest.raises(ControlError) as stall:
-            await asyncio.to_thread(sender.engines[url].client.update_weights,
-                                    packed.update_info())
+            await asyncio.to_thread(client.wait_weight_update, TIMEOUT_S + 30)
         stall_s = time.perf_counter() - stall_began
         unchanged = await served(url, prompt)
         # The stall went around the sender, which still holds the group the server dropped:
         # drop it, as the sender does itself after an update it saw fail.
         await asyncio.to_thread(sender.close)
+        # A discard ends a receive in flight without waiting for its timeout.
+        await asyncio.to_thread(sender.start)
+        await asyncio.to_thread(sender.engines[url].client.update_weights, packed.update_info())
+        discard_began = time.perf_counter()
+        await asyncio.to_thread(sender.discard)
+        discard_s = time.perf_counter() - discard_began
+        discarded = await served(url, prompt)
         await push([url], sender, packed, version=2)
-        return before, mismatch.value, stall.value, stall_s, unchanged, await served(url, prompt)
+        return (before, mismatch.value, refused.value, stall.value, stall_s, unchanged,
+                discard_s, discarded, await served(url, prompt))
 
-    before, mismatch, stall, stall_s, unchanged, after = asyncio.run(body())
-    assert (mismatch.url, mismatch.phase) == (url, "update_weights")
+    (before, mismatch, refused, stall, stall_s, unchanged, discard_s, discarded,
+     after) = asyncio.run(body())
+    assert (mismatch.url, mismatch.phase) == (url, WAIT_PHASE)
     assert "checksum mismatch" in str(mismatch)
-    assert (stall.url, stall.phase) == (url, "update_weights")
+    assert (refused.url, refused.phase) == (url, "finish_weight_update")
+    assert "before the update was verified" in str(refused)
+    assert (stall.url, stall.phase) == (url, WAIT_PHASE)
     assert "Timed out" in str(stall)
     assert TIMEOUT_S * 0.9 < stall_s < TIMEOUT_S + 10
-    assert unchanged[0] == before[0] and max_diff(unchanged[1], before[1]) < 1e-6
-    assert unchanged[2] == before[2]
+    assert discard_s < TIMEOUT_S / 2
+    for served_meanwhile in (unchanged, discarded):
+        assert served_meanwhile[0] == before[0]
+        assert max_diff(served_meanwhile[1], before[1]) < 1e-6
+        assert served_meanwhile[2] == before[2]
     # The next transfer sets the group up again and goes through.
     assert after[0] == expected_tokens
     assert max_diff(after[1], expected_logprobs) < MATCH_TOLERANCE
@@ -273,10 +354,10 @@ def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps
     prompt = prompt_ids(model_dir)
     backend = trainer_backend(model_dir, seed=4)
     expected_tokens, expected_logprobs = reference(backend.model, prompt)
-    start = GlooWeightSender.start
+    update = GlooWeightSender.update
 
-    def start_then_kill(sender: GlooWeightSender) -> None:
-        start(sender)  # every server opened its update session; now one dies
+    def update_then_kill(sender: GlooWeightSender, weights) -> None:
+        update(sender, weights)  # every server got the bytes; one dies before the wait
         if victim.process.poll() is None:
             victim.kill()
 
@@ -286,12 +367,12 @@ def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps
         try:
             before = await served(survivor.url, prompt)
             label_before = (await control.weight_versions(pool))[survivor.url]
-            monkeypatch.setattr(GlooWeightSender, "start", start_then_kill)
+            monkeypatch.setattr(GlooWeightSender, "update", update_then_kill)
             failed_at = time.perf_counter()
             with pytest.raises(WeightSyncError) as failure:
                 await transport.sync(label_before + 1)
             failure_s = time.perf_counter() - failed_at
-            monkeypatch.setattr(GlooWeightSender, "start", start)
+            monkeypatch.setattr(GlooWeightSender, "update", update)
             after = await served(survivor.url, prompt)
             # The health check ejects the dead server; the next sync goes to the survivor.
             await pool.check_health()
@@ -304,7 +385,8 @@ def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps
 
     label, before, failure, failure_s, after, retried, final = asyncio.run(body())
     print(f"failure after {failure_s:.3f} s: {failure}")
-    assert victim.url in str(failure) and "update_weights" in str(failure)
+    assert victim.url in str(failure) and WAIT_PHASE in str(failure)
+    assert f"{survivor.url} discarded it" in str(failure)
     assert f"version {label + 1}" in str(failure)
     assert failure_s < TIMEOUT_S + 5
     # The survivor still serves what it served before, under the same version.

@@ -1,33 +1,45 @@
 """The `vllm` weight transport: vLLM's native four-phase weight-transfer API on a stock
 `vllm serve`, in flight, with nothing written to disk.
 
+    gather+pack -> connect -> start -> update -> wait -> [pause -> finish -> reset -> label
+    -> resume] -> verify            (only the bracket stops generation)
+
 One sync of policy version v (`NativeTransport.sync`):
 
 1. gather: `backend.hf_weights()` (every rank takes part; rank 0 gets the full tensors), packed
-   into one flat buffer with its `weights_checksum` (before any server pauses);
-2. connect (the first sync, and after a server failed): `/init_weight_transfer_engine` opens a
-   process group with every server (one per server, the trainer rank 0);
-3. on every healthy server at once (agentrl.common.inference.control, gloo_weight_transfer):
-     POST /pause?mode=keep                     in-flight requests freeze, keep their tokens
+   into one flat buffer with its `weights_checksum`;
+2. connect (the first sync, and after a server failed or discarded): `/init_weight_transfer_
+   engine` opens a process group with every server (one per server, the trainer rank 0);
+3. transfer, while every server keeps generating (agentrl.common.inference.gloo_weight_transfer):
      POST /start_weight_update
-     POST /update_weights {names, dtypes, shapes, checksum} + the broadcast of the buffer:
-        the receiver stages what arrives and verifies the checksum; nothing is loaded yet
-     POST /finish_weight_update                 only when every server staged: each loads
-                                                through vLLM's own `load_weights`
+     POST /update_weights {names, dtypes, shapes, checksum}   the server starts receiving in a
+        background thread into a staging buffer and answers at once; the trainer broadcasts
+     POST /update_weights {"wait": true}    the receive ended and the checksum matched: each
+        server holds a verified staged copy; the model is untouched so far
+4. on every healthy server at once, only once every server staged (control.py):
+     POST /pause?mode=keep                      in-flight requests freeze, keep their tokens
+     POST /finish_weight_update                 each loads through vLLM's own `load_weights`
      POST /reset_prefix_cache?reset_running_requests=true
      POST /update_weight_version {"new_version": "v"}
      POST /resume                               always, also after a failure
-4. verify: every server reports version v.
+5. verify: every server reports version v.
 
-A server that dies or stalls fails the sync within `trainer.weight_sync_timeout_s` with a
-`WeightSyncError` naming it and the phase; the other servers discard the staged update and go
-on serving the previous version under its label (all-or-nothing across the pool). The next sync
-reconnects.
+Phases (`SyncResult.phases_s`): gather_and_pack_s, connect_s, transfer_s (start, update and the
+broadcast), wait_staged_s (until every server verified its copy), load_s, reset_and_label_s,
+verify_s. `pause_s` spans pause to resume only: load_s + reset_and_label_s and the pause and
+resume calls; the transfer is never inside it.
+
+A server that dies, stalls or receives corrupt bytes fails the sync within
+`trainer.weight_sync_timeout_s` (plus a few seconds of grace) with a `WeightSyncError` naming it
+and the phase; the other servers discard the update, nothing is loaded anywhere, and, failing
+before step 4, no server was ever paused: all go on serving the previous version under its
+label (all-or-nothing across the pool). The next sync reconnects.
 
 Engines: `agentrl_gloo` (libs/common/inference/gloo_weight_transfer.py, CPU; what CI runs).
 What this does NOT cover: vLLM's `nccl` engine (config validation refuses it until a GPU build
 of vLLM can test it), trainer ranks other than 0 sending (rank 0 holds the full weights and
-sends them all).
+sends them all), the generation slowdown while a server receives and hashes on shared cores
+(it is not paused, but it shares them).
 """
 
 from __future__ import annotations
@@ -100,16 +112,22 @@ class NativeTransport(WeightTransport):
     async def _transfer(self, packed: Any, version: int, phases: dict[str, float]) -> float:
         sender = self._sender_for(control.healthy_urls(self.pool))
         mark = time.perf_counter()
-        await asyncio.to_thread(sender.connect)  # groups open once, outside the pause
+        await asyncio.to_thread(sender.connect)  # groups open once
         phases["connect_s"] = time.perf_counter() - mark
-        paused = time.perf_counter()
-        await control.pause(self.pool, self.pause_mode)
+        # The servers receive in the background and go on generating; a failure here leaves
+        # every server unpaused and serving what it served (the sender discards everywhere; a
+        # session left open by a cancelled sync is discarded by the next start).
+        mark = time.perf_counter()
+        await asyncio.to_thread(sender.start)
+        await asyncio.to_thread(sender.update, packed)
+        phases["transfer_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        await asyncio.to_thread(sender.wait)
+        phases["wait_staged_s"] = time.perf_counter() - mark
+        paused, loading = time.perf_counter(), False
         try:
-            mark = time.perf_counter()
-            await asyncio.to_thread(sender.start)
-            await asyncio.to_thread(sender.update, packed)
-            phases["transfer_s"] = time.perf_counter() - mark
-            mark = time.perf_counter()
+            await control.pause(self.pool, self.pause_mode)
+            mark, loading = time.perf_counter(), True
             await asyncio.to_thread(sender.finish)
             phases["load_s"] = time.perf_counter() - mark
             mark = time.perf_counter()
@@ -117,6 +135,8 @@ class NativeTransport(WeightTransport):
             await control.set_weight_version(self.pool, version)
             phases["reset_and_label_s"] = time.perf_counter() - mark
         except BaseException:
+            if not loading:  # the pause failed: close the sessions, load nothing anywhere
+                await asyncio.to_thread(sender.discard)
             with contextlib.suppress(InferenceError):  # the first error is the one to report
                 await control.resume(self.pool)
             raise
