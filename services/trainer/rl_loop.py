@@ -63,6 +63,7 @@ from agentrl.trainer.data import EpochOrder, PromptRow, load_prompts
 from agentrl.trainer.distributed import broadcast_object, is_main_process
 from agentrl.trainer.drift_check import check_logprob_drift
 from agentrl.trainer.metrics import StepMetricsWriter, read_step_metrics
+from agentrl.trainer.pool_weights import PoolWeights
 from agentrl.trainer.rl_step import AdmissionControl, step_metrics, train_step
 from agentrl.trainer.run_files import SampleWriter, write_config
 from agentrl.trainer.status_server import StatusBoard, start_status_servers
@@ -150,6 +151,7 @@ class RLTrainer:
         # collective); only rank 0 sends anything to the servers (transports/interface.py).
         self.pool = pool or InferencePool.from_config(config.inference)
         self.transport = create_transport(config, self.backend, self.pool, self.run_dir)
+        self.weights = PoolWeights(self.transport, self.pool, main=self.main)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
                                              self.trainer.keep_checkpoints)
         self.step, self.version = 0, 0
@@ -257,7 +259,7 @@ class RLTrainer:
 
     async def sync_weights(self) -> SyncResult:
         """Serve the trainer's weights as `self.version` on every server, then publish it."""
-        result = await self.transport.sync(self.version)
+        result = await self.weights.push(self.version)
         if self.main:
             self.publisher.publish(self.version, result.weights_uri, result.checksum)
         return result
@@ -299,6 +301,7 @@ class RLTrainer:
         with StepMetricsWriter(self.run_dir) if self.main else nullcontext() as writer:
             while self.step < max_steps:
                 self.status.set_phase("training")
+                await self.weights.catch_up(self.version)
                 groups, entries, waited_s, capped = await self.next_groups()
                 # Capped: train on the zero-signal groups too (advantage 0) rather than wait.
                 algorithm = self.algorithm.model_copy(update={"dynamic_sampling": False}) \
@@ -319,6 +322,8 @@ class RLTrainer:
                          "policy_version": self.version, "prompts_admitted":
                          self.admission.admitted, "weight_sync_bytes": synced.num_bytes,
                          "time_weight_sync_pause_s": synced.pause_s,
+                         "weight_sync_servers_ejected": self.weights.num_ejected,
+                         "weight_sync_servers_caught_up": self.weights.num_caught_up,
                          **{f"time_weight_sync_{name}": seconds
                             for name, seconds in synced.phases_s.items()}}
                 if self.trainer.drift_check:

@@ -14,8 +14,9 @@
   All leave the served weights alone; the next transfer re-initialises the group and works.
 - A server killed mid-transfer (after the broadcast, before the wait) fails the native sync
   with its URL and the phase; the survivor discards its verified staged copy and keeps serving
-  its previous weights and version, and the next sync (the dead server ejected) works.
-  (Last in the module: it kills one of the module's two servers.)
+  its previous weights and version; the next push (PoolWeights) ejects the dead server and
+  serves the survivor; a new server process on the dead one's address is caught up to the
+  current version alone. (Last in the module: it kills one of the module's two servers.)
 
 Two servers for the module, started together (~3 GiB each, 40-90 s on 2 shared cores), each
 with `--weight-transfer-config '{"backend": "agentrl_gloo"}'` as the launcher starts them.
@@ -47,6 +48,7 @@ from agentrl.common.inference.pool import InferencePool
 from agentrl.common.inference.vllm_plugin import BACKEND_NAME
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.trainer.drift_check import WeightDriftError, check_logprob_drift
+from agentrl.trainer.pool_weights import PoolWeights
 from agentrl.trainer.transports.disk import DiskTransport
 from agentrl.trainer.transports.interface import WeightSyncError
 from agentrl.trainer.transports.vllm_native import NativeTransport
@@ -350,6 +352,9 @@ def test_bad_checksum_stall_and_discard_leave_the_served_weights_alone(servers,
 
 def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps_serving(
         servers, model_dir, tmp_path, monkeypatch) -> None:
+    """Then the run rides on: the next push ejects the dead server and serves the survivor, and
+    when the server comes back (a new process on the same address, serving its checkpoint as
+    version 0) `catch_up` gives it the current version alone, through a fresh group."""
     survivor, victim = servers
     prompt = prompt_ids(model_dir)
     backend = trainer_backend(model_dir, seed=4)
@@ -364,6 +369,8 @@ def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps
     async def body():
         pool = InferencePool([survivor.url, victim.url], request_timeout_s=120)
         transport = NativeTransport(backend, pool, timeout_s=TIMEOUT_S)
+        weights = PoolWeights(transport, pool)
+        reborn = None
         try:
             before = await served(survivor.url, prompt)
             label_before = (await control.weight_versions(pool))[survivor.url]
@@ -374,16 +381,24 @@ def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps
             failure_s = time.perf_counter() - failed_at
             monkeypatch.setattr(GlooWeightSender, "update", update)
             after = await served(survivor.url, prompt)
-            # The health check ejects the dead server; the next sync goes to the survivor.
-            await pool.check_health()
-            retried = await transport.sync(label_before + 2)
-            return (label_before, before, failure.value, failure_s, after, retried,
-                    await served(survivor.url, prompt))
+            # The pool still counts the dead server healthy: the push ejects it and goes on.
+            retried = await weights.push(label_before + 2)
+            final = await served(survivor.url, prompt)
+            # The server comes back on its address, serving its checkpoint (version 0).
+            reborn = VLLMServer.spawn(CONFIG, model_dir, tmp_path / "vllm-reborn.log",
+                                      port=int(victim.url.rsplit(":", 1)[1]))
+            await asyncio.to_thread(reborn.wait_ready, CONFIG.start_timeout_s)
+            caught_up = await weights.catch_up(label_before + 2)
+            return (label_before, before, failure.value, failure_s, after, retried, final,
+                    weights.num_ejected, caught_up, await served(victim.url, prompt))
         finally:
             await transport.close()
             await pool.close()
+            if reborn is not None:
+                reborn.stop()
 
-    label, before, failure, failure_s, after, retried, final = asyncio.run(body())
+    (label, before, failure, failure_s, after, retried, final, num_ejected, caught_up,
+     reborn_served) = asyncio.run(body())
     print(f"failure after {failure_s:.3f} s: {failure}")
     assert victim.url in str(failure) and WAIT_PHASE in str(failure)
     assert f"{survivor.url} discarded it" in str(failure)
@@ -392,7 +407,12 @@ def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps
     # The survivor still serves what it served before, under the same version.
     assert after[0] == before[0] and max_diff(after[1], before[1]) < 1e-6
     assert after[2] == before[2] == [label] * NUM_NEW_TOKENS
-    assert retried.version == label + 2
+    assert retried.version == label + 2 and num_ejected == 1
     assert final[0] == expected_tokens
     assert max_diff(final[1], expected_logprobs) < MATCH_TOLERANCE
     assert final[2] == [label + 2] * NUM_NEW_TOKENS
+    # The server that came back serves the current weights and version, like the survivor.
+    assert caught_up == [victim.url]
+    assert reborn_served[0] == expected_tokens
+    assert max_diff(reborn_served[1], expected_logprobs) < MATCH_TOLERANCE
+    assert reborn_served[2] == [label + 2] * NUM_NEW_TOKENS

@@ -94,17 +94,17 @@ async def post_each(pool: InferencePool, path: str, phase: str, *,
     return dict(zip(urls, results, strict=True))
 
 
-async def pause(pool: InferencePool, mode: str = "keep") -> None:
-    """Pause generation on every healthy server: `keep` freezes in-flight requests until
-    resume, `wait` lets them finish, `abort` ends them (finish_reason `abort`)."""
+async def pause(pool: InferencePool, mode: str = "keep", urls: list[str] | None = None) -> None:
+    """Pause generation on every healthy server (or `urls`): `keep` freezes in-flight requests
+    until resume, `wait` lets them finish, `abort` ends them (finish_reason `abort`)."""
     if mode not in PAUSE_MODES:
         raise ValueError(f"pause mode {mode!r}; use one of {', '.join(PAUSE_MODES)}")
-    await post_each(pool, "/pause", "pause", params={"mode": mode})
+    await post_each(pool, "/pause", "pause", params={"mode": mode}, urls=urls)
 
 
-async def resume(pool: InferencePool) -> None:
-    """Resume every healthy server; raises the first failure after trying all of them."""
-    await post_each(pool, "/resume", "resume")
+async def resume(pool: InferencePool, urls: list[str] | None = None) -> None:
+    """Resume every healthy server (or `urls`); raises the first failure after trying all."""
+    await post_each(pool, "/resume", "resume", urls=urls)
 
 
 async def set_weight_version(pool: InferencePool, version: int,
@@ -114,9 +114,10 @@ async def set_weight_version(pool: InferencePool, version: int,
                     json={"new_version": str(version)}, urls=urls)
 
 
-async def weight_versions(pool: InferencePool) -> dict[str, int]:
-    """The version label each healthy server reports."""
-    urls = healthy_urls(pool)
+async def weight_versions(pool: InferencePool, urls: list[str] | None = None
+                          ) -> dict[str, int]:
+    """The version label each healthy server (or each of `urls`) reports."""
+    urls = urls or healthy_urls(pool)
     replies = await asyncio.gather(*(call_one(pool, url, "GET", "/weight_info", "weight_info")
                                      for url in urls))
     return {url: parse_version(reply["weight_version"])
@@ -124,18 +125,19 @@ async def weight_versions(pool: InferencePool) -> dict[str, int]:
 
 
 async def reload_weights(pool: InferencePool, directory: Path,
-                         timeout_s: float = RELOAD_TIMEOUT_S) -> None:
+                         timeout_s: float = RELOAD_TIMEOUT_S, urls: list[str] | None = None
+                         ) -> None:
     """vLLM's in-place reload of checkpoint-format safetensors from `directory` (a path every
     server can read) through its own loader: name mapping, fusing and casting are vLLM's."""
     await post_each(pool, "/collective_rpc", "reload_weights", timeout_s=timeout_s, json={
         "method": "reload_weights", "kwargs": {"weights_path": str(directory.resolve())},
-        "timeout": timeout_s})
+        "timeout": timeout_s}, urls=urls)
 
 
-async def reset_prefix_cache(pool: InferencePool) -> None:
+async def reset_prefix_cache(pool: InferencePool, urls: list[str] | None = None) -> None:
     """Drop KV computed with the old weights; frozen requests re-prefill on the new ones."""
     replies = await post_each(pool, "/reset_prefix_cache", "reset_prefix_cache",
-                              params={"reset_running_requests": "true"})
+                              params={"reset_running_requests": "true"}, urls=urls)
     for url, reply in replies.items():
         if not (reply or {}).get("success"):
             raise ControlError(url, "reset_prefix_cache",

@@ -685,6 +685,8 @@ class GlooWeightSender:
         started, failures = self._each(self.urls, lambda url: self.engines[url].start())
         self.started, self.session = list(started), "started"
         if failures:
+            for url in failures:  # a restarted server has no group: the next start re-inits
+                self._drop(url)
             self._discard(self.started)
             self._raise(failures, "no server changed its weights")
 
@@ -778,6 +780,11 @@ class GlooWeightSender:
         for url in urls:
             self._drop(url)
         self.started, self.session = [], ""
+
+    def drop(self, url: str) -> None:
+        """Forget `url`'s group (a server that left the pool; one that comes back connects
+        afresh)."""
+        self._drop(url)
 
     def _drop(self, url: str) -> None:
         engine = self.engines.pop(url, None)

@@ -21,6 +21,9 @@ One sync of policy version v (`DiskTransport.sync`):
 4. prune: only the newest `keep_versions` directories stay (a server started meanwhile
    loads the newest).
 
+A version is exported once: a second `sync(v, urls)` (a retry without a failed server, a
+restarted server catching up) reloads the same directory on those servers only.
+
 A failure before the reload leaves the servers untouched; a reload that fails on one server
 raises with that server and phase, and the servers that did reload keep the new weights
 under the OLD version label (the label is set only after every reload succeeded), so samples
@@ -96,52 +99,59 @@ class DiskTransport(WeightTransport):
         self.keep_versions = keep_versions
         self.pause_mode = pause_mode
         self.reload_timeout_s = reload_timeout_s
+        self.exported: tuple[int, Path, str, int] | None = None  # the last version written
 
     @classmethod
     def from_config(cls, config, backend: TrainerBackend, pool: InferencePool,
                     run_dir: Path) -> DiskTransport:
         return cls(backend, pool, run_dir, pause_mode=config.trainer.weight_sync_pause_mode)
 
-    async def sync(self, version: int) -> SyncResult:
+    async def sync(self, version: int, urls: list[str] | None = None) -> SyncResult:
         start = time.perf_counter()
-        directory, checksum, num_bytes = export_version(self.backend, self.weights_root,
-                                                        version)
+        if self.exported is None or self.exported[0] != version or not self.exported[1].is_dir():
+            self.exported = (version, *export_version(self.backend, self.weights_root, version))
+        _, directory, checksum, num_bytes = self.exported
         exported = time.perf_counter()
         phases = {"export_s": exported - start}
         if not self.backend.is_main_process():
             return SyncResult(version, num_bytes, checksum, str(directory), 0.0,
                               time.perf_counter() - start, phases)
         try:
-            pause_s = await self._reload(directory, version, phases)
+            pause_s = await self._reload(directory, version, phases,
+                                         urls or control.healthy_urls(self.pool))
         except InferenceError as exc:
-            raise WeightSyncError(f"disk sync of version {version}: {exc}") from exc
+            raise WeightSyncError(f"disk sync of version {version}: {exc}",
+                                  getattr(exc, "url", None), getattr(exc, "phase", None)
+                                  ) from exc
         self._prune()
         return SyncResult(version, num_bytes, checksum, str(directory.resolve()), pause_s,
                           time.perf_counter() - start, phases)
 
-    async def _reload(self, directory: Path, version: int, phases: dict[str, float]) -> float:
+    async def _reload(self, directory: Path, version: int, phases: dict[str, float],
+                      urls: list[str]) -> float:
         paused = time.perf_counter()
-        await control.pause(self.pool, self.pause_mode)
+        await control.pause(self.pool, self.pause_mode, urls)
         try:
             mark = time.perf_counter()
-            await control.reload_weights(self.pool, directory, self.reload_timeout_s)
+            await control.reload_weights(self.pool, directory, self.reload_timeout_s, urls)
             phases["reload_s"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            await control.reset_prefix_cache(self.pool)
-            await control.set_weight_version(self.pool, version)
+            await control.reset_prefix_cache(self.pool, urls)
+            await control.set_weight_version(self.pool, version, urls)
             phases["reset_and_label_s"] = time.perf_counter() - mark
         except BaseException:
             with contextlib.suppress(InferenceError):  # the first error is the one to report
-                await control.resume(self.pool)
+                await control.resume(self.pool, urls)
             raise
-        await control.resume(self.pool)
+        await control.resume(self.pool, urls)
         pause_s = time.perf_counter() - paused
         mark = time.perf_counter()
-        served = await control.weight_versions(self.pool)
+        served = await control.weight_versions(self.pool, urls)
         wrong = {url: v for url, v in served.items() if v != version}
         if wrong:
+            url = next(iter(wrong))
             raise WeightSyncError(f"after the reload of version {version}, servers report "
-                                  f"{wrong}: the label did not take")
+                                  f"{wrong}: the label did not take", url, "verify")
         phases["verify_s"] = time.perf_counter() - mark
         return pause_s
 

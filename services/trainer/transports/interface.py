@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 
 
 class WeightSyncError(RuntimeError):
-    """A sync failed; the message names the server and the phase."""
+    """A sync failed; the message names the server and the phase, `url` the server when one
+    server's failure caused it (the caller may eject it and sync the others again)."""
+
+    def __init__(self, message: str, url: str | None = None, phase: str | None = None) -> None:
+        super().__init__(message)
+        self.url, self.phase = url, phase
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,11 @@ class WeightTransport(ABC):
     name: str
 
     @abstractmethod
-    async def sync(self, version: int) -> SyncResult:
-        """Make every healthy server serve the backend's current weights as `version`."""
+    async def sync(self, version: int, urls: list[str] | None = None) -> SyncResult:
+        """Make every healthy server (or only `urls`) serve the backend's current weights as
+        `version`. Every rank calls it for a new version (gathering the weights is collective);
+        a second call for the same version (a retry without a failed server, a restarted
+        server catching up) reuses what the first gathered and is rank 0's alone."""
 
     async def close(self) -> None:
         """Release what the transport holds (process groups, files); idempotent."""

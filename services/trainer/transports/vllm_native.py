@@ -35,6 +35,10 @@ and the phase; the other servers discard the update, nothing is loaded anywhere,
 before step 4, no server was ever paused: all go on serving the previous version under its
 label (all-or-nothing across the pool). The next sync reconnects.
 
+A version is gathered and packed once: a second `sync(v, urls)` (a retry without a failed
+server, a restarted server catching up) sends the same buffer to those servers only; rank 0
+keeps that buffer (one copy of the weights in host memory) until the next version.
+
 Engines: `agentrl_gloo` (libs/common/inference/gloo_weight_transfer.py, CPU; what CI runs).
 What this does NOT cover: vLLM's `nccl` engine (config validation refuses it until a GPU build
 of vLLM can test it), trainer ranks other than 0 sending (rank 0 holds the full weights and
@@ -70,7 +74,8 @@ class NativeTransport(WeightTransport):
         self.backend, self.pool = backend, pool
         self.pause_mode, self.timeout_s = pause_mode, timeout_s
         self.master_address = master_address
-        self.sender: Any = None  # a GlooWeightSender for the current set of healthy servers
+        self.sender: Any = None  # a GlooWeightSender; its `urls` are each sync's targets
+        self.packed: tuple[int, Any] | None = None  # the last version gathered and packed
 
     @classmethod
     def from_config(cls, config: Any, backend: TrainerBackend, pool: InferencePool,
@@ -82,35 +87,48 @@ class NativeTransport(WeightTransport):
                    engine=config.inference.weight_transfer_backend)
 
     def _sender_for(self, urls: list[str]):
+        """The sender, aimed at `urls`; groups of the other servers stay open, except those
+        of servers the pool ejected (a server that comes back is a new process: it connects
+        afresh)."""
         from agentrl.common.inference.gloo_weight_transfer import GlooWeightSender
 
-        if self.sender is None or self.sender.urls != urls:
-            if self.sender is not None:  # the pool changed: a server left or came back
-                self.sender.close()
+        if self.sender is None:
             self.sender = GlooWeightSender(urls, master_address=self.master_address,
                                            timeout_s=self.timeout_s)
+        for url in list(self.sender.engines):
+            if url in self.pool.servers and not self.pool.servers[url].healthy:
+                self.sender.drop(url)
+        self.sender.urls = list(urls)
         return self.sender
 
-    async def sync(self, version: int) -> SyncResult:
+    async def sync(self, version: int, urls: list[str] | None = None) -> SyncResult:
         from agentrl.common.inference.gloo_weight_transfer import PackedWeights
 
         start = time.perf_counter()
-        weights = self.backend.hf_weights()
         uri = f"vllm://agentrl_gloo/v{version}"
-        if not self.backend.is_main_process():
-            return SyncResult(version, 0, "", uri, 0.0, time.perf_counter() - start,
-                              {"gather_s": time.perf_counter() - start})
-        packed = await asyncio.to_thread(PackedWeights.pack, weights)
+        if self.packed is None or self.packed[0] != version:
+            self.packed = None  # drop the previous version's buffer before gathering this one
+            weights = self.backend.hf_weights()  # collective: every rank, once per version
+            if not self.backend.is_main_process():
+                return SyncResult(version, 0, "", uri, 0.0, time.perf_counter() - start,
+                                  {"gather_s": time.perf_counter() - start})
+            self.packed = (version, await asyncio.to_thread(PackedWeights.pack, weights))
+            del weights
+        packed = self.packed[1]
         phases = {"gather_and_pack_s": time.perf_counter() - start}
         try:
-            pause_s = await self._transfer(packed, version, phases)
+            pause_s = await self._transfer(packed, version, phases,
+                                           urls or control.healthy_urls(self.pool))
         except InferenceError as exc:  # ControlError names the server and the phase
-            raise WeightSyncError(f"native sync of version {version}: {exc}") from exc
+            raise WeightSyncError(f"native sync of version {version}: {exc}",
+                                  getattr(exc, "url", None), getattr(exc, "phase", None)
+                                  ) from exc
         return SyncResult(version, packed.num_bytes, packed.checksum, uri, pause_s,
                           time.perf_counter() - start, phases)
 
-    async def _transfer(self, packed: Any, version: int, phases: dict[str, float]) -> float:
-        sender = self._sender_for(control.healthy_urls(self.pool))
+    async def _transfer(self, packed: Any, version: int, phases: dict[str, float],
+                        urls: list[str]) -> float:
+        sender = self._sender_for(urls)
         mark = time.perf_counter()
         await asyncio.to_thread(sender.connect)  # groups open once
         phases["connect_s"] = time.perf_counter() - mark
@@ -126,28 +144,29 @@ class NativeTransport(WeightTransport):
         phases["wait_staged_s"] = time.perf_counter() - mark
         paused, loading = time.perf_counter(), False
         try:
-            await control.pause(self.pool, self.pause_mode)
+            await control.pause(self.pool, self.pause_mode, urls)
             mark, loading = time.perf_counter(), True
             await asyncio.to_thread(sender.finish)
             phases["load_s"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            await control.reset_prefix_cache(self.pool)
-            await control.set_weight_version(self.pool, version)
+            await control.reset_prefix_cache(self.pool, urls)
+            await control.set_weight_version(self.pool, version, urls)
             phases["reset_and_label_s"] = time.perf_counter() - mark
         except BaseException:
             if not loading:  # the pause failed: close the sessions, load nothing anywhere
                 await asyncio.to_thread(sender.discard)
             with contextlib.suppress(InferenceError):  # the first error is the one to report
-                await control.resume(self.pool)
+                await control.resume(self.pool, urls)
             raise
-        await control.resume(self.pool)
+        await control.resume(self.pool, urls)
         pause_s = time.perf_counter() - paused
         mark = time.perf_counter()
-        served = await control.weight_versions(self.pool)
+        served = await control.weight_versions(self.pool, urls)
         wrong = {url: v for url, v in served.items() if v != version}
         if wrong:
             raise WeightSyncError(f"after the native update to version {version}, servers "
-                                  f"report {wrong}: the label did not take")
+                                  f"report {wrong}: the label did not take", next(iter(wrong)),
+                                  "verify")
         phases["verify_s"] = time.perf_counter() - mark
         return pause_s
 
