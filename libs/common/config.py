@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "AGENTRL__"
 # Task types the reward service verifies without configuration (agentrl.reward.registry).
@@ -444,10 +444,15 @@ class TrainerConfig(ServiceEndpoint):
         if self.lr_schedule != "constant" and self.total_steps is None:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} needs total_steps; set it or use "
                              "'constant'")
-        if self.backend == "megatron":
+        return self
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend_built(cls, backend: str) -> str:
+        if backend == "megatron":
             raise ValueError("backend 'megatron' is not built yet (its own issue); use "
                              "backend: torch (parallelism: fsdp2 for several GPUs)")
-        return self
+        return backend
 
 
 class AlgorithmConfig(Section):
@@ -498,12 +503,17 @@ class AlgorithmConfig(Section):
     """Above the cap: `clamp` the weight to the cap, or `mask` the token out of the loss
     (weight 0, as AReaL does; it still counts in the token-mean normaliser)."""
 
+    @field_validator("kl_coef")
+    @classmethod
+    def _check_reference_policy(cls, kl_coef: float) -> float:
+        if kl_coef > 0:
+            raise ValueError(
+                f"kl_coef {kl_coef} needs log-probs of a reference policy, which the trainer "
+                "does not compute yet (its own issue); set kl_coef: 0 (the KL is still logged)")
+        return kl_coef
+
     @model_validator(mode="after")
     def _check_algorithm(self) -> AlgorithmConfig:
-        if self.kl_coef > 0:
-            raise ValueError(
-                f"kl_coef {self.kl_coef} needs log-probs of a reference policy, which the trainer "
-                "does not compute yet (its own issue); set kl_coef: 0 (the KL is still logged)")
         if self.clip_high < self.clip_low:
             raise ValueError(
                 f"clip_high ({self.clip_high}) must be >= clip_low ({self.clip_low}); "
@@ -725,9 +735,15 @@ def _explain(error: dict[str, Any], sources: dict[str, str]) -> ConfigIssue:
         message = f"unknown key; {hint}"
     elif kind == "literal_error":
         message = f"got {error.get('input')!r}; {error['msg'].lower()}"
+    elif kind == "value_error" and len(loc) < 2:
+        # A check across sections (or of a whole section): its message names the fields.
+        message = error["msg"].removeprefix("Value error, ")
+        path = path or "(recipe)"
+    elif kind == "value_error":
+        message = f"got {error.get('input')!r}; {error['msg'].removeprefix('Value error, ')}"
     else:
         message = f"got {error.get('input')!r}; {error['msg']}"
-    field = model.model_fields.get(loc[-1]) if model else None
+    field = model.model_fields.get(loc[-1]) if model and loc else None
     if field is not None and field.description and kind != "extra_forbidden":
         message += f" ({field.description.splitlines()[0]})"
     return ConfigIssue(path=path, message=message, source=source)

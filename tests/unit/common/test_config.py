@@ -153,3 +153,28 @@ def test_bad_yaml_gives_the_line(tmp_path):
 def test_missing_recipe_file(tmp_path):
     issues = issues_of(tmp_path / "nope.yaml")
     assert "not found" in issues["(file)"]
+
+
+def test_a_setting_naming_something_not_built_fails_validation_with_the_fix(tmp_path):
+    issues = issues_of(write(tmp_path, "trainer:\n  backend: megatron\nalgorithm:\n"
+                                       "  kl_coef: 0.1\n"))
+    assert "'megatron' is not built yet" in issues["trainer.backend"]
+    assert "use backend: torch" in issues["trainer.backend"]
+    assert "reference policy" in issues["algorithm.kl_coef"]
+    assert "set kl_coef: 0" in issues["algorithm.kl_coef"]
+
+
+@pytest.mark.parametrize("engine,fix", [("nccl", "use trainer.weight_transport: disk"),
+                                        ("none", "set it to 'agentrl_gloo'")])
+def test_the_native_transport_needs_the_engine_it_drives(tmp_path, engine, fix):
+    recipe = write(tmp_path, f"inference:\n  weight_transfer_backend: {engine}\n")
+    issues = issues_of(recipe)
+    assert list(issues) == ["(recipe)"] and fix in issues["(recipe)"]
+    assert "Value error" not in issues["(recipe)"]
+    # The disk transport needs no engine.
+    load_config(recipe, env={"AGENTRL__TRAINER__WEIGHT_TRANSPORT": "disk"})
+
+
+def test_a_check_of_a_whole_section_reads_without_pydantics_prefix(tmp_path):
+    issues = issues_of(write(tmp_path, "algorithm:\n  clip_low: 0.3\n  clip_high: 0.2\n"))
+    assert issues["algorithm"].startswith("clip_high (0.2) must be >= clip_low (0.3)")
