@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 
 from agentrl.common.logging import get_logger
 from agentrl.common.run_layout import RunLayout
+from agentrl.common.streams import RETRY_DEADLINE_S, call_with_deadline
 from agentrl.proto.core.v1 import events_pb2
 
 log = get_logger(__name__)
@@ -43,28 +44,41 @@ SOCKET_TIMEOUT_S = 10.0
 
 
 class PolicyVersionPublisher:
-    """Publishes the current policy version of a run (key + pub/sub event, one MULTI)."""
+    """Publishes the current policy version of a run (key + pub/sub event, one MULTI).
 
-    def __init__(self, redis_url: str, run_id: str) -> None:
-        from redis.backoff import ExponentialBackoff
+    A Redis outage shorter than `retry_deadline_s` (`redis.reconnect_deadline_s`) is a pause:
+    the publish is retried with backoff (streams.call_with_deadline, the one retry policy of
+    every Redis client here); a longer one is one error naming the URL and the setting."""
+
+    def __init__(self, redis_url: str, run_id: str,
+                 retry_deadline_s: float = RETRY_DEADLINE_S) -> None:
+        from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        # A network boundary: a few bounded retries ride through a reconnect.
+        self.url, self.retry_deadline_s = redis_url, retry_deadline_s
+        # Retries are call_with_deadline's, bounded by the deadline, not redis-py's.
         self.client = redis.Redis.from_url(redis_url, socket_timeout=SOCKET_TIMEOUT_S,
-                                           retry=Retry(ExponentialBackoff(cap=2.0), 3))
+                                           socket_connect_timeout=SOCKET_TIMEOUT_S,
+                                           retry=Retry(NoBackoff(), 0))
         layout = RunLayout(run_id)
         self.version_key, self.events_channel = layout.policy_version, layout.events
 
     def publish(self, version: int, weights_uri: str, checksum: str) -> None:
         event = events_pb2.PolicyVersionEvent(version=version, weights_uri=weights_uri,
                                               checksum=checksum, published_at_unix_s=time.time())
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(self.version_key, str(version))
-        pipe.publish(self.events_channel, event.SerializeToString())
-        pipe.execute()
+
+        def send() -> None:
+            # SET is idempotent and the event only a wake-up: a retried MULTI is harmless.
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(self.version_key, str(version))
+            pipe.publish(self.events_channel, event.SerializeToString())
+            pipe.execute()
+
+        call_with_deadline(send, self.url, self.retry_deadline_s)
 
     def latest(self) -> int | None:
-        value = self.client.get(self.version_key)
+        value = call_with_deadline(lambda: self.client.get(self.version_key), self.url,
+                                   self.retry_deadline_s)
         return None if value is None else int(value)
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ covered: Redis Cluster (the Lua script touches two keys without a hash tag) and 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import time
@@ -138,6 +139,29 @@ def _parse_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def call_with_deadline(op: Callable[[], T], url: str, deadline_s: float = RETRY_DEADLINE_S,
+                       backoff_max_s: float = BACKOFF_MAX_S) -> T:
+    """`op()`, retried on connection errors and timeouts with exponential backoff (jittered)
+    until `deadline_s` has passed, then `StreamUnavailableError` naming `url` and the fix. The
+    one retry policy of every Redis client here (streams, the policy version publisher)."""
+    deadline = time.monotonic() + deadline_s
+    backoff_s = BACKOFF_INITIAL_S
+    while True:
+        try:
+            return op()
+        except (redis.ConnectionError, redis.TimeoutError) as err:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise StreamUnavailableError(
+                    f"Redis at {url} unreachable for {deadline_s:.0f} s "
+                    f"({type(err).__name__}: {err}); check that the server is running, that "
+                    "the URL (host, port, password, db) is right and the network allows it "
+                    "(redis.url; redis.reconnect_deadline_s sets how long to wait)") from err
+            # Jitter: clients that lost the same server do not all come back at once.
+            time.sleep(min(backoff_s * random.uniform(0.5, 1.0), remaining_s))
+            backoff_s = min(backoff_s * 2, backoff_max_s)
+
+
 class StreamQueue:
     """One stream seen by one consumer group; publish from anywhere, read as `consumer`."""
 
@@ -188,31 +212,23 @@ class StreamQueue:
     # -- connection handling ------------------------------------------------------------------
 
     def _retry(self, op: Callable[[], T]) -> T:
-        deadline = time.monotonic() + self.retry_deadline_s
-        backoff_s = BACKOFF_INITIAL_S
-        need_group = False
-        while True:
-            try:
-                if need_group:
-                    self._create_group()
-                return op()
-            except redis.ResponseError as err:
-                # NOGROUP: the server restarted empty. UNBLOCKED: the stream was deleted while
-                # this consumer was blocked reading it (a fresh run resetting its streams).
-                # Either way: re-create the group and go on.
-                if not str(err).startswith(("NOGROUP", "UNBLOCKED")) or need_group:
-                    raise
-                need_group = True
-            except (redis.ConnectionError, redis.TimeoutError) as err:
-                remaining_s = deadline - time.monotonic()
-                if remaining_s <= 0:
-                    raise StreamUnavailableError(
-                        f"Redis at {self.url} unreachable for {self.retry_deadline_s:.0f} s "
-                        f"({type(err).__name__}: {err}); check that the server is running, that "
-                        "the URL (host, port, password, db) is right and the network allows it"
-                    ) from err
-                time.sleep(min(backoff_s, remaining_s))
-                backoff_s = min(backoff_s * 2, self.backoff_max_s)
+        need_group = [False]  # kept across reconnects: a restarted server lost the group
+
+        def attempt() -> T:
+            while True:
+                try:
+                    if need_group[0]:
+                        self._create_group()
+                    return op()
+                except redis.ResponseError as err:
+                    # NOGROUP: the server restarted empty. UNBLOCKED: the stream was deleted
+                    # while this consumer was blocked reading it (a fresh run resetting its
+                    # streams). Either way: re-create the group and go on.
+                    if not str(err).startswith(("NOGROUP", "UNBLOCKED")) or need_group[0]:
+                        raise
+                    need_group[0] = True
+
+        return call_with_deadline(attempt, self.url, self.retry_deadline_s, self.backoff_max_s)
 
     def _create_group(self) -> None:
         # Start at 0 so entries published before the first consumer came up are not skipped.

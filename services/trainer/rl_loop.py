@@ -146,7 +146,8 @@ class RLTrainer:
                                       visibility_timeout_ms=int(
                                           config.redis.visibility_timeout_s * 1000))
             self.groups.ensure_group()
-            self.publisher = PolicyVersionPublisher(redis_url, self.run_id)
+            self.publisher = PolicyVersionPublisher(redis_url, self.run_id,
+                                                config.redis.reconnect_deadline_s)
         # Every rank holds the pool and calls `transport.sync` (gathering weights is
         # collective); only rank 0 sends anything to the servers (transports/interface.py).
         self.pool = pool or InferencePool.from_config(config.inference)

@@ -403,3 +403,30 @@ def test_reader_blocked_on_a_deleted_stream_goes_on_reading_the_new_one(run_id, 
     assert not thread.is_alive() and errors == []
     entries = got or reader.read(1, block_ms=2000)
     assert [e.payload for e in entries] == [b"task after the reset"]
+
+
+def test_the_version_publisher_rides_through_a_redis_restart_and_names_a_dead_one(
+        private_redis):
+    """The trainer's PolicyVersionPublisher retries until redis.reconnect_deadline_s (it used
+    redis-py's 3 retries, ~0.1 s: an outage during a weight sync killed the trainer)."""
+    from agentrl.common.policy_version import PolicyVersionPublisher
+
+    server = private_redis(persistent=True)
+    publisher = PolicyVersionPublisher(server.url, "restart", retry_deadline_s=20)
+    publisher.publish(1, "vllm://agentrl_gloo/v1", "sha256:0")
+    server.kill()
+    restarter = threading.Timer(1.0, server.start)  # back after a second, AOF intact
+    restarter.start()
+    try:
+        publisher.publish(2, "vllm://agentrl_gloo/v2", "sha256:0")  # waits out the outage
+    finally:
+        restarter.join()
+    assert publisher.latest() == 2
+    publisher.close()
+    server.kill()
+    dead = PolicyVersionPublisher(server.url, "restart", retry_deadline_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(StreamUnavailableError, match="redis.reconnect_deadline_s") as failure:
+        dead.publish(3, "vllm://agentrl_gloo/v3", "sha256:0")
+    assert server.url in str(failure.value) and time.monotonic() - started < 10
+    dead.close()
