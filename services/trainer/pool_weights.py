@@ -57,8 +57,11 @@ class PoolWeights:
                 self.num_ejected += 1
                 urls = None if urls is None else [url for url in urls if url != failed]
                 if urls == [] or not any(s.healthy for s in self.pool.servers.values()):
-                    raise WeightSyncError(f"no server left to serve version {version}: {exc}",
-                                          failed, exc.phase) from exc
+                    raise WeightSyncError(
+                        f"no server left to serve version {version}: {exc}. Check the vLLM "
+                        f"pool at {list(self.pool.servers)} (inference.urls): start it with "
+                        "`agentrl up -r RECIPE`, or point inference.urls at running servers",
+                        failed, exc.phase) from exc
                 log.warning("weight sync: %s failed in %s; syncing the other servers again",
                             failed, exc.phase)
         raise AssertionError("unreachable: the last attempt raises")

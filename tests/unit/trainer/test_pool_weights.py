@@ -75,6 +75,7 @@ def test_no_server_left_is_an_error_naming_the_last_one(backend, tmp_path) -> No
     with pytest.raises(WeightSyncError, match="no server left to serve version 1") as failure:
         asyncio.run(weights.push(1))
     assert failure.value.url in (A, B) and failure.value.phase == "pause"
+    assert "inference.urls" in str(failure.value) and "agentrl up" in str(failure.value)
 
 
 def test_a_server_that_comes_back_is_synced_alone_before_the_next_step(backend,
