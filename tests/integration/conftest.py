@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from agentrl.common.config import AgentRLConfig, InferenceServerConfig
 from agentrl.common.grpc_server import serve
@@ -13,6 +18,32 @@ from agentrl.common.inference.launcher import VLLMServer
 from agentrl.reward.main import start as start_reward
 from agentrl.sandbox import executor as sandbox_executor
 from agentrl.sandbox import servicer as sandbox_service
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the module's own on a free port (nothing shared is touched)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+         "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    process.kill()
+    process.wait()
 
 
 @pytest.fixture(scope="module")

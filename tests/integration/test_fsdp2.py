@@ -413,36 +413,6 @@ def test_single_parallelism_with_several_processes_is_refused(model_dir, tmp_pat
 
 # ---- the RL loop --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory):
-    """A redis-server of this module's own on a free port (nothing shared is touched)."""
-    import shutil
-    import socket
-
-    import redis
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-         "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    process.kill()
-    process.wait()
-
 
 def test_the_rl_loop_on_two_ranks_resumes_and_equals_one_rank(model_dir, redis_url, one_thread,
                                                                tmp_path) -> None:

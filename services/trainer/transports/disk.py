@@ -35,7 +35,6 @@ volume, e.g. the ReadWriteMany volume of the Kubernetes deployment).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -46,6 +45,7 @@ from agentrl.common.inference.pool import InferenceError, InferencePool
 from agentrl.common.inference.weights_checksum import weights_checksum
 from agentrl.trainer.backends.interface import TrainerBackend
 from agentrl.trainer.transports.interface import SyncResult, WeightSyncError, WeightTransport
+from agentrl.trainer.transports.swap import swap_weights
 
 WEIGHTS_DIRNAME = "weights"
 MANIFEST_FILE = "manifest.json"
@@ -129,31 +129,10 @@ class DiskTransport(WeightTransport):
 
     async def _reload(self, directory: Path, version: int, phases: dict[str, float],
                       urls: list[str]) -> float:
-        paused = time.perf_counter()
-        await control.pause(self.pool, self.pause_mode, urls)
-        try:
-            mark = time.perf_counter()
-            await control.reload_weights(self.pool, directory, self.reload_timeout_s, urls)
-            phases["reload_s"] = time.perf_counter() - mark
-            mark = time.perf_counter()
-            await control.reset_prefix_cache(self.pool, urls)
-            await control.set_weight_version(self.pool, version, urls)
-            phases["reset_and_label_s"] = time.perf_counter() - mark
-        except BaseException:
-            with contextlib.suppress(InferenceError):  # the first error is the one to report
-                await control.resume(self.pool, urls)
-            raise
-        await control.resume(self.pool, urls)
-        pause_s = time.perf_counter() - paused
-        mark = time.perf_counter()
-        served = await control.weight_versions(self.pool, urls)
-        wrong = {url: v for url, v in served.items() if v != version}
-        if wrong:
-            url = next(iter(wrong))
-            raise WeightSyncError(f"after the reload of version {version}, servers report "
-                                  f"{wrong}: the label did not take", url, "verify")
-        phases["verify_s"] = time.perf_counter() - mark
-        return pause_s
+        return await swap_weights(
+            self.pool, urls, version, self.pause_mode,
+            lambda: control.reload_weights(self.pool, directory, self.reload_timeout_s, urls),
+            phases, load_phase="reload_s")
 
     def _prune(self) -> None:
         versions = sorted(p for p in self.weights_root.iterdir()

@@ -49,7 +49,6 @@ sends them all), the generation slowdown while a server receives and hashes on s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,7 @@ from agentrl.common.inference import control
 from agentrl.common.inference.pool import InferenceError, InferencePool
 from agentrl.trainer.backends.interface import TrainerBackend
 from agentrl.trainer.transports.interface import SyncResult, WeightSyncError, WeightTransport
+from agentrl.trainer.transports.swap import swap_weights
 
 
 class NativeTransport(WeightTransport):
@@ -142,33 +142,10 @@ class NativeTransport(WeightTransport):
         mark = time.perf_counter()
         await asyncio.to_thread(sender.wait)
         phases["wait_staged_s"] = time.perf_counter() - mark
-        paused, loading = time.perf_counter(), False
-        try:
-            await control.pause(self.pool, self.pause_mode, urls)
-            mark, loading = time.perf_counter(), True
-            await asyncio.to_thread(sender.finish)
-            phases["load_s"] = time.perf_counter() - mark
-            mark = time.perf_counter()
-            await control.reset_prefix_cache(self.pool, urls)
-            await control.set_weight_version(self.pool, version, urls)
-            phases["reset_and_label_s"] = time.perf_counter() - mark
-        except BaseException:
-            if not loading:  # the pause failed: close the sessions, load nothing anywhere
-                await asyncio.to_thread(sender.discard)
-            with contextlib.suppress(InferenceError):  # the first error is the one to report
-                await control.resume(self.pool, urls)
-            raise
-        await control.resume(self.pool, urls)
-        pause_s = time.perf_counter() - paused
-        mark = time.perf_counter()
-        served = await control.weight_versions(self.pool, urls)
-        wrong = {url: v for url, v in served.items() if v != version}
-        if wrong:
-            raise WeightSyncError(f"after the native update to version {version}, servers "
-                                  f"report {wrong}: the label did not take", next(iter(wrong)),
-                                  "verify")
-        phases["verify_s"] = time.perf_counter() - mark
-        return pause_s
+        return await swap_weights(
+            self.pool, urls, version, self.pause_mode,
+            lambda: asyncio.to_thread(sender.finish), phases,
+            on_failed_pause=lambda: asyncio.to_thread(sender.discard))
 
     async def close(self) -> None:
         if self.sender is not None:
