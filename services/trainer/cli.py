@@ -188,11 +188,16 @@ def train(
     run directory's latest checkpoint."""
     config = _load_recipe_or_exit(recipe)
     _relaunch_or_exit(nproc_per_node, config)
+    from agentrl.common.streams import StreamUnavailableError
     from agentrl.trainer.distributed import env_rank
     from agentrl.trainer.main import train_with_display
 
     try:
         result = train_with_display(config, max_steps, console)
+    except StreamUnavailableError as exc:  # a service, not the recipe: exit code 2
+        err_console.print(f"[red]{exc}. The local stack's Redis is the machine's: start it "
+                          "with `redis-server --daemonize yes` (scripts/setup.sh does).[/]")
+        raise typer.Exit(code=2) from None
     except (ValueError, RuntimeError) as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from None

@@ -139,12 +139,15 @@ class RLTrainer:
         self.prompts = self.groups = self.publisher = None
         if self.main:
             redis_url, layout = config.redis.url, RunLayout(self.run_id)
+            deadline_s = config.redis.reconnect_deadline_s
             self.prompts = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP,
-                                       maxlen=config.redis.max_stream_length)
+                                       maxlen=config.redis.max_stream_length,
+                                       retry_deadline_s=deadline_s)
             self.groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP,
                                       consumer=layout.trainer_consumer,
                                       visibility_timeout_ms=int(
-                                          config.redis.visibility_timeout_s * 1000))
+                                          config.redis.visibility_timeout_s * 1000),
+                                      retry_deadline_s=deadline_s)
             self.groups.ensure_group()
             self.publisher = PolicyVersionPublisher(redis_url, self.run_id,
                                                 config.redis.reconnect_deadline_s)

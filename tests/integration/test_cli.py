@@ -158,3 +158,23 @@ def test_serve_rejects_an_unknown_service():
     result = run("serve", "nonsense")
     assert result.returncode == 2
     assert "sandbox" in result.stderr and "reward" in result.stderr
+
+
+def test_train_with_redis_down_says_what_to_start_in_one_paragraph(tmp_path):
+    from agentrl.common.models import default_corpus, init_tiny_model
+
+    model = init_tiny_model(tmp_path / "model", default_corpus(200), seed=0)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"id": "p0", "prompt": "What is 2 * 3?", "ground_truth": "6", '
+                    '"task_type": "math", "tools": ["python"]}\n')
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"run:\n  output_dir: {tmp_path / 'run'}\nmodel:\n  path: {model}\n"
+                      f"data:\n  train_path: {data}\ntrainer:\n  device: cpu\n"
+                      f"  total_steps: 1\n  grpc_port: {free_port()}\n"
+                      f"  http_port: {free_port()}\n")
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    out = run("train", "-r", str(recipe), env={"AGENTRL__REDIS__URL": dead,
+                                                "AGENTRL__REDIS__RECONNECT_DEADLINE_S": "1"})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert dead in out.stderr and "redis.url" in out.stderr and "redis-server" in out.stderr
