@@ -277,6 +277,26 @@ def service_checks(config: Any, rows: list | None, timeout_s: float) -> list[Che
     return checks
 
 
+def preflight(config: Any, data_path: str | Path | None, *, skip: tuple[str, ...] = (),
+              timeout_s: float = 5.0) -> list[CheckResult]:
+    """The service checks of a job about to start (the services its data needs, minus
+    `skip`), at once: only the failed ones, each with its fix. Jobs call it first so that a
+    service that is down is one paragraph, not a traceback minutes later."""
+    rows = None
+    if data_path is not None and Path(data_path).is_file():
+        from agentrl.trainer.data import load_prompts
+
+        rows = load_prompts(data_path)
+    checks = [c for c in service_checks(config, rows, timeout_s) if c.name not in skip]
+    return [result for result in run_checks(checks) if result.status == "FAIL"]
+
+
+def describe_failures(failures: list[CheckResult]) -> str:
+    """One paragraph: every service that is down, where, and what to do."""
+    parts = [f"{r.check} at {r.target} is not reachable ({r.detail}): {r.fix}." for r in failures]
+    return " ".join(parts) + " (`agentrl dry-run -r RECIPE` checks everything a recipe needs.)"
+
+
 def _redis_probe(url: str, timeout_s: float) -> str:
     import redis
 

@@ -119,6 +119,15 @@ def evaluate(
         raise typer.Exit(code=1)
     out = out or Path(config.run.output_dir) / "eval.json"
 
+    from agentrl.common.dry_run import describe_failures, preflight
+
+    # An evaluation needs vLLM, reward and its tools, not Redis or the rollout workers.
+    failures = preflight(config, data, skip=("redis", "rollout"))
+    if failures:
+        err_console.print(describe_failures(failures), style="red", markup=False,
+                          highlight=False)
+        raise typer.Exit(code=2)
+
     from agentrl.trainer.eval_job import run_eval
     from agentrl.trainer.evaluation import report_table
 

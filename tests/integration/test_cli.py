@@ -178,3 +178,22 @@ def test_train_with_redis_down_says_what_to_start_in_one_paragraph(tmp_path):
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     assert dead in out.stderr and "redis.url" in out.stderr and "redis-server" in out.stderr
+
+
+def test_eval_with_the_stack_down_names_every_missing_service_in_one_paragraph(tmp_path):
+    data = tmp_path / "eval.jsonl"
+    data.write_text('{"id": "p0", "prompt": "What is 2 * 3?", "ground_truth": "6", '
+                    '"task_type": "math", "tools": ["python"]}\n')
+    vllm_url = f"http://127.0.0.1:{free_port()}"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"inference:\n  urls: [{vllm_url}]\nsandbox:\n  grpc_port: {free_port()}\n"
+                      f"reward:\n  grpc_port: {free_port()}\nsearch:\n  grpc_port: {free_port()}\n")
+    out = run("eval", "-r", str(recipe), "--data", str(data), "-k", "1",
+              "--out", str(tmp_path / "report.json"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    message = " ".join(out.stderr.split())
+    for service in ("sandbox at 127.0.0.1:", "reward at 127.0.0.1:", f"vllm at {vllm_url}"):
+        assert service in message
+    assert "search at" not in message  # no task searches: not needed, not checked
+    assert "agentrl up -r RECIPE" in message and "inference.urls" in message
