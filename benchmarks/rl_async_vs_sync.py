@@ -30,20 +30,30 @@ def one_run(recipe: Path, staleness: int, steps: int, index: int) -> dict[str, f
     # directory without a checkpoint is a fresh run, which clears the run's streams first).
     out = Path("runs/bench-async") / f"eta{staleness}-{index}"
     shutil.rmtree(out, ignore_errors=True)
-    config = config.model_copy(update={
-        "run": config.run.model_copy(update={"output_dir": out}),
-        "trainer": config.trainer.model_copy(update={
-            "max_staleness": staleness, "eval_samples_per_prompt": 0,
-            "checkpoint_interval_steps": steps})})
+    config = config.model_copy(
+        update={
+            "run": config.run.model_copy(update={"output_dir": out}),
+            "trainer": config.trainer.model_copy(
+                update={
+                    "max_staleness": staleness,
+                    "eval_samples_per_prompt": 0,
+                    "checkpoint_interval_steps": steps,
+                }
+            ),
+        }
+    )
     started = time.perf_counter()
     result = run_training(config, steps)
     wall_s = time.perf_counter() - started
     records = result.metrics
-    return {"wall_s": wall_s, "per_step_s": wall_s / steps,
-            "waiting_s": statistics.fmean(r["time_waiting_s"] for r in records),
-            "training_s": statistics.fmean(r["time_training_s"] for r in records),
-            "sync_s": statistics.fmean(r["time_weight_sync_s"] for r in records),
-            "final_accuracy": statistics.fmean(r["accuracy"] for r in records[-3:])}
+    return {
+        "wall_s": wall_s,
+        "per_step_s": wall_s / steps,
+        "waiting_s": statistics.fmean(r["time_waiting_s"] for r in records),
+        "training_s": statistics.fmean(r["time_training_s"] for r in records),
+        "sync_s": statistics.fmean(r["time_weight_sync_s"] for r in records),
+        "final_accuracy": statistics.fmean(r["accuracy"] for r in records[-3:]),
+    }
 
 
 def main() -> None:
@@ -58,14 +68,19 @@ def main() -> None:
         for staleness in (0, args.staleness):
             row = one_run(args.recipe, staleness, args.steps, index)
             rows[staleness].append(row)
-            print(f"round {index} eta={staleness}: {row['wall_s']:.1f} s for {args.steps} steps "
-                  f"({row['per_step_s']:.1f} s/step = waiting {row['waiting_s']:.1f} + "
-                  f"training {row['training_s']:.1f} + sync {row['sync_s']:.2f}); accuracy "
-                  f"of the last 3 steps {row['final_accuracy']:.3f}", flush=True)
+            print(
+                f"round {index} eta={staleness}: {row['wall_s']:.1f} s for {args.steps} steps "
+                f"({row['per_step_s']:.1f} s/step = waiting {row['waiting_s']:.1f} + "
+                f"training {row['training_s']:.1f} + sync {row['sync_s']:.2f}); accuracy "
+                f"of the last 3 steps {row['final_accuracy']:.3f}",
+                flush=True,
+            )
     sync_s = statistics.fmean(r["wall_s"] for r in rows[0])
     async_s = statistics.fmean(r["wall_s"] for r in rows[args.staleness])
-    print(f"eta=0: {sync_s:.1f} s, eta={args.staleness}: {async_s:.1f} s for {args.steps} steps; "
-          f"speed-up {sync_s / async_s:.2f}x")
+    print(
+        f"eta=0: {sync_s:.1f} s, eta={args.staleness}: {async_s:.1f} s for {args.steps} steps; "
+        f"speed-up {sync_s / async_s:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ QUESTIONS = [f"What is {a} * {b}?" for a in range(3, 19) for b in range(2, 10)]
 def prompts(tokenizer, count: int) -> list[list[int]]:
     out = []
     for question in (QUESTIONS * (count // len(QUESTIONS) + 1))[:count]:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                             add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
         out.append(tokenizer.encode(text, add_special_tokens=False))
     return out
 
@@ -54,11 +55,17 @@ def prompts(tokenizer, count: int) -> list[list[int]]:
 def turn_sampling(settings: EpisodeSettings) -> dict:
     """The SamplingParams fields AgentLoop._generate_turn sends for a first turn."""
     fmt = get_format(settings.tool_format)
-    stop = fmt.stop_strings + [s for s in settings.sampling.get("stop", [])
-                               if s not in fmt.stop_strings]
-    return {**settings.sampling, "stop": stop, "max_tokens": settings.max_tokens_per_turn,
-            "include_stop_str_in_output": True, "n": 1,
-            "logprobs": settings.sampling.get("logprobs", 0)}
+    stop = fmt.stop_strings + [
+        s for s in settings.sampling.get("stop", []) if s not in fmt.stop_strings
+    ]
+    return {
+        **settings.sampling,
+        "stop": stop,
+        "max_tokens": settings.max_tokens_per_turn,
+        "include_stop_str_in_output": True,
+        "n": 1,
+        "logprobs": settings.sampling.get("logprobs", 0),
+    }
 
 
 async def bounded(concurrency: int, jobs):
@@ -73,13 +80,19 @@ async def bounded(concurrency: int, jobs):
 
 async def raw_tokens(url: str, prompt_list, sampling: dict, concurrency: int) -> tuple[int, float]:
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=None)) as http:
+
         def job_for(i: int, prompt: list[int]):
             async def job():
-                body = {"request_id": f"raw-{time.monotonic_ns()}-{i}", "token_ids": prompt,
-                        "sampling_params": sampling, "output_mode": "tokens"}
+                body = {
+                    "request_id": f"raw-{time.monotonic_ns()}-{i}",
+                    "token_ids": prompt,
+                    "sampling_params": sampling,
+                    "output_mode": "tokens",
+                }
                 response = await http.post(url + GENERATE_ROUTE, json=body)
                 response.raise_for_status()
                 return len(response.json()["choices"][0]["token_ids"])
+
             return job
 
         started = time.perf_counter()
@@ -87,14 +100,16 @@ async def raw_tokens(url: str, prompt_list, sampling: dict, concurrency: int) ->
         return sum(counts), time.perf_counter() - started
 
 
-async def rollout_tokens(loop: AgentLoop, prompt_list, settings: EpisodeSettings,
-                         concurrency: int, tag: str) -> tuple[int, float]:
+async def rollout_tokens(
+    loop: AgentLoop, prompt_list, settings: EpisodeSettings, concurrency: int, tag: str
+) -> tuple[int, float]:
     def job_for(i: int, prompt: list[int]):
         async def job():
             traj = await loop.run(prompt, settings, trajectory_id=f"{tag}-{i}")
             if traj.finish_reason == trajectory_pb2.FINISH_REASON_ERROR:
                 raise RuntimeError(traj.error)
             return sum(traj.loss_mask)
+
         return job
 
     started = time.perf_counter()
@@ -102,14 +117,17 @@ async def rollout_tokens(loop: AgentLoop, prompt_list, settings: EpisodeSettings
     return sum(counts), time.perf_counter() - started
 
 
-async def pool_tokens(pool: InferencePool, prompt_list, sampling: dict,
-                      concurrency: int, tag: str) -> tuple[int, float]:
+async def pool_tokens(
+    pool: InferencePool, prompt_list, sampling: dict, concurrency: int, tag: str
+) -> tuple[int, float]:
     """InferencePool.generate alone (no AgentLoop): splits the gap between the two layers."""
+
     def job_for(i: int, prompt: list[int]):
         async def job():
             out = await pool.generate(f"{tag}-{i}", prompt, sampling)
             pool.release(f"{tag}-{i}")
             return len(out.token_ids)
+
         return job
 
     started = time.perf_counter()
@@ -117,16 +135,20 @@ async def pool_tokens(pool: InferencePool, prompt_list, sampling: dict,
     return sum(counts), time.perf_counter() - started
 
 
-async def tool_episodes(loop: AgentLoop, prompt_list, settings: EpisodeSettings,
-                        concurrency: int, tag: str) -> tuple[int, float, int]:
+async def tool_episodes(
+    loop: AgentLoop, prompt_list, settings: EpisodeSettings, concurrency: int, tag: str
+) -> tuple[int, float, int]:
     def job_for(i: int, prompt: list[int]):
         async def job():
             traj = await loop.run(prompt, settings, trajectory_id=f"{tag}-{i}")
-            ok = (traj.finish_reason == trajectory_pb2.FINISH_REASON_MAX_TOOL_CALLS
-                  and traj.num_tool_calls == 1
-                  and traj.turns[0].tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_OK
-                  and traj.turns[0].tool_call.output == "42\n")
+            ok = (
+                traj.finish_reason == trajectory_pb2.FINISH_REASON_MAX_TOOL_CALLS
+                and traj.num_tool_calls == 1
+                and traj.turns[0].tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_OK
+                and traj.turns[0].tool_call.output == "42\n"
+            )
             return ok, sum(traj.loss_mask)
+
         return job
 
     started = time.perf_counter()
@@ -141,13 +163,15 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
     loop = AgentLoop(pool, tokenizer, ToolBox({"python": SandboxTool(sandbox, 10.0)}))
     try:
         # (a) no tools: one turn per episode (a stray </code> must not start a second turn).
-        plain = EpisodeSettings(sampling={"temperature": 1.0, "top_p": 1.0, "logprobs": 0,
-                                          "ignore_eos": True},
-                                max_tokens_per_turn=args.max_tokens, max_turns=1,
-                                max_total_tokens=4096)
+        plain = EpisodeSettings(
+            sampling={"temperature": 1.0, "top_p": 1.0, "logprobs": 0, "ignore_eos": True},
+            max_tokens_per_turn=args.max_tokens,
+            max_turns=1,
+            max_total_tokens=4096,
+        )
         sampling = turn_sampling(plain)
         prompt_list = prompts(tokenizer, args.prompts)
-        await raw_tokens(url, prompt_list[:args.concurrency], sampling, args.concurrency)  # warm
+        await raw_tokens(url, prompt_list[: args.concurrency], sampling, args.concurrency)  # warm
         totals = {"raw": [0, 0.0], "pool": [0, 0.0], "rollout": [0, 0.0]}
         orders = [("raw", "pool", "rollout"), ("rollout", "pool", "raw")]
         for r in range(args.rounds):
@@ -155,45 +179,64 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
             for path in orders[r % 2]:
                 cpu = time.process_time()
                 if path == "raw":
-                    tokens, seconds = await raw_tokens(url, prompt_list, sampling,
-                                                       args.concurrency)
+                    tokens, seconds = await raw_tokens(url, prompt_list, sampling, args.concurrency)
                 elif path == "pool":
-                    tokens, seconds = await pool_tokens(pool, prompt_list, sampling,
-                                                        args.concurrency, f"pool{r}")
+                    tokens, seconds = await pool_tokens(
+                        pool, prompt_list, sampling, args.concurrency, f"pool{r}"
+                    )
                 else:
-                    tokens, seconds = await rollout_tokens(loop, prompt_list, plain,
-                                                           args.concurrency, f"plain{r}")
+                    tokens, seconds = await rollout_tokens(
+                        loop, prompt_list, plain, args.concurrency, f"plain{r}"
+                    )
                 totals[path][0] += tokens
                 totals[path][1] += seconds
-                print(f"  round {r} {path}: {tokens} tokens in {seconds:.2f} s "
-                      f"({tokens / seconds:,.0f}/s), client CPU {time.process_time() - cpu:.2f} s",
-                      flush=True)
+                print(
+                    f"  round {r} {path}: {tokens} tokens in {seconds:.2f} s "
+                    f"({tokens / seconds:,.0f}/s), client CPU {time.process_time() - cpu:.2f} s",
+                    flush=True,
+                )
         rates = {path: tokens / seconds for path, (tokens, seconds) in totals.items()}
-        print(f"\n(a) no tools: {args.prompts} prompts x {args.rounds} rounds, "
-              f"max_tokens {args.max_tokens}, concurrency {args.concurrency}")
+        print(
+            f"\n(a) no tools: {args.prompts} prompts x {args.rounds} rounds, "
+            f"max_tokens {args.max_tokens}, concurrency {args.concurrency}"
+        )
         print("| path | generated tokens | seconds | tokens/s |")
         print("|---|---|---|---|")
-        names = {"raw": "raw vLLM HTTP", "pool": "InferencePool.generate only",
-                 "rollout": "rollout (AgentLoop + InferencePool)"}
+        names = {
+            "raw": "raw vLLM HTTP",
+            "pool": "InferencePool.generate only",
+            "rollout": "rollout (AgentLoop + InferencePool)",
+        }
         for path, (tokens, seconds) in totals.items():
             print(f"| {names[path]} | {tokens} | {seconds:.2f} | {rates[path]:,.0f} |")
-        print(f"ratio rollout/raw: {rates['rollout'] / rates['raw']:.3f} (goal >= 0.9); "
-              f"pool/raw: {rates['pool'] / rates['raw']:.3f}", flush=True)
+        print(
+            f"ratio rollout/raw: {rates['rollout'] / rates['raw']:.3f} (goal >= 0.9); "
+            f"pool/raw: {rates['pool'] / rates['raw']:.3f}",
+            flush=True,
+        )
 
         # (b) one code tool call per episode.
-        forced = EpisodeSettings(sampling={"temperature": 1.0, "logprobs": 0,
-                                           "structured_outputs": {"regex": CALL_REGEX}},
-                                 max_tokens_per_turn=64, max_tool_calls=1)
+        forced = EpisodeSettings(
+            sampling={
+                "temperature": 1.0,
+                "logprobs": 0,
+                "structured_outputs": {"regex": CALL_REGEX},
+            },
+            max_tokens_per_turn=64,
+            max_tool_calls=1,
+        )
         await tool_episodes(loop, prompts(tokenizer, 8), forced, 8, "warm")  # grammar compile
         print("\n(b) one python call per episode (2 turns, 1 sandbox call)")
         print("| concurrency | episodes | seconds | episodes/s | bad episodes |")
         print("|---|---|---|---|---|")
         for concurrency in args.tool_concurrency:
             count = max(args.min_episodes, 2 * concurrency)
-            n, seconds, bad = await tool_episodes(loop, prompts(tokenizer, count), forced,
-                                                  concurrency, f"tool{concurrency}")
-            print(f"| {concurrency} | {n} | {seconds:.2f} | {n / seconds:.1f} | {bad} |",
-                  flush=True)
+            n, seconds, bad = await tool_episodes(
+                loop, prompts(tokenizer, count), forced, concurrency, f"tool{concurrency}"
+            )
+            print(
+                f"| {concurrency} | {n} | {seconds:.2f} | {n / seconds:.1f} | {bad} |", flush=True
+            )
     finally:
         await pool.close()
 
@@ -223,17 +266,27 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         config = InferenceServerConfig(max_model_len=1024, kv_cache_gib=1, max_num_seqs=128)
         sandbox_config = AgentRLConfig.model_validate(
-            {"sandbox": {"max_concurrency": args.sandbox_concurrency}}).sandbox
+            {"sandbox": {"max_concurrency": args.sandbox_concurrency}}
+        ).sandbox
         executor = sandbox_executor.Sandbox(sandbox_config)
         servicer = sandbox_service.SandboxServicer(executor)
-        grpc_server = serve(sandbox_service.register(servicer), [sandbox_service.SERVICE_NAME],
-                            port=0, token=None, max_workers=max(8, args.sandbox_concurrency))
+        grpc_server = serve(
+            sandbox_service.register(servicer),
+            [sandbox_service.SERVICE_NAME],
+            port=0,
+            token=None,
+            max_workers=max(8, args.sandbox_concurrency),
+        )
         try:
-            with VLLMServer.launch(config, model_dir, work / "vllm.log") as server, \
-                    SandboxClient(grpc_server.address, token=None) as sandbox:
-                print(f"tiny model, 1 vLLM server (engine start {server.start_time_s:.0f} s), "
-                      f"{os.cpu_count()} CPUs, sandbox concurrency {args.sandbox_concurrency}",
-                      flush=True)
+            with (
+                VLLMServer.launch(config, model_dir, work / "vllm.log") as server,
+                SandboxClient(grpc_server.address, token=None) as sandbox,
+            ):
+                print(
+                    f"tiny model, 1 vLLM server (engine start {server.start_time_s:.0f} s), "
+                    f"{os.cpu_count()} CPUs, sandbox concurrency {args.sandbox_concurrency}",
+                    flush=True,
+                )
                 asyncio.run(bench(args, server.url, tokenizer, sandbox))
         finally:
             grpc_server.stop(0)

@@ -51,8 +51,13 @@ POOL_REFILL_WAIT_S = 300.0
 WORKLOADS = {
     "print(1)": ("print(1)", 10.0),
     "cpu ~50ms": ("n = 0\nfor i in range(1_300_000):\n    n += i\nprint(n)", 10.0),
-    "imports": (("import json, decimal, asyncio, email.parser, http.client, sqlite3, "
-                 "xml.etree.ElementTree, unittest, argparse, dataclasses\nprint('ok')"), 10.0),
+    "imports": (
+        (
+            "import json, decimal, asyncio, email.parser, http.client, sqlite3, "
+            "xml.etree.ElementTree, unittest, argparse, dataclasses\nprint('ok')"
+        ),
+        10.0,
+    ),
     "timeout 1s": ("while True:\n    pass", 1.0),
     "10 MB output": ("import sys\nsys.stdout.write('x' * (10 * 1024 * 1024))", 20.0),
 }
@@ -68,15 +73,29 @@ class BareBackend(Backend):
 
     def execute(self, request: ExecutionRequest) -> ExecutionResult:
         proc = spawn([self.config.python, "-c", request.code], {"PATH": "/usr/bin:/bin"})
-        captured = drive(proc, stdin=request.stdin, timeout_s=request.timeout_s,
-                         max_output_bytes=self.config.max_output_bytes)
-        status = (Status.TIMEOUT if captured.timed_out else Status.OUTPUT_LIMIT
-                  if captured.output_exceeded else Status.OK if captured.returncode == 0
-                  else Status.ERROR)
-        return ExecutionResult(status, exit_code=captured.returncode,
-                               stdout=captured.stdout.decode(errors="replace"),
-                               stderr=captured.stderr.decode(errors="replace"),
-                               wall_time_s=captured.wall_time_s, backend=self.name)
+        captured = drive(
+            proc,
+            stdin=request.stdin,
+            timeout_s=request.timeout_s,
+            max_output_bytes=self.config.max_output_bytes,
+        )
+        status = (
+            Status.TIMEOUT
+            if captured.timed_out
+            else Status.OUTPUT_LIMIT
+            if captured.output_exceeded
+            else Status.OK
+            if captured.returncode == 0
+            else Status.ERROR
+        )
+        return ExecutionResult(
+            status,
+            exit_code=captured.returncode,
+            stdout=captured.stdout.decode(errors="replace"),
+            stderr=captured.stderr.decode(errors="replace"),
+            wall_time_s=captured.wall_time_s,
+            backend=self.name,
+        )
 
 
 def machine_busy_s() -> float:
@@ -90,8 +109,9 @@ def own_cpu_s(backend: Backend) -> tuple[float, float]:
     """CPU seconds of this process (the server, its backend threads, the client) and of the
     programs it ran: the bwrap backend's cgroups (every sandboxed process from its shell
     prologue on), else its reaped children (bare interpreters)."""
-    own, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
-                                                    resource.RUSAGE_CHILDREN))
+    own, kids = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
     cgroups = getattr(backend, "cgroups", None)
     if cgroups is not None:
         usage_ns = int((cgroups.paths["cpuacct"] / "cpuacct.usage").read_text())
@@ -99,8 +119,14 @@ def own_cpu_s(backend: Backend) -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-def run_cell(client: SandboxClient, backend: Backend, code: str, timeout_s: float,
-             concurrency: int, num_requests: int) -> dict:
+def run_cell(
+    client: SandboxClient,
+    backend: Backend,
+    code: str,
+    timeout_s: float,
+    concurrency: int,
+    num_requests: int,
+) -> dict:
     def one(_: int) -> tuple[float, str, int]:
         start = time.perf_counter()
         result = client.execute(code, timeout_s=timeout_s)
@@ -160,17 +186,27 @@ class Bench:
 
     @classmethod
     def start(cls, name: str, pool_size: int) -> Bench:
-        config = SandboxConfig(backend="docker" if name == "docker" else "bwrap",
-                               max_concurrency=max(CONCURRENCIES), queue_size=256,
-                               max_output_bytes=MAX_OUTPUT_BYTES, max_timeout_s=60,
-                               pool_size=pool_size)
+        config = SandboxConfig(
+            backend="docker" if name == "docker" else "bwrap",
+            max_concurrency=max(CONCURRENCIES),
+            queue_size=256,
+            max_output_bytes=MAX_OUTPUT_BYTES,
+            max_timeout_s=60,
+            pool_size=pool_size,
+        )
         backend = BareBackend(config) if name == "bare" else BACKENDS[config.backend](config)
         sandbox = Sandbox(config, backend=backend)
         servicer = SandboxServicer(sandbox)
-        server = serve(register(servicer), [SERVICE_NAME], port=0, token=None,
-                       max_workers=config.max_concurrency + config.queue_size + 8)
-        return cls(name, backend, sandbox, servicer, server,
-                   SandboxClient(server.address, token=None))
+        server = serve(
+            register(servicer),
+            [SERVICE_NAME],
+            port=0,
+            token=None,
+            max_workers=config.max_concurrency + config.queue_size + 8,
+        )
+        return cls(
+            name, backend, sandbox, servicer, server, SandboxClient(server.address, token=None)
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -179,8 +215,13 @@ class Bench:
         self.sandbox.close()
 
 
-def bench(names: list[str], num_requests: int, workloads: list[str],
-          pool_size: int = max(CONCURRENCIES), rounds: int = 1) -> list[tuple]:
+def bench(
+    names: list[str],
+    num_requests: int,
+    workloads: list[str],
+    pool_size: int = max(CONCURRENCIES),
+    rounds: int = 1,
+) -> list[tuple]:
     """Every cell runs each backend back to back (`rounds` times, alternating the order), so
     that the comparison sees the same load from whatever else runs on the machine."""
     benches = []
@@ -191,22 +232,27 @@ def bench(names: list[str], num_requests: int, workloads: list[str],
         for workload in workloads:
             code, timeout_s = WORKLOADS[workload]
             for concurrency in CONCURRENCIES:
-                count = concurrency if workload == "timeout 1s" else max(num_requests,
-                                                                          2 * concurrency)
+                count = (
+                    concurrency if workload == "timeout 1s" else max(num_requests, 2 * concurrency)
+                )
                 for round_index in range(rounds):
                     order = benches if round_index % 2 == 0 else benches[::-1]
                     for one in order:
                         wait_for_pool(one.backend, pool_size)
-                        cell = run_cell(one.client, one.backend, code, timeout_s,
-                                        concurrency, count)
+                        cell = run_cell(
+                            one.client, one.backend, code, timeout_s, concurrency, count
+                        )
                         rows.append((workload, concurrency, one.name, cell))
-                        print(f"{workload:13} c={concurrency:<3} {one.name:6} "
-                              f"{cell['rps']:7.1f} req/s  p50 {cell['p50_ms']:7.1f} ms  "
-                              f"p99 {cell['p99_ms']:7.1f} ms  cpu/req {cell['cpu_ms']:5.1f} ms "
-                              f"(service {cell['service_cpu_ms']:4.1f}, "
-                              f"programs {cell['sandbox_cpu_ms']:4.1f})  "
-                              f"busy {cell['busy_cores']:.2f} cores  "
-                              f"{cell['statuses']} out={cell['stdout_bytes']}", flush=True)
+                        print(
+                            f"{workload:13} c={concurrency:<3} {one.name:6} "
+                            f"{cell['rps']:7.1f} req/s  p50 {cell['p50_ms']:7.1f} ms  "
+                            f"p99 {cell['p99_ms']:7.1f} ms  cpu/req {cell['cpu_ms']:5.1f} ms "
+                            f"(service {cell['service_cpu_ms']:4.1f}, "
+                            f"programs {cell['sandbox_cpu_ms']:4.1f})  "
+                            f"busy {cell['busy_cores']:.2f} cores  "
+                            f"{cell['statuses']} out={cell['stdout_bytes']}",
+                            flush=True,
+                        )
         return rows
     finally:
         for one in benches:
@@ -218,23 +264,34 @@ def summarize(rows: list[tuple]) -> None:
     cells: dict[tuple, list[dict]] = {}
     for workload, concurrency, name, cell in rows:
         cells.setdefault((workload, concurrency, name), []).append(cell)
-    med = {key: {k: statistics.median(c[k] for c in found) for k in ("rps", "p50_ms", "p99_ms")}
-           for key, found in cells.items()}
-    print("\n| workload | c | backend | req/s | p50 ms | p99 ms | req/s vs bare | p50 vs bare "
-          "| statuses |")
+    med = {
+        key: {k: statistics.median(c[k] for c in found) for k in ("rps", "p50_ms", "p99_ms")}
+        for key, found in cells.items()
+    }
+    print(
+        "\n| workload | c | backend | req/s | p50 ms | p99 ms | req/s vs bare | p50 vs bare "
+        "| statuses |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    for (workload, concurrency, name), cell in sorted(med.items(), key=lambda kv: (
-            list(WORKLOADS).index(kv[0][0]), kv[0][1], kv[0][2])):
+    for (workload, concurrency, name), cell in sorted(
+        med.items(), key=lambda kv: (list(WORKLOADS).index(kv[0][0]), kv[0][1], kv[0][2])
+    ):
         bare = med.get((workload, concurrency, "bare"))
-        ratios = (f"{cell['rps'] / bare['rps']:.2f} | {cell['p50_ms'] / bare['p50_ms']:.2f}"
-                  if bare else "- | -")
+        ratios = (
+            f"{cell['rps'] / bare['rps']:.2f} | {cell['p50_ms'] / bare['p50_ms']:.2f}"
+            if bare
+            else "- | -"
+        )
         statuses: dict[str, int] = {}
         for found in cells[(workload, concurrency, name)]:
             for status, count in found["statuses"].items():
                 statuses[status] = statuses.get(status, 0) + count
-        print(f"| {workload} | {concurrency} | {name} | {cell['rps']:.1f} | "
-              f"{cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | {ratios} | "
-              + ", ".join(f"{k} {v}" for k, v in statuses.items()) + " |")
+        print(
+            f"| {workload} | {concurrency} | {name} | {cell['rps']:.1f} | "
+            f"{cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | {ratios} | "
+            + ", ".join(f"{k} {v}" for k, v in statuses.items())
+            + " |"
+        )
 
 
 def main() -> None:
@@ -242,10 +299,18 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["bare", "bwrap"])
     parser.add_argument("--requests", type=int, default=24, help="requests per cell (min 2c)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="repeat each cell, alternating the backends' order; medians")
-    parser.add_argument("--pool-size", type=int, default=max(CONCURRENCIES),
-                        help="docker: warm containers (creating one takes seconds on vfs)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat each cell, alternating the backends' order; medians",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=max(CONCURRENCIES),
+        help="docker: warm containers (creating one takes seconds on vfs)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     rows = bench(args.backends, args.requests, args.workloads, args.pool_size, args.rounds)

@@ -14,8 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="AgentRL: train tool-using LLM agents with RL.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="AgentRL: train tool-using LLM agents with RL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 config_app = typer.Typer(help="Check and explain configuration recipes.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 streams_app = typer.Typer(help="Inspect and check the run's Redis streams.", no_args_is_help=True)
@@ -41,10 +45,17 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True,
-        help="Print AgentRL's version (and torch's, vLLM's, transformers') and exit.")] = False
-          ) -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print AgentRL's version (and torch's, vLLM's, transformers') and exit.",
+        ),
+    ] = False,
+) -> None:
     """AgentRL: train tool-using LLM agents with RL."""
 
 
@@ -75,8 +86,12 @@ def config_validate(
 
 @config_app.command("show")
 def config_show(
-    section: Annotated[str, typer.Argument(
-        help="a section, sub-section or field, e.g. sandbox, inference.server; empty: all")] = "",
+    section: Annotated[
+        str,
+        typer.Argument(
+            help="a section, sub-section or field, e.g. sandbox, inference.server; empty: all"
+        ),
+    ] = "",
 ) -> None:
     """List every config field with its type, default and meaning."""
     from rich.text import Text
@@ -145,8 +160,12 @@ def streams_status(
     table = Table("group", "length", "lag", "pending", "pending by consumer")
     table.add_column("stream", no_wrap=True)
     for key, group in RunLayout(run).streams().values():
-        queue = StreamQueue(config.redis.url, key, group,
-                            retry_deadline_s=min(config.redis.reconnect_deadline_s, 5.0))
+        queue = StreamQueue(
+            config.redis.url,
+            key,
+            group,
+            retry_deadline_s=min(config.redis.reconnect_deadline_s, 5.0),
+        )
         try:
             stats = queue.stats()
         except StreamUnavailableError as exc:
@@ -155,8 +174,14 @@ def streams_status(
         finally:
             queue.close()
         per_consumer = ", ".join(f"{k}={v}" for k, v in stats.pending_per_consumer.items())
-        table.add_row(group, str(stats.length), "?" if stats.lag is None else str(stats.lag),
-                      str(stats.pending), per_consumer or "-", key)
+        table.add_row(
+            group,
+            str(stats.length),
+            "?" if stats.lag is None else str(stats.lag),
+            str(stats.pending),
+            per_consumer or "-",
+            key,
+        )
     console.print(table)
 
 
@@ -172,13 +197,27 @@ def streams_check(recipe: RecipeOption = None) -> None:
     config = _load_or_exit(recipe)
     scratch = stream_key(f"check-{uuid.uuid4().hex[:8]}", "groups")
     num_tokens = 2048
-    group = group_pb2.Group(group_id="check", idempotency_key=uuid.uuid4().hex, samples=[
-        group_pb2.ScoredTrajectory(trajectory=trajectory_pb2.Trajectory(
-            token_ids=list(range(num_tokens)), loss_mask=[1] * num_tokens,
-            behaviour_logprobs=[-0.5] * num_tokens, policy_versions=[0] * num_tokens))
-        for _ in range(16)])
-    queue = StreamQueue(config.redis.url, scratch, "check",
-                        retry_deadline_s=min(config.redis.reconnect_deadline_s, 5.0))
+    group = group_pb2.Group(
+        group_id="check",
+        idempotency_key=uuid.uuid4().hex,
+        samples=[
+            group_pb2.ScoredTrajectory(
+                trajectory=trajectory_pb2.Trajectory(
+                    token_ids=list(range(num_tokens)),
+                    loss_mask=[1] * num_tokens,
+                    behaviour_logprobs=[-0.5] * num_tokens,
+                    policy_versions=[0] * num_tokens,
+                )
+            )
+            for _ in range(16)
+        ],
+    )
+    queue = StreamQueue(
+        config.redis.url,
+        scratch,
+        "check",
+        retry_deadline_s=min(config.redis.reconnect_deadline_s, 5.0),
+    )
     try:
         start = time.perf_counter()
         queue.publish(group)
@@ -197,8 +236,10 @@ def streams_check(recipe: RecipeOption = None) -> None:
     finally:
         queue.close()
     size_mb = group.ByteSize() / 1e6
-    console.print(f"    {config.redis.url}: a {size_mb:.2f} MB Group round-tripped in "
-                  f"{elapsed_ms:.0f} ms; pending after completion: {stats.pending}")
+    console.print(
+        f"    {config.redis.url}: a {size_mb:.2f} MB Group round-tripped in "
+        f"{elapsed_ms:.0f} ms; pending after completion: {stats.pending}"
+    )
 
 
 # Every service a deployment can run; `serve` offers those whose code is present.
@@ -221,10 +262,18 @@ def available_services() -> list[str]:
 @app.command("serve")
 def serve(
     service: Annotated[str, typer.Argument(help="sandbox | reward | search (those installed)")],
-    recipe: Annotated[Path | None, typer.Option(
-        "--recipe", "-r", envvar="AGENTRL_RECIPE", help="YAML recipe (env AGENTRL_RECIPE)")] = None,
-    log_json: Annotated[bool, typer.Option("--log-json", envvar="AGENTRL_LOG_JSON",
-                                           help="JSON log lines (for log collectors)")] = False,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe", "-r", envvar="AGENTRL_RECIPE", help="YAML recipe (env AGENTRL_RECIPE)"
+        ),
+    ] = None,
+    log_json: Annotated[
+        bool,
+        typer.Option(
+            "--log-json", envvar="AGENTRL_LOG_JSON", help="JSON log lines (for log collectors)"
+        ),
+    ] = False,
 ) -> None:
     """Run one service until SIGTERM: gRPC (health, reflection) plus HTTP /healthz /readyz /metrics."""
     import importlib
@@ -246,11 +295,16 @@ def serve(
 
 @app.command("up")
 def stack_up(
-    recipe: Annotated[Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
-                                                help="YAML recipe")] = None,
-    services: Annotated[str, typer.Option(
-        help="comma-separated (sandbox, reward, search, rollout, vllm); default: every "
-             "installed one, plus vllm when the recipe names a model")] = "",
+    recipe: Annotated[
+        Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE", help="YAML recipe")
+    ] = None,
+    services: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated (sandbox, reward, search, rollout, vllm); default: every "
+            "installed one, plus vllm when the recipe names a model"
+        ),
+    ] = "",
 ) -> None:
     """Start the local stack (Redis, then each service) in the background; wait until ready."""
     from agentrl.common import local_stack
@@ -260,18 +314,22 @@ def stack_up(
     # joins the default only when the recipe names a model for its vLLM server.
     has_model = config.served_model_path() is not None
     chosen = [s for s in services.split(",") if s] or [
-        s for s in available_services()
-        if s != "trainer" and (s != "rollout" or has_model)]
+        s for s in available_services() if s != "trainer" and (s != "rollout" or has_model)
+    ]
     if not services and has_model and local_stack.vllm_is_local(config):
         chosen.insert(0, local_stack.VLLM)  # the rollout's server, first: it starts slowest
     if not services and "search" in chosen and not config.search.index_dir.exists():
         chosen.remove("search")  # it would only crash-loop without its index
-        console.print(f"search left out: no index at {config.search.index_dir} (build one with "
-                      "`agentrl search index`, or name the services with --services)")
+        console.print(
+            f"search left out: no index at {config.search.index_dir} (build one with "
+            "`agentrl search index`, or name the services with --services)"
+        )
     unknown = sorted(set(chosen) - set(available_services()) - {local_stack.VLLM})
     if unknown:
-        err_console.print(f"[red]unknown service(s) {', '.join(unknown)}; installed: "
-                          f"{', '.join(available_services())}[/]")
+        err_console.print(
+            f"[red]unknown service(s) {', '.join(unknown)}; installed: "
+            f"{', '.join(available_services())}[/]"
+        )
         raise typer.Exit(code=2)
     try:
         local_stack.up(config, str(recipe or ""), chosen)
@@ -283,8 +341,9 @@ def stack_up(
 
 @app.command("down")
 def stack_down(
-    recipe: Annotated[Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
-                                                help="YAML recipe")] = None,
+    recipe: Annotated[
+        Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE", help="YAML recipe")
+    ] = None,
 ) -> None:
     """Stop the local stack: each service drains, then exits."""
     from agentrl.common import local_stack
@@ -300,8 +359,9 @@ def stack_down(
 
 @app.command("status")
 def stack_status(
-    recipe: Annotated[Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
-                                                help="YAML recipe")] = None,
+    recipe: Annotated[
+        Path | None, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE", help="YAML recipe")
+    ] = None,
 ) -> None:
     """The local stack's services: address, health, in-flight calls, restarts."""
     config = _load_or_exit(recipe)
@@ -324,16 +384,25 @@ def _print_status(config) -> bool:
         healthy &= ok
         health = "[green]serving[/]" if ok else f"[red]{service.status}[/]"
         in_flight = "-" if result.in_flight is None else f"{result.in_flight:.0f}"
-        table.add_row(service.name, service.grpc_address or "-", service.http_url, health,
-                      in_flight, str(service.restarts), str(service.pid), service.log)
+        table.add_row(
+            service.name,
+            service.grpc_address or "-",
+            service.http_url,
+            health,
+            in_flight,
+            str(service.restarts),
+            str(service.pid),
+            service.log,
+        )
     console.print(table)
     return healthy
 
 
 @app.command("dry-run")
 def dry_run_command(
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
-                                         help="YAML recipe")],
+    recipe: Annotated[
+        Path, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE", help="YAML recipe")
+    ],
     timeout_s: Annotated[float, typer.Option(min=0.1, help="seconds per service check")] = 5.0,
     file_timeout_s: Annotated[float, typer.Option(min=0.1, help="seconds per file check")] = 30.0,
 ) -> None:

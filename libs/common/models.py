@@ -37,9 +37,24 @@ IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END)
 # Tool tags of every tool format the rollout parses (code_tags, search_tags, hermes).
 TOOL_TAGS = (
-    "<code>", "</code>", "<python>", "</python>", "<output>", "</output>",
-    "<search>", "</search>", "<result>", "</result>", "<information>", "</information>",
-    "<answer>", "</answer>", "<think>", "</think>", "<tool_call>", "</tool_call>",
+    "<code>",
+    "</code>",
+    "<python>",
+    "</python>",
+    "<output>",
+    "</output>",
+    "<search>",
+    "</search>",
+    "<result>",
+    "</result>",
+    "<information>",
+    "</information>",
+    "<answer>",
+    "</answer>",
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
 )
 # ChatML, like Qwen's: the prompt ends with an open assistant turn when asked for one.
 CHAT_TEMPLATE = (
@@ -66,11 +81,25 @@ class ModelPreset:
 
 PRESETS: dict[str, ModelPreset] = {
     # ~0.5M parameters (vocab ~1k): trains on 2 CPU cores in minutes, vLLM on CPU serves ~300 tokens/s.
-    "tiny": ModelPreset(vocab_size=1024, hidden_size=128, num_layers=2, num_heads=4,
-                        num_kv_heads=2, intermediate_size=384, max_position_embeddings=4096),
+    "tiny": ModelPreset(
+        vocab_size=1024,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=384,
+        max_position_embeddings=4096,
+    ),
     # ~4M parameters: for tasks the tiny one cannot fit; still CPU-trainable.
-    "small": ModelPreset(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=8,
-                         num_kv_heads=4, intermediate_size=768, max_position_embeddings=4096),
+    "small": ModelPreset(
+        vocab_size=4096,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=4,
+        intermediate_size=768,
+        max_position_embeddings=4096,
+    ),
 }
 
 
@@ -82,24 +111,38 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     core = Tokenizer(models.BPE())
     # Digits split one by one first (as Llama and Qwen do): a number is the same ids in the
     # prompt, inside code and in a tool result, so a small model can copy it token by token.
-    core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token=IM_END, pad_token=END_OF_TEXT, bos_token=None,
-        unk_token=None, additional_special_tokens=[IM_START], clean_up_tokenization_spaces=False)
+        tokenizer_object=core,
+        eos_token=IM_END,
+        pad_token=END_OF_TEXT,
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=[IM_START],
+        clean_up_tokenization_spaces=False,
+    )
     tokenizer.add_tokens(list(TOOL_TAGS), special_tokens=False)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def init_tiny_model(out_dir: str | Path, texts: Iterable[str], preset: str = "tiny",
-                    seed: int = 0) -> Path:
+def init_tiny_model(
+    out_dir: str | Path, texts: Iterable[str], preset: str = "tiny", seed: int = 0
+) -> Path:
     """Train a tokenizer on `texts`, initialise a Qwen3 model of `preset` with `seed`, save both.
 
     The directory holds config.json, generation_config.json, model.safetensors (float32) and the
@@ -110,8 +153,10 @@ def init_tiny_model(out_dir: str | Path, texts: Iterable[str], preset: str = "ti
         raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
     texts = [t for t in texts if t]
     if not texts:
-        raise ValueError("texts is empty: pass the task's prompts and answers to train the "
-                         "tokenizer on (or use default_corpus())")
+        raise ValueError(
+            "texts is empty: pass the task's prompts and answers to train the "
+            "tokenizer on (or use default_corpus())"
+        )
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
@@ -119,27 +164,44 @@ def init_tiny_model(out_dir: str | Path, texts: Iterable[str], preset: str = "ti
     tokenizer = train_tokenizer(texts, sizes.vocab_size)
     head_dim = sizes.hidden_size // sizes.num_heads
     config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=sizes.hidden_size,
-        intermediate_size=sizes.intermediate_size, num_hidden_layers=sizes.num_layers,
-        num_attention_heads=sizes.num_heads, num_key_value_heads=sizes.num_kv_heads,
-        head_dim=head_dim, max_position_embeddings=sizes.max_position_embeddings,
-        tie_word_embeddings=True, rope_theta=10_000.0,
+        vocab_size=len(tokenizer),
+        hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size,
+        num_hidden_layers=sizes.num_layers,
+        num_attention_heads=sizes.num_heads,
+        num_key_value_heads=sizes.num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=sizes.max_position_embeddings,
+        tie_word_embeddings=True,
+        rope_theta=10_000.0,
         bos_token_id=tokenizer.convert_tokens_to_ids(IM_START),
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32",
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).to(torch.float32)
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=config.bos_token_id)
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=config.bos_token_id,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "agentrl_model.json").write_text(json.dumps(
-        {"preset": preset, "seed": seed, "num_parameters": model.num_parameters(),
-         "num_training_texts": len(texts)}, indent=2) + "\n")
+    (out / "agentrl_model.json").write_text(
+        json.dumps(
+            {
+                "preset": preset,
+                "seed": seed,
+                "num_parameters": model.num_parameters(),
+                "num_training_texts": len(texts),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return out
 
 
@@ -159,7 +221,8 @@ def default_corpus(num_examples: int = 2000, seed: int = 0) -> list[str]:
         texts.append(
             f"{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n"
             f"Let me compute it.\n<code>\nprint({expression})\n</code>\n"
-            f"<output>\n{value}\n</output>\nThe result is <answer>{value}</answer>{IM_END}\n")
+            f"<output>\n{value}\n</output>\nThe result is <answer>{value}</answer>{IM_END}\n"
+        )
     return texts
 
 
@@ -177,8 +240,11 @@ def read_corpus(path: str | Path) -> list[str]:
             row = json.loads(line)
             texts.extend(v for v in row.values() if isinstance(v, str))
             # SFT rows: {"messages": [{"role", "content"}, ...]}: their contents too.
-            texts.extend(m["content"] for m in row.get("messages", ())
-                         if isinstance(m, dict) and isinstance(m.get("content"), str))
+            texts.extend(
+                m["content"]
+                for m in row.get("messages", ())
+                if isinstance(m, dict) and isinstance(m.get("content"), str)
+            )
         else:
             texts.append(line)
     return texts

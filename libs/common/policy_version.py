@@ -50,22 +50,30 @@ class PolicyVersionPublisher:
     the publish is retried with backoff (streams.call_with_deadline, the one retry policy of
     every Redis client here); a longer one is one error naming the URL and the setting."""
 
-    def __init__(self, redis_url: str, run_id: str,
-                 retry_deadline_s: float = RETRY_DEADLINE_S) -> None:
+    def __init__(
+        self, redis_url: str, run_id: str, retry_deadline_s: float = RETRY_DEADLINE_S
+    ) -> None:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         self.url, self.retry_deadline_s = redis_url, retry_deadline_s
         # Retries are call_with_deadline's, bounded by the deadline, not redis-py's.
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=SOCKET_TIMEOUT_S,
-                                           socket_connect_timeout=SOCKET_TIMEOUT_S,
-                                           retry=Retry(NoBackoff(), 0))
+        self.client = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
         layout = RunLayout(run_id)
         self.version_key, self.events_channel = layout.policy_version, layout.events
 
     def publish(self, version: int, weights_uri: str, checksum: str) -> None:
-        event = events_pb2.PolicyVersionEvent(version=version, weights_uri=weights_uri,
-                                              checksum=checksum, published_at_unix_s=time.time())
+        event = events_pb2.PolicyVersionEvent(
+            version=version,
+            weights_uri=weights_uri,
+            checksum=checksum,
+            published_at_unix_s=time.time(),
+        )
 
         def send() -> None:
             # SET is idempotent and the event only a wake-up: a retried MULTI is harmless.
@@ -77,8 +85,9 @@ class PolicyVersionPublisher:
         call_with_deadline(send, self.url, self.retry_deadline_s)
 
     def latest(self) -> int | None:
-        value = call_with_deadline(lambda: self.client.get(self.version_key), self.url,
-                                   self.retry_deadline_s)
+        value = call_with_deadline(
+            lambda: self.client.get(self.version_key), self.url, self.retry_deadline_s
+        )
         return None if value is None else int(value)
 
     def close(self) -> None:
@@ -86,8 +95,9 @@ class PolicyVersionPublisher:
 
 
 class PolicyVersionSubscriber:
-    def __init__(self, redis_url: str, run_id: str,
-                 on_version: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, redis_url: str, run_id: str, on_version: Callable[[int], None] | None = None
+    ) -> None:
         self.redis_url = redis_url
         layout = RunLayout(run_id)
         self.version_key, self.channel = layout.policy_version, layout.events
@@ -104,8 +114,10 @@ class PolicyVersionSubscriber:
         self._thread = threading.Thread(target=self._run, name="policy-version", daemon=True)
         self._thread.start()
         if not self.connected.wait(wait_s):
-            log.warning("policy version not read yet; following it in the background",
-                        extra={"key": self.version_key, "wait_s": wait_s})
+            log.warning(
+                "policy version not read yet; following it in the background",
+                extra={"key": self.version_key, "wait_s": wait_s},
+            )
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
@@ -122,10 +134,13 @@ class PolicyVersionSubscriber:
     def _run(self) -> None:
         backoff_s = RECONNECT_INITIAL_S
         while not self._stop.is_set():
-            client = redis.Redis.from_url(self.redis_url, socket_timeout=SOCKET_TIMEOUT_S,
-                                          socket_connect_timeout=SOCKET_TIMEOUT_S,
-                                          health_check_interval=HEALTH_CHECK_INTERVAL_S,
-                                          client_name=self.client_name)
+            client = redis.Redis.from_url(
+                self.redis_url,
+                socket_timeout=SOCKET_TIMEOUT_S,
+                socket_connect_timeout=SOCKET_TIMEOUT_S,
+                health_check_interval=HEALTH_CHECK_INTERVAL_S,
+                client_name=self.client_name,
+            )
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
@@ -140,8 +155,10 @@ class PolicyVersionSubscriber:
                         self._on_message(message["data"])
             except (redis.RedisError, OSError, ValueError) as exc:  # ValueError: a bad key
                 self.connected.clear()
-                log.warning("policy version subscription lost; reconnecting",
-                            extra={"error": repr(exc), "backoff_s": backoff_s})
+                log.warning(
+                    "policy version subscription lost; reconnecting",
+                    extra={"error": repr(exc), "backoff_s": backoff_s},
+                )
                 self._stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, RECONNECT_MAX_S)
             finally:

@@ -86,7 +86,9 @@ def _generated(root: Path) -> dict[Path, Path]:
     return {
         p.relative_to(root): p
         for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.relative_to(root).as_posix() not in KEPT_FILES
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.relative_to(root).as_posix() not in KEPT_FILES
     }
 
 
@@ -116,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_files()
         if stale:
-            print("generated gRPC code is stale; run scripts/setup.sh (or python -m "
-                  "agentrl.common.protogen). Differs: " + ", ".join(stale))
+            print(
+                "generated gRPC code is stale; run scripts/setup.sh (or python -m "
+                "agentrl.common.protogen). Differs: " + ", ".join(stale)
+            )
             return 1
         print("generated gRPC code is up to date")
         return 0

@@ -139,8 +139,12 @@ def _parse_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def call_with_deadline(op: Callable[[], T], url: str, deadline_s: float = RETRY_DEADLINE_S,
-                       backoff_max_s: float = BACKOFF_MAX_S) -> T:
+def call_with_deadline(
+    op: Callable[[], T],
+    url: str,
+    deadline_s: float = RETRY_DEADLINE_S,
+    backoff_max_s: float = BACKOFF_MAX_S,
+) -> T:
     """`op()`, retried on connection errors and timeouts with exponential backoff (jittered)
     until `deadline_s` has passed, then `StreamUnavailableError` naming `url` and the fix. The
     one retry policy of every Redis client here (streams, the policy version publisher)."""
@@ -156,7 +160,8 @@ def call_with_deadline(op: Callable[[], T], url: str, deadline_s: float = RETRY_
                     f"Redis at {url} unreachable for {deadline_s:.0f} s "
                     f"({type(err).__name__}: {err}); check that the server is running, that "
                     "the URL (host, port, password, db) is right and the network allows it "
-                    "(redis.url; redis.reconnect_deadline_s sets how long to wait)") from err
+                    "(redis.url; redis.reconnect_deadline_s sets how long to wait)"
+                ) from err
             # Jitter: clients that lost the same server do not all come back at once.
             time.sleep(min(backoff_s * random.uniform(0.5, 1.0), remaining_s))
             backoff_s = min(backoff_s * 2, backoff_max_s)

@@ -54,13 +54,16 @@ class ToolFormat:
         closers = [(turn_text.rfind(close), opening, close) for opening, close in self.tags]
         end, opening, close = max(closers)
         if end < 0:
-            raise ValueError(f"turn does not contain a closing tag of {self.name}; parse() is "
-                             "for turns that ends_with_call()")
+            raise ValueError(
+                f"turn does not contain a closing tag of {self.name}; parse() is "
+                "for turns that ends_with_call()"
+            )
         start = turn_text.rfind(opening, 0, end)
         if start < 0:
-            return ParsedCall(tool="", arguments=turn_text[:end],
-                              error=f"{close} without an opening {opening}")
-        body = turn_text[start + len(opening):end]
+            return ParsedCall(
+                tool="", arguments=turn_text[:end], error=f"{close} without an opening {opening}"
+            )
+        body = turn_text[start + len(opening) : end]
         if self.name == "hermes":
             return parse_hermes(body)
         if not body.strip():
@@ -78,15 +81,21 @@ def parse_hermes(body: str) -> ParsedCall:
     except json.JSONDecodeError as exc:
         return ParsedCall(tool="", arguments=body.strip(), error=f"tool call is not JSON: {exc}")
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        return ParsedCall(tool="", arguments=body.strip(),
-                          error='tool call must be {"name": ..., "arguments": {...}}')
+        return ParsedCall(
+            tool="",
+            arguments=body.strip(),
+            error='tool call must be {"name": ..., "arguments": {...}}',
+        )
     arguments = call.get("arguments", {})
     if isinstance(arguments, str):  # some models write the arguments as a JSON string
         try:
             arguments = json.loads(arguments)
         except json.JSONDecodeError:
-            return ParsedCall(tool=call["name"], arguments=arguments,
-                              error="arguments is a string that is not JSON")
+            return ParsedCall(
+                tool=call["name"],
+                arguments=arguments,
+                error="arguments is a string that is not JSON",
+            )
     return ParsedCall(tool=call["name"], arguments=json.dumps(arguments))
 
 
@@ -100,16 +109,27 @@ def extract_answer(text: str) -> str | None:
     """The last `<answer>...</answer>` content, or None."""
     end = text.rfind(ANSWER_CLOSE)
     start = text.rfind(ANSWER_OPEN, 0, end) if end >= 0 else -1
-    return text[start + len(ANSWER_OPEN):end].strip() if start >= 0 else None
+    return text[start + len(ANSWER_OPEN) : end].strip() if start >= 0 else None
 
 
 FORMATS: dict[str, ToolFormat] = {
-    "code_tags": ToolFormat("code_tags", (("<code>", "</code>"), ("<python>", "</python>")),
-                            "<output>", "</output>", tool="python"),
-    "search_tags": ToolFormat("search_tags", (("<search>", "</search>"),),
-                              "<information>", "</information>", tool="search"),
-    "hermes": ToolFormat("hermes", (("<tool_call>", "</tool_call>"),),
-                         "<tool_response>", "</tool_response>"),
+    "code_tags": ToolFormat(
+        "code_tags",
+        (("<code>", "</code>"), ("<python>", "</python>")),
+        "<output>",
+        "</output>",
+        tool="python",
+    ),
+    "search_tags": ToolFormat(
+        "search_tags",
+        (("<search>", "</search>"),),
+        "<information>",
+        "</information>",
+        tool="search",
+    ),
+    "hermes": ToolFormat(
+        "hermes", (("<tool_call>", "</tool_call>"),), "<tool_response>", "</tool_response>"
+    ),
 }
 
 

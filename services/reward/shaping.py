@@ -63,7 +63,9 @@ def shape(
     verdict = verification.verdict
     if verdict == VERIFIER_ERROR:
         return group_pb2.RewardResult(
-            reward=config.reward_bias, components=components, verdict=verdict,
+            reward=config.reward_bias,
+            components=components,
+            verdict=verdict,
             reason=verification.reason,
         )
     if verdict == FORMAT_ERROR:
@@ -74,7 +76,9 @@ def shape(
     overlong = config.overlong
     if overlong.enabled:
         components.overlong_penalty = overlong_penalty(
-            length_tokens, overlong.max_length_tokens, overlong.buffer_tokens,
+            length_tokens,
+            overlong.max_length_tokens,
+            overlong.buffer_tokens,
             overlong.penalty_factor,
         )
     if config.tool_shaping.enabled and verdict in (INCORRECT, NO_ANSWER):

@@ -53,8 +53,12 @@ class RunningRolloutService:
             close()
 
 
-def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None,
-          worker_id: str | None = None) -> RunningRolloutService:
+def start(
+    config: AgentRLConfig,
+    *,
+    extra_sampling: dict[str, Any] | None = None,
+    worker_id: str | None = None,
+) -> RunningRolloutService:
     """Start the worker and its servers; return at once. `extra_sampling`: vLLM sampling fields
     added to every turn (tests constrain the tiny model with them)."""
     from transformers import AutoTokenizer
@@ -75,8 +79,10 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     settings = config.rollout
     model_path = config.served_model_path()
     if model_path is None:
-        raise ValueError("the rollout worker needs the served checkpoint's tokenizer: set "
-                         "inference.server.model_path or model.path")
+        raise ValueError(
+            "the rollout worker needs the served checkpoint's tokenizer: set "
+            "inference.server.model_path or model.path"
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     sandbox = SandboxClient(config.sandbox.target())
     # Retrieve is idempotent: the channel's UNAVAILABLE retries are safe; the tool's timeout
@@ -91,11 +97,16 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
         pool = InferencePool.from_config(config.inference)
         await pool.start()
         tools = ToolBox.for_agents(sandbox, search_channel, settings.tool_timeout_s)
-        sampler = TaskSampler(AgentLoop(pool, tokenizer, tools), reward, worker_id=worker_id,
-                              arpo=settings.arpo, vocab_size=len(tokenizer),
-                              default_format=settings.tool_format, extra_sampling=extra_sampling)
-        worker = RolloutWorker(config, sampler, pool, metrics=RolloutMetrics(),
-                               worker_id=worker_id)
+        sampler = TaskSampler(
+            AgentLoop(pool, tokenizer, tools),
+            reward,
+            worker_id=worker_id,
+            arpo=settings.arpo,
+            vocab_size=len(tokenizer),
+            default_format=settings.tool_format,
+            extra_sampling=extra_sampling,
+        )
+        worker = RolloutWorker(config, sampler, pool, metrics=RolloutMetrics(), worker_id=worker_id)
         holder["worker"] = worker
         try:
             await worker.run(on_started=ready.set)
@@ -120,14 +131,25 @@ def start(config: AgentRLConfig, *, extra_sampling: dict[str, Any] | None = None
     servicer = RolloutControlServicer(worker)
     server = grpc_server.serve(
         lambda s: rollout_pb2_grpc.add_RolloutControlServiceServicer_to_server(servicer, s),
-        [SERVICE_NAME], host=settings.host, port=settings.grpc_port, max_workers=GRPC_WORKERS)
+        [SERVICE_NAME],
+        host=settings.host,
+        port=settings.grpc_port,
+        max_workers=GRPC_WORKERS,
+    )
     app = http.create_app("rollout", ready=thread.is_alive)
     http_server = http.serve_in_thread(app, host=settings.host, port=settings.http_port)
-    get_logger(__name__).info("rollout worker ready", extra={
-        "worker_id": worker_id, "grpc": server.address, "http": http_server.url,
-        "inference_urls": config.inference.urls})
-    return RunningRolloutService(worker, thread, server, http_server,
-                                 [sandbox.close, search_channel.close, reward.close])
+    get_logger(__name__).info(
+        "rollout worker ready",
+        extra={
+            "worker_id": worker_id,
+            "grpc": server.address,
+            "http": http_server.url,
+            "inference_urls": config.inference.urls,
+        },
+    )
+    return RunningRolloutService(
+        worker, thread, server, http_server, [sandbox.close, search_channel.close, reward.close]
+    )
 
 
 def main(config: AgentRLConfig) -> None:

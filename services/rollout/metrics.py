@@ -46,8 +46,9 @@ VERSION_LAG_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 32)
 STREAM_STATS_INTERVAL_S = 5.0
 
 
-def policy_version_lag(traj: trajectory_pb2.Trajectory, latest_version: int,
-                       admitted_version: int) -> int:
+def policy_version_lag(
+    traj: trajectory_pb2.Trajectory, latest_version: int, admitted_version: int
+) -> int:
     """`latest_version` minus the oldest version among the sampled tokens (the task's admitted
     version when none was sampled), as the trainer counts staleness; never below 0 (tokens of a
     version whose event has not arrived yet)."""
@@ -58,47 +59,118 @@ def policy_version_lag(traj: trajectory_pb2.Trajectory, latest_version: int,
 
 class RolloutMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.in_flight = metrics.gauge(SERVICE, "episodes_in_flight", "episodes",
-                                       "Episodes started and not finished", registry=registry)
-        self.tokens = metrics.counter(SERVICE, "generated_tokens", "total",
-                                      "Model-sampled tokens (rate = generated tokens/s)",
-                                      registry=registry)
-        self.episodes = metrics.counter(SERVICE, "episodes", "total",
-                                        "Finished episodes by finish reason", ["finish_reason"],
-                                        registry=registry)
-        self.turns = metrics.histogram(SERVICE, "episode_turns", "turns", "Turns per episode",
-                                       registry=registry, buckets=COUNT_BUCKETS)
-        self.tool_calls = metrics.histogram(SERVICE, "episode_tool_calls", "calls",
-                                            "Tool calls per episode", registry=registry,
-                                            buckets=COUNT_BUCKETS)
-        self.tool_latency = metrics.histogram(SERVICE, "tool_latency", "seconds",
-                                              "Wall time of one tool call", ["tool"],
-                                              registry=registry)
-        self.tool_errors = metrics.counter(SERVICE, "tool_errors", "total",
-                                           "Tool calls that did not succeed", ["tool", "status"],
-                                           registry=registry)
-        self.groups = metrics.counter(SERVICE, "groups_published", "total",
-                                      "Groups published to the groups stream", registry=registry)
-        self.rejected = metrics.counter(SERVICE, "tasks_rejected", "total",
-                                        "Malformed tasks acked without a group", registry=registry)
-        self.failures = metrics.counter(SERVICE, "task_failures", "total",
-                                        "Group attempts that raised (retried)", registry=registry)
-        self.queue_lag = metrics.histogram(SERVICE, "queue_lag", "seconds",
-                                           "From a task's admission to a worker taking it",
-                                           registry=registry, buckets=QUEUE_LAG_BUCKETS_S)
-        self.prompts_undelivered = metrics.gauge(SERVICE, "prompts_undelivered", "tasks",
-                                                 "Prompts-stream tasks no worker has read yet",
-                                                 registry=registry)
-        self.prompts_pending = metrics.gauge(SERVICE, "prompts_pending", "tasks",
-                                             "Prompts-stream tasks read and not completed",
-                                             registry=registry)
-        self.published_version = metrics.gauge(SERVICE, "published_policy", "version",
-                                               "The run's latest published policy version",
-                                               registry=registry)
-        self.version_lag = metrics.histogram(SERVICE, "policy_version_lag", "versions",
-                                             "Published version minus an episode's oldest "
-                                             "token version", registry=registry,
-                                             buckets=VERSION_LAG_BUCKETS)
+        self.in_flight = metrics.gauge(
+            SERVICE,
+            "episodes_in_flight",
+            "episodes",
+            "Episodes started and not finished",
+            registry=registry,
+        )
+        self.tokens = metrics.counter(
+            SERVICE,
+            "generated_tokens",
+            "total",
+            "Model-sampled tokens (rate = generated tokens/s)",
+            registry=registry,
+        )
+        self.episodes = metrics.counter(
+            SERVICE,
+            "episodes",
+            "total",
+            "Finished episodes by finish reason",
+            ["finish_reason"],
+            registry=registry,
+        )
+        self.turns = metrics.histogram(
+            SERVICE,
+            "episode_turns",
+            "turns",
+            "Turns per episode",
+            registry=registry,
+            buckets=COUNT_BUCKETS,
+        )
+        self.tool_calls = metrics.histogram(
+            SERVICE,
+            "episode_tool_calls",
+            "calls",
+            "Tool calls per episode",
+            registry=registry,
+            buckets=COUNT_BUCKETS,
+        )
+        self.tool_latency = metrics.histogram(
+            SERVICE,
+            "tool_latency",
+            "seconds",
+            "Wall time of one tool call",
+            ["tool"],
+            registry=registry,
+        )
+        self.tool_errors = metrics.counter(
+            SERVICE,
+            "tool_errors",
+            "total",
+            "Tool calls that did not succeed",
+            ["tool", "status"],
+            registry=registry,
+        )
+        self.groups = metrics.counter(
+            SERVICE,
+            "groups_published",
+            "total",
+            "Groups published to the groups stream",
+            registry=registry,
+        )
+        self.rejected = metrics.counter(
+            SERVICE,
+            "tasks_rejected",
+            "total",
+            "Malformed tasks acked without a group",
+            registry=registry,
+        )
+        self.failures = metrics.counter(
+            SERVICE,
+            "task_failures",
+            "total",
+            "Group attempts that raised (retried)",
+            registry=registry,
+        )
+        self.queue_lag = metrics.histogram(
+            SERVICE,
+            "queue_lag",
+            "seconds",
+            "From a task's admission to a worker taking it",
+            registry=registry,
+            buckets=QUEUE_LAG_BUCKETS_S,
+        )
+        self.prompts_undelivered = metrics.gauge(
+            SERVICE,
+            "prompts_undelivered",
+            "tasks",
+            "Prompts-stream tasks no worker has read yet",
+            registry=registry,
+        )
+        self.prompts_pending = metrics.gauge(
+            SERVICE,
+            "prompts_pending",
+            "tasks",
+            "Prompts-stream tasks read and not completed",
+            registry=registry,
+        )
+        self.published_version = metrics.gauge(
+            SERVICE,
+            "published_policy",
+            "version",
+            "The run's latest published policy version",
+            registry=registry,
+        )
+        self.version_lag = metrics.histogram(
+            SERVICE,
+            "policy_version_lag",
+            "versions",
+            "Published version minus an episode's oldest token version",
+            registry=registry,
+            buckets=VERSION_LAG_BUCKETS,
+        )
         self._lock = threading.Lock()
         self.started_s = time.monotonic()
         self.episodes_done = 0
@@ -128,8 +200,9 @@ class RolloutMetrics:
             self.prompts_undelivered.set(undelivered)
         self.prompts_pending.set(pending)
 
-    def record_episode(self, traj: trajectory_pb2.Trajectory, *, latest_version: int,
-                       admitted_version: int) -> None:
+    def record_episode(
+        self, traj: trajectory_pb2.Trajectory, *, latest_version: int, admitted_version: int
+    ) -> None:
         """One finished episode; `latest_version`: the run's published policy version now."""
         self.version_lag.observe(policy_version_lag(traj, latest_version, admitted_version))
         generated = sum(traj.loss_mask)
@@ -139,13 +212,16 @@ class RolloutMetrics:
         self.tool_calls.observe(traj.num_tool_calls)
         for turn in traj.turns:
             call = turn.tool_call
-            if not turn.HasField("tool_call") or \
-                    call.status == trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED:
+            if (
+                not turn.HasField("tool_call")
+                or call.status == trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED
+            ):
                 continue  # no call, or one refused by the tool-call limit (never ran)
             self.tool_latency.labels(call.tool).observe(call.latency_s)
             if call.status != trajectory_pb2.TOOL_CALL_STATUS_OK:
-                self.tool_errors.labels(call.tool,
-                                        trajectory_pb2.ToolCallStatus.Name(call.status)).inc()
+                self.tool_errors.labels(
+                    call.tool, trajectory_pb2.ToolCallStatus.Name(call.status)
+                ).inc()
         with self._lock:
             self.episodes_done += 1
             self.tokens_done += generated

@@ -26,8 +26,10 @@ class RolloutControlServicer:
 
         mode = PAUSE_MODES.get(request.mode or 1)
         if mode is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"unknown pause mode {request.mode}; use KEEP, ABORT or WAIT")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown pause mode {request.mode}; use KEEP, ABORT or WAIT",
+            )
         self.worker.pause(mode, CONTROL_TIMEOUT_S)
         return rollout_pb2.PauseResponse(status=self.worker.status())
 

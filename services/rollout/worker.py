@@ -63,8 +63,15 @@ def default_worker_id() -> str:
 
 
 class RolloutWorker:
-    def __init__(self, config: AgentRLConfig, sampler: GroupSampler, pool: InferencePool, *,
-                 metrics: RolloutMetrics, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentRLConfig,
+        sampler: GroupSampler,
+        pool: InferencePool,
+        *,
+        metrics: RolloutMetrics,
+        worker_id: str | None = None,
+    ) -> None:
         self.config, self.sampler, self.pool, self.metrics = config, sampler, pool, metrics
         self.worker_id = worker_id or sampler.worker_id or default_worker_id()
         self.cap = config.rollout.max_concurrent_episodes
@@ -73,15 +80,25 @@ class RolloutWorker:
         self.renew_interval_s = config.redis.visibility_timeout_s / RENEWALS_PER_TIMEOUT
         run_id = config.run.run_id
         layout = RunLayout(run_id)
-        self.prompts = StreamQueue(config.redis.url, layout.prompts, PROMPTS_GROUP,
-                                   consumer=self.worker_id, visibility_timeout_ms=visibility_ms,
-                                   reclaim_interval_s=self.renew_interval_s,
-                                   retry_deadline_s=config.redis.reconnect_deadline_s)
-        self.groups = StreamQueue(config.redis.url, layout.groups, GROUPS_GROUP,
-                                  maxlen=config.redis.max_stream_length,
-                                  retry_deadline_s=config.redis.reconnect_deadline_s)
-        self.versions = PolicyVersionSubscriber(config.redis.url, run_id,
-                                                on_version=metrics.published_version.set)
+        self.prompts = StreamQueue(
+            config.redis.url,
+            layout.prompts,
+            PROMPTS_GROUP,
+            consumer=self.worker_id,
+            visibility_timeout_ms=visibility_ms,
+            reclaim_interval_s=self.renew_interval_s,
+            retry_deadline_s=config.redis.reconnect_deadline_s,
+        )
+        self.groups = StreamQueue(
+            config.redis.url,
+            layout.groups,
+            GROUPS_GROUP,
+            maxlen=config.redis.max_stream_length,
+            retry_deadline_s=config.redis.reconnect_deadline_s,
+        )
+        self.versions = PolicyVersionSubscriber(
+            config.redis.url, run_id, on_version=metrics.published_version.set
+        )
         self.paused = False
         self.reserved = 0  # episodes of the tasks in flight (n each)
         self.active: dict[str, asyncio.Task] = {}  # idempotency key -> its task
@@ -120,14 +137,24 @@ class RolloutWorker:
         return self.versions.latest
 
     def status(self) -> rollout_pb2.RolloutStatus:
-        servers = [rollout_pb2.InferenceServer(url=s.url, healthy=s.healthy,
-                                               in_flight=s.in_flight,
-                                               policy_version=self.metrics.policy_version)
-                   for s in self.pool.servers.values()]
+        servers = [
+            rollout_pb2.InferenceServer(
+                url=s.url,
+                healthy=s.healthy,
+                in_flight=s.in_flight,
+                policy_version=self.metrics.policy_version,
+            )
+            for s in self.pool.servers.values()
+        ]
         return rollout_pb2.RolloutStatus(
-            worker_id=self.worker_id, episodes_in_flight=int(self.metrics.in_flight_local),
-            episodes_done=self.metrics.episodes_done, policy_version=self.metrics.policy_version,
-            paused=self.paused, servers=servers, latest_policy_version=self.latest_policy_version)
+            worker_id=self.worker_id,
+            episodes_in_flight=int(self.metrics.in_flight_local),
+            episodes_done=self.metrics.episodes_done,
+            policy_version=self.metrics.policy_version,
+            paused=self.paused,
+            servers=servers,
+            latest_policy_version=self.latest_policy_version,
+        )
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -141,14 +168,17 @@ class RolloutWorker:
             on_started()
         keeper = asyncio.create_task(self._keep_alive_loop())
         stats = asyncio.create_task(self._stream_stats_loop())
-        log.info("rollout worker started", extra={"worker_id": self.worker_id,
-                                                   "stream": self.prompts.stream})
+        log.info(
+            "rollout worker started",
+            extra={"worker_id": self.worker_id, "stream": self.prompts.stream},
+        )
         try:
             while not self._stop.is_set():
                 if not await self._wait_for(lambda: not self.paused and self.reserved < self.cap):
                     break
-                entries = await self.loop.run_in_executor(self._reader, self.prompts.read, 1,
-                                                          READ_BLOCK_MS)
+                entries = await self.loop.run_in_executor(
+                    self._reader, self.prompts.read, 1, READ_BLOCK_MS
+                )
                 for entry in entries:
                     await self._admit(entry)
             await self._drain()
@@ -157,8 +187,10 @@ class RolloutWorker:
             stats.cancel()
             await asyncio.to_thread(self.versions.stop)
             self._reader.shutdown(wait=False)
-            log.info("rollout worker stopped", extra={"worker_id": self.worker_id,
-                                                       "episodes_done": self.metrics.episodes_done})
+            log.info(
+                "rollout worker stopped",
+                extra={"worker_id": self.worker_id, "episodes_done": self.metrics.episodes_done},
+            )
 
     async def _wait_for(self, predicate) -> bool:
         """Wait until `predicate()` holds; False when a stop was requested first."""
@@ -175,8 +207,10 @@ class RolloutWorker:
             task = entry.decode(task_pb2.RolloutTask)
             check_task(task)
         except (DecodeError, ValueError) as exc:
-            log.error("malformed rollout task acked and dropped",
-                      extra={"entry": entry.id, "error": str(exc)})
+            log.error(
+                "malformed rollout task acked and dropped",
+                extra={"entry": entry.id, "error": str(exc)},
+            )
             self.metrics.rejected.inc()
             await asyncio.to_thread(self.prompts.complete, entry)
             return
@@ -193,15 +227,19 @@ class RolloutWorker:
         handle = asyncio.create_task(self._handle(entry, task, earlier))
         self.active[entry.key] = handle
 
-    async def _handle(self, entry: StreamEntry, task: task_pb2.RolloutTask,
-                      earlier: asyncio.Task | None) -> None:
+    async def _handle(
+        self, entry: StreamEntry, task: task_pb2.RolloutTask, earlier: asyncio.Task | None
+    ) -> None:
         n, left = task.num_samples, [task.num_samples]
 
         def finished(traj: trajectory_pb2.Trajectory) -> None:
             left[0] -= 1
             self.metrics.finish_episodes(1)
-            self.metrics.record_episode(traj, latest_version=self.latest_policy_version,
-                                        admitted_version=task.admitted_policy_version)
+            self.metrics.record_episode(
+                traj,
+                latest_version=self.latest_policy_version,
+                admitted_version=task.admitted_policy_version,
+            )
 
         try:
             if earlier is not None:  # a second copy of a task running here: wait for the first
@@ -217,8 +255,10 @@ class RolloutWorker:
                 except Exception as exc:  # noqa: BLE001 - retried; the entry stays ours
                     self.metrics.failures.inc()
                     self.metrics.finish_episodes(left[0])
-                    log.warning("group attempt failed; retrying",
-                                extra={"task_id": task.task_id, "error": repr(exc)})
+                    log.warning(
+                        "group attempt failed; retrying",
+                        extra={"task_id": task.task_id, "error": repr(exc)},
+                    )
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, RETRY_MAX_S)
                     left[0] = n
@@ -253,8 +293,9 @@ class RolloutWorker:
     async def _drain(self) -> None:
         running = [t for t in self.active.values() if not t.done()]
         if running:
-            log.info("draining tasks in flight", extra={"tasks": len(running),
-                                                        "grace_s": self.grace_s})
+            log.info(
+                "draining tasks in flight", extra={"tasks": len(running), "grace_s": self.grace_s}
+            )
             _done, pending = await asyncio.wait(running, timeout=self.grace_s)
             for t in pending:  # unfinished: cancelled, never acked; another worker reclaims
                 t.cancel()

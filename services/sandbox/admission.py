@@ -73,7 +73,9 @@ class Admission:
                 if self.waiting >= self.queue_size:
                     raise Overloaded(
                         f"{self.in_flight} running and {self.waiting} queued (queue_size="
-                        f"{self.queue_size})", self.retry_after_s())
+                        f"{self.queue_size})",
+                        self.retry_after_s(),
+                    )
                 self.waiting += 1
                 deadline = time.monotonic() + self.queue_timeout_s
                 try:
@@ -82,7 +84,8 @@ class Admission:
                         if remaining <= 0:
                             raise Overloaded(
                                 f"waited {self.queue_timeout_s:g} s in the queue (queue_timeout_s)",
-                                self.retry_after_s())
+                                self.retry_after_s(),
+                            )
                         self._cond.wait(remaining)
                 finally:
                     self.waiting -= 1

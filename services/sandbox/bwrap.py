@@ -59,8 +59,16 @@ from agentrl.sandbox.languages import get_language
 from agentrl.sandbox.outcome import classify
 from agentrl.sandbox.workdir import CGROUP_PREFIX, SlotDir, check_traversable, sweep_stale
 
-__all__ = ["MAX_OPEN_FILES", "RUNNER_SOURCE", "SANDBOX_ENV", "TEARDOWN_WAIT_S", "BwrapBackend",
-           "Slot", "classify", "sweep_stale"]
+__all__ = [
+    "MAX_OPEN_FILES",
+    "RUNNER_SOURCE",
+    "SANDBOX_ENV",
+    "TEARDOWN_WAIT_S",
+    "BwrapBackend",
+    "Slot",
+    "classify",
+    "sweep_stale",
+]
 
 log = get_logger(__name__)
 
@@ -129,8 +137,7 @@ class BwrapBackend(Backend):
         if self.cgroups is None:
             log.warning("no usable cgroup v1: memory and process limits fall back to rlimits")
         else:
-            self.cgroups.weigh_as(min(num_slots or config.max_concurrency,
-                                      config.max_concurrency))
+            self.cgroups.weigh_as(min(num_slots or config.max_concurrency, config.max_concurrency))
         if num_slots is None:
             spare = max(1, math.ceil(config.max_concurrency * SPARE_SLOT_FRACTION))
             num_slots = config.max_concurrency + (spare if self.cgroups is not None else 0)
@@ -144,9 +151,9 @@ class BwrapBackend(Backend):
             self._prime(slot)
             self._ready.put(slot)
         self._recyclers = [
-            threading.Thread(target=self._recycle_loop, name=f"bwrap-recycler-{index}",
-                             daemon=True)
-            for index in range(min(RECYCLER_THREADS, len(self._all)))]
+            threading.Thread(target=self._recycle_loop, name=f"bwrap-recycler-{index}", daemon=True)
+            for index in range(min(RECYCLER_THREADS, len(self._all)))
+        ]
         for thread in self._recyclers:
             thread.start()
 
@@ -170,13 +177,17 @@ class BwrapBackend(Backend):
         """Start the slot's next warm interpreter (only with a cgroup: limits are set later)."""
         if slot.cgroup is None:
             return
-        slot.cgroup.set_limits(max(self.config.default_memory_mb, 64),
-                               self.config.max_processes, self.config.cpu_cores)
+        slot.cgroup.set_limits(
+            max(self.config.default_memory_mb, 64), self.config.max_processes, self.config.cpu_cores
+        )
         read_fd, write_fd = os.pipe()
         program = [self.config.python, "-c", RUNNER_SOURCE, str(write_fd)]
         try:
-            slot.warm = spawn(self.command(slot, self.config.max_timeout_s, 0, program),
-                              SANDBOX_ENV, pass_fds=(write_fd,))
+            slot.warm = spawn(
+                self.command(slot, self.config.max_timeout_s, 0, program),
+                SANDBOX_ENV,
+                pass_fds=(write_fd,),
+            )
         except BaseException:
             os.close(read_fd)
             raise
@@ -211,8 +222,9 @@ class BwrapBackend(Backend):
             try:
                 self.reset_slot(slot)
             except Exception:
-                log.exception("slot reset failed; starting it cold next time",
-                              extra={"slot": slot.name})
+                log.exception(
+                    "slot reset failed; starting it cold next time", extra={"slot": slot.name}
+                )
             self._ready.put(slot)
 
     # -- execution -----------------------------------------------------------------------------
@@ -233,14 +245,16 @@ class BwrapBackend(Backend):
         slot.warm = None
         if group is not None:
             try:
-                group.set_limits(request.memory_mb, self.config.max_processes,
-                                 self.config.cpu_cores)
+                group.set_limits(
+                    request.memory_mb, self.config.max_processes, self.config.cpu_cores
+                )
             except OSError:  # the warm interpreter alone is above the requested limit
                 slot.warm = proc
                 self._kill(slot)
                 proc = None
-                group.set_limits(request.memory_mb, self.config.max_processes,
-                                 self.config.cpu_cores)
+                group.set_limits(
+                    request.memory_mb, self.config.max_processes, self.config.cpu_cores
+                )
             group.reset_usage()
         if proc is not None and (language.name != "python" or proc.poll() is not None):
             slot.warm = proc
@@ -251,13 +265,16 @@ class BwrapBackend(Backend):
             stdin = b"%d\n" % len(code) + code + stdin
         else:
             program = language.argv(self.config.python, f"/work/{language.source_name}")
-            proc = spawn(self.command(slot, request.timeout_s, request.memory_mb, program),
-                         SANDBOX_ENV)
+            proc = spawn(
+                self.command(slot, request.timeout_s, request.memory_mb, program), SANDBOX_ENV
+            )
         oom_before = group.oom_kills() if group is not None else 0
         cpu_before = group.cpu_time_s() if group is not None else 0.0
         slot.spent = proc  # the recycler kills and reaps whatever of it is left
         captured = drive(
-            proc, stdin=stdin, timeout_s=request.timeout_s,
+            proc,
+            stdin=stdin,
+            timeout_s=request.timeout_s,
             max_output_bytes=self.config.max_output_bytes,
             kill_tree=group.kill_all if group is not None else None,
             control_fd=slot.control_fd if warm else None,
@@ -279,10 +296,13 @@ class BwrapBackend(Backend):
             result.files = slot.dir.read_files(request.fetch_files, self.config.disk_mb << 20)
         return result
 
-    def command(self, slot: Slot, timeout_s: float, memory_mb: int, program: list[str]) -> list[str]:
+    def command(
+        self, slot: Slot, timeout_s: float, memory_mb: int, program: list[str]
+    ) -> list[str]:
         """The full argv: shell prologue (cgroups, rlimits), setpriv, bwrap, program."""
-        return sandbox_argv(self.config, self.tools, slot.dir, slot.cgroup, timeout_s,
-                            memory_mb, program)
+        return sandbox_argv(
+            self.config, self.tools, slot.dir, slot.cgroup, timeout_s, memory_mb, program
+        )
 
     def close(self) -> None:
         for _ in self._recyclers:

@@ -50,30 +50,56 @@ class Tools:
     run_as: int | None
 
 
-def sandbox_argv(config: SandboxConfig, tools: Tools, slot_dir: SlotDir, cgroup: Cgroup | None,
-                 timeout_s: float, memory_mb: int, program: list[str]) -> list[str]:
+def sandbox_argv(
+    config: SandboxConfig,
+    tools: Tools,
+    slot_dir: SlotDir,
+    cgroup: Cgroup | None,
+    timeout_s: float,
+    memory_mb: int,
+    program: list[str],
+) -> list[str]:
     """The full argv: shell prologue (cgroups, rlimits), setpriv, bwrap, program."""
     prologue = cgroup.join_script() if cgroup is not None else ""
     # sh's ulimit -f counts 512-byte blocks; -t is CPU seconds, a backstop behind the wall
     # clock (a program using several cores may burn more CPU than wall time).
     cpu_s = math.ceil(timeout_s * max(1.0, config.cpu_cores)) + 1
-    prologue += (f"ulimit -c 0; ulimit -f {config.disk_mb * 2048}; "
-                 f"ulimit -n {MAX_OPEN_FILES}; ulimit -t {cpu_s}; ")
+    prologue += (
+        f"ulimit -c 0; ulimit -f {config.disk_mb * 2048}; "
+        f"ulimit -n {MAX_OPEN_FILES}; ulimit -t {cpu_s}; "
+    )
     if cgroup is None:
         address_kb = (memory_mb + ADDRESS_SPACE_SLACK_MB) * 1024
         procs = config.max_processes * config.max_concurrency
         prologue += f"ulimit -v {address_kb}; ulimit -p {procs}; "
     argv = ["/bin/sh", "-c", prologue + 'exec "$@"', "sh"]
     if tools.run_as is not None:
-        argv += [tools.setpriv, f"--reuid={tools.run_as}", f"--regid={tools.run_as}",
-                 "--clear-groups", "--"]
+        argv += [
+            tools.setpriv,
+            f"--reuid={tools.run_as}",
+            f"--regid={tools.run_as}",
+            "--clear-groups",
+            "--",
+        ]
     return argv + bwrap_args(config, tools.bwrap, slot_dir) + ["--"] + program
 
 
 def bwrap_args(config: SandboxConfig, bwrap: str, slot_dir: SlotDir) -> list[str]:
-    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
-            "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+    args = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "sandbox",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
@@ -81,7 +107,20 @@ def bwrap_args(config: SandboxConfig, bwrap: str, slot_dir: SlotDir) -> list[str
             args += ["--ro-bind", path, path]
     for path in config.ro_binds:
         args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev",
-             "--bind", str(slot_dir.work), "/work", "--bind", str(slot_dir.tmp), "/tmp",
-             "--chdir", "/work", "--remount-ro", "/"]
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--bind",
+        str(slot_dir.work),
+        "/work",
+        "--bind",
+        str(slot_dir.tmp),
+        "/tmp",
+        "--chdir",
+        "/work",
+        "--remount-ro",
+        "/",
+    ]
     return args

@@ -60,11 +60,19 @@ class Captured:
     """False when the run ended on the control line: the process may still be exiting."""
 
 
-def spawn(argv: Sequence[str], env: dict[str, str], pass_fds: Sequence[int] = ()) -> subprocess.Popen:
+def spawn(
+    argv: Sequence[str], env: dict[str, str], pass_fds: Sequence[int] = ()
+) -> subprocess.Popen:
     """Start `argv` in a new session (its own process group) with piped stdin/stdout/stderr."""
     return subprocess.Popen(
-        list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, start_new_session=True, close_fds=True, pass_fds=tuple(pass_fds),
+        list(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+        close_fds=True,
+        pass_fds=tuple(pass_fds),
     )
 
 
@@ -147,8 +155,11 @@ def drive(
                 if not chunk:
                     selector.unregister(fd)
                     continue
-                if _keep(out, truncated, fd, chunk, max_output_bytes) and not exceeded \
-                        and drain_deadline is None:
+                if (
+                    _keep(out, truncated, fd, chunk, max_output_bytes)
+                    and not exceeded
+                    and drain_deadline is None
+                ):
                     exceeded = True
                     kill()
                     drain_deadline = time.monotonic() + DRAIN_AFTER_KILL_S
@@ -168,10 +179,16 @@ def drive(
         cpu_time_s, max_rss_kb = rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss
         exited = True
     return Captured(
-        returncode=returncode, stdout=bytes(out[stdout_fd]), stderr=bytes(out[stderr_fd]),
-        stdout_truncated=truncated[stdout_fd], stderr_truncated=truncated[stderr_fd],
-        timed_out=timed_out, output_exceeded=exceeded,
-        wall_time_s=time.monotonic() - start, cpu_time_s=cpu_time_s, max_rss_kb=max_rss_kb,
+        returncode=returncode,
+        stdout=bytes(out[stdout_fd]),
+        stderr=bytes(out[stderr_fd]),
+        stdout_truncated=truncated[stdout_fd],
+        stderr_truncated=truncated[stderr_fd],
+        timed_out=timed_out,
+        output_exceeded=exceeded,
+        wall_time_s=time.monotonic() - start,
+        cpu_time_s=cpu_time_s,
+        max_rss_kb=max_rss_kb,
         exited=exited,
     )
 
@@ -202,8 +219,9 @@ class _Control:
         return self.DONE
 
 
-def _drain(out: dict[int, bytearray], truncated: dict[int, bool], fd: int,
-           max_output_bytes: int) -> bool:
+def _drain(
+    out: dict[int, bytearray], truncated: dict[int, bool], fd: int, max_output_bytes: int
+) -> bool:
     """Read a non-blocking fd until it is empty (or at EOF); True when it went past the cap."""
     while chunk := _read_chunk(fd):
         if _keep(out, truncated, fd, chunk, max_output_bytes):
@@ -219,8 +237,13 @@ def _read_chunk(fd: int) -> bytes | None:
         return None
 
 
-def _keep(out: dict[int, bytearray], truncated: dict[int, bool], fd: int, chunk: bytes,
-          max_output_bytes: int) -> bool:
+def _keep(
+    out: dict[int, bytearray],
+    truncated: dict[int, bool],
+    fd: int,
+    chunk: bytes,
+    max_output_bytes: int,
+) -> bool:
     """Append `chunk` to fd's buffer up to the cap; True when it went past the cap."""
     buffer = out[fd]
     room = max_output_bytes - len(buffer)

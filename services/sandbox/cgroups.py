@@ -118,8 +118,9 @@ class Cgroup:
         pids = [int(p) for p in self._read("pids", "cgroup.procs").split()]
         return pids if uid is None else [p for p in pids if _real_uid(p) == uid]
 
-    def kill_all(self, timeout_s: float = KILL_ROUNDS * KILL_ROUND_SLEEP_S,
-                 uid: int | None = None) -> bool:
+    def kill_all(
+        self, timeout_s: float = KILL_ROUNDS * KILL_ROUND_SLEEP_S, uid: int | None = None
+    ) -> bool:
         """SIGKILL every process in the group (with `uid`: every one of that real uid) until
         none is left; False if some survived."""
         deadline = time.monotonic() + timeout_s
@@ -161,8 +162,14 @@ class Cgroup:
                 owned[name] = path
         paths: dict[str, Path] = {}
         for controller in CONTROLLERS:
-            mount = next((m for m in root.glob("*") if controller in m.name.split(",")
-                          and (m / "cgroup.procs").exists()), None)
+            mount = next(
+                (
+                    m
+                    for m in root.glob("*")
+                    if controller in m.name.split(",") and (m / "cgroup.procs").exists()
+                ),
+                None,
+            )
             if mount is None or controller not in owned:
                 return None
             paths[controller] = mount / owned[controller].lstrip("/")
@@ -182,8 +189,14 @@ class CgroupParent:
         """Create `name` under every v1 controller, or None if any controller is unusable."""
         paths: dict[str, Path] = {}
         for controller in CONTROLLERS:
-            mount = next((m for m in root.glob("*") if controller in m.name.split(",")
-                          and (m / "cgroup.procs").exists()), None)
+            mount = next(
+                (
+                    m
+                    for m in root.glob("*")
+                    if controller in m.name.split(",") and (m / "cgroup.procs").exists()
+                ),
+                None,
+            )
             if mount is None:
                 return None
             paths[controller] = mount / _own_path(controller).lstrip("/") / name
@@ -203,7 +216,7 @@ class CgroupParent:
             for mount in [m for m in root.glob("*") if controller in m.name.split(",")]:
                 base = mount / _own_path(controller).lstrip("/")
                 for parent in base.glob(f"{prefix}*"):
-                    pid = parent.name[len(prefix):].split("-")[0]
+                    pid = parent.name[len(prefix) :].split("-")[0]
                     if not pid.isdigit() or Path(f"/proc/{pid}").exists():
                         continue
                     for child in [c for c in parent.iterdir() if c.is_dir()]:

@@ -37,9 +37,14 @@ class SandboxOverloaded(RuntimeError):
 
 def to_proto(request: ExecutionRequest) -> sandbox_pb2.ExecuteRequest:
     return sandbox_pb2.ExecuteRequest(
-        code=request.code, language=request.language, stdin=request.stdin, files=request.files,
-        fetch_files=request.fetch_files, timeout_s=request.timeout_s,
-        memory_mb=request.memory_mb, session_id=request.session_id,
+        code=request.code,
+        language=request.language,
+        stdin=request.stdin,
+        files=request.files,
+        fetch_files=request.fetch_files,
+        timeout_s=request.timeout_s,
+        memory_mb=request.memory_mb,
+        session_id=request.session_id,
         request_id=request.request_id,
     )
 
@@ -48,17 +53,29 @@ def from_proto(message: sandbox_pb2.ExecuteResponse) -> ExecutionResult:
     name = sandbox_pb2.ExecutionStatus.Name(message.status).removeprefix("EXECUTION_STATUS_")
     return ExecutionResult(
         status=Status[name] if name in Status.__members__ else Status.SANDBOX_ERROR,
-        exit_code=message.exit_code, stdout=message.stdout, stderr=message.stderr,
-        stdout_truncated=message.stdout_truncated, stderr_truncated=message.stderr_truncated,
-        wall_time_s=message.wall_time_s, cpu_time_s=message.cpu_time_s,
-        peak_memory_mb=message.peak_memory_mb, files=dict(message.files),
-        message=message.message, backend=message.backend, request_id=message.request_id,
+        exit_code=message.exit_code,
+        stdout=message.stdout,
+        stderr=message.stderr,
+        stdout_truncated=message.stdout_truncated,
+        stderr_truncated=message.stderr_truncated,
+        wall_time_s=message.wall_time_s,
+        cpu_time_s=message.cpu_time_s,
+        peak_memory_mb=message.peak_memory_mb,
+        files=dict(message.files),
+        message=message.message,
+        backend=message.backend,
+        request_id=message.request_id,
     )
 
 
 class SandboxClient:
-    def __init__(self, target: str, *, token: Any = auth.FROM_ENV,
-                 max_overload_retries: int = DEFAULT_OVERLOAD_RETRIES) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: Any = auth.FROM_ENV,
+        max_overload_retries: int = DEFAULT_OVERLOAD_RETRIES,
+    ) -> None:
         self.channel = create_channel(target, token=token, default_timeout_s=None)
         self.stub = sandbox_pb2_grpc.SandboxServiceStub(self.channel)
         self.max_overload_retries = max_overload_retries
@@ -80,8 +97,9 @@ class SandboxClient:
                 time.sleep(_retry_after_s(exc))
         raise AssertionError("unreachable")
 
-    def execute_batch(self, requests: Iterable[ExecutionRequest],
-                      timeout_s: float | None = None) -> list[ExecutionResult]:
+    def execute_batch(
+        self, requests: Iterable[ExecutionRequest], timeout_s: float | None = None
+    ) -> list[ExecutionResult]:
         """Results in request order; overloaded items come back `rejected`."""
         batch = sandbox_pb2.ExecuteBatchRequest(requests=[to_proto(r) for r in requests])
         reply = self.stub.ExecuteBatch(batch, timeout=timeout_s)

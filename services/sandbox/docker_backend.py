@@ -67,8 +67,12 @@ DOCKER_API_TIMEOUT_S = 120
 # Seconds start-up waits for the whole pool; creating one container on vfs takes ~4 s.
 STARTUP_TIMEOUT_S = 180.0
 # What the docker CLI prints when the exec itself failed (the program never ran).
-DOCKER_FAILURE_PREFIXES = (b"Error response from daemon", b"OCI runtime exec failed",
-                           b"Cannot connect to the Docker daemon", b"error during connect")
+DOCKER_FAILURE_PREFIXES = (
+    b"Error response from daemon",
+    b"OCI runtime exec failed",
+    b"Cannot connect to the Docker daemon",
+    b"error during connect",
+)
 
 
 class DockerBackend(Backend):
@@ -81,35 +85,54 @@ class DockerBackend(Backend):
         self.on_recycle = lambda reason: None  # the executor replaces it to count recycles
         cli = shutil.which("docker")
         if cli is None:
-            raise RuntimeError("the docker CLI is missing: AGENTRL_WITH_DOCKER=1 bash "
-                               "scripts/setup.sh installs docker.io and starts the engine")
+            raise RuntimeError(
+                "the docker CLI is missing: AGENTRL_WITH_DOCKER=1 bash "
+                "scripts/setup.sh installs docker.io and starts the engine"
+            )
         if os.geteuid() != 0:
-            raise RuntimeError("backend: docker must run as root (it sets per-run limits in the "
-                               "containers' cgroups and mounts their tmpfs work dirs)")
+            raise RuntimeError(
+                "backend: docker must run as root (it sets per-run limits in the "
+                "containers' cgroups and mounts their tmpfs work dirs)"
+            )
         if config.sandbox_uid == INIT_UID:
-            raise ValueError(f"sandbox_uid must not be {INIT_UID}: the containers' init runs "
-                             "as that uid; pick another (65534 is the default)")
+            raise ValueError(
+                f"sandbox_uid must not be {INIT_UID}: the containers' init runs "
+                "as that uid; pick another (65534 is the default)"
+            )
         try:
             self.client = docker.from_env(timeout=DOCKER_API_TIMEOUT_S)
             self.client.ping()
         except DockerException as exc:
-            raise RuntimeError(f"no Docker engine answers ({exc}); start one with "
-                               "AGENTRL_WITH_DOCKER=1 bash scripts/setup.sh") from exc
+            raise RuntimeError(
+                f"no Docker engine answers ({exc}); start one with "
+                "AGENTRL_WITH_DOCKER=1 bash scripts/setup.sh"
+            ) from exc
         try:
             self.client.images.get(config.docker_image)
         except ImageNotFound:
-            raise RuntimeError(f"image {config.docker_image} does not exist; build it with "
-                               "bash services/sandbox/image/build.sh") from None
+            raise RuntimeError(
+                f"image {config.docker_image} does not exist; build it with "
+                "bash services/sandbox/image/build.sh"
+            ) from None
         self._sweep_stale()
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.root = Path(config.work_root) / self.instance
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
         if config.pool_size < config.max_concurrency:
-            log.warning("pool_size %d < max_concurrency %d: executions beyond the pool wait "
-                        "for a container", config.pool_size, config.max_concurrency)
-        self.pool = ContainerPool(config, self.client, self.root, self.instance,
-                                  on_recycle=lambda reason: self.on_recycle(reason))
+            log.warning(
+                "pool_size %d < max_concurrency %d: executions beyond the pool wait "
+                "for a container",
+                config.pool_size,
+                config.max_concurrency,
+            )
+        self.pool = ContainerPool(
+            config,
+            self.client,
+            self.root,
+            self.instance,
+            on_recycle=lambda reason: self.on_recycle(reason),
+        )
         self.pool.docker_cli = cli
         if not self._wait_for_pool(STARTUP_TIMEOUT_S):
             self.close()
@@ -175,7 +198,9 @@ class DockerBackend(Backend):
             proc = spawn(self.pool.exec_argv(container, program), cli_env())
         oom_before, cpu_before = group.oom_kills(), group.cpu_time_s()
         captured = drive(
-            proc, stdin=stdin, timeout_s=request.timeout_s,
+            proc,
+            stdin=stdin,
+            timeout_s=request.timeout_s,
             max_output_bytes=config.max_output_bytes,
             kill_tree=lambda: group.kill_all(uid=config.sandbox_uid),
         )
@@ -183,20 +208,33 @@ class DockerBackend(Backend):
         if survived:
             survived = not group.kill_all(uid=config.sandbox_uid)
         oomed = group.oom_kills() > oom_before
-        result = classify(captured, oomed, request, config.max_output_bytes,
-                          failure_prefixes=DOCKER_FAILURE_PREFIXES)
+        result = classify(
+            captured,
+            oomed,
+            request,
+            config.max_output_bytes,
+            failure_prefixes=DOCKER_FAILURE_PREFIXES,
+        )
         result.cpu_time_s = group.cpu_time_s() - cpu_before
         result.peak_memory_mb = group.peak_memory_bytes() / (1024 * 1024)
         result.backend, result.request_id = self.name, request.request_id
         if result.status != Status.SANDBOX_ERROR and request.fetch_files:
             result.files = container.dir.read_files(request.fetch_files, config.disk_mb << 20)
-        reason = ("timeout" if result.status == Status.TIMEOUT
-                  else "oom" if result.status == Status.OOM
-                  else "sandbox_error" if result.status == Status.SANDBOX_ERROR
-                  else "survivors" if survived
-                  else "died" if not container.alive()
-                  else "write_outside_workdir" if container.wrote_outside_workdir()
-                  else "")
+        reason = (
+            "timeout"
+            if result.status == Status.TIMEOUT
+            else "oom"
+            if result.status == Status.OOM
+            else "sandbox_error"
+            if result.status == Status.SANDBOX_ERROR
+            else "survivors"
+            if survived
+            else "died"
+            if not container.alive()
+            else "write_outside_workdir"
+            if container.wrote_outside_workdir()
+            else ""
+        )
         return result, reason
 
     def close(self) -> None:

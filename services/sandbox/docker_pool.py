@@ -115,8 +115,14 @@ class Container:
 class ContainerPool:
     """`pool_size` containers, each either ready, running one program, or being reset."""
 
-    def __init__(self, config: SandboxConfig, client, work_dir: Path, instance: str,
-                 on_recycle: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        client,
+        work_dir: Path,
+        instance: str,
+        on_recycle: Callable[[str], None],
+    ) -> None:
         self.config = config
         self.client = client
         self.work_dir = work_dir
@@ -131,8 +137,10 @@ class ContainerPool:
         self._closed = threading.Event()
         for _ in range(config.pool_size):
             self._jobs.put((None, "start"))
-        self._workers = [threading.Thread(target=self._work, name=f"docker-pool-{i}", daemon=True)
-                         for i in range(min(NUM_REFILL_WORKERS, config.pool_size))]
+        self._workers = [
+            threading.Thread(target=self._work, name=f"docker-pool-{i}", daemon=True)
+            for i in range(min(NUM_REFILL_WORKERS, config.pool_size))
+        ]
         for worker in self._workers:
             worker.start()
 
@@ -146,8 +154,10 @@ class ContainerPool:
         try:
             return self._ready.get(timeout=timeout_s)
         except queue.Empty:
-            raise RuntimeError(f"no warm container became free within {timeout_s:g} s "
-                               f"(pool_size={self.config.pool_size}; see the log)") from None
+            raise RuntimeError(
+                f"no warm container became free within {timeout_s:g} s "
+                f"(pool_size={self.config.pool_size}; see the log)"
+            ) from None
 
     def give_back(self, container: Container, reason: str = "") -> None:
         """Reset `container` for the next run, or recycle it when `reason` is given."""
@@ -160,14 +170,30 @@ class ContainerPool:
     def exec_argv(self, container: Container, program: list[str]) -> list[str]:
         """`docker exec` of `program` in /work as the sandbox uid, under EXEC_WRAPPER."""
         uid = self.config.sandbox_uid
-        return [self.docker_cli, "exec", "-i", "-u", f"{uid}:{uid}", "-w", "/work",
-                container.id, "/bin/sh", "-c", EXEC_WRAPPER, "sh", *program]
+        return [
+            self.docker_cli,
+            "exec",
+            "-i",
+            "-u",
+            f"{uid}:{uid}",
+            "-w",
+            "/work",
+            container.id,
+            "/bin/sh",
+            "-c",
+            EXEC_WRAPPER,
+            "sh",
+            *program,
+        ]
 
     def prime(self, container: Container) -> None:
         """Start the container's next warm interpreter (default limits) and wait until it runs."""
         config = self.config
-        container.cgroup.set_limits(max(config.default_memory_mb, 64),
-                                    config.max_processes + EXTRA_PROCESSES, config.cpu_cores)
+        container.cgroup.set_limits(
+            max(config.default_memory_mb, 64),
+            config.max_processes + EXTRA_PROCESSES,
+            config.cpu_cores,
+        )
         program = [config.python, "-c", WARM_SOURCE]
         container.warm = spawn(self.exec_argv(container, program), cli_env())
         stdout = container.warm.stdout.fileno()
@@ -233,17 +259,33 @@ class ContainerPool:
         handle = None
         try:
             handle = self.client.containers.run(
-                config.docker_image, ["sleep", "infinity"], name=name, detach=True, init=True,
-                user=f"{INIT_UID}:{INIT_UID}", network_mode="none", read_only=True,
-                cap_drop=["ALL"], security_opt=["no-new-privileges"], hostname="sandbox",
-                mem_limit=f"{config.max_memory_mb}m", memswap_limit=f"{config.max_memory_mb}m",
+                config.docker_image,
+                ["sleep", "infinity"],
+                name=name,
+                detach=True,
+                init=True,
+                user=f"{INIT_UID}:{INIT_UID}",
+                network_mode="none",
+                read_only=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                hostname="sandbox",
+                mem_limit=f"{config.max_memory_mb}m",
+                memswap_limit=f"{config.max_memory_mb}m",
                 pids_limit=config.max_processes + EXTRA_PROCESSES,
-                nano_cpus=int(config.cpu_cores * 1e9), shm_size=f"{config.disk_mb}m",
-                environment=SANDBOX_ENV, working_dir="/work", labels={OWNER_LABEL: self.instance},
-                mounts=[Mount("/work", str(slot.work), type="bind"),
-                        Mount("/tmp", str(slot.tmp), type="bind")],
-                ulimits=[Ulimit(name="core", soft=0, hard=0),
-                         Ulimit(name="nofile", soft=MAX_OPEN_FILES, hard=MAX_OPEN_FILES)],
+                nano_cpus=int(config.cpu_cores * 1e9),
+                shm_size=f"{config.disk_mb}m",
+                environment=SANDBOX_ENV,
+                working_dir="/work",
+                labels={OWNER_LABEL: self.instance},
+                mounts=[
+                    Mount("/work", str(slot.work), type="bind"),
+                    Mount("/tmp", str(slot.tmp), type="bind"),
+                ],
+                ulimits=[
+                    Ulimit(name="core", soft=0, hard=0),
+                    Ulimit(name="nofile", soft=MAX_OPEN_FILES, hard=MAX_OPEN_FILES),
+                ],
             )
             handle.reload()
             pid = int(handle.attrs["State"]["Pid"])
@@ -251,7 +293,8 @@ class ContainerPool:
             if cgroup is None:
                 raise RuntimeError(
                     "the container's cgroup v1 groups are not visible on this host; the docker "
-                    "backend needs the daemon on this host with cgroup v1 (use backend: bwrap)")
+                    "backend needs the daemon on this host with cgroup v1 (use backend: bwrap)"
+                )
         except BaseException:
             if handle is not None:
                 self._remove_id(handle.id)

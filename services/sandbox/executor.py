@@ -58,8 +58,9 @@ class Sandbox:
     ) -> None:
         self.config = config
         self.backend = backend or BACKENDS[config.backend](config)
-        self.admission = Admission(config.max_concurrency, config.queue_size,
-                                   config.queue_timeout_s)
+        self.admission = Admission(
+            config.max_concurrency, config.queue_size, config.queue_timeout_s
+        )
         self.sessions = None
         if hasattr(self.backend, "make_slot"):
             from agentrl.sandbox.sessions import SessionManager
@@ -75,7 +76,8 @@ class Sandbox:
         )
         if hasattr(self.backend, "on_recycle"):
             self.backend.on_recycle = lambda reason: self.metrics.recycles.labels(
-                backend=self.backend.name, reason=reason).inc()
+                backend=self.backend.name, reason=reason
+            ).inc()
 
     def execute(self, request: ExecutionRequest) -> ExecutionResult:
         """Run one request; raises only Overloaded or Draining."""
@@ -85,12 +87,19 @@ class Sandbox:
                 resolved = resolve_request(request, self.config)
                 if resolved.session_id and self.sessions is None:
                     raise RequestRejected(
-                        f"sessions need the bwrap backend; this replica runs {self.backend.name}")
+                        f"sessions need the bwrap backend; this replica runs {self.backend.name}"
+                    )
             except RequestRejected as exc:
                 self.metrics.refusals.labels(reason="invalid").inc()
-                return self._finish(ExecutionResult(
-                    Status.REJECTED, message=str(exc), backend=self.backend.name,
-                    request_id=request.request_id), arrived)
+                return self._finish(
+                    ExecutionResult(
+                        Status.REJECTED,
+                        message=str(exc),
+                        backend=self.backend.name,
+                        request_id=request.request_id,
+                    ),
+                    arrived,
+                )
             try:
                 with self.admission.slot():
                     result = self._run(resolved)
@@ -108,13 +117,20 @@ class Sandbox:
                 return self.sessions.execute(request)
             return self.backend.execute(request)
         except RequestRejected as exc:
-            return ExecutionResult(Status.REJECTED, message=str(exc), backend=self.backend.name,
-                                   request_id=request.request_id)
+            return ExecutionResult(
+                Status.REJECTED,
+                message=str(exc),
+                backend=self.backend.name,
+                request_id=request.request_id,
+            )
         except Exception as exc:
             log.exception("backend failed")
             return ExecutionResult(
-                Status.SANDBOX_ERROR, message=f"sandbox failure: {type(exc).__name__}: {exc}",
-                backend=self.backend.name, request_id=request.request_id)
+                Status.SANDBOX_ERROR,
+                message=f"sandbox failure: {type(exc).__name__}: {exc}",
+                backend=self.backend.name,
+                request_id=request.request_id,
+            )
 
     def _finish(self, result: ExecutionResult, arrived: float) -> ExecutionResult:
         backend = self.backend.name

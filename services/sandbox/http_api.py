@@ -60,8 +60,10 @@ def create_sandbox_app(
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False, include_context=False)
             # FastAPI's own validation answers locate fields under "body".
-            return JSONResponse({"detail": [{**error, "loc": ["body", *error["loc"]]}
-                                            for error in errors]}, status_code=422)
+            return JSONResponse(
+                {"detail": [{**error, "loc": ["body", *error["loc"]]} for error in errors]},
+                status_code=422,
+            )
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
             execution, clamped = to_request(parsed, sandbox.config, request_id)
@@ -70,8 +72,11 @@ def create_sandbox_app(
         try:
             result = await anyio.to_thread.run_sync(sandbox.execute, execution, limiter=limiter)
         except Overloaded as exc:
-            return JSONResponse({"detail": f"sandbox overloaded: {exc}"}, status_code=429,
-                                headers={"Retry-After": exc.retry_after_header()})
+            return JSONResponse(
+                {"detail": f"sandbox overloaded: {exc}"},
+                status_code=429,
+                headers={"Retry-After": exc.retry_after_header()},
+            )
         except Draining as exc:
             return JSONResponse({"detail": str(exc)}, status_code=503)
         if result.status == Status.REJECTED:
@@ -82,10 +87,13 @@ def create_sandbox_app(
 
 
 def _refused(message: str) -> JSONResponse:
-    return JSONResponse({"detail": [{"type": "value_error", "loc": ["body"],
-                                     "msg": f"rejected: {message}"}]}, status_code=422)
+    return JSONResponse(
+        {"detail": [{"type": "value_error", "loc": ["body"], "msg": f"rejected: {message}"}]},
+        status_code=422,
+    )
 
 
 def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": f"request body over {limit} bytes (max_request_bytes)"},
-                        status_code=413)
+    return JSONResponse(
+        {"detail": f"request body over {limit} bytes (max_request_bytes)"}, status_code=413
+    )

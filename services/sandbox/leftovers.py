@@ -103,5 +103,5 @@ def _state_and_parent(pid: int) -> tuple[str, int]:
     except OSError:
         return "", 0
     # The command name is in parentheses and may itself hold spaces and parentheses.
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     return fields[0], int(fields[1])

@@ -33,7 +33,7 @@ def normalize_path(path: str) -> str:
     if not path or len(path) > MAX_PATH_CHARS or "\0" in path:
         raise RequestRejected(f"file path {path[:60]!r} must be 1-{MAX_PATH_CHARS} chars, no NUL")
     if path.startswith(WORK_DIR + "/"):
-        path = path[len(WORK_DIR) + 1:]
+        path = path[len(WORK_DIR) + 1 :]
     if path.startswith("/"):
         raise RequestRejected(f"file path {path!r} must be relative to the work dir {WORK_DIR}")
     parts = [p for p in path.split("/") if p not in ("", ".")]
@@ -71,6 +71,10 @@ def resolve_request(request: ExecutionRequest, config: SandboxConfig) -> Executi
         )
     fetch = list(dict.fromkeys(normalize_path(path) for path in request.fetch_files))
     return replace(
-        request, language=language.name, timeout_s=float(timeout_s), memory_mb=int(memory_mb),
-        files=files, fetch_files=fetch,
+        request,
+        language=language.name,
+        timeout_s=float(timeout_s),
+        memory_mb=int(memory_mb),
+        files=files,
+        fetch_files=fetch,
     )

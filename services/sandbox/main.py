@@ -38,15 +38,21 @@ def main(config: AgentRLConfig) -> None:
     sandbox = Sandbox(settings)
     servicer = SandboxServicer(sandbox)
     grpc_server = serve(
-        register(servicer), [SERVICE_NAME], host=settings.host, port=settings.grpc_port,
+        register(servicer),
+        [SERVICE_NAME],
+        host=settings.host,
+        port=settings.grpc_port,
         # Queued requests hold a worker while they wait; admission must refuse before the
         # pool runs dry, or health checks would starve.
         max_workers=settings.max_concurrency + settings.queue_size + EXTRA_GRPC_WORKERS,
     )
-    http_server = serve_in_thread(create_sandbox_app(sandbox), host=settings.host,
-                                  port=settings.http_port)
-    log.info("sandbox serving", extra={"backend": settings.backend, "grpc": grpc_server.address,
-                                       "http": http_server.url})
+    http_server = serve_in_thread(
+        create_sandbox_app(sandbox), host=settings.host, port=settings.http_port
+    )
+    log.info(
+        "sandbox serving",
+        extra={"backend": settings.backend, "grpc": grpc_server.address, "http": http_server.url},
+    )
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s: draining", signal.Signals(signum).name)

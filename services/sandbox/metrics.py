@@ -36,37 +36,77 @@ class SandboxMetrics:
     def create(cls, registry: CollectorRegistry | None = None) -> SandboxMetrics:
         return cls(
             executions=metrics.counter(
-                SERVICE, "executions", "total", "Executions by final status and backend.",
-                ("status", "backend"), registry),
+                SERVICE,
+                "executions",
+                "total",
+                "Executions by final status and backend.",
+                ("status", "backend"),
+                registry,
+            ),
             execution_duration=metrics.histogram(
-                SERVICE, "execution_duration", "seconds",
+                SERVICE,
+                "execution_duration",
+                "seconds",
                 "Wall time of the program itself (sandbox start excluded when warm).",
-                ("backend",), registry),
+                ("backend",),
+                registry,
+            ),
             request_duration=metrics.histogram(
-                SERVICE, "request_duration", "seconds",
-                "Time from request arrival to answer, queueing included.", ("backend",), registry),
+                SERVICE,
+                "request_duration",
+                "seconds",
+                "Time from request arrival to answer, queueing included.",
+                ("backend",),
+                registry,
+            ),
             queue_depth=metrics.gauge(
-                SERVICE, "queue_depth", "requests", "Requests waiting for a free slot.", (),
-                registry),
+                SERVICE,
+                "queue_depth",
+                "requests",
+                "Requests waiting for a free slot.",
+                (),
+                registry,
+            ),
             in_flight=metrics.gauge(
-                SERVICE, "in_flight", "requests", "Executions running now.", (), registry),
+                SERVICE, "in_flight", "requests", "Executions running now.", (), registry
+            ),
             pool_size=metrics.gauge(
-                SERVICE, "pool_size", "sandboxes",
-                "Ready execution environments (bwrap slots, warm containers).", ("backend",),
-                registry),
+                SERVICE,
+                "pool_size",
+                "sandboxes",
+                "Ready execution environments (bwrap slots, warm containers).",
+                ("backend",),
+                registry,
+            ),
             recycles=metrics.counter(
-                SERVICE, "recycles", "total", "Execution environments recycled, by reason.",
-                ("backend", "reason"), registry),
+                SERVICE,
+                "recycles",
+                "total",
+                "Execution environments recycled, by reason.",
+                ("backend", "reason"),
+                registry,
+            ),
             sessions=metrics.gauge(
-                SERVICE, "sessions", "sessions", "Open interpreter sessions.", (), registry),
+                SERVICE, "sessions", "sessions", "Open interpreter sessions.", (), registry
+            ),
             refusals=metrics.counter(
-                SERVICE, "refusals", "total",
-                "Requests refused before running: invalid, overloaded or draining.", ("reason",),
-                registry),
+                SERVICE,
+                "refusals",
+                "total",
+                "Requests refused before running: invalid, overloaded or draining.",
+                ("reason",),
+                registry,
+            ),
         )
 
-    def watch(self, backend: str, queue_depth: Callable[[], float], in_flight: Callable[[], float],
-              pool_size: Callable[[], float], sessions: Callable[[], float]) -> None:
+    def watch(
+        self,
+        backend: str,
+        queue_depth: Callable[[], float],
+        in_flight: Callable[[], float],
+        pool_size: Callable[[], float],
+        sessions: Callable[[], float],
+    ) -> None:
         """Read the gauges from live objects at scrape time."""
         self.queue_depth.set_function(queue_depth)
         self.in_flight.set_function(in_flight)

@@ -54,8 +54,10 @@ def split_relative(rel: str) -> list[str]:
     """The components of a normalized relative path; refuses anything that could escape."""
     parts = rel.split("/")
     if not rel or "\0" in rel or any(part in ("", ".", "..") for part in parts):
-        raise UnsafePath(f"file path {rel[:60]!r} must be relative to the work dir, "
-                         "without '..', '.', empty components or NUL")
+        raise UnsafePath(
+            f"file path {rel[:60]!r} must be relative to the work dir, "
+            "without '..', '.', empty components or NUL"
+        )
     return parts
 
 
@@ -69,7 +71,7 @@ def write_file(root: Path, rel: str, data: bytes, uid: int | None) -> None:
                 os.fchown(fd, uid, uid)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         except OSError as error:
             raise UnsafePath(f"cannot write {rel!r} in the work dir: {error.strerror}") from None
         finally:
@@ -96,8 +98,9 @@ def read_file(root: Path, rel: str, max_bytes: int) -> bytes | None:
 
 
 @contextmanager
-def _walk(root: Path, rel: str, dirs: list[str], create_uid: int | None,
-          create: bool) -> Iterator[int]:
+def _walk(
+    root: Path, rel: str, dirs: list[str], create_uid: int | None, create: bool
+) -> Iterator[int]:
     """An fd of the directory `root/dirs...`, each component opened without following links;
     missing ones are made (and given to `create_uid`) when `create`."""
     try:
@@ -114,13 +117,16 @@ def _walk(root: Path, rel: str, dirs: list[str], create_uid: int | None,
                 except FileExistsError:
                     pass  # an existing entry: opening it below checks what it is
                 except OSError as error:
-                    raise UnsafePath(f"cannot write {rel!r} in the work dir: cannot create "
-                                     f"{'/'.join(dirs[:depth])!r}: {error.strerror}") from None
+                    raise UnsafePath(
+                        f"cannot write {rel!r} in the work dir: cannot create "
+                        f"{'/'.join(dirs[:depth])!r}: {error.strerror}"
+                    ) from None
             try:
                 next_fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
             except OSError as error:
-                raise UnsafePath(_refusal(dir_fd, name, "/".join(dirs[:depth]), rel,
-                                          error)) from None
+                raise UnsafePath(
+                    _refusal(dir_fd, name, "/".join(dirs[:depth]), rel, error)
+                ) from None
             os.close(dir_fd)
             dir_fd = next_fd
             if made and create_uid is not None:
@@ -145,7 +151,9 @@ def _open_for_write(dir_fd: int, rel: str, name: str) -> int:
                 os.ftruncate(fd, 0)
             except OSError as error:
                 os.close(fd)
-                raise UnsafePath(f"cannot write {rel!r} in the work dir: {error.strerror}") from None
+                raise UnsafePath(
+                    f"cannot write {rel!r} in the work dir: {error.strerror}"
+                ) from None
             return fd
         os.close(fd)
     # A FIFO, socket or hard-linked file: replace the entry, never write through it.

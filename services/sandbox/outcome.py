@@ -15,7 +15,10 @@ from agentrl.sandbox.interface import ExecutionRequest, ExecutionResult, Status
 
 
 def classify(
-    captured: Captured, oomed: bool, request: ExecutionRequest, max_output_bytes: int,
+    captured: Captured,
+    oomed: bool,
+    request: ExecutionRequest,
+    max_output_bytes: int,
     failure_prefixes: tuple[bytes, ...] = (b"bwrap: ",),
 ) -> ExecutionResult:
     """Turn what a process did into a typed result (the order of the checks matters).
@@ -38,9 +41,12 @@ def classify(
     else:
         status, message = Status.ERROR, ""
     return ExecutionResult(
-        status=status, exit_code=code,
+        status=status,
+        exit_code=code,
         stdout=captured.stdout.decode("utf-8", "replace"),
         stderr=stderr.decode("utf-8", "replace"),
-        stdout_truncated=captured.stdout_truncated, stderr_truncated=captured.stderr_truncated,
-        wall_time_s=captured.wall_time_s, message=message,
+        stdout_truncated=captured.stdout_truncated,
+        stderr_truncated=captured.stderr_truncated,
+        wall_time_s=captured.wall_time_s,
+        message=message,
     )

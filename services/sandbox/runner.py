@@ -114,8 +114,11 @@ def _shutdown(status):
 
     atexit._run_exitfuncs()  # errors are printed and ignored, as at exit
     status = _flush_std_files(status)
-    own = [m for m in list(sys.modules.values())
-           if str(getattr(m, "__file__", "") or "").startswith("/work/")]
+    own = [
+        m
+        for m in list(sys.modules.values())
+        if str(getattr(m, "__file__", "") or "").startswith("/work/")
+    ]
     modules = [m for m in [sys.modules.get("__main__"), *own] if m is not None]
     # Daemon threads still running would see the released globals as None (CPython stops
     # them first); with any alive, only flush the files the program left open.

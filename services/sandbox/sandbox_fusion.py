@@ -131,25 +131,35 @@ class RunCodeResponse(BaseModel):
 
     def to_json(self) -> dict:
         """SandboxFusion's body; `clamped_limits` only when something was clamped."""
-        return self.model_dump(mode="json", exclude=set() if self.clamped_limits
-                               else {"clamped_limits"})
+        return self.model_dump(
+            mode="json", exclude=set() if self.clamped_limits else {"clamped_limits"}
+        )
 
 
-def _clamp(field: str, requested: float, cap: float, setting: str,
-           clamped: dict[str, ClampedLimit]) -> float:
+def _clamp(
+    field: str, requested: float, cap: float, setting: str, clamped: dict[str, ClampedLimit]
+) -> float:
     if requested <= cap:
         return requested
     clamped[field] = ClampedLimit(requested=requested, applied=cap)
     if field not in _LOGGED_CLAMPS:
         _LOGGED_CLAMPS.add(field)
-        log.warning("/run_code %s=%s is above sandbox.%s=%s: runs with %s (reported in the "
-                    "response's clamped_limits); raise sandbox.%s to allow more",
-                    field, requested, setting, cap, cap, setting)
+        log.warning(
+            "/run_code %s=%s is above sandbox.%s=%s: runs with %s (reported in the "
+            "response's clamped_limits); raise sandbox.%s to allow more",
+            field,
+            requested,
+            setting,
+            cap,
+            cap,
+            setting,
+        )
     return cap
 
 
-def to_request(body: RunCodeRequest, config: SandboxConfig,
-               request_id: str = "") -> tuple[ExecutionRequest, dict[str, ClampedLimit]]:
+def to_request(
+    body: RunCodeRequest, config: SandboxConfig, request_id: str = ""
+) -> tuple[ExecutionRequest, dict[str, ClampedLimit]]:
     """Our request for a SandboxFusion one and the limits clamped to `config`'s caps.
 
     Raises RequestRejected for undecodable base64 (the HTTP front end answers 422).
@@ -163,24 +173,43 @@ def to_request(body: RunCodeRequest, config: SandboxConfig,
         except (binascii.Error, ValueError):
             raise RequestRejected(f"files[{path[:60]!r}] is not valid base64") from None
     clamped: dict[str, ClampedLimit] = {}
-    run_timeout_s = _clamp("run_timeout", body.run_timeout, config.max_timeout_s,
-                           "max_timeout_s", clamped)
+    run_timeout_s = _clamp(
+        "run_timeout", body.run_timeout, config.max_timeout_s, "max_timeout_s", clamped
+    )
     # Validated and clamped like run_timeout so a client learns its value is not what will apply
     # once a language compiles; ExecutionRequest has no compile budget yet (module docstring).
-    _clamp("compile_timeout", body.compile_timeout, config.max_timeout_s, "max_timeout_s",
-           clamped)
-    memory_mb = config.max_memory_mb if body.memory_limit_MB <= 0 else int(_clamp(
-        "memory_limit_MB", body.memory_limit_MB, config.max_memory_mb, "max_memory_mb", clamped))
+    _clamp("compile_timeout", body.compile_timeout, config.max_timeout_s, "max_timeout_s", clamped)
+    memory_mb = (
+        config.max_memory_mb
+        if body.memory_limit_MB <= 0
+        else int(
+            _clamp(
+                "memory_limit_MB",
+                body.memory_limit_MB,
+                config.max_memory_mb,
+                "max_memory_mb",
+                clamped,
+            )
+        )
+    )
     execution = ExecutionRequest(
-        code=body.code, language=body.language, stdin=(body.stdin or "").encode(),
-        files=files, fetch_files=list(body.fetch_files), timeout_s=run_timeout_s,
-        memory_mb=memory_mb, request_id=request_id,
+        code=body.code,
+        language=body.language,
+        stdin=(body.stdin or "").encode(),
+        files=files,
+        fetch_files=list(body.fetch_files),
+        timeout_s=run_timeout_s,
+        memory_mb=memory_mb,
+        request_id=request_id,
     )
     return execution, clamped
 
 
-def to_response(result: ExecutionResult, clamped: dict[str, ClampedLimit] | None = None,
-                fetch_files: Sequence[str] = ()) -> RunCodeResponse:
+def to_response(
+    result: ExecutionResult,
+    clamped: dict[str, ClampedLimit] | None = None,
+    fetch_files: Sequence[str] = (),
+) -> RunCodeResponse:
     """SandboxFusion's answer for a run (not for `rejected`: the front end answers that 422).
 
     Fetched files are keyed by the path as the client wrote it in `fetch_files` (`./out.txt`
@@ -194,18 +223,24 @@ def to_response(result: ExecutionResult, clamped: dict[str, ClampedLimit] | None
         if data is not None:
             files[path] = base64.b64encode(data).decode()
     run = CommandRunResult(
-        status=CommandRunStatus.Finished, execution_time=result.wall_time_s,
-        return_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
+        status=CommandRunStatus.Finished,
+        execution_time=result.wall_time_s,
+        return_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
     )
     common = {"executor_pod_name": pod, "clamped_limits": clamped or {}}
     if result.status == Status.SANDBOX_ERROR:
         run.status, run.return_code = CommandRunStatus.Error, None
-        return RunCodeResponse(status=RunStatus.SandboxError, message=result.message,
-                               run_result=run, **common)
+        return RunCodeResponse(
+            status=RunStatus.SandboxError, message=result.message, run_result=run, **common
+        )
     if result.status == Status.TIMEOUT:
         run.status, run.return_code = CommandRunStatus.TimeLimitExceeded, None
     status = RunStatus.Success if result.status == Status.OK else RunStatus.Failed
-    message = "" if result.status in (Status.OK, Status.ERROR) else (
-        f"{result.status.value}: {result.message}")
-    return RunCodeResponse(status=status, message=message, run_result=run, files=files,
-                           **common)
+    message = (
+        ""
+        if result.status in (Status.OK, Status.ERROR)
+        else (f"{result.status.value}: {result.message}")
+    )
+    return RunCodeResponse(status=status, message=message, run_result=run, files=files, **common)

@@ -30,20 +30,32 @@ RETRY_AFTER_KEY = "retry-after-s"
 
 def request_from_proto(message: sandbox_pb2.ExecuteRequest) -> ExecutionRequest:
     return ExecutionRequest(
-        code=message.code, language=message.language or "python", stdin=message.stdin,
-        files=dict(message.files), fetch_files=list(message.fetch_files),
-        timeout_s=message.timeout_s, memory_mb=message.memory_mb,
-        session_id=message.session_id, request_id=message.request_id,
+        code=message.code,
+        language=message.language or "python",
+        stdin=message.stdin,
+        files=dict(message.files),
+        fetch_files=list(message.fetch_files),
+        timeout_s=message.timeout_s,
+        memory_mb=message.memory_mb,
+        session_id=message.session_id,
+        request_id=message.request_id,
     )
 
 
 def result_to_proto(result: ExecutionResult) -> sandbox_pb2.ExecuteResponse:
     return sandbox_pb2.ExecuteResponse(
         status=sandbox_pb2.ExecutionStatus.Value(f"EXECUTION_STATUS_{result.status.name}"),
-        exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr,
-        stdout_truncated=result.stdout_truncated, stderr_truncated=result.stderr_truncated,
-        wall_time_s=result.wall_time_s, cpu_time_s=result.cpu_time_s, files=result.files,
-        message=result.message, backend=result.backend, request_id=result.request_id,
+        exit_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        stdout_truncated=result.stdout_truncated,
+        stderr_truncated=result.stderr_truncated,
+        wall_time_s=result.wall_time_s,
+        cpu_time_s=result.cpu_time_s,
+        files=result.files,
+        message=result.message,
+        backend=result.backend,
+        request_id=result.request_id,
         peak_memory_mb=result.peak_memory_mb,
     )
 
@@ -60,8 +72,10 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
             return result_to_proto(self.sandbox.execute(request_from_proto(request)))
         except Overloaded as exc:
             context.set_trailing_metadata(((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"),))
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"sandbox overloaded: {exc}; retry after {exc.retry_after_s:.2f} s")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"sandbox overloaded: {exc}; retry after {exc.retry_after_s:.2f} s",
+            )
         except Draining as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
@@ -70,9 +84,14 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
             return result_to_proto(self.sandbox.execute(request_from_proto(message)))
         except (Overloaded, Draining) as exc:
             reason = "overloaded" if isinstance(exc, Overloaded) else "draining"
-            return result_to_proto(ExecutionResult(
-                Status.REJECTED, message=f"{reason}: {exc}", backend=self.sandbox.backend.name,
-                request_id=message.request_id))
+            return result_to_proto(
+                ExecutionResult(
+                    Status.REJECTED,
+                    message=f"{reason}: {exc}",
+                    backend=self.sandbox.backend.name,
+                    request_id=message.request_id,
+                )
+            )
 
     def ExecuteBatch(self, request, context):
         futures = [self._pool.submit(self._item, item) for item in request.requests]
@@ -88,7 +107,8 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
                 for item in request_iterator:
                     submitted[0] += 1
                     self._pool.submit(self._item, item).add_done_callback(
-                        lambda f: done.put(f.result()))
+                        lambda f: done.put(f.result())
+                    )
             finally:
                 finished_reading.set()
                 done.put(None)
@@ -106,7 +126,8 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
 
     def CloseSession(self, request, context):
         return sandbox_pb2.CloseSessionResponse(
-            existed=self.sandbox.close_session(request.session_id))
+            existed=self.sandbox.close_session(request.session_id)
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

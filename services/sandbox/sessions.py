@@ -101,12 +101,14 @@ class SessionManager:
         slot = session.slot
         if slot.cgroup is not None:
             slot.cgroup.kill_all()
-            slot.cgroup.set_limits(session.memory_mb, self.config.max_processes,
-                                   self.config.cpu_cores)
+            slot.cgroup.set_limits(
+                session.memory_mb, self.config.max_processes, self.config.cpu_cores
+            )
         read_fd, write_fd = os.pipe()
         program = [self.config.python, "-c", KERNEL_SOURCE, str(write_fd)]
-        argv = self.backend.command(slot, self.config.max_timeout_s * 1000, session.memory_mb,
-                                    program)
+        argv = self.backend.command(
+            slot, self.config.max_timeout_s * 1000, session.memory_mb, program
+        )
         session.proc = spawn(argv, SANDBOX_ENV, pass_fds=(write_fd,))
         os.close(write_fd)
         session.control_fd = read_fd
@@ -129,10 +131,14 @@ class SessionManager:
                 except BlockingIOError:  # still running, silent: the deadline passed
                     stderr = b""
                 self._stop_process(session)
-                why = ("exited before it was ready" if readable
-                       else f"was not ready within {KERNEL_START_TIMEOUT_S:g} s")
-                raise RuntimeError(f"the session's interpreter {why}: "
-                                   f"{stderr.decode('utf-8', 'replace')[-500:]}")
+                why = (
+                    "exited before it was ready"
+                    if readable
+                    else f"was not ready within {KERNEL_START_TIMEOUT_S:g} s"
+                )
+                raise RuntimeError(
+                    f"the session's interpreter {why}: {stderr.decode('utf-8', 'replace')[-500:]}"
+                )
             line += chunk
         session.kernel_pids = frozenset(session_pids(session.proc.pid, session.slot.cgroup))
 
@@ -160,8 +166,9 @@ class SessionManager:
             oom_before = group.oom_kills() if group else 0
             cpu_before = group.cpu_time_s() if group else 0.0
             session.slot.dir.write_files(request.files)
-            frame = json.dumps({"code": request.code,
-                                "stdin": request.stdin.decode("utf-8", "replace")}).encode()
+            frame = json.dumps(
+                {"code": request.code, "stdin": request.stdin.decode("utf-8", "replace")}
+            ).encode()
             result = self._call(session, b"%d\n" % len(frame) + frame, request)
             if session.proc is not None:
                 self._end_leftovers(session, result)
@@ -171,10 +178,12 @@ class SessionManager:
                 if session.proc is None and group.oom_kills() > oom_before:
                     result.status = Status.OOM
                     result.message = f"killed at the {session.memory_mb} MB memory limit; " + (
-                        result.message)
+                        result.message
+                    )
             if request.fetch_files:
-                result.files = session.slot.dir.read_files(request.fetch_files,
-                                                           self.config.disk_mb << 20)
+                result.files = session.slot.dir.read_files(
+                    request.fetch_files, self.config.disk_mb << 20
+                )
             if notice:
                 result.message = f"{notice} {result.message}".strip()
             result.backend, result.request_id = "bwrap", request.request_id
@@ -188,11 +197,15 @@ class SessionManager:
         if ended is None:
             self._stop_process(session)
             session.lost_state = "(a new interpreter: the previous one was stopped)"
-            note = ("processes the call left running could not be stopped; the session was "
-                    "stopped and its state lost; the next call starts a clean interpreter")
+            note = (
+                "processes the call left running could not be stopped; the session was "
+                "stopped and its state lost; the next call starts a clean interpreter"
+            )
         elif ended:
-            note = (f"ended {ended} background process(es) the call left running "
-                    "(a session keeps variables and files, not processes)")
+            note = (
+                f"ended {ended} background process(es) the call left running "
+                "(a session keeps variables and files, not processes)"
+            )
         else:
             return
         result.message = f"{result.message} {note}".strip()
@@ -267,11 +280,14 @@ class SessionManager:
             session.lost_state = "(a new interpreter: the previous one was stopped)"
         stdout_fd, stderr_fd = list(out)
         return ExecutionResult(
-            status=status, exit_code=exit_code,
+            status=status,
+            exit_code=exit_code,
             stdout=out[stdout_fd].decode("utf-8", "replace"),
             stderr=out[stderr_fd].decode("utf-8", "replace"),
-            stdout_truncated=truncated[stdout_fd], stderr_truncated=truncated[stderr_fd],
-            wall_time_s=time.monotonic() - start, message=message,
+            stdout_truncated=truncated[stdout_fd],
+            stderr_truncated=truncated[stderr_fd],
+            wall_time_s=time.monotonic() - start,
+            message=message,
         )
 
     def close(self, session_id: str) -> bool:
@@ -291,8 +307,11 @@ class SessionManager:
         while not self._stop.wait(REAP_INTERVAL_S):
             cutoff = time.monotonic() - self.config.session_idle_s
             with self._lock:
-                idle = [s for s in self._sessions.values()
-                        if s.last_used < cutoff and not s.lock.locked()]
+                idle = [
+                    s
+                    for s in self._sessions.values()
+                    if s.last_used < cutoff and not s.lock.locked()
+                ]
                 for session in idle:
                     self._sessions.pop(session.id)
             for session in idle:

@@ -51,14 +51,25 @@ class SlotDir:
             owner = f",uid={uid},gid={uid}" if uid is not None else ""
             # mode 0711: the sandbox uid traverses the root but lists nothing it does not own.
             result = subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"size={disk_mb}m,mode=0711,nosuid,nodev{owner}",
-                 "agentrl-sandbox", str(root)],
-                capture_output=True, text=True, check=False,
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"size={disk_mb}m,mode=0711,nosuid,nodev{owner}",
+                    "agentrl-sandbox",
+                    str(root),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             self.mounted = result.returncode == 0
             if not self.mounted:
-                log.warning("tmpfs mount failed; disk use is limited per file only",
-                            extra={"path": str(root), "error": result.stderr.strip()})
+                log.warning(
+                    "tmpfs mount failed; disk use is limited per file only",
+                    extra={"path": str(root), "error": result.stderr.strip()},
+                )
         if self.mounted:
             os.chown(root, 0, 0)
         os.chmod(root, 0o711)
@@ -144,4 +155,5 @@ def check_traversable(path: Path) -> None:
         if not os.stat(parent).st_mode & 0o001:
             raise ValueError(
                 f"work_root: {parent} is not traversable by other users (mode o+x), so the "
-                f"sandbox uid cannot reach {path}; choose another work_root or chmod o+x it")
+                f"sandbox uid cannot reach {path}; choose another work_root or chmod o+x it"
+            )

@@ -104,8 +104,12 @@ def make_search_task_command(
     out: Annotated[Path, typer.Option("--out", help="directory for train/eval/sft JSONL")],
     recipe: Annotated[
         Path | None,
-        typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
-                     help="recipe whose search service runs the SFT searches"),
+        typer.Option(
+            "--recipe",
+            "-r",
+            envvar="AGENTRL_RECIPE",
+            help="recipe whose search service runs the SFT searches",
+        ),
     ] = None,
     fact: Annotated[str, typer.Option(help="the fact every question asks for")] = "occupation",
     num_train: Annotated[int, typer.Option(min=1, help="RL prompts (at most)")] = 1000,
@@ -139,17 +143,27 @@ def make_search_task_command(
     channel = grpc_client.create_channel(config.search.target())
     try:
         summary = make_search_task(
-            world, out, SearchTool(channel, config.rollout.tool_timeout_s), fact=fact,
-            num_train=num_train, num_eval=num_eval, num_sft=num_sft,
-            num_sft_entities=num_sft_entities, tool_fraction=tool_fraction, refer_by=refer_by,
+            world,
+            out,
+            SearchTool(channel, config.rollout.tool_timeout_s),
+            fact=fact,
+            num_train=num_train,
+            num_eval=num_eval,
+            num_sft=num_sft,
+            num_sft_entities=num_sft_entities,
+            tool_fraction=tool_fraction,
+            refer_by=refer_by,
             seed=seed,
         )
     except (ValueError, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from None
     except grpc.RpcError as exc:
-        typer.echo(f"error: the search service at {config.search.target()} did not answer "
-                   f"({exc}); start it with `agentrl up --services search`", err=True)
+        typer.echo(
+            f"error: the search service at {config.search.target()} did not answer "
+            f"({exc}); start it with `agentrl up --services search`",
+            err=True,
+        )
         raise typer.Exit(code=1) from None
     finally:
         channel.close()

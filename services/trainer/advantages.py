@@ -83,8 +83,10 @@ def compute_advantages(
         raise ValueError(f"unknown advantage estimator {estimator!r}; use one of {ESTIMATORS}")
     for index, group in enumerate(groups):
         if group.dim() != 1 or group.numel() == 0:
-            raise ValueError(f"group {index}: rewards must be a non-empty 1-D tensor, "
-                             f"got shape {tuple(group.shape)}")
+            raise ValueError(
+                f"group {index}: rewards must be a non-empty 1-D tensor, "
+                f"got shape {tuple(group.shape)}"
+            )
     if estimator == "grpo":
         return [grpo_advantages(g, std_normalize) for g in groups]
     if estimator == "rloo":
@@ -115,9 +117,9 @@ def filter_zero_signal_groups(groups: Sequence[torch.Tensor]) -> DynamicSampling
     but still dilutes token-mean; the driver keeps sampling until the batch is full.
     """
     kept = [
-        index for index, rewards in enumerate(groups)
-        if rewards.numel() >= 2
-        and float(rewards.max() - rewards.min()) > ZERO_SIGNAL_TOLERANCE
+        index
+        for index, rewards in enumerate(groups)
+        if rewards.numel() >= 2 and float(rewards.max() - rewards.min()) > ZERO_SIGNAL_TOLERANCE
     ]
     return DynamicSamplingResult(kept_indices=kept, num_groups=len(groups))
 
@@ -132,11 +134,15 @@ def token_advantages(
     and is 0 on prompt, tool-output and padding tokens.
     """
     if seq_index.shape != loss_mask.shape:
-        raise ValueError(f"seq_index {tuple(seq_index.shape)} and loss_mask "
-                         f"{tuple(loss_mask.shape)} must have the same shape")
+        raise ValueError(
+            f"seq_index {tuple(seq_index.shape)} and loss_mask "
+            f"{tuple(loss_mask.shape)} must have the same shape"
+        )
     if int(seq_index.max()) >= sample_advantages.numel():
-        raise ValueError(f"seq_index refers to sequence {int(seq_index.max())} but only "
-                         f"{sample_advantages.numel()} advantages were given")
+        raise ValueError(
+            f"seq_index refers to sequence {int(seq_index.max())} but only "
+            f"{sample_advantages.numel()} advantages were given"
+        )
     gathered = sample_advantages.to(torch.float32)[seq_index.clamp(min=0)]
     return torch.where(loss_mask.bool() & (seq_index >= 0), gathered, torch.zeros_like(gathered))
 

@@ -77,8 +77,13 @@ def make_problems(num_problems: int, rng: random.Random, exclude: set[str]) -> l
 
 
 def prompt_row(problem: Problem, split: str, index: int) -> dict[str, Any]:
-    return {"id": f"calc-{split}-{index}", "prompt": problem.prompt,
-            "ground_truth": str(problem.value), "task_type": TASK_TYPE, "tools": list(TOOLS)}
+    return {
+        "id": f"calc-{split}-{index}",
+        "prompt": problem.prompt,
+        "ground_truth": str(problem.value),
+        "task_type": TASK_TYPE,
+        "tools": list(TOOLS),
+    }
 
 
 def tool_call(problem: Problem) -> str:
@@ -101,48 +106,71 @@ def executed_trajectory(problem: Problem, sandbox: Any) -> dict[str, Any]:
     call = tool_call(problem)
     parsed = get_format("code_tags").parse(call)
     outcome = asyncio.run(SandboxTool(sandbox).run(parsed, session_id=""))
-    if outcome.status != trajectory_pb2.TOOL_CALL_STATUS_OK or \
-            outcome.output.strip() != str(problem.value):
+    if outcome.status != trajectory_pb2.TOOL_CALL_STATUS_OK or outcome.output.strip() != str(
+        problem.value
+    ):
         # SandboxTool turns an unreachable service into an observation: say what to do here.
-        raise RuntimeError(f"the sandbox answered {outcome.output.strip()!r} (status "
-                           f"{outcome.status}) for {parsed.arguments!r}, expected "
-                           f"{problem.value}; is the sandbox service up (`agentrl up "
-                           "--services sandbox`) and healthy?")
-    return {"messages": [{"role": "user", "content": problem.prompt},
-                         {"role": "assistant", "content": call},
-                         {"role": "tool", "content": outcome.output},
-                         {"role": "assistant", "content": direct_answer(outcome.output.strip())}],
-            "tool_calls": 1}
+        raise RuntimeError(
+            f"the sandbox answered {outcome.output.strip()!r} (status "
+            f"{outcome.status}) for {parsed.arguments!r}, expected "
+            f"{problem.value}; is the sandbox service up (`agentrl up "
+            "--services sandbox`) and healthy?"
+        )
+    return {
+        "messages": [
+            {"role": "user", "content": problem.prompt},
+            {"role": "assistant", "content": call},
+            {"role": "tool", "content": outcome.output},
+            {"role": "assistant", "content": direct_answer(outcome.output.strip())},
+        ],
+        "tool_calls": 1,
+    }
 
 
 def direct_trajectory(problem: Problem) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": problem.prompt},
-                         {"role": "assistant", "content": direct_answer(str(problem.value))}],
-            "tool_calls": 0}
+    return {
+        "messages": [
+            {"role": "user", "content": problem.prompt},
+            {"role": "assistant", "content": direct_answer(str(problem.value))},
+        ],
+        "tool_calls": 0,
+    }
 
 
-def sft_trajectories(problems: list[Problem], sandbox: Any, tool_fraction: float,
-                     rng: random.Random) -> list[dict[str, Any]]:
+def sft_trajectories(
+    problems: list[Problem], sandbox: Any, tool_fraction: float, rng: random.Random
+) -> list[dict[str, Any]]:
     """Cold-start episodes: `tool_fraction` of them executed through `sandbox` (a
     SandboxClient), the rest answered directly; order as `problems`."""
     if not 0.0 <= tool_fraction <= 1.0:
         raise ValueError(f"tool_fraction must be in [0, 1], got {tool_fraction}")
     uses_tool = [rng.random() < tool_fraction for _ in problems]
     with ThreadPoolExecutor(SANDBOX_PARALLELISM) as pool:
-        executed = pool.map(lambda p: executed_trajectory(p, sandbox),
-                            [p for p, tool in zip(problems, uses_tool, strict=True) if tool])
+        executed = pool.map(
+            lambda p: executed_trajectory(p, sandbox),
+            [p for p, tool in zip(problems, uses_tool, strict=True) if tool],
+        )
         executed = iter(list(executed))
-    return [next(executed) if tool else direct_trajectory(problem)
-            for problem, tool in zip(problems, uses_tool, strict=True)]
+    return [
+        next(executed) if tool else direct_trajectory(problem)
+        for problem, tool in zip(problems, uses_tool, strict=True)
+    ]
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def make_calculator_data(out_dir: str | Path, sandbox: Any, *, num_train: int = 2000,
-                         num_eval: int = 100, num_sft: int = 1500, tool_fraction: float = 0.4,
-                         seed: int = 0) -> dict[str, Any]:
+def make_calculator_data(
+    out_dir: str | Path,
+    sandbox: Any,
+    *,
+    num_train: int = 2000,
+    num_eval: int = 100,
+    num_sft: int = 1500,
+    tool_fraction: float = 0.4,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Write train.jsonl, eval.jsonl and sft.jsonl to `out_dir`; returns a summary."""
     for name, count in (("num_train", num_train), ("num_eval", num_eval), ("num_sft", num_sft)):
         if count < 1:
@@ -155,12 +183,18 @@ def make_calculator_data(out_dir: str | Path, sandbox: Any, *, num_train: int = 
     trajectories = sft_trajectories(sft_problems, sandbox, tool_fraction, rng)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "train.jsonl", [prompt_row(p, "train", i)
-                                      for i, p in enumerate(train_problems)])
-    write_jsonl(out / "eval.jsonl", [prompt_row(p, "eval", i)
-                                     for i, p in enumerate(eval_problems)])
+    write_jsonl(
+        out / "train.jsonl", [prompt_row(p, "train", i) for i, p in enumerate(train_problems)]
+    )
+    write_jsonl(out / "eval.jsonl", [prompt_row(p, "eval", i) for i, p in enumerate(eval_problems)])
     write_jsonl(out / "sft.jsonl", trajectories)
     num_tool = sum(t["tool_calls"] for t in trajectories)
-    return {"out_dir": str(out), "num_train": num_train, "num_eval": num_eval,
-            "num_sft": num_sft, "num_sft_with_tool": num_tool,
-            "num_sft_direct": num_sft - num_tool, "seed": seed}
+    return {
+        "out_dir": str(out),
+        "num_train": num_train,
+        "num_eval": num_eval,
+        "num_sft": num_sft,
+        "num_sft_with_tool": num_tool,
+        "num_sft_direct": num_sft - num_tool,
+        "seed": seed,
+    }

@@ -102,10 +102,14 @@ class CheckpointManager:
         """Complete checkpoints, oldest first."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir()
-                 if p.is_dir() and p.name.startswith(STEP_PREFIX)
-                 and p.name[len(STEP_PREFIX):].isdigit()]
-        return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+        found = [
+            p
+            for p in self.root.iterdir()
+            if p.is_dir()
+            and p.name.startswith(STEP_PREFIX)
+            and p.name[len(STEP_PREFIX) :].isdigit()
+        ]
+        return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX) :]))
 
     def latest(self) -> Path | None:
         found = self.checkpoints()
@@ -123,8 +127,10 @@ class CheckpointManager:
         partial.mkdir()
         _write(partial / "backend.pt", lambda f: torch.save(backend_state, f))
         _write(partial / "rng.json", lambda f: f.write(json.dumps(capture_rng_state()).encode()))
-        _write(partial / "training_state.json",
-               lambda f: f.write(json.dumps(asdict(state), indent=2).encode()))
+        _write(
+            partial / "training_state.json",
+            lambda f: f.write(json.dumps(asdict(state), indent=2).encode()),
+        )
         final = self.root / name
         if final.exists():  # the same step saved again (e.g. after a resume): replace it
             retired = self.root / f"{PARTIAL_PREFIX}retired-{name}-{os.getpid()}"
@@ -137,14 +143,15 @@ class CheckpointManager:
         return final
 
     def _prune(self) -> None:
-        for old in self.checkpoints()[:-self.keep_last]:
+        for old in self.checkpoints()[: -self.keep_last]:
             shutil.rmtree(old)
         # One writer per root (rank 0 of one run): any other partial is from a killed save.
         for leftover in self.root.glob(f"{PARTIAL_PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)
 
-    def load(self, backend: TrainerBackend, path: str | Path | None = None,
-             restore_rng: bool = True) -> TrainingState:
+    def load(
+        self, backend: TrainerBackend, path: str | Path | None = None, restore_rng: bool = True
+    ) -> TrainingState:
         """Restore `backend` (and the global RNGs) from `path`, default the latest checkpoint.
         Every rank calls it (restoring sharded state is collective under FSDP2)."""
         if path is None:
@@ -155,8 +162,9 @@ class CheckpointManager:
         if not (path / "training_state.json").is_file():
             raise ValueError(f"{path} is not a complete checkpoint (no training_state.json)")
         # weights_only: a checkpoint is data; never unpickle arbitrary objects from disk.
-        backend.load_state_dict(torch.load(path / "backend.pt", map_location="cpu",
-                                           weights_only=True))
+        backend.load_state_dict(
+            torch.load(path / "backend.pt", map_location="cpu", weights_only=True)
+        )
         if restore_rng:
             restore_rng_state(json.loads((path / "rng.json").read_text()))
         return TrainingState(**json.loads((path / "training_state.json").read_text()))

@@ -28,8 +28,10 @@ err_console = Console(stderr=True)
 # Piped output (logs, CI) gets the whole evaluation table instead of one squeezed to 80 columns.
 TABLE_WIDTH_PIPED = 160
 
-NPROC_HELP = ("data-parallel processes on this machine: re-runs this command under torchrun "
-              "(standalone); needs trainer.parallelism: fsdp2")
+NPROC_HELP = (
+    "data-parallel processes on this machine: re-runs this command under torchrun "
+    "(standalone); needs trainer.parallelism: fsdp2"
+)
 
 sft_app = typer.Typer(help="Supervised fine-tuning on tool-use trajectories (cold start).")
 eval_app = typer.Typer(help="Evaluate the served policy on a data set: avg@k, pass@k, tools.")
@@ -37,16 +39,33 @@ eval_app = typer.Typer(help="Evaluate the served policy on a data set: avg@k, pa
 
 @sft_app.callback(invoke_without_command=True)
 def sft(
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
-                                         help="YAML recipe with model and sft sections")],
-    data: Annotated[Path | None, typer.Option(
-        help="JSONL trajectories; default: the recipe's sft.train_path")] = None,
-    output: Annotated[Path | None, typer.Option(
-        help="checkpoint directory to write; default: sft.output_dir or <run dir>/sft")] = None,
-    model: Annotated[Path | None, typer.Option(
-        help="checkpoint to start from; default: the recipe's model.path")] = None,
-    max_steps: Annotated[int | None, typer.Option(
-        min=1, help="optimizer steps; default: sft.max_steps or sft.num_epochs epochs")] = None,
+    recipe: Annotated[
+        Path,
+        typer.Option(
+            "--recipe",
+            "-r",
+            envvar="AGENTRL_RECIPE",
+            help="YAML recipe with model and sft sections",
+        ),
+    ],
+    data: Annotated[
+        Path | None, typer.Option(help="JSONL trajectories; default: the recipe's sft.train_path")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="checkpoint directory to write; default: sft.output_dir or <run dir>/sft"
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="checkpoint to start from; default: the recipe's model.path")
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="optimizer steps; default: sft.max_steps or sft.num_epochs epochs"
+        ),
+    ] = None,
     log_every: Annotated[int, typer.Option(min=1, help="print every N steps")] = 10,
     nproc_per_node: Annotated[int | None, typer.Option(min=1, help=NPROC_HELP)] = None,
 ) -> None:
@@ -72,38 +91,58 @@ def sft(
 
     def show(record: dict) -> None:
         if record["step"] == 1 or record["step"] % log_every == 0:
-            console.print(f"step {record['step']:>5}  loss {record['loss']:.4f}  "
-                          f"grad_norm {record['grad_norm']:.3f}  lr {record['learning_rate']:.2e}"
-                          f"  {record['num_tokens'] / record['step_time_s']:.0f} tokens/s")
+            console.print(
+                f"step {record['step']:>5}  loss {record['loss']:.4f}  "
+                f"grad_norm {record['grad_norm']:.3f}  lr {record['learning_rate']:.2e}"
+                f"  {record['num_tokens'] / record['step_time_s']:.0f} tokens/s"
+            )
 
     try:
         with process_group(config.trainer):
-            result = run_sft(config, train_path=data, output_dir=output, max_steps=max_steps,
-                             on_step=show)
+            result = run_sft(
+                config, train_path=data, output_dir=output, max_steps=max_steps, on_step=show
+            )
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from None
     if env_rank() != 0:
         return
-    dropped = (f", {result.num_dropped_too_long} dropped as too long"
-               if result.num_dropped_too_long else "")
-    console.print(f"SFT done: {result.num_steps} steps on {result.num_examples} trajectories"
-                  f"{dropped}; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
-                  f"{result.tokens_per_s:.0f} tokens/s. Checkpoint: {result.output_dir}")
+    dropped = (
+        f", {result.num_dropped_too_long} dropped as too long"
+        if result.num_dropped_too_long
+        else ""
+    )
+    console.print(
+        f"SFT done: {result.num_steps} steps on {result.num_examples} trajectories"
+        f"{dropped}; loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}; "
+        f"{result.tokens_per_s:.0f} tokens/s. Checkpoint: {result.output_dir}"
+    )
 
 
 @eval_app.callback(invoke_without_command=True)
 def evaluate(
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
-                                         help="YAML recipe: rollout, sandbox, reward addresses")],
-    data: Annotated[Path | None, typer.Option(
-        help="JSONL/Parquet prompts; default: the recipe's data.eval_path")] = None,
+    recipe: Annotated[
+        Path,
+        typer.Option(
+            "--recipe",
+            "-r",
+            envvar="AGENTRL_RECIPE",
+            help="YAML recipe: rollout, sandbox, reward addresses",
+        ),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="JSONL/Parquet prompts; default: the recipe's data.eval_path"),
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="samples per prompt")] = 4,
-    out: Annotated[Path | None, typer.Option(
-        help="JSON report to write; default: <run dir>/eval.json")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON report to write; default: <run dir>/eval.json")
+    ] = None,
     max_turns: Annotated[int | None, typer.Option(min=1, help="turns per episode")] = None,
-    max_tool_calls: Annotated[int | None, typer.Option(
-        min=0, help="tool calls per episode (the task default, 0, allows none)")] = None,
+    max_tool_calls: Annotated[
+        int | None,
+        typer.Option(min=0, help="tool calls per episode (the task default, 0, allows none)"),
+    ] = None,
 ) -> None:
     """Run DATA through the rollout path (k samples each) and print/write avg@k and pass@k."""
     from agentrl.common.config import ConfigError, load_config
@@ -124,17 +163,18 @@ def evaluate(
     # An evaluation needs vLLM, reward and its tools, not Redis or the rollout workers.
     failures = preflight(config, data, skip=("redis", "rollout"))
     if failures:
-        err_console.print(describe_failures(failures), style="red", markup=False,
-                          highlight=False)
+        err_console.print(describe_failures(failures), style="red", markup=False, highlight=False)
         raise typer.Exit(code=2)
 
     from agentrl.trainer.eval_job import run_eval
     from agentrl.trainer.evaluation import report_table
 
     try:
-        limits = {name: value for name, value in (("max_turns", max_turns),
-                                                   ("max_tool_calls", max_tool_calls))
-                  if value is not None}
+        limits = {
+            name: value
+            for name, value in (("max_turns", max_turns), ("max_tool_calls", max_tool_calls))
+            if value is not None
+        }
         result = run_eval(config, data, k, out, limits=limits)
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/]")
@@ -145,9 +185,14 @@ def evaluate(
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(
-        metavar="RUN_DIR", help="the run's directory (run.output_dir): metrics.jsonl, optional eval/, "
-             "samples.jsonl, config.json")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_DIR",
+            help="the run's directory (run.output_dir): metrics.jsonl, optional eval/, "
+            "samples.jsonl, config.json",
+        ),
+    ],
 ) -> None:
     """Write RUN_DIR/report/: a PNG per training curve, report.md and a self-contained report.html."""
     from agentrl.trainer.report import ReportInputError, write_report
@@ -187,10 +232,18 @@ def _relaunch_or_exit(nproc_per_node: int | None, config) -> None:
 
 
 def train(
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", envvar="AGENTRL_RECIPE",
-                                         help="YAML recipe: model, data, trainer, algorithm")],
-    max_steps: Annotated[int | None, typer.Option(
-        min=1, help="optimizer steps; default: trainer.total_steps")] = None,
+    recipe: Annotated[
+        Path,
+        typer.Option(
+            "--recipe",
+            "-r",
+            envvar="AGENTRL_RECIPE",
+            help="YAML recipe: model, data, trainer, algorithm",
+        ),
+    ],
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="optimizer steps; default: trainer.total_steps")
+    ] = None,
     nproc_per_node: Annotated[int | None, typer.Option(min=1, help=NPROC_HELP)] = None,
 ) -> None:
     """RL-train the recipe's policy against the running stack (`agentrl up`); resumes from the
@@ -204,29 +257,40 @@ def train(
     try:
         result = train_with_display(config, max_steps, console)
     except StreamUnavailableError as exc:  # a service, not the recipe: exit code 2
-        err_console.print(f"[red]{exc}. The local stack's Redis is the machine's: start it "
-                          "with `redis-server --daemonize yes` (scripts/setup.sh does).[/]")
+        err_console.print(
+            f"[red]{exc}. The local stack's Redis is the machine's: start it "
+            "with `redis-server --daemonize yes` (scripts/setup.sh does).[/]"
+        )
         raise typer.Exit(code=2) from None
     except (ValueError, RuntimeError) as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from None
     if env_rank() != 0:
         return
-    console.print(f"training done: {result.steps} steps, policy version "
-                  f"{result.policy_version}; run directory {result.run_dir} "
-                  f"(`agentrl report {result.run_dir}` for plots and a summary)")
+    console.print(
+        f"training done: {result.steps} steps, policy version "
+        f"{result.policy_version}; run directory {result.run_dir} "
+        f"(`agentrl report {result.run_dir}` for plots and a summary)"
+    )
 
 
 def make_calculator(
     out: Annotated[Path, typer.Option("--out", help="directory for train/eval/sft JSONL")],
-    recipe: Annotated[Path | None, typer.Option(
-        "--recipe", "-r", envvar="AGENTRL_RECIPE",
-        help="recipe whose sandbox service executes the SFT tool calls")] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            "-r",
+            envvar="AGENTRL_RECIPE",
+            help="recipe whose sandbox service executes the SFT tool calls",
+        ),
+    ] = None,
     num_train: Annotated[int, typer.Option(min=1, help="RL prompts")] = 2000,
     num_eval: Annotated[int, typer.Option(min=1, help="held-out prompts")] = 100,
     num_sft: Annotated[int, typer.Option(min=1, help="cold-start trajectories")] = 1500,
-    tool_fraction: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="share of SFT trajectories that call the tool")] = 0.4,
+    tool_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of SFT trajectories that call the tool")
+    ] = 0.4,
     seed: Annotated[int, typer.Option(help="the same seed gives the same files")] = 0,
 ) -> None:
     """Write the quickstart's calculator task: RL and eval prompts, and SFT trajectories whose
@@ -241,9 +305,15 @@ def make_calculator(
 
     try:
         with SandboxClient(config.sandbox.target()) as sandbox:
-            summary = make_calculator_data(out, sandbox, num_train=num_train, num_eval=num_eval,
-                                           num_sft=num_sft, tool_fraction=tool_fraction,
-                                           seed=seed)
+            summary = make_calculator_data(
+                out,
+                sandbox,
+                num_train=num_train,
+                num_eval=num_eval,
+                num_sft=num_sft,
+                tool_fraction=tool_fraction,
+                seed=seed,
+            )
     except (ValueError, RuntimeError) as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from None

@@ -68,19 +68,28 @@ def _parse_row(raw: Any, where: str, default_id: str) -> PromptRow:
         tools = tools.tolist()
     if not isinstance(tools, list) or not all(isinstance(t, str) and t for t in tools):
         raise ValueError(f"{where}: field 'tools' must be a list of tool names, got {tools!r}")
-    metadata = {k: v if isinstance(v, str) else json.dumps(v, default=str)
-                for k, v in raw.items() if k not in KNOWN_FIELDS and v is not None}
-    return PromptRow(prompt_id=text("id", required=False) or default_id, prompt=prompt,
-                     ground_truth=text("ground_truth"), task_type=task_type,
-                     tools=tuple(tools), metadata=metadata)
+    metadata = {
+        k: v if isinstance(v, str) else json.dumps(v, default=str)
+        for k, v in raw.items()
+        if k not in KNOWN_FIELDS and v is not None
+    }
+    return PromptRow(
+        prompt_id=text("id", required=False) or default_id,
+        prompt=prompt,
+        ground_truth=text("ground_truth"),
+        task_type=task_type,
+        tools=tuple(tools),
+        metadata=metadata,
+    )
 
 
 def load_prompts(path: str | Path) -> list[PromptRow]:
     """Every row of a `.jsonl` or `.parquet` file, validated (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data file {path} not found; set data.train_path to a JSONL or "
-                         "Parquet file")
+        raise ValueError(
+            f"data file {path} not found; set data.train_path to a JSONL or Parquet file"
+        )
     rows: list[PromptRow] = []
     if path.suffix == ".jsonl":
         for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -96,8 +105,10 @@ def load_prompts(path: str | Path) -> list[PromptRow]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
-                             "or convert the file to JSONL") from None
+            raise ValueError(
+                f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
+                "or convert the file to JSONL"
+            ) from None
         for index, raw in enumerate(pq.read_table(path).to_pylist()):
             rows.append(_parse_row(raw, f"{path} row {index}", f"{path.stem}-{index}"))
     else:
@@ -144,14 +155,19 @@ class EpochOrder(Generic[T]):
         return batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "offset": self.offset,
-                "num_items": len(self.items)}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "offset": self.offset,
+            "num_items": len(self.items),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["num_items"] != len(self.items) or state["seed"] != self.seed:
             raise ValueError(
                 f"checkpointed data order was for {state['num_items']} items with seed "
                 f"{state['seed']}; this data set has {len(self.items)} with seed {self.seed}: "
-                "resume with the same data file and run.seed")
+                "resume with the same data file and run.seed"
+            )
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
         self._order = self._permutation(self.epoch)

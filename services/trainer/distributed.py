@@ -62,7 +62,8 @@ def check_world_size(parallelism: str, world_size: int) -> None:
         raise ValueError(
             f"trainer.parallelism is 'single' but {world_size} processes were launched: each "
             "would train its own copy; set trainer.parallelism: fsdp2 (in the recipe, or "
-            "AGENTRL__TRAINER__PARALLELISM=fsdp2)")
+            "AGENTRL__TRAINER__PARALLELISM=fsdp2)"
+        )
 
 
 @contextmanager
@@ -88,8 +89,9 @@ def process_group(trainer: Any) -> Iterator[None]:
     cuda = resolve_device(trainer.device).type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo",
-                            timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
+    dist.init_process_group(
+        "nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
+    )
     try:
         yield
     finally:
@@ -142,14 +144,18 @@ def empty_micro_batch(template: MicroBatch) -> MicroBatch:
         position_ids=torch.arange(length)[None],
         seq_index=torch.full((1, length), -1, dtype=torch.long),
         sample_indices=[],
-        per_token={name: torch.zeros(1, length, dtype=value.dtype)
-                   for name, value in template.per_token.items()},
+        per_token={
+            name: torch.zeros(1, length, dtype=value.dtype)
+            for name, value in template.per_token.items()
+        },
         cu_seqlens=torch.tensor([0, length], dtype=torch.int32) if packed else None,
-        attention_mask=None if packed else torch.ones(1, length, dtype=torch.long))
+        attention_mask=None if packed else torch.ones(1, length, dtype=torch.long),
+    )
 
 
-def rank_share(micro_batches: Sequence[MicroBatch], rank_index: int | None = None,
-               num_ranks: int | None = None) -> list[MicroBatch]:
+def rank_share(
+    micro_batches: Sequence[MicroBatch], rank_index: int | None = None, num_ranks: int | None = None
+) -> list[MicroBatch]:
     """This rank's micro-batches of a step: `micro_batches[rank::world_size]`, padded with
     `empty_micro_batch`es to ceil(len / world_size), the same count on every rank. All of them
     at world size 1."""
@@ -168,8 +174,16 @@ def rank_share(micro_batches: Sequence[MicroBatch], rank_index: int | None = Non
 def torchrun_command(nproc_per_node: int, cli_args: Sequence[str]) -> list[str]:
     """The torchrun command that runs `agentrl <cli_args>` in `nproc_per_node` processes on this
     machine (standalone rendezvous: a free local port, no other node)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc_per_node}", "-m", "agentrl.common.cli", *cli_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc_per_node}",
+        "-m",
+        "agentrl.common.cli",
+        *cli_args,
+    ]
 
 
 def relaunch_under_torchrun(nproc_per_node: int, parallelism: str) -> None:
@@ -178,8 +192,10 @@ def relaunch_under_torchrun(nproc_per_node: int, parallelism: str) -> None:
     if launched_by_torchrun():
         launched = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         if launched != nproc_per_node:
-            raise ValueError(f"--nproc-per-node {nproc_per_node}, but torchrun started "
-                             f"{launched} processes per node; pass one of the two")
+            raise ValueError(
+                f"--nproc-per-node {nproc_per_node}, but torchrun started "
+                f"{launched} processes per node; pass one of the two"
+            )
         return
     check_world_size(parallelism, nproc_per_node)
     command = torchrun_command(nproc_per_node, sys.argv[1:])

@@ -41,15 +41,22 @@ class DriftReport:
         return self.max_abs_diff > self.threshold
 
     def describe(self) -> str:
-        return (f"vLLM ({self.worst_server}) and trainer log-probs differ by up to "
-                f"{self.max_abs_diff:.2e} (mean {self.mean_abs_diff:.2e}) over "
-                f"{self.num_tokens} tokens, above {self.threshold:.0e}: the served weights are "
-                "not the trained ones (stale reload, dtype mismatch?)")
+        return (
+            f"vLLM ({self.worst_server}) and trainer log-probs differ by up to "
+            f"{self.max_abs_diff:.2e} (mean {self.mean_abs_diff:.2e}) over "
+            f"{self.num_tokens} tokens, above {self.threshold:.0e}: the served weights are "
+            "not the trained ones (stale reload, dtype mismatch?)"
+        )
 
 
-async def check_logprob_drift(backend: TrainerBackend, pool: InferencePool,
-                              token_ids: list[int], threshold: float = DEFAULT_DRIFT_THRESHOLD,
-                              *, raise_above: bool = True) -> DriftReport:
+async def check_logprob_drift(
+    backend: TrainerBackend,
+    pool: InferencePool,
+    token_ids: list[int],
+    threshold: float = DEFAULT_DRIFT_THRESHOLD,
+    *,
+    raise_above: bool = True,
+) -> DriftReport:
     """Compare every healthy server's log-probs of `token_ids` with the trainer's."""
     from agentrl.trainer.packing import pack_micro_batches
 
@@ -62,8 +69,7 @@ async def check_logprob_drift(backend: TrainerBackend, pool: InferencePool,
         if not server.healthy:
             continue
         served = await pool.score(list(token_ids), url=url)
-        diffs = [abs(float(s) - float(t)) for s, t in zip(served[1:], trained_values,
-                                                             strict=True)]
+        diffs = [abs(float(s) - float(t)) for s, t in zip(served[1:], trained_values, strict=True)]
         total, count = total + sum(diffs), count + len(diffs)
         if max(diffs) > worst:
             worst, worst_url = max(diffs), url

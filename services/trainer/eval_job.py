@@ -40,9 +40,15 @@ class EvalResult:
     """The scored `Group` protos, in data-set order."""
 
 
-def build_eval_tasks(rows, config: AgentRLConfig, tokenizer: Any, k: int, *,
-                     sampling: dict[str, Any] | None = None,
-                     limits: dict[str, Any] | None = None) -> list:
+def build_eval_tasks(
+    rows,
+    config: AgentRLConfig,
+    tokenizer: Any,
+    k: int,
+    *,
+    sampling: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+) -> list:
     """One RolloutTask per row, k samples each; keys `eval:<row index>:<prompt id>`.
     `sampling` / `limits`: task_pb2.SamplingParams / EpisodeLimits fields set on every task
     (`make_task` leaves them 0, i.e. the rollout defaults; note max_tool_calls 0 allows no
@@ -53,8 +59,9 @@ def build_eval_tasks(rows, config: AgentRLConfig, tokenizer: Any, k: int, *,
         raise ValueError(f"k must be >= 1 (samples per prompt), got {k}")
     tasks = []
     for index, row in enumerate(rows):
-        task = make_task(row, config, tokenizer, f"eval:{index}:{row.prompt_id}",
-                         EVAL_POLICY_VERSION)
+        task = make_task(
+            row, config, tokenizer, f"eval:{index}:{row.prompt_id}", EVAL_POLICY_VERSION
+        )
         task.num_samples = k
         try:
             task.sampling.MergeFrom(task_pb2.SamplingParams(**(sampling or {})))
@@ -72,18 +79,26 @@ def group_summary(group) -> dict[str, Any]:
     from agentrl.proto.core.v1 import group_pb2
     from agentrl.trainer.evaluation import num_tool_errors
 
-    return {"prompt_id": group.task.prompt_id, "task_type": group.task.task_type,
-            "num_correct": sum(1 for s in group.samples if is_correct(s)),
-            "samples": [{"verdict": group_pb2.Verdict.Name(s.result.verdict),
-                         "reward": s.result.reward,
-                         "num_tool_calls": s.trajectory.num_tool_calls,
-                         "num_tool_errors": num_tool_errors(s.trajectory),
-                         "response_length_tokens": response_length_tokens(s.trajectory)}
-                        for s in group.samples]}
+    return {
+        "prompt_id": group.task.prompt_id,
+        "task_type": group.task.task_type,
+        "num_correct": sum(1 for s in group.samples if is_correct(s)),
+        "samples": [
+            {
+                "verdict": group_pb2.Verdict.Name(s.result.verdict),
+                "reward": s.result.reward,
+                "num_tool_calls": s.trajectory.num_tool_calls,
+                "num_tool_errors": num_tool_errors(s.trajectory),
+                "response_length_tokens": response_length_tokens(s.trajectory),
+            }
+            for s in group.samples
+        ],
+    }
 
 
-async def sample_groups(config: AgentRLConfig, tasks: list, tokenizer: Any,
-                        extra_sampling: dict[str, Any] | None = None) -> list:
+async def sample_groups(
+    config: AgentRLConfig, tasks: list, tokenizer: Any, extra_sampling: dict[str, Any] | None = None
+) -> list:
     """Run every task through GroupSampler against the configured stack; groups in task order."""
     from agentrl.common import grpc_client
     from agentrl.common.agent.group import GroupSampler
@@ -103,12 +118,18 @@ async def sample_groups(config: AgentRLConfig, tasks: list, tokenizer: Any,
     await pool.start()
     search_channel = grpc_client.create_channel(config.search.target())
     try:
-        with SandboxClient(config.sandbox.target()) as sandbox, \
-                RewardClient(config.reward.target()) as reward:
+        with (
+            SandboxClient(config.sandbox.target()) as sandbox,
+            RewardClient(config.reward.target()) as reward,
+        ):
             tools = ToolBox.for_agents(sandbox, search_channel, settings.tool_timeout_s)
-            sampler = GroupSampler(AgentLoop(pool, tokenizer, tools), reward,
-                                   worker_id=EVAL_WORKER_ID, default_format=settings.tool_format,
-                                   extra_sampling=extra_sampling)
+            sampler = GroupSampler(
+                AgentLoop(pool, tokenizer, tools),
+                reward,
+                worker_id=EVAL_WORKER_ID,
+                default_format=settings.tool_format,
+                extra_sampling=extra_sampling,
+            )
 
             async def one(task):
                 async with slots:
@@ -120,11 +141,18 @@ async def sample_groups(config: AgentRLConfig, tasks: list, tokenizer: Any,
         await pool.close()
 
 
-def run_eval(config: AgentRLConfig, data_path: str | Path, k: int,
-             out_json: str | Path | None = None, *, tokenizer: Any = None,
-             extra_sampling: dict[str, Any] | None = None,
-             sampling: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
-             include_groups: bool = True) -> EvalResult:
+def run_eval(
+    config: AgentRLConfig,
+    data_path: str | Path,
+    k: int,
+    out_json: str | Path | None = None,
+    *,
+    tokenizer: Any = None,
+    extra_sampling: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    include_groups: bool = True,
+) -> EvalResult:
     """Evaluate `data_path` with k samples per prompt; write the report to `out_json` (when
     given) and return it with the groups. Report: evaluation.evaluate_groups' dict plus
     `data_path`, `num_prompts` and, with `include_groups`, per-prompt records under `groups`. `tokenizer`: default the
@@ -137,13 +165,14 @@ def run_eval(config: AgentRLConfig, data_path: str | Path, k: int,
 
         model_path = config.served_model_path()
         if model_path is None:
-            raise ValueError("evaluation needs the served checkpoint's tokenizer: set "
-                             "inference.server.model_path or model.path")
+            raise ValueError(
+                "evaluation needs the served checkpoint's tokenizer: set "
+                "inference.server.model_path or model.path"
+            )
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     tasks = build_eval_tasks(rows, config, tokenizer, k, sampling=sampling, limits=limits)
     groups = asyncio.run(sample_groups(config, tasks, tokenizer, extra_sampling))
-    report = {"data_path": str(data_path), "num_prompts": len(rows),
-              **evaluate_groups(groups, k)}
+    report = {"data_path": str(data_path), "num_prompts": len(rows), **evaluate_groups(groups, k)}
     if include_groups:
         report["groups"] = [group_summary(g) for g in groups]
     if out_json is not None:

@@ -38,8 +38,9 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     if not 0 <= num_correct <= num_samples:
         raise ValueError(f"correct count must be in [0, n={num_samples}], got c={num_correct}")
     if not 1 <= k <= num_samples:
-        raise ValueError(f"k must be in [1, n={num_samples}], got k={k}: sample at least k "
-                         "responses per prompt")
+        raise ValueError(
+            f"k must be in [1, n={num_samples}], got k={k}: sample at least k responses per prompt"
+        )
     if num_samples - num_correct < k:
         return 1.0  # every k-subset holds a correct sample
     return 1.0 - math.comb(num_samples - num_correct, k) / math.comb(num_samples, k)
@@ -56,8 +57,11 @@ def num_tool_errors(trajectory: trajectory_pb2.Trajectory) -> int:
     """Tool calls that ran and failed (unknown tool, parse error, timeout, service down); a call
     past the episode's budget never runs and is not one. A handful is the model's doing, a run
     of them a broken tool."""
-    return sum(1 for turn in trajectory.turns if turn.HasField("tool_call")
-               and turn.tool_call.status not in NOT_RUN_OR_OK)
+    return sum(
+        1
+        for turn in trajectory.turns
+        if turn.HasField("tool_call") and turn.tool_call.status not in NOT_RUN_OR_OK
+    )
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -106,9 +110,11 @@ def evaluate_groups(groups: Iterable[group_pb2.Group], k: int) -> dict[str, Any]
     by_type: dict[str, list[group_pb2.Group]] = {}
     for group in groups:
         by_type.setdefault(group.task.task_type or "unknown", []).append(group)
-    return {"k": k,
-            "by_task_type": {name: summarize(by_type[name], k) for name in sorted(by_type)},
-            OVERALL: summarize(groups, k)}
+    return {
+        "k": k,
+        "by_task_type": {name: summarize(by_type[name], k) for name in sorted(by_type)},
+        OVERALL: summarize(groups, k),
+    }
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -122,14 +128,30 @@ def report_table(report: dict[str, Any]):
     from rich.table import Table
 
     k = report["k"]
-    table = Table("task type", "prompts", "samples", "correct", f"avg@{k}", f"pass@{k}",
-                  "tool calls / solved", "response tokens", "reward",
-                  title=f"Evaluation (k={k})")
+    table = Table(
+        "task type",
+        "prompts",
+        "samples",
+        "correct",
+        f"avg@{k}",
+        f"pass@{k}",
+        "tool calls / solved",
+        "response tokens",
+        "reward",
+        title=f"Evaluation (k={k})",
+    )
     rows = [*report["by_task_type"].items(), (OVERALL, report[OVERALL])]
     for index, (name, m) in enumerate(rows):
-        table.add_row(name, _fmt(m["num_prompts"]), _fmt(m["num_samples"]),
-                      _fmt(m["num_correct"]), _fmt(m["avg_at_k"]), _fmt(m["pass_at_k"]),
-                      _fmt(m["tool_calls_per_solved"], 2),
-                      _fmt(m["mean_response_length_tokens"], 1), _fmt(m["mean_reward"]),
-                      end_section=index == len(rows) - 2)
+        table.add_row(
+            name,
+            _fmt(m["num_prompts"]),
+            _fmt(m["num_samples"]),
+            _fmt(m["num_correct"]),
+            _fmt(m["avg_at_k"]),
+            _fmt(m["pass_at_k"]),
+            _fmt(m["tool_calls_per_solved"], 2),
+            _fmt(m["mean_response_length_tokens"], 1),
+            _fmt(m["mean_reward"]),
+            end_section=index == len(rows) - 2,
+        )
     return table

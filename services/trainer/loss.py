@@ -66,9 +66,11 @@ class GlobalTokenCounts:
         return cls(int(mask.sum()), int(live.numel()), int((seq_index >= 0).sum()))
 
     def __add__(self, other: GlobalTokenCounts) -> GlobalTokenCounts:
-        return GlobalTokenCounts(self.num_loss_tokens + other.num_loss_tokens,
-                                 self.num_sequences + other.num_sequences,
-                                 self.num_tokens + other.num_tokens)
+        return GlobalTokenCounts(
+            self.num_loss_tokens + other.num_loss_tokens,
+            self.num_sequences + other.num_sequences,
+            self.num_tokens + other.num_tokens,
+        )
 
 
 def kl_estimates(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -102,7 +104,8 @@ def aggregate(
         per_seq = seq_sum
     elif mode == "seq-mean-token-mean":
         seq_tokens = masked.new_zeros(num_local_seqs).index_add(
-            0, index, loss_mask.flatten().to(masked.dtype))
+            0, index, loss_mask.flatten().to(masked.dtype)
+        )
         per_seq = seq_sum / seq_tokens.clamp(min=1)
     elif mode == "seq-mean-token-sum-norm":
         if not norm_length_tokens:
@@ -120,7 +123,8 @@ def _sequence_log_ratio(log_ratio, logprobs, loss_mask, seq_index) -> torch.Tens
     masked = torch.where(loss_mask, log_ratio, torch.zeros_like(log_ratio)).flatten()
     seq_sum = masked.new_zeros(num_local_seqs).index_add(0, index, masked.detach())
     seq_tokens = masked.new_zeros(num_local_seqs).index_add(
-        0, index, loss_mask.flatten().to(masked.dtype))
+        0, index, loss_mask.flatten().to(masked.dtype)
+    )
     seq_mean = (seq_sum / seq_tokens.clamp(min=1))[index].view_as(log_ratio)
     return seq_mean + logprobs - logprobs.detach()
 
@@ -146,11 +150,20 @@ def policy_loss(
     token in this micro-batch, -1 on padding). `counts=None` means this micro-batch is the
     whole global batch.
     """
-    shapes = {name: tuple(t.shape) for name, t in [
-        ("logprobs", logprobs), ("old_logprobs", old_logprobs), ("advantages", advantages),
-        ("loss_mask", loss_mask), ("seq_index", seq_index), ("entropy", entropy),
-        ("behaviour_logprobs", behaviour_logprobs), ("ref_logprobs", ref_logprobs)]
-        if t is not None}
+    shapes = {
+        name: tuple(t.shape)
+        for name, t in [
+            ("logprobs", logprobs),
+            ("old_logprobs", old_logprobs),
+            ("advantages", advantages),
+            ("loss_mask", loss_mask),
+            ("seq_index", seq_index),
+            ("entropy", entropy),
+            ("behaviour_logprobs", behaviour_logprobs),
+            ("ref_logprobs", ref_logprobs),
+        ]
+        if t is not None
+    }
     if len(set(shapes.values())) != 1:
         raise ValueError(f"all per-token tensors need one shape, got {shapes}")
     if config.decoupled_ppo and behaviour_logprobs is None:
@@ -163,8 +176,9 @@ def policy_loss(
     zeros = torch.zeros_like(logprobs)
 
     def agg(values: torch.Tensor) -> torch.Tensor:
-        return aggregate(values, mask, seq_index, config.loss_agg, counts,
-                         config.loss_agg_norm_length_tokens)
+        return aggregate(
+            values, mask, seq_index, config.loss_agg, counts, config.loss_agg_norm_length_tokens
+        )
 
     def token_share(values: torch.Tensor) -> torch.Tensor:
         """This micro-batch's share of the global mean over loss tokens (a metric)."""
@@ -219,17 +233,19 @@ def policy_loss(
     # approx KL(π_old || π_θ) with k3 on the ratio actually used (sequence ratio under GSPO).
     approx_kl = ratio - 1 - log_ratio
     num_tokens = max(counts.num_tokens, 1)
-    metrics.update({
-        "loss": loss.detach(),
-        "pg_loss": pg_loss.detach(),
-        "entropy": token_share(entropy),
-        "approx_kl": token_share(approx_kl),
-        "clip_frac_low": token_share(clipped_low.to(ratio.dtype)),
-        "clip_frac_high": token_share(clipped_high.to(ratio.dtype)),
-        "dual_clip_frac": token_share(dual_clipped.to(ratio.dtype)),
-        "masked_token_ratio": ((seq_index >= 0) & ~mask).sum() / num_tokens,
-        "behaviour_cap_hits": cap_hits,
-    })
+    metrics.update(
+        {
+            "loss": loss.detach(),
+            "pg_loss": pg_loss.detach(),
+            "entropy": token_share(entropy),
+            "approx_kl": token_share(approx_kl),
+            "clip_frac_low": token_share(clipped_low.to(ratio.dtype)),
+            "clip_frac_high": token_share(clipped_high.to(ratio.dtype)),
+            "dual_clip_frac": token_share(dual_clipped.to(ratio.dtype)),
+            "masked_token_ratio": ((seq_index >= 0) & ~mask).sum() / num_tokens,
+            "behaviour_cap_hits": cap_hits,
+        }
+    )
     return loss, metrics
 
 
@@ -243,9 +259,17 @@ def policy_loss_fn(config: AlgorithmConfig, counts: GlobalTokenCounts):
 
     def loss_fn(logprobs: torch.Tensor, entropy: torch.Tensor, micro_batch):
         fields = micro_batch.per_token
-        return policy_loss(logprobs, fields["old_logprobs"], fields["advantages"],
-                           fields["loss_mask"].bool(), micro_batch.seq_index, entropy, config,
-                           counts, behaviour_logprobs=fields.get("behaviour_logprobs"),
-                           ref_logprobs=fields.get("ref_logprobs"))
+        return policy_loss(
+            logprobs,
+            fields["old_logprobs"],
+            fields["advantages"],
+            fields["loss_mask"].bool(),
+            micro_batch.seq_index,
+            entropy,
+            config,
+            counts,
+            behaviour_logprobs=fields.get("behaviour_logprobs"),
+            ref_logprobs=fields.get("ref_logprobs"),
+        )
 
     return loss_fn

@@ -18,11 +18,13 @@ log = get_logger(__name__)
 
 def step_line(record: dict[str, Any]) -> str:
     """One step as a console/log line: outcome, learning health, where the time went."""
-    line = (f"step {record['step']:>4}  reward {record['reward_mean']:+.3f}  "
-            f"acc {record['accuracy']:.3f}  tools/ep {record.get('tool_calls_mean', 0.0):.2f}  "
-            f"kept {record['kept_group_ratio']:.2f}  entropy {record.get('entropy') or 0.0:.3f}  "
-            f"grad {record['grad_norm'] or 0.0:.3f}  | wait {record['time_waiting_s']:.1f}s  "
-            f"train {record['time_training_s']:.1f}s  sync {record['time_weight_sync_s']:.2f}s")
+    line = (
+        f"step {record['step']:>4}  reward {record['reward_mean']:+.3f}  "
+        f"acc {record['accuracy']:.3f}  tools/ep {record.get('tool_calls_mean', 0.0):.2f}  "
+        f"kept {record['kept_group_ratio']:.2f}  entropy {record.get('entropy') or 0.0:.3f}  "
+        f"grad {record['grad_norm'] or 0.0:.3f}  | wait {record['time_waiting_s']:.1f}s  "
+        f"train {record['time_training_s']:.1f}s  sync {record['time_weight_sync_s']:.2f}s"
+    )
     if record.get("logprob_drift_alarm"):
         line += f"  | WARNING log-prob drift {record['logprob_drift_max']:.1e} after sync"
     if "eval_avg_at_k" in record:
@@ -51,8 +53,14 @@ def train_with_display(config: AgentRLConfig, max_steps: int | None, console: An
     with process_group(config.trainer):
         if env_rank() != 0:  # one display per run: rank 0's
             return run_training(config, max_steps)
-        with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        with Progress(
+            TextColumn("[bold]training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
             bar = progress.add_task("steps", total=total)
 
             def show(record: dict) -> None:
@@ -70,5 +78,9 @@ def main(config: AgentRLConfig) -> None:
     with process_group(config.trainer):
         result = run_training(config, on_step=lambda record: log.info("%s", step_line(record)))
     if env_rank() == 0:
-        log.info("training done: %d steps, policy version %d, run directory %s", result.steps,
-                 result.policy_version, result.run_dir)
+        log.info(
+            "training done: %d steps, policy version %d, run directory %s",
+            result.steps,
+            result.policy_version,
+            result.run_dir,
+        )

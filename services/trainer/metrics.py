@@ -36,27 +36,43 @@ def _finite_or_none(value: Any) -> Any:
 class StepMetricsWriter:
     """Appends step records to `<run_dir>/metrics.jsonl` and mirrors them as gauges."""
 
-    def __init__(self, run_dir: str | Path, registry: CollectorRegistry | None = None,
-                 filename: str = METRICS_FILE) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        registry: CollectorRegistry | None = None,
+        filename: str = METRICS_FILE,
+    ) -> None:
         self.path = Path(run_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torn = self.path.exists() and self.path.stat().st_size > 0 and \
-            not self.path.read_bytes().endswith(b"\n")
+        torn = (
+            self.path.exists()
+            and self.path.stat().st_size > 0
+            and not self.path.read_bytes().endswith(b"\n")
+        )
         self._file = self.path.open("a")  # append: a resumed run continues the same file
         if torn:  # a kill mid-write left half a line: start on a fresh one
             self._file.write("\n")
-        self._step = metrics.gauge("trainer", "step", "index", "Latest optimizer step written",
-                           registry=registry)
-        self._values = metrics.gauge("trainer", "step_metric", "value",
-                             "Each metric of the latest optimizer step", ("metric",),
-                             registry=registry)
+        self._step = metrics.gauge(
+            "trainer", "step", "index", "Latest optimizer step written", registry=registry
+        )
+        self._values = metrics.gauge(
+            "trainer",
+            "step_metric",
+            "value",
+            "Each metric of the latest optimizer step",
+            ("metric",),
+            registry=registry,
+        )
 
     def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Record `metrics` of `step`; numbers become gauges, every value goes to the file."""
         if "step" in metrics or "time_unix_s" in metrics:
             raise ValueError("metrics may not be named 'step' or 'time_unix_s' (reserved)")
-        record = {"step": step, "time_unix_s": time.time(),
-                  **{k: _finite_or_none(v) for k, v in metrics.items()}}
+        record = {
+            "step": step,
+            "time_unix_s": time.time(),
+            **{k: _finite_or_none(v) for k, v in metrics.items()},
+        }
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         self._step.set(step)

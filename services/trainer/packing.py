@@ -64,8 +64,10 @@ def first_fit_decreasing(lengths: Sequence[int], token_budget: int) -> list[list
         raise ValueError(f"token_budget must be > 0, got {token_budget}")
     too_long = [i for i, n in enumerate(lengths) if n > token_budget]
     if too_long:
-        raise ValueError(f"sequences {too_long[:5]} are longer than token_budget={token_budget} "
-                         f"(longest {max(lengths)}); raise the budget to at least that")
+        raise ValueError(
+            f"sequences {too_long[:5]} are longer than token_budget={token_budget} "
+            f"(longest {max(lengths)}); raise the budget to at least that"
+        )
     bins: list[list[int]] = []
     room: list[int] = []
     for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
@@ -100,16 +102,21 @@ def pack_micro_batches(
         cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
         seq_index = torch.repeat_interleave(torch.arange(len(members)), lengths)
         position_ids = torch.arange(int(lengths.sum())) - cu_seqlens[:-1].long()[seq_index]
-        micro_batches.append(MicroBatch(
-            input_ids=torch.tensor([t for i in members for t in token_ids[i]])[None],
-            position_ids=position_ids[None],
-            seq_index=seq_index[None],
-            sample_indices=list(members),
-            per_token={name: torch.tensor([v for i in members for v in values[i]],
-                                          dtype=torch.float32)[None]
-                       for name, values in per_token.items()},
-            cu_seqlens=cu_seqlens,
-        ))
+        micro_batches.append(
+            MicroBatch(
+                input_ids=torch.tensor([t for i in members for t in token_ids[i]])[None],
+                position_ids=position_ids[None],
+                seq_index=seq_index[None],
+                sample_indices=list(members),
+                per_token={
+                    name: torch.tensor(
+                        [v for i in members for v in values[i]], dtype=torch.float32
+                    )[None]
+                    for name, values in per_token.items()
+                },
+                cu_seqlens=cu_seqlens,
+            )
+        )
     return micro_batches
 
 
@@ -136,14 +143,16 @@ def pad_micro_batches(
             for name, values in per_token.items():
                 fields[name][row, :n] = torch.tensor(values[i], dtype=torch.float32)
         rows = torch.arange(len(members))[:, None].expand(-1, width)
-        micro_batches.append(MicroBatch(
-            input_ids=input_ids,
-            position_ids=torch.arange(width)[None].expand(len(members), -1),
-            seq_index=torch.where(real, rows, -1),
-            sample_indices=members,
-            per_token=fields,
-            attention_mask=real.long(),
-        ))
+        micro_batches.append(
+            MicroBatch(
+                input_ids=input_ids,
+                position_ids=torch.arange(width)[None].expand(len(members), -1),
+                seq_index=torch.where(real, rows, -1),
+                sample_indices=members,
+                per_token=fields,
+                attention_mask=real.long(),
+            )
+        )
     return micro_batches
 
 
@@ -185,8 +194,9 @@ def token_logprobs_and_entropy(
             raise ValueError(f"attention must be 'mask_4d' or 'position_ids', got {attention!r}")
     else:
         mask = micro_batch.attention_mask.to(device)
-    logits = model(input_ids=input_ids, position_ids=position_ids,
-                   attention_mask=mask, use_cache=False).logits
+    logits = model(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False
+    ).logits
     # The logit at t predicts token t + 1: shift so index t holds log π(token_t | < t).
     log_probs = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
     token_logprobs = log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)

@@ -35,8 +35,9 @@ MAX_SYNC_ATTEMPTS = 3
 
 
 class PoolWeights:
-    def __init__(self, transport: WeightTransport, pool: InferencePool, *,
-                 main: bool = True) -> None:
+    def __init__(
+        self, transport: WeightTransport, pool: InferencePool, *, main: bool = True
+    ) -> None:
         self.transport, self.pool, self.main = transport, pool, main
         self.num_ejected = 0
         """Servers ejected after failing a sync (run total)."""
@@ -50,8 +51,11 @@ class PoolWeights:
                 return await self.transport.sync(version, urls)
             except WeightSyncError as exc:
                 failed = exc.url
-                if (not self.main or failed not in self.pool.servers
-                        or attempt == MAX_SYNC_ATTEMPTS - 1):
+                if (
+                    not self.main
+                    or failed not in self.pool.servers
+                    or attempt == MAX_SYNC_ATTEMPTS - 1
+                ):
                     raise
                 self.pool.eject(failed, f"weight sync of version {version} failed: {exc}")
                 self.num_ejected += 1
@@ -61,9 +65,14 @@ class PoolWeights:
                         f"no server left to serve version {version}: {exc}. Check the vLLM "
                         f"pool at {list(self.pool.servers)} (inference.urls): start it with "
                         "`agentrl up -r RECIPE`, or point inference.urls at running servers",
-                        failed, exc.phase) from exc
-                log.warning("weight sync: %s failed in %s; syncing the other servers again",
-                            failed, exc.phase)
+                        failed,
+                        exc.phase,
+                    ) from exc
+                log.warning(
+                    "weight sync: %s failed in %s; syncing the other servers again",
+                    failed,
+                    exc.phase,
+                )
         raise AssertionError("unreachable: the last attempt raises")
 
     async def catch_up(self, version: int) -> list[str]:
@@ -72,8 +81,9 @@ class PoolWeights:
             return []
         await self.pool.check_health()
         urls = [url for url, server in self.pool.servers.items() if server.healthy]
-        replies = await asyncio.gather(*(control.weight_versions(self.pool, [url])
-                                         for url in urls), return_exceptions=True)
+        replies = await asyncio.gather(
+            *(control.weight_versions(self.pool, [url]) for url in urls), return_exceptions=True
+        )
         behind = []
         for url, reply in zip(urls, replies, strict=True):
             if isinstance(reply, BaseException):
@@ -81,8 +91,7 @@ class PoolWeights:
             elif reply[url] != version:
                 behind.append(url)
         if behind:
-            log.warning("servers %s serve another version than %d: syncing them", behind,
-                        version)
+            log.warning("servers %s serve another version than %d: syncing them", behind, version)
             await self.push(version, behind)
             self.num_caught_up += len(behind)
         return behind

@@ -52,8 +52,11 @@ def render_observation(output: str, tool_format: str = "code_tags") -> str:
     return get_format(tool_format).render_observation(output)
 
 
-def render_prompt(messages: Sequence[dict[str, str]], tokenizer: Any,
-                  prompt_format: Literal["chat_template", "plain"] = "chat_template") -> str:
+def render_prompt(
+    messages: Sequence[dict[str, str]],
+    tokenizer: Any,
+    prompt_format: Literal["chat_template", "plain"] = "chat_template",
+) -> str:
     """System/user messages as prompt text (the RL driver renders data-set prompts the same way).
 
     `chat_template`: the tokenizer's template with an open assistant turn (generation prompt);
@@ -65,16 +68,21 @@ def render_prompt(messages: Sequence[dict[str, str]], tokenizer: Any,
     if prompt_format == "chat_template":
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; set sft.prompt_format: plain")
-        return tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
     if prompt_format == "plain":
         return "".join(m["content"] + "\n" for m in messages)
     raise ValueError(f"unknown prompt_format {prompt_format!r}; use chat_template or plain")
 
 
-def episode_segments(messages: Sequence[dict[str, Any]], tokenizer: Any, tool_format: str,
-                     prompt_format: Literal["chat_template", "plain"] = "chat_template",
-                     where: str = "trajectory") -> list[Segment]:
+def episode_segments(
+    messages: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    tool_format: str,
+    prompt_format: Literal["chat_template", "plain"] = "chat_template",
+    where: str = "trajectory",
+) -> list[Segment]:
     """Segments of a chat trajectory: leading system/user messages, then assistant and tool
     messages only, ending with an assistant message. ValueError names `where` and the message."""
     if not messages:
@@ -83,8 +91,10 @@ def episode_segments(messages: Sequence[dict[str, Any]], tokenizer: Any, tool_fo
     while split < len(messages) and messages[split].get("role") in PROMPT_ROLES:
         split += 1
     if split == 0:
-        raise ValueError(f"{where}: starts with {messages[0].get('role')!r}; the first message "
-                         "must be system or user")
+        raise ValueError(
+            f"{where}: starts with {messages[0].get('role')!r}; the first message "
+            "must be system or user"
+        )
     segments = [Segment("prompt", render_prompt(messages[:split], tokenizer, prompt_format))]
     for index in range(split, len(messages)):
         message = messages[index]
@@ -95,23 +105,30 @@ def episode_segments(messages: Sequence[dict[str, Any]], tokenizer: Any, tool_fo
             segments.append(Segment("assistant", content))
         elif role == "tool":
             if segments[-1].role != "assistant":
-                raise ValueError(f"{where}: message {index} (tool) must follow an assistant "
-                                 "message that made the call")
+                raise ValueError(
+                    f"{where}: message {index} (tool) must follow an assistant "
+                    "message that made the call"
+                )
             open_tag = get_format(tool_format).observation_open
             if content.lstrip().startswith(open_tag):
-                raise ValueError(f"{where}: message {index} (tool) is already wrapped in "
-                                 f"{open_tag}; store the raw tool result, the trainer wraps it")
+                raise ValueError(
+                    f"{where}: message {index} (tool) is already wrapped in "
+                    f"{open_tag}; store the raw tool result, the trainer wraps it"
+                )
             segments.append(Segment("observation", render_observation(content, tool_format)))
         else:
-            raise ValueError(f"{where}: message {index} has role {role!r}; after the prompt "
-                             "only assistant and tool messages may follow")
+            raise ValueError(
+                f"{where}: message {index} has role {role!r}; after the prompt "
+                "only assistant and tool messages may follow"
+            )
     if segments[-1].role != "assistant":
         raise ValueError(f"{where}: the last message must be the assistant's final answer")
     return segments
 
 
-def tokenize_segments(segments: Sequence[Segment], tokenizer: Any,
-                      append_eos: bool = True) -> tuple[list[int], list[int]]:
+def tokenize_segments(
+    segments: Sequence[Segment], tokenizer: Any, append_eos: bool = True
+) -> tuple[list[int], list[int]]:
     """(token ids, loss mask): each segment tokenised alone; EOS after the last, trained on."""
     token_ids: list[int] = []
     loss_mask: list[int] = []

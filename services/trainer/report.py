@@ -43,16 +43,23 @@ SAMPLES_FILE, CONFIG_FILE = "samples.jsonl", "config.json"
 NUM_LATEST_SAMPLES = 3
 # Summary "start" / "end": the mean over this share of the first / last steps (at least one).
 SUMMARY_WINDOW_FRACTION = 0.1
-SUMMARY_METRICS = (("reward_mean", "reward", 3), ("accuracy", "accuracy", 3),
-                   ("tool_calls_mean", "tool calls / episode", 2), ("entropy", "entropy", 3),
-                   ("response_length_mean", "response tokens", 1),
-                   ("time_step_s", "step time (s)", 2))
+SUMMARY_METRICS = (
+    ("reward_mean", "reward", 3),
+    ("accuracy", "accuracy", 3),
+    ("tool_calls_mean", "tool calls / episode", 2),
+    ("entropy", "entropy", 3),
+    ("response_length_mean", "response tokens", 1),
+    ("time_step_s", "step time (s)", 2),
+)
 # Evaluation columns: (metric, header, digits); "{k}" becomes the report's k.
-EVAL_COLUMNS = (("avg_at_k", "avg@{k}", 3), ("pass_at_k", "pass@{k}", 3),
-                ("tool_calls_per_episode", "tool calls / episode", 2),
-                ("tool_calls_per_solved", "tool calls / solved", 2),
-                ("mean_response_length_tokens", "response tokens", 1),
-                ("mean_reward", "reward", 3))
+EVAL_COLUMNS = (
+    ("avg_at_k", "avg@{k}", 3),
+    ("pass_at_k", "pass@{k}", 3),
+    ("tool_calls_per_episode", "tool calls / episode", 2),
+    ("tool_calls_per_solved", "tool calls / solved", 2),
+    ("mean_response_length_tokens", "response tokens", 1),
+    ("mean_reward", "reward", 3),
+)
 
 
 class ReportInputError(ValueError):
@@ -87,8 +94,9 @@ def read_jsonl(path: Path, fix: str) -> tuple[list[dict[str, Any]], int]:
             if line.startswith('{"step": '):
                 num_torn += 1
                 continue
-            raise ReportInputError(f"{path}, line {number} is not JSON ({exc.msg}); {fix}") \
-                from None
+            raise ReportInputError(
+                f"{path}, line {number} is not JSON ({exc.msg}); {fix}"
+            ) from None
         if not isinstance(record, dict):
             raise ReportInputError(f"{path}, line {number} is not a JSON object; {fix}")
         records.append(record)
@@ -100,24 +108,32 @@ def load_step_records(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     counts) and notes on what was skipped."""
     if not run_dir.is_dir():
         problem = "is not a directory" if run_dir.exists() else "does not exist"
-        raise ReportInputError(f"run directory {run_dir} {problem}: pass the directory a "
-                               f"training run wrote (run.output_dir, the one with {METRICS_FILE})")
+        raise ReportInputError(
+            f"run directory {run_dir} {problem}: pass the directory a "
+            f"training run wrote (run.output_dir, the one with {METRICS_FILE})"
+        )
     path = run_dir / METRICS_FILE
     if not path.is_file():
-        raise ReportInputError(f"{path} is missing: {run_dir} is not a training run directory "
-                               "(pass the run.output_dir of a run that finished a step)")
+        raise ReportInputError(
+            f"{path} is missing: {run_dir} is not a training run directory "
+            "(pass the run.output_dir of a run that finished a step)"
+        )
     fix = "fix or delete that line (each line is one step's record)"
     records, num_torn = read_jsonl(path, fix)
     by_step: dict[int, dict[str, Any]] = {}
     for record in records:
         if not isinstance(record.get("step"), int):
-            raise ReportInputError(f"{path}: a record has no integer 'step': {str(record)[:80]}; "
-                                   f"{fix}")
+            raise ReportInputError(
+                f"{path}: a record has no integer 'step': {str(record)[:80]}; {fix}"
+            )
         by_step[record["step"]] = record
     if not by_step:
         raise ReportInputError(f"{path} has no step records: run at least one training step")
-    notes = [f"{num_torn} torn record(s) in {METRICS_FILE} (a run killed mid-write) skipped."] \
-        if num_torn else []
+    notes = (
+        [f"{num_torn} torn record(s) in {METRICS_FILE} (a run killed mid-write) skipped."]
+        if num_torn
+        else []
+    )
     return [by_step[step] for step in sorted(by_step)], notes
 
 
@@ -146,12 +162,16 @@ def summary_blocks(run_dir: Path, records: list[dict[str, Any]]) -> list:
         values = [v for v in (number(r.get(key)) for r in records) if v is not None]
         if values:
             start, end = _mean(values[:window]), _mean(values[-window:])
-            rows.append([label, fmt(start, digits), fmt(end, digits),
-                         f"{end - start:+.{digits}f}"])
-    return [Heading("Summary"),
-            Note(f"{run_dir}: {len(records)} optimizer steps ({steps[0]}–{steps[-1]}){span}. "
-                 f"Start / end: mean over the first / last {window} step(s).", kind="info"),
-            Table(["metric", "start", "end", "change"], rows)]
+            rows.append([label, fmt(start, digits), fmt(end, digits), f"{end - start:+.{digits}f}"])
+    return [
+        Heading("Summary"),
+        Note(
+            f"{run_dir}: {len(records)} optimizer steps ({steps[0]}–{steps[-1]}){span}. "
+            f"Start / end: mean over the first / last {window} step(s).",
+            kind="info",
+        ),
+        Table(["metric", "start", "end", "change"], rows),
+    ]
 
 
 def with_tool_calls_per_episode(report: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +181,8 @@ def with_tool_calls_per_episode(report: dict[str, Any]) -> dict[str, Any]:
     for group in report.get("groups") or []:
         calls = [number(s.get("num_tool_calls")) for s in group.get("samples", [])]
         by_type.setdefault(group.get("task_type") or "unknown", []).extend(
-            c for c in calls if c is not None)
+            c for c in calls if c is not None
+        )
     by_type_metrics = {name: dict(m) for name, m in (report.get("by_task_type") or {}).items()}
     overall = dict(report.get("overall") or {})
     for name, metrics in by_type_metrics.items():
@@ -178,8 +199,13 @@ def eval_table(before: dict[str, Any] | None, after: dict[str, Any]) -> Table:
     rows = []
     for name in [*names, "overall"]:
         new = after.get("by_task_type", {}).get(name) if name != "overall" else after["overall"]
-        old = None if before is None else (before.get("by_task_type", {}).get(name)
-                                           if name != "overall" else before["overall"])
+        old = (
+            None
+            if before is None
+            else (
+                before.get("by_task_type", {}).get(name) if name != "overall" else before["overall"]
+            )
+        )
         row = [name, fmt(number((new or old or {}).get("num_prompts")), 0)]
         for key, _, digits in EVAL_COLUMNS:
             value = number((new or {}).get(key))
@@ -200,20 +226,30 @@ def eval_blocks(run_dir: Path) -> list:
         if path.is_file():
             report = _read_json(path, f"re-run `agentrl eval --out {path}` or delete it")
             if not isinstance(report, dict) or "overall" not in report:
-                raise ReportInputError(f"{path} is not an `agentrl eval` report (no 'overall'); "
-                                       "re-run `agentrl eval --out` or delete it")
+                raise ReportInputError(
+                    f"{path} is not an `agentrl eval` report (no 'overall'); "
+                    "re-run `agentrl eval --out` or delete it"
+                )
             reports[name] = with_tool_calls_per_episode(report)
     blocks: list = [Heading("Evaluation")]
     if not reports:
         return blocks + [Note(f"No evaluation: {', '.join(EVAL_FILES.values())} are missing.")]
-    blocks.append(Note("avg@k: the fraction of the k samples per prompt that are correct "
-                       "(accuracy); pass@k: the chance that one of k samples is correct.",
-                       kind="info"))
+    blocks.append(
+        Note(
+            "avg@k: the fraction of the k samples per prompt that are correct "
+            "(accuracy); pass@k: the chance that one of k samples is correct.",
+            kind="info",
+        )
+    )
     compared = "before" in reports and "after" in reports
     if compared:
-        blocks += [Heading(f"Before vs after training ({EVAL_FILES['before']} → "
-                           f"{EVAL_FILES['after']})", level=3),
-                   eval_table(reports["before"], reports["after"])]
+        blocks += [
+            Heading(
+                f"Before vs after training ({EVAL_FILES['before']} → {EVAL_FILES['after']})",
+                level=3,
+            ),
+            eval_table(reports["before"], reports["after"]),
+        ]
     elif "before" in reports or "after" in reports:
         missing = "after" if "before" in reports else "before"
         blocks.append(Note(f"No before/after comparison: {EVAL_FILES[missing]} is missing."))
@@ -241,8 +277,10 @@ def config_blocks(run_dir: Path) -> list:
     if not path.is_file():
         return [Heading("Run config"), Note(f"No run config: {CONFIG_FILE} is missing.")]
     config = _read_json(path, "re-write it or delete it to leave the section out")
-    return [Heading("Run config"),
-            Code(json.dumps(config, indent=2), language="json", summary=CONFIG_FILE)]
+    return [
+        Heading("Run config"),
+        Code(json.dumps(config, indent=2), language="json", summary=CONFIG_FILE),
+    ]
 
 
 def write_report(run_dir: str | Path) -> ReportPaths:
@@ -252,8 +290,12 @@ def write_report(run_dir: str | Path) -> ReportPaths:
     run_dir = Path(run_dir)
     records, notes = load_step_records(run_dir)
     # Every input is read (and checked) before anything is written.
-    sections = [summary_blocks(run_dir, records), eval_blocks(run_dir), sample_blocks(run_dir),
-                config_blocks(run_dir)]
+    sections = [
+        summary_blocks(run_dir, records),
+        eval_blocks(run_dir),
+        sample_blocks(run_dir),
+        config_blocks(run_dir),
+    ]
     out_dir = run_dir / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.png"):  # a plot whose metric is gone must not linger
@@ -264,8 +306,12 @@ def write_report(run_dir: str | Path) -> ReportPaths:
         if spec.filename in plotted:
             curves.append(Image(plotted[spec.filename], spec.title))
         else:
-            curves.append(Note(f"No {spec.title.lower()} plot: no record in {METRICS_FILE} has "
-                               f"{' or '.join(key for key, _ in spec.series)}."))
+            curves.append(
+                Note(
+                    f"No {spec.title.lower()} plot: no record in {METRICS_FILE} has "
+                    f"{' or '.join(key for key, _ in spec.series)}."
+                )
+            )
     blocks = [*sections[0], *curves, *sections[1], *sections[2], *sections[3]]
     title = f"Run report: {run_dir.resolve().name}"
     markdown = out_dir / "report.md"

@@ -30,6 +30,7 @@ MARKER_MAX_POINTS = 40
 # around a single step).
 LABEL_EVERY_STEP_MAX = 12
 
+
 @dataclass(frozen=True)
 class PlotSpec:
     filename: str
@@ -45,23 +46,61 @@ class PlotSpec:
 
 
 PLOTS = (
-    PlotSpec("reward.png", "Reward", "mean reward of the step's samples",
-             (("reward_mean", "reward"),)),
-    PlotSpec("accuracy.png", "Accuracy", "fraction of samples correct",
-             (("accuracy", "accuracy"),), unit_interval=True),
-    PlotSpec("tool_calls.png", "Tool calls per episode", "mean tool calls per episode",
-             (("tool_calls_mean", "tool calls"),), from_zero=True),
-    PlotSpec("entropy.png", "Policy entropy", "mean token entropy (nats)",
-             (("entropy", "entropy"),), from_zero=True),
-    PlotSpec("response_length.png", "Response length", "tokens per response",
-             (("response_length_mean", "mean of the step's responses"),
-              ("response_length_max", "longest response of the step")), from_zero=True),
-    PlotSpec("clip_fraction.png", "Clipped token fraction", "fraction of loss tokens clipped",
-             (("clip_frac_low", "low side (ratio < 1 − ε_low)"),
-              ("clip_frac_high", "high side (ratio > 1 + ε_high)")), from_zero=True),
-    PlotSpec("step_time.png", "Step time by part", "seconds per step",
-             (("time_waiting_s", "waiting for groups"), ("time_training_s", "training"),
-              ("time_weight_sync_s", "weight sync")), stacked=True),
+    PlotSpec(
+        "reward.png", "Reward", "mean reward of the step's samples", (("reward_mean", "reward"),)
+    ),
+    PlotSpec(
+        "accuracy.png",
+        "Accuracy",
+        "fraction of samples correct",
+        (("accuracy", "accuracy"),),
+        unit_interval=True,
+    ),
+    PlotSpec(
+        "tool_calls.png",
+        "Tool calls per episode",
+        "mean tool calls per episode",
+        (("tool_calls_mean", "tool calls"),),
+        from_zero=True,
+    ),
+    PlotSpec(
+        "entropy.png",
+        "Policy entropy",
+        "mean token entropy (nats)",
+        (("entropy", "entropy"),),
+        from_zero=True,
+    ),
+    PlotSpec(
+        "response_length.png",
+        "Response length",
+        "tokens per response",
+        (
+            ("response_length_mean", "mean of the step's responses"),
+            ("response_length_max", "longest response of the step"),
+        ),
+        from_zero=True,
+    ),
+    PlotSpec(
+        "clip_fraction.png",
+        "Clipped token fraction",
+        "fraction of loss tokens clipped",
+        (
+            ("clip_frac_low", "low side (ratio < 1 − ε_low)"),
+            ("clip_frac_high", "high side (ratio > 1 + ε_high)"),
+        ),
+        from_zero=True,
+    ),
+    PlotSpec(
+        "step_time.png",
+        "Step time by part",
+        "seconds per step",
+        (
+            ("time_waiting_s", "waiting for groups"),
+            ("time_training_s", "training"),
+            ("time_weight_sync_s", "weight sync"),
+        ),
+        stacked=True,
+    ),
 )
 
 
@@ -79,7 +118,7 @@ def moving_average(values: list[float], window: int) -> list[float]:
     """Trailing mean over the last `window` values, NaNs ignored (NaN where all are)."""
     out = []
     for index in range(len(values)):
-        recent = [v for v in values[max(0, index - window + 1):index + 1] if not math.isnan(v)]
+        recent = [v for v in values[max(0, index - window + 1) : index + 1] if not math.isnan(v)]
         out.append(sum(recent) / len(recent) if recent else math.nan)
     return out
 
@@ -101,8 +140,13 @@ def draw(spec: PlotSpec, steps: list[int], columns: dict[str, list[float]], path
             bottom = [b + v for b, v in zip(bottom, layer, strict=True)]
     elif spec.stacked:
         layers = [[0.0 if math.isnan(v) else v for v in columns[key]] for key, _ in present]
-        axes.stackplot(steps, *layers, labels=[label for _, label in present],
-                       colors=_colors()[:len(layers)], alpha=0.85)
+        axes.stackplot(
+            steps,
+            *layers,
+            labels=[label for _, label in present],
+            colors=_colors()[: len(layers)],
+            alpha=0.85,
+        )
         axes.set_ylim(bottom=0)
     else:
         marker = "o" if len(steps) <= MARKER_MAX_POINTS else None
@@ -110,18 +154,28 @@ def draw(spec: PlotSpec, steps: list[int], columns: dict[str, list[float]], path
             values = columns[key]
             if smoothed:
                 axes.plot(steps, values, color=color, alpha=0.3, linewidth=1)
-                axes.plot(steps, moving_average(values, window), color=color, linewidth=2,
-                          label=label)
+                axes.plot(
+                    steps, moving_average(values, window), color=color, linewidth=2, label=label
+                )
             else:
-                axes.plot(steps, values, color=color, linewidth=2, marker=marker, markersize=4,
-                          label=label)
+                axes.plot(
+                    steps,
+                    values,
+                    color=color,
+                    linewidth=2,
+                    marker=marker,
+                    markersize=4,
+                    label=label,
+                )
         if spec.unit_interval:
             axes.set_ylim(-0.02, 1.02)
         elif spec.from_zero:
             axes.set_ylim(bottom=0)
     axes.set_title(spec.title, fontsize=14, fontweight="bold")
-    axes.set_xlabel("optimizer step" + (f"   (faint: each step; bold: mean of the last "
-                                          f"{window} steps)" if smoothed else ""))
+    axes.set_xlabel(
+        "optimizer step"
+        + (f"   (faint: each step; bold: mean of the last {window} steps)" if smoothed else "")
+    )
     axes.set_ylabel(spec.ylabel)
     if len(steps) <= LABEL_EVERY_STEP_MAX:
         axes.set_xticks(steps)

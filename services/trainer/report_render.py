@@ -22,12 +22,16 @@ from agentrl.common.tool_formats import FORMATS
 
 # A segment longer than this is cut (with a note): a report shows examples, not whole logs.
 MAX_SEGMENT_CHARS = 4000
-CALL_PATTERN = re.compile("|".join(f"{re.escape(opening)}.*?{re.escape(closing)}"
-                                   for fmt in FORMATS.values() for opening, closing in fmt.tags),
-                          re.DOTALL)
+CALL_PATTERN = re.compile(
+    "|".join(
+        f"{re.escape(opening)}.*?{re.escape(closing)}"
+        for fmt in FORMATS.values()
+        for opening, closing in fmt.tags
+    ),
+    re.DOTALL,
+)
 # Segment kind -> the label a reader sees.
-SEGMENT_LABELS = {"prompt": "prompt", "model": "model", "call": "tool call",
-                  "tool": "tool output"}
+SEGMENT_LABELS = {"prompt": "prompt", "model": "model", "call": "tool call", "tool": "tool output"}
 
 
 @dataclass
@@ -86,7 +90,7 @@ def trajectory_parts(sample: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         start = 0
         for call in CALL_PATTERN.finditer(text):
-            parts += [("model", text[start:call.start()]), ("call", call.group())]
+            parts += [("model", text[start : call.start()]), ("call", call.group())]
             start = call.end()
         parts.append(("model", text[start:]))
     return [(kind, _cut(text.strip("\n"))) for kind, text in parts if text.strip()]
@@ -96,9 +100,11 @@ def trajectory_title(sample: dict[str, Any]) -> str:
     reward = sample.get("reward")
     reward_text = f"{reward:.2f}" if isinstance(reward, int | float) else "-"
     verdict = {True: "correct", False: "incorrect"}.get(sample.get("correct"), "unscored")
-    return (f"step {sample.get('step', '?')} · prompt {sample.get('prompt_id', '?')} · "
-            f"reward {reward_text} · {verdict} · {sample.get('num_tool_calls', '?')} tool "
-            f"call(s) · finish: {sample.get('finish_reason') or '?'}")
+    return (
+        f"step {sample.get('step', '?')} · prompt {sample.get('prompt_id', '?')} · "
+        f"reward {reward_text} · {verdict} · {sample.get('num_tool_calls', '?')} tool "
+        f"call(s) · finish: {sample.get('finish_reason') or '?'}"
+    )
 
 
 def _fence(text: str, language: str) -> str:
@@ -125,8 +131,10 @@ def render_markdown(title: str, blocks: list) -> str:
             case Note(text, kind):
                 out.append(f"_{_md_text(text)}_" if kind == "missing" else _md_text(text))
             case Table(header, rows):
-                lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-                         "|" + "---|" * len(header)]
+                lines = [
+                    "| " + " | ".join(_md_cell(h) for h in header) + " |",
+                    "|" + "---|" * len(header),
+                ]
                 lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
                 out.append("\n".join(lines))
             case Image(path, image_title):
@@ -171,8 +179,10 @@ summary { cursor: pointer; font-weight: 600; }
 
 def _image_html(block: Image) -> str:
     data = base64.b64encode(block.path.read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" '
-            f'alt="{html.escape(block.title)}"></figure>')
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" '
+        f'alt="{html.escape(block.title)}"></figure>'
+    )
 
 
 def render_html(title: str, blocks: list) -> str:
@@ -193,19 +203,28 @@ def render_html(title: str, blocks: list) -> str:
                 out.append(f'<p class="{"note" if kind == "missing" else "info"}">{esc(text)}</p>')
             case Table(header, rows):
                 head = "".join(f"<th>{esc(h)}</th>" for h in header)
-                body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-                               for row in rows)
+                body = "".join(
+                    "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows
+                )
                 out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             case Code(text, _, summary):
                 pre = f"<pre>{esc(text)}</pre>"
-                out.append(f"<details><summary>{esc(summary)}</summary>{pre}</details>"
-                           if summary else pre)
+                out.append(
+                    f"<details><summary>{esc(summary)}</summary>{pre}</details>" if summary else pre
+                )
             case Trajectory(sample):
-                parts = "".join(f'<div class="segment {kind}"><div class="label">'
-                                f"{SEGMENT_LABELS[kind]}</div><pre>{esc(text)}</pre></div>"
-                                for kind, text in trajectory_parts(sample))
-                out.append(f'<section class="trajectory"><h4>{esc(trajectory_title(sample))}'
-                           f"</h4>{parts}</section>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(out) + "\n</body></html>\n")
+                parts = "".join(
+                    f'<div class="segment {kind}"><div class="label">'
+                    f"{SEGMENT_LABELS[kind]}</div><pre>{esc(text)}</pre></div>"
+                    for kind, text in trajectory_parts(sample)
+                )
+                out.append(
+                    f'<section class="trajectory"><h4>{esc(trajectory_title(sample))}'
+                    f"</h4>{parts}</section>"
+                )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(out)
+        + "\n</body></html>\n"
+    )

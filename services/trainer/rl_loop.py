@@ -96,31 +96,51 @@ def make_task(row: PromptRow, config: AgentRLConfig, tokenizer: Any, key: str, v
     from agentrl.trainer.rendering import render_prompt
 
     rollout = config.rollout
-    text = render_prompt([{"role": "user", "content": row.prompt}], tokenizer,
-                         "chat_template" if getattr(tokenizer, "chat_template", None)
-                         else "plain")
+    text = render_prompt(
+        [{"role": "user", "content": row.prompt}],
+        tokenizer,
+        "chat_template" if getattr(tokenizer, "chat_template", None) else "plain",
+    )
     prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
-    max_total_tokens = len(prompt_ids) + rollout.max_response_tokens \
-        if rollout.max_response_tokens else 0
+    max_total_tokens = (
+        len(prompt_ids) + rollout.max_response_tokens if rollout.max_response_tokens else 0
+    )
     return task_pb2.RolloutTask(
-        task_id=key, idempotency_key=key, prompt_id=row.prompt_id,
-        prompt_token_ids=prompt_ids, prompt_text=text,
-        task_type=row.task_type, ground_truth=row.ground_truth, metadata=row.metadata,
-        tools=list(row.tools), tool_format=rollout.tool_format,
-        num_samples=config.algorithm.group_size, admitted_policy_version=version,
+        task_id=key,
+        idempotency_key=key,
+        prompt_id=row.prompt_id,
+        prompt_token_ids=prompt_ids,
+        prompt_text=text,
+        task_type=row.task_type,
+        ground_truth=row.ground_truth,
+        metadata=row.metadata,
+        tools=list(row.tools),
+        tool_format=rollout.tool_format,
+        num_samples=config.algorithm.group_size,
+        admitted_policy_version=version,
         sampling=task_pb2.SamplingParams(max_tokens_per_turn=rollout.max_tokens_per_turn or 0),
-        limits=task_pb2.EpisodeLimits(max_turns=rollout.max_turns or 0,
-                                      max_tool_calls=rollout.max_tool_calls or 0,
-                                      max_total_tokens=max_total_tokens),
-        tree_sampling=rollout.tree_sampling, created_at_unix_s=time.time())
+        limits=task_pb2.EpisodeLimits(
+            max_turns=rollout.max_turns or 0,
+            max_tool_calls=rollout.max_tool_calls or 0,
+            max_total_tokens=max_total_tokens,
+        ),
+        tree_sampling=rollout.tree_sampling,
+        created_at_unix_s=time.time(),
+    )
 
 
 class RLTrainer:
     """State of one run of the loop; `run_training` builds it and calls `run`."""
 
-    def __init__(self, config: AgentRLConfig, pool=None, *, wait_timeout_s: float = 600.0,
-                 drift_check_token_ids: list[int] | None = None,
-                 status: StatusBoard | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentRLConfig,
+        pool=None,
+        *,
+        wait_timeout_s: float = 600.0,
+        drift_check_token_ids: list[int] | None = None,
+        status: StatusBoard | None = None,
+    ) -> None:
         from agentrl.common.inference.pool import InferencePool
         from agentrl.trainer.backends import create_backend
         from agentrl.trainer.transports import create_transport
@@ -140,24 +160,33 @@ class RLTrainer:
         if self.main:
             redis_url, layout = config.redis.url, RunLayout(self.run_id)
             deadline_s = config.redis.reconnect_deadline_s
-            self.prompts = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP,
-                                       maxlen=config.redis.max_stream_length,
-                                       retry_deadline_s=deadline_s)
-            self.groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP,
-                                      consumer=layout.trainer_consumer,
-                                      visibility_timeout_ms=int(
-                                          config.redis.visibility_timeout_s * 1000),
-                                      retry_deadline_s=deadline_s)
+            self.prompts = StreamQueue(
+                redis_url,
+                layout.prompts,
+                PROMPTS_GROUP,
+                maxlen=config.redis.max_stream_length,
+                retry_deadline_s=deadline_s,
+            )
+            self.groups = StreamQueue(
+                redis_url,
+                layout.groups,
+                GROUPS_GROUP,
+                consumer=layout.trainer_consumer,
+                visibility_timeout_ms=int(config.redis.visibility_timeout_s * 1000),
+                retry_deadline_s=deadline_s,
+            )
             self.groups.ensure_group()
-            self.publisher = PolicyVersionPublisher(redis_url, self.run_id,
-                                                config.redis.reconnect_deadline_s)
+            self.publisher = PolicyVersionPublisher(
+                redis_url, self.run_id, config.redis.reconnect_deadline_s
+            )
         # Every rank holds the pool and calls `transport.sync` (gathering weights is
         # collective); only rank 0 sends anything to the servers (transports/interface.py).
         self.pool = pool or InferencePool.from_config(config.inference)
         self.transport = create_transport(config, self.backend, self.pool, self.run_dir)
         self.weights = PoolWeights(self.transport, self.pool, main=self.main)
-        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints",
-                                             self.trainer.keep_checkpoints)
+        self.checkpoints = CheckpointManager(
+            self.run_dir / "checkpoints", self.trainer.keep_checkpoints
+        )
         self.step, self.version = 0, 0
         self.status = status or StatusBoard(self.run_id)  # served by status_server.py
         self.carry: list[StreamEntry] = []  # read beyond the last batch: the next step's
@@ -169,8 +198,9 @@ class RLTrainer:
             epoch, offset = self.order.epoch, self.order.offset
             (row,) = self.order.take(1)
             key = f"{self.run_id}:{epoch}:{offset}"
-            self.prompts.publish(make_task(row, self.config, self.backend.tokenizer, key,
-                                           self.version))
+            self.prompts.publish(
+                make_task(row, self.config, self.backend.tokenizer, key, self.version)
+            )
         self.admission.on_admitted(count)
         return count
 
@@ -184,16 +214,19 @@ class RLTrainer:
         max_groups = self.trainer.batch_size * self.algorithm.dynamic_sampling_max_batches
         while len(kept) < self.trainer.batch_size:
             if len(kept) + len(dropped) >= max_groups:
-                filler = dropped[:self.trainer.batch_size - len(kept)]
+                filler = dropped[: self.trainer.batch_size - len(kept)]
                 return kept + filler, entries, time.perf_counter() - start, True
             if time.perf_counter() - start > self.wait_timeout_s:
-                raise TrainingTimeout(f"{len(kept)} of {self.trainer.batch_size} groups after "
-                                      f"{self.wait_timeout_s:.0f} s; are rollout workers up?")
+                raise TrainingTimeout(
+                    f"{len(kept)} of {self.trainer.batch_size} groups after "
+                    f"{self.wait_timeout_s:.0f} s; are rollout workers up?"
+                )
             self.admit()
             batch, self.carry = self.carry, []
             if not batch:
-                batch = await asyncio.to_thread(self.groups.read, self.trainer.batch_size,
-                                                READ_BLOCK_MS)
+                batch = await asyncio.to_thread(
+                    self.groups.read, self.trainer.batch_size, READ_BLOCK_MS
+                )
             for index, entry in enumerate(batch):
                 if len(kept) == self.trainer.batch_size:
                     self.carry = batch[index:]
@@ -202,8 +235,9 @@ class RLTrainer:
                     self.groups.ack(entry)
                     continue
                 group = entry.decode(group_pb2.Group)
-                probe = build_train_batch([group], self.version, self.algorithm,
-                                          self.trainer.max_staleness)
+                probe = build_train_batch(
+                    [group], self.version, self.algorithm, self.trainer.max_staleness
+                )
                 if self.admission.running > 0:  # groups of a run before a resume may exceed it
                     self.admission.on_returned(1, probe.num_kept_groups)
                 (kept if probe.num_kept_groups else dropped).append(group)
@@ -223,9 +257,15 @@ class RLTrainer:
         return [group_pb2.Group.FromString(p) for p in payloads], [], 0.0, capped
 
     def checkpoint(self) -> None:
-        self.checkpoints.save(self.backend, TrainingState(  # every rank gathers; rank 0 writes
-            step=self.step, policy_version=self.version, data_position=self.order.state_dict(),
-            extra={"admission": self.admission.state_dict()}))
+        self.checkpoints.save(
+            self.backend,
+            TrainingState(  # every rank gathers; rank 0 writes
+                step=self.step,
+                policy_version=self.version,
+                data_position=self.order.state_dict(),
+                extra={"admission": self.admission.state_dict()},
+            ),
+        )
         if self.main:
             self.groups.complete(self.uncommitted)  # only now are their updates durable
         self.uncommitted = []
@@ -254,12 +294,20 @@ class RLTrainer:
             return None
         self.status.set_phase("evaluating")
         started = time.perf_counter()
-        result = await asyncio.to_thread(run_eval, self.config, eval_path, k,
-                                         self.run_dir / "eval" / f"{name}.json",
-                                         tokenizer=self.backend.tokenizer)
+        result = await asyncio.to_thread(
+            run_eval,
+            self.config,
+            eval_path,
+            k,
+            self.run_dir / "eval" / f"{name}.json",
+            tokenizer=self.backend.tokenizer,
+        )
         overall = result.report["overall"]
-        return {"eval_avg_at_k": overall["avg_at_k"], "eval_pass_at_k": overall["pass_at_k"],
-                "time_eval_s": time.perf_counter() - started}
+        return {
+            "eval_avg_at_k": overall["avg_at_k"],
+            "eval_pass_at_k": overall["pass_at_k"],
+            "time_eval_s": time.perf_counter() - started,
+        }
 
     async def sync_weights(self) -> SyncResult:
         """Serve the trainer's weights as `self.version` on every server, then publish it."""
@@ -277,20 +325,30 @@ class RLTrainer:
 
             self.backend.logprobs(pack_micro_batches([list(token_ids)], len(token_ids)))
             return {}
-        report = await check_logprob_drift(self.backend, self.pool, list(token_ids),
-                                           self.trainer.drift_threshold, raise_above=False)
+        report = await check_logprob_drift(
+            self.backend,
+            self.pool,
+            list(token_ids),
+            self.trainer.drift_threshold,
+            raise_above=False,
+        )
         if report.exceeded:
             log.warning("%s", report.describe())
-        return {"logprob_drift_max": report.max_abs_diff,
-                "logprob_drift_mean": report.mean_abs_diff,
-                "logprob_drift_alarm": int(report.exceeded)}
+        return {
+            "logprob_drift_max": report.max_abs_diff,
+            "logprob_drift_mean": report.mean_abs_diff,
+            "logprob_drift_alarm": int(report.exceeded),
+        }
 
-    async def run(self, max_steps: int, on_step: Callable[[dict], None] | None = None
-                  ) -> TrainingResult:
+    async def run(
+        self, max_steps: int, on_step: Callable[[dict], None] | None = None
+    ) -> TrainingResult:
         self.resume()
-        self.status.set_position(self.step, self.version,
-                                 read_step_metrics(self.run_dir) if self.step and self.main
-                                 else [])
+        self.status.set_position(
+            self.step,
+            self.version,
+            read_step_metrics(self.run_dir) if self.step and self.main else [],
+        )
         if self.main:
             write_config(self.run_dir, self.config)
         # The pool may serve other weights (newer than the checkpoint, or another run's):
@@ -308,28 +366,38 @@ class RLTrainer:
                 await self.weights.catch_up(self.version)
                 groups, entries, waited_s, capped = await self.next_groups()
                 # Capped: train on the zero-signal groups too (advantage 0) rather than wait.
-                algorithm = self.algorithm.model_copy(update={"dynamic_sampling": False}) \
-                    if capped else self.algorithm
-                batch = build_train_batch(groups, self.version, algorithm,
-                                          self.trainer.max_staleness)
+                algorithm = (
+                    self.algorithm.model_copy(update={"dynamic_sampling": False})
+                    if capped
+                    else self.algorithm
+                )
+                batch = build_train_batch(
+                    groups, self.version, algorithm, self.trainer.max_staleness
+                )
                 if not batch.samples:  # every sample stale or failed: nothing to learn from
                     self.uncommitted.extend(entries)
                     skipped_entries += len(entries)
                     continue
-                outcome = train_step(self.backend, batch, self.algorithm,
-                                     self.trainer.micro_batch_tokens)
+                outcome = train_step(
+                    self.backend, batch, self.algorithm, self.trainer.micro_batch_tokens
+                )
                 self.step, self.version = self.step + 1, self.version + 1
                 self.status.set_phase("syncing")
                 synced = await self.sync_weights()
-                extra = {"dynamic_sampling_capped": int(capped),
-                         "groups_consumed": len(entries) + skipped_entries,
-                         "policy_version": self.version, "prompts_admitted":
-                         self.admission.admitted, "weight_sync_bytes": synced.num_bytes,
-                         "time_weight_sync_pause_s": synced.pause_s,
-                         "weight_sync_servers_ejected": self.weights.num_ejected,
-                         "weight_sync_servers_caught_up": self.weights.num_caught_up,
-                         **{f"time_weight_sync_{name}": seconds
-                            for name, seconds in synced.phases_s.items()}}
+                extra = {
+                    "dynamic_sampling_capped": int(capped),
+                    "groups_consumed": len(entries) + skipped_entries,
+                    "policy_version": self.version,
+                    "prompts_admitted": self.admission.admitted,
+                    "weight_sync_bytes": synced.num_bytes,
+                    "time_weight_sync_pause_s": synced.pause_s,
+                    "weight_sync_servers_ejected": self.weights.num_ejected,
+                    "weight_sync_servers_caught_up": self.weights.num_caught_up,
+                    **{
+                        f"time_weight_sync_{name}": seconds
+                        for name, seconds in synced.phases_s.items()
+                    },
+                }
                 if self.trainer.drift_check:
                     extra.update(await self.drift(batch))
                 name = "after" if self.step == max_steps else f"step_{self.step:08d}"
@@ -338,15 +406,26 @@ class RLTrainer:
                 record = None
                 if self.main:
                     samples.write(self.step, groups)
-                    record = writer.write(self.step, {
-                        **step_metrics(batch, outcome, time_waiting_s=waited_s,
-                                       time_weight_sync_s=synced.total_s), **extra})
+                    record = writer.write(
+                        self.step,
+                        {
+                            **step_metrics(
+                                batch,
+                                outcome,
+                                time_waiting_s=waited_s,
+                                time_weight_sync_s=synced.total_s,
+                            ),
+                            **extra,
+                        },
+                    )
                     result.metrics.append(record)
                     self.status.record_step(record)
                 self.uncommitted.extend(entries)
                 skipped_entries = 0
-                if self.step % self.trainer.checkpoint_interval_steps == 0 \
-                        or self.step == max_steps:
+                if (
+                    self.step % self.trainer.checkpoint_interval_steps == 0
+                    or self.step == max_steps
+                ):
                     self.status.set_phase("checkpointing")
                     self.checkpoint()
                 self.status.set_phase("training" if self.step < max_steps else "done")
@@ -364,8 +443,13 @@ class RLTrainer:
                 closable.close()
 
 
-def run_training(config: AgentRLConfig, max_steps: int | None = None, *,
-                 on_step: Callable[[dict], None] | None = None, **options: Any) -> TrainingResult:
+def run_training(
+    config: AgentRLConfig,
+    max_steps: int | None = None,
+    *,
+    on_step: Callable[[dict], None] | None = None,
+    **options: Any,
+) -> TrainingResult:
     """Train until `max_steps` (default `trainer.total_steps`) optimizer steps; resumes from the
     latest checkpoint under `<run dir>/checkpoints`. `options`: RLTrainer's keyword arguments.
     Under torchrun, every rank calls it inside `distributed.process_group` (main.py does);

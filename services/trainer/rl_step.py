@@ -81,8 +81,10 @@ class AdmissionControl:
 
     def on_returned(self, num_groups: int, num_kept: int) -> None:
         if num_kept > num_groups or num_groups > self.running:
-            raise ValueError(f"{num_groups} groups returned ({num_kept} kept) but only "
-                             f"{self.running} prompts are running")
+            raise ValueError(
+                f"{num_groups} groups returned ({num_kept} kept) but only "
+                f"{self.running} prompts are running"
+            )
         self.returned += num_groups
         self.accepted += num_kept
 
@@ -106,8 +108,9 @@ class StepOutcome:
     time_training_s: float
 
 
-def train_step(backend: TrainerBackend, batch: TrainBatch, algorithm: AlgorithmConfig,
-               micro_batch_tokens: int) -> StepOutcome:
+def train_step(
+    backend: TrainerBackend, batch: TrainBatch, algorithm: AlgorithmConfig, micro_batch_tokens: int
+) -> StepOutcome:
     """One optimizer step on `batch` (see the module docstring)."""
     start = time.perf_counter()
     all_micro_batches = batch.micro_batches(micro_batch_tokens)
@@ -119,16 +122,22 @@ def train_step(backend: TrainerBackend, batch: TrainBatch, algorithm: AlgorithmC
             micro_batch.per_token["old_logprobs"] = logprobs.where(mask, 0.0)
     local = GlobalTokenCounts(0, 0, 0)
     for micro_batch in micro_batches:
-        local = local + GlobalTokenCounts.of(micro_batch.per_token["loss_mask"],
-                                             micro_batch.seq_index)
+        local = local + GlobalTokenCounts.of(
+            micro_batch.per_token["loss_mask"], micro_batch.seq_index
+        )
     counts = backend.global_counts(local)
     if counts.num_loss_tokens == 0:
         raise ValueError("the batch has no loss tokens (every loss mask is 0); nothing to train")
-    loss_metrics, stats = backend.train_step(micro_batches, policy_loss_fn(algorithm, counts),
-                                             LOGPROB_TEMPERATURE)
-    return StepOutcome(loss_metrics=loss_metrics, stats=stats, counts=counts,
-                       num_micro_batches=len(all_micro_batches),
-                       time_training_s=time.perf_counter() - start)
+    loss_metrics, stats = backend.train_step(
+        micro_batches, policy_loss_fn(algorithm, counts), LOGPROB_TEMPERATURE
+    )
+    return StepOutcome(
+        loss_metrics=loss_metrics,
+        stats=stats,
+        counts=counts,
+        num_micro_batches=len(all_micro_batches),
+        time_training_s=time.perf_counter() - start,
+    )
 
 
 def _mean(values) -> float:
@@ -136,8 +145,13 @@ def _mean(values) -> float:
     return float(statistics.fmean(values)) if values else 0.0
 
 
-def step_metrics(batch: TrainBatch, outcome: StepOutcome, *, time_waiting_s: float = 0.0,
-                 time_weight_sync_s: float = 0.0) -> dict[str, Any]:
+def step_metrics(
+    batch: TrainBatch,
+    outcome: StepOutcome,
+    *,
+    time_waiting_s: float = 0.0,
+    time_weight_sync_s: float = 0.0,
+) -> dict[str, Any]:
     """The flat per-step record (numbers only, so each one is also a Prometheus gauge)."""
     samples = batch.samples
     rewards = batch.rewards_seen

@@ -32,15 +32,16 @@ def write_config(run_dir: Path, config: AgentRLConfig) -> None:
 
 def trajectory_segments(trajectory: Any, tokenizer: Any) -> list[dict[str, str]]:
     """The response of a Trajectory proto as model/tool runs of decoded text."""
-    ids = list(trajectory.token_ids)[trajectory.prompt_length:]
-    mask = list(trajectory.loss_mask)[trajectory.prompt_length:]
+    ids = list(trajectory.token_ids)[trajectory.prompt_length :]
+    mask = list(trajectory.loss_mask)[trajectory.prompt_length :]
     segments: list[dict[str, str]] = []
     start = 0
     for end in range(1, len(ids) + 1):
         if end == len(ids) or mask[end] != mask[start]:
             role = "model" if mask[start] else "tool"
-            segments.append({"role": role, "text": tokenizer.decode(ids[start:end],
-                                                                    skip_special_tokens=True)})
+            segments.append(
+                {"role": role, "text": tokenizer.decode(ids[start:end], skip_special_tokens=True)}
+            )
             start = end
     return segments
 
@@ -49,13 +50,18 @@ def sample_record(step: int, group: Any, scored: Any, tokenizer: Any) -> dict[st
     from agentrl.proto.core.v1 import group_pb2, trajectory_pb2
 
     trajectory = scored.trajectory
-    return {"step": step, "prompt_id": group.task.prompt_id,
-            "prompt": group.task.prompt_text, "reward": scored.result.reward,
-            "correct": scored.result.verdict == group_pb2.VERDICT_CORRECT,
-            "num_tool_calls": trajectory.num_tool_calls,
-            "finish_reason": trajectory_pb2.FinishReason.Name(trajectory.finish_reason)
-            .removeprefix("FINISH_REASON_").lower(),
-            "segments": trajectory_segments(trajectory, tokenizer)}
+    return {
+        "step": step,
+        "prompt_id": group.task.prompt_id,
+        "prompt": group.task.prompt_text,
+        "reward": scored.result.reward,
+        "correct": scored.result.verdict == group_pb2.VERDICT_CORRECT,
+        "num_tool_calls": trajectory.num_tool_calls,
+        "finish_reason": trajectory_pb2.FinishReason.Name(trajectory.finish_reason)
+        .removeprefix("FINISH_REASON_")
+        .lower(),
+        "segments": trajectory_segments(trajectory, tokenizer),
+    }
 
 
 def pick_samples(groups: list) -> list[tuple[Any, Any]]:

@@ -74,30 +74,39 @@ def load_trajectories(path: str | Path) -> list[list[dict[str, Any]]]:
             raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         messages = row.get("messages") if isinstance(row, dict) else None
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise ValueError(f"{path}:{number}: expected {{\"messages\": [{{\"role\": ..., "
-                             "\"content\": ...}, ...]}")
+            raise ValueError(
+                f'{path}:{number}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}'
+            )
         trajectories.append(messages)
     if not trajectories:
         raise ValueError(f"{path} holds no trajectories")
     return trajectories
 
 
-def build_examples(trajectories: list[list[dict[str, Any]]], tokenizer: Any, tool_format: str,
-                   prompt_format: str, max_length_tokens: int, source: str = "trajectory"
-                   ) -> tuple[list[SFTExample], int]:
+def build_examples(
+    trajectories: list[list[dict[str, Any]]],
+    tokenizer: Any,
+    tool_format: str,
+    prompt_format: str,
+    max_length_tokens: int,
+    source: str = "trajectory",
+) -> tuple[list[SFTExample], int]:
     """Token ids and assistant-only loss masks; trajectories over the length are dropped."""
     examples, dropped = [], 0
     for index, messages in enumerate(trajectories):
-        segments = episode_segments(messages, tokenizer, tool_format, prompt_format,
-                                    where=f"{source} {index}")
+        segments = episode_segments(
+            messages, tokenizer, tool_format, prompt_format, where=f"{source} {index}"
+        )
         token_ids, loss_mask = tokenize_segments(segments, tokenizer)
         if len(token_ids) > max_length_tokens:
             dropped += 1
             continue
         examples.append(SFTExample(token_ids, loss_mask))
     if not examples:
-        raise ValueError(f"every trajectory is longer than max_length_tokens="
-                         f"{max_length_tokens}; raise sft.max_length_tokens")
+        raise ValueError(
+            f"every trajectory is longer than max_length_tokens="
+            f"{max_length_tokens}; raise sft.max_length_tokens"
+        )
     return examples, dropped
 
 
@@ -108,8 +117,10 @@ def sft_loss_fn(counts: GlobalTokenCounts):
         mask = micro_batch.per_token["loss_mask"].bool() & (micro_batch.seq_index >= 0)
         denominator = max(counts.num_loss_tokens, 1)
         loss = -torch.where(mask, logprobs, 0.0).sum() / denominator
-        return loss, {"loss": loss.detach(),
-                      "entropy": torch.where(mask, entropy, 0.0).sum().detach() / denominator}
+        return loss, {
+            "loss": loss.detach(),
+            "entropy": torch.where(mask, entropy, 0.0).sum().detach() / denominator,
+        }
 
     return loss_fn
 
@@ -122,9 +133,13 @@ def sft_cpu_threads(config: Any) -> int:
     return config.trainer.cpu_threads
 
 
-def run_sft(config: Any, train_path: str | Path | None = None,
-            output_dir: str | Path | None = None, max_steps: int | None = None,
-            on_step: Callable[[dict[str, float]], None] | None = None) -> SFTResult:
+def run_sft(
+    config: Any,
+    train_path: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    max_steps: int | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> SFTResult:
     """Fine-tune `config.model.path` on the trajectories; returns where the checkpoint went."""
     from agentrl.trainer.backends import create_backend
 
@@ -136,18 +151,32 @@ def run_sft(config: Any, train_path: str | Path | None = None,
         raise ValueError("the recipe has no `model` section; set model.path to the checkpoint")
     output_dir = Path(output_dir or sft.output_dir or Path(config.run.output_dir) / "sft")
     trajectories = load_trajectories(train_path)
-    max_steps = max_steps or sft.max_steps or sft.num_epochs * math.ceil(
-        len(trajectories) / sft.batch_size)
+    max_steps = (
+        max_steps or sft.max_steps or sft.num_epochs * math.ceil(len(trajectories) / sft.batch_size)
+    )
     settings = OptimizerSettings(
-        learning_rate=sft.learning_rate, weight_decay=sft.weight_decay,
-        max_grad_norm=sft.max_grad_norm, warmup_steps=min(sft.lr_warmup_steps, max_steps - 1),
-        schedule="cosine", total_steps=max_steps)
+        learning_rate=sft.learning_rate,
+        weight_decay=sft.weight_decay,
+        max_grad_norm=sft.max_grad_norm,
+        warmup_steps=min(sft.lr_warmup_steps, max_steps - 1),
+        schedule="cosine",
+        total_steps=max_steps,
+    )
     # The backend sets the process's torch threads from trainer.cpu_threads: give it SFT's.
-    config = config.model_copy(update={"trainer": config.trainer.model_copy(
-        update={"cpu_threads": sft_cpu_threads(config)})})
+    config = config.model_copy(
+        update={
+            "trainer": config.trainer.model_copy(update={"cpu_threads": sft_cpu_threads(config)})
+        }
+    )
     backend = create_backend(config, settings)
-    examples, dropped = build_examples(trajectories, backend.tokenizer, config.rollout.tool_format,
-                                       sft.prompt_format, sft.max_length_tokens, str(train_path))
+    examples, dropped = build_examples(
+        trajectories,
+        backend.tokenizer,
+        config.rollout.tool_format,
+        sft.prompt_format,
+        sft.max_length_tokens,
+        str(train_path),
+    )
     order = EpochOrder(examples, seed=config.run.seed)
     torch.manual_seed(config.run.seed)
     result = SFTResult(output_dir, max_steps, len(examples), dropped, backend=backend)
@@ -159,19 +188,35 @@ def run_sft(config: Any, train_path: str | Path | None = None,
         for _ in range(max_steps):
             step_start = time.perf_counter()
             batch = order.take(min(sft.batch_size, len(examples)))
-            micro_batches = rank_share(pack_micro_batches(
-                [e.token_ids for e in batch], max(sft.micro_batch_tokens, sft.max_length_tokens),
-                {"loss_mask": [e.loss_mask for e in batch]}))
-            counts = backend.global_counts(sum(
-                (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
-                 for mb in micro_batches), GlobalTokenCounts(0, 0, 0)))
+            micro_batches = rank_share(
+                pack_micro_batches(
+                    [e.token_ids for e in batch],
+                    max(sft.micro_batch_tokens, sft.max_length_tokens),
+                    {"loss_mask": [e.loss_mask for e in batch]},
+                )
+            )
+            counts = backend.global_counts(
+                sum(
+                    (
+                        GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
+                        for mb in micro_batches
+                    ),
+                    GlobalTokenCounts(0, 0, 0),
+                )
+            )
             metrics, stats = backend.train_step(micro_batches, sft_loss_fn(counts))
             num_tokens += counts.num_tokens
-            record = {"step": stats.step, "epoch": order.epoch, "loss": metrics["loss"],
-                      "entropy": metrics["entropy"], "grad_norm": stats.grad_norm,
-                      "learning_rate": stats.learning_rate,
-                      "num_tokens": counts.num_tokens, "num_loss_tokens": counts.num_loss_tokens,
-                      "step_time_s": time.perf_counter() - step_start}
+            record = {
+                "step": stats.step,
+                "epoch": order.epoch,
+                "loss": metrics["loss"],
+                "entropy": metrics["entropy"],
+                "grad_norm": stats.grad_norm,
+                "learning_rate": stats.learning_rate,
+                "num_tokens": counts.num_tokens,
+                "num_loss_tokens": counts.num_loss_tokens,
+                "step_time_s": time.perf_counter() - step_start,
+            }
             result.losses.append(metrics["loss"])
             if main:
                 metrics_file.write(json.dumps(record) + "\n")

@@ -49,8 +49,9 @@ class StatusBoard:
         with self._lock:
             self._status.phase = phase
 
-    def set_position(self, step: int, policy_version: int,
-                     history: Iterable[dict[str, Any]] = ()) -> None:
+    def set_position(
+        self, step: int, policy_version: int, history: Iterable[dict[str, Any]] = ()
+    ) -> None:
         """Where a (resumed) run stands before its first step. `history`: the run's step records
         (metrics.jsonl), so the counters are the run's, not this process's; records past `step`
         (written before a kill, after the last checkpoint) and repeats of a step are skipped."""
@@ -62,8 +63,11 @@ class StatusBoard:
 
     def record_step(self, record: dict[str, Any]) -> None:
         """Take in one step's metrics record (driver.step_metrics plus the loop's extras)."""
-        numbers = {name: float(value) for name, value in record.items()
-                   if isinstance(value, int | float) and not isinstance(value, bool)}
+        numbers = {
+            name: float(value)
+            for name, value in record.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
         num_groups = int(numbers.get("num_groups", 0))
         dropped = round(num_groups * (1.0 - numbers.get("kept_group_ratio", 1.0)))
         with self._lock:
@@ -71,8 +75,7 @@ class StatusBoard:
             status.step = int(record["step"])
             status.policy_version = int(numbers.get("policy_version", status.policy_version))
             status.samples_consumed += int(numbers.get("num_samples", 0))
-            status.prompts_admitted = int(numbers.get("prompts_admitted",
-                                                      status.prompts_admitted))
+            status.prompts_admitted = int(numbers.get("prompts_admitted", status.prompts_admitted))
             status.groups_dropped_zero_signal += dropped
             status.samples_dropped_stale += int(numbers.get("samples_dropped_stale", 0))
             status.last_metrics.clear()
@@ -89,8 +92,9 @@ class TrainerStatusServicer(trainer_pb2_grpc.TrainerStatusServiceServicer):
     def __init__(self, board: StatusBoard) -> None:
         self.board = board
 
-    def GetStatus(self, request: trainer_pb2.GetTrainerStatusRequest,
-                  context: grpc.ServicerContext) -> trainer_pb2.TrainerStatus:
+    def GetStatus(
+        self, request: trainer_pb2.GetTrainerStatusRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.TrainerStatus:
         return self.board.snapshot()
 
 
@@ -119,31 +123,43 @@ class StatusServers:
         self.stop()
 
 
-def start_status_servers(config: Any, board: StatusBoard,
-                         registry: CollectorRegistry | None = None) -> StatusServers:
+def start_status_servers(
+    config: Any, board: StatusBoard, registry: CollectorRegistry | None = None
+) -> StatusServers:
     """Serve `board` and the Prometheus registry on `config.trainer`'s host and ports. Raises
     ValueError naming the setting when a port is taken."""
     trainer = config.trainer
 
     def register(server: grpc.Server) -> None:
         trainer_pb2_grpc.add_TrainerStatusServiceServicer_to_server(
-            TrainerStatusServicer(board), server)
+            TrainerStatusServicer(board), server
+        )
 
     try:
-        status = grpc_server.serve(register, [SERVICE_NAME], host=trainer.host,
-                                   port=trainer.grpc_port, max_workers=MAX_WORKERS,
-                                   registry=registry)
+        status = grpc_server.serve(
+            register,
+            [SERVICE_NAME],
+            host=trainer.host,
+            port=trainer.grpc_port,
+            max_workers=MAX_WORKERS,
+            registry=registry,
+        )
     except OSError as exc:
-        raise ValueError(f"the trainer's status port {trainer.host}:{trainer.grpc_port} is "
-                         f"taken ({exc}); set trainer.grpc_port to a free port (0 picks "
-                         "one)") from None
-    app = create_app("trainer", ready=lambda: board.snapshot().phase != "starting",
-                     registry=registry)
+        raise ValueError(
+            f"the trainer's status port {trainer.host}:{trainer.grpc_port} is "
+            f"taken ({exc}); set trainer.grpc_port to a free port (0 picks "
+            "one)"
+        ) from None
+    app = create_app(
+        "trainer", ready=lambda: board.snapshot().phase != "starting", registry=registry
+    )
     try:
         http = serve_in_thread(app, host=trainer.host, port=trainer.http_port)
     except OSError as exc:
         status.stop(0)
-        raise ValueError(f"the trainer's metrics port {trainer.host}:{trainer.http_port} is "
-                         f"taken ({exc}); set trainer.http_port to a free port (0 picks "
-                         "one)") from None
+        raise ValueError(
+            f"the trainer's metrics port {trainer.host}:{trainer.http_port} is "
+            f"taken ({exc}); set trainer.http_port to a free port (0 picks "
+            "one)"
+        ) from None
     return StatusServers(status, http)

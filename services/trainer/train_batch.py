@@ -80,7 +80,8 @@ class TrainBatch:
             "loss_mask": [s.loss_mask for s in self.samples],
             "behaviour_logprobs": [
                 [lp if m else 0.0 for lp, m in zip(s.behaviour_logprobs, s.loss_mask)]
-                for s in self.samples],
+                for s in self.samples
+            ],
             "advantages": [[s.advantage * m for m in s.loss_mask] for s in self.samples],
         }
         per_token["old_logprobs"] = per_token["behaviour_logprobs"]
@@ -96,17 +97,22 @@ def sample_staleness(trajectory, admitted_version: int, policy_version: int) -> 
 
 def _check_trajectory(trajectory, where: str) -> None:
     n = len(trajectory.token_ids)
-    lengths = {"loss_mask": len(trajectory.loss_mask),
-               "behaviour_logprobs": len(trajectory.behaviour_logprobs),
-               "policy_versions": len(trajectory.policy_versions)}
+    lengths = {
+        "loss_mask": len(trajectory.loss_mask),
+        "behaviour_logprobs": len(trajectory.behaviour_logprobs),
+        "policy_versions": len(trajectory.policy_versions),
+    }
     wrong = {name: size for name, size in lengths.items() if size != n}
     if wrong:
-        raise ValueError(f"{where}: {n} token ids but per-token fields of lengths {wrong}; the "
-                         "rollout must send one value per token")
+        raise ValueError(
+            f"{where}: {n} token ids but per-token fields of lengths {wrong}; the "
+            "rollout must send one value per token"
+        )
 
 
-def build_train_batch(groups, policy_version: int, algorithm: AlgorithmConfig,
-                      max_staleness: int) -> TrainBatch:
+def build_train_batch(
+    groups, policy_version: int, algorithm: AlgorithmConfig, max_staleness: int
+) -> TrainBatch:
     """Filter, score and flatten `groups` (core.v1 `Group` messages) into a TrainBatch."""
     if max_staleness < 0:
         raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
@@ -122,8 +128,9 @@ def build_train_batch(groups, policy_version: int, algorithm: AlgorithmConfig,
             if trajectory.error:
                 num_error += 1
                 continue
-            staleness = sample_staleness(trajectory, group.task.admitted_policy_version,
-                                         policy_version)
+            staleness = sample_staleness(
+                trajectory, group.task.admitted_policy_version, policy_version
+            )
             if staleness > max_staleness:
                 num_stale += 1
                 continue
@@ -132,25 +139,44 @@ def build_train_batch(groups, policy_version: int, algorithm: AlgorithmConfig,
             correct_seen.append(scored.result.verdict == VERDICT_CORRECT)
         candidates.append(usable)
 
-    rewards = [torch.tensor([r.reward for _, r, _ in usable], dtype=torch.float64)
-               for usable in candidates]
+    rewards = [
+        torch.tensor([r.reward for _, r, _ in usable], dtype=torch.float64) for usable in candidates
+    ]
     if algorithm.dynamic_sampling:
         kept = filter_zero_signal_groups(rewards).kept_indices
     else:
         kept = [i for i, usable in enumerate(candidates) if usable]
-    advantages = compute_advantages([rewards[i] for i in kept], algorithm.advantage,
-                                    algorithm.grpo_std_normalize) if kept else []
+    advantages = (
+        compute_advantages(
+            [rewards[i] for i in kept], algorithm.advantage, algorithm.grpo_std_normalize
+        )
+        if kept
+        else []
+    )
     samples = []
     for group_index, group_advantages in zip(kept, advantages, strict=True):
         for (trajectory, result, staleness), advantage in zip(
-                candidates[group_index], group_advantages.tolist(), strict=True):
-            samples.append(TrainSample(
-                token_ids=list(trajectory.token_ids), loss_mask=list(trajectory.loss_mask),
-                behaviour_logprobs=list(trajectory.behaviour_logprobs), reward=result.reward,
-                advantage=advantage, staleness=staleness,
-                response_length=len(trajectory.token_ids) - trajectory.prompt_length,
-                num_tool_calls=trajectory.num_tool_calls,
-                correct=result.verdict == VERDICT_CORRECT))
-    return TrainBatch(samples=samples, num_groups=len(candidates), num_kept_groups=len(kept),
-                      num_stale_samples=num_stale, num_error_samples=num_error,
-                      rewards_seen=rewards_seen, correct_seen=correct_seen)
+            candidates[group_index], group_advantages.tolist(), strict=True
+        ):
+            samples.append(
+                TrainSample(
+                    token_ids=list(trajectory.token_ids),
+                    loss_mask=list(trajectory.loss_mask),
+                    behaviour_logprobs=list(trajectory.behaviour_logprobs),
+                    reward=result.reward,
+                    advantage=advantage,
+                    staleness=staleness,
+                    response_length=len(trajectory.token_ids) - trajectory.prompt_length,
+                    num_tool_calls=trajectory.num_tool_calls,
+                    correct=result.verdict == VERDICT_CORRECT,
+                )
+            )
+    return TrainBatch(
+        samples=samples,
+        num_groups=len(candidates),
+        num_kept_groups=len(kept),
+        num_stale_samples=num_stale,
+        num_error_samples=num_error,
+        rewards_seen=rewards_seen,
+        correct_seen=correct_seen,
+    )

@@ -27,10 +27,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-         "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path_factory.mktemp("redis"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("redis")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(port=port)
     deadline = time.monotonic() + 10
     while True:
@@ -60,11 +72,21 @@ def services() -> Iterator[tuple[str, str]]:
     config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 4}})
     executor = sandbox_executor.Sandbox(config.sandbox)
     servicer = sandbox_service.SandboxServicer(executor)
-    sandbox = serve(sandbox_service.register(servicer), [sandbox_service.SERVICE_NAME],
-                    port=0, token=None, max_workers=8)
-    reward = start_reward(AgentRLConfig.model_validate({
-        "reward": {"grpc_port": 0, "http_port": 0, "num_verifier_workers": 1},
-        "sandbox": {"address": sandbox.address}}))
+    sandbox = serve(
+        sandbox_service.register(servicer),
+        [sandbox_service.SERVICE_NAME],
+        port=0,
+        token=None,
+        max_workers=8,
+    )
+    reward = start_reward(
+        AgentRLConfig.model_validate(
+            {
+                "reward": {"grpc_port": 0, "http_port": 0, "num_verifier_workers": 1},
+                "sandbox": {"address": sandbox.address},
+            }
+        )
+    )
     yield sandbox.address, reward.grpc.address
     reward.stop(0)
     sandbox.stop(0)

@@ -59,8 +59,7 @@ def test_validate_lists_every_error_and_fails(tmp_path):
 def test_validate_says_where_an_old_flat_key_moved(tmp_path):
     recipe = tmp_path / "old.yaml"
     recipe.write_text("rollout:\n  vllm_max_model_len: 2048\n")
-    result = run("config", "validate", str(recipe),
-                 env={"AGENTRL__ROLLOUT__ARPO_TAU": "1.0"})
+    result = run("config", "validate", str(recipe), env={"AGENTRL__ROLLOUT__ARPO_TAU": "1.0"})
     assert result.returncode == 1
     assert "rollout.vllm_max_model_len" in result.stderr
     assert "moved to inference.server.max_model_len" in result.stderr
@@ -70,15 +69,23 @@ def test_validate_says_where_an_old_flat_key_moved(tmp_path):
 def test_config_show_lists_every_section_and_sub_section():
     everything = run("config", "show")  # once crashed on the optional sections (model, data)
     assert everything.returncode == 0, everything.stderr
-    for key in ("model.path", "data.train_path", "inference.server.max_model_len",
-                "rollout.arpo.beam_size", "reward.overlong.buffer_tokens", "sft.max_steps"):
+    for key in (
+        "model.path",
+        "data.train_path",
+        "inference.server.max_model_len",
+        "rollout.arpo.beam_size",
+        "reward.overlong.buffer_tokens",
+        "sft.max_steps",
+    ):
         assert key in everything.stdout
     model = run("config", "show", "model")
     assert model.returncode == 0, model.stderr
     assert "model.path" in model.stdout and "Hugging Face checkpoint" in model.stdout
     server = run("config", "show", "inference.server")
     assert server.returncode == 0, server.stderr
-    assert "inference.server.kv_cache_gib" in server.stdout and "inference.urls" not in server.stdout
+    assert (
+        "inference.server.kv_cache_gib" in server.stdout and "inference.urls" not in server.stdout
+    )
     unknown = run("config", "show", "rollout.arpoo")
     assert unknown.returncode == 1 and "rollout.arpo" in unknown.stderr
 
@@ -165,16 +172,24 @@ def test_train_with_redis_down_says_what_to_start_in_one_paragraph(tmp_path):
 
     model = init_tiny_model(tmp_path / "model", default_corpus(200), seed=0)
     data = tmp_path / "train.jsonl"
-    data.write_text('{"id": "p0", "prompt": "What is 2 * 3?", "ground_truth": "6", '
-                    '"task_type": "math", "tools": ["python"]}\n')
+    data.write_text(
+        '{"id": "p0", "prompt": "What is 2 * 3?", "ground_truth": "6", '
+        '"task_type": "math", "tools": ["python"]}\n'
+    )
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"run:\n  output_dir: {tmp_path / 'run'}\nmodel:\n  path: {model}\n"
-                      f"data:\n  train_path: {data}\ntrainer:\n  device: cpu\n"
-                      f"  total_steps: 1\n  grpc_port: {free_port()}\n"
-                      f"  http_port: {free_port()}\n")
+    recipe.write_text(
+        f"run:\n  output_dir: {tmp_path / 'run'}\nmodel:\n  path: {model}\n"
+        f"data:\n  train_path: {data}\ntrainer:\n  device: cpu\n"
+        f"  total_steps: 1\n  grpc_port: {free_port()}\n"
+        f"  http_port: {free_port()}\n"
+    )
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    out = run("train", "-r", str(recipe), env={"AGENTRL__REDIS__URL": dead,
-                                                "AGENTRL__REDIS__RECONNECT_DEADLINE_S": "1"})
+    out = run(
+        "train",
+        "-r",
+        str(recipe),
+        env={"AGENTRL__REDIS__URL": dead, "AGENTRL__REDIS__RECONNECT_DEADLINE_S": "1"},
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     assert dead in out.stderr and "redis.url" in out.stderr and "redis-server" in out.stderr
@@ -182,14 +197,27 @@ def test_train_with_redis_down_says_what_to_start_in_one_paragraph(tmp_path):
 
 def test_eval_with_the_stack_down_names_every_missing_service_in_one_paragraph(tmp_path):
     data = tmp_path / "eval.jsonl"
-    data.write_text('{"id": "p0", "prompt": "What is 2 * 3?", "ground_truth": "6", '
-                    '"task_type": "math", "tools": ["python"]}\n')
+    data.write_text(
+        '{"id": "p0", "prompt": "What is 2 * 3?", "ground_truth": "6", '
+        '"task_type": "math", "tools": ["python"]}\n'
+    )
     vllm_url = f"http://127.0.0.1:{free_port()}"
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"inference:\n  urls: [{vllm_url}]\nsandbox:\n  grpc_port: {free_port()}\n"
-                      f"reward:\n  grpc_port: {free_port()}\nsearch:\n  grpc_port: {free_port()}\n")
-    out = run("eval", "-r", str(recipe), "--data", str(data), "-k", "1",
-              "--out", str(tmp_path / "report.json"))
+    recipe.write_text(
+        f"inference:\n  urls: [{vllm_url}]\nsandbox:\n  grpc_port: {free_port()}\n"
+        f"reward:\n  grpc_port: {free_port()}\nsearch:\n  grpc_port: {free_port()}\n"
+    )
+    out = run(
+        "eval",
+        "-r",
+        str(recipe),
+        "--data",
+        str(data),
+        "-k",
+        "1",
+        "--out",
+        str(tmp_path / "report.json"),
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     message = " ".join(out.stderr.split())

@@ -21,10 +21,14 @@ from agentrl.common.dry_run import Check, run_checks, run_dry_run
 REPO = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ROW = {"prompt": "What is 2 + 2?", "ground_truth": "4", "task_type": "math", "tools": ["python"]}
-TRAJECTORY = {"messages": [{"role": "user", "content": "What is 2 + 2?"},
-                           {"role": "assistant", "content": "<code>print(2 + 2)</code>"},
-                           {"role": "tool", "content": "4"},
-                           {"role": "assistant", "content": "<answer>4</answer>"}]}
+TRAJECTORY = {
+    "messages": [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "<code>print(2 + 2)</code>"},
+        {"role": "tool", "content": "4"},
+        {"role": "assistant", "content": "<answer>4</answer>"},
+    ]
+}
 
 
 class HealthHandler(BaseHTTPRequestHandler):
@@ -79,8 +83,9 @@ def files(tmp_path):
     return {"train": train, "eval": evaluation, "sft": sft, "model": model}
 
 
-def write_recipe(tmp_path: Path, files: dict, sandbox: str, reward: str, urls: list[str],
-                 **sections) -> Path:
+def write_recipe(
+    tmp_path: Path, files: dict, sandbox: str, reward: str, urls: list[str], **sections
+) -> Path:
     recipe = {
         "run": {"run_id": "dry-run-test", "output_dir": str(tmp_path / "run")},
         "model": {"path": str(files["model"])},
@@ -108,21 +113,37 @@ def by_check(results) -> dict[str, list]:
 
 def cli_dry_run(recipe: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTRL__")}
-    return subprocess.run([sys.executable, "-m", "agentrl.common.cli", "dry-run", "-r",
-                           str(recipe), *args], check=False, capture_output=True, text=True,
-                          cwd=REPO, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "agentrl.common.cli", "dry-run", "-r", str(recipe), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env=env,
+    )
 
 
-def test_dry_run_passes_when_everything_the_recipe_uses_answers(tmp_path, services, files,
-                                                                health_url):
+def test_dry_run_passes_when_everything_the_recipe_uses_answers(
+    tmp_path, services, files, health_url
+):
     sandbox, reward = services
     recipe = write_recipe(tmp_path, files, sandbox, reward, [health_url])
     results = run_dry_run(recipe, env={})
     statuses = {r.check: r.status for r in results}
-    assert statuses == {"config": "ok", "data.train_path": "ok", "data.eval_path": "ok",
-                        "sft.train_path": "ok", "model.path": "ok", "redis": "ok",
-                        "sandbox": "ok", "reward": "ok", "vllm": "ok", "search": "skip",
-                        "rollout": "skip"}, results
+    assert statuses == {
+        "config": "ok",
+        "data.train_path": "ok",
+        "data.eval_path": "ok",
+        "sft.train_path": "ok",
+        "model.path": "ok",
+        "redis": "ok",
+        "sandbox": "ok",
+        "reward": "ok",
+        "vllm": "ok",
+        "search": "skip",
+        "rollout": "skip",
+    }, results
     found = by_check(results)
     assert found["data.train_path"][0].detail.startswith("2 prompts; task types: math")
     assert "SandboxService SERVING" in found["sandbox"][0].detail
@@ -131,8 +152,9 @@ def test_dry_run_passes_when_everything_the_recipe_uses_answers(tmp_path, servic
     assert "every check passed" in cli.stderr and "FAIL" not in cli.stdout
 
 
-def test_dry_run_fails_naming_a_closed_port_and_a_corrupt_data_file(tmp_path, services, files,
-                                                                    health_url):
+def test_dry_run_fails_naming_a_closed_port_and_a_corrupt_data_file(
+    tmp_path, services, files, health_url
+):
     _sandbox, reward = services
     port = closed_port()
     files["train"].write_text(json.dumps(ROW) + '\n{"prompt": "cut off by a full disk\n')
@@ -157,9 +179,14 @@ def test_each_service_is_checked_at_its_own_address(tmp_path, services, files, h
     vllm_down, search_down, rollout_down = closed_port(), closed_port(), closed_port()
     files["train"].write_text(json.dumps({**ROW, "task_type": "qa", "tools": ["search"]}) + "\n")
     recipe = write_recipe(
-        tmp_path, files, sandbox, sandbox, [health_url, f"http://127.0.0.1:{vllm_down}"],
+        tmp_path,
+        files,
+        sandbox,
+        sandbox,
+        [health_url, f"http://127.0.0.1:{vllm_down}"],
         rollout={"tool_format": "hermes", "address": f"127.0.0.1:{rollout_down}"},
-        search={"address": f"127.0.0.1:{search_down}"})
+        search={"address": f"127.0.0.1:{search_down}"},
+    )
     found = by_check(run_dry_run(recipe, env={}, timeout_s=3.0))
     # The reward address answers, but it is the sandbox's: the named health check tells them apart.
     assert found["reward"][0].status == "FAIL"
@@ -168,17 +195,20 @@ def test_each_service_is_checked_at_its_own_address(tmp_path, services, files, h
     assert "ConnectError" in found["vllm"][1].detail
     # The tasks search (so search is checked) and call no python (so the sandbox is not).
     assert found["search"][0].status == "FAIL" and found["search"][0].target.endswith(
-        f":{search_down}")
+        f":{search_down}"
+    )
     assert found["sandbox"][0].status == "skip"
-    assert found["rollout"][0].status == "FAIL" and "agentrl serve rollout" in found[
-        "rollout"][0].fix
+    assert (
+        found["rollout"][0].status == "FAIL" and "agentrl serve rollout" in found["rollout"][0].fix
+    )
 
 
 def test_a_silent_peer_fails_within_the_timeout(tmp_path, services, files, silent_port):
     _sandbox, reward = services
     silent = f"127.0.0.1:{silent_port}"
-    recipe = write_recipe(tmp_path, files, silent, reward, [f"http://{silent}"],
-                          redis={"url": f"redis://{silent}/0"})
+    recipe = write_recipe(
+        tmp_path, files, silent, reward, [f"http://{silent}"], redis={"url": f"redis://{silent}/0"}
+    )
     started = time.monotonic()
     found = by_check(run_dry_run(recipe, env={}, timeout_s=1.0))
     assert time.monotonic() - started < 8.0  # files and services each run in parallel
@@ -195,5 +225,8 @@ def test_a_check_that_ignores_its_timeouts_is_cut_at_its_deadline():
     (result,) = run_checks([check])
     release.set()
     assert time.monotonic() - started < 3.0
-    assert (result.status, result.detail, result.fix) == ("FAIL", "no answer within 0.5 s",
-                                                          "unstick it")
+    assert (result.status, result.detail, result.fix) == (
+        "FAIL",
+        "no answer within 0.5 s",
+        "unstick it",
+    )

@@ -54,13 +54,15 @@ LEARNING_RATE = 1e-3
 RTOL, ATOL = 1e-5, 1e-6  # float32 sums taken in another order (measured: ~2e-7 apart)
 ALGORITHMS = {
     "default": AlgorithmConfig(learning_rate=LEARNING_RATE),
-    "decoupled_seq_mean": AlgorithmConfig(learning_rate=LEARNING_RATE, decoupled_ppo=True,
-                                          loss_agg="seq-mean-token-mean"),
+    "decoupled_seq_mean": AlgorithmConfig(
+        learning_rate=LEARNING_RATE, decoupled_ppo=True, loss_agg="seq-mean-token-mean"
+    ),
 }
 LAUNCH_TIMEOUT_S = 240  # a launch takes 10-20 s on 2 busy cores; room for a loaded CI machine
 
 
 # ---- what every rank runs (and the test process, at world size 1) ----------------------------
+
 
 def make_groups(seed: int) -> list:
     """Three scored groups of four samples with mixed rewards, different lengths, and behaviour
@@ -76,31 +78,43 @@ def make_groups(seed: int) -> list:
             length = PROMPT_LENGTH + 6 + 4 * i + 3 * g
             response = length - PROMPT_LENGTH
             behaviour = (-6.9 + 0.3 * torch.randn(response, generator=generator)).tolist()
-            samples.append(group_pb2.ScoredTrajectory(
-                trajectory=trajectory_pb2.Trajectory(
-                    trajectory_id=f"g{g}-{i}", sample_index=i, prompt_length=PROMPT_LENGTH,
-                    token_ids=torch.randint(3, 300, (length,), generator=generator).tolist(),
-                    loss_mask=[0] * PROMPT_LENGTH + [1] * response,
-                    behaviour_logprobs=[0.0] * PROMPT_LENGTH + behaviour,
-                    policy_versions=[-1] * PROMPT_LENGTH + [0] * response),
-                result=group_pb2.RewardResult(reward=reward)))
-        groups.append(group_pb2.Group(group_id=f"g{g}", task=task_pb2.RolloutTask(
-            task_id=f"g{g}"), samples=samples))
+            samples.append(
+                group_pb2.ScoredTrajectory(
+                    trajectory=trajectory_pb2.Trajectory(
+                        trajectory_id=f"g{g}-{i}",
+                        sample_index=i,
+                        prompt_length=PROMPT_LENGTH,
+                        token_ids=torch.randint(3, 300, (length,), generator=generator).tolist(),
+                        loss_mask=[0] * PROMPT_LENGTH + [1] * response,
+                        behaviour_logprobs=[0.0] * PROMPT_LENGTH + behaviour,
+                        policy_versions=[-1] * PROMPT_LENGTH + [0] * response,
+                    ),
+                    result=group_pb2.RewardResult(reward=reward),
+                )
+            )
+        groups.append(
+            group_pb2.Group(
+                group_id=f"g{g}", task=task_pb2.RolloutTask(task_id=f"g{g}"), samples=samples
+            )
+        )
     return groups
 
 
 def make_backend(model_dir: Path, parallelism: str):
-    config = AgentRLConfig(model=ModelConfig(path=model_dir),
-                           trainer=TrainerConfig(device="cpu", parallelism=parallelism,
-                                                 cpu_threads=1),
-                           algorithm=AlgorithmConfig(learning_rate=LEARNING_RATE))
+    config = AgentRLConfig(
+        model=ModelConfig(path=model_dir),
+        trainer=TrainerConfig(device="cpu", parallelism=parallelism, cpu_threads=1),
+        algorithm=AlgorithmConfig(learning_rate=LEARNING_RATE),
+    )
     return create_backend(config)
 
 
 def full_gradients(backend) -> dict[str, torch.Tensor]:
     """Every parameter's whole gradient (gathering a DTensor is collective: all ranks call)."""
-    return {name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
-            for name, p in backend.model.named_parameters()}
+    return {
+        name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+        for name, p in backend.model.named_parameters()
+    }
 
 
 def step(backend, seed: int, algorithm: AlgorithmConfig):
@@ -113,18 +127,26 @@ def rl_step_scenario(model_dir: Path, parallelism: str, algorithm: AlgorithmConf
     backend = make_backend(model_dir, parallelism)
     batch = build_train_batch(make_groups(0), 0, algorithm, max_staleness=4)
     micro_batches = rank_share(batch.micro_batches(MICRO_BATCH_TOKENS))
-    counts = backend.global_counts(sum(
-        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
-        GlobalTokenCounts(0, 0, 0)))
+    counts = backend.global_counts(
+        sum(
+            (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
+            GlobalTokenCounts(0, 0, 0),
+        )
+    )
     backend.forward_backward(micro_batches, policy_loss_fn(algorithm, counts))
     gradients = full_gradients(backend)
     backend.optimizer.zero_grad(set_to_none=True)
     outcome = train_step(backend, batch, algorithm, MICRO_BATCH_TOKENS)
-    return {"gradients": gradients, "loss_metrics": outcome.loss_metrics,
-            "grad_norm": outcome.stats.grad_norm, "counts": outcome.counts,
-            "num_micro_batches": outcome.num_micro_batches,
-            "num_local_micro_batches": len(micro_batches),
-            "time_training_s": outcome.time_training_s, "weights": backend.hf_weights()}
+    return {
+        "gradients": gradients,
+        "loss_metrics": outcome.loss_metrics,
+        "grad_norm": outcome.stats.grad_norm,
+        "counts": outcome.counts,
+        "num_micro_batches": outcome.num_micro_batches,
+        "num_local_micro_batches": len(micro_batches),
+        "time_training_s": outcome.time_training_s,
+        "weights": backend.hf_weights(),
+    }
 
 
 def write_checkpoint(model_dir: Path, parallelism: str, root: Path) -> None:
@@ -166,6 +188,7 @@ def backend_scenarios(model_dir: Path, out_dir: Path, checkpoint_from_one_rank: 
 # and the pool's HTTP routes (weight reload, version label, the drift check's scoring) are
 # answered in-process. What is real is the loop itself on every rank, Redis and torch.distributed.
 
+
 def stand_in_pool():
     import httpx
 
@@ -177,8 +200,12 @@ def stand_in_pool():
         path = request.url.path
         if path == "/inference/v1/generate":  # the drift check: any log-probs will do
             token_ids = json.loads(request.content)["token_ids"]
-            return httpx.Response(200, json={"prompt_logprobs": [None] + [
-                {str(t): {"logprob": -6.9}} for t in token_ids[1:]]})
+            return httpx.Response(
+                200,
+                json={
+                    "prompt_logprobs": [None] + [{str(t): {"logprob": -6.9}} for t in token_ids[1:]]
+                },
+            )
         if path == "/update_weight_version":
             served["version"] = json.loads(request.content)["new_version"]
         if path == "/weight_info":
@@ -205,44 +232,69 @@ def stand_in_rollout(redis_url: str, run_id: str, stop) -> None:
             prompt, samples = list(task.prompt_token_ids), []
             for i in range(task.num_samples):
                 n = rng.randint(4, 12)
-                samples.append(group_pb2.ScoredTrajectory(
-                    trajectory=trajectory_pb2.Trajectory(
-                        trajectory_id=f"{task.task_id}-{i}", task_id=task.task_id,
-                        sample_index=i, prompt_length=len(prompt),
-                        token_ids=prompt + [rng.randint(3, 300) for _ in range(n)],
-                        behaviour_logprobs=[0.0] * len(prompt)
-                        + [-6.9 + rng.gauss(0, 0.3) for _ in range(n)],
-                        loss_mask=[0] * len(prompt) + [1] * n,
-                        policy_versions=[-1] * len(prompt) + [task.admitted_policy_version] * n),
-                    result=group_pb2.RewardResult(reward=float(rng.random() < 0.5))))
-            groups.publish(group_pb2.Group(group_id=task.task_id,
-                                           idempotency_key=task.idempotency_key, task=task,
-                                           samples=samples))
+                samples.append(
+                    group_pb2.ScoredTrajectory(
+                        trajectory=trajectory_pb2.Trajectory(
+                            trajectory_id=f"{task.task_id}-{i}",
+                            task_id=task.task_id,
+                            sample_index=i,
+                            prompt_length=len(prompt),
+                            token_ids=prompt + [rng.randint(3, 300) for _ in range(n)],
+                            behaviour_logprobs=[0.0] * len(prompt)
+                            + [-6.9 + rng.gauss(0, 0.3) for _ in range(n)],
+                            loss_mask=[0] * len(prompt) + [1] * n,
+                            policy_versions=[-1] * len(prompt) + [task.admitted_policy_version] * n,
+                        ),
+                        result=group_pb2.RewardResult(reward=float(rng.random() < 0.5)),
+                    )
+                )
+            groups.publish(
+                group_pb2.Group(
+                    group_id=task.task_id,
+                    idempotency_key=task.idempotency_key,
+                    task=task,
+                    samples=samples,
+                )
+            )
             tasks.complete(entry)
     tasks.close()
     groups.close()
 
 
-def rl_loop_scenario(model_dir: Path, data: Path, run_dir: Path, redis_url: str,
-                     parallelism: str, max_steps: int) -> None:
+def rl_loop_scenario(
+    model_dir: Path, data: Path, run_dir: Path, redis_url: str, parallelism: str, max_steps: int
+) -> None:
     """`run_training` to `max_steps` (resuming from `run_dir`), the stand-ins on rank 0."""
     import threading
 
     from agentrl.trainer.rl_loop import run_training
 
-    config = AgentRLConfig.model_validate({
-        "run": {"run_id": run_dir.name, "output_dir": str(run_dir), "seed": 5},
-        "model": {"path": str(model_dir)}, "data": {"train_path": str(data)},
-        "redis": {"url": redis_url},
-        "trainer": {"device": "cpu", "parallelism": parallelism, "cpu_threads": 1,
-                    "batch_size": 2, "max_staleness": 0, "checkpoint_interval_steps": 2,
-                    "grpc_port": 0, "http_port": 0, "micro_batch_tokens": 40,
-                    "weight_transport": "disk"},  # the transport whose routes the stand-in answers
-        "algorithm": {"group_size": 4, "learning_rate": LEARNING_RATE}})
+    config = AgentRLConfig.model_validate(
+        {
+            "run": {"run_id": run_dir.name, "output_dir": str(run_dir), "seed": 5},
+            "model": {"path": str(model_dir)},
+            "data": {"train_path": str(data)},
+            "redis": {"url": redis_url},
+            "trainer": {
+                "device": "cpu",
+                "parallelism": parallelism,
+                "cpu_threads": 1,
+                "batch_size": 2,
+                "max_staleness": 0,
+                "checkpoint_interval_steps": 2,
+                "grpc_port": 0,
+                "http_port": 0,
+                "micro_batch_tokens": 40,
+                "weight_transport": "disk",
+            },  # the transport whose routes the stand-in answers
+            "algorithm": {"group_size": 4, "learning_rate": LEARNING_RATE},
+        }
+    )
     stop = threading.Event()
     if is_main_process():
-        threading.Thread(target=stand_in_rollout, args=(redis_url, run_dir.name, stop),
-                         daemon=True).start()
+        threading.Thread(
+            target=stand_in_rollout, args=(redis_url, run_dir.name, stop), daemon=True
+        ).start()
     try:
         run_training(config, max_steps, pool=stand_in_pool(), wait_timeout_s=60)
     finally:
@@ -262,6 +314,7 @@ def main(scenario: str, *args: str) -> None:
 
 # ---- the tests --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from agentrl.common.models import default_corpus, init_tiny_model
@@ -279,14 +332,27 @@ def one_thread():
 
 
 def torchrun_this_file(*args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={WORLD_SIZE}", __file__, *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={WORLD_SIZE}",
+        __file__,
+        *map(str, args),
+    ]
 
 
 def launch(args: list[str], timeout_s: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, check=False, cwd=REPO, capture_output=True, text=True,
-                            timeout=timeout_s,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    result = subprocess.run(
+        args,
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+    )
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -295,8 +361,10 @@ def launch(args: list[str], timeout_s: float = LAUNCH_TIMEOUT_S) -> subprocess.C
 def runs(model_dir, one_thread, tmp_path_factory):
     """World size 1 in this process, world size 2 under torchrun, then the cross resume."""
     out = tmp_path_factory.mktemp("fsdp2")
-    one = {name: rl_step_scenario(model_dir, "single", algorithm)
-           for name, algorithm in ALGORITHMS.items()}
+    one = {
+        name: rl_step_scenario(model_dir, "single", algorithm)
+        for name, algorithm in ALGORITHMS.items()
+    }
     write_checkpoint(model_dir, "single", out / "checkpoints_one_rank")
     one["uninterrupted"] = uninterrupted(model_dir)
     started = time.perf_counter()
@@ -310,8 +378,9 @@ def runs(model_dir, one_thread, tmp_path_factory):
 def assert_same_tensors(expected: dict, actual: dict) -> None:
     assert expected.keys() == actual.keys()
     for name, value in expected.items():
-        torch.testing.assert_close(actual[name], value, rtol=RTOL, atol=ATOL,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            actual[name], value, rtol=RTOL, atol=ATOL, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
@@ -329,8 +398,10 @@ def test_an_rl_step_on_two_ranks_equals_one_rank(runs, algorithm) -> None:
     assert one["loss_metrics"]["entropy"] > 0
     assert_same_tensors(one["gradients"], two["gradients"])
     assert_same_tensors(one["weights"], two["weights"])
-    print(f"{algorithm}: step {one['time_training_s']:.3f} s on 1 rank, "
-          f"{two['time_training_s']:.3f} s on {WORLD_SIZE}")
+    print(
+        f"{algorithm}: step {one['time_training_s']:.3f} s on 1 rank, "
+        f"{two['time_training_s']:.3f} s on {WORLD_SIZE}"
+    )
 
 
 def test_checkpoints_resume_across_world_sizes(runs) -> None:
@@ -341,18 +412,25 @@ def test_checkpoints_resume_across_world_sizes(runs) -> None:
 
 # ---- the CLI -----------------------------------------------------------------------------------
 
+
 def write_trajectories(path: Path, count: int) -> Path:
     """Calculator episodes in `load_trajectories`' format, half of them calling the tool."""
     rng = random.Random(0)
     rows = []
     for i in range(count):
         a, b = rng.randint(10, 999), rng.randint(10, 99)
-        messages = [{"role": "system", "content": "Use Python for arithmetic."},
-                    {"role": "user", "content": f"What is {a} * {b}?"}]
+        messages = [
+            {"role": "system", "content": "Use Python for arithmetic."},
+            {"role": "user", "content": f"What is {a} * {b}?"},
+        ]
         if i % 2:
-            messages += [{"role": "assistant",
-                          "content": f"Let me compute it.\n<code>\nprint({a} * {b})\n</code>"},
-                         {"role": "tool", "content": f"{a * b}\n"}]
+            messages += [
+                {
+                    "role": "assistant",
+                    "content": f"Let me compute it.\n<code>\nprint({a} * {b})\n</code>",
+                },
+                {"role": "tool", "content": f"{a * b}\n"},
+            ]
         messages.append({"role": "assistant", "content": f"The result is <answer>{a * b}</answer>"})
         rows.append(json.dumps({"messages": messages}))
     path.write_text("\n".join(rows) + "\n")
@@ -360,7 +438,8 @@ def write_trajectories(path: Path, count: int) -> Path:
 
 
 def test_sft_with_nproc_per_node_trains_data_parallel_and_matches_one_rank(
-        model_dir, one_thread, tmp_path) -> None:
+    model_dir, one_thread, tmp_path
+) -> None:
     from safetensors.torch import load_file
 
     from agentrl.common.config import load_config
@@ -374,39 +453,72 @@ def test_sft_with_nproc_per_node_trains_data_parallel_and_matches_one_rank(
         f"model: {{path: {model_dir}}}\n"
         "trainer: {device: cpu, parallelism: fsdp2, cpu_threads: 1}\n"
         f"sft: {{train_path: {data}, batch_size: 6, max_steps: 2, learning_rate: 0.001, "
-        "micro_batch_tokens: 128, max_length_tokens: 128}\n")
-    result = launch([sys.executable, "-m", "agentrl.common.cli", "sft", "--recipe", str(recipe),
-                     "--nproc-per-node", str(WORLD_SIZE), "--log-every", "1"])
+        "micro_batch_tokens: 128, max_length_tokens: 128}\n"
+    )
+    result = launch(
+        [
+            sys.executable,
+            "-m",
+            "agentrl.common.cli",
+            "sft",
+            "--recipe",
+            str(recipe),
+            "--nproc-per-node",
+            str(WORLD_SIZE),
+            "--log-every",
+            "1",
+        ]
+    )
     assert result.stdout.count("SFT done: 2 steps on 12 trajectories") == 1, result.stdout
     assert result.stdout.count("step     1  loss") == 1  # rank 0 alone prints
     two_ranks = tmp_path / "run" / "sft"
-    records = [json.loads(line)
-               for line in (two_ranks / "sft_metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (two_ranks / "sft_metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in records] == [1, 2]
     assert (two_ranks / "config.json").is_file() and (two_ranks / "tokenizer.json").is_file()
 
     config = load_config(recipe)
-    config = config.model_copy(update={"trainer": config.trainer.model_copy(
-        update={"parallelism": "single"})})
+    config = config.model_copy(
+        update={"trainer": config.trainer.model_copy(update={"parallelism": "single"})}
+    )
     one_rank = run_sft(config, output_dir=tmp_path / "one_rank")
     for record, loss in zip(records, one_rank.losses, strict=True):
         assert record["loss"] == pytest.approx(loss, rel=RTOL)
-    expected = [json.loads(line) for line in
-                (tmp_path / "one_rank" / "sft_metrics.jsonl").read_text().splitlines()]
+    expected = [
+        json.loads(line)
+        for line in (tmp_path / "one_rank" / "sft_metrics.jsonl").read_text().splitlines()
+    ]
     for record, reference in zip(records, expected, strict=True):
         assert record["grad_norm"] == pytest.approx(reference["grad_norm"], rel=RTOL)
         assert record["num_tokens"] == reference["num_tokens"]
-    assert_same_tensors(load_file(tmp_path / "one_rank" / "model.safetensors"),
-                        load_file(two_ranks / "model.safetensors"))
+    assert_same_tensors(
+        load_file(tmp_path / "one_rank" / "model.safetensors"),
+        load_file(two_ranks / "model.safetensors"),
+    )
 
 
 def test_single_parallelism_with_several_processes_is_refused(model_dir, tmp_path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model: {{path: {model_dir}}}\ntrainer: {{device: cpu}}\n")
-    result = subprocess.run([sys.executable, "-m", "agentrl.common.cli", "sft", "--recipe",
-                             str(recipe), "--nproc-per-node", "2"], check=False, cwd=REPO,
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentrl.common.cli",
+            "sft",
+            "--recipe",
+            str(recipe),
+            "--nproc-per-node",
+            "2",
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 1
     assert "set trainer.parallelism: fsdp2" in result.stderr
 
@@ -414,15 +526,23 @@ def test_single_parallelism_with_several_processes_is_refused(model_dir, tmp_pat
 # ---- the RL loop --------------------------------------------------------------------------------
 
 
-def test_the_rl_loop_on_two_ranks_resumes_and_equals_one_rank(model_dir, redis_url, one_thread,
-                                                               tmp_path) -> None:
+def test_the_rl_loop_on_two_ranks_resumes_and_equals_one_rank(
+    model_dir, redis_url, one_thread, tmp_path
+) -> None:
     from safetensors.torch import load_file
 
     from agentrl.trainer.metrics import read_step_metrics
 
     data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"What is {i} * 7?", "ground_truth": str(7 * i),
-                                        "task_type": "math"}) + "\n" for i in range(20)))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"prompt": f"What is {i} * 7?", "ground_truth": str(7 * i), "task_type": "math"}
+            )
+            + "\n"
+            for i in range(20)
+        )
+    )
     one, two = tmp_path / "one-rank", tmp_path / "two-ranks"
     rl_loop_scenario(model_dir, data, one, redis_url, "single", 3)
     launch(torchrun_this_file("rl_loop", model_dir, data, two, redis_url, 2))
@@ -436,7 +556,9 @@ def test_the_rl_loop_on_two_ranks_resumes_and_equals_one_rank(model_dir, redis_u
         for name in ("loss", "pg_loss", "entropy", "approx_kl", "clip_frac_high", "grad_norm"):
             assert record[name] == pytest.approx(reference[name], rel=RTOL, abs=ATOL), name
     assert [p.name for p in sorted((two / "checkpoints").iterdir())] == [
-        "step_00000002", "step_00000003"]
+        "step_00000002",
+        "step_00000003",
+    ]
     weights = "weights/v00000003/model.safetensors"  # the last version the pool was sent
     assert_same_tensors(load_file(one / weights), load_file(two / weights))
 

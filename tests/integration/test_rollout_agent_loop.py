@@ -60,8 +60,13 @@ def sandbox() -> Iterator[SandboxClient]:
     config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 2}})
     executor = sandbox_executor.Sandbox(config.sandbox)
     servicer = sandbox_service.SandboxServicer(executor)
-    grpc_server = serve(sandbox_service.register(servicer), [sandbox_service.SERVICE_NAME],
-                        port=0, token=None, max_workers=8)
+    grpc_server = serve(
+        sandbox_service.register(servicer),
+        [sandbox_service.SERVICE_NAME],
+        port=0,
+        token=None,
+        max_workers=8,
+    )
     with SandboxClient(grpc_server.address, token=None) as client:
         yield client
     grpc_server.stop(0)
@@ -74,11 +79,14 @@ def search_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated QA world of ~200 passages, indexed (BM25) as `qa`."""
     out = tmp_path_factory.mktemp("search-world")
     runner = CliRunner()
-    made = runner.invoke(data_app, ["--seed", "5", "--out", str(out), "--num-passages", "200",
-                                    "--num-questions", "40"])
+    made = runner.invoke(
+        data_app,
+        ["--seed", "5", "--out", str(out), "--num-passages", "200", "--num-questions", "40"],
+    )
     assert made.exit_code == 0, made.output
-    indexed = runner.invoke(index_app, [str(out / "corpus.jsonl"), "--out", str(out / "index"),
-                                        "--name", "qa"])
+    indexed = runner.invoke(
+        index_app, [str(out / "corpus.jsonl"), "--out", str(out / "index"), "--name", "qa"]
+    )
     assert indexed.exit_code == 0, indexed.output
     return out
 
@@ -86,8 +94,9 @@ def search_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def search(search_world: Path) -> Iterator[grpc.Channel]:
     """A channel to the real search service over `search_world` (max_query_chars 200)."""
-    config = SearchConfig(grpc_port=0, http_port=0, index_dir=search_world / "index",
-                          max_query_chars=200)
+    config = SearchConfig(
+        grpc_port=0, http_port=0, index_dir=search_world / "index", max_query_chars=200
+    )
     service = start_search_service(config, registry=CollectorRegistry(), token=None)
     with create_channel(service.grpc_address, token=None) as channel:
         yield channel
@@ -100,23 +109,37 @@ def tokenizer(model_dir: Path):
 
 
 def prompt_ids(tokenizer, question: str = "What is 6 * 7?") -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                         add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def episode(server, sandbox, tokenizer, regex: str | None, prompt: list[int] | None = None,
-            allowed: list[int] | None = None, tools: ToolBox | None = None, **limits):
-    constraint = {"structured_outputs": {"regex": regex}} if regex else {
-        "allowed_token_ids": allowed}
-    settings = EpisodeSettings(sampling={"temperature": 1.0, "seed": 11, "logprobs": 3,
-                                         **constraint}, max_tokens_per_turn=64, **limits)
+def episode(
+    server,
+    sandbox,
+    tokenizer,
+    regex: str | None,
+    prompt: list[int] | None = None,
+    allowed: list[int] | None = None,
+    tools: ToolBox | None = None,
+    **limits,
+):
+    constraint = (
+        {"structured_outputs": {"regex": regex}} if regex else {"allowed_token_ids": allowed}
+    )
+    settings = EpisodeSettings(
+        sampling={"temperature": 1.0, "seed": 11, "logprobs": 3, **constraint},
+        max_tokens_per_turn=64,
+        **limits,
+    )
 
     async def body():
         pool = InferencePool([server.url], request_timeout_s=120)
         try:
-            loop = AgentLoop(pool, tokenizer,
-                             tools or ToolBox({"python": SandboxTool(sandbox, 10.0)}))
+            loop = AgentLoop(
+                pool, tokenizer, tools or ToolBox({"python": SandboxTool(sandbox, 10.0)})
+            )
             traj = await loop.run(prompt or prompt_ids(tokenizer), settings, trajectory_id="t")
             scored = await pool.score(list(traj.token_ids))
             return traj, scored
@@ -126,26 +149,32 @@ def episode(server, sandbox, tokenizer, regex: str | None, prompt: list[int] | N
     return asyncio.run(body())
 
 
-def test_tool_episode_is_exact_text_with_mask_on_sampled_tokens_only(server, sandbox,
-                                                                      tokenizer) -> None:
+def test_tool_episode_is_exact_text_with_mask_on_sampled_tokens_only(
+    server, sandbox, tokenizer
+) -> None:
     prompt = prompt_ids(tokenizer)
     traj, _ = episode(server, sandbox, tokenizer, CALL_REGEX, prompt, max_tool_calls=1)
     # Turn 0 calls the tool; turn 1 calls again, past the budget of one call.
     assert traj.finish_reason == Finish.FINISH_REASON_MAX_TOOL_CALLS
     assert [t.tool_call.status for t in traj.turns] == [
-        trajectory_pb2.TOOL_CALL_STATUS_OK, trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED]
+        trajectory_pb2.TOOL_CALL_STATUS_OK,
+        trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED,
+    ]
     first = traj.turns[0]
     assert first.tool_call.tool == "python" and first.tool_call.arguments == "print(6 * 7)"
     assert first.tool_call.output == "42\n" and first.tool_call.latency_s > 0
     observation = "\n<output>\n42\n\n</output>\n"
     expected = tokenizer.decode(prompt) + CALL + observation + CALL
     assert tokenizer.decode(list(traj.token_ids)) == expected
-    assert list(traj.token_ids[:len(prompt)]) == prompt and traj.prompt_length == len(prompt)
-    assert tokenizer.decode(list(traj.token_ids[first.observation_start:first.observation_end])) \
+    assert list(traj.token_ids[: len(prompt)]) == prompt and traj.prompt_length == len(prompt)
+    assert (
+        tokenizer.decode(list(traj.token_ids[first.observation_start : first.observation_end]))
         == observation
+    )
     unmasked = {i for i, m in enumerate(traj.loss_mask) if m == 0}
-    assert unmasked == set(range(len(prompt))) | set(range(first.observation_start,
-                                                           first.observation_end))
+    assert unmasked == set(range(len(prompt))) | set(
+        range(first.observation_start, first.observation_end)
+    )
     n = len(traj.token_ids)
     assert len(traj.loss_mask) == len(traj.behaviour_logprobs) == len(traj.policy_versions) == n
     for i in range(n):
@@ -161,13 +190,15 @@ def test_recorded_logprobs_equal_vllm_scoring_across_turns(server, sandbox, toke
     # Sampled text of a few tokens, ending each turn on </code> with no <code>: a parse error
     # that is shown to the model, so the episode has several turns with observations between.
     allowed = [tokenizer.convert_tokens_to_ids(t) for t in ("</code>", "x", "y", "Ġ")]
-    traj, scored = episode(server, sandbox, tokenizer, None, allowed=allowed, max_turns=3,
-                           max_tool_calls=5)
+    traj, scored = episode(
+        server, sandbox, tokenizer, None, allowed=allowed, max_turns=3, max_tool_calls=5
+    )
     assert traj.finish_reason == Finish.FINISH_REASON_MAX_TURNS and len(traj.turns) == 3
-    assert all(t.tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_PARSE_ERROR
-               for t in traj.turns)
+    assert all(
+        t.tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_PARSE_ERROR for t in traj.turns
+    )
     second = traj.turns[1]
-    observation = traj.token_ids[second.observation_start:second.observation_end]
+    observation = traj.token_ids[second.observation_start : second.observation_end]
     assert "could not parse" in tokenizer.decode(list(observation))
     sampled = [i for i, m in enumerate(traj.loss_mask) if m]
     assert len(sampled) >= 3
@@ -182,24 +213,29 @@ def test_tool_errors_are_observations_and_limits_end_episodes(server, sandbox, t
     assert traj.turns[0].tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_ERROR
     assert "ZeroDivisionError" in traj.turns[0].tool_call.output
     assert "ZeroDivisionError" in tokenizer.decode(
-        list(traj.token_ids[traj.turns[0].observation_start:traj.turns[0].observation_end]))
+        list(traj.token_ids[traj.turns[0].observation_start : traj.turns[0].observation_end])
+    )
 
     prompt = prompt_ids(tokenizer)
-    traj, _ = episode(server, sandbox, tokenizer, CALL_REGEX, prompt,
-                      max_total_tokens=len(prompt) + 5)
+    traj, _ = episode(
+        server, sandbox, tokenizer, CALL_REGEX, prompt, max_total_tokens=len(prompt) + 5
+    )
     assert traj.finish_reason == Finish.FINISH_REASON_MAX_TOKENS and traj.truncated
     assert len(traj.token_ids) == len(prompt) + 5
 
     long_output = r"<code>\nprint\('ab' \* 500\)\n</code>"
-    traj, _ = episode(server, sandbox, tokenizer, long_output, max_tool_calls=1,
-                      max_tool_output_tokens=8)
+    traj, _ = episode(
+        server, sandbox, tokenizer, long_output, max_tool_calls=1, max_tool_output_tokens=8
+    )
     call = traj.turns[0].tool_call
     assert call.output_truncated and call.output.endswith(TRUNCATION_NOTE)
     shown = call.output.removesuffix(TRUNCATION_NOTE)
     assert "abab" in shown and len(tokenizer.encode(shown)) <= 8
     turn = traj.turns[0]
-    assert tokenizer.decode(list(traj.token_ids[turn.observation_start:turn.observation_end])) \
+    assert (
+        tokenizer.decode(list(traj.token_ids[turn.observation_start : turn.observation_end]))
         == f"\n<output>\n{call.output}\n</output>\n"
+    )
 
 
 def test_an_answer_ends_the_episode(server, sandbox, tokenizer) -> None:
@@ -211,21 +247,36 @@ def test_an_answer_ends_the_episode(server, sandbox, tokenizer) -> None:
 
 def retrieve_top(channel: grpc.Channel, query: str) -> search_pb2.Passage:
     stub = search_pb2_grpc.SearchServiceStub(channel)
-    return stub.Retrieve(search_pb2.RetrieveRequest(queries=[query], top_k=1)).results[0].passages[0]
+    return (
+        stub.Retrieve(search_pb2.RetrieveRequest(queries=[query], top_k=1)).results[0].passages[0]
+    )
 
 
 def test_search_call_shows_the_retrieved_passage_as_masked_observation(
-        server, search, search_world, tokenizer) -> None:
+    server, search, search_world, tokenizer
+) -> None:
     # A one-hop question whose supporting passage BM25 ranks first, short enough for one turn.
     question, passage = next(
-        (q["question"], top) for q in read_questions(search_world / "train.jsonl")
-        if q["hops"] == 1 and len(tokenizer.encode(f"<search>{q['question']}</search>")) < 60
-        and (top := retrieve_top(search, q["question"])).id == q["supporting_ids"][0])
+        (q["question"], top)
+        for q in read_questions(search_world / "train.jsonl")
+        if q["hops"] == 1
+        and len(tokenizer.encode(f"<search>{q['question']}</search>")) < 60
+        and (top := retrieve_top(search, q["question"])).id == q["supporting_ids"][0]
+    )
     call = f"<search>{question}</search>"
     prompt = prompt_ids(tokenizer, question)
     tools = ToolBox({"search": SearchTool(search, timeout_s=10.0, top_k=1)})
-    traj, _ = episode(server, None, tokenizer, re.escape(call), prompt, tools=tools,
-                      tool_format="search_tags", max_tool_calls=1, max_tool_output_tokens=400)
+    traj, _ = episode(
+        server,
+        None,
+        tokenizer,
+        re.escape(call),
+        prompt,
+        tools=tools,
+        tool_format="search_tags",
+        max_tool_calls=1,
+        max_tool_output_tokens=400,
+    )
     assert traj.finish_reason == Finish.FINISH_REASON_MAX_TOOL_CALLS
     first = traj.turns[0]
     assert first.tool_call.tool == "search" and first.tool_call.arguments == question
@@ -233,19 +284,31 @@ def test_search_call_shows_the_retrieved_passage_as_masked_observation(
     assert first.tool_call.latency_s > 0 and not first.tool_call.output_truncated
     assert first.tool_call.output == f"Doc 1(Title: {passage.title}) {passage.text}"
     observation = get_format("search_tags").render_observation(first.tool_call.output)
-    obs_ids = list(traj.token_ids[first.observation_start:first.observation_end])
+    obs_ids = list(traj.token_ids[first.observation_start : first.observation_end])
     assert tokenizer.decode(obs_ids) == observation and passage.text in observation
-    assert set(traj.loss_mask[first.observation_start:first.observation_end]) == {0}
-    assert set(traj.policy_versions[first.observation_start:first.observation_end]) == {-1}
+    assert set(traj.loss_mask[first.observation_start : first.observation_end]) == {0}
+    assert set(traj.policy_versions[first.observation_start : first.observation_end]) == {-1}
     unmasked = {i for i, m in enumerate(traj.loss_mask) if m == 0}
-    assert unmasked == set(range(len(prompt))) | set(range(first.observation_start,
-                                                           first.observation_end))
-    assert tokenizer.decode(list(traj.token_ids)) == \
-        tokenizer.decode(prompt) + call + observation + call
+    assert unmasked == set(range(len(prompt))) | set(
+        range(first.observation_start, first.observation_end)
+    )
+    assert (
+        tokenizer.decode(list(traj.token_ids))
+        == tokenizer.decode(prompt) + call + observation + call
+    )
 
     # The observation budget cuts a long result, as for every tool.
-    traj, _ = episode(server, None, tokenizer, re.escape(call), prompt, tools=tools,
-                      tool_format="search_tags", max_tool_calls=1, max_tool_output_tokens=16)
+    traj, _ = episode(
+        server,
+        None,
+        tokenizer,
+        re.escape(call),
+        prompt,
+        tools=tools,
+        tool_format="search_tags",
+        max_tool_calls=1,
+        max_tool_output_tokens=16,
+    )
     cut = traj.turns[0].tool_call
     assert cut.status == trajectory_pb2.TOOL_CALL_STATUS_OK and cut.output_truncated
     assert cut.output.endswith(TRUNCATION_NOTE) and cut.output.startswith("Doc 1(Title: ")
@@ -257,15 +320,23 @@ def test_search_service_down_is_an_unavailable_observation(server, tokenizer) ->
         port = sock.getsockname()[1]
     with create_channel(f"127.0.0.1:{port}", token=None, retry=NO_RETRY) as channel:
         tools = ToolBox({"search": SearchTool(channel, timeout_s=5.0)})
-        traj, _ = episode(server, None, tokenizer, r"<search>capital of Krouperburg</search>",
-                          tools=tools, tool_format="search_tags", max_turns=1)
+        traj, _ = episode(
+            server,
+            None,
+            tokenizer,
+            r"<search>capital of Krouperburg</search>",
+            tools=tools,
+            tool_format="search_tags",
+            max_turns=1,
+        )
     assert traj.finish_reason == Finish.FINISH_REASON_MAX_TURNS
     call = traj.turns[0].tool_call
     assert call.tool == "search" and call.status == trajectory_pb2.TOOL_CALL_STATUS_UNAVAILABLE
     assert call.output == "search unavailable: UNAVAILABLE" and call.latency_s > 0
     turn = traj.turns[0]
     assert "search unavailable" in tokenizer.decode(
-        list(traj.token_ids[turn.observation_start:turn.observation_end]))
+        list(traj.token_ids[turn.observation_start : turn.observation_end])
+    )
 
 
 def test_search_tool_refused_queries_are_errors_the_model_reads(search) -> None:

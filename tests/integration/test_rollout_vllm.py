@@ -31,7 +31,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VLLMServer]]:
+def servers(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[VLLMServer]]:
     logs = tmp_path_factory.mktemp("vllm-logs")
     started = [VLLMServer.spawn(CONFIG, model_dir, logs / f"vllm-{i}.log") for i in range(2)]
     try:
@@ -60,8 +62,11 @@ def test_generate_is_token_in_token_out_and_logprobs_match_scoring(servers) -> N
     prompt = [1, 40, 41, 42, 43]
 
     async def body(pool: InferencePool):
-        out = await pool.generate("t-logprobs", prompt, {
-            "max_tokens": 24, "temperature": 1.0, "logprobs": 5, "seed": 7, "ignore_eos": True})
+        out = await pool.generate(
+            "t-logprobs",
+            prompt,
+            {"max_tokens": 24, "temperature": 1.0, "logprobs": 5, "seed": 7, "ignore_eos": True},
+        )
         scored = await pool.score(prompt + out.token_ids)
         return out, scored
 
@@ -76,7 +81,7 @@ def test_generate_is_token_in_token_out_and_logprobs_match_scoring(servers) -> N
         assert (token in dict(top)) == (logprob >= top[-1][1])
         assert dict(top).get(token, logprob) == pytest.approx(logprob, abs=LOGPROB_TOLERANCE)
     assert scored[0] is None
-    for sampled, rescored in zip(out.logprobs, scored[len(prompt):], strict=True):
+    for sampled, rescored in zip(out.logprobs, scored[len(prompt) :], strict=True):
         assert abs(sampled - rescored) < LOGPROB_TOLERANCE
 
 
@@ -87,9 +92,17 @@ def test_stop_string_ends_the_turn_on_the_tag(servers, model_dir: Path) -> None:
 
     async def body(pool: InferencePool):
         # Only "x" and "</code>" may be sampled: the turn must end at the first "</code>".
-        return await pool.generate("t-stop", [1, 40], {
-            "max_tokens": 200, "stop": ["</code>"], "include_stop_str_in_output": True,
-            "allowed_token_ids": [87, close_code], "seed": 3})
+        return await pool.generate(
+            "t-stop",
+            [1, 40],
+            {
+                "max_tokens": 200,
+                "stop": ["</code>"],
+                "include_stop_str_in_output": True,
+                "allowed_token_ids": [87, close_code],
+                "seed": 3,
+            },
+        )
 
     out = run(with_pool([servers[0].url], body))
     assert out.finish_reason == "stop" and out.stop_reason == "</code>"
@@ -100,8 +113,9 @@ def test_pause_keeps_requests_and_tokens_carry_the_new_version(servers) -> None:
     async def body(pool: InferencePool):
         assert set((await control.weight_versions(pool)).values()) == {0}
         await control.pause(pool, "keep")
-        pending = asyncio.create_task(pool.generate("t-pause", [1, 40], {
-            "max_tokens": 8, "ignore_eos": True}))
+        pending = asyncio.create_task(
+            pool.generate("t-pause", [1, 40], {"max_tokens": 8, "ignore_eos": True})
+        )
         await asyncio.sleep(1.0)
         finished_while_paused = pending.done()
         await control.set_weight_version(pool, 7)
@@ -118,12 +132,16 @@ def test_pause_keeps_requests_and_tokens_carry_the_new_version(servers) -> None:
 async def generation_tokens_total(pool: InferencePool, url: str) -> float:
     """The server's `vllm:generation_tokens_total` (Prometheus /metrics), summed over labels."""
     text = (await pool.http.get(url + "/metrics")).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:generation_tokens_total"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:generation_tokens_total")
+    )
 
 
 def test_abort_pause_mid_turn_resumes_from_its_tokens_with_the_new_version(
-        servers, model_dir: Path) -> None:
+    servers, model_dir: Path
+) -> None:
     """Issue item 6: pause(abort) while a turn is generating, set a new version, resume. The
     turn continues from the tokens it had: one aborted request, then one request whose prompt is
     the prompt plus exactly those tokens, and versions switch 0 -> 5 at that boundary."""
@@ -137,9 +155,11 @@ def test_abort_pause_mid_turn_resumes_from_its_tokens_with_the_new_version(
     # Plain tokens only (a sampler restriction applied after raw log-probs): no stop string or
     # EOS can end the turn early, so it runs for exactly turn_tokens tokens.
     allowed = [tokenizer.convert_tokens_to_ids(t) for t in ("x", "y", "Ġ")]
-    settings = EpisodeSettings(sampling={"temperature": 1.0, "seed": 13, "ignore_eos": True,
-                                         "allowed_token_ids": allowed},
-                               max_tokens_per_turn=turn_tokens, max_turns=1)
+    settings = EpisodeSettings(
+        sampling={"temperature": 1.0, "seed": 13, "ignore_eos": True, "allowed_token_ids": allowed},
+        max_tokens_per_turn=turn_tokens,
+        max_turns=1,
+    )
     url = servers[0].url
     calls: list[tuple[list[int], object]] = []
 
@@ -194,10 +214,14 @@ def test_abort_pause_mid_turn_resumes_from_its_tokens_with_the_new_version(
     assert tokenizer.decode(list(traj.token_ids)) == tokenizer.decode(prompt) + traj.response_text
     # Versions change once, from 0 to the new one, at the abort point inside the turn.
     boundary = len(prompt) + len(first.token_ids)
-    assert list(traj.policy_versions) == ([-1] * len(prompt) + [0] * len(first.token_ids)
-                                          + [new_version] * len(second.token_ids))
-    changes = [i for i in range(len(prompt) + 1, n)
-               if traj.policy_versions[i] != traj.policy_versions[i - 1]]
+    assert list(traj.policy_versions) == (
+        [-1] * len(prompt) + [0] * len(first.token_ids) + [new_version] * len(second.token_ids)
+    )
+    changes = [
+        i
+        for i in range(len(prompt) + 1, n)
+        if traj.policy_versions[i] != traj.policy_versions[i - 1]
+    ]
     assert changes == [boundary]
     # Each sampled token was drawn given exactly the tokens before it in the trajectory (a lost
     # or duplicated token would shift the context): its log-prob equals vLLM's scoring.
@@ -210,8 +234,9 @@ def test_sticky_least_loaded_routing_and_failover_to_the_healthy_server(servers)
 
     async def body(pool: InferencePool):
         sampling = {"max_tokens": 4, "ignore_eos": True}
-        first = await asyncio.gather(*(pool.generate(f"s{i}", [1, 40 + i], sampling)
-                                       for i in range(4)))
+        first = await asyncio.gather(
+            *(pool.generate(f"s{i}", [1, 40 + i], sampling) for i in range(4))
+        )
         spread = {out.server_url for out in first}
         again = [await pool.generate(f"s{i}", [1, 40 + i], sampling) for i in range(4)]
         sticky = all(a.server_url == b.server_url for a, b in zip(first, again))

@@ -82,8 +82,8 @@ def assert_consistent(group: group_pb2.Group, task: task_pb2.RolloutTask) -> Non
         n = len(t.token_ids)
         assert len(t.loss_mask) == len(t.behaviour_logprobs) == len(t.policy_versions) == n
         assert t.task_id == task.task_id and t.prompt_length == len(task.prompt_token_ids)
-        assert list(t.token_ids[:t.prompt_length]) == list(task.prompt_token_ids)
-        assert sum(t.loss_mask) > 0 and not any(t.loss_mask[:t.prompt_length])
+        assert list(t.token_ids[: t.prompt_length]) == list(task.prompt_token_ids)
+        assert sum(t.loss_mask) > 0 and not any(t.loss_mask[: t.prompt_length])
 
 
 def metric(http_url: str, name: str, **labels: str) -> float:
@@ -117,7 +117,11 @@ class WorkerProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "agentrl.common.cli", "serve", "rollout", "-r", str(recipe)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
 
     def status(self) -> rollout_pb2.RolloutStatus | None:
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
@@ -141,8 +145,10 @@ class WorkerProcess:
         except AssertionError as exc:  # say where the task was: unread, pending, or done
             client = redis.Redis.from_url(REDIS_URL)
             groups = client.xinfo_groups(prompts) if client.exists(prompts) else []
-            raise AssertionError(f"{exc}; worker status {seen}; stream {prompts} groups "
-                                 f"{groups}; worker log:\n{self.log()}") from None
+            raise AssertionError(
+                f"{exc}; worker status {seen}; stream {prompts} groups "
+                f"{groups}; worker log:\n{self.log()}"
+            ) from None
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
@@ -183,49 +189,87 @@ def run_id() -> Iterator[str]:
         client.delete(*keys)
 
 
-def make_config(run_id: str, server: VLLMServer, model_dir: Path, services: tuple[str, str],
-                **rollout: object) -> AgentRLConfig:
-    return AgentRLConfig.model_validate({
-        "run": {"run_id": run_id},
-        # Short enough that a killed worker's task is reclaimed within the test, long enough
-        # that a live worker on a loaded 2-core machine always renews its entries in time.
-        "redis": {"url": REDIS_URL, "visibility_timeout_s": 8.0},
-        "sandbox": {"address": services[0]},
-        "reward": {"address": services[1]},
-        "inference": {"urls": [server.url], "request_timeout_s": 120.0,
-                      "server": {"model_path": str(model_dir)}},
-        "rollout": {"grpc_port": 0, "http_port": 0, "max_concurrent_episodes": 16,
-                    "shutdown_grace_s": 60.0, **rollout}})
+def make_config(
+    run_id: str, server: VLLMServer, model_dir: Path, services: tuple[str, str], **rollout: object
+) -> AgentRLConfig:
+    return AgentRLConfig.model_validate(
+        {
+            "run": {"run_id": run_id},
+            # Short enough that a killed worker's task is reclaimed within the test, long enough
+            # that a live worker on a loaded 2-core machine always renews its entries in time.
+            "redis": {"url": REDIS_URL, "visibility_timeout_s": 8.0},
+            "sandbox": {"address": services[0]},
+            "reward": {"address": services[1]},
+            "inference": {
+                "urls": [server.url],
+                "request_timeout_s": 120.0,
+                "server": {"model_path": str(model_dir)},
+            },
+            "rollout": {
+                "grpc_port": 0,
+                "http_port": 0,
+                "max_concurrent_episodes": 16,
+                "shutdown_grace_s": 60.0,
+                **rollout,
+            },
+        }
+    )
 
 
 def make_task(tokenizer, key: str, n: int, max_tokens_per_turn: int = 48) -> task_pb2.RolloutTask:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 6 * 7?"}],
-                                         add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 6 * 7?"}], add_generation_prompt=True, tokenize=False
+    )
     return task_pb2.RolloutTask(
-        task_id=f"task-{key}", idempotency_key=key, prompt_id="p0",
-        prompt_token_ids=tokenizer.encode(text, add_special_tokens=False), prompt_text=text,
-        task_type="math", ground_truth="42", tools=["python"], tool_format="code_tags",
-        num_samples=n, created_at_unix_s=time.time(),
+        task_id=f"task-{key}",
+        idempotency_key=key,
+        prompt_id="p0",
+        prompt_token_ids=tokenizer.encode(text, add_special_tokens=False),
+        prompt_text=text,
+        task_type="math",
+        ground_truth="42",
+        tools=["python"],
+        tool_format="code_tags",
+        num_samples=n,
+        created_at_unix_s=time.time(),
         sampling=task_pb2.SamplingParams(temperature=1.0, max_tokens_per_turn=max_tokens_per_turn),
-        limits=task_pb2.EpisodeLimits(max_turns=3, max_tool_calls=1, max_total_tokens=1000,
-                                      max_tool_output_tokens=32))
+        limits=task_pb2.EpisodeLimits(
+            max_turns=3, max_tool_calls=1, max_total_tokens=1000, max_tool_output_tokens=32
+        ),
+    )
 
 
-def sample_group(server, services, tokenizer, task: task_pb2.RolloutTask, regex: str,
-                 arpo: ARPOConfig | None = None) -> tuple[group_pb2.Group, GroupSampler]:
+def sample_group(
+    server,
+    services,
+    tokenizer,
+    task: task_pb2.RolloutTask,
+    regex: str,
+    arpo: ARPOConfig | None = None,
+) -> tuple[group_pb2.Group, GroupSampler]:
     """One group through GroupSampler, or TaskSampler when `arpo` is given."""
 
     async def body() -> tuple[group_pb2.Group, GroupSampler]:
         pool = InferencePool([server.url], request_timeout_s=120)
         try:
-            with SandboxClient(services[0], token=None) as sandbox, \
-                    RewardClient(services[1], token=None) as reward:
+            with (
+                SandboxClient(services[0], token=None) as sandbox,
+                RewardClient(services[1], token=None) as reward,
+            ):
                 loop = AgentLoop(pool, tokenizer, ToolBox({"python": SandboxTool(sandbox)}))
                 extra = {"structured_outputs": {"regex": regex}}
-                sampler = GroupSampler(loop, reward, worker_id="w-test", extra_sampling=extra) \
-                    if arpo is None else TaskSampler(loop, reward, worker_id="w-test",
-                                                     arpo=arpo, vocab_size=len(tokenizer),
-                                                     extra_sampling=extra)
+                sampler = (
+                    GroupSampler(loop, reward, worker_id="w-test", extra_sampling=extra)
+                    if arpo is None
+                    else TaskSampler(
+                        loop,
+                        reward,
+                        worker_id="w-test",
+                        arpo=arpo,
+                        vocab_size=len(tokenizer),
+                        extra_sampling=extra,
+                    )
+                )
                 return await sampler.sample(task), sampler
         finally:
             await pool.close()
@@ -255,7 +299,8 @@ def tree_task(tokenizer, key: str) -> task_pb2.RolloutTask:
 
 
 def test_arpo_forced_branching_gives_exactly_m_samples_in_a_consistent_tree(
-        server, services, tokenizer) -> None:
+    server, services, tokenizer
+) -> None:
     task = tree_task(tokenizer, "k-tree")
     # tau = 1: P <= tau at every turn after a tool result, i.e. every such point branches.
     arpo = ARPOConfig(initial_samples=2, tau=1.0, beam_size=2)
@@ -277,7 +322,8 @@ def test_arpo_forced_branching_gives_exactly_m_samples_in_a_consistent_tree(
 
 
 def test_arpo_with_branching_disabled_equals_plain_group_sampling(
-        server, services, tokenizer) -> None:
+    server, services, tokenizer
+) -> None:
     task = tree_task(tokenizer, "k-flat")
     never = ARPOConfig(initial_samples=2, tau=-1.0)  # P >= 0 > tau: no branch
     tree, sampler = sample_group(server, services, tokenizer, task, CALL_REGEX, never)
@@ -287,18 +333,22 @@ def test_arpo_with_branching_disabled_equals_plain_group_sampling(
     assert not any(s.trajectory.parent_trajectory_id for s in tree.samples)
 
     def by_index(group):
-        return [list(s.trajectory.token_ids)
-                for s in sorted(group.samples, key=lambda s: s.trajectory.sample_index)]
+        return [
+            list(s.trajectory.token_ids)
+            for s in sorted(group.samples, key=lambda s: s.trajectory.sample_index)
+        ]
 
     assert by_index(tree) == by_index(plain) and len(by_index(tree)) == 5
 
 
 def test_worker_publishes_one_group_per_task_and_answers_control(
-        server, services, model_dir, tokenizer, run_id) -> None:
+    server, services, model_dir, tokenizer, run_id
+) -> None:
     config = make_config(run_id, server, model_dir, services)
     # Every turn calls the tool: a second call passes max_tool_calls=1 and ends the episode.
-    service = rollout_main.start(config, worker_id="w-inproc",
-                                 extra_sampling={"structured_outputs": {"regex": CALL_REGEX}})
+    service = rollout_main.start(
+        config, worker_id="w-inproc", extra_sampling={"structured_outputs": {"regex": CALL_REGEX}}
+    )
     client = redis.Redis.from_url(REDIS_URL)
     prompts = RunLayout(run_id).prompts
     try:
@@ -312,8 +362,14 @@ def test_worker_publishes_one_group_per_task_and_answers_control(
         wait_until(lambda: client.xpending(prompts, "rollout")["pending"] == 0, 10, "the ack")
         # A second copy under the same key is acked without a second group.
         client.xadd(prompts, {b"data": task.SerializeToString(), b"key": b"k-one"})
-        wait_until(lambda: client.xinfo_groups(prompts)[0]["lag"] == 0
-                   and client.xpending(prompts, "rollout")["pending"] == 0, 10, "the copy")
+        wait_until(
+            lambda: (
+                client.xinfo_groups(prompts)[0]["lag"] == 0
+                and client.xpending(prompts, "rollout")["pending"] == 0
+            ),
+            10,
+            "the copy",
+        )
         assert len(groups_in(run_id)) == 1
 
         with grpc.insecure_channel(service.grpc.address) as channel:
@@ -322,24 +378,29 @@ def test_worker_publishes_one_group_per_task_and_answers_control(
             assert status.worker_id == "w-inproc" and status.episodes_done == 3
             assert status.episodes_in_flight == 0 and not status.paused
             assert [s.url for s in status.servers] == [server.url] and status.servers[0].healthy
-            paused = stub.Pause(rollout_pb2.PauseRequest(mode=rollout_pb2.PAUSE_MODE_KEEP),
-                                timeout=60)
+            paused = stub.Pause(
+                rollout_pb2.PauseRequest(mode=rollout_pb2.PAUSE_MODE_KEEP), timeout=60
+            )
             assert paused.status.paused
             assert not stub.Resume(rollout_pb2.ResumeRequest(), timeout=60).status.paused
         http = service.http.url
         assert httpx.get(f"{http}/healthz").status_code == 200
         assert httpx.get(f"{http}/readyz").status_code == 200
         text = httpx.get(f"{http}/metrics").text
-        for name in ("agentrl_rollout_generated_tokens_total", "agentrl_rollout_episode_turns",
-                     "agentrl_rollout_episodes_in_flight_episodes",
-                     'agentrl_rollout_tool_latency_seconds_count{tool="python"}'):
+        for name in (
+            "agentrl_rollout_generated_tokens_total",
+            "agentrl_rollout_episode_turns",
+            "agentrl_rollout_episodes_in_flight_episodes",
+            'agentrl_rollout_tool_latency_seconds_count{tool="python"}',
+        ):
             assert name in text, name
     finally:
         service.stop(30)
 
 
 def test_killed_worker_task_completes_on_another_worker_once(
-        server, services, model_dir, tokenizer, run_id, tmp_path) -> None:
+    server, services, model_dir, tokenizer, run_id, tmp_path
+) -> None:
     config = make_config(run_id, server, model_dir, services)
     client = redis.Redis.from_url(REDIS_URL)
     prompts = RunLayout(run_id).prompts
@@ -371,25 +432,31 @@ def test_killed_worker_task_completes_on_another_worker_once(
 
 
 def test_worker_follows_policy_version_and_reports_queue_and_version_lag(
-        server, services, model_dir, tokenizer, run_id) -> None:
+    server, services, model_dir, tokenizer, run_id
+) -> None:
     publisher = PolicyVersionPublisher(REDIS_URL, run_id)
     publisher.publish(3, "/weights/v3", "sha-3")  # before the worker starts: read from the key
     config = make_config(run_id, server, model_dir, services)
-    service = rollout_main.start(config, worker_id="w-lag",
-                                 extra_sampling={"structured_outputs": {"regex": REGEX}})
+    service = rollout_main.start(
+        config, worker_id="w-lag", extra_sampling={"structured_outputs": {"regex": REGEX}}
+    )
     client = redis.Redis.from_url(REDIS_URL)
     http = service.http.url
     # The metrics live in the process-wide registry: compare against their values now.
     lag_count = metric(http, "agentrl_rollout_queue_lag_seconds_count")
     lag_sum = metric(http, "agentrl_rollout_queue_lag_seconds_sum")
     lag_fast = metric(http, "agentrl_rollout_queue_lag_seconds_bucket", le="10.0")
-    version_lag = {le: metric(http, "agentrl_rollout_policy_version_lag_versions_bucket", le=le)
-                   for le in ("2.0", "3.0")}
+    version_lag = {
+        le: metric(http, "agentrl_rollout_policy_version_lag_versions_bucket", le=le)
+        for le in ("2.0", "3.0")
+    }
     try:
         with grpc.insecure_channel(service.grpc.address) as channel:
             stub = rollout_pb2_grpc.RolloutControlServiceStub(channel)
-            assert stub.GetStatus(rollout_pb2.GetStatusRequest(), timeout=10) \
-                .latest_policy_version == 3
+            assert (
+                stub.GetStatus(rollout_pb2.GetStatusRequest(), timeout=10).latest_policy_version
+                == 3
+            )
             assert metric(http, "agentrl_rollout_published_policy_version") == 3
 
             # Held back by a pause, an admitted task waits in the stream: the backlog gauge
@@ -398,10 +465,14 @@ def test_worker_follows_policy_version_and_reports_queue_and_version_lag(
             time.sleep(1.0)  # a read already in flight when the pause came ends within 0.5 s
             task = make_task(tokenizer, "k-lag", n=2)
             task.created_at_unix_s, task.admitted_policy_version = time.time() - 30, 3
-            client.xadd(RunLayout(run_id).prompts,
-                        {b"data": task.SerializeToString(), b"key": b"k-lag"})
-            wait_until(lambda: metric(http, "agentrl_rollout_prompts_undelivered_tasks") == 1,
-                       15, "the backlog gauge")
+            client.xadd(
+                RunLayout(run_id).prompts, {b"data": task.SerializeToString(), b"key": b"k-lag"}
+            )
+            wait_until(
+                lambda: metric(http, "agentrl_rollout_prompts_undelivered_tasks") == 1,
+                15,
+                "the backlog gauge",
+            )
             stub.Resume(rollout_pb2.ResumeRequest(), timeout=60)
             wait_until(lambda: groups_in(run_id), 120, "a group")
 
@@ -410,17 +481,32 @@ def test_worker_follows_policy_version_and_reports_queue_and_version_lag(
             assert metric(http, "agentrl_rollout_queue_lag_seconds_sum") - lag_sum >= 30
             assert metric(http, "agentrl_rollout_queue_lag_seconds_bucket", le="10.0") == lag_fast
             # Tokens sampled by the servers' version 0 while 3 is published: a lag of 3 each.
-            assert metric(http, "agentrl_rollout_policy_version_lag_versions_bucket",
-                          le="2.0") == version_lag["2.0"]
-            assert metric(http, "agentrl_rollout_policy_version_lag_versions_bucket",
-                          le="3.0") == version_lag["3.0"] + 2
-            wait_until(lambda: metric(http, "agentrl_rollout_prompts_undelivered_tasks") == 0
-                       and metric(http, "agentrl_rollout_prompts_pending_tasks") == 0,
-                       15, "an empty backlog")
+            assert (
+                metric(http, "agentrl_rollout_policy_version_lag_versions_bucket", le="2.0")
+                == version_lag["2.0"]
+            )
+            assert (
+                metric(http, "agentrl_rollout_policy_version_lag_versions_bucket", le="3.0")
+                == version_lag["3.0"] + 2
+            )
+            wait_until(
+                lambda: (
+                    metric(http, "agentrl_rollout_prompts_undelivered_tasks") == 0
+                    and metric(http, "agentrl_rollout_prompts_pending_tasks") == 0
+                ),
+                15,
+                "an empty backlog",
+            )
 
             publisher.publish(4, "/weights/v4", "sha-4")
-            wait_until(lambda: stub.GetStatus(rollout_pb2.GetStatusRequest(), timeout=10)
-                       .latest_policy_version == 4, 10, "version 4 from the event")
+            wait_until(
+                lambda: (
+                    stub.GetStatus(rollout_pb2.GetStatusRequest(), timeout=10).latest_policy_version
+                    == 4
+                ),
+                10,
+                "version 4 from the event",
+            )
             assert metric(http, "agentrl_rollout_published_policy_version") == 4
     finally:
         service.stop(30)

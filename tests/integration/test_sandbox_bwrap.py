@@ -14,10 +14,12 @@ from agentrl.sandbox.interface import ExecutionRequest, Status
 
 # bubblewrap is installed by scripts/setup.sh: a missing one must fail the suite, not skip it.
 
+
 @pytest.fixture(scope="module")
 def sandbox():
-    config = SandboxConfig(max_concurrency=4, queue_size=400, disk_mb=16, max_processes=64,
-                           max_output_bytes=64 * 1024)
+    config = SandboxConfig(
+        max_concurrency=4, queue_size=400, disk_mb=16, max_processes=64, max_output_bytes=64 * 1024
+    )
     sandbox = Sandbox(config)
     yield sandbox
     sandbox.close()
@@ -36,12 +38,19 @@ def leftovers(sandbox, marker="sleep 4242.1", wait_s=2.0):
     always happens before the slot is used again)."""
     deadline = time.monotonic() + wait_s
     while True:
-        extra = [slot.name for slot in sandbox.backend._all
-                 if slot.cgroup is not None and len(slot.cgroup.pids()) > 3]
-        out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True,
-                             check=True).stdout
-        stray = [line for line in out.splitlines()
-                 if marker in line and not line.startswith("Z") and "ps -eo" not in line]
+        extra = [
+            slot.name
+            for slot in sandbox.backend._all
+            if slot.cgroup is not None and len(slot.cgroup.pids()) > 3
+        ]
+        out = subprocess.run(
+            ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
+        ).stdout
+        stray = [
+            line
+            for line in out.splitlines()
+            if marker in line and not line.startswith("Z") and "ps -eo" not in line
+        ]
         if not extra + stray or time.monotonic() > deadline:
             return extra + stray
         time.sleep(0.05)
@@ -53,8 +62,13 @@ def assert_healthy(sandbox):
 
 
 def test_ok_error_stdin_files_and_limits_reported(sandbox):
-    result = run(sandbox, "import sys\nprint(input()[::-1])\nopen('out/r.txt','w').write('x')",
-                 stdin=b"abc\n", files={"out/in.txt": b"1"}, fetch_files=["out/r.txt", "nope"])
+    result = run(
+        sandbox,
+        "import sys\nprint(input()[::-1])\nopen('out/r.txt','w').write('x')",
+        stdin=b"abc\n",
+        files={"out/in.txt": b"1"},
+        fetch_files=["out/r.txt", "nope"],
+    )
     assert result.status == Status.OK and result.stdout == "cba\n" and result.exit_code == 0
     assert result.files == {"out/r.txt": b"x"}
     assert result.wall_time_s > 0 and result.peak_memory_mb > 1 and result.backend == "bwrap"
@@ -69,9 +83,13 @@ def test_process_limit_holds_before_any_fork_bomb():
     config = SandboxConfig(max_concurrency=1, max_processes=8)
     small = Sandbox(config)
     try:
-        result = run(small, "import subprocess\nps=[]\ntry:\n    for _ in range(20): "
-                     "ps.append(subprocess.Popen(['sleep','30']))\nexcept OSError:\n    pass\n"
-                     "print(len(ps))", timeout_s=10)
+        result = run(
+            small,
+            "import subprocess\nps=[]\ntry:\n    for _ in range(20): "
+            "ps.append(subprocess.Popen(['sleep','30']))\nexcept OSError:\n    pass\n"
+            "print(len(ps))",
+            timeout_s=10,
+        )
         assert result.status == Status.OK and 0 < int(result.stdout) < 8
     finally:
         small.close()
@@ -87,8 +105,9 @@ def test_fork_bomb_is_contained(sandbox):
 
 
 def test_memory_bomb_is_oom(sandbox):
-    result = run(sandbox, "x = []\nwhile True: x.append(bytearray(10**7))", memory_mb=128,
-                 timeout_s=20)
+    result = run(
+        sandbox, "x = []\nwhile True: x.append(bytearray(10**7))", memory_mb=128, timeout_s=20
+    )
     assert result.status == Status.OOM and "128 MB" in result.message
     assert result.peak_memory_mb <= 130
 
@@ -99,8 +118,10 @@ def test_infinite_loop_times_out_at_the_limit(sandbox):
 
 
 def test_setsid_child_dies_with_the_program(sandbox):
-    code = ("import subprocess\nsubprocess.Popen(['sleep', '4242.17'], start_new_session=True)\n"
-            "print('spawned')")
+    code = (
+        "import subprocess\nsubprocess.Popen(['sleep', '4242.17'], start_new_session=True)\n"
+        "print('spawned')"
+    )
     result = run(sandbox, code)
     assert result.status == Status.OK and result.stdout == "spawned\n"
     assert leftovers(sandbox) == []
@@ -118,17 +139,27 @@ def test_next_run_never_meets_the_previous_one():
     run_in_slot = backend.run_in_slot
 
     def checked(slot, request):
-        out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True,
-                             check=True).stdout
-        seen.append(([line for line in out.splitlines() if "sleep 4242.19" in line
-                      and not line.startswith("Z") and "ps -eo" not in line],
-                     len(slot.cgroup.pids()) if slot.cgroup else 0))
+        out = subprocess.run(
+            ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
+        ).stdout
+        seen.append(
+            (
+                [
+                    line
+                    for line in out.splitlines()
+                    if "sleep 4242.19" in line and not line.startswith("Z") and "ps -eo" not in line
+                ],
+                len(slot.cgroup.pids()) if slot.cgroup else 0,
+            )
+        )
         return run_in_slot(slot, request)
 
     backend.run_in_slot = checked
     try:
-        code = ("import subprocess\nopen('left.txt', 'w').write('x')\n"
-                "subprocess.Popen(['sleep', '4242.19'], start_new_session=True)\nprint('a')")
+        code = (
+            "import subprocess\nopen('left.txt', 'w').write('x')\n"
+            "subprocess.Popen(['sleep', '4242.19'], start_new_session=True)\nprint('a')"
+        )
         for _ in range(3):
             first = run(single, code)
             second = run(single, "import os\nprint(sorted(os.listdir('.')))")
@@ -141,15 +172,21 @@ def test_next_run_never_meets_the_previous_one():
 
 
 def test_setsid_child_dies_on_timeout(sandbox):
-    code = ("import subprocess, time\nsubprocess.Popen(['sleep', '4242.18'], start_new_session=True)"
-            "\ntime.sleep(100)")
+    code = (
+        "import subprocess, time\nsubprocess.Popen(['sleep', '4242.18'], start_new_session=True)"
+        "\ntime.sleep(100)"
+    )
     assert run(sandbox, code, timeout_s=1).status == Status.TIMEOUT
     assert leftovers(sandbox) == []
 
 
 def test_100_mb_of_output_is_capped_and_flagged(sandbox):
-    result = run(sandbox, "import sys\nsys.stdout.write('x' * (100 * 1024 * 1024))", timeout_s=20,
-                 memory_mb=512)
+    result = run(
+        sandbox,
+        "import sys\nsys.stdout.write('x' * (100 * 1024 * 1024))",
+        timeout_s=20,
+        memory_mb=512,
+    )
     assert result.status == Status.OUTPUT_LIMIT and result.stdout_truncated
     assert result.stdout == "x" * (64 * 1024)
     assert result.wall_time_s < 10
@@ -184,8 +221,10 @@ def test_writes_outside_the_work_dir_fail(sandbox):
 
 def test_service_environment_is_invisible(sandbox, monkeypatch):
     monkeypatch.setenv("AGENTRL_SECRET_FOR_TEST", "hunter2")
-    code = ("import os\nprint(sorted(os.environ))\nprint(open('/proc/1/environ','rb').read())\n"
-            "print(os.listdir('/proc'))")
+    code = (
+        "import os\nprint(sorted(os.environ))\nprint(open('/proc/1/environ','rb').read())\n"
+        "print(os.listdir('/proc'))"
+    )
     result = run(sandbox, code)
     assert result.status == Status.OK and "hunter2" not in result.stdout
     assert "AGENTRL" not in result.stdout
@@ -200,8 +239,10 @@ def test_filling_the_disk_hits_the_slot_limit(sandbox):
 
 
 def test_killing_its_parent_changes_nothing(sandbox):
-    code = ("import os, signal\nfor pid in (os.getppid(), 1, -1):\n    try:\n"
-            "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\nprint('alive')")
+    code = (
+        "import os, signal\nfor pid in (os.getppid(), 1, -1):\n    try:\n"
+        "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\nprint('alive')"
+    )
     result = run(sandbox, code)
     assert result.status in (Status.OK, Status.ERROR)
     assert os.getppid() > 1
@@ -244,8 +285,9 @@ def test_200_concurrent_executions_none_lost(sandbox):
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(64) as pool:
-        results = list(pool.map(lambda i: run(sandbox, f"print({i})", request_id=str(i)),
-                                range(200)))
+        results = list(
+            pool.map(lambda i: run(sandbox, f"print({i})", request_id=str(i)), range(200))
+        )
     assert [r.stdout for r in results] == [f"{i}\n" for i in range(200)]
     assert all(r.status == Status.OK for r in results)
     assert leftovers(sandbox) == []
@@ -257,8 +299,9 @@ def test_startup_sweeps_what_a_crashed_service_left():
         pytest.skip("needs root and cgroup v1")
     from agentrl.sandbox.cgroups import _own_path
 
-    stale = os.path.join("/sys/fs/cgroup/pids", _own_path("pids").lstrip("/"),
-                         "agentrl-sandbox-999999999-dead00")
+    stale = os.path.join(
+        "/sys/fs/cgroup/pids", _own_path("pids").lstrip("/"), "agentrl-sandbox-999999999-dead00"
+    )
     os.makedirs(os.path.join(stale, "slot-0"), exist_ok=True)
     fresh = Sandbox(SandboxConfig(max_concurrency=1))
     try:

@@ -41,9 +41,17 @@ def sandbox_image():
 
 @pytest.fixture(scope="module")
 def sandbox(sandbox_image):
-    config = SandboxConfig(backend="docker", docker_image=sandbox_image, pool_size=4,
-                           max_concurrency=8, queue_size=400, disk_mb=16, max_processes=64,
-                           max_output_bytes=64 * 1024, runs_per_container=1000)
+    config = SandboxConfig(
+        backend="docker",
+        docker_image=sandbox_image,
+        pool_size=4,
+        max_concurrency=8,
+        queue_size=400,
+        disk_mb=16,
+        max_processes=64,
+        max_output_bytes=64 * 1024,
+        runs_per_container=1000,
+    )
     sandbox = Sandbox(config, registry=CollectorRegistry())
     yield sandbox
     sandbox.close()
@@ -86,10 +94,14 @@ def leftovers(sandbox, marker="sleep 4242.1"):
                 continue
             if WARM_SOURCE.encode()[:40] not in cmdline and not cmdline.startswith(b"runc"):
                 stray.append(cmdline.decode(errors="replace"))
-    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True,
-                         check=True).stdout
-    return stray + [line for line in out.splitlines()
-                    if marker in line and not line.startswith("Z") and "ps -eo" not in line]
+    out = subprocess.run(
+        ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return stray + [
+        line
+        for line in out.splitlines()
+        if marker in line and not line.startswith("Z") and "ps -eo" not in line
+    ]
 
 
 def assert_healthy(sandbox):
@@ -98,9 +110,14 @@ def assert_healthy(sandbox):
 
 
 def test_ok_error_stdin_files_and_usage_reported(sandbox):
-    result = run(sandbox, "import os\nprint(input()[::-1], os.getuid())\n"
-                 "open('out/r.txt','w').write(open('out/in.txt').read() + 'x')",
-                 stdin=b"abc\n", files={"out/in.txt": b"1"}, fetch_files=["out/r.txt", "nope"])
+    result = run(
+        sandbox,
+        "import os\nprint(input()[::-1], os.getuid())\n"
+        "open('out/r.txt','w').write(open('out/in.txt').read() + 'x')",
+        stdin=b"abc\n",
+        files={"out/in.txt": b"1"},
+        fetch_files=["out/r.txt", "nope"],
+    )
     assert result.status == Status.OK and result.stdout == f"cba {SANDBOX_UID}\n"
     assert result.files == {"out/r.txt": b"1x"} and result.backend == "docker"
     assert result.wall_time_s > 0 and result.cpu_time_s > 0 and result.peak_memory_mb > 1
@@ -124,8 +141,9 @@ def test_fork_bomb_is_contained_and_recycled(sandbox):
 
 def test_memory_bomb_is_oom_and_recycled(sandbox):
     before = recycles(sandbox, "oom")
-    result = run(sandbox, "x = []\nwhile True: x.append(bytearray(10**7))", memory_mb=128,
-                 timeout_s=20)
+    result = run(
+        sandbox, "x = []\nwhile True: x.append(bytearray(10**7))", memory_mb=128, timeout_s=20
+    )
     assert result.status == Status.OOM and "128 MB" in result.message
     assert result.peak_memory_mb <= 130
     assert recycles(sandbox, "oom") == before + 1
@@ -138,21 +156,29 @@ def test_infinite_loop_times_out_at_the_limit(sandbox):
 
 
 def test_setsid_child_dies_with_the_program_and_on_timeout(sandbox):
-    code = ("import subprocess\nsubprocess.Popen(['sleep', '4242.17'], start_new_session=True)\n"
-            "print('spawned')")
+    code = (
+        "import subprocess\nsubprocess.Popen(['sleep', '4242.17'], start_new_session=True)\n"
+        "print('spawned')"
+    )
     result = run(sandbox, code)
     assert result.status == Status.OK and result.stdout == "spawned\n"
     assert result.wall_time_s < 2  # the child held stdout: had it lived, the exec would hang
     assert leftovers(sandbox) == []
-    code = ("import subprocess, time\nsubprocess.Popen(['sleep', '4242.18'], start_new_session=True)"
-            "\ntime.sleep(100)")
+    code = (
+        "import subprocess, time\nsubprocess.Popen(['sleep', '4242.18'], start_new_session=True)"
+        "\ntime.sleep(100)"
+    )
     assert run(sandbox, code, timeout_s=1).status == Status.TIMEOUT
     assert leftovers(sandbox) == []
 
 
 def test_100_mb_of_output_is_capped_and_flagged(sandbox):
-    result = run(sandbox, "import sys\nsys.stdout.write('x' * (100 * 1024 * 1024))", timeout_s=20,
-                 memory_mb=512)
+    result = run(
+        sandbox,
+        "import sys\nsys.stdout.write('x' * (100 * 1024 * 1024))",
+        timeout_s=20,
+        memory_mb=512,
+    )
     assert result.status == Status.OUTPUT_LIMIT and result.stdout_truncated
     assert result.stdout == "x" * (64 * 1024)
     assert result.wall_time_s < 10
@@ -183,17 +209,20 @@ def test_writes_outside_the_work_dir_fail_or_recycle(sandbox):
         wrote = run(sandbox, f"open({path!r}, 'w').write('x')\n{WHERE}")
         assert wrote.status == Status.OK
         assert recycles(sandbox, "write_outside_workdir") == before + 1
-        later = [run(sandbox, f"import os\nprint(os.path.exists({path!r}))\n{WHERE}")
-                 for _ in range(6)]
+        later = [
+            run(sandbox, f"import os\nprint(os.path.exists({path!r}))\n{WHERE}") for _ in range(6)
+        ]
         assert all(r.stdout.startswith("False\n") for r in later)
         assert container_of(wrote) not in {container_of(r) for r in later}
 
 
 def test_service_environment_is_invisible(sandbox, monkeypatch):
     monkeypatch.setenv("AGENTRL_SECRET_FOR_TEST", "hunter2")
-    code = ("import os\nprint(sorted(os.environ))\n"
-            "try:\n    print(open('/proc/1/environ','rb').read())\n"
-            "except OSError as e:\n    print(e)\nprint(os.listdir('/proc'))")
+    code = (
+        "import os\nprint(sorted(os.environ))\n"
+        "try:\n    print(open('/proc/1/environ','rb').read())\n"
+        "except OSError as e:\n    print(e)\nprint(os.listdir('/proc'))"
+    )
     result = run(sandbox, code)
     assert result.status == Status.OK and "hunter2" not in result.stdout
     assert "AGENTRL" not in result.stdout and "DOCKER" not in result.stdout
@@ -209,8 +238,10 @@ def test_filling_the_disk_hits_the_work_dir_limit(sandbox):
 
 
 def test_killing_its_parent_changes_nothing(sandbox):
-    code = ("import os, signal\nfor pid in (os.getppid(), 1, -1):\n    try:\n"
-            "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\nprint('alive')")
+    code = (
+        "import os, signal\nfor pid in (os.getppid(), 1, -1):\n    try:\n"
+        "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\nprint('alive')"
+    )
     result = run(sandbox, code)
     assert result.status in (Status.OK, Status.ERROR)
     assert leftovers(sandbox) == []
@@ -237,8 +268,9 @@ def test_bash_runs_cold(sandbox):
 @pytest.mark.slow
 def test_60_concurrent_executions_none_lost(sandbox):
     with ThreadPoolExecutor(60) as pool:
-        results = list(pool.map(lambda i: run(sandbox, f"print({i})", request_id=str(i)),
-                                range(60)))
+        results = list(
+            pool.map(lambda i: run(sandbox, f"print({i})", request_id=str(i)), range(60))
+        )
     assert [r.stdout for r in results] == [f"{i}\n" for i in range(60)]
     assert all(r.status == Status.OK and r.request_id == str(i) for i, r in enumerate(results))
     assert leftovers(sandbox) == []
@@ -246,8 +278,13 @@ def test_60_concurrent_executions_none_lost(sandbox):
 
 @pytest.mark.slow
 def test_pool_recycles_after_n_runs_and_after_a_timeout_then_refills(sandbox_image):
-    config = SandboxConfig(backend="docker", docker_image=sandbox_image, pool_size=1,
-                           max_concurrency=1, runs_per_container=3)
+    config = SandboxConfig(
+        backend="docker",
+        docker_image=sandbox_image,
+        pool_size=1,
+        max_concurrency=1,
+        runs_per_container=3,
+    )
     small = Sandbox(config, registry=CollectorRegistry())
     try:
         first = [container_of(run(small, WHERE)) for _ in range(4)]
@@ -273,12 +310,18 @@ def _free_port():
 @pytest.mark.slow
 def test_grpc_service_with_docker_backend(sandbox_image):
     grpc_port, http_port = _free_port(), _free_port()
-    env = {**os.environ, "AGENTRL__SANDBOX__BACKEND": "docker",
-           "AGENTRL__SANDBOX__POOL_SIZE": "2", "AGENTRL__SANDBOX__MAX_CONCURRENCY": "2",
-           "AGENTRL__SANDBOX__GRPC_PORT": str(grpc_port),
-           "AGENTRL__SANDBOX__HTTP_PORT": str(http_port)}
-    code = ("from agentrl.common.config import load_config\n"
-            "from agentrl.sandbox.main import main\nmain(load_config())")
+    env = {
+        **os.environ,
+        "AGENTRL__SANDBOX__BACKEND": "docker",
+        "AGENTRL__SANDBOX__POOL_SIZE": "2",
+        "AGENTRL__SANDBOX__MAX_CONCURRENCY": "2",
+        "AGENTRL__SANDBOX__GRPC_PORT": str(grpc_port),
+        "AGENTRL__SANDBOX__HTTP_PORT": str(http_port),
+    }
+    code = (
+        "from agentrl.common.config import load_config\n"
+        "from agentrl.sandbox.main import main\nmain(load_config())"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     http = f"http://127.0.0.1:{http_port}"
     try:
@@ -291,16 +334,21 @@ def test_grpc_service_with_docker_backend(sandbox_image):
                 time.sleep(0.2)
         with SandboxClient(f"127.0.0.1:{grpc_port}", token=None) as client:
             result = client.execute("print(input())", stdin=b"hello\n", request_id="r1")
-            assert (result.status, result.stdout, result.backend) == (Status.OK, "hello\n",
-                                                                      "docker")
+            assert (result.status, result.stdout, result.backend) == (
+                Status.OK,
+                "hello\n",
+                "docker",
+            )
             for port in (grpc_port, http_port):
                 reach = client.execute(
-                    f"import socket\nsocket.create_connection(('127.0.0.1', {port}), 1)")
+                    f"import socket\nsocket.create_connection(('127.0.0.1', {port}), 1)"
+                )
                 assert reach.status == Status.ERROR and "ConnectionRefused" in reach.stderr
             session = client.execute("x = 1", session_id="s1")
             assert session.status == Status.REJECTED and "bwrap" in session.message
-        fusion = httpx.post(f"{http}/run_code", json={"code": "print(2)", "language": "python"},
-                            timeout=30).json()
+        fusion = httpx.post(
+            f"{http}/run_code", json={"code": "print(2)", "language": "python"}, timeout=30
+        ).json()
         assert fusion["status"] == "Success" and fusion["run_result"]["stdout"] == "2\n"
         metrics = httpx.get(f"{http}/metrics").text
         assert 'agentrl_sandbox_executions_total{backend="docker",status="ok"}' in metrics
@@ -308,9 +356,19 @@ def test_grpc_service_with_docker_backend(sandbox_image):
         proc.terminate()
         assert proc.wait(timeout=60) == 0
         owners = subprocess.run(
-            ["docker", "ps", "-a", "--filter", f"label={OWNER_LABEL}",
-             "--format", f'{{{{.Label "{OWNER_LABEL}"}}}}'],
-            capture_output=True, text=True, check=True).stdout.split()
+            [
+                "docker",
+                "ps",
+                "-a",
+                "--filter",
+                f"label={OWNER_LABEL}",
+                "--format",
+                f'{{{{.Label "{OWNER_LABEL}"}}}}',
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         assert not [owner for owner in owners if owner.startswith(f"{proc.pid}-")]
     finally:
         if proc.poll() is None:

@@ -51,18 +51,22 @@ def plant(sandbox, session_id, code):
     assert result.status == Status.OK, result.stderr
 
 
-@pytest.mark.parametrize("link,files", [
-    # to a host file: the next call's file would overwrite and chown it
-    ("os.symlink({host!r} + '/secret.txt', 'input.txt')", {"input.txt": b"pwned"}),
-    # to a host directory: a new host file would appear in it
-    ("os.symlink({host!r}, 'data')", {"data/new.txt": b"pwned"}),
-    # dangling, at a host path that does not exist yet
-    ("os.symlink({host!r} + '/created.txt', 'out.txt')", {"out.txt": b"pwned"}),
-    # dangling, as a directory that does not exist yet
-    ("os.symlink({host!r} + '/newdir', 'deep')", {"deep/a/b.txt": b"pwned"}),
-    # in a parent component below a real directory
-    ("os.makedirs('a/b')\nos.symlink({host!r}, 'a/b/c')", {"a/b/c/d/e.txt": b"pwned"}),
-], ids=["host-file", "host-dir", "dangling-file", "dangling-dir", "parent-component"])
+@pytest.mark.parametrize(
+    "link,files",
+    [
+        # to a host file: the next call's file would overwrite and chown it
+        ("os.symlink({host!r} + '/secret.txt', 'input.txt')", {"input.txt": b"pwned"}),
+        # to a host directory: a new host file would appear in it
+        ("os.symlink({host!r}, 'data')", {"data/new.txt": b"pwned"}),
+        # dangling, at a host path that does not exist yet
+        ("os.symlink({host!r} + '/created.txt', 'out.txt')", {"out.txt": b"pwned"}),
+        # dangling, as a directory that does not exist yet
+        ("os.symlink({host!r} + '/newdir', 'deep')", {"deep/a/b.txt": b"pwned"}),
+        # in a parent component below a real directory
+        ("os.makedirs('a/b')\nos.symlink({host!r}, 'a/b/c')", {"a/b/c/d/e.txt": b"pwned"}),
+    ],
+    ids=["host-file", "host-dir", "dangling-file", "dangling-dir", "parent-component"],
+)
 def test_planted_link_is_refused_and_the_host_untouched(sandbox, host, link, files):
     session_id = uuid.uuid4().hex
     before = fingerprint(host)
@@ -79,11 +83,15 @@ def test_planted_link_is_refused_and_the_host_untouched(sandbox, host, link, fil
 def test_link_swapped_in_between_two_calls(sandbox, host):
     session_id = uuid.uuid4().hex
     before = fingerprint(host)
-    first = call(sandbox, session_id, "print(open('input.txt').read())",
-                 files={"input.txt": b"one"})
+    first = call(
+        sandbox, session_id, "print(open('input.txt').read())", files={"input.txt": b"one"}
+    )
     assert (first.status, first.stdout) == (Status.OK, "one\n")
-    plant(sandbox, session_id,
-          f"os.remove('input.txt')\nos.symlink({str(host)!r} + '/secret.txt', 'input.txt')")
+    plant(
+        sandbox,
+        session_id,
+        f"os.remove('input.txt')\nos.symlink({str(host)!r} + '/secret.txt', 'input.txt')",
+    )
     second = call(sandbox, session_id, "print('ran')", files={"input.txt": b"two"})
     assert fingerprint(host) == before
     assert second.status == Status.REJECTED and "symbolic link" in second.message
@@ -97,7 +105,10 @@ def test_link_swapped_while_the_service_writes(sandbox, host):
     host while calls keep writing `d/x.txt`: each call is written or refused, never leaked."""
     session_id = uuid.uuid4().hex
     before = fingerprint(host)
-    plant(sandbox, session_id, f"""
+    plant(
+        sandbox,
+        session_id,
+        f"""
 import shutil, threading
 def swap():
     while True:
@@ -111,18 +122,22 @@ def swap():
             except OSError:
                 pass
 threading.Thread(target=swap, daemon=True).start()
-""")
-    statuses = [call(sandbox, session_id, "pass", files={"d/x.txt": b"x"}).status
-                for _ in range(40)]
+""",
+    )
+    statuses = [
+        call(sandbox, session_id, "pass", files={"d/x.txt": b"x"}).status for _ in range(40)
+    ]
     assert set(statuses) <= {Status.OK, Status.REJECTED}
     assert fingerprint(host) == before
 
 
 def test_normal_files_keep_their_owner_and_mode(sandbox):
     session_id = uuid.uuid4().hex
-    code = ("import os\nfor p in ('a', 'a/b.txt'):\n"
-            "    s = os.stat(p)\n    print(p, s.st_uid, oct(s.st_mode & 0o777))\n"
-            "print(open('a/b.txt').read())")
+    code = (
+        "import os\nfor p in ('a', 'a/b.txt'):\n"
+        "    s = os.stat(p)\n    print(p, s.st_uid, oct(s.st_mode & 0o777))\n"
+        "print(open('a/b.txt').read())"
+    )
     first = call(sandbox, session_id, code, files={"a/b.txt": b"one"})
     second = call(sandbox, session_id, code, files={"a/b.txt": b"two"})
     uid = 65534 if os.geteuid() == 0 else os.getuid()

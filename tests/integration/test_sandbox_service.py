@@ -33,9 +33,14 @@ class Stack:
         self.registry = CollectorRegistry()
         self.sandbox = Sandbox(config, registry=self.registry)
         self.servicer = SandboxServicer(self.sandbox)
-        self.grpc = serve(register(self.servicer), [SERVICE_NAME], port=0, token=None,
-                          max_workers=config.max_concurrency + config.queue_size + 8,
-                          registry=self.registry)
+        self.grpc = serve(
+            register(self.servicer),
+            [SERVICE_NAME],
+            port=0,
+            token=None,
+            max_workers=config.max_concurrency + config.queue_size + 8,
+            registry=self.registry,
+        )
         app = create_sandbox_app(self.sandbox, token=None, registry=self.registry)
         self.http = serve_in_thread(app)
         self.client = SandboxClient(self.grpc.address, token=None)
@@ -68,8 +73,7 @@ def test_execute_over_grpc(stack):
 
 def test_batch_keeps_order_and_stream_returns_all(stack):
     requests = [ExecutionRequest(code=f"print({i})", request_id=str(i)) for i in range(12)]
-    assert [r.stdout for r in stack.client.execute_batch(requests)] == [
-        f"{i}\n" for i in range(12)]
+    assert [r.stdout for r in stack.client.execute_batch(requests)] == [f"{i}\n" for i in range(12)]
     streamed = {r.request_id: r.stdout for r in stack.client.execute_stream(iter(requests))}
     assert streamed == {str(i): f"{i}\n" for i in range(12)}
 
@@ -97,10 +101,16 @@ def test_session_keeps_state_across_three_calls(stack):
 
 
 def test_run_code_sandbox_fusion_compatible(stack):
-    body = {"code": "import sys\ndata = open('in.txt').read()\nprint(data + input())\n"
-                    "open('out.bin', 'wb').write(b'\\x00\\xff')",
-            "language": "python", "run_timeout": 5, "memory_limit_MB": 256, "stdin": "!",
-            "files": {"in.txt": base64.b64encode(b"hi").decode()}, "fetch_files": ["out.bin"]}
+    body = {
+        "code": "import sys\ndata = open('in.txt').read()\nprint(data + input())\n"
+        "open('out.bin', 'wb').write(b'\\x00\\xff')",
+        "language": "python",
+        "run_timeout": 5,
+        "memory_limit_MB": 256,
+        "stdin": "!",
+        "files": {"in.txt": base64.b64encode(b"hi").decode()},
+        "fetch_files": ["out.bin"],
+    }
     reply = httpx.post(f"{stack.http.url}/run_code", json=body, timeout=30)
     assert reply.status_code == 200
     data = reply.json()
@@ -110,24 +120,36 @@ def test_run_code_sandbox_fusion_compatible(stack):
     assert run["status"] == "Finished" and run["return_code"] == 0
     assert run["stdout"] == "hi!\n" and run["stderr"] == "" and run["execution_time"] > 0
     assert base64.b64decode(data["files"]["out.bin"]) == b"\x00\xff"
-    timeout = httpx.post(f"{stack.http.url}/run_code",
-                         json={"code": "while True: pass", "language": "python", "run_timeout": 1}, timeout=30).json()
+    timeout = httpx.post(
+        f"{stack.http.url}/run_code",
+        json={"code": "while True: pass", "language": "python", "run_timeout": 1},
+        timeout=30,
+    ).json()
     assert timeout["status"] == "Failed"
     assert timeout["run_result"]["status"] == "TimeLimitExceeded"
-    failed = httpx.post(f"{stack.http.url}/run_code", json={"code": "1/0", "language": "python"}, timeout=30).json()
+    failed = httpx.post(
+        f"{stack.http.url}/run_code", json={"code": "1/0", "language": "python"}, timeout=30
+    ).json()
     assert failed["status"] == "Failed" and failed["run_result"]["return_code"] == 1
-    unknown = httpx.post(f"{stack.http.url}/run_code",
-                         json={"code": "x", "language": "cobol"}, timeout=30)
+    unknown = httpx.post(
+        f"{stack.http.url}/run_code", json={"code": "x", "language": "cobol"}, timeout=30
+    )
     assert unknown.status_code == 422 and "does not run 'cobol'" in unknown.text
 
 
 def test_large_output_up_to_the_cap_is_whole_and_flagged_beyond(stack):
     cap = stack.sandbox.config.max_output_bytes
-    whole = httpx.post(f"{stack.http.url}/run_code",
-                       json={"code": f"print('x' * {cap - 1})", "language": "python"}, timeout=30).json()
+    whole = httpx.post(
+        f"{stack.http.url}/run_code",
+        json={"code": f"print('x' * {cap - 1})", "language": "python"},
+        timeout=30,
+    ).json()
     assert whole["status"] == "Success" and len(whole["run_result"]["stdout"]) == cap
-    over = httpx.post(f"{stack.http.url}/run_code",
-                      json={"code": f"print('x' * {cap * 10})", "language": "python"}, timeout=30).json()
+    over = httpx.post(
+        f"{stack.http.url}/run_code",
+        json={"code": f"print('x' * {cap * 10})", "language": "python"},
+        timeout=30,
+    ).json()
     assert over["status"] == "Failed" and over["message"].startswith("output_limit")
     assert len(over["run_result"]["stdout"]) == cap
 
@@ -147,17 +169,20 @@ def test_metrics_exported(stack):
     stack.client.execute("print(1)")
     text = httpx.get(f"{stack.http.url}/metrics").text
     assert 'agentrl_sandbox_executions_total{backend="bwrap",status="ok"}' in text
-    for name in ("agentrl_sandbox_request_duration_seconds_bucket", "agentrl_sandbox_queue_depth",
-                 "agentrl_sandbox_in_flight_requests", "agentrl_sandbox_pool_size_sandboxes",
-                 "agentrl_sandbox_sessions_sessions"):
+    for name in (
+        "agentrl_sandbox_request_duration_seconds_bucket",
+        "agentrl_sandbox_queue_depth",
+        "agentrl_sandbox_in_flight_requests",
+        "agentrl_sandbox_pool_size_sandboxes",
+        "agentrl_sandbox_sessions_sessions",
+    ):
         assert name in text, name
 
 
 def test_overload_answers_resource_exhausted_and_429_with_retry_after():
     stack = Stack(max_concurrency=1, queue_size=0)
     try:
-        holder = threading.Thread(target=stack.client.execute,
-                                  args=("import time; time.sleep(2)",))
+        holder = threading.Thread(target=stack.client.execute, args=("import time; time.sleep(2)",))
         holder.start()
         deadline = time.monotonic() + 5
         while stack.sandbox.admission.in_flight < 1 and time.monotonic() < deadline:
@@ -165,9 +190,12 @@ def test_overload_answers_resource_exhausted_and_429_with_retry_after():
         with pytest.raises(grpc.RpcError) as refused:
             stack.stub.Execute(sandbox_pb2.ExecuteRequest(code="print(1)"), timeout=5)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert any(k == "retry-after-s" and float(v) > 0
-                   for k, v in refused.value.trailing_metadata())
-        reply = httpx.post(f"{stack.http.url}/run_code", json={"code": "print(1)", "language": "python"}, timeout=5)
+        assert any(
+            k == "retry-after-s" and float(v) > 0 for k, v in refused.value.trailing_metadata()
+        )
+        reply = httpx.post(
+            f"{stack.http.url}/run_code", json={"code": "print(1)", "language": "python"}, timeout=5
+        )
         assert reply.status_code == 429 and int(reply.headers["retry-after"]) >= 1
         impatient = SandboxClient(stack.grpc.address, token=None, max_overload_retries=0)
         with pytest.raises(SandboxOverloaded):
@@ -185,14 +213,15 @@ def test_drain_refuses_new_work_and_not_ready():
     try:
         stack.sandbox.begin_drain()
         assert httpx.get(f"{stack.http.url}/readyz").status_code == 503
-        reply = httpx.post(f"{stack.http.url}/run_code", json={"code": "print(1)", "language": "python"}, timeout=5)
+        reply = httpx.post(
+            f"{stack.http.url}/run_code", json={"code": "print(1)", "language": "python"}, timeout=5
+        )
         assert reply.status_code == 503
         with pytest.raises(grpc.RpcError) as refused:
             stack.stub.Execute(sandbox_pb2.ExecuteRequest(code="print(1)"), timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         stack.close()
-
 
 
 def _free_port():
@@ -204,10 +233,16 @@ def _free_port():
 @pytest.mark.slow
 def test_main_serves_until_sigterm_and_drains():
     grpc_port, http_port = _free_port(), _free_port()
-    env = {**os.environ, "AGENTRL__SANDBOX__GRPC_PORT": str(grpc_port),
-           "AGENTRL__SANDBOX__HTTP_PORT": str(http_port), "AGENTRL__SANDBOX__MAX_CONCURRENCY": "2"}
-    code = ("from agentrl.common.config import load_config\n"
-            "from agentrl.sandbox.main import main\nmain(load_config())")
+    env = {
+        **os.environ,
+        "AGENTRL__SANDBOX__GRPC_PORT": str(grpc_port),
+        "AGENTRL__SANDBOX__HTTP_PORT": str(http_port),
+        "AGENTRL__SANDBOX__MAX_CONCURRENCY": "2",
+    }
+    code = (
+        "from agentrl.common.config import load_config\n"
+        "from agentrl.sandbox.main import main\nmain(load_config())"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
         deadline = time.monotonic() + 30
@@ -218,8 +253,11 @@ def test_main_serves_until_sigterm_and_drains():
             except httpx.TransportError:
                 time.sleep(0.1)
         with SandboxClient(f"127.0.0.1:{grpc_port}", token=None) as client:
-            slow = threading.Thread(target=lambda: results.append(
-                client.execute("import time; time.sleep(1); print('done')")))
+            slow = threading.Thread(
+                target=lambda: results.append(
+                    client.execute("import time; time.sleep(1); print('done')")
+                )
+            )
             results = []
             slow.start()
             time.sleep(0.3)

@@ -22,12 +22,16 @@ LEFTOVERS = {
     "kept subprocess": f"import subprocess\nchild = subprocess.Popen(['sleep', '{MARKER}'])",
     "double-forked daemon": (
         "import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-        f"        os.execvp('sleep', ['sleep', '{MARKER}'])\n    os._exit(0)\nos.wait()"),
-    "busy process": ("import subprocess, sys\nbusy = subprocess.Popen([sys.executable, '-c', "
-                     f"'while True: pass', '{MARKER}'])"),
+        f"        os.execvp('sleep', ['sleep', '{MARKER}'])\n    os._exit(0)\nos.wait()"
+    ),
+    "busy process": (
+        "import subprocess, sys\nbusy = subprocess.Popen([sys.executable, '-c', "
+        f"'while True: pass', '{MARKER}'])"
+    ),
     "process that keeps forking": (
         "import subprocess\nforker = subprocess.Popen(['sh', '-c', "
-        f"'while true; do sleep {MARKER} & sleep 0.01; done'])\nimport time; time.sleep(0.2)"),
+        f"'while true; do sleep {MARKER} & sleep 0.01; done'])\nimport time; time.sleep(0.2)"
+    ),
 }
 
 
@@ -44,17 +48,24 @@ def sandbox(request):
 
 def running(marker: str = MARKER) -> list[str]:
     """Live host processes whose command line carries `marker` (zombies are dead)."""
-    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True,
-                         check=True).stdout
-    return [line for line in out.splitlines()
-            if marker in line and not line.startswith("Z") and "ps -eo" not in line]
+    out = subprocess.run(
+        ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        line
+        for line in out.splitlines()
+        if marker in line and not line.startswith("Z") and "ps -eo" not in line
+    ]
 
 
 @pytest.mark.parametrize("kind", list(LEFTOVERS))
 def test_what_a_call_leaves_running_is_ended_when_it_returns(sandbox, kind):
     session_id = uuid.uuid4().hex
-    result = sandbox.execute(ExecutionRequest(
-        code=f"state = 'kept'\n{LEFTOVERS[kind]}\nprint('started')", session_id=session_id))
+    result = sandbox.execute(
+        ExecutionRequest(
+            code=f"state = 'kept'\n{LEFTOVERS[kind]}\nprint('started')", session_id=session_id
+        )
+    )
     assert (result.status, result.stdout) == (Status.OK, "started\n"), result.stderr
     assert running() == []  # checked at once: the answer comes after the kill
     assert "background process(es) the call left running" in result.message

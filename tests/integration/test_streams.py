@@ -405,8 +405,7 @@ def test_reader_blocked_on_a_deleted_stream_goes_on_reading_the_new_one(run_id, 
     assert [e.payload for e in entries] == [b"task after the reset"]
 
 
-def test_the_version_publisher_rides_through_a_redis_restart_and_names_a_dead_one(
-        private_redis):
+def test_the_version_publisher_rides_through_a_redis_restart_and_names_a_dead_one(private_redis):
     """The trainer's PolicyVersionPublisher retries until redis.reconnect_deadline_s (it used
     redis-py's 3 retries, ~0.1 s: an outage during a weight sync killed the trainer)."""
     from agentrl.common.policy_version import PolicyVersionPublisher

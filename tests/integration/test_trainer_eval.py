@@ -38,15 +38,34 @@ CALL_REGEX = r"<code>\nprint\(6 \* 7\)\n</code>"
 REGEX = rf"({CALL_REGEX}|The answer is <answer>42</answer>)"
 # Short episodes: at most 3 turns of 48 tokens and one executed tool call.
 SAMPLING = {"temperature": 1.0, "max_tokens_per_turn": 48}
-LIMITS = {"max_turns": 3, "max_tool_calls": 1, "max_total_tokens": 1000,
-          "max_tool_output_tokens": 32}
+LIMITS = {
+    "max_turns": 3,
+    "max_tool_calls": 1,
+    "max_total_tokens": 1000,
+    "max_tool_output_tokens": 32,
+}
 ROWS = [
-    {"id": "m1", "prompt": "What is 6 * 7?", "ground_truth": "42", "task_type": "math",
-     "tools": ["python"]},
-    {"id": "m2", "prompt": "What is 3 + 4?", "ground_truth": "7", "task_type": "math",
-     "tools": ["python"]},
-    {"id": "q1", "prompt": "The answer to everything?", "ground_truth": "42",
-     "task_type": "qa", "tools": ["python"]},
+    {
+        "id": "m1",
+        "prompt": "What is 6 * 7?",
+        "ground_truth": "42",
+        "task_type": "math",
+        "tools": ["python"],
+    },
+    {
+        "id": "m2",
+        "prompt": "What is 3 + 4?",
+        "ground_truth": "7",
+        "task_type": "math",
+        "tools": ["python"],
+    },
+    {
+        "id": "q1",
+        "prompt": "The answer to everything?",
+        "ground_truth": "42",
+        "task_type": "qa",
+        "tools": ["python"],
+    },
 ]
 K = 2
 
@@ -62,27 +81,36 @@ def config_data(server, services, model_dir, tmp_path) -> tuple[dict, Path]:
     data_path.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     config = {
         "run": {"run_id": "test-eval", "output_dir": str(tmp_path / "run")},
-        "sandbox": {"address": services[0]}, "reward": {"address": services[1]},
-        "inference": {"urls": [server.url], "request_timeout_s": 120.0,
-                      "server": {"model_path": str(model_dir)}},
-        "rollout": {"max_concurrent_episodes": 16}}
+        "sandbox": {"address": services[0]},
+        "reward": {"address": services[1]},
+        "inference": {
+            "urls": [server.url],
+            "request_timeout_s": 120.0,
+            "server": {"model_path": str(model_dir)},
+        },
+        "rollout": {"max_concurrent_episodes": 16},
+    }
     return config, data_path
 
 
-def test_run_eval_reports_per_task_type_metrics_matching_the_groups(config_data, tmp_path
-                                                                     ) -> None:
+def test_run_eval_reports_per_task_type_metrics_matching_the_groups(config_data, tmp_path) -> None:
     raw, data_path = config_data
     out = tmp_path / "out" / "eval.json"
-    result = run_eval(AgentRLConfig.model_validate(raw), data_path, K, out,
-                      extra_sampling={"structured_outputs": {"regex": REGEX}},
-                      sampling=SAMPLING, limits=LIMITS)
+    result = run_eval(
+        AgentRLConfig.model_validate(raw),
+        data_path,
+        K,
+        out,
+        extra_sampling={"structured_outputs": {"regex": REGEX}},
+        sampling=SAMPLING,
+        limits=LIMITS,
+    )
     report = json.loads(out.read_text())
     assert report == json.loads(json.dumps(result.report))
     groups = result.groups
     assert [g.task.prompt_id for g in groups] == ["m1", "m2", "q1"]
     assert all(len(g.samples) == K and g.task.num_samples == K for g in groups)
-    assert all(s.result.verdict != group_pb2.VERDICT_UNSPECIFIED
-               for g in groups for s in g.samples)
+    assert all(s.result.verdict != group_pb2.VERDICT_UNSPECIFIED for g in groups for s in g.samples)
 
     assert report["k"] == K and report["num_prompts"] == 3
     by_type = report["by_task_type"]
@@ -110,8 +138,13 @@ def test_run_eval_reports_per_task_type_metrics_matching_the_groups(config_data,
     assert report["overall"]["mean_response_length_tokens"] == pytest.approx(sum(lengths) / 6)
     assert all(length > 0 for length in lengths)
     # The tool ran: a python call's output came back in some sample.
-    calls = [t.tool_call for g in groups for s in g.samples for t in s.trajectory.turns
-             if t.tool_call.tool]
+    calls = [
+        t.tool_call
+        for g in groups
+        for s in g.samples
+        for t in s.trajectory.turns
+        if t.tool_call.tool
+    ]
     assert all(c.output == "42\n" for c in calls if c.output)
     assert [len(g["samples"]) for g in report["groups"]] == [K, K, K]
     # The regex allows only the answer 42: m2 (7) is never solved, so pass@k counts it as 0.
@@ -124,9 +157,23 @@ def test_eval_cli_writes_the_report_and_prints_the_table(config_data, tmp_path) 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     out = tmp_path / "cli.json"
-    outcome = CliRunner().invoke(eval_app, ["--recipe", str(recipe), "--data", str(data_path),
-                                            "-k", "2", "--out", str(out), "--max-turns", "1",
-                                            "--max-tool-calls", "0"])
+    outcome = CliRunner().invoke(
+        eval_app,
+        [
+            "--recipe",
+            str(recipe),
+            "--data",
+            str(data_path),
+            "-k",
+            "2",
+            "--out",
+            str(out),
+            "--max-turns",
+            "1",
+            "--max-tool-calls",
+            "0",
+        ],
+    )
     assert outcome.exit_code == 0, outcome.output
     report = json.loads(out.read_text())
     assert report["overall"]["num_samples"] == 6
@@ -142,24 +189,45 @@ def search_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     build_index(world / "corpus.jsonl", world / "index", progress=False)
     service = start_search_service(
         SearchConfig(grpc_port=0, http_port=0, index_dir=world / "index", default_top_k=1),
-        registry=CollectorRegistry(), token=None)
+        registry=CollectorRegistry(),
+        token=None,
+    )
     yield service.grpc_address
     service.stop(0)
 
 
-def test_search_tasks_are_evaluated_with_the_search_tool(config_data, search_address,
-                                                         tmp_path) -> None:
+def test_search_tasks_are_evaluated_with_the_search_tool(
+    config_data, search_address, tmp_path
+) -> None:
     raw, _ = config_data
-    raw = {**raw, "search": {"address": search_address},
-           "rollout": {**raw["rollout"], "tool_format": "search_tags"}}
+    raw = {
+        **raw,
+        "search": {"address": search_address},
+        "rollout": {**raw["rollout"], "tool_format": "search_tags"},
+    }
     data_path = tmp_path / "search.jsonl"
-    data_path.write_text(json.dumps({"id": "s1", "prompt": "Who won the regatta?",
-                                     "ground_truth": '{"answers": ["nobody"]}',
-                                     "task_type": "qa", "tools": ["search"]}) + "\n")
+    data_path.write_text(
+        json.dumps(
+            {
+                "id": "s1",
+                "prompt": "Who won the regatta?",
+                "ground_truth": '{"answers": ["nobody"]}',
+                "task_type": "qa",
+                "tools": ["search"],
+            }
+        )
+        + "\n"
+    )
     call = r"<search>Who won the regatta\?</search>"
-    result = run_eval(AgentRLConfig.model_validate(raw), data_path, K, tmp_path / "eval.json",
-                      extra_sampling={"structured_outputs": {"regex": call}},
-                      sampling=SAMPLING, limits={**LIMITS, "max_tool_output_tokens": 200})
+    result = run_eval(
+        AgentRLConfig.model_validate(raw),
+        data_path,
+        K,
+        tmp_path / "eval.json",
+        extra_sampling={"structured_outputs": {"regex": call}},
+        sampling=SAMPLING,
+        limits={**LIMITS, "max_tool_output_tokens": 200},
+    )
     calls = [s.trajectory.turns[0].tool_call for s in result.groups[0].samples]
     for c in calls:  # each sample's first call ran (its second is past the call budget)
         assert (c.tool, c.arguments) == ("search", "Who won the regatta?")

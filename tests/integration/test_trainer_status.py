@@ -34,8 +34,10 @@ def config(grpc_port: int = 0, http_port: int = 0) -> AgentRLConfig:
 def test_status_and_metrics_are_served_while_the_loop_updates_them(tmp_path) -> None:
     registry = CollectorRegistry()
     board = StatusBoard("status-test")
-    with start_status_servers(config(), board, registry=registry) as servers, \
-            create_channel(servers.grpc_address, token=None) as channel:
+    with (
+        start_status_servers(config(), board, registry=registry) as servers,
+        create_channel(servers.grpc_address, token=None) as channel,
+    ):
         stub = trainer_pb2_grpc.TrainerStatusServiceStub(channel)
         request = trainer_pb2.GetTrainerStatusRequest()
         assert stub.GetStatus(request, timeout=10).phase == "starting"
@@ -46,15 +48,33 @@ def test_status_and_metrics_are_served_while_the_loop_updates_them(tmp_path) -> 
         board.set_phase("training")
         with StepMetricsWriter(tmp_path, registry=registry) as writer:
             for step, kept in ((5, 0.5), (6, 1.0)):
-                board.record_step(writer.write(step, {
-                    "reward_mean": 0.25 * step, "num_samples": 16, "num_groups": 4,
-                    "kept_group_ratio": kept, "samples_dropped_stale": 1,
-                    "policy_version": step, "prompts_admitted": 8 * step}))
+                board.record_step(
+                    writer.write(
+                        step,
+                        {
+                            "reward_mean": 0.25 * step,
+                            "num_samples": 16,
+                            "num_groups": 4,
+                            "kept_group_ratio": kept,
+                            "samples_dropped_stale": 1,
+                            "policy_version": step,
+                            "prompts_admitted": 8 * step,
+                        },
+                    )
+                )
         status = stub.GetStatus(request, timeout=10)
-        assert (status.run_id, status.phase, status.step, status.policy_version) == \
-            ("status-test", "training", 6, 6)
-        assert (status.samples_consumed, status.groups_dropped_zero_signal,
-                status.samples_dropped_stale, status.prompts_admitted) == (32, 2, 2, 48)
+        assert (status.run_id, status.phase, status.step, status.policy_version) == (
+            "status-test",
+            "training",
+            6,
+            6,
+        )
+        assert (
+            status.samples_consumed,
+            status.groups_dropped_zero_signal,
+            status.samples_dropped_stale,
+            status.prompts_admitted,
+        ) == (32, 2, 2, 48)
         assert status.last_metrics["reward_mean"] == pytest.approx(1.5)
         assert get(f"{servers.http_url}/readyz")[0] == 200
 
@@ -75,9 +95,13 @@ def test_a_resumed_run_counts_from_its_records_once_each() -> None:
     board = StatusBoard("resumed")
     # metrics.jsonl of a run killed after step 3's record but before its checkpoint, resumed
     # from step 2, killed again after redoing step 3, and now resumed from step 3.
-    history = [{"step": 1, "num_samples": 8}, {"step": 2, "num_samples": 8},
-               {"step": 3, "num_samples": 8}, {"step": 3, "num_samples": 6},
-               {"step": 4, "num_samples": 8}]
+    history = [
+        {"step": 1, "num_samples": 8},
+        {"step": 2, "num_samples": 8},
+        {"step": 3, "num_samples": 8},
+        {"step": 3, "num_samples": 6},
+        {"step": 4, "num_samples": 8},
+    ]
     board.set_position(step=3, policy_version=3, history=history)
     status = board.snapshot()
     assert (status.step, status.policy_version, status.samples_consumed) == (3, 3, 22)
@@ -91,5 +115,6 @@ def test_a_taken_port_is_refused_naming_the_setting(which: str) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ValueError, match=f"set trainer.{which} to a free port"):
-            start_status_servers(config(**{which: port}), StatusBoard("x"),
-                                 registry=CollectorRegistry())
+            start_status_servers(
+                config(**{which: port}), StatusBoard("x"), registry=CollectorRegistry()
+            )

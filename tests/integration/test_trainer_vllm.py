@@ -72,8 +72,9 @@ def max_diff(a: list[float], b: list[float]) -> float:
 ZERO_SIGNAL_MARK = "same"  # prompts containing it get equal rewards: dynamic sampling drops them
 
 
-def stand_in_rollout(server_url: str, redis_url: str, run_id: str, stop: threading.Event,
-                     response_tokens: int = 6) -> None:
+def stand_in_rollout(
+    server_url: str, redis_url: str, run_id: str, stop: threading.Event, response_tokens: int = 6
+) -> None:
     """What a rollout worker does, minus tools and verifiers: real vLLM samples per task,
     rewards by rule (alternating 1/0, or all 0 for ZERO_SIGNAL_MARK prompts), one Group each."""
     from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
@@ -83,8 +84,7 @@ def stand_in_rollout(server_url: str, redis_url: str, run_id: str, stop: threadi
     async def main() -> None:
         pool = InferencePool([server_url], request_timeout_s=120)
         layout = RunLayout(run_id)
-        tasks = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP,
-                            consumer="stand-in")
+        tasks = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP, consumer="stand-in")
         groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP)
         try:
             while not stop.is_set():
@@ -93,24 +93,41 @@ def stand_in_rollout(server_url: str, redis_url: str, run_id: str, stop: threadi
                     prompt = list(task.prompt_token_ids)
                     samples = []
                     for i in range(task.num_samples):
-                        out = await pool.generate(f"{task.task_id}-{i}", prompt, {
-                            "max_tokens": response_tokens, "ignore_eos": True, "logprobs": 1})
+                        out = await pool.generate(
+                            f"{task.task_id}-{i}",
+                            prompt,
+                            {"max_tokens": response_tokens, "ignore_eos": True, "logprobs": 1},
+                        )
                         n = len(out.token_ids)
                         reward = 0.0 if ZERO_SIGNAL_MARK in task.prompt_text else float(i % 2)
-                        samples.append(group_pb2.ScoredTrajectory(
-                            trajectory=trajectory_pb2.Trajectory(
-                                trajectory_id=f"{task.task_id}-{i}", task_id=task.task_id,
-                                sample_index=i, prompt_length=len(prompt),
-                                token_ids=prompt + out.token_ids,
-                                behaviour_logprobs=[0.0] * len(prompt) + out.logprobs,
-                                loss_mask=[0] * len(prompt) + [1] * n,
-                                policy_versions=[-1] * len(prompt) + out.policy_versions),
-                            result=group_pb2.RewardResult(
-                                reward=reward, verdict=group_pb2.VERDICT_CORRECT if reward
-                                else group_pb2.VERDICT_INCORRECT)))
-                    groups.publish(group_pb2.Group(group_id=task.task_id,
-                                                   idempotency_key=task.idempotency_key,
-                                                   task=task, samples=samples))
+                        samples.append(
+                            group_pb2.ScoredTrajectory(
+                                trajectory=trajectory_pb2.Trajectory(
+                                    trajectory_id=f"{task.task_id}-{i}",
+                                    task_id=task.task_id,
+                                    sample_index=i,
+                                    prompt_length=len(prompt),
+                                    token_ids=prompt + out.token_ids,
+                                    behaviour_logprobs=[0.0] * len(prompt) + out.logprobs,
+                                    loss_mask=[0] * len(prompt) + [1] * n,
+                                    policy_versions=[-1] * len(prompt) + out.policy_versions,
+                                ),
+                                result=group_pb2.RewardResult(
+                                    reward=reward,
+                                    verdict=group_pb2.VERDICT_CORRECT
+                                    if reward
+                                    else group_pb2.VERDICT_INCORRECT,
+                                ),
+                            )
+                        )
+                    groups.publish(
+                        group_pb2.Group(
+                            group_id=task.task_id,
+                            idempotency_key=task.idempotency_key,
+                            task=task,
+                            samples=samples,
+                        )
+                    )
                     tasks.complete(entry)
         finally:
             await pool.close()
@@ -120,8 +137,9 @@ def stand_in_rollout(server_url: str, redis_url: str, run_id: str, stop: threadi
     asyncio.run(main())
 
 
-def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model_dir, redis_url,
-                                                                   tmp_path) -> None:
+def test_run_training_steps_syncs_checkpoints_and_completes_groups(
+    server, model_dir, redis_url, tmp_path
+) -> None:
     from agentrl.common.config import (
         AgentRLConfig,
         AlgorithmConfig,
@@ -139,23 +157,43 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
     from agentrl.trainer.rl_loop import run_training
 
     data = tmp_path / "train.jsonl"
-    prompts = ["What is 2 + 3?", f"Say {ZERO_SIGNAL_MARK}.", "What is 7 * 6?", "What is 9 - 4?",
-               f"Repeat {ZERO_SIGNAL_MARK} twice.", "What is 8 / 2?"]
-    data.write_text("".join(json.dumps({"prompt": p, "ground_truth": "0", "task_type": "math"})
-                            + "\n" for p in prompts))
+    prompts = [
+        "What is 2 + 3?",
+        f"Say {ZERO_SIGNAL_MARK}.",
+        "What is 7 * 6?",
+        "What is 9 - 4?",
+        f"Repeat {ZERO_SIGNAL_MARK} twice.",
+        "What is 8 / 2?",
+    ]
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": p, "ground_truth": "0", "task_type": "math"}) + "\n"
+            for p in prompts
+        )
+    )
     run_id, batch_size, max_staleness, steps = "loop-test", 2, 1, 3
     config = AgentRLConfig(
         run=RunConfig(run_id=run_id, output_dir=tmp_path / "run"),
-        model=ModelConfig(path=model_dir), data=DataConfig(train_path=data),
+        model=ModelConfig(path=model_dir),
+        data=DataConfig(train_path=data),
         redis=RedisConfig(url=redis_url),
         inference=InferenceConfig(urls=[server.url], server=CONFIG),
-        trainer=TrainerConfig(batch_size=batch_size, max_staleness=max_staleness, device="cpu",
-                              micro_batch_tokens=256, checkpoint_interval_steps=2,
-                              total_steps=steps, grpc_port=free_port(), http_port=free_port()),
-        algorithm=AlgorithmConfig(group_size=4, learning_rate=1e-3))
+        trainer=TrainerConfig(
+            batch_size=batch_size,
+            max_staleness=max_staleness,
+            device="cpu",
+            micro_batch_tokens=256,
+            checkpoint_interval_steps=2,
+            total_steps=steps,
+            grpc_port=free_port(),
+            http_port=free_port(),
+        ),
+        algorithm=AlgorithmConfig(group_size=4, learning_rate=1e-3),
+    )
     stop = threading.Event()
-    worker = threading.Thread(target=stand_in_rollout,
-                              args=(server.url, redis_url, run_id, stop), daemon=True)
+    worker = threading.Thread(
+        target=stand_in_rollout, args=(server.url, redis_url, run_id, stop), daemon=True
+    )
     worker.start()
     client = redis.Redis.from_url(redis_url)
     done_key = f"agentrl:{run_id}:groups:trainer:done"
@@ -165,14 +203,18 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
     def on_step(record: dict) -> None:
         done_after_step.append(client.zcard(done_key))
         with create_channel(f"127.0.0.1:{config.trainer.grpc_port}", token=None) as channel:
-            status = TrainerStatusServiceStub(channel).GetStatus(GetTrainerStatusRequest(),
-                                                                 timeout=10)
+            status = TrainerStatusServiceStub(channel).GetStatus(
+                GetTrainerStatusRequest(), timeout=10
+            )
         url = f"http://127.0.0.1:{config.trainer.http_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             served.append((status, response.read().decode()))
 
-    options = {"wait_timeout_s": 120, "drift_check_token_ids": fixed_sequence(model_dir),
-               "on_step": on_step}
+    options = {
+        "wait_timeout_s": 120,
+        "drift_check_token_ids": fixed_sequence(model_dir),
+        "on_step": on_step,
+    }
     try:
         first = run_training(config, max_steps=2, **options)
         # A second process resumes from step_00000002 (weights, data order, admission counters,
@@ -183,9 +225,24 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
         worker.join(timeout=30)
     records = read_step_metrics(tmp_path / "run")
     for record in records:
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
-               if k.startswith(("time_", "kept", "reward_mean", "staleness", "num_groups",
-                                "prompts_admitted", "logprob_drift", "entropy"))})
+        print(
+            {
+                k: round(v, 4) if isinstance(v, float) else v
+                for k, v in record.items()
+                if k.startswith(
+                    (
+                        "time_",
+                        "kept",
+                        "reward_mean",
+                        "staleness",
+                        "num_groups",
+                        "prompts_admitted",
+                        "logprob_drift",
+                        "entropy",
+                    )
+                )
+            }
+        )
 
     assert (first.steps, first.policy_version) == (2, 2)
     assert (result.steps, result.policy_version) == (steps, steps)
@@ -201,8 +258,12 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
     assert any(r["kept_group_ratio"] < 1 for r in records)
     # Staleness never exceeds the bound; admission stayed within (η + version + 1)·B plus the
     # slots that dropped groups gave back.
-    assert all(key == "staleness_mean" or int(key.split("_")[1]) <= max_staleness
-               for r in records for key in r if key.startswith("staleness_"))
+    assert all(
+        key == "staleness_mean" or int(key.split("_")[1]) <= max_staleness
+        for r in records
+        for key in r
+        if key.startswith("staleness_")
+    )
     dropped = 0
     for r in records:
         dropped += r["num_groups"] - round(r["kept_group_ratio"] * r["num_groups"])
@@ -210,7 +271,9 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
     # The version is published; checkpoints at the interval and at the end.
     assert int(client.get(RunLayout(run_id).policy_version)) == steps
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
-        "step_00000002", "step_00000003"]
+        "step_00000002",
+        "step_00000003",
+    ]
     # Every group used by a step was completed, and only once its checkpoint was written
     # (checkpoint_interval_steps=2: nothing after step 1, steps 1-2 after step 2, all at the end).
     groups_per_step = [r["num_groups"] for r in records]
@@ -218,7 +281,10 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(server, model
     # The trainer served its status and metrics while it ran: after each step, that step; the
     # resumed process's counters carry on from the run's records.
     assert [(s.run_id, s.step, s.policy_version, s.phase) for s, _ in served] == [
-        (run_id, 1, 1, "training"), (run_id, 2, 2, "done"), (run_id, 3, 3, "done")]
+        (run_id, 1, 1, "training"),
+        (run_id, 2, 2, "done"),
+        (run_id, 3, 3, "done"),
+    ]
     assert [s.samples_consumed for s, _ in served] == [8, 16, 24]
     for (status, text), record in zip(served, records, strict=True):
         assert status.last_metrics["reward_mean"] == pytest.approx(record["reward_mean"])

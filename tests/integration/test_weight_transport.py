@@ -71,8 +71,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[list[VLLMServer]]:
+def servers(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[VLLMServer]]:
     """Two servers, as the launcher starts them (the agentrl_gloo engine by default)."""
     logs = tmp_path_factory.mktemp("vllm-logs")
     started = []
@@ -110,11 +111,16 @@ def perturbed_weights(model_dir: Path, seed: int) -> torch.nn.Module:
 def reference(model: torch.nn.Module, prompt: list[int]) -> tuple[list[int], list[float]]:
     """transformers' greedy continuation, and the log-prob of every token after the first."""
     with torch.no_grad():
-        sequence = model.generate(torch.tensor([prompt]), max_new_tokens=NUM_NEW_TOKENS,
-                                  min_new_tokens=NUM_NEW_TOKENS, do_sample=False)[0].tolist()
+        sequence = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=NUM_NEW_TOKENS,
+            min_new_tokens=NUM_NEW_TOKENS,
+            do_sample=False,
+        )[0].tolist()
         logprobs = torch.log_softmax(model(torch.tensor([sequence])).logits[0], dim=-1)
-    return sequence[len(prompt):], [logprobs[i - 1, sequence[i]].item()
-                                    for i in range(1, len(sequence))]
+    return sequence[len(prompt) :], [
+        logprobs[i - 1, sequence[i]].item() for i in range(1, len(sequence))
+    ]
 
 
 async def served(url: str, prompt: list[int]) -> tuple[list[int], list[float], list[int]]:
@@ -122,8 +128,11 @@ async def served(url: str, prompt: list[int]) -> tuple[list[int], list[float], l
     and the weight version of each sampled token."""
     pool = InferencePool([url])
     try:
-        result = await pool.generate("gloo-test", prompt, {
-            "max_tokens": NUM_NEW_TOKENS, "temperature": 0.0, "ignore_eos": True, "logprobs": 0})
+        result = await pool.generate(
+            "gloo-test",
+            prompt,
+            {"max_tokens": NUM_NEW_TOKENS, "temperature": 0.0, "ignore_eos": True, "logprobs": 0},
+        )
         scored = await pool.score(prompt, url)
     finally:
         await pool.close()
@@ -134,8 +143,9 @@ def max_diff(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
-async def push(urls: list[str], sender: GlooWeightSender, packed: PackedWeights,
-               version: int) -> float:
+async def push(
+    urls: list[str], sender: GlooWeightSender, packed: PackedWeights, version: int
+) -> float:
     """The transfer as the trainer runs it (the servers generate meanwhile), then the load in
     the pause window; returns the pause window in seconds."""
     await asyncio.to_thread(sender.start)
@@ -172,7 +182,8 @@ def trainer_backend(model_dir: Path, seed: int):
 
 @pytest.mark.parametrize("kind", ["disk", "vllm"])
 def test_each_transport_makes_every_server_serve_the_trainers_weights(
-        servers, model_dir, tmp_path, kind) -> None:
+    servers, model_dir, tmp_path, kind
+) -> None:
     urls = [server.url for server in servers]
     prompt = prompt_ids(model_dir)
     backend = trainer_backend(model_dir, seed={"disk": 11, "vllm": 12}[kind])
@@ -181,8 +192,11 @@ def test_each_transport_makes_every_server_serve_the_trainers_weights(
 
     async def body():
         pool = InferencePool(urls, request_timeout_s=120)
-        transport = (DiskTransport(backend, pool, tmp_path) if kind == "disk"
-                     else NativeTransport(backend, pool, timeout_s=TIMEOUT_S))
+        transport = (
+            DiskTransport(backend, pool, tmp_path)
+            if kind == "disk"
+            else NativeTransport(backend, pool, timeout_s=TIMEOUT_S)
+        )
         try:
             version = max((await control.weight_versions(pool)).values()) + 1
             with pytest.raises(WeightDriftError, match="differ by up to"):
@@ -197,9 +211,11 @@ def test_each_transport_makes_every_server_serve_the_trainers_weights(
 
     version, results, drift, after = asyncio.run(body())
     for result in results:
-        print(f"{kind}: {result.num_bytes} bytes to {len(urls)} servers, pause window "
-              f"{result.pause_s:.3f} s, total {result.total_s:.3f} s, phases "
-              f"{ {name: round(s, 3) for name, s in result.phases_s.items()} }")
+        print(
+            f"{kind}: {result.num_bytes} bytes to {len(urls)} servers, pause window "
+            f"{result.pause_s:.3f} s, total {result.total_s:.3f} s, phases "
+            f"{ {name: round(s, 3) for name, s in result.phases_s.items()} }"
+        )
         assert 0 < result.pause_s < result.total_s
         assert result.checksum.startswith("sha256:") and result.num_bytes > 0
         if kind == "vllm":  # the bytes move before the pause, not inside it
@@ -213,8 +229,9 @@ def test_each_transport_makes_every_server_serve_the_trainers_weights(
         assert versions == [version + 1] * NUM_NEW_TOKENS
 
 
-def test_native_sync_moves_the_bytes_while_the_servers_generate(servers, model_dir,
-                                                                monkeypatch) -> None:
+def test_native_sync_moves_the_bytes_while_the_servers_generate(
+    servers, model_dir, monkeypatch
+) -> None:
     urls = [server.url for server in servers]
     prompt = prompt_ids(model_dir)
     backend = trainer_backend(model_dir, seed=13)
@@ -222,8 +239,9 @@ def test_native_sync_moves_the_bytes_while_the_servers_generate(servers, model_d
     kick_off = HTTPWeightTransferClient.update_weights
     during: dict[str, tuple[bool, tuple]] = {}
 
-    def kick_off_then_generate(client: HTTPWeightTransferClient, update_info: dict,
-                               timeout_s: float | None = None) -> None:
+    def kick_off_then_generate(
+        client: HTTPWeightTransferClient, update_info: dict, timeout_s: float | None = None
+    ) -> None:
         kick_off(client, update_info, timeout_s)
         if "names" in update_info:  # the server is receiving; not a byte is sent yet
             paused = httpx.get(f"{client.url}/is_paused", timeout=10).json()["is_paused"]
@@ -237,8 +255,7 @@ def test_native_sync_moves_the_bytes_while_the_servers_generate(servers, model_d
             label = max((await control.weight_versions(pool)).values())
             await control.set_weight_version(pool, label)  # one label on both servers
             before = {url: await served(url, prompt) for url in urls}
-            monkeypatch.setattr(HTTPWeightTransferClient, "update_weights",
-                                kick_off_then_generate)
+            monkeypatch.setattr(HTTPWeightTransferClient, "update_weights", kick_off_then_generate)
             result = await transport.sync(label + 1)
             monkeypatch.setattr(HTTPWeightTransferClient, "update_weights", kick_off)
             return label, before, result, {url: await served(url, prompt) for url in urls}
@@ -247,8 +264,10 @@ def test_native_sync_moves_the_bytes_while_the_servers_generate(servers, model_d
             await pool.close()
 
     label, before, result, after = asyncio.run(body())
-    print(f"pause window {result.pause_s:.3f} s of {result.total_s:.3f} s, phases "
-          f"{ {name: round(s, 3) for name, s in result.phases_s.items()} }")
+    print(
+        f"pause window {result.pause_s:.3f} s of {result.total_s:.3f} s, phases "
+        f"{ {name: round(s, 3) for name, s in result.phases_s.items()} }"
+    )
     assert set(during) == set(urls)
     for url, (paused, (tokens, logprobs, versions)) in during.items():
         # Mid-transfer: not paused, the old weights under the old label.
@@ -278,8 +297,10 @@ def test_transfer_makes_every_server_serve_the_sent_weights(servers, model_dir) 
         return before, [await served(url, prompt) for url in urls], packed, pause_s, total_s
 
     before, after, packed, pause_s, total_s = asyncio.run(body())
-    print(f"{packed.num_bytes} bytes to {len(urls)} servers: pause window {pause_s:.3f} s, "
-          f"total (pack + connect + transfer + pause window) {total_s:.3f} s")
+    print(
+        f"{packed.num_bytes} bytes to {len(urls)} servers: pause window {pause_s:.3f} s, "
+        f"total (pack + connect + transfer + pause window) {total_s:.3f} s"
+    )
     for (tokens_before, logprobs_before, _), (tokens, logprobs, versions) in zip(before, after):
         assert max_diff(logprobs_before, expected_logprobs) > 100 * MATCH_TOLERANCE
         assert tokens == expected_tokens
@@ -287,8 +308,7 @@ def test_transfer_makes_every_server_serve_the_sent_weights(servers, model_dir) 
         assert versions == [1] * NUM_NEW_TOKENS
 
 
-def test_bad_checksum_stall_and_discard_leave_the_served_weights_alone(servers,
-                                                                      model_dir) -> None:
+def test_bad_checksum_stall_and_discard_leave_the_served_weights_alone(servers, model_dir) -> None:
     url = servers[0].url
     prompt = prompt_ids(model_dir)
     model = perturbed_weights(model_dir, 1)
@@ -300,8 +320,9 @@ def test_bad_checksum_stall_and_discard_leave_the_served_weights_alone(servers,
         before = await served(url, prompt)
         # The receiver checksums what it got; a mismatch is the wait's HTTP error.
         await asyncio.to_thread(sender.start)
-        await asyncio.to_thread(sender.update, dataclasses.replace(
-            packed, checksum="sha256:" + "0" * 64))
+        await asyncio.to_thread(
+            sender.update, dataclasses.replace(packed, checksum="sha256:" + "0" * 64)
+        )
         with pytest.raises(ControlError) as mismatch:
             await asyncio.to_thread(sender.wait)
         # The trainer announces an update and never sends it: finish refuses to load what was
@@ -327,11 +348,21 @@ def test_bad_checksum_stall_and_discard_leave_the_served_weights_alone(servers,
         discard_s = time.perf_counter() - discard_began
         discarded = await served(url, prompt)
         await push([url], sender, packed, version=2)
-        return (before, mismatch.value, refused.value, stall.value, stall_s, unchanged,
-                discard_s, discarded, await served(url, prompt))
+        return (
+            before,
+            mismatch.value,
+            refused.value,
+            stall.value,
+            stall_s,
+            unchanged,
+            discard_s,
+            discarded,
+            await served(url, prompt),
+        )
 
-    (before, mismatch, refused, stall, stall_s, unchanged, discard_s, discarded,
-     after) = asyncio.run(body())
+    (before, mismatch, refused, stall, stall_s, unchanged, discard_s, discarded, after) = (
+        asyncio.run(body())
+    )
     assert (mismatch.url, mismatch.phase) == (url, WAIT_PHASE)
     assert "checksum mismatch" in str(mismatch)
     assert (refused.url, refused.phase) == (url, "finish_weight_update")
@@ -351,7 +382,8 @@ def test_bad_checksum_stall_and_discard_leave_the_served_weights_alone(servers,
 
 
 def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps_serving(
-        servers, model_dir, tmp_path, monkeypatch) -> None:
+    servers, model_dir, tmp_path, monkeypatch
+) -> None:
     """Then the run rides on: the next push ejects the dead server and serves the survivor, and
     when the server comes back (a new process on the same address, serving its checkpoint as
     version 0) `catch_up` gives it the current version alone, through a fresh group."""
@@ -385,20 +417,44 @@ def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps
             retried = await weights.push(label_before + 2)
             final = await served(survivor.url, prompt)
             # The server comes back on its address, serving its checkpoint (version 0).
-            reborn = VLLMServer.spawn(CONFIG, model_dir, tmp_path / "vllm-reborn.log",
-                                      port=int(victim.url.rsplit(":", 1)[1]))
+            reborn = VLLMServer.spawn(
+                CONFIG,
+                model_dir,
+                tmp_path / "vllm-reborn.log",
+                port=int(victim.url.rsplit(":", 1)[1]),
+            )
             await asyncio.to_thread(reborn.wait_ready, CONFIG.start_timeout_s)
             caught_up = await weights.catch_up(label_before + 2)
-            return (label_before, before, failure.value, failure_s, after, retried, final,
-                    weights.num_ejected, caught_up, await served(victim.url, prompt))
+            return (
+                label_before,
+                before,
+                failure.value,
+                failure_s,
+                after,
+                retried,
+                final,
+                weights.num_ejected,
+                caught_up,
+                await served(victim.url, prompt),
+            )
         finally:
             await transport.close()
             await pool.close()
             if reborn is not None:
                 reborn.stop()
 
-    (label, before, failure, failure_s, after, retried, final, num_ejected, caught_up,
-     reborn_served) = asyncio.run(body())
+    (
+        label,
+        before,
+        failure,
+        failure_s,
+        after,
+        retried,
+        final,
+        num_ejected,
+        caught_up,
+        reborn_served,
+    ) = asyncio.run(body())
     print(f"failure after {failure_s:.3f} s: {failure}")
     assert victim.url in str(failure) and WAIT_PHASE in str(failure)
     assert f"{survivor.url} discarded it" in str(failure)

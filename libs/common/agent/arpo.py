@@ -48,8 +48,9 @@ def normalised_entropy(top: Sequence[tuple[int, float]], vocab_size: int) -> flo
     return h / math.log(vocab_size)
 
 
-def window_entropy(top_per_token: Sequence[Sequence[tuple[int, float]]], k: int,
-                   vocab_size: int) -> float | None:
+def window_entropy(
+    top_per_token: Sequence[Sequence[tuple[int, float]]], k: int, vocab_size: int
+) -> float | None:
     """Mean normalised entropy of the first `k` tokens; None when there are none."""
     window = top_per_token[:k]
     if not window:
@@ -86,31 +87,52 @@ class TreeBudget:
         return self.reserve(self.max_copies)
 
 
-def branch(parent: trajectory_pb2.Trajectory, turn_index: int, new_id: str,
-           sample_index: int) -> trajectory_pb2.Trajectory:
+def branch(
+    parent: trajectory_pb2.Trajectory, turn_index: int, new_id: str, sample_index: int
+) -> trajectory_pb2.Trajectory:
     """A copy of `parent` up to the start of turn `turn_index` (its shared prefix)."""
     point = parent.turns[turn_index].response_start
     turns = parent.turns[:turn_index]
     return trajectory_pb2.Trajectory(
-        trajectory_id=new_id, task_id=parent.task_id, sample_index=sample_index,
-        prompt_length=parent.prompt_length, token_ids=parent.token_ids[:point],
-        behaviour_logprobs=parent.behaviour_logprobs[:point], loss_mask=parent.loss_mask[:point],
-        policy_versions=parent.policy_versions[:point], turns=turns,
-        num_tool_calls=sum(1 for t in turns if t.HasField("tool_call")
-                           and t.tool_call.status != trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED),
-        parent_trajectory_id=parent.trajectory_id, branch_point=point)
+        trajectory_id=new_id,
+        task_id=parent.task_id,
+        sample_index=sample_index,
+        prompt_length=parent.prompt_length,
+        token_ids=parent.token_ids[:point],
+        behaviour_logprobs=parent.behaviour_logprobs[:point],
+        loss_mask=parent.loss_mask[:point],
+        policy_versions=parent.policy_versions[:point],
+        turns=turns,
+        num_tool_calls=sum(
+            1
+            for t in turns
+            if t.HasField("tool_call")
+            and t.tool_call.status != trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED
+        ),
+        parent_trajectory_id=parent.trajectory_id,
+        branch_point=point,
+    )
 
 
 class TaskSampler(GroupSampler):
-    def __init__(self, loop: Any, reward: Any, *, worker_id: str, arpo: ARPOConfig,
-                 vocab_size: int, uniform: Callable[[], float] = random.random,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        loop: Any,
+        reward: Any,
+        *,
+        worker_id: str,
+        arpo: ARPOConfig,
+        vocab_size: int,
+        uniform: Callable[[], float] = random.random,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(loop, reward, worker_id=worker_id, **kwargs)
         self.arpo, self.vocab_size, self.uniform = arpo, vocab_size, uniform
         self.decisions = 0  # branching decisions taken (for logs and tests)
 
-    async def sample(self, task: task_pb2.RolloutTask,
-                     on_episode: EpisodeHook | None = None) -> group_pb2.Group:
+    async def sample(
+        self, task: task_pb2.RolloutTask, on_episode: EpisodeHook | None = None
+    ) -> group_pb2.Group:
         if not task.tree_sampling:
             return await super().sample(task, on_episode)
         check_task(task)
@@ -124,16 +146,25 @@ class TaskSampler(GroupSampler):
         while budget.remaining:  # each wave: new global paths into the slots left
             async with asyncio.TaskGroup() as tasks:
                 for slot in budget.reserve(wave):
-                    tasks.create_task(self._path(task, settings, slot, budget, tasks, results,
-                                                 on_episode))
+                    tasks.create_task(
+                        self._path(task, settings, slot, budget, tasks, results, on_episode)
+                    )
             wave = budget.remaining
         samples = [results[i] for i in range(task.num_samples)]
         return self.build_group(task, samples, time.monotonic() - started)
 
-    async def _path(self, task, settings, slot: int, budget: TreeBudget,
-                    tasks: asyncio.TaskGroup, results: dict, on_episode: EpisodeHook | None,
-                    prefix: trajectory_pb2.Trajectory | None = None,
-                    h_init: float | None = None) -> None:
+    async def _path(
+        self,
+        task,
+        settings,
+        slot: int,
+        budget: TreeBudget,
+        tasks: asyncio.TaskGroup,
+        results: dict,
+        on_episode: EpisodeHook | None,
+        prefix: trajectory_pb2.Trajectory | None = None,
+        h_init: float | None = None,
+    ) -> None:
         first_own_turn = len(prefix.turns) if prefix is not None else 0
         state = {"h_init": h_init}
 
@@ -146,8 +177,11 @@ class TaskSampler(GroupSampler):
                 state["h_init"] = h
                 return
             previous = traj.turns[index - 1] if index > 0 else None
-            if index == first_own_turn or previous is None or \
-                    previous.observation_end == previous.observation_start:
+            if (
+                index == first_own_turn
+                or previous is None
+                or previous.observation_end == previous.observation_start
+            ):
                 return  # not a fresh turn after a tool result
             self.decisions += 1
             p = branch_probability(self.uniform(), h, state["h_init"], self.arpo.beta)
@@ -155,13 +189,29 @@ class TaskSampler(GroupSampler):
                 return
             for copy_slot in budget.copies():
                 child = branch(traj, index, trajectory_id(task, copy_slot), copy_slot)
-                tasks.create_task(self._path(task, settings, copy_slot, budget, tasks, results,
-                                             on_episode, prefix=child, h_init=state["h_init"]))
+                tasks.create_task(
+                    self._path(
+                        task,
+                        settings,
+                        copy_slot,
+                        budget,
+                        tasks,
+                        results,
+                        on_episode,
+                        prefix=child,
+                        h_init=state["h_init"],
+                    )
+                )
 
         if prefix is None:
-            traj = await self.loop.run(list(task.prompt_token_ids), settings,
-                                       trajectory_id=trajectory_id(task, slot),
-                                       task_id=task.task_id, sample_index=slot, on_turn=on_turn)
+            traj = await self.loop.run(
+                list(task.prompt_token_ids),
+                settings,
+                trajectory_id=trajectory_id(task, slot),
+                task_id=task.task_id,
+                sample_index=slot,
+                on_turn=on_turn,
+            )
         else:
             traj = await self.loop.resume(prefix, settings, on_turn=on_turn)
         if on_episode is not None:

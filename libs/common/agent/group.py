@@ -45,22 +45,33 @@ def response_length_tokens(traj: trajectory_pb2.Trajectory) -> int:
 def check_task(task: task_pb2.RolloutTask) -> None:
     """Raise ValueError when a task cannot be sampled."""
     if not task.task_id or not task.idempotency_key:
-        raise ValueError(f"task needs task_id and idempotency_key, got {task.task_id!r} and "
-                         f"{task.idempotency_key!r}")
+        raise ValueError(
+            f"task needs task_id and idempotency_key, got {task.task_id!r} and "
+            f"{task.idempotency_key!r}"
+        )
     if task.num_samples <= 0:
-        raise ValueError(f"task {task.task_id}: num_samples must be positive, got "
-                         f"{task.num_samples}")
+        raise ValueError(
+            f"task {task.task_id}: num_samples must be positive, got {task.num_samples}"
+        )
     if not task.prompt_token_ids:
-        raise ValueError(f"task {task.task_id}: prompt_token_ids is empty (token ids are the "
-                         "truth; the trainer tokenises prompts when it admits them)")
+        raise ValueError(
+            f"task {task.task_id}: prompt_token_ids is empty (token ids are the "
+            "truth; the trainer tokenises prompts when it admits them)"
+        )
 
 
 class GroupSampler:
     """Run and score the n samples of a task."""
 
-    def __init__(self, loop: AgentLoop, reward: Any, *, worker_id: str,
-                 default_format: str = "code_tags",
-                 extra_sampling: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        loop: AgentLoop,
+        reward: Any,
+        *,
+        worker_id: str,
+        default_format: str = "code_tags",
+        extra_sampling: dict[str, Any] | None = None,
+    ) -> None:
         self.loop = loop
         self.reward = reward  # an agentrl.reward.client.RewardClient (blocking; used in a thread)
         self.worker_id = worker_id
@@ -71,44 +82,71 @@ class GroupSampler:
     def settings(self, task: task_pb2.RolloutTask) -> EpisodeSettings:
         return EpisodeSettings.from_task(task, self.default_format, **self.extra_sampling)
 
-    async def sample(self, task: task_pb2.RolloutTask,
-                     on_episode: EpisodeHook | None = None) -> group_pb2.Group:
+    async def sample(
+        self, task: task_pb2.RolloutTask, on_episode: EpisodeHook | None = None
+    ) -> group_pb2.Group:
         """All `task.num_samples` episodes, concurrently; `on_episode` sees each trajectory as
         it ends. When one episode or score raises, the others are cancelled and it propagates."""
         check_task(task)
         started = time.monotonic()
         settings = self.settings(task)
         async with asyncio.TaskGroup() as tasks:
-            running = [tasks.create_task(self.episode(task, settings, i, on_episode))
-                       for i in range(task.num_samples)]
+            running = [
+                tasks.create_task(self.episode(task, settings, i, on_episode))
+                for i in range(task.num_samples)
+            ]
         samples = [t.result() for t in running]
         return self.build_group(task, samples, time.monotonic() - started)
 
-    async def episode(self, task: task_pb2.RolloutTask, settings: EpisodeSettings,
-                      sample_index: int, on_episode: EpisodeHook | None = None
-                      ) -> group_pb2.ScoredTrajectory:
-        traj = await self.loop.run(list(task.prompt_token_ids), settings,
-                                   trajectory_id=trajectory_id(task, sample_index),
-                                   task_id=task.task_id, sample_index=sample_index)
+    async def episode(
+        self,
+        task: task_pb2.RolloutTask,
+        settings: EpisodeSettings,
+        sample_index: int,
+        on_episode: EpisodeHook | None = None,
+    ) -> group_pb2.ScoredTrajectory:
+        traj = await self.loop.run(
+            list(task.prompt_token_ids),
+            settings,
+            trajectory_id=trajectory_id(task, sample_index),
+            task_id=task.task_id,
+            sample_index=sample_index,
+        )
         if on_episode is not None:
             on_episode(traj)
         return await self.score(task, traj)
 
-    async def score(self, task: task_pb2.RolloutTask,
-                    traj: trajectory_pb2.Trajectory) -> group_pb2.ScoredTrajectory:
+    async def score(
+        self, task: task_pb2.RolloutTask, traj: trajectory_pb2.Trajectory
+    ) -> group_pb2.ScoredTrajectory:
         result = await asyncio.to_thread(
-            self.reward.score, task.task_type, traj.response_text, task.ground_truth,
-            metadata=dict(task.metadata), num_tool_calls=traj.num_tool_calls,
-            response_length_tokens=response_length_tokens(traj), truncated=traj.truncated,
-            request_id=traj.trajectory_id)
+            self.reward.score,
+            task.task_type,
+            traj.response_text,
+            task.ground_truth,
+            metadata=dict(task.metadata),
+            num_tool_calls=traj.num_tool_calls,
+            response_length_tokens=response_length_tokens(traj),
+            truncated=traj.truncated,
+            request_id=traj.trajectory_id,
+        )
         return group_pb2.ScoredTrajectory(trajectory=traj, result=result)
 
-    def build_group(self, task: task_pb2.RolloutTask,
-                    samples: list[group_pb2.ScoredTrajectory],
-                    rollout_time_s: float) -> group_pb2.Group:
+    def build_group(
+        self,
+        task: task_pb2.RolloutTask,
+        samples: list[group_pb2.ScoredTrajectory],
+        rollout_time_s: float,
+    ) -> group_pb2.Group:
         if len(samples) != task.num_samples:
-            raise ValueError(f"task {task.task_id}: {len(samples)} samples for a group of "
-                             f"{task.num_samples}")
-        return group_pb2.Group(group_id=uuid.uuid4().hex, idempotency_key=task.idempotency_key,
-                               task=task, samples=samples, rollout_time_s=rollout_time_s,
-                               worker_id=self.worker_id)
+            raise ValueError(
+                f"task {task.task_id}: {len(samples)} samples for a group of {task.num_samples}"
+            )
+        return group_pb2.Group(
+            group_id=uuid.uuid4().hex,
+            idempotency_key=task.idempotency_key,
+            task=task,
+            samples=samples,
+            rollout_time_s=rollout_time_s,
+            worker_id=self.worker_id,
+        )

@@ -54,8 +54,12 @@ class EpisodeSettings:
     tool_format: str = "code_tags"
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens_per_turn", "max_turns", "max_total_tokens",
-                     "max_tool_output_tokens"):
+        for name in (
+            "max_tokens_per_turn",
+            "max_turns",
+            "max_total_tokens",
+            "max_tool_output_tokens",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_tool_calls < 0:
@@ -63,23 +67,31 @@ class EpisodeSettings:
         get_format(self.tool_format)
 
     @classmethod
-    def from_task(cls, task: task_pb2.RolloutTask, default_format: str = "code_tags",
-                  **extra_sampling: Any) -> EpisodeSettings:
+    def from_task(
+        cls, task: task_pb2.RolloutTask, default_format: str = "code_tags", **extra_sampling: Any
+    ) -> EpisodeSettings:
         s, limits = task.sampling, task.limits
-        sampling: dict[str, Any] = {"temperature": s.temperature or 1.0, "top_p": s.top_p or 1.0,
-                                    "top_k": s.top_k if s.top_k > 0 else -1,
-                                    "logprobs": max(s.num_logprobs, 0), "stop": list(s.stop)}
+        sampling: dict[str, Any] = {
+            "temperature": s.temperature or 1.0,
+            "top_p": s.top_p or 1.0,
+            "top_k": s.top_k if s.top_k > 0 else -1,
+            "logprobs": max(s.num_logprobs, 0),
+            "stop": list(s.stop),
+        }
         if s.seed:
             sampling["seed"] = s.seed
         sampling.update(extra_sampling)
-        return cls(sampling=sampling, max_tokens_per_turn=s.max_tokens_per_turn or 512,
-                   max_turns=limits.max_turns or 8,
-                   # 0 means "the default" for every limit, as elsewhere in the task: a task
-                   # without tools says so with an empty `tools`, not with max_tool_calls 0.
-                   max_tool_calls=limits.max_tool_calls or DEFAULT_MAX_TOOL_CALLS,
-                   max_total_tokens=limits.max_total_tokens or 4096,
-                   max_tool_output_tokens=limits.max_tool_output_tokens or 256,
-                   tool_format=task.tool_format or default_format)
+        return cls(
+            sampling=sampling,
+            max_tokens_per_turn=s.max_tokens_per_turn or 512,
+            max_turns=limits.max_turns or 8,
+            # 0 means "the default" for every limit, as elsewhere in the task: a task
+            # without tools says so with an empty `tools`, not with max_tool_calls 0.
+            max_tool_calls=limits.max_tool_calls or DEFAULT_MAX_TOOL_CALLS,
+            max_total_tokens=limits.max_total_tokens or 4096,
+            max_tool_output_tokens=limits.max_tool_output_tokens or 256,
+            tool_format=task.tool_format or default_format,
+        )
 
 
 class AgentLoop:
@@ -92,24 +104,40 @@ class AgentLoop:
             return text, False
         return self.tokenizer.decode(ids[:budget_tokens]) + TRUNCATION_NOTE, True
 
-    async def run(self, prompt_token_ids: list[int], settings: EpisodeSettings, *,
-                  trajectory_id: str, task_id: str = "", sample_index: int = 0,
-                  on_turn: TurnHook | None = None) -> trajectory_pb2.Trajectory:
-        traj = trajectory_pb2.Trajectory(trajectory_id=trajectory_id, task_id=task_id,
-                                         sample_index=sample_index,
-                                         prompt_length=len(prompt_token_ids))
+    async def run(
+        self,
+        prompt_token_ids: list[int],
+        settings: EpisodeSettings,
+        *,
+        trajectory_id: str,
+        task_id: str = "",
+        sample_index: int = 0,
+        on_turn: TurnHook | None = None,
+    ) -> trajectory_pb2.Trajectory:
+        traj = trajectory_pb2.Trajectory(
+            trajectory_id=trajectory_id,
+            task_id=task_id,
+            sample_index=sample_index,
+            prompt_length=len(prompt_token_ids),
+        )
         self._append(traj, prompt_token_ids)
         return await self.resume(traj, settings, on_turn=on_turn)
 
-    async def resume(self, traj: trajectory_pb2.Trajectory, settings: EpisodeSettings, *,
-                     on_turn: TurnHook | None = None) -> trajectory_pb2.Trajectory:
+    async def resume(
+        self,
+        traj: trajectory_pb2.Trajectory,
+        settings: EpisodeSettings,
+        *,
+        on_turn: TurnHook | None = None,
+    ) -> trajectory_pb2.Trajectory:
         """Continue the episode `traj` holds (its prompt, or an ARPO branch's shared prefix
         ending after a tool observation). `on_turn(traj, result)` runs after each turn's tokens
         are appended (ARPO reads the turn's top-k log-probs there)."""
         started = time.monotonic()
         fmt = get_format(settings.tool_format)
-        stop = fmt.stop_strings + [s for s in settings.sampling.get("stop", [])
-                                   if s not in fmt.stop_strings]
+        stop = fmt.stop_strings + [
+            s for s in settings.sampling.get("stop", []) if s not in fmt.stop_strings
+        ]
         try:
             finish = await self._turns(traj, settings, fmt, stop, on_turn)
         except InferenceError as exc:
@@ -117,18 +145,20 @@ class AgentLoop:
             if traj.turns and traj.turns[-1].response_end < traj.turns[-1].response_start:
                 # The failed turn keeps what it sampled before the error, and no observation.
                 last = traj.turns[-1]
-                last.response_end = last.observation_start = last.observation_end = \
-                    len(traj.token_ids)
+                last.response_end = last.observation_start = last.observation_end = len(
+                    traj.token_ids
+                )
         finally:
             self.pool.release(traj.trajectory_id)
         traj.finish_reason = finish
         traj.truncated = finish == Finish.FINISH_REASON_MAX_TOKENS
-        traj.response_text = self.tokenizer.decode(list(traj.token_ids[traj.prompt_length:]))
+        traj.response_text = self.tokenizer.decode(list(traj.token_ids[traj.prompt_length :]))
         traj.wall_time_s = time.monotonic() - started
         return traj
 
-    async def _turns(self, traj, settings: EpisodeSettings, fmt, stop: list[str],
-                     on_turn: TurnHook | None = None) -> int:
+    async def _turns(
+        self, traj, settings: EpisodeSettings, fmt, stop: list[str], on_turn: TurnHook | None = None
+    ) -> int:
         while True:
             if len(traj.turns) >= settings.max_turns:
                 return Finish.FINISH_REASON_MAX_TURNS
@@ -136,47 +166,61 @@ class AgentLoop:
             if budget <= 0:
                 return Finish.FINISH_REASON_MAX_TOKENS
             turn = traj.turns.add(index=len(traj.turns), response_start=len(traj.token_ids))
-            out = await self._generate_turn(traj, settings, stop,
-                                            min(settings.max_tokens_per_turn, budget))
-            turn.response_end = turn.observation_start = turn.observation_end = \
-                len(traj.token_ids)
-            turn.stop_reason = str(out.stop_reason) if out.stop_reason is not None \
-                else out.finish_reason
+            out = await self._generate_turn(
+                traj, settings, stop, min(settings.max_tokens_per_turn, budget)
+            )
+            turn.response_end = turn.observation_start = turn.observation_end = len(traj.token_ids)
+            turn.stop_reason = (
+                str(out.stop_reason) if out.stop_reason is not None else out.finish_reason
+            )
             if on_turn is not None:
                 on_turn(traj, out)
             if out.finish_reason == "abort":
                 return Finish.FINISH_REASON_ABORTED
             if not fmt.ends_with_call(out.stop_reason):
-                return Finish.FINISH_REASON_MAX_TOKENS if out.finish_reason == "length" \
+                return (
+                    Finish.FINISH_REASON_MAX_TOKENS
+                    if out.finish_reason == "length"
                     else Finish.FINISH_REASON_ANSWER
-            turn_text = self.tokenizer.decode(list(traj.token_ids[turn.response_start:]))
+                )
+            turn_text = self.tokenizer.decode(list(traj.token_ids[turn.response_start :]))
             call = fmt.parse(turn_text)
             if traj.num_tool_calls >= settings.max_tool_calls:
-                turn.tool_call.CopyFrom(trajectory_pb2.ToolCall(
-                    tool=call.tool, arguments=call.arguments,
-                    status=trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED))
+                turn.tool_call.CopyFrom(
+                    trajectory_pb2.ToolCall(
+                        tool=call.tool,
+                        arguments=call.arguments,
+                        status=trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED,
+                    )
+                )
                 return Finish.FINISH_REASON_MAX_TOOL_CALLS
             fits = await self._observe(traj, turn, call, settings, fmt)
             if not fits:
                 return Finish.FINISH_REASON_MAX_TOKENS
 
-    async def _generate_turn(self, traj, settings: EpisodeSettings, stop: list[str],
-                             max_tokens: int):
+    async def _generate_turn(
+        self, traj, settings: EpisodeSettings, stop: list[str], max_tokens: int
+    ):
         """Sample one turn and append it; an aborted request resumes from its tokens."""
         for _ in range(MAX_ABORT_RESUMES + 1):
-            sampling = {**settings.sampling, "stop": stop, "max_tokens": max_tokens,
-                        "include_stop_str_in_output": True, "n": 1,
-                        "logprobs": settings.sampling.get("logprobs", 0)}
+            sampling = {
+                **settings.sampling,
+                "stop": stop,
+                "max_tokens": max_tokens,
+                "include_stop_str_in_output": True,
+                "n": 1,
+                "logprobs": settings.sampling.get("logprobs", 0),
+            }
             out = await self.pool.generate(traj.trajectory_id, list(traj.token_ids), sampling)
-            self._append(traj, out.token_ids, out.logprobs or [0.0] * len(out.token_ids),
-                         out.policy_versions)
+            self._append(
+                traj, out.token_ids, out.logprobs or [0.0] * len(out.token_ids), out.policy_versions
+            )
             max_tokens -= len(out.token_ids)
             if out.finish_reason != "abort" or max_tokens <= 0:
                 return out
         return out
 
-    async def _observe(self, traj, turn, call: ParsedCall, settings: EpisodeSettings,
-                       fmt) -> bool:
+    async def _observe(self, traj, turn, call: ParsedCall, settings: EpisodeSettings, fmt) -> bool:
         """Run the call, append its observation (mask 0); False when it did not fit."""
         outcome = await self.tools.run(call, traj.trajectory_id)
         traj.num_tool_calls += 1
@@ -186,9 +230,16 @@ class AgentLoop:
         turn.observation_start = len(traj.token_ids)
         self._append(traj, obs_ids[:room])
         turn.observation_end = len(traj.token_ids)
-        turn.tool_call.CopyFrom(trajectory_pb2.ToolCall(
-            tool=call.tool, arguments=call.arguments, status=outcome.status, output=shown,
-            output_truncated=truncated or len(obs_ids) > room, latency_s=outcome.latency_s))
+        turn.tool_call.CopyFrom(
+            trajectory_pb2.ToolCall(
+                tool=call.tool,
+                arguments=call.arguments,
+                status=outcome.status,
+                output=shown,
+                output_truncated=truncated or len(obs_ids) > room,
+                latency_s=outcome.latency_s,
+            )
+        )
         return len(obs_ids) < room
 
     @staticmethod

@@ -49,23 +49,35 @@ class SandboxTool:
         from agentrl.sandbox.interface import Status as SandboxStatus
 
         try:
-            result = await asyncio.to_thread(self.sandbox.execute, call.arguments,
-                                             timeout_s=self.timeout_s)
+            result = await asyncio.to_thread(
+                self.sandbox.execute, call.arguments, timeout_s=self.timeout_s
+            )
         except grpc.RpcError as exc:
-            return ToolOutcome(Status.TOOL_CALL_STATUS_UNAVAILABLE,
-                               f"sandbox unavailable: {exc.code().name}")
-        output = result.stdout.decode(errors="replace") if isinstance(result.stdout, bytes) \
+            return ToolOutcome(
+                Status.TOOL_CALL_STATUS_UNAVAILABLE, f"sandbox unavailable: {exc.code().name}"
+            )
+        output = (
+            result.stdout.decode(errors="replace")
+            if isinstance(result.stdout, bytes)
             else result.stdout
-        stderr = result.stderr.decode(errors="replace") if isinstance(result.stderr, bytes) \
+        )
+        stderr = (
+            result.stderr.decode(errors="replace")
+            if isinstance(result.stderr, bytes)
             else result.stderr
+        )
         if result.status == SandboxStatus.OK:
             return ToolOutcome(Status.TOOL_CALL_STATUS_OK, output + stderr)
         if result.status == SandboxStatus.TIMEOUT:
-            return ToolOutcome(Status.TOOL_CALL_STATUS_TIMEOUT,
-                               output + f"TimeoutError: the program ran past {self.timeout_s:g} s")
+            return ToolOutcome(
+                Status.TOOL_CALL_STATUS_TIMEOUT,
+                output + f"TimeoutError: the program ran past {self.timeout_s:g} s",
+            )
         if result.status in (SandboxStatus.SANDBOX_ERROR, SandboxStatus.REJECTED):
-            return ToolOutcome(Status.TOOL_CALL_STATUS_UNAVAILABLE,
-                               f"sandbox error: {result.message or result.status.value}")
+            return ToolOutcome(
+                Status.TOOL_CALL_STATUS_UNAVAILABLE,
+                f"sandbox error: {result.message or result.status.value}",
+            )
         detail = stderr or result.message or f"exited with {result.status.value}"
         return ToolOutcome(Status.TOOL_CALL_STATUS_ERROR, output + detail)
 
@@ -91,8 +103,9 @@ def search_query(arguments: str) -> str:
 class SearchTool:
     """`search` calls through the search service; the top-k passages are the observation."""
 
-    def __init__(self, channel: grpc.Channel, timeout_s: float = 10.0,
-                 top_k: int | None = None) -> None:
+    def __init__(
+        self, channel: grpc.Channel, timeout_s: float = 10.0, top_k: int | None = None
+    ) -> None:
         """`channel`: from agentrl.common.grpc_client.create_channel (auth, retries on
         UNAVAILABLE within `timeout_s`)."""
         from agentrl.proto.search.v1 import search_pb2_grpc
@@ -109,19 +122,22 @@ class SearchTool:
             return ToolOutcome(Status.TOOL_CALL_STATUS_ERROR, "Error: the search query is empty")
         request = search_pb2.RetrieveRequest(queries=[query], top_k=self.top_k)
         try:
-            response = await asyncio.to_thread(self.stub.Retrieve, request,
-                                               timeout=self.timeout_s)
+            response = await asyncio.to_thread(self.stub.Retrieve, request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return ToolOutcome(Status.TOOL_CALL_STATUS_TIMEOUT,
-                                   f"TimeoutError: the search ran past {self.timeout_s:g} s")
+                return ToolOutcome(
+                    Status.TOOL_CALL_STATUS_TIMEOUT,
+                    f"TimeoutError: the search ran past {self.timeout_s:g} s",
+                )
             if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 return ToolOutcome(Status.TOOL_CALL_STATUS_ERROR, f"Error: {exc.details()}")
-            return ToolOutcome(Status.TOOL_CALL_STATUS_UNAVAILABLE,
-                               f"search unavailable: {code.name}")
-        return ToolOutcome(Status.TOOL_CALL_STATUS_OK,
-                           format_passages(response.results[0].passages))
+            return ToolOutcome(
+                Status.TOOL_CALL_STATUS_UNAVAILABLE, f"search unavailable: {code.name}"
+            )
+        return ToolOutcome(
+            Status.TOOL_CALL_STATUS_OK, format_passages(response.results[0].passages)
+        )
 
 
 class ToolBox:
@@ -131,22 +147,29 @@ class ToolBox:
         self.tools = tools
 
     @classmethod
-    def for_agents(cls, sandbox: Any, search_channel: grpc.Channel,
-                   timeout_s: float) -> ToolBox:
+    def for_agents(cls, sandbox: Any, search_channel: grpc.Channel, timeout_s: float) -> ToolBox:
         """Every tool an agent task may name (`python`, `search`): the one set the rollout worker
         and the evaluation both use, so a model is evaluated with the tools it trained with."""
-        return cls({"python": SandboxTool(sandbox, timeout_s),
-                    "search": SearchTool(search_channel, timeout_s)})
+        return cls(
+            {
+                "python": SandboxTool(sandbox, timeout_s),
+                "search": SearchTool(search_channel, timeout_s),
+            }
+        )
 
     async def run(self, call: ParsedCall, session_id: str) -> ToolOutcome:
         started = time.monotonic()
         if call.error:
-            outcome = ToolOutcome(Status.TOOL_CALL_STATUS_PARSE_ERROR,
-                                  f"Error: could not parse the tool call: {call.error}")
+            outcome = ToolOutcome(
+                Status.TOOL_CALL_STATUS_PARSE_ERROR,
+                f"Error: could not parse the tool call: {call.error}",
+            )
         elif call.tool not in self.tools:
-            outcome = ToolOutcome(Status.TOOL_CALL_STATUS_ERROR,
-                                  f"Error: unknown tool {call.tool!r}; available: "
-                                  f"{', '.join(sorted(self.tools)) or 'none'}")
+            outcome = ToolOutcome(
+                Status.TOOL_CALL_STATUS_ERROR,
+                f"Error: unknown tool {call.tool!r}; available: "
+                f"{', '.join(sorted(self.tools)) or 'none'}",
+            )
         else:
             outcome = await self.tools[call.tool].run(call, session_id)
         return ToolOutcome(outcome.status, outcome.output, time.monotonic() - started)

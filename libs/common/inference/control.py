@@ -52,42 +52,74 @@ class ControlError(InferenceError):
 def healthy_urls(pool: InferencePool) -> list[str]:
     urls = [url for url, server in pool.servers.items() if server.healthy]
     if not urls:
-        raise InferenceError(f"no healthy vLLM server among {list(pool.servers)}; start one "
-                             "(`agentrl up`) or fix inference.urls")
+        raise InferenceError(
+            f"no healthy vLLM server among {list(pool.servers)}; start one "
+            "(`agentrl up`) or fix inference.urls"
+        )
     return urls
 
 
-async def call_one(pool: InferencePool, url: str, method: str, path: str, phase: str,
-                   timeout_s: float = CONTROL_TIMEOUT_S, **kwargs: Any) -> Any:
+async def call_one(
+    pool: InferencePool,
+    url: str,
+    method: str,
+    path: str,
+    phase: str,
+    timeout_s: float = CONTROL_TIMEOUT_S,
+    **kwargs: Any,
+) -> Any:
     """One admin call; `ControlError` on a transport error, a timeout or a non-200 answer."""
     try:
         response = await pool.http.request(method, url + path, timeout=timeout_s, **kwargs)
     except httpx.TimeoutException:
-        raise ControlError(url, phase, f"no answer within {timeout_s:.0f} s (server stalled "
-                           "or dead)") from None
+        raise ControlError(
+            url, phase, f"no answer within {timeout_s:.0f} s (server stalled or dead)"
+        ) from None
     except httpx.HTTPError as exc:
         raise ControlError(url, phase, f"{type(exc).__name__}: {exc}") from None
     if response.status_code == 404:
-        raise ControlError(url, phase, f"HTTP 404 for {path}: this server lacks the route "
-                           "(vLLM 0.32 with VLLM_SERVER_DEV_MODE=1 has it)")
+        raise ControlError(
+            url,
+            phase,
+            f"HTTP 404 for {path}: this server lacks the route "
+            "(vLLM 0.32 with VLLM_SERVER_DEV_MODE=1 has it)",
+        )
     if response.status_code != 200:
         raise ControlError(url, phase, f"HTTP {response.status_code}: {response.text[:300]}")
     return response.json() if response.content else None
 
 
-async def post_each(pool: InferencePool, path: str, phase: str, *,
-                    json_by_url: dict[str, Any] | None = None, json: Any = None,
-                    params: dict[str, str] | None = None,
-                    timeout_s: float = CONTROL_TIMEOUT_S,
-                    urls: list[str] | None = None) -> dict[str, Any]:
+async def post_each(
+    pool: InferencePool,
+    path: str,
+    phase: str,
+    *,
+    json_by_url: dict[str, Any] | None = None,
+    json: Any = None,
+    params: dict[str, str] | None = None,
+    timeout_s: float = CONTROL_TIMEOUT_S,
+    urls: list[str] | None = None,
+) -> dict[str, Any]:
     """POST `path` to every healthy server (or `urls`) at once; replies by URL. The body is
     `json_by_url[url]` when given, else `json`. The first failure is raised once all calls
     returned, so no call is left running behind the error."""
     urls = urls or healthy_urls(pool)
     results = await asyncio.gather(
-        *(call_one(pool, url, "POST", path, phase, timeout_s, params=params,
-                   json=json_by_url[url] if json_by_url is not None else json) for url in urls),
-        return_exceptions=True)
+        *(
+            call_one(
+                pool,
+                url,
+                "POST",
+                path,
+                phase,
+                timeout_s,
+                params=params,
+                json=json_by_url[url] if json_by_url is not None else json,
+            )
+            for url in urls
+        ),
+        return_exceptions=True,
+    )
     for result in results:
         if isinstance(result, BaseException):
             raise result
@@ -107,38 +139,64 @@ async def resume(pool: InferencePool, urls: list[str] | None = None) -> None:
     await post_each(pool, "/resume", "resume", urls=urls)
 
 
-async def set_weight_version(pool: InferencePool, version: int,
-                             urls: list[str] | None = None) -> None:
+async def set_weight_version(
+    pool: InferencePool, version: int, urls: list[str] | None = None
+) -> None:
     """Label the weights every server holds; tokens sampled from now on carry `version`."""
-    await post_each(pool, "/update_weight_version", "update_weight_version",
-                    json={"new_version": str(version)}, urls=urls)
+    await post_each(
+        pool,
+        "/update_weight_version",
+        "update_weight_version",
+        json={"new_version": str(version)},
+        urls=urls,
+    )
 
 
-async def weight_versions(pool: InferencePool, urls: list[str] | None = None
-                          ) -> dict[str, int]:
+async def weight_versions(pool: InferencePool, urls: list[str] | None = None) -> dict[str, int]:
     """The version label each healthy server (or each of `urls`) reports."""
     urls = urls or healthy_urls(pool)
-    replies = await asyncio.gather(*(call_one(pool, url, "GET", "/weight_info", "weight_info")
-                                     for url in urls))
-    return {url: parse_version(reply["weight_version"])
-            for url, reply in zip(urls, replies, strict=True)}
+    replies = await asyncio.gather(
+        *(call_one(pool, url, "GET", "/weight_info", "weight_info") for url in urls)
+    )
+    return {
+        url: parse_version(reply["weight_version"])
+        for url, reply in zip(urls, replies, strict=True)
+    }
 
 
-async def reload_weights(pool: InferencePool, directory: Path,
-                         timeout_s: float = RELOAD_TIMEOUT_S, urls: list[str] | None = None
-                         ) -> None:
+async def reload_weights(
+    pool: InferencePool,
+    directory: Path,
+    timeout_s: float = RELOAD_TIMEOUT_S,
+    urls: list[str] | None = None,
+) -> None:
     """vLLM's in-place reload of checkpoint-format safetensors from `directory` (a path every
     server can read) through its own loader: name mapping, fusing and casting are vLLM's."""
-    await post_each(pool, "/collective_rpc", "reload_weights", timeout_s=timeout_s, json={
-        "method": "reload_weights", "kwargs": {"weights_path": str(directory.resolve())},
-        "timeout": timeout_s}, urls=urls)
+    await post_each(
+        pool,
+        "/collective_rpc",
+        "reload_weights",
+        timeout_s=timeout_s,
+        json={
+            "method": "reload_weights",
+            "kwargs": {"weights_path": str(directory.resolve())},
+            "timeout": timeout_s,
+        },
+        urls=urls,
+    )
 
 
 async def reset_prefix_cache(pool: InferencePool, urls: list[str] | None = None) -> None:
     """Drop KV computed with the old weights; frozen requests re-prefill on the new ones."""
-    replies = await post_each(pool, "/reset_prefix_cache", "reset_prefix_cache",
-                              params={"reset_running_requests": "true"}, urls=urls)
+    replies = await post_each(
+        pool,
+        "/reset_prefix_cache",
+        "reset_prefix_cache",
+        params={"reset_running_requests": "true"},
+        urls=urls,
+    )
     for url, reply in replies.items():
         if not (reply or {}).get("success"):
-            raise ControlError(url, "reset_prefix_cache",
-                               "the prefix cache still holds KV of the old weights")
+            raise ControlError(
+                url, "reset_prefix_cache", "the prefix cache still holds KV of the old weights"
+            )

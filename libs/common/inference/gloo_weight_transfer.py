@@ -130,21 +130,23 @@ def layout(dtypes: list[torch.dtype], shapes: list[list[int]]) -> tuple[list[int
     return offsets, total
 
 
-def unpack(flat: torch.Tensor, names: list[str], dtypes: list[torch.dtype],
-           shapes: list[list[int]]) -> list[tuple[str, torch.Tensor]]:
+def unpack(
+    flat: torch.Tensor, names: list[str], dtypes: list[torch.dtype], shapes: list[list[int]]
+) -> list[tuple[str, torch.Tensor]]:
     """Views of the flat buffer as the named tensors (no copy)."""
     offsets, total = layout(dtypes, shapes)
     assert flat.numel() == total, (flat.numel(), total)
     views = []
     for name, dtype, shape, offset in zip(names, dtypes, shapes, offsets, strict=True):
         num_bytes = dtype.itemsize * int(torch.Size(shape).numel())
-        views.append((name, flat[offset:offset + num_bytes].view(dtype).view(shape)))
+        views.append((name, flat[offset : offset + num_bytes].view(dtype).view(shape)))
     return views
 
 
 def chunk_bounds(total: int, chunk_size_bytes: int) -> list[tuple[int, int]]:
-    return [(start, min(start + chunk_size_bytes, total))
-            for start in range(0, total, chunk_size_bytes)]
+    return [
+        (start, min(start + chunk_size_bytes, total)) for start in range(0, total, chunk_size_bytes)
+    ]
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,9 @@ class PackedWeights:
     checksum: str
 
     @classmethod
-    def pack(cls, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
-             ) -> PackedWeights:
+    def pack(
+        cls, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+    ) -> PackedWeights:
         items = list(weights.items() if isinstance(weights, Mapping) else weights)
         # In name order, the order of weights_checksum: the receiver hashes as bytes arrive.
         items.sort(key=lambda item: item[0])
@@ -180,8 +183,12 @@ class PackedWeights:
         return self.flat.numel()
 
     def update_info(self) -> dict[str, Any]:
-        return {"names": self.names, "dtype_names": [dtype_name(d) for d in self.dtypes],
-                "shapes": self.shapes, "checksum": self.checksum}
+        return {
+            "names": self.names,
+            "dtype_names": [dtype_name(d) for d in self.dtypes],
+            "shapes": self.shapes,
+            "checksum": self.checksum,
+        }
 
 
 # ---- the process group (both sides) ----------------------------------------------------------
@@ -192,18 +199,31 @@ def local_address_towards(address: str) -> str:
         return probe.getsockname()[0]
 
 
-def open_group(master_address: str, master_port: int, rank: int, world_size: int,
-               timeout_s: float, store: TCPStore | None = None) -> tuple[TCPStore, ProcessGroupGloo]:
+def open_group(
+    master_address: str,
+    master_port: int,
+    rank: int,
+    world_size: int,
+    timeout_s: float,
+    store: TCPStore | None = None,
+) -> tuple[TCPStore, ProcessGroupGloo]:
     """A gloo group of its own, outside torch.distributed's default group (vLLM owns that):
     a TCPStore (rank 0 hosts it) and a ProcessGroupGloo built on it directly."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if store is None:
-        store = TCPStore(master_address, master_port, world_size, rank == 0, timeout=timeout,
-                         wait_for_workers=False)
+        store = TCPStore(
+            master_address,
+            master_port,
+            world_size,
+            rank == 0,
+            timeout=timeout,
+            wait_for_workers=False,
+        )
     options = ProcessGroupGloo._Options()
     options._timeout = timeout
-    options._devices = [ProcessGroupGloo.create_device(
-        hostname=local_address_towards(master_address))]
+    options._devices = [
+        ProcessGroupGloo.create_device(hostname=local_address_towards(master_address))
+    ]
     return store, ProcessGroupGloo(PrefixStore("agentrl_gloo", store), rank, world_size, options)
 
 
@@ -227,8 +247,10 @@ class GlooWeightTransferInitInfo(WeightTransferInitInfo):
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.chunk_size_bytes <= 0 or self.world_size < 2:
-            raise ValueError(f"init_info needs timeout_s > 0, chunk_size_bytes > 0 and "
-                             f"world_size >= 2, got {self}")
+            raise ValueError(
+                f"init_info needs timeout_s > 0, chunk_size_bytes > 0 and "
+                f"world_size >= 2, got {self}"
+            )
 
 
 @dataclass
@@ -246,15 +268,21 @@ class GlooWeightTransferUpdateInfo(WeightTransferUpdateInfo):
     def __post_init__(self) -> None:
         if self.wait or self.discard:
             if (self.wait and self.discard) or self.names or self.checksum:
-                raise ValueError("update_info is one of: the metadata (names, dtype_names, "
-                                 "shapes, checksum), {\"wait\": true} or {\"discard\": true}")
+                raise ValueError(
+                    "update_info is one of: the metadata (names, dtype_names, "
+                    'shapes, checksum), {"wait": true} or {"discard": true}'
+                )
             return
         if not self.names or not self.checksum:
-            raise ValueError("update_info needs names, dtype_names, shapes and checksum "
-                             "(or wait: true, or discard: true)")
+            raise ValueError(
+                "update_info needs names, dtype_names, shapes and checksum "
+                "(or wait: true, or discard: true)"
+            )
         if not len(self.names) == len(self.dtype_names) == len(self.shapes):
-            raise ValueError(f"update_info lists differ in length: {len(self.names)} names, "
-                             f"{len(self.dtype_names)} dtype_names, {len(self.shapes)} shapes")
+            raise ValueError(
+                f"update_info lists differ in length: {len(self.names)} names, "
+                f"{len(self.dtype_names)} dtype_names, {len(self.shapes)} shapes"
+            )
 
 
 class Receive:
@@ -267,8 +295,12 @@ class Receive:
     ends last, the thread or `abandon()`, shuts it down, so no two threads ever use it at once.
     """
 
-    def __init__(self, group: ProcessGroupGloo, info: GlooWeightTransferUpdateInfo,
-                 init_info: GlooWeightTransferInitInfo) -> None:
+    def __init__(
+        self,
+        group: ProcessGroupGloo,
+        info: GlooWeightTransferUpdateInfo,
+        init_info: GlooWeightTransferInitInfo,
+    ) -> None:
         self.group, self.checksum = group, info.checksum
         self.timeout_s, self.chunk_size_bytes = init_info.timeout_s, init_info.chunk_size_bytes
         dtypes = [parse_dtype(name) for name in info.dtype_names]  # bad metadata fails here
@@ -278,8 +310,7 @@ class Receive:
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._done = self._abandoned = False
-        self.thread = threading.Thread(target=self._run, name="agentrl-gloo-receive",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._run, name="agentrl-gloo-receive", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
@@ -294,8 +325,10 @@ class Receive:
                 self.group.shutdown()
 
     def _receive(self) -> None:
-        ends = [offset + view.numel() * view.element_size()
-                for offset, (_, view) in zip(self.offsets, self.views, strict=True)]
+        ends = [
+            offset + view.numel() * view.element_size()
+            for offset, (_, view) in zip(self.offsets, self.views, strict=True)
+        ]
         order = sorted(range(len(self.views)), key=lambda index: self.views[index][0])
         digest, num_hashed = hashlib.sha256(), 0
         bounds = chunk_bounds(self.flat.numel(), self.chunk_size_bytes)
@@ -305,24 +338,29 @@ class Receive:
             try:
                 broadcast_from_trainer(self.group, self.flat[start:end])
             except RuntimeError as exc:
-                raise RuntimeError(f"gloo receive of chunk {index + 1}/{len(bounds)} failed "
-                                   f"(timeout {self.timeout_s:.0f} s): {exc}") from exc
+                raise RuntimeError(
+                    f"gloo receive of chunk {index + 1}/{len(bounds)} failed "
+                    f"(timeout {self.timeout_s:.0f} s): {exc}"
+                ) from exc
             while num_hashed < len(order) and ends[order[num_hashed]] <= end:
                 update_digest(digest, *self.views[order[num_hashed]])
                 num_hashed += 1
         checksum = f"sha256:{digest.hexdigest()}"  # weights_checksum's format
         if checksum != self.checksum:
-            raise ValueError(f"checksum mismatch: received {checksum}, the trainer sent "
-                             f"{self.checksum}")
+            raise ValueError(
+                f"checksum mismatch: received {checksum}, the trainer sent {self.checksum}"
+            )
 
     def result(self) -> list[tuple[str, torch.Tensor]]:
         """The verified payload once the receive ended, or its error. Waits at most the group
         timeout plus RECEIVE_GRACE_S (a stalled receive ends on its own gloo timeout first)."""
         self.thread.join(self.timeout_s + RECEIVE_GRACE_S)
         if self.thread.is_alive():
-            raise TimeoutError(f"the receive was still running {self.timeout_s:.0f} s + "
-                               f"{RECEIVE_GRACE_S:.0f} s after the wait began (trainer too slow "
-                               "or stalled)")
+            raise TimeoutError(
+                f"the receive was still running {self.timeout_s:.0f} s + "
+                f"{RECEIVE_GRACE_S:.0f} s after the wait began (trainer too slow "
+                "or stalled)"
+            )
         if self.error is not None:
             raise self.error
         return self.views
@@ -336,15 +374,21 @@ class Receive:
 
 
 class GlooWeightTransferEngine(
-        WeightTransferEngine[GlooWeightTransferInitInfo, GlooWeightTransferUpdateInfo]):
+    WeightTransferEngine[GlooWeightTransferInitInfo, GlooWeightTransferUpdateInfo]
+):
     """Receiver: update_weights starts a background receive into a staging buffer, its `wait`
     stages the verified payload, finish_weight_update loads it (see the module docstring)."""
 
     init_info_cls = GlooWeightTransferInitInfo
     update_info_cls = GlooWeightTransferUpdateInfo
 
-    def __init__(self, config: WeightTransferConfig, vllm_config: VllmConfig,
-                 device: torch.device, model: torch.nn.Module) -> None:
+    def __init__(
+        self,
+        config: WeightTransferConfig,
+        vllm_config: VllmConfig,
+        device: torch.device,
+        model: torch.nn.Module,
+    ) -> None:
         super().__init__(config, vllm_config, device, model)
         self.init_info: GlooWeightTransferInitInfo | None = None
         self.store: TCPStore | None = None
@@ -358,10 +402,18 @@ class GlooWeightTransferEngine(
         self.shutdown()  # a trainer that re-initialises replaces the old group
         self.staged = []
         parallel = self.parallel_config
-        rank = (init_info.rank_offset + parallel.data_parallel_index * parallel.world_size
-                + parallel.rank)
-        self.store, self.group = open_group(init_info.master_address, init_info.master_port,
-                                            rank, init_info.world_size, init_info.timeout_s)
+        rank = (
+            init_info.rank_offset
+            + parallel.data_parallel_index * parallel.world_size
+            + parallel.rank
+        )
+        self.store, self.group = open_group(
+            init_info.master_address,
+            init_info.master_port,
+            rank,
+            init_info.world_size,
+            init_info.timeout_s,
+        )
         self.init_info = init_info
 
     def start_weight_update(self) -> None:
@@ -395,27 +447,34 @@ class GlooWeightTransferEngine(
     def start_receive(self, info: GlooWeightTransferUpdateInfo) -> None:
         """Returns once the receive runs; the model is not touched, generation goes on."""
         if self.group is None or self.init_info is None:
-            raise RuntimeError("gloo weight transfer is not initialised (or its group was "
-                               "dropped after a failed update): POST /init_weight_transfer_engine")
+            raise RuntimeError(
+                "gloo weight transfer is not initialised (or its group was "
+                "dropped after a failed update): POST /init_weight_transfer_engine"
+            )
         if self.receive is not None:
-            raise RuntimeError("an update is already being received: POST /update_weights "
-                               "{\"update_info\": {\"wait\": true}} before sending another")
+            raise RuntimeError(
+                "an update is already being received: POST /update_weights "
+                '{"update_info": {"wait": true}} before sending another'
+            )
         self.receive = Receive(self.group, info, self.init_info)
 
     def wait_for_receive(self) -> None:
         """Blocks until the receive ended; stages its payload if the checksum matched."""
         if self.receive is None:
-            raise RuntimeError("no update is being received: POST /update_weights with the "
-                               "update's metadata first")
+            raise RuntimeError(
+                "no update is being received: POST /update_weights with the update's metadata first"
+            )
         views = self.receive.result()  # raises: update_weights drops the receive and group
         self.receive = None
         self.staged.extend(views)
 
     def finish_weight_update(self) -> None:
         if self.receive is not None:
-            raise RuntimeError("finish_weight_update before the update was verified: POST "
-                               "/update_weights {\"update_info\": {\"wait\": true}} first (or "
-                               "{\"discard\": true}); nothing was loaded")
+            raise RuntimeError(
+                "finish_weight_update before the update was verified: POST "
+                '/update_weights {"update_info": {"wait": true}} first (or '
+                '{"discard": true}); nothing was loaded'
+            )
         if not self.staged:
             return  # discarded, or nothing sent: the model keeps its weights
         from vllm.model_executor.model_loader.mtp_validation import (
@@ -454,16 +513,22 @@ class HTTPWeightTransferClient:
         self.timeout_s = timeout_s
         self.http = httpx.Client(timeout=timeout_s)
 
-    def call(self, method: str, route: str, timeout_s: float | None = None,
-             phase: str | None = None, **kwargs: Any) -> Any:
+    def call(
+        self,
+        method: str,
+        route: str,
+        timeout_s: float | None = None,
+        phase: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """One request to `route`; errors name `phase` (the route unless given)."""
         timeout_s, phase = timeout_s or self.timeout_s, phase or route
         try:
-            response = self.http.request(method, f"{self.url}/{route}", timeout=timeout_s,
-                                         **kwargs)
+            response = self.http.request(method, f"{self.url}/{route}", timeout=timeout_s, **kwargs)
         except httpx.TimeoutException:
-            raise ControlError(self.url, phase, f"no answer within {timeout_s:.0f} s (server "
-                               "stalled or dead)") from None
+            raise ControlError(
+                self.url, phase, f"no answer within {timeout_s:.0f} s (server stalled or dead)"
+            ) from None
         except httpx.HTTPError as exc:
             raise ControlError(self.url, phase, f"{type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
@@ -471,16 +536,18 @@ class HTTPWeightTransferClient:
             # `Connection: close`): a fresh pool, or the next call dies on the stale one.
             self.http.close()
             self.http = httpx.Client(timeout=self.timeout_s)
-            raise ControlError(self.url, phase, f"HTTP {response.status_code}: "
-                               f"{response.text[:1000]}")
+            raise ControlError(
+                self.url, phase, f"HTTP {response.status_code}: {response.text[:1000]}"
+            )
         return response.json() if response.content else None
 
     def world_size(self) -> int:
         """Ranks of the server's workers (TP * PP * DP)."""
         return int(self.call("GET", "get_world_size")["world_size"])
 
-    def init_weight_transfer_engine(self, init_info: dict[str, Any],
-                                    timeout_s: float | None = None) -> None:
+    def init_weight_transfer_engine(
+        self, init_info: dict[str, Any], timeout_s: float | None = None
+    ) -> None:
         self.call("POST", "init_weight_transfer_engine", timeout_s, json={"init_info": init_info})
 
     def start_weight_update(self) -> None:
@@ -491,11 +558,17 @@ class HTTPWeightTransferClient:
 
     def wait_weight_update(self, timeout_s: float | None = None) -> None:
         """update_weights {"wait": true}: returns once the server staged a verified payload."""
-        self.call("POST", "update_weights", timeout_s, phase=WAIT_PHASE,
-                  json={"update_info": {"wait": True}})
+        self.call(
+            "POST",
+            "update_weights",
+            timeout_s,
+            phase=WAIT_PHASE,
+            json={"update_info": {"wait": True}},
+        )
 
-    def finish_weight_update(self, weight_version: str | None = None,
-                             timeout_s: float | None = None) -> None:
+    def finish_weight_update(
+        self, weight_version: str | None = None, timeout_s: float | None = None
+    ) -> None:
         body = {"weight_version": weight_version} if weight_version is not None else None
         self.call("POST", "finish_weight_update", timeout_s, json=body)
 
@@ -523,8 +596,13 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
 
     init_info_cls = GlooTrainerInitInfo
 
-    def __init__(self, *, client: HTTPWeightTransferClient, init_info: GlooTrainerInitInfo,
-                 source: WeightSource | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        client: HTTPWeightTransferClient,
+        init_info: GlooTrainerInitInfo,
+        source: WeightSource | None = None,
+    ) -> None:
         super().__init__(client=client, source=source)
         self.client: HTTPWeightTransferClient = client
         self.init_info = init_info
@@ -532,32 +610,52 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         self.group: ProcessGroupGloo | None = None
 
     @classmethod
-    def trainer_init(cls, init_info: GlooTrainerInitInfo, *, client: HTTPWeightTransferClient,
-                     source: WeightSource | None = None) -> Self:
+    def trainer_init(
+        cls,
+        init_info: GlooTrainerInitInfo,
+        *,
+        client: HTTPWeightTransferClient,
+        source: WeightSource | None = None,
+    ) -> Self:
         if not init_info.is_sender:
             raise ValueError("only trainer rank 0 sends over gloo; other ranks have no group")
         engine = cls(client=client, init_info=init_info, source=source)
-        engine.store = TCPStore(init_info.master_address, init_info.master_port,
-                                init_info.world_size, True,
-                                timeout=datetime.timedelta(seconds=init_info.timeout_s),
-                                wait_for_workers=False)
+        engine.store = TCPStore(
+            init_info.master_address,
+            init_info.master_port,
+            init_info.world_size,
+            True,
+            timeout=datetime.timedelta(seconds=init_info.timeout_s),
+            wait_for_workers=False,
+        )
         worker_init_info = GlooWeightTransferInitInfo(
-            master_address=init_info.master_address, master_port=engine.store.port,
-            world_size=init_info.world_size, timeout_s=init_info.timeout_s,
-            chunk_size_bytes=init_info.chunk_size_bytes)
+            master_address=init_info.master_address,
+            master_port=engine.store.port,
+            world_size=init_info.world_size,
+            timeout_s=init_info.timeout_s,
+            chunk_size_bytes=init_info.chunk_size_bytes,
+        )
         # The workers block in init until every rank has joined: the request runs beside ours.
         with ThreadPoolExecutor(max_workers=1) as executor:
-            future = executor.submit(client.init_weight_transfer_engine,
-                                     dataclasses.asdict(worker_init_info),
-                                     init_info.timeout_s + CONTROL_TIMEOUT_S)
+            future = executor.submit(
+                client.init_weight_transfer_engine,
+                dataclasses.asdict(worker_init_info),
+                init_info.timeout_s + CONTROL_TIMEOUT_S,
+            )
             try:
-                _, engine.group = open_group(init_info.master_address, engine.store.port, 0,
-                                             init_info.world_size, init_info.timeout_s,
-                                             store=engine.store)
+                _, engine.group = open_group(
+                    init_info.master_address,
+                    engine.store.port,
+                    0,
+                    init_info.world_size,
+                    init_info.timeout_s,
+                    store=engine.store,
+                )
             except RuntimeError as exc:
                 future.result()  # the server's own reason, when it has one, comes first
-                raise ControlError(client.url, "init_weight_transfer_engine",
-                                   f"gloo rendezvous failed: {exc}") from None
+                raise ControlError(
+                    client.url, "init_weight_transfer_engine", f"gloo rendezvous failed: {exc}"
+                ) from None
             future.result()
         return engine
 
@@ -578,14 +676,16 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
             self.wait(timeout_s=min(self.init_info.timeout_s, CONTROL_TIMEOUT_S))
             with contextlib.suppress(ControlError):
                 self.discard()  # it staged the payload all the same: load nothing
-            raise ControlError(self.client.url, "update_weights",
-                               f"gloo send failed: {exc}") from None
+            raise ControlError(
+                self.client.url, "update_weights", f"gloo send failed: {exc}"
+            ) from None
 
     def wait(self, timeout_s: float | None = None) -> None:
         """Block until the server received the whole payload and verified its checksum (staged,
         not loaded); `ControlError` with its reason otherwise (the server dropped the group)."""
         self.client.wait_weight_update(
-            timeout_s or self.init_info.timeout_s + RECEIVE_GRACE_S + CONTROL_TIMEOUT_S)
+            timeout_s or self.init_info.timeout_s + RECEIVE_GRACE_S + CONTROL_TIMEOUT_S
+        )
 
     def finish(self, weight_version: str | None = None) -> None:
         """Load what `wait` verified on the server (the served weights change here)."""
@@ -639,14 +739,22 @@ class GlooWeightSender:
     of one after another.
     """
 
-    def __init__(self, urls: list[str], *, master_address: str = "127.0.0.1",
-                 timeout_s: float = DEFAULT_TIMEOUT_S,
-                 chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES, concurrent: bool = True) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        master_address: str = "127.0.0.1",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES,
+        concurrent: bool = True,
+    ) -> None:
         if not urls:
             raise ValueError("GlooWeightSender needs at least one server URL")
         if timeout_s <= 0 or chunk_size_bytes <= 0:
-            raise ValueError(f"timeout_s and chunk_size_bytes must be > 0, got {timeout_s} and "
-                             f"{chunk_size_bytes}")
+            raise ValueError(
+                f"timeout_s and chunk_size_bytes must be > 0, got {timeout_s} and "
+                f"{chunk_size_bytes}"
+            )
         vllm_plugin.register()
         self.urls = [url.rstrip("/") for url in urls]
         self.master_address, self.timeout_s = master_address, timeout_s
@@ -665,9 +773,12 @@ class GlooWeightSender:
             client = HTTPWeightTransferClient(url)
             try:
                 init_info = GlooTrainerInitInfo(
-                    rank=0, master_address=self.master_address,
-                    world_size=1 + client.world_size(), timeout_s=self.timeout_s,
-                    chunk_size_bytes=self.chunk_size_bytes)
+                    rank=0,
+                    master_address=self.master_address,
+                    world_size=1 + client.world_size(),
+                    timeout_s=self.timeout_s,
+                    chunk_size_bytes=self.chunk_size_bytes,
+                )
                 return WeightTransferTrainerFactory.trainer_init(init_info, client=client)
             except BaseException:
                 client.close()
@@ -704,8 +815,11 @@ class GlooWeightSender:
 
     def finish(self, weight_version: str | None = None) -> None:
         """/finish_weight_update on every started server: each loads its staged update."""
-        self._expect("staged", "finish() loads only an update every server verified: call "
-                               "start(), update() and wait() first")
+        self._expect(
+            "staged",
+            "finish() loads only an update every server verified: call "
+            "start(), update() and wait() first",
+        )
         urls, self.started, self.session = self.started, [], ""
         _, failures = self._each(urls, lambda url: self.engines[url].finish(weight_version))
         for url in failures:
@@ -728,9 +842,17 @@ class GlooWeightSender:
         staged_at = time.perf_counter()
         self.finish()
         end = time.perf_counter()
-        return SendResult(packed.num_bytes, packed.checksum,
-                          {"pack": packed_at - begin, "start+update": sent_at - packed_at,
-                           "wait": staged_at - sent_at, "finish": end - staged_at}, end - begin)
+        return SendResult(
+            packed.num_bytes,
+            packed.checksum,
+            {
+                "pack": packed_at - begin,
+                "start+update": sent_at - packed_at,
+                "wait": staged_at - sent_at,
+                "finish": end - staged_at,
+            },
+            end - begin,
+        )
 
     def close(self) -> None:
         """Drop every group (the servers keep serving; a later start re-initialises)."""
@@ -750,13 +872,18 @@ class GlooWeightSender:
                 self._drop(url)  # the server dropped its side already
             survivors = [url for url in self.started if url in done]
             self._discard(survivors)
-            self._raise(failures, "no server loaded the update" + (
-                f" ({', '.join(survivors)} discarded it)" if survivors else ""))
+            self._raise(
+                failures,
+                "no server loaded the update"
+                + (f" ({', '.join(survivors)} discarded it)" if survivors else ""),
+            )
         self.session = session
 
-    def _each(self, urls: list[str], action: Callable[[str], Any]
-              ) -> tuple[dict[str, Any], dict[str, Exception]]:
+    def _each(
+        self, urls: list[str], action: Callable[[str], Any]
+    ) -> tuple[dict[str, Any], dict[str, Exception]]:
         """`action(url)` for every url (at once when `concurrent`): results and failures."""
+
         def run(url: str) -> tuple[bool, Any]:
             try:
                 return True, action(url)

@@ -64,32 +64,62 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def build_command(config: InferenceServerConfig, model_dir: Path, port: int, host: str = "127.0.0.1",
-                  seed: int = 0, weight_transfer_backend: str = "agentrl_gloo") -> list[str]:
+def build_command(
+    config: InferenceServerConfig,
+    model_dir: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    seed: int = 0,
+    weight_transfer_backend: str = "agentrl_gloo",
+) -> list[str]:
     """The server's argv: `vllm serve` flags (see the module docstring for why each is set)."""
     command = [
-        sys.executable, "-m", VLLM_SERVER_MODULE, "--model", str(model_dir),
-        "--served-model-name", SERVED_MODEL_NAME, "--host", host, "--port", str(port),
-        "--dtype", config.dtype, "--max-model-len", str(config.max_model_len),
-        "--max-num-seqs", str(config.max_num_seqs), "--max-logprobs", str(MAX_LOGPROBS),
-        "--logprobs-mode", "raw_logprobs", "--generation-config", "vllm",
-        "--enable-scale-out", "--enforce-eager", "--seed", str(seed),
+        sys.executable,
+        "-m",
+        VLLM_SERVER_MODULE,
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        SERVED_MODEL_NAME,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        config.dtype,
+        "--max-model-len",
+        str(config.max_model_len),
+        "--max-num-seqs",
+        str(config.max_num_seqs),
+        "--max-logprobs",
+        str(MAX_LOGPROBS),
+        "--logprobs-mode",
+        "raw_logprobs",
+        "--generation-config",
+        "vllm",
+        "--enable-scale-out",
+        "--enforce-eager",
+        "--seed",
+        str(seed),
         "--disable-uvicorn-access-log",
     ]
     if weight_transfer_backend != "none":
-        command += ["--weight-transfer-config",
-                    json.dumps({"backend": weight_transfer_backend})]
+        command += ["--weight-transfer-config", json.dumps({"backend": weight_transfer_backend})]
     return command
 
 
 def build_env(config: InferenceServerConfig) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "VLLM_SERVER_DEV_MODE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
-        # Nothing is downloaded at run time: models are local directories.
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-    })
+    env.update(
+        {
+            "VLLM_SERVER_DEV_MODE": "1",
+            "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib),
+            # Nothing is downloaded at run time: models are local directories.
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+        }
+    )
     return env
 
 
@@ -104,29 +134,55 @@ class VLLMServer:
         self._started_at = 0.0
 
     @classmethod
-    def spawn(cls, config: InferenceServerConfig, model_dir: str | Path, log_path: str | Path, *,
-              port: int = 0, seed: int = 0,
-              weight_transfer_backend: str = "agentrl_gloo") -> VLLMServer:
+    def spawn(
+        cls,
+        config: InferenceServerConfig,
+        model_dir: str | Path,
+        log_path: str | Path,
+        *,
+        port: int = 0,
+        seed: int = 0,
+        weight_transfer_backend: str = "agentrl_gloo",
+    ) -> VLLMServer:
         """Start a server for `model_dir` without waiting (start several, then wait_ready)."""
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
-            raise ValueError(f"{model_dir} is not a checkpoint directory (no config.json); "
-                             "create one with `agentrl model init --out DIR`")
+            raise ValueError(
+                f"{model_dir} is not a checkpoint directory (no config.json); "
+                "create one with `agentrl model init --out DIR`"
+            )
         port = port or free_port()
-        server = cls(build_command(config, model_dir, port, seed=seed,
-                                   weight_transfer_backend=weight_transfer_backend),
-                     build_env(config),
-                     f"http://127.0.0.1:{port}", Path(log_path))
+        server = cls(
+            build_command(
+                config, model_dir, port, seed=seed, weight_transfer_backend=weight_transfer_backend
+            ),
+            build_env(config),
+            f"http://127.0.0.1:{port}",
+            Path(log_path),
+        )
         server.start()
         return server
 
     @classmethod
-    def launch(cls, config: InferenceServerConfig, model_dir: str | Path, log_path: str | Path, *,
-               port: int = 0, seed: int = 0,
-               weight_transfer_backend: str = "agentrl_gloo") -> VLLMServer:
+    def launch(
+        cls,
+        config: InferenceServerConfig,
+        model_dir: str | Path,
+        log_path: str | Path,
+        *,
+        port: int = 0,
+        seed: int = 0,
+        weight_transfer_backend: str = "agentrl_gloo",
+    ) -> VLLMServer:
         """Start a server for `model_dir` and wait until it is healthy."""
-        server = cls.spawn(config, model_dir, log_path, port=port, seed=seed,
-                           weight_transfer_backend=weight_transfer_backend)
+        server = cls.spawn(
+            config,
+            model_dir,
+            log_path,
+            port=port,
+            seed=seed,
+            weight_transfer_backend=weight_transfer_backend,
+        )
         try:
             server.wait_ready(config.start_timeout_s)
         except BaseException:
@@ -139,8 +195,9 @@ class VLLMServer:
         log = self.log_path.open("ab")
         self._started_at = time.monotonic()
         # A new session: stop() signals the API server and its engine processes together.
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -148,8 +205,10 @@ class VLLMServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise VLLMStartError(f"vllm exited with code {self.process.returncode} while "
-                                     f"starting; log {self.log_path}:\n{self.log_tail()}")
+                raise VLLMStartError(
+                    f"vllm exited with code {self.process.returncode} while "
+                    f"starting; log {self.log_path}:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
                     self.start_time_s = time.monotonic() - self._started_at
@@ -157,9 +216,11 @@ class VLLMServer:
             except httpx.HTTPError:
                 pass
             time.sleep(HEALTH_POLL_INTERVAL_S)
-        raise VLLMStartError(f"vllm not healthy after {timeout_s:.0f} s (raise "
-                             f"inference.server.start_timeout_s?); log {self.log_path}:\n"
-                             f"{self.log_tail()}")
+        raise VLLMStartError(
+            f"vllm not healthy after {timeout_s:.0f} s (raise "
+            f"inference.server.start_timeout_s?); log {self.log_path}:\n"
+            f"{self.log_tail()}"
+        )
 
     def log_tail(self) -> str:
         try:
@@ -219,12 +280,19 @@ def serve_from_recipe() -> None:
     config = load_config(os.environ.get("AGENTRL_RECIPE") or None)
     model_dir = config.served_model_path()
     if model_dir is None or not (Path(model_dir) / "config.json").is_file():
-        sys.exit(f"no checkpoint to serve at {model_dir}: set inference.server.model_path (or "
-                 "model.path) to a directory made by `agentrl model init` or `agentrl sft`")
+        sys.exit(
+            f"no checkpoint to serve at {model_dir}: set inference.server.model_path (or "
+            "model.path) to a directory made by `agentrl model init` or `agentrl sft`"
+        )
     url = urlparse(config.inference.urls[0])
-    command = build_command(config.inference.server, Path(model_dir), url.port or 8000,
-                            host=url.hostname or "127.0.0.1", seed=config.run.seed,
-                            weight_transfer_backend=config.inference.weight_transfer_backend)
+    command = build_command(
+        config.inference.server,
+        Path(model_dir),
+        url.port or 8000,
+        host=url.hostname or "127.0.0.1",
+        seed=config.run.seed,
+        weight_transfer_backend=config.inference.weight_transfer_backend,
+    )
     os.execve(command[0], command, build_env(config.inference.server))
 
 

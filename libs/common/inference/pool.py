@@ -89,8 +89,10 @@ def parse_version(label: str | None) -> int:
     try:
         return int(label)
     except ValueError:
-        raise InferenceError(f"server reports weight version {label!r}; AgentRL sets integer "
-                             "versions through agentrl.common.inference.control.set_weight_version") from None
+        raise InferenceError(
+            f"server reports weight version {label!r}; AgentRL sets integer "
+            "versions through agentrl.common.inference.control.set_weight_version"
+        ) from None
 
 
 def parse_generation(body: dict[str, Any], url: str, num_top: int = 0) -> GenerationResult:
@@ -102,27 +104,45 @@ def parse_generation(body: dict[str, Any], url: str, num_top: int = 0) -> Genera
     versions = [0] * len(token_ids)
     for span in choice.get("weight_versions") or []:
         version = parse_version(span["version"])
-        versions[span["start"]:span["end"]] = [version] * (span["end"] - span["start"])
+        versions[span["start"] : span["end"]] = [version] * (span["end"] - span["start"])
     return GenerationResult(
-        token_ids=token_ids, logprobs=[c["logprob"] for c in content],
-        top_logprobs=[sorted(((t["token_id"], t["logprob"]) for t in c.get("top_logprobs", [])),
-                             key=lambda pair: -pair[1])[:num_top] for c in content],
-        policy_versions=versions, finish_reason=choice["finish_reason"] or "stop",
-        stop_reason=choice.get("stop_reason"), server_url=url)
+        token_ids=token_ids,
+        logprobs=[c["logprob"] for c in content],
+        top_logprobs=[
+            sorted(
+                ((t["token_id"], t["logprob"]) for t in c.get("top_logprobs", [])),
+                key=lambda pair: -pair[1],
+            )[:num_top]
+            for c in content
+        ],
+        policy_versions=versions,
+        finish_reason=choice["finish_reason"] or "stop",
+        stop_reason=choice.get("stop_reason"),
+        server_url=url,
+    )
 
 
 class InferencePool:
-    def __init__(self, urls: list[str], *, request_timeout_s: float = 300.0,
-                 max_retries: int = 2, health_check_interval_s: float = 5.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        request_timeout_s: float = 300.0,
+        max_retries: int = 2,
+        health_check_interval_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("the vLLM pool needs at least one URL (inference.urls)")
         self.servers = {url.rstrip("/"): ServerState(url.rstrip("/")) for url in urls}
         self.request_timeout_s = request_timeout_s
         self.max_retries = max_retries
         self.health_check_interval_s = health_check_interval_s
-        self.http = httpx.AsyncClient(transport=transport, timeout=CONTROL_TIMEOUT_S,
-                                      limits=httpx.Limits(max_connections=None))
+        self.http = httpx.AsyncClient(
+            transport=transport,
+            timeout=CONTROL_TIMEOUT_S,
+            limits=httpx.Limits(max_connections=None),
+        )
         self._sticky: OrderedDict[str, str] = OrderedDict()
         self._request_counter = itertools.count()
         self._health_task: asyncio.Task[None] | None = None
@@ -130,9 +150,13 @@ class InferencePool:
     @classmethod
     def from_config(cls, config: InferenceConfig, **kwargs: Any) -> InferencePool:
         """The pool of the `inference` section (URLs, request deadline, retries, health checks)."""
-        return cls(config.urls, request_timeout_s=config.request_timeout_s,
-                   max_retries=config.max_request_retries,
-                   health_check_interval_s=config.health_check_interval_s, **kwargs)
+        return cls(
+            config.urls,
+            request_timeout_s=config.request_timeout_s,
+            max_retries=config.max_request_retries,
+            health_check_interval_s=config.health_check_interval_s,
+            **kwargs,
+        )
 
     # ---- routing -------------------------------------------------------------------------
     def pick(self, session_id: str, exclude: set[str] = frozenset()) -> ServerState:
@@ -172,8 +196,9 @@ class InferencePool:
         server.num_failures += 1
 
     # ---- generation ----------------------------------------------------------------------
-    async def generate(self, session_id: str, prompt_token_ids: list[int],
-                       sampling: dict[str, Any]) -> GenerationResult:
+    async def generate(
+        self, session_id: str, prompt_token_ids: list[int], sampling: dict[str, Any]
+    ) -> GenerationResult:
         """Sample one continuation of `prompt_token_ids` (n=1) with vLLM `sampling` fields."""
         if not prompt_token_ids:
             raise ValueError("prompt_token_ids is empty; a turn needs at least one token")
@@ -187,14 +212,18 @@ class InferencePool:
         failed: set[str] = set()
         for attempt in range(self.max_retries + 1):
             server = self.pick(session_id, exclude=failed)
-            body = {"request_id": f"{session_id}-{next(self._request_counter)}",
-                    "token_ids": prompt_token_ids, "sampling_params": sampling,
-                    "output_mode": "tokens"}
+            body = {
+                "request_id": f"{session_id}-{next(self._request_counter)}",
+                "token_ids": prompt_token_ids,
+                "sampling_params": sampling,
+                "output_mode": "tokens",
+            }
             server.in_flight += 1
             server.num_requests += 1
             try:
-                response = await self.http.post(server.url + GENERATE_ROUTE, json=body,
-                                                timeout=self.request_timeout_s)
+                response = await self.http.post(
+                    server.url + GENERATE_ROUTE, json=body, timeout=self.request_timeout_s
+                )
             except httpx.TransportError as exc:
                 self.eject(server.url, f"{type(exc).__name__}: {exc}")
                 failed.add(server.url)
@@ -206,34 +235,48 @@ class InferencePool:
                 failed.add(server.url)
                 continue
             if response.status_code != 200:
-                raise InferenceError(f"{server.url} rejected the request "
-                                     f"(HTTP {response.status_code}): {response.text[:500]}")
+                raise InferenceError(
+                    f"{server.url} rejected the request "
+                    f"(HTTP {response.status_code}): {response.text[:500]}"
+                )
             return parse_generation(response.json(), server.url, num_top)
-        raise NoHealthyServer(f"generation failed on {sorted(failed)} after "
-                              f"{self.max_retries + 1} attempts")
+        raise NoHealthyServer(
+            f"generation failed on {sorted(failed)} after {self.max_retries + 1} attempts"
+        )
 
     async def score(self, token_ids: list[int], url: str | None = None) -> list[float | None]:
         """vLLM's log-prob of every token given the ones before it (None for the first), from
         server `url` (default: the least-loaded healthy one)."""
-        server = self.servers[url.rstrip("/")] if url else \
-            self.pick(f"score-{next(self._request_counter)}")
-        body = {"token_ids": token_ids, "output_mode": "tokens",
-                "sampling_params": {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 1.0}}
-        response = await self.http.post(server.url + GENERATE_ROUTE, json=body,
-                                        timeout=self.request_timeout_s)
+        server = (
+            self.servers[url.rstrip("/")]
+            if url
+            else self.pick(f"score-{next(self._request_counter)}")
+        )
+        body = {
+            "token_ids": token_ids,
+            "output_mode": "tokens",
+            "sampling_params": {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 1.0},
+        }
+        response = await self.http.post(
+            server.url + GENERATE_ROUTE, json=body, timeout=self.request_timeout_s
+        )
         if response.status_code != 200:
             raise InferenceError(f"{server.url}: HTTP {response.status_code} {response.text[:500]}")
         scored = response.json()["prompt_logprobs"]
-        return [None if entry is None else entry[str(token)]["logprob"]
-                for token, entry in zip(token_ids, scored, strict=True)]
+        return [
+            None if entry is None else entry[str(token)]["logprob"]
+            for token, entry in zip(token_ids, scored, strict=True)
+        ]
 
     # ---- health --------------------------------------------------------------------------
     async def check_health(self) -> dict[str, bool]:
         """Probe every server's /health; eject failures, readmit servers that pass again."""
+
         async def probe(server: ServerState) -> None:
             try:
-                ok = (await self.http.get(server.url + "/health",
-                                          timeout=HEALTH_TIMEOUT_S)).status_code == 200
+                ok = (
+                    await self.http.get(server.url + "/health", timeout=HEALTH_TIMEOUT_S)
+                ).status_code == 200
             except httpx.HTTPError as exc:
                 ok, reason = False, f"{type(exc).__name__}: {exc}"
             else:

@@ -31,8 +31,10 @@ def register() -> None:
 
     # register_engine raises ValueError on a second registration of a name (a process that
     # loads plugins twice, or a trainer that calls register() again): already done, then.
-    for factory, class_name in ((WeightTransferEngineFactory, "GlooWeightTransferEngine"),
-                                (WeightTransferTrainerFactory, "GlooTrainerWeightTransferEngine")):
+    for factory, class_name in (
+        (WeightTransferEngineFactory, "GlooWeightTransferEngine"),
+        (WeightTransferTrainerFactory, "GlooTrainerWeightTransferEngine"),
+    ):
         try:
             factory.register_engine(BACKEND_NAME, ENGINE_MODULE, class_name)
         except ValueError:

@@ -26,8 +26,9 @@ def update_digest(digest: hashlib._Hash, name: str, tensor: torch.Tensor) -> Non
     digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
-def weights_checksum(tensors: Mapping[str, torch.Tensor]
-                     | Iterable[tuple[str, torch.Tensor]]) -> str:
+def weights_checksum(
+    tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+) -> str:
     """`sha256:<hex>` of the named tensors (order-independent: sorted by name)."""
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     digest = hashlib.sha256()

@@ -25,27 +25,40 @@ from agentrl.trainer.backends.interface import (
 BACKENDS: dict[str, str] = {"torch": "agentrl.trainer.backends.torch:build"}
 BUILT_BACKENDS = tuple(BACKENDS)
 
-__all__ = ["BACKENDS", "LossFn", "OptimizerSettings", "StepStats", "TrainerBackend",
-           "create_backend", "rl_optimizer_settings"]
+__all__ = [
+    "BACKENDS",
+    "LossFn",
+    "OptimizerSettings",
+    "StepStats",
+    "TrainerBackend",
+    "create_backend",
+    "rl_optimizer_settings",
+]
 
 
 def rl_optimizer_settings(config: Any) -> OptimizerSettings:
     """AdamW and its schedule for RL, from the `trainer` and `algorithm` sections."""
     trainer, algorithm = config.trainer, config.algorithm
     return OptimizerSettings(
-        learning_rate=algorithm.learning_rate, weight_decay=trainer.weight_decay,
-        max_grad_norm=trainer.max_grad_norm, warmup_steps=trainer.lr_warmup_steps,
-        schedule=trainer.lr_schedule, total_steps=trainer.total_steps)
+        learning_rate=algorithm.learning_rate,
+        weight_decay=trainer.weight_decay,
+        max_grad_norm=trainer.max_grad_norm,
+        warmup_steps=trainer.lr_warmup_steps,
+        schedule=trainer.lr_schedule,
+        total_steps=trainer.total_steps,
+    )
 
 
-def create_backend(config: Any, optimizer: OptimizerSettings | None = None,
-                   model_path: Any = None) -> TrainerBackend:
+def create_backend(
+    config: Any, optimizer: OptimizerSettings | None = None, model_path: Any = None
+) -> TrainerBackend:
     """The backend `config.trainer.backend` for `config.model.path` (or `model_path`), with
     `optimizer` (default: the RL settings of the recipe)."""
     kind = config.trainer.backend
     if kind not in BACKENDS:
-        raise ValueError(f"trainer.backend {kind!r} is not built; choose one of "
-                         f"{', '.join(BACKENDS)}")
+        raise ValueError(
+            f"trainer.backend {kind!r} is not built; choose one of {', '.join(BACKENDS)}"
+        )
     if model_path is None:
         if config.model is None:
             raise ValueError("the recipe has no `model` section; set model.path")

@@ -36,8 +36,9 @@ import torch
 from agentrl.trainer.loss import GlobalTokenCounts
 from agentrl.trainer.packing import MicroBatch
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, MicroBatch],
-                  tuple[torch.Tensor, dict[str, torch.Tensor]]]
+LossFn = Callable[
+    [torch.Tensor, torch.Tensor, MicroBatch], tuple[torch.Tensor, dict[str, torch.Tensor]]
+]
 """(logprobs, entropy, micro_batch) -> (this micro-batch's share of the loss, its metrics).
 Tensors are on the backend's device, in the micro-batch's layout; metrics are summed over the
 micro-batches of a step, so each must already be a share of the global value."""
@@ -99,13 +100,15 @@ class TrainerBackend(ABC):
     device: torch.device
 
     @abstractmethod
-    def logprobs(self, micro_batches: Sequence[MicroBatch], temperature: float = 1.0
-                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def logprobs(
+        self, micro_batches: Sequence[MicroBatch], temperature: float = 1.0
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(log-probs, entropy) per micro-batch, float32 on CPU, without gradient."""
 
     @abstractmethod
-    def forward_backward(self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn,
-                         temperature: float = 1.0) -> dict[str, float]:
+    def forward_backward(
+        self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn, temperature: float = 1.0
+    ) -> dict[str, float]:
         """Accumulate the gradient of `loss_fn` over this rank's micro-batches; metrics summed
         over the micro-batches and the data-parallel ranks (what one process would report)."""
 
@@ -141,8 +144,9 @@ class TrainerBackend(ABC):
         """Whether this process writes files (rank 0; always on one device)."""
         return True
 
-    def train_step(self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn,
-                   temperature: float = 1.0) -> tuple[dict[str, float], StepStats]:
+    def train_step(
+        self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn, temperature: float = 1.0
+    ) -> tuple[dict[str, float], StepStats]:
         """`forward_backward` over all micro-batches, then one `optimizer_step`."""
         metrics = self.forward_backward(micro_batches, loss_fn, temperature)
         return metrics, self.optimizer_step()

@@ -31,13 +31,15 @@ TRANSPORTS: dict[str, str] = {
 __all__ = ["TRANSPORTS", "SyncResult", "WeightSyncError", "WeightTransport", "create_transport"]
 
 
-def create_transport(config: Any, backend: Any, pool: Any,
-                     run_dir: str | Path | None = None) -> WeightTransport:
+def create_transport(
+    config: Any, backend: Any, pool: Any, run_dir: str | Path | None = None
+) -> WeightTransport:
     """The transport `config.trainer.weight_transport` from `backend` to `pool`."""
     kind = config.trainer.weight_transport
     if kind not in TRANSPORTS:
-        raise ValueError(f"trainer.weight_transport {kind!r} is not built; choose one of "
-                         f"{', '.join(TRANSPORTS)}")
+        raise ValueError(
+            f"trainer.weight_transport {kind!r} is not built; choose one of {', '.join(TRANSPORTS)}"
+        )
     module, _, attribute = TRANSPORTS[kind].partition(":")
     target: Any = importlib.import_module(module)
     for part in attribute.split("."):

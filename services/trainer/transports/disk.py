@@ -56,8 +56,9 @@ def version_dirname(version: int) -> str:
     return f"v{version:08d}"
 
 
-def export_version(backend: TrainerBackend, weights_root: Path, version: int
-                   ) -> tuple[Path, str, int]:
+def export_version(
+    backend: TrainerBackend, weights_root: Path, version: int
+) -> tuple[Path, str, int]:
     """Write `weights_root/v<version>` atomically (rank 0): its path, checksum and bytes.
     Every rank must call it (the weights are gathered collectively)."""
     from safetensors.torch import save_file
@@ -72,12 +73,16 @@ def export_version(backend: TrainerBackend, weights_root: Path, version: int
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     backend.hf_config.to_json_file(partial / "config.json")
-    save_file({name: t.contiguous() for name, t in weights.items()}, partial / WEIGHTS_FILE,
-              metadata={"format": "pt"})
+    save_file(
+        {name: t.contiguous() for name, t in weights.items()},
+        partial / WEIGHTS_FILE,
+        metadata={"format": "pt"},
+    )
     checksum = weights_checksum(weights)
     num_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-    (partial / MANIFEST_FILE).write_text(json.dumps(
-        {"version": version, "checksum": checksum, "num_bytes": num_bytes}))
+    (partial / MANIFEST_FILE).write_text(
+        json.dumps({"version": version, "checksum": checksum, "num_bytes": num_bytes})
+    )
     if final.exists():  # the same version exported again (a resumed run): replace it
         shutil.rmtree(final)
     partial.rename(final)
@@ -89,9 +94,16 @@ class DiskTransport(WeightTransport):
 
     name = "disk"
 
-    def __init__(self, backend: TrainerBackend, pool: InferencePool, run_dir: str | Path, *,
-                 keep_versions: int = 2, pause_mode: str = "keep",
-                 reload_timeout_s: float = control.RELOAD_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        backend: TrainerBackend,
+        pool: InferencePool,
+        run_dir: str | Path,
+        *,
+        keep_versions: int = 2,
+        pause_mode: str = "keep",
+        reload_timeout_s: float = control.RELOAD_TIMEOUT_S,
+    ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
         self.backend, self.pool = backend, pool
@@ -102,8 +114,9 @@ class DiskTransport(WeightTransport):
         self.exported: tuple[int, Path, str, int] | None = None  # the last version written
 
     @classmethod
-    def from_config(cls, config, backend: TrainerBackend, pool: InferencePool,
-                    run_dir: Path) -> DiskTransport:
+    def from_config(
+        cls, config, backend: TrainerBackend, pool: InferencePool, run_dir: Path
+    ) -> DiskTransport:
         return cls(backend, pool, run_dir, pause_mode=config.trainer.weight_sync_pause_mode)
 
     async def sync(self, version: int, urls: list[str] | None = None) -> SyncResult:
@@ -114,28 +127,54 @@ class DiskTransport(WeightTransport):
         exported = time.perf_counter()
         phases = {"export_s": exported - start}
         if not self.backend.is_main_process():
-            return SyncResult(version, num_bytes, checksum, str(directory), 0.0,
-                              time.perf_counter() - start, phases)
+            return SyncResult(
+                version,
+                num_bytes,
+                checksum,
+                str(directory),
+                0.0,
+                time.perf_counter() - start,
+                phases,
+            )
         try:
-            pause_s = await self._reload(directory, version, phases,
-                                         urls or control.healthy_urls(self.pool))
+            pause_s = await self._reload(
+                directory, version, phases, urls or control.healthy_urls(self.pool)
+            )
         except InferenceError as exc:
-            raise WeightSyncError(f"disk sync of version {version}: {exc}",
-                                  getattr(exc, "url", None), getattr(exc, "phase", None)
-                                  ) from exc
+            raise WeightSyncError(
+                f"disk sync of version {version}: {exc}",
+                getattr(exc, "url", None),
+                getattr(exc, "phase", None),
+            ) from exc
         self._prune()
-        return SyncResult(version, num_bytes, checksum, str(directory.resolve()), pause_s,
-                          time.perf_counter() - start, phases)
+        return SyncResult(
+            version,
+            num_bytes,
+            checksum,
+            str(directory.resolve()),
+            pause_s,
+            time.perf_counter() - start,
+            phases,
+        )
 
-    async def _reload(self, directory: Path, version: int, phases: dict[str, float],
-                      urls: list[str]) -> float:
+    async def _reload(
+        self, directory: Path, version: int, phases: dict[str, float], urls: list[str]
+    ) -> float:
         return await swap_weights(
-            self.pool, urls, version, self.pause_mode,
+            self.pool,
+            urls,
+            version,
+            self.pause_mode,
             lambda: control.reload_weights(self.pool, directory, self.reload_timeout_s, urls),
-            phases, load_phase="reload_s")
+            phases,
+            load_phase="reload_s",
+        )
 
     def _prune(self) -> None:
-        versions = sorted(p for p in self.weights_root.iterdir()
-                          if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit())
-        for old in versions[:-self.keep_versions]:
+        versions = sorted(
+            p
+            for p in self.weights_root.iterdir()
+            if p.is_dir() and p.name.startswith("v") and p.name[1:].isdigit()
+        )
+        for old in versions[: -self.keep_versions]:
             shutil.rmtree(old, ignore_errors=True)

@@ -20,10 +20,17 @@ from agentrl.common.inference.pool import InferenceError, InferencePool
 from agentrl.trainer.transports.interface import WeightSyncError
 
 
-async def swap_weights(pool: InferencePool, urls: list[str], version: int, pause_mode: str,
-                       load: Callable[[], Awaitable[None]], phases: dict[str, float], *,
-                       load_phase: str = "load_s",
-                       on_failed_pause: Callable[[], Awaitable[None]] | None = None) -> float:
+async def swap_weights(
+    pool: InferencePool,
+    urls: list[str],
+    version: int,
+    pause_mode: str,
+    load: Callable[[], Awaitable[None]],
+    phases: dict[str, float],
+    *,
+    load_phase: str = "load_s",
+    on_failed_pause: Callable[[], Awaitable[None]] | None = None,
+) -> float:
     paused, loading = time.perf_counter(), False
     try:
         await control.pause(pool, pause_mode, urls)
@@ -46,7 +53,10 @@ async def swap_weights(pool: InferencePool, urls: list[str], version: int, pause
     served = await control.weight_versions(pool, urls)
     wrong = {url: label for url, label in served.items() if label != version}
     if wrong:
-        raise WeightSyncError(f"after loading version {version}, servers report {wrong}: the "
-                              "label did not take", next(iter(wrong)), "verify")
+        raise WeightSyncError(
+            f"after loading version {version}, servers report {wrong}: the label did not take",
+            next(iter(wrong)),
+            "verify",
+        )
     phases["verify_s"] = time.perf_counter() - mark
     return pause_s

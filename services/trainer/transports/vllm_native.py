@@ -65,12 +65,21 @@ class NativeTransport(WeightTransport):
 
     name = "vllm"
 
-    def __init__(self, backend: TrainerBackend, pool: InferencePool, *,
-                 pause_mode: str = "keep", timeout_s: float = 300.0,
-                 master_address: str = "127.0.0.1", engine: str = "agentrl_gloo") -> None:
+    def __init__(
+        self,
+        backend: TrainerBackend,
+        pool: InferencePool,
+        *,
+        pause_mode: str = "keep",
+        timeout_s: float = 300.0,
+        master_address: str = "127.0.0.1",
+        engine: str = "agentrl_gloo",
+    ) -> None:
         if engine != "agentrl_gloo":
-            raise ValueError(f"the vllm transport drives the 'agentrl_gloo' engine, not {engine!r}"
-                             "; set inference.weight_transfer_backend: agentrl_gloo")
+            raise ValueError(
+                f"the vllm transport drives the 'agentrl_gloo' engine, not {engine!r}"
+                "; set inference.weight_transfer_backend: agentrl_gloo"
+            )
         self.backend, self.pool = backend, pool
         self.pause_mode, self.timeout_s = pause_mode, timeout_s
         self.master_address = master_address
@@ -78,13 +87,18 @@ class NativeTransport(WeightTransport):
         self.packed: tuple[int, Any] | None = None  # the last version gathered and packed
 
     @classmethod
-    def from_config(cls, config: Any, backend: TrainerBackend, pool: InferencePool,
-                    run_dir: Path) -> NativeTransport:
+    def from_config(
+        cls, config: Any, backend: TrainerBackend, pool: InferencePool, run_dir: Path
+    ) -> NativeTransport:
         trainer = config.trainer
-        return cls(backend, pool, pause_mode=trainer.weight_sync_pause_mode,
-                   timeout_s=trainer.weight_sync_timeout_s,
-                   master_address=trainer.weight_transfer_address,
-                   engine=config.inference.weight_transfer_backend)
+        return cls(
+            backend,
+            pool,
+            pause_mode=trainer.weight_sync_pause_mode,
+            timeout_s=trainer.weight_sync_timeout_s,
+            master_address=trainer.weight_transfer_address,
+            engine=config.inference.weight_transfer_backend,
+        )
 
     def _sender_for(self, urls: list[str]):
         """The sender, aimed at `urls`; groups of the other servers stay open, except those
@@ -93,8 +107,9 @@ class NativeTransport(WeightTransport):
         from agentrl.common.inference.gloo_weight_transfer import GlooWeightSender
 
         if self.sender is None:
-            self.sender = GlooWeightSender(urls, master_address=self.master_address,
-                                           timeout_s=self.timeout_s)
+            self.sender = GlooWeightSender(
+                urls, master_address=self.master_address, timeout_s=self.timeout_s
+            )
         for url in list(self.sender.engines):
             if url in self.pool.servers and not self.pool.servers[url].healthy:
                 self.sender.drop(url)
@@ -110,24 +125,42 @@ class NativeTransport(WeightTransport):
             self.packed = None  # drop the previous version's buffer before gathering this one
             weights = self.backend.hf_weights()  # collective: every rank, once per version
             if not self.backend.is_main_process():
-                return SyncResult(version, 0, "", uri, 0.0, time.perf_counter() - start,
-                                  {"gather_s": time.perf_counter() - start})
+                return SyncResult(
+                    version,
+                    0,
+                    "",
+                    uri,
+                    0.0,
+                    time.perf_counter() - start,
+                    {"gather_s": time.perf_counter() - start},
+                )
             self.packed = (version, await asyncio.to_thread(PackedWeights.pack, weights))
             del weights
         packed = self.packed[1]
         phases = {"gather_and_pack_s": time.perf_counter() - start}
         try:
-            pause_s = await self._transfer(packed, version, phases,
-                                           urls or control.healthy_urls(self.pool))
+            pause_s = await self._transfer(
+                packed, version, phases, urls or control.healthy_urls(self.pool)
+            )
         except InferenceError as exc:  # ControlError names the server and the phase
-            raise WeightSyncError(f"native sync of version {version}: {exc}",
-                                  getattr(exc, "url", None), getattr(exc, "phase", None)
-                                  ) from exc
-        return SyncResult(version, packed.num_bytes, packed.checksum, uri, pause_s,
-                          time.perf_counter() - start, phases)
+            raise WeightSyncError(
+                f"native sync of version {version}: {exc}",
+                getattr(exc, "url", None),
+                getattr(exc, "phase", None),
+            ) from exc
+        return SyncResult(
+            version,
+            packed.num_bytes,
+            packed.checksum,
+            uri,
+            pause_s,
+            time.perf_counter() - start,
+            phases,
+        )
 
-    async def _transfer(self, packed: Any, version: int, phases: dict[str, float],
-                        urls: list[str]) -> float:
+    async def _transfer(
+        self, packed: Any, version: int, phases: dict[str, float], urls: list[str]
+    ) -> float:
         sender = self._sender_for(urls)
         mark = time.perf_counter()
         await asyncio.to_thread(sender.connect)  # groups open once
@@ -143,9 +176,14 @@ class NativeTransport(WeightTransport):
         await asyncio.to_thread(sender.wait)
         phases["wait_staged_s"] = time.perf_counter() - mark
         return await swap_weights(
-            self.pool, urls, version, self.pause_mode,
-            lambda: asyncio.to_thread(sender.finish), phases,
-            on_failed_pause=lambda: asyncio.to_thread(sender.discard))
+            self.pool,
+            urls,
+            version,
+            self.pause_mode,
+            lambda: asyncio.to_thread(sender.finish),
+            phases,
+            on_failed_pause=lambda: asyncio.to_thread(sender.discard),
+        )
 
     async def close(self) -> None:
         if self.sender is not None:

@@ -43,9 +43,14 @@ def test_shipped_recipes_validate():
 
 def test_recipe_then_environment_layering(tmp_path):
     recipe = write(tmp_path, "sandbox:\n  backend: docker\n  max_concurrency: 3\n")
-    config = load_config(recipe, env={"AGENTRL__SANDBOX__MAX_CONCURRENCY": "12",
-                                      "AGENTRL__INFERENCE__URLS": "[http://a:1, http://b:2]",
-                                      "UNRELATED": "x"})
+    config = load_config(
+        recipe,
+        env={
+            "AGENTRL__SANDBOX__MAX_CONCURRENCY": "12",
+            "AGENTRL__INFERENCE__URLS": "[http://a:1, http://b:2]",
+            "UNRELATED": "x",
+        },
+    )
     assert config.sandbox.backend == "docker"  # from the recipe
     assert config.sandbox.max_concurrency == 12  # environment wins
     assert config.inference.urls == ["http://a:1", "http://b:2"]
@@ -53,10 +58,18 @@ def test_recipe_then_environment_layering(tmp_path):
 
 
 def test_environment_reaches_a_field_of_a_sub_section(tmp_path):
-    recipe = write(tmp_path, "inference:\n  server:\n    dtype: bfloat16\n    max_model_len: 1024\n"
-                             "rollout:\n  arpo:\n    beam_size: 3\n")
-    config = load_config(recipe, env={"AGENTRL__INFERENCE__SERVER__MAX_MODEL_LEN": "2048",
-                                      "AGENTRL__ROLLOUT__ARPO__TAU": "1"})
+    recipe = write(
+        tmp_path,
+        "inference:\n  server:\n    dtype: bfloat16\n    max_model_len: 1024\n"
+        "rollout:\n  arpo:\n    beam_size: 3\n",
+    )
+    config = load_config(
+        recipe,
+        env={
+            "AGENTRL__INFERENCE__SERVER__MAX_MODEL_LEN": "2048",
+            "AGENTRL__ROLLOUT__ARPO__TAU": "1",
+        },
+    )
     assert config.inference.server.max_model_len == 2048  # environment wins
     assert config.inference.server.dtype == "bfloat16"  # the recipe's sibling key stays
     assert (config.rollout.arpo.tau, config.rollout.arpo.beam_size) == (1.0, 3)
@@ -65,15 +78,20 @@ def test_environment_reaches_a_field_of_a_sub_section(tmp_path):
 
 
 def test_a_moved_flat_key_names_its_new_place(tmp_path):
-    recipe = write(tmp_path, "rollout:\n  vllm_max_model_len: 1024\n"
-                             "  inference_urls: [http://a:1]\nreward:\n  code_max_tests: 5\n")
+    recipe = write(
+        tmp_path,
+        "rollout:\n  vllm_max_model_len: 1024\n"
+        "  inference_urls: [http://a:1]\nreward:\n  code_max_tests: 5\n",
+    )
     issues = issues_of(recipe, env={"AGENTRL__REWARD__OVERLONG_ENABLED": "false"})
-    assert issues["rollout.vllm_max_model_len"] == ("unknown key; moved to "
-                                                   "inference.server.max_model_len")
+    assert issues["rollout.vllm_max_model_len"] == (
+        "unknown key; moved to inference.server.max_model_len"
+    )
     assert "moved to inference.urls" in issues["rollout.inference_urls"]
     assert "moved to reward.code.max_tests" in issues["reward.code_max_tests"]
-    assert issues["reward.overlong_enabled"] == ("unknown key; moved to reward.overlong.enabled "
-                                                 "(env AGENTRL__REWARD__OVERLONG__ENABLED)")
+    assert issues["reward.overlong_enabled"] == (
+        "unknown key; moved to reward.overlong.enabled (env AGENTRL__REWARD__OVERLONG__ENABLED)"
+    )
 
 
 def test_every_moved_key_points_at_a_field_and_is_no_field_itself():
@@ -89,8 +107,10 @@ def test_config_show_lists_every_section_sub_section_and_optional_one():
     assert everything["model.path"].default == "(required)"
     assert "Context length" in everything["inference.server.max_model_len"].help
     server = describe_fields("inference.server")
-    assert [row.path for row in server][:2] == ["inference.server.model_path",
-                                                "inference.server.max_model_len"]
+    assert [row.path for row in server][:2] == [
+        "inference.server.model_path",
+        "inference.server.max_model_len",
+    ]
     assert [row.path for row in describe_fields("data")] == ["data.train_path", "data.eval_path"]
     assert describe_fields("rollout.arpo.tau")[0].default == "0.5"
     with pytest.raises(ValueError, match="one of: .*inference.server"):
@@ -140,7 +160,11 @@ def test_every_error_is_reported_at_once_with_its_source(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(recipe, env={"AGENTRL__SANDBOX__DEFAULT_TIMEOUT_S": "-1"})
     by_path = {i.path: i for i in info.value.issues}
-    assert set(by_path) == {"trainer.batch_size", "algorithm.advantage", "sandbox.default_timeout_s"}
+    assert set(by_path) == {
+        "trainer.batch_size",
+        "algorithm.advantage",
+        "sandbox.default_timeout_s",
+    }
     assert by_path["sandbox.default_timeout_s"].source == "env AGENTRL__SANDBOX__DEFAULT_TIMEOUT_S"
     assert by_path["trainer.batch_size"].source == str(recipe)
 
@@ -156,16 +180,19 @@ def test_missing_recipe_file(tmp_path):
 
 
 def test_a_setting_naming_something_not_built_fails_validation_with_the_fix(tmp_path):
-    issues = issues_of(write(tmp_path, "trainer:\n  backend: megatron\nalgorithm:\n"
-                                       "  kl_coef: 0.1\n"))
+    issues = issues_of(
+        write(tmp_path, "trainer:\n  backend: megatron\nalgorithm:\n  kl_coef: 0.1\n")
+    )
     assert "'megatron' is not built yet" in issues["trainer.backend"]
     assert "use backend: torch" in issues["trainer.backend"]
     assert "reference policy" in issues["algorithm.kl_coef"]
     assert "set kl_coef: 0" in issues["algorithm.kl_coef"]
 
 
-@pytest.mark.parametrize("engine,fix", [("nccl", "use trainer.weight_transport: disk"),
-                                        ("none", "set it to 'agentrl_gloo'")])
+@pytest.mark.parametrize(
+    "engine,fix",
+    [("nccl", "use trainer.weight_transport: disk"), ("none", "set it to 'agentrl_gloo'")],
+)
 def test_the_native_transport_needs_the_engine_it_drives(tmp_path, engine, fix):
     recipe = write(tmp_path, f"inference:\n  weight_transfer_backend: {engine}\n")
     issues = issues_of(recipe)

@@ -17,8 +17,9 @@ def test_a_taken_vllm_port_names_inference_urls() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        problems = local_stack.check_ports(config_with_vllm_url(f"http://127.0.0.1:{port}"),
-                                           [local_stack.VLLM])
+        problems = local_stack.check_ports(
+            config_with_vllm_url(f"http://127.0.0.1:{port}"), [local_stack.VLLM]
+        )
     assert len(problems) == 1
     assert f"port {port}" in problems[0] and "inference.urls" in problems[0]
 
@@ -27,10 +28,13 @@ def test_a_free_vllm_port_and_a_url_without_port() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert local_stack.check_ports(config_with_vllm_url(f"http://127.0.0.1:{port}"),
-                                   [local_stack.VLLM]) == []
-    problems = local_stack.check_ports(config_with_vllm_url("http://127.0.0.1"),
-                                       [local_stack.VLLM])
+    assert (
+        local_stack.check_ports(
+            config_with_vllm_url(f"http://127.0.0.1:{port}"), [local_stack.VLLM]
+        )
+        == []
+    )
+    problems = local_stack.check_ports(config_with_vllm_url("http://127.0.0.1"), [local_stack.VLLM])
     assert problems and "has no port" in problems[0]
 
 

@@ -23,8 +23,9 @@ def test_saved_model_loads_and_generates(model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert model.config.model_type == "qwen3" and model.config.vocab_size == len(tokenizer)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 3 * 4?"}],
-                                           add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 3 * 4?"}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt.endswith("<|im_start|>assistant\n")
     ids = torch.tensor([tokenizer.encode(prompt)])
     out = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=True)
@@ -41,8 +42,12 @@ def test_every_tag_is_one_token_in_any_context(model_dir: Path, tag: str) -> Non
 
 def test_text_round_trips_and_pieces_concatenate(model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pieces = ["<|im_start|>user\nWhat is 12*7? é ✓<|im_end|>\n", "<code>\nprint(12*7)\n</code>",
-              "<output>\n84\n</output>\n", "So <answer>84</answer><|im_end|>"]
+    pieces = [
+        "<|im_start|>user\nWhat is 12*7? é ✓<|im_end|>\n",
+        "<code>\nprint(12*7)\n</code>",
+        "<output>\n84\n</output>\n",
+        "So <answer>84</answer><|im_end|>",
+    ]
     whole = "".join(pieces)
     ids = tokenizer.encode(whole)
     assert tokenizer.decode(ids) == whole
@@ -61,9 +66,14 @@ def test_unknown_preset_and_empty_corpus_are_rejected(tmp_path: Path) -> None:
 def test_cli_init_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "What is 2 + 2?", "answer": "4"}\n' * 50)
-    result = CliRunner().invoke(model_app, ["init", "--out", str(tmp_path / "m"),
-                                            "--data", str(data)])
+    result = CliRunner().invoke(
+        model_app, ["init", "--out", str(tmp_path / "m"), "--data", str(data)]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m" / "model.safetensors").is_file()
-    assert AutoTokenizer.from_pretrained(tmp_path / "m").decode(
-        AutoTokenizer.from_pretrained(tmp_path / "m").encode("What is 2 + 2?")) == "What is 2 + 2?"
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path / "m").decode(
+            AutoTokenizer.from_pretrained(tmp_path / "m").encode("What is 2 + 2?")
+        )
+        == "What is 2 + 2?"
+    )

@@ -37,8 +37,9 @@ class WordTokenizer:
 
 
 def task_of(config: AgentRLConfig, prompt: str = "What is 6 * 7 ?"):
-    row = PromptRow(prompt_id="p0", prompt=prompt, ground_truth="42", task_type="math",
-                    tools=("python",))
+    row = PromptRow(
+        prompt_id="p0", prompt=prompt, ground_truth="42", task_type="math", tools=("python",)
+    )
     return make_task(row, config, WordTokenizer(), key="run:0:0", version=0)
 
 
@@ -57,8 +58,12 @@ def test_addresses_are_the_deployment_names_and_paths_on_the_shared_volume(name)
     for service in ("sandbox", "reward", "search"):
         if "address" in raw.get(service, {}):
             assert getattr(config, service).address == getattr(deployed, service).address
-    paths = [config.run.output_dir, config.model.path, config.data.train_path,
-             config.data.eval_path]
+    paths = [
+        config.run.output_dir,
+        config.model.path,
+        config.data.train_path,
+        config.data.eval_path,
+    ]
     assert all(path.is_relative_to(SHARED_VOLUME) for path in paths), paths
     assert config.search.index_dir == deployed.search.index_dir or "search" not in raw
 
@@ -79,8 +84,11 @@ def test_open_agentrl_grpo_tcr_holds_the_paper_settings():
     assert reward.overlong.enabled and reward.tool_shaping.enabled
     assert reward.code.reward_mode == "all_pass"
     assert rollout.tool_timeout_s == 30.0
-    assert (config.sandbox.backend, config.sandbox.default_timeout_s,
-            config.sandbox.default_memory_mb) == ("docker", 30.0, 2048)
+    assert (
+        config.sandbox.backend,
+        config.sandbox.default_timeout_s,
+        config.sandbox.default_memory_mb,
+    ) == ("docker", 30.0, 2048)
     assert config.sft.train_path is not None  # the cold start on real trajectories (§6)
 
 
@@ -105,24 +113,33 @@ def test_open_agentrl_reward_shapes_wrong_answers_by_tool_calls_and_long_respons
     assert shape(wrong, settings, length_tokens=100, num_tool_calls=9).reward == pytest.approx(-0.6)
     right = Verification(CORRECT, 1.0, "right")
     # Halfway into the 4096-token buffer before 20480: half the penalty.
-    assert shape(right, settings, length_tokens=20480 - 2048,
-                 num_tool_calls=0).reward == pytest.approx(0.5)
+    assert shape(
+        right, settings, length_tokens=20480 - 2048, num_tool_calls=0
+    ).reward == pytest.approx(0.5)
 
 
 def test_unset_limits_stay_the_rollout_defaults():
     task = task_of(AgentRLConfig())
-    assert (task.limits.max_turns, task.limits.max_tool_calls,
-            task.limits.max_total_tokens, task.sampling.max_tokens_per_turn) == (0, 0, 0, 0)
+    assert (
+        task.limits.max_turns,
+        task.limits.max_tool_calls,
+        task.limits.max_total_tokens,
+        task.sampling.max_tokens_per_turn,
+    ) == (0, 0, 0, 0)
     assert not task.tree_sampling
     episode = EpisodeSettings.from_task(task)
     assert (episode.max_turns, episode.max_total_tokens, episode.max_tokens_per_turn) == (
-        8, 4096, 512)
+        8,
+        4096,
+        512,
+    )
 
 
 def test_arpo_holds_the_tree_sampling_settings_and_switches_tasks_to_trees():
     config = research("arpo_search_python.yaml")
     assert config.rollout.arpo == ARPOConfig(
-        initial_samples=8, entropy_tokens=20, top_logprobs=10, beta=0.2, tau=0.5, beam_size=2)
+        initial_samples=8, entropy_tokens=20, top_logprobs=10, beta=0.2, tau=0.5, beam_size=2
+    )
     assert config.algorithm.group_size == 16  # the budget M
     assert config.rollout.tool_format == "hermes"  # one format names both tools
     task = task_of(config)

@@ -16,12 +16,15 @@ def test_code_tags_stop_on_closing_tags_and_answer() -> None:
     assert not fmt.ends_with_call("</answer>") and not fmt.ends_with_call(None)
 
 
-@pytest.mark.parametrize(("turn", "code"), [
-    ("Let me compute.\n<code>\nprint(6 * 7)\n</code>", "print(6 * 7)"),
-    ("<python>x = 1\nprint(x)</python>", "x = 1\nprint(x)"),
-    # Only the last call of the turn counts (an earlier quoted example is not run).
-    ("e.g. <code>1</code> then <code>\nprint(2)\n</code>", "print(2)"),
-])
+@pytest.mark.parametrize(
+    ("turn", "code"),
+    [
+        ("Let me compute.\n<code>\nprint(6 * 7)\n</code>", "print(6 * 7)"),
+        ("<python>x = 1\nprint(x)</python>", "x = 1\nprint(x)"),
+        # Only the last call of the turn counts (an earlier quoted example is not run).
+        ("e.g. <code>1</code> then <code>\nprint(2)\n</code>", "print(2)"),
+    ],
+)
 def test_code_tags_parse_the_last_call(turn: str, code: str) -> None:
     call = get_format("code_tags").parse(turn)
     assert (call.tool, call.arguments, call.error) == ("python", code, "")
@@ -39,13 +42,17 @@ def test_parse_of_a_turn_without_a_call_is_a_programming_error() -> None:
 
 
 def test_search_tags_parse_the_query() -> None:
-    call = get_format("search_tags").parse("I should look it up. <search> capital of France</search>")
+    call = get_format("search_tags").parse(
+        "I should look it up. <search> capital of France</search>"
+    )
     assert (call.tool, call.arguments) == ("search", " capital of France")
 
 
 def test_hermes_parses_json_and_rejects_bad_calls() -> None:
     fmt = get_format("hermes")
-    ok = fmt.parse('<tool_call>\n{"name": "python", "arguments": {"code": "print(1)"}}\n</tool_call>')
+    ok = fmt.parse(
+        '<tool_call>\n{"name": "python", "arguments": {"code": "print(1)"}}\n</tool_call>'
+    )
     assert ok.tool == "python" and json.loads(ok.arguments) == {"code": "print(1)"}
     stringly = fmt.parse('<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>')
     assert json.loads(stringly.arguments) == {"a": 1} and not stringly.error

@@ -32,8 +32,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "external-redis-secret": {"redis": {"external": True, "existingSecret": "redis-url"}},
     "search-on-gpu": {"services": {"search": {"gpus": 1}}},
     "sandbox-privileged": {"services": {"sandbox": {"securityProfile": "bwrap-privileged"}}},
-    "fixed-replicas": {"services": {"sandbox": {"autoscaling": {"enabled": False}, "replicas": 5},
-                                    "reward": {"replicas": 3}}},
+    "fixed-replicas": {
+        "services": {
+            "sandbox": {"autoscaling": {"enabled": False}, "replicas": 5},
+            "reward": {"replicas": 3},
+        }
+    },
     "existing-claim": {"sharedVolume": {"existingClaim": "weights"}},
 }
 
@@ -41,8 +45,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 def render(values: dict[str, Any] | None = None, name: str = "agentrl") -> list[dict[str, Any]]:
     with helm_python.Chart.load(CHART) as chart:
         rendered = chart.render(values or {}, name=name, namespace="agentrl")
-    return [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 @functools.cache

@@ -22,12 +22,27 @@ from typing import Any
 
 import yaml
 
-SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "components", "configMapGenerator",
-                  "generatorOptions", "patches", "namespace"}
+SUPPORTED_KEYS = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "components",
+    "configMapGenerator",
+    "generatorOptions",
+    "patches",
+    "namespace",
+}
 # Lists that Kubernetes' strategic merge patch merges by the `name` of their items.
 MERGE_BY_NAME = {"containers", "initContainers", "env", "volumes", "volumeMounts"}
-CLUSTER_SCOPED_KINDS = {"Namespace", "PersistentVolume", "ClusterRole", "ClusterRoleBinding",
-                        "StorageClass", "PriorityClass", "CustomResourceDefinition"}
+CLUSTER_SCOPED_KINDS = {
+    "Namespace",
+    "PersistentVolume",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "StorageClass",
+    "PriorityClass",
+    "CustomResourceDefinition",
+}
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
@@ -69,13 +84,20 @@ def _generate(directory: Path, spec: dict[str, Any]) -> list[dict[str, Any]]:
         if set(generator) - {"name", "files"}:
             raise NotImplementedError(f"configMapGenerator keys {sorted(generator)}")
         data = {Path(f).name: (directory / f).read_text() for f in generator["files"]}
-        objects.append({"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": generator["name"]}, "data": data})
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": generator["name"]},
+                "data": data,
+            }
+        )
     return objects
 
 
-def _apply_patch(directory: Path, entry: dict[str, Any],
-                 objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _apply_patch(
+    directory: Path, entry: dict[str, Any], objects: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     if set(entry) - {"path", "target"}:
         raise NotImplementedError(f"patch keys {sorted(entry)}")
     (patch,) = load_documents(directory / entry["path"])

@@ -40,8 +40,11 @@ def test_external_redis_from_a_secret_reaches_every_service_as_env():
     assert not find(objects, "Deployment", "agentrl-redis")
     assert "redis" not in recipe_of(objects)
     for name in service_deployments(objects):
-        (env,) = [e for e in pod_spec(objects, name)["containers"][0]["env"]
-                  if e["name"] == "AGENTRL__REDIS__URL"]
+        (env,) = [
+            e
+            for e in pod_spec(objects, name)["containers"][0]["env"]
+            if e["name"] == "AGENTRL__REDIS__URL"
+        ]
         assert env["valueFrom"]["secretKeyRef"] == {"name": "redis-url", "key": "url"}
 
 
@@ -55,7 +58,8 @@ def test_gpus_add_the_gpu_node_selector_toleration_and_limit_to_that_service_onl
     search = pod_spec(objects, "search")
     assert search["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
-        search["tolerations"])
+        search["tolerations"]
+    )
     assert search["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     # The chart's defaults are untouched (a shared dict mutated by one service would leak).
     assert search["containers"][0]["resources"]["limits"]["cpu"] == "2"
@@ -66,10 +70,24 @@ def test_gpus_add_the_gpu_node_selector_toleration_and_limit_to_that_service_onl
 
 
 def test_own_node_selector_and_tolerations_merge_with_the_gpu_ones():
-    objects = render({"services": {"search": {
-        "gpus": 2, "nodeSelector": {"pool": "retrieval"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "search",
-                         "effect": "NoSchedule"}]}}})
+    objects = render(
+        {
+            "services": {
+                "search": {
+                    "gpus": 2,
+                    "nodeSelector": {"pool": "retrieval"},
+                    "tolerations": [
+                        {
+                            "key": "dedicated",
+                            "operator": "Equal",
+                            "value": "search",
+                            "effect": "NoSchedule",
+                        }
+                    ],
+                }
+            }
+        }
+    )
     spec = pod_spec(objects, "search")
     assert spec["nodeSelector"] == {"pool": "retrieval", "nvidia.com/gpu.present": "true"}
     assert [t["key"] for t in spec["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
@@ -86,8 +104,19 @@ def test_fixed_replicas_are_honoured_when_autoscaling_is_off():
 
 
 def test_autoscaling_bounds_and_target_come_from_values():
-    objects = render({"services": {"sandbox": {"autoscaling": {
-        "minReplicas": 3, "maxReplicas": 50, "targetCPUUtilizationPercentage": 55}}}})
+    objects = render(
+        {
+            "services": {
+                "sandbox": {
+                    "autoscaling": {
+                        "minReplicas": 3,
+                        "maxReplicas": 50,
+                        "targetCPUUtilizationPercentage": 55,
+                    }
+                }
+            }
+        }
+    )
     hpa = one(objects, "HorizontalPodAutoscaler", "agentrl-sandbox")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 50)
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 55
@@ -104,11 +133,16 @@ def test_release_name_prefixes_every_object_and_every_address():
 
 
 def test_recipe_values_merge_over_the_computed_recipe():
-    objects = render({"recipe": {"sandbox": {"default_timeout_s": 20},
-                                 "search": {"default_top_k": 5}}})
+    objects = render(
+        {"recipe": {"sandbox": {"default_timeout_s": 20}, "search": {"default_top_k": 5}}}
+    )
     recipe = recipe_of(objects)
-    assert recipe["sandbox"] == {"address": "agentrl-sandbox:50051", "backend": "bwrap",
-                                 "max_concurrency": 4, "default_timeout_s": 20}
+    assert recipe["sandbox"] == {
+        "address": "agentrl-sandbox:50051",
+        "backend": "bwrap",
+        "max_concurrency": 4,
+        "default_timeout_s": 20,
+    }
     assert recipe["search"]["default_top_k"] == 5
     assert recipe["search"]["index_dir"] == "/var/lib/agentrl/search-index"
 
@@ -149,8 +183,12 @@ def test_prometheus_annotations_can_be_turned_off():
 
 
 def test_image_and_auth_secret_names_come_from_values():
-    objects = render({"image": {"repository": "registry.example/agentrl", "tag": "abc123"},
-                      "auth": {"secretName": "prod-token", "secretKey": "value"}})
+    objects = render(
+        {
+            "image": {"repository": "registry.example/agentrl", "tag": "abc123"},
+            "auth": {"secretName": "prod-token", "secretKey": "value"},
+        }
+    )
     for name in service_deployments(objects):
         spec = pod_spec(objects, name)
         assert spec["containers"][0]["image"] == "registry.example/agentrl:abc123"
@@ -173,15 +211,21 @@ def test_a_disabled_service_disappears_with_its_address():
     assert "search" not in recipe_of(objects)
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    # values.schema.json
-    ({"services": {"sandbox": {"securityProfile": "root"}}}, "/services/sandbox/securityProfile"),
-    ({"services": {"search": {"sharedVolume": "rw"}}}, "/services/search/sharedVolume"),
-    ({"services": {"sandbox": {"replica": 3}}}, "'replica' not allowed"),
-    ({"redis": {"externl": True}}, "'externl' not allowed"),
-    # checks across values, in the templates
-    ({"sharedVolume": {"enabled": False}}, "sharedVolume.enabled is false"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # values.schema.json
+        (
+            {"services": {"sandbox": {"securityProfile": "root"}}},
+            "/services/sandbox/securityProfile",
+        ),
+        ({"services": {"search": {"sharedVolume": "rw"}}}, "/services/search/sharedVolume"),
+        ({"services": {"sandbox": {"replica": 3}}}, "'replica' not allowed"),
+        ({"redis": {"externl": True}}, "'externl' not allowed"),
+        # checks across values, in the templates
+        ({"sharedVolume": {"enabled": False}}, "sharedVolume.enabled is false"),
+    ],
+)
 def test_bad_values_fail_with_the_value_to_change(values, message):
     with pytest.raises(helm_python.HelmError, match=message):
         render(values)

@@ -65,7 +65,9 @@ def test_agentrl_services_bind_all_interfaces_on_their_config_ports(name):
     assert service["command"] == ["serve", name]
     assert service["environment"][f"AGENTRL__{name.upper()}__HOST"] == "0.0.0.0"
     assert {(host, container) for _, host, container in published(service)} == {
-        (defaults.grpc_port, defaults.grpc_port), (defaults.http_port, defaults.http_port)}
+        (defaults.grpc_port, defaults.grpc_port),
+        (defaults.http_port, defaults.http_port),
+    }
     # The healthcheck asks this service's own /readyz, not a neighbour's.
     assert service["healthcheck"]["test"][-1] == str(defaults.http_port)
     assert "/readyz" in " ".join(service["healthcheck"]["test"])
@@ -95,7 +97,10 @@ def test_only_the_sandbox_relaxes_confinement_and_nothing_is_privileged():
             assert not service.get("security_opt"), name
     sandbox = COMPOSE["services"]["sandbox"]
     assert set(sandbox["security_opt"]) == {
-        "seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
+        "seccomp=unconfined",
+        "apparmor=unconfined",
+        "systempaths=unconfined",
+    }
     # Untrusted code runs there: a read-only root, and no volume with weights or runs.
     assert sandbox["read_only"] is True and not sandbox.get("volumes")
 

@@ -19,7 +19,8 @@ from deploy_render import REPO
 DASHBOARDS = sorted((REPO / "deploy" / "grafana").glob("*.json"))
 METRIC_CALL = re.compile(
     r"metrics\.(counter|gauge|histogram)\(\s*(SERVICE|\"[a-z_]+\")\s*,\s*\"([a-z_]+)\"\s*,"
-    r"\s*\"([a-z_]+)\"")
+    r"\s*\"([a-z_]+)\""
+)
 
 
 def defined_metrics() -> dict[str, str]:

@@ -31,11 +31,17 @@ GPU_WORKLOAD = {
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_kustomize_lite_builds_what_kubectl_kustomize_builds(kustomization):
-    result = subprocess.run([KUBECTL, "kustomize", str(K8S / kustomization)],
-                            capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(K8S / kustomization)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     expected = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     assert kustomize_lite.normalized(kustomize_lite.build(K8S / kustomization)) == (
-        kustomize_lite.normalized(expected))
+        kustomize_lite.normalized(expected)
+    )
 
 
 def test_base_puts_everything_in_the_agentrl_namespace():
@@ -78,21 +84,26 @@ def test_gpu_overlay_schedules_labelled_gpu_workloads_on_gpu_nodes_only():
     pod = one(objects, "Deployment", "agentrl-vllm")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     for name, deployment in service_deployments(objects).items():
         assert "tolerations" not in deployment["spec"]["template"]["spec"], name
     hpa = one(objects, "HorizontalPodAutoscaler", "agentrl-sandbox")
-    assert hpa["spec"]["maxReplicas"] > one(base, "HorizontalPodAutoscaler",
-                                            "agentrl-sandbox")["spec"]["maxReplicas"]
+    assert (
+        hpa["spec"]["maxReplicas"]
+        > one(base, "HorizontalPodAutoscaler", "agentrl-sandbox")["spec"]["maxReplicas"]
+    )
 
 
 def test_a_patch_without_a_matching_object_is_an_error_not_a_no_op(tmp_path):
     (tmp_path / "patch.yaml").write_text(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: agentrl-sandbx}\n"
-        "spec: {replicas: 1}\n")
+        "spec: {replicas: 1}\n"
+    )
     with pytest.raises(ValueError, match="agentrl-sandbx"):
-        kustomize_lite._apply_patch(tmp_path, {"path": "patch.yaml"},
-                                    kustomize_lite.build(K8S / "base"))
+        kustomize_lite._apply_patch(
+            tmp_path, {"path": "patch.yaml"}, kustomize_lite.build(K8S / "base")
+        )
 
 
 def _cpu(quantity: str) -> float:

@@ -80,14 +80,18 @@ def test_each_service_binds_all_interfaces_on_the_ports_its_probes_and_service_u
         service = one(objects, "Service", deployment["metadata"]["name"])
         assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
         assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
-            (grpc_port, "grpc"), (http_port, "http")}
+            (grpc_port, "grpc"),
+            (http_port, "http"),
+        }
 
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_the_mounted_recipe_resolves_to_what_the_manifests_expect(source, tmp_path):
     objects = objects_of(source)
-    services = {s["metadata"]["name"]: {p["port"] for p in s["spec"]["ports"]}
-                for s in find(objects, "Service")}
+    services = {
+        s["metadata"]["name"]: {p["port"] for p in s["spec"]["ports"]}
+        for s in find(objects, "Service")
+    }
     for name, deployment in service_deployments(objects).items():
         pod = deployment["spec"]["template"]["spec"]
         (volume,) = [v for v in pod["volumes"] if v["name"] == "recipe"]
@@ -147,7 +151,10 @@ def test_sandbox_hpa_scales_the_sandbox_deployment(source):
         return
     (hpa,) = hpas
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": sandbox["metadata"]["name"]}
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": sandbox["metadata"]["name"],
+    }
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     # The HPA owns the replica count; a fixed one would be reset by every apply.
     assert "replicas" not in sandbox["spec"]

@@ -46,8 +46,9 @@ def test_overlong_penalty_stays_at_kappa_past_l_max() -> None:
 
 @pytest.mark.parametrize("k", range(7))
 def test_tool_shaping_for_wrong_answers(k: int) -> None:
-    settings = RewardConfig(tool_shaping=ToolShapingConfig(enabled=True),
-                            overlong=OverlongPenaltyConfig(enabled=False))
+    settings = RewardConfig(
+        tool_shaping=ToolShapingConfig(enabled=True), overlong=OverlongPenaltyConfig(enabled=False)
+    )
     wrong = shape(Verification(INCORRECT, 0.0, "wrong"), settings, 0, num_tool_calls=k)
     assert wrong.reward == pytest.approx(min(-0.6, -1 + 0.1 * k))
     assert wrong.components.correctness == -1.0
@@ -67,8 +68,9 @@ def test_tool_shaping_is_off_unless_enabled() -> None:
 
 def test_components_add_up_with_scale_and_bias() -> None:
     # ASearcher: F1 in [0, 1] then (r - 0.5) * 10; F1 0.8 -> 3.0; minus the overlong share.
-    settings = RewardConfig(correct_reward=1.0, incorrect_reward=0.0, reward_scale=10.0,
-                            reward_bias=-5.0)
+    settings = RewardConfig(
+        correct_reward=1.0, incorrect_reward=0.0, reward_scale=10.0, reward_bias=-5.0
+    )
     result = shape(Verification(PARTIAL, 0.8, "f1"), settings, L_MAX - L_BUF // 4, 0)
     assert result.components.correctness == pytest.approx(0.8)
     assert result.components.overlong_penalty == pytest.approx(-0.75)
@@ -81,8 +83,9 @@ def test_partial_scores_map_linearly_onto_the_reward_range() -> None:
 
 
 def test_verifier_error_has_no_components_and_keeps_the_reason() -> None:
-    settings = RewardConfig(tool_shaping=ToolShapingConfig(enabled=True), reward_bias=-5.0,
-                            reward_scale=10.0)
+    settings = RewardConfig(
+        tool_shaping=ToolShapingConfig(enabled=True), reward_bias=-5.0, reward_scale=10.0
+    )
     result = shape(Verification(VERIFIER_ERROR, 0.0, "timeout: x"), settings, L_MAX, 3)
     assert result.reward == -5.0 and result.verdict == VERIFIER_ERROR
     assert result.components.overlong_penalty == 0 and result.reason == "timeout: x"

@@ -17,10 +17,13 @@ def test_query_is_the_tag_text_or_the_hermes_query_argument() -> None:
 
 
 def test_passages_read_as_search_r1_writes_them() -> None:
-    passages = [search_pb2.Passage(title="Paris", text="Paris is the capital."),
-                search_pb2.Passage(title="France", text="France is a country.")]
-    assert format_passages(passages) == ("Doc 1(Title: Paris) Paris is the capital.\n"
-                                         "Doc 2(Title: France) France is a country.")
+    passages = [
+        search_pb2.Passage(title="Paris", text="Paris is the capital."),
+        search_pb2.Passage(title="France", text="France is a country."),
+    ]
+    assert format_passages(passages) == (
+        "Doc 1(Title: Paris) Paris is the capital.\nDoc 2(Title: France) France is a country."
+    )
     assert format_passages([]) == "No passages found."
 
 
@@ -36,11 +39,11 @@ def test_version_lag_counts_from_the_oldest_sampled_token() -> None:
 
 
 def test_version_lag_without_sampled_tokens_uses_the_admitted_version() -> None:
-    assert policy_version_lag(trajectory([-1, -1], [0, 0]), latest_version=6,
-                              admitted_version=4) == 2
+    assert (
+        policy_version_lag(trajectory([-1, -1], [0, 0]), latest_version=6, admitted_version=4) == 2
+    )
 
 
 def test_version_lag_is_never_negative() -> None:
     # Tokens of version 4 while the event of 4 has not arrived yet.
-    assert policy_version_lag(trajectory([4, 4], [1, 1]), latest_version=3,
-                              admitted_version=3) == 0
+    assert policy_version_lag(trajectory([4, 4], [1, 1]), latest_version=3, admitted_version=3) == 0

@@ -15,9 +15,18 @@ from agentrl.sandbox.workdir import SlotDir
 
 
 def captured(returncode, stdout=b"", stderr=b""):
-    return Captured(returncode=returncode, stdout=stdout, stderr=stderr, stdout_truncated=False,
-                    stderr_truncated=False, timed_out=False, output_exceeded=False,
-                    wall_time_s=0.1, cpu_time_s=0.0, max_rss_kb=0)
+    return Captured(
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+        stdout_truncated=False,
+        stderr_truncated=False,
+        timed_out=False,
+        output_exceeded=False,
+        wall_time_s=0.1,
+        cpu_time_s=0.0,
+        max_rss_kb=0,
+    )
 
 
 def docker_status(result_of):

@@ -26,10 +26,14 @@ def test_everything_but_the_kept_processes_is_ended():
         assert _descendants(root.pid) == _descendants_by_scan(root.pid)
         assert end_leftovers(root.pid, None, frozenset({root.pid})) == 3
         root.wait(timeout=5)  # its `wait` returns once its children are gone
-        out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True,
-                             check=True).stdout
-        assert not [line for line in out.splitlines()
-                    if any(m in line for m in MARKERS) and not line.startswith("Z")]
+        out = subprocess.run(
+            ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
+        ).stdout
+        assert not [
+            line
+            for line in out.splitlines()
+            if any(m in line for m in MARKERS) and not line.startswith("Z")
+        ]
     finally:
         root.kill()
         root.wait()

@@ -165,8 +165,9 @@ def test_a_directory_swapped_for_a_link_while_writing_never_leaks(tree):
     """The service writes `d/x.txt` again and again while another process swaps `d`."""
     work, host, _ = tree
     before = fingerprint(host)
-    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(work), str(host)],
-                               stdin=subprocess.PIPE)
+    swapper = subprocess.Popen(
+        [sys.executable, "-c", SWAPPER, str(work), str(host)], stdin=subprocess.PIPE
+    )
     written = refused = 0
     try:
         deadline = time.monotonic() + 10  # the swapper takes a moment to start

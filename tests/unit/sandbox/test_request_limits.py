@@ -8,9 +8,15 @@ from agentrl.sandbox.languages import get_language
 from agentrl.sandbox.limits import normalize_path, resolve_request
 
 
-@pytest.mark.parametrize("path,expected", [
-    ("a.txt", "a.txt"), ("./d/a.txt", "d/a.txt"), ("/work/d/a.txt", "d/a.txt"), ("d//a", "d/a"),
-])
+@pytest.mark.parametrize(
+    "path,expected",
+    [
+        ("a.txt", "a.txt"),
+        ("./d/a.txt", "d/a.txt"),
+        ("/work/d/a.txt", "d/a.txt"),
+        ("d//a", "d/a"),
+    ],
+)
 def test_normalize_path_accepts_work_dir_paths(path, expected):
     assert normalize_path(path) == expected
 
@@ -27,14 +33,17 @@ def test_resolve_request_fills_defaults_and_canonical_language():
     assert (resolved.timeout_s, resolved.memory_mb, resolved.language) == (7.0, 300, "python")
 
 
-@pytest.mark.parametrize("fields,fragment", [
-    ({"language": "cobol"}, "unknown language"),
-    ({"timeout_s": 10_000}, "timeout_s"),
-    ({"memory_mb": 1 << 20}, "memory_mb"),
-    ({"files": {"main.py": b""}}, "main.py"),
-    ({"files": {"../x": b""}}, "no '..'"),
-    ({"stdin": b"x" * 2_000_000}, "max_request_bytes"),
-])
+@pytest.mark.parametrize(
+    "fields,fragment",
+    [
+        ({"language": "cobol"}, "unknown language"),
+        ({"timeout_s": 10_000}, "timeout_s"),
+        ({"memory_mb": 1 << 20}, "memory_mb"),
+        ({"files": {"main.py": b""}}, "main.py"),
+        ({"files": {"../x": b""}}, "no '..'"),
+        ({"stdin": b"x" * 2_000_000}, "max_request_bytes"),
+    ],
+)
 def test_resolve_request_rejects_with_a_message_that_says_what_to_change(fields, fragment):
     config = SandboxConfig(max_request_bytes=1_000_000)
     with pytest.raises(RequestRejected, match=fragment):

@@ -16,13 +16,21 @@ from agentrl.sandbox.capture import drive, spawn
 def run_runner(code: str, stdin: bytes = b"", timeout_s: float = 10.0):
     """Run `code` through the runner with a control pipe; (captured, control bytes, proc)."""
     read_fd, write_fd = os.pipe()
-    proc = spawn([sys.executable, "-c", RUNNER_SOURCE, str(write_fd)],
-                 {"PATH": "/usr/bin:/bin"}, pass_fds=(write_fd,))
+    proc = spawn(
+        [sys.executable, "-c", RUNNER_SOURCE, str(write_fd)],
+        {"PATH": "/usr/bin:/bin"},
+        pass_fds=(write_fd,),
+    )
     os.close(write_fd)
     source = code.encode()
     try:
-        captured = drive(proc, stdin=b"%d\n" % len(source) + source + stdin,
-                         timeout_s=timeout_s, max_output_bytes=1 << 20, control_fd=read_fd)
+        captured = drive(
+            proc,
+            stdin=b"%d\n" % len(source) + source + stdin,
+            timeout_s=timeout_s,
+            max_output_bytes=1 << 20,
+            control_fd=read_fd,
+        )
         proc.wait(timeout=10)
         os.set_blocking(read_fd, True)
         rest = b""
@@ -33,41 +41,49 @@ def run_runner(code: str, stdin: bytes = b"", timeout_s: float = 10.0):
     return captured, rest, proc
 
 
-@pytest.mark.parametrize(("code", "status", "stderr_part"), [
-    ("print(input()[::-1])", 0, ""),
-    ("import sys; sys.exit(3)", 3, ""),
-    ("import sys; sys.exit(256)", 0, ""),
-    ("import sys; sys.exit(-1)", 255, ""),
-    ("import sys; sys.exit('bye')", 1, "bye"),
-    ("1/0", 1, "ZeroDivisionError"),
-    ("raise KeyboardInterrupt", 130, "KeyboardInterrupt"),
-])
+@pytest.mark.parametrize(
+    ("code", "status", "stderr_part"),
+    [
+        ("print(input()[::-1])", 0, ""),
+        ("import sys; sys.exit(3)", 3, ""),
+        ("import sys; sys.exit(256)", 0, ""),
+        ("import sys; sys.exit(-1)", 255, ""),
+        ("import sys; sys.exit('bye')", 1, "bye"),
+        ("1/0", 1, "ZeroDivisionError"),
+        ("raise KeyboardInterrupt", 130, "KeyboardInterrupt"),
+    ],
+)
 def test_status_matches_the_process_and_python(code, status, stderr_part):
     captured, _, proc = run_runner(code, stdin=b"abc\n")
     assert not captured.exited and captured.returncode == status == proc.returncode
     assert stderr_part in captured.stderr.decode()
     if status == 0 and "input" in code:
         assert captured.stdout == b"cba\n"
-    bare = subprocess.run([sys.executable, "-c", code], input=b"abc\n", capture_output=True,
-                          check=False)
+    bare = subprocess.run(
+        [sys.executable, "-c", code], input=b"abc\n", capture_output=True, check=False
+    )
     # bwrap reports death by signal N as 128 + N, as a shell does.
     assert (bare.returncode if bare.returncode >= 0 else 128 - bare.returncode) == status
 
 
 def test_shutdown_output_comes_before_the_answer(tmp_path):
     target = tmp_path / "left_open.txt"
-    code = (f"import atexit, threading, time\nf = open({str(target)!r}, 'w')\nf.write('data')\n"
-            "atexit.register(lambda: print('atexit'))\n"
-            "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start()\n"
-            "print('main', end='\\n', flush=False)")
+    code = (
+        f"import atexit, threading, time\nf = open({str(target)!r}, 'w')\nf.write('data')\n"
+        "atexit.register(lambda: print('atexit'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start()\n"
+        "print('main', end='\\n', flush=False)"
+    )
     captured, _, _ = run_runner(code)
     assert captured.stdout == b"main\nthread\natexit\n" and captured.returncode == 0
     assert target.read_text() == "data"  # the unclosed file was flushed before the answer
 
 
 def test_a_forked_child_never_answers_for_the_program():
-    code = ("import os, time\nif os.fork() == 0:\n    print('child', flush=True)\nelse:\n"
-            "    os.wait()\n    time.sleep(0.1)\n    print('parent')\n    raise SystemExit(7)")
+    code = (
+        "import os, time\nif os.fork() == 0:\n    print('child', flush=True)\nelse:\n"
+        "    os.wait()\n    time.sleep(0.1)\n    print('parent')\n    raise SystemExit(7)"
+    )
     captured, rest, _ = run_runner(code)
     assert captured.returncode == 7 and rest == b""
     assert sorted(captured.stdout.split()) == [b"child", b"parent"]
@@ -87,8 +103,7 @@ def test_a_malformed_control_line_is_ignored():
     proc = spawn([sys.executable, "-c", program], {"PATH": "/usr/bin:/bin"}, pass_fds=(write_fd,))
     os.close(write_fd)
     try:
-        captured = drive(proc, stdin=b"", timeout_s=10, max_output_bytes=1024,
-                         control_fd=read_fd)
+        captured = drive(proc, stdin=b"", timeout_s=10, max_output_bytes=1024, control_fd=read_fd)
     finally:
         os.close(read_fd)
     assert captured.exited and captured.returncode == 0 and captured.stdout == b"still read\n"

@@ -17,8 +17,9 @@ WORLD_QUESTIONS = 400
 
 def write_world(factory: pytest.TempPathFactory, name: str, numbered: bool = False) -> Path:
     out = factory.mktemp(name)
-    make_qa_world(out, seed=7, num_passages=WORLD_PASSAGES, num_questions=WORLD_QUESTIONS,
-                  numbered=numbered)
+    make_qa_world(
+        out, seed=7, num_passages=WORLD_PASSAGES, num_questions=WORLD_QUESTIONS, numbered=numbered
+    )
     return out
 
 

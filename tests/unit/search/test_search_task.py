@@ -58,8 +58,9 @@ def test_questions_ask_each_entity_of_a_split_for_the_fact(numbered_world: Path)
         assert f"was a {q.answers[0]}." in passage["text"]
         assert passage["title"] == f"{entity.name} (no. {entity.number})"
     # Every question has the same width: five digits, the one part that differs.
-    assert {len(q.question) for q in questions} == {len("What was the profession of person "
-                                                        "no. 12345?")}
+    assert {len(q.question) for q in questions} == {
+        len("What was the profession of person no. 12345?")
+    }
     with pytest.raises(ValueError, match="unknown fact"):
         one_hop_questions(entities, "shoe_size", "train")
 
@@ -68,7 +69,8 @@ def test_questions_name_the_entity_when_asked_to(qa_world: Path) -> None:
     entities = load_entities(qa_world)
     questions = one_hop_questions(entities, "occupation", "test", refer_by="name")
     assert [q.question for q in questions] == [
-        f"What was the profession of {entities[q.entity_id].name}?" for q in questions]
+        f"What was the profession of {entities[q.entity_id].name}?" for q in questions
+    ]
     with pytest.raises(ValueError, match="--numbered"):
         one_hop_questions(entities, "occupation", "test")  # this world has no numbers
     with pytest.raises(ValueError, match="refer_by"):
@@ -76,10 +78,20 @@ def test_questions_name_the_entity_when_asked_to(qa_world: Path) -> None:
 
 
 def test_task_files_are_entity_disjoint_and_sft_searches_are_executed(
-        numbered_world: Path, numbered_index_dir: Path, tmp_path: Path) -> None:
+    numbered_world: Path, numbered_index_dir: Path, tmp_path: Path
+) -> None:
     tool = IndexSearchTool(numbered_index_dir)
-    summary = make_search_task(numbered_world, tmp_path, tool, num_train=50, num_eval=20, num_sft=200,
-                               num_sft_entities=60, tool_fraction=0.5, seed=3)
+    summary = make_search_task(
+        numbered_world,
+        tmp_path,
+        tool,
+        num_train=50,
+        num_eval=20,
+        num_sft=200,
+        num_sft_entities=60,
+        tool_fraction=0.5,
+        seed=3,
+    )
     train, evaluation = read_jsonl(tmp_path / "train.jsonl"), read_jsonl(tmp_path / "eval.jsonl")
     sft = read_jsonl(tmp_path / "sft.jsonl")
     assert (len(train), len(evaluation), len(sft)) == (50, 20, 200)
@@ -112,11 +124,20 @@ def test_answers_score_correct_under_the_qa_verifier(numbered_world: Path) -> No
     assert json.loads(row["ground_truth"]) == {"answers": list(questions[0].answers)}
 
 
-def test_same_seed_same_files(numbered_world: Path, numbered_index_dir: Path,
-                              tmp_path: Path) -> None:
+def test_same_seed_same_files(
+    numbered_world: Path, numbered_index_dir: Path, tmp_path: Path
+) -> None:
     for name in ("a", "b"):
-        make_search_task(numbered_world, tmp_path / name, IndexSearchTool(numbered_index_dir),
-                         num_train=10, num_eval=5, num_sft=30, num_sft_entities=20, seed=1)
+        make_search_task(
+            numbered_world,
+            tmp_path / name,
+            IndexSearchTool(numbered_index_dir),
+            num_train=10,
+            num_eval=5,
+            num_sft=30,
+            num_sft_entities=20,
+            seed=1,
+        )
     for file in ("train.jsonl", "eval.jsonl", "sft.jsonl"):
         assert (tmp_path / "a" / file).read_text() == (tmp_path / "b" / file).read_text()
 

@@ -40,9 +40,14 @@ def test_norm_mode_needs_its_constant():
 
 
 def test_decoupled_ppo_settings_are_checked(tmp_path):
-    found = issues(tmp_path, "algorithm:\n  behaviour_weight_cap: 0.5\n"
-                             "  behaviour_weight_cap_mode: drop\n")
+    found = issues(
+        tmp_path, "algorithm:\n  behaviour_weight_cap: 0.5\n  behaviour_weight_cap_mode: drop\n"
+    )
     assert set(found) == {"algorithm.behaviour_weight_cap", "algorithm.behaviour_weight_cap_mode"}
     assert "'clamp'" in found["algorithm.behaviour_weight_cap_mode"]
     defaults = AlgorithmConfig()
-    assert (defaults.decoupled_ppo, defaults.behaviour_weight_cap, defaults.gspo) == (False, 5.0, False)
+    assert (defaults.decoupled_ppo, defaults.behaviour_weight_cap, defaults.gspo) == (
+        False,
+        5.0,
+        False,
+    )

@@ -44,10 +44,13 @@ def test_every_problem_is_a_product_of_two_3_digit_numbers_with_6_digits() -> No
 
 def test_files_are_written_with_disjoint_splits_and_the_tool_share(tmp_path) -> None:
     sandbox = PrintingSandbox()
-    summary = calculator.make_calculator_data(tmp_path, sandbox, num_train=300, num_eval=50,
-                                              num_sft=400, tool_fraction=0.25, seed=3)
-    rows = {name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").open()]
-            for name in ("train", "eval", "sft")}
+    summary = calculator.make_calculator_data(
+        tmp_path, sandbox, num_train=300, num_eval=50, num_sft=400, tool_fraction=0.25, seed=3
+    )
+    rows = {
+        name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").open()]
+        for name in ("train", "eval", "sft")
+    }
     train = {r["prompt"] for r in rows["train"]}
     held_out = {r["prompt"] for r in rows["eval"]}
     sft = {t["messages"][0]["content"] for t in rows["sft"]}
@@ -69,20 +72,23 @@ def test_a_tool_trajectory_carries_the_output_verbatim_and_answers_from_it() -> 
 
 def test_a_sandbox_that_answers_wrong_stops_the_generator() -> None:
     with pytest.raises(RuntimeError, match="expected 294350"):
-        calculator.executed_trajectory(calculator.Problem("841 * 350", 294350),
-                                       PrintingSandbox(wrong=True))
+        calculator.executed_trajectory(
+            calculator.Problem("841 * 350", 294350), PrintingSandbox(wrong=True)
+        )
 
 
 def test_samples_decode_an_episode_into_model_and_tool_segments() -> None:
     texts = calculator.direct_answer("1") + "What is 841 * 350? print(841 * 350) 294350"
     tokenizer = train_tokenizer([texts] * 10, vocab_size=300)
-    messages = calculator.executed_trajectory(calculator.Problem("841 * 350", 294350),
-                                              PrintingSandbox())["messages"]
+    messages = calculator.executed_trajectory(
+        calculator.Problem("841 * 350", 294350), PrintingSandbox()
+    )["messages"]
     segments = episode_segments(messages, tokenizer, "code_tags")
     token_ids, loss_mask = tokenize_segments(segments, tokenizer)
     prompt_length = len(tokenizer(segments[0].text, add_special_tokens=False).input_ids)
-    trajectory = trajectory_pb2.Trajectory(token_ids=token_ids, loss_mask=loss_mask,
-                                           prompt_length=prompt_length)
+    trajectory = trajectory_pb2.Trajectory(
+        token_ids=token_ids, loss_mask=loss_mask, prompt_length=prompt_length
+    )
     decoded = trajectory_segments(trajectory, tokenizer)
     assert [s["role"] for s in decoded] == ["model", "tool", "model"]
     assert decoded[0]["text"] == "<code>\nprint(841 * 350)\n</code>"

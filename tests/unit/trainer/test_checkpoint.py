@@ -24,8 +24,10 @@ RESPONSE_TOKENS = 6  # stand-in "sampled" response per prompt, drawn from the to
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
-    rows = [{"prompt": f"What is {a} * {a + 7}?", "ground_truth": a * (a + 7),
-             "task_type": "math"} for a in range(11, 18)]
+    rows = [
+        {"prompt": f"What is {a} * {a + 7}?", "ground_truth": a * (a + 7), "task_type": "math"}
+        for a in range(11, 18)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -34,8 +36,9 @@ class MiniRun:
     """An RL-shaped loop over real parts: data order, backend, policy loss, RNG-drawn samples."""
 
     def __init__(self, model_path, prompts_file, seed: int = 5) -> None:
-        settings = OptimizerSettings(learning_rate=1e-2, warmup_steps=2, schedule="cosine",
-                                     total_steps=10)
+        settings = OptimizerSettings(
+            learning_rate=1e-2, warmup_steps=2, schedule="cosine", total_steps=10
+        )
         self.backend = TorchBackend(model_path, settings, device="cpu")
         self.order = EpochOrder(load_prompts(prompts_file), seed=seed)
         self.policy_version = 0
@@ -51,22 +54,33 @@ class MiniRun:
             masks.append([0.0] * len(prompt) + [1.0] * RESPONSE_TOKENS)
             advantages.append([random.gauss(0.0, 1.0)] * len(token_ids[-1]))
         (row,) = pack_micro_batches(token_ids, 256)
-        (old, _), = self.backend.logprobs([row])
-        per_token = {"loss_mask": masks, "advantages": advantages,
-                     "old_logprobs": [old[0, row.seq_index[0] == row.sample_indices.index(i)]
-                                      .tolist() for i in range(len(token_ids))]}
+        ((old, _),) = self.backend.logprobs([row])
+        per_token = {
+            "loss_mask": masks,
+            "advantages": advantages,
+            "old_logprobs": [
+                old[0, row.seq_index[0] == row.sample_indices.index(i)].tolist()
+                for i in range(len(token_ids))
+            ],
+        }
         micro_batches = pack_micro_batches(token_ids, 32, per_token)
-        counts = sum((GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
-                      for mb in micro_batches), GlobalTokenCounts(0, 0, 0))
-        metrics, _ = self.backend.train_step(micro_batches,
-                                             policy_loss_fn(AlgorithmConfig(), counts))
+        counts = sum(
+            (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
+            GlobalTokenCounts(0, 0, 0),
+        )
+        metrics, _ = self.backend.train_step(
+            micro_batches, policy_loss_fn(AlgorithmConfig(), counts)
+        )
         self.policy_version += 1
         return [r.prompt_id for r in batch], metrics["loss"]
 
     def training_state(self) -> TrainingState:
-        return TrainingState(step=self.backend.step, policy_version=self.policy_version,
-                             data_position=self.order.state_dict(),
-                             stream_offsets={"groups": "1700000000000-3"})
+        return TrainingState(
+            step=self.backend.step,
+            policy_version=self.policy_version,
+            data_position=self.order.state_dict(),
+            stream_offsets={"groups": "1700000000000-3"},
+        )
 
     def weights(self) -> torch.Tensor:
         return torch.cat([p.detach().flatten() for p in self.backend.model.parameters()])
@@ -135,8 +149,7 @@ def test_saves_are_atomic_and_only_the_last_k_are_kept(tmp_path):
     assert manager.latest().name == "step_00000003"  # the failed save is not a checkpoint
     assert any(p.name.startswith(".partial-") for p in tmp_path.iterdir())
     manager.save(FlakyBackend(), TrainingState(step=3, policy_version=9))  # same step again
-    assert json.loads((manager.latest() / "training_state.json").read_text())[
-        "policy_version"] == 9
+    assert json.loads((manager.latest() / "training_state.json").read_text())["policy_version"] == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002", "step_00000003"]
     with pytest.raises(ValueError, match="no checkpoint under"):
         CheckpointManager(tmp_path / "empty").load(FlakyBackend())

@@ -14,28 +14,44 @@ def write_jsonl(path, rows):
     return path
 
 
-GOOD = {"prompt": "What is 2+3?", "ground_truth": 5, "task_type": "math", "tools": ["python"],
-        "difficulty": 1}
+GOOD = {
+    "prompt": "What is 2+3?",
+    "ground_truth": 5,
+    "task_type": "math",
+    "tools": ["python"],
+    "difficulty": 1,
+}
 
 
 def test_jsonl_rows_are_parsed_with_ids_and_metadata(tmp_path):
     path = write_jsonl(tmp_path / "train.jsonl", [GOOD, "", {**GOOD, "id": "p7", "tools": None}])
     first, second = load_prompts(path)
-    assert first == PromptRow(prompt_id="train-1", prompt="What is 2+3?", ground_truth="5",
-                              task_type="math", tools=("python",), metadata={"difficulty": "1"})
+    assert first == PromptRow(
+        prompt_id="train-1",
+        prompt="What is 2+3?",
+        ground_truth="5",
+        task_type="math",
+        tools=("python",),
+        metadata={"difficulty": "1"},
+    )
     assert second.prompt_id == "p7" and second.tools == ()
 
 
-@pytest.mark.parametrize("row, message", [
-    ({**GOOD, "prompt": None}, r"train.jsonl:2: field 'prompt' is missing"),
-    ({k: v for k, v in GOOD.items() if k != "ground_truth"},
-     r"train.jsonl:2: field 'ground_truth' is missing"),
-    ({**GOOD, "task_type": " "}, r"train.jsonl:2: field 'task_type' is empty"),
-    ({**GOOD, "tools": "python"}, r"train.jsonl:2: field 'tools' must be a list"),
-    ({**GOOD, "prompt": ["a"]}, r"train.jsonl:2: field 'prompt' must be a string, got list"),
-    ("{not json", r"train.jsonl:2: not valid JSON"),
-    ([1, 2], r"train.jsonl:2: expected an object"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({**GOOD, "prompt": None}, r"train.jsonl:2: field 'prompt' is missing"),
+        (
+            {k: v for k, v in GOOD.items() if k != "ground_truth"},
+            r"train.jsonl:2: field 'ground_truth' is missing",
+        ),
+        ({**GOOD, "task_type": " "}, r"train.jsonl:2: field 'task_type' is empty"),
+        ({**GOOD, "tools": "python"}, r"train.jsonl:2: field 'tools' must be a list"),
+        ({**GOOD, "prompt": ["a"]}, r"train.jsonl:2: field 'prompt' must be a string, got list"),
+        ("{not json", r"train.jsonl:2: not valid JSON"),
+        ([1, 2], r"train.jsonl:2: expected an object"),
+    ],
+)
 def test_bad_rows_name_the_line_and_field(tmp_path, row, message):
     path = write_jsonl(tmp_path / "train.jsonl", [GOOD, row])
     with pytest.raises(ValueError, match=message):

@@ -21,8 +21,9 @@ from agentrl.trainer.transports.interface import WeightSyncError
 URL = "http://vllm.test"
 
 
-def recording_pool(fail_path: str | None = None, reported_version: str | None = None
-                   ) -> tuple[InferencePool, list[str]]:
+def recording_pool(
+    fail_path: str | None = None, reported_version: str | None = None
+) -> tuple[InferencePool, list[str]]:
     calls: list[str] = []
     labels = {"version": "default"}
 
@@ -41,8 +42,9 @@ def recording_pool(fail_path: str | None = None, reported_version: str | None = 
         if path == "/update_weight_version":
             labels["version"] = json.loads(request.content)["new_version"]
         if path == "/weight_info":
-            return httpx.Response(200, json={
-                "weight_version": reported_version or labels["version"]})
+            return httpx.Response(
+                200, json={"weight_version": reported_version or labels["version"]}
+            )
         return httpx.Response(200, json={})
 
     return InferencePool([URL], transport=httpx.MockTransport(handle)), calls
@@ -56,11 +58,18 @@ def backend(tiny_checkpoint):
 
 
 def test_sync_pauses_reloads_resets_labels_resumes_and_reads_the_version_back(
-        backend, tmp_path) -> None:
+    backend, tmp_path
+) -> None:
     pool, calls = recording_pool()
     result = asyncio.run(DiskTransport(backend, pool, tmp_path).sync(4))
-    assert calls == ["/pause", "/collective_rpc", "/reset_prefix_cache",
-                     "/update_weight_version", "/resume", "/weight_info"]
+    assert calls == [
+        "/pause",
+        "/collective_rpc",
+        "/reset_prefix_cache",
+        "/update_weight_version",
+        "/resume",
+        "/weight_info",
+    ]
     assert list(result.phases_s) == ["export_s", "reload_s", "reset_and_label_s", "verify_s"]
     assert 0 < result.pause_s < result.total_s
 
@@ -85,12 +94,16 @@ def test_sync_writes_versioned_checksummed_directories_and_prunes(backend, tmp_p
     weights = tmp_path / "weights"
     assert sorted(p.name for p in weights.iterdir()) == ["v00000002", "v00000003"]
     manifest = json.loads((weights / "v00000003" / MANIFEST_FILE).read_text())
-    assert manifest == {"version": 3, "checksum": results[-1].checksum,
-                        "num_bytes": results[-1].num_bytes}
+    assert manifest == {
+        "version": 3,
+        "checksum": results[-1].checksum,
+        "num_bytes": results[-1].num_bytes,
+    }
     # The checksum is of the tensors, so a reader can check what it loaded, not what was written.
     written = load_file(weights / "v00000003" / WEIGHTS_FILE)
-    assert weights_checksum(written) == results[-1].checksum == weights_checksum(
-        backend.hf_weights())
+    assert (
+        weights_checksum(written) == results[-1].checksum == weights_checksum(backend.hf_weights())
+    )
     assert results[-1].weights_uri == str((weights / "v00000003").resolve())
     assert calls.count("/collective_rpc") == 3
     with pytest.raises(ValueError, match="keep_versions must be >= 1"):

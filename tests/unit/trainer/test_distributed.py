@@ -26,15 +26,19 @@ LENGTHS = [12, 30, 7, 21, 16, 9, 25]
 
 def micro_batches(budget: int = 30):
     token_ids = [list(range(3, 3 + n)) for n in LENGTHS]
-    per_token = {"loss_mask": [[0.0] * 2 + [1.0] * (n - 2) for n in LENGTHS],
-                 "advantages": [[0.5] * n for n in LENGTHS],
-                 "old_logprobs": [[-5.0] * n for n in LENGTHS]}
+    per_token = {
+        "loss_mask": [[0.0] * 2 + [1.0] * (n - 2) for n in LENGTHS],
+        "advantages": [[0.5] * n for n in LENGTHS],
+        "old_logprobs": [[-5.0] * n for n in LENGTHS],
+    }
     return pack_micro_batches(token_ids, budget, per_token)
 
 
 def counts_of(batches) -> GlobalTokenCounts:
-    return sum((GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in batches),
-               GlobalTokenCounts(0, 0, 0))
+    return sum(
+        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in batches),
+        GlobalTokenCounts(0, 0, 0),
+    )
 
 
 def test_ranks_take_disjoint_round_robin_shares_of_equal_length() -> None:
@@ -58,16 +62,19 @@ def test_an_empty_micro_batch_adds_no_loss_metric_or_gradient(tiny_checkpoint) -
     empty = empty_micro_batch(template)
     assert empty.per_token.keys() == template.per_token.keys()
     assert counts_of([empty]) == GlobalTokenCounts(0, 0, 0)
-    for algorithm in (AlgorithmConfig(), AlgorithmConfig(loss_agg="seq-mean-token-mean",
-                                                         gspo=True)):
-        metrics = backend.forward_backward([empty], policy_loss_fn(algorithm, counts_of(
-            micro_batches())))
+    for algorithm in (
+        AlgorithmConfig(),
+        AlgorithmConfig(loss_agg="seq-mean-token-mean", gspo=True),
+    ):
+        metrics = backend.forward_backward(
+            [empty], policy_loss_fn(algorithm, counts_of(micro_batches()))
+        )
         assert all(value == 0.0 for value in metrics.values()), metrics
         # The backward ran through every parameter (FSDP2's reduce-scatters fire) with zeros.
         grads = [p.grad for p in backend.model.parameters()]
         assert all(g is not None and not g.any() for g in grads)
         backend.optimizer.zero_grad(set_to_none=True)
-    (logprobs, entropy), = backend.logprobs([empty])
+    ((logprobs, entropy),) = backend.logprobs([empty])
     assert not logprobs.any() and not entropy.any()
 
 
@@ -80,9 +87,20 @@ def test_single_in_several_processes_is_refused_with_the_fix() -> None:
 
 def test_relaunch_runs_the_same_command_under_torchrun(monkeypatch) -> None:
     command = torchrun_command(4, ["sft", "--recipe", "r.yaml", "--nproc-per-node", "4"])
-    assert command == [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                       "--nproc-per-node=4", "-m", "agentrl.common.cli", "sft", "--recipe",
-                       "r.yaml", "--nproc-per-node", "4"]
+    assert command == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=4",
+        "-m",
+        "agentrl.common.cli",
+        "sft",
+        "--recipe",
+        "r.yaml",
+        "--nproc-per-node",
+        "4",
+    ]
     # Inside torchrun the same option is checked against what torchrun started, not re-run.
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "4")

@@ -12,34 +12,51 @@ CORRECT, WRONG = group_pb2.VERDICT_CORRECT, group_pb2.VERDICT_INCORRECT
 PROMPT_TOKENS = 5
 
 
-def sample(verdict: int, tool_calls: int = 0, response_tokens: int = 10,
-           reward: float = 0.0) -> group_pb2.ScoredTrajectory:
-    traj = trajectory_pb2.Trajectory(token_ids=list(range(PROMPT_TOKENS + response_tokens)),
-                                     prompt_length=PROMPT_TOKENS, num_tool_calls=tool_calls)
+def sample(
+    verdict: int, tool_calls: int = 0, response_tokens: int = 10, reward: float = 0.0
+) -> group_pb2.ScoredTrajectory:
+    traj = trajectory_pb2.Trajectory(
+        token_ids=list(range(PROMPT_TOKENS + response_tokens)),
+        prompt_length=PROMPT_TOKENS,
+        num_tool_calls=tool_calls,
+    )
     return group_pb2.ScoredTrajectory(
-        trajectory=traj, result=group_pb2.RewardResult(verdict=verdict, reward=reward))
+        trajectory=traj, result=group_pb2.RewardResult(verdict=verdict, reward=reward)
+    )
 
 
 def group(task_type: str, *samples: group_pb2.ScoredTrajectory) -> group_pb2.Group:
-    return group_pb2.Group(task=task_pb2.RolloutTask(task_type=task_type, num_samples=len(samples)),
-                           samples=list(samples))
+    return group_pb2.Group(
+        task=task_pb2.RolloutTask(task_type=task_type, num_samples=len(samples)),
+        samples=list(samples),
+    )
 
 
-@pytest.mark.parametrize(("n", "c", "k", "expected"), [
-    (4, 0, 2, 0.0),        # nothing correct
-    (4, 4, 2, 1.0),        # everything correct
-    (4, 1, 2, 0.5),        # 1 - C(3,2)/C(4,2) = 1 - 3/6
-    (4, 1, 1, 0.25),       # pass@1 = c/n
-    (5, 2, 3, 0.9),        # 1 - C(3,3)/C(5,3) = 1 - 1/10
-    (4, 3, 2, 1.0),        # n - c = 1 < k: every pair holds a correct one
-])
+@pytest.mark.parametrize(
+    ("n", "c", "k", "expected"),
+    [
+        (4, 0, 2, 0.0),  # nothing correct
+        (4, 4, 2, 1.0),  # everything correct
+        (4, 1, 2, 0.5),  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+        (4, 1, 1, 0.25),  # pass@1 = c/n
+        (5, 2, 3, 0.9),  # 1 - C(3,3)/C(5,3) = 1 - 1/10
+        (4, 3, 2, 1.0),  # n - c = 1 < k: every pair holds a correct one
+    ],
+)
 def test_pass_at_k_unbiased_estimator(n: int, c: int, k: int, expected: float) -> None:
     assert pass_at_k(n, c, k) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("n", "c", "k", "message"), [
-    (0, 0, 1, "at least one sample"), (4, 5, 2, "correct count"), (4, -1, 2, "correct count"),
-    (4, 1, 5, "k must be in"), (4, 1, 0, "k must be in")])
+@pytest.mark.parametrize(
+    ("n", "c", "k", "message"),
+    [
+        (0, 0, 1, "at least one sample"),
+        (4, 5, 2, "correct count"),
+        (4, -1, 2, "correct count"),
+        (4, 1, 5, "k must be in"),
+        (4, 1, 0, "k must be in"),
+    ],
+)
 def test_pass_at_k_rejects_bad_counts(n: int, c: int, k: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         pass_at_k(n, c, k)
@@ -56,8 +73,11 @@ def test_metrics_per_task_type_and_overall() -> None:
     ]
     report = evaluate_groups(groups, k=2)
     assert report["k"] == 2 and list(report["by_task_type"]) == ["code", "math"]
-    math, code, overall = (report["by_task_type"]["math"], report["by_task_type"]["code"],
-                           report["overall"])
+    math, code, overall = (
+        report["by_task_type"]["math"],
+        report["by_task_type"]["code"],
+        report["overall"],
+    )
     assert (math["num_prompts"], math["num_samples"], math["num_correct"]) == (2, 8, 1)
     assert math["num_solved_prompts"] == 1
     assert math["avg_at_k"] == pytest.approx((0.25 + 0.0) / 2)
@@ -77,11 +97,17 @@ def test_metrics_per_task_type_and_overall() -> None:
 def test_failed_tool_calls_are_counted() -> None:
     ok, unknown = trajectory_pb2.TOOL_CALL_STATUS_OK, trajectory_pb2.TOOL_CALL_STATUS_ERROR
     failing = sample(WRONG, 2)
-    failing.trajectory.turns.extend([
-        trajectory_pb2.Turn(index=0, tool_call=trajectory_pb2.ToolCall(tool="search", status=ok)),
-        trajectory_pb2.Turn(index=1, tool_call=trajectory_pb2.ToolCall(tool="search",
-                                                                        status=unknown)),
-        trajectory_pb2.Turn(index=2)])  # the final answer: no call
+    failing.trajectory.turns.extend(
+        [
+            trajectory_pb2.Turn(
+                index=0, tool_call=trajectory_pb2.ToolCall(tool="search", status=ok)
+            ),
+            trajectory_pb2.Turn(
+                index=1, tool_call=trajectory_pb2.ToolCall(tool="search", status=unknown)
+            ),
+            trajectory_pb2.Turn(index=2),
+        ]
+    )  # the final answer: no call
     metrics = evaluate_groups([group("qa", failing, sample(CORRECT, 1))], k=1)["overall"]
     assert (metrics["num_tool_calls"], metrics["num_tool_errors"]) == (3, 1)
 

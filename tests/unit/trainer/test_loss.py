@@ -24,9 +24,14 @@ def one_token(ratio: float, advantage: float, **overrides):
     """Loss, d loss / d logprob and metrics of a single token with the given ratio."""
     logprobs = torch.tensor([[math.log(ratio)]], dtype=D, requires_grad=True)
     loss, metrics = policy_loss(
-        logprobs, torch.zeros(1, 1, dtype=D), torch.tensor([[advantage]], dtype=D),
-        torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.long),
-        torch.zeros(1, 1, dtype=D), config(**overrides))
+        logprobs,
+        torch.zeros(1, 1, dtype=D),
+        torch.tensor([[advantage]], dtype=D),
+        torch.ones(1, 1, dtype=torch.bool),
+        torch.zeros(1, 1, dtype=torch.long),
+        torch.zeros(1, 1, dtype=D),
+        config(**overrides),
+    )
     loss.backward()
     return loss.item(), logprobs.grad.item(), metrics
 
@@ -37,15 +42,15 @@ STEP = 1e-6  # just inside / just outside a clip boundary
 @pytest.mark.parametrize(
     ("ratio", "advantage", "loss", "grad", "low", "high"),
     [
-        (0.8, -1.0, 0.8, None, 0, 0),                 # exactly 1 - eps_low: both sides agree
-        (0.8 + STEP, -1.0, 0.8 + STEP, 0.8 + STEP, 0, 0),   # inside: gradient r·|A|
-        (0.8 - STEP, -1.0, 0.8, 0.0, 1, 0),           # outside: clipped, no gradient
-        (1.28, 1.0, -1.28, None, 0, 0),               # exactly 1 + eps_high
+        (0.8, -1.0, 0.8, None, 0, 0),  # exactly 1 - eps_low: both sides agree
+        (0.8 + STEP, -1.0, 0.8 + STEP, 0.8 + STEP, 0, 0),  # inside: gradient r·|A|
+        (0.8 - STEP, -1.0, 0.8, 0.0, 1, 0),  # outside: clipped, no gradient
+        (1.28, 1.0, -1.28, None, 0, 0),  # exactly 1 + eps_high
         (1.28 - STEP, 1.0, -(1.28 - STEP), -(1.28 - STEP), 0, 0),
         (1.28 + STEP, 1.0, -1.28, 0.0, 0, 1),
         (1.2 + STEP, 1.0, -(1.2 + STEP), -(1.2 + STEP), 0, 0),  # a symmetric 0.2 would clip
-        (0.5, 1.0, -0.5, -0.5, 0, 0),                 # below the range with A > 0: not clipped
-        (2.0, -1.0, 2.0, 2.0, 0, 0),                  # above the range with A < 0: not clipped
+        (0.5, 1.0, -0.5, -0.5, 0, 0),  # below the range with A > 0: not clipped
+        (2.0, -1.0, 2.0, 2.0, 0, 0),  # above the range with A < 0: not clipped
     ],
 )
 def test_clip_higher_boundaries(ratio, advantage, loss, grad, low, high):
@@ -59,10 +64,10 @@ def test_clip_higher_boundaries(ratio, advantage, loss, grad, low, high):
 @pytest.mark.parametrize(
     ("ratio", "advantage", "loss", "grad", "hit"),
     [
-        (5.0, -1.0, 3.0, 0.0, 1),    # capped at c·|A|
-        (2.5, -1.0, 2.5, 2.5, 0),    # below c: ordinary PPO
-        (4.0, -2.0, 6.0, 0.0, 1),    # the cap scales with |A|
-        (5.0, 1.0, -1.28, 0.0, 0),   # never for A > 0
+        (5.0, -1.0, 3.0, 0.0, 1),  # capped at c·|A|
+        (2.5, -1.0, 2.5, 2.5, 0),  # below c: ordinary PPO
+        (4.0, -2.0, 6.0, 0.0, 1),  # the cap scales with |A|
+        (5.0, 1.0, -1.28, 0.0, 0),  # never for A > 0
     ],
 )
 def test_dual_clip(ratio, advantage, loss, grad, hit):
@@ -93,14 +98,21 @@ PACKED_SEQ = torch.tensor([[0, 0, 1, 1, 1, 1]])
 def test_aggregation_modes(mode, expected):
     logprobs = torch.full((1, 6), -1.0, dtype=D)
     loss, metrics = policy_loss(
-        logprobs, logprobs.clone(), PACKED_ADVANTAGES, PACKED_MASK, PACKED_SEQ,
-        torch.zeros(1, 6, dtype=D), config(loss_agg=mode, loss_agg_norm_length_tokens=10))
+        logprobs,
+        logprobs.clone(),
+        PACKED_ADVANTAGES,
+        PACKED_MASK,
+        PACKED_SEQ,
+        torch.zeros(1, 6, dtype=D),
+        config(loss_agg=mode, loss_agg_norm_length_tokens=10),
+    )
     assert loss.item() == pytest.approx(expected, abs=1e-12)
     assert metrics["masked_token_ratio"].item() == pytest.approx(1 / 6)
 
 
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
-                                  "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize(
+    "mode", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+)
 def test_an_all_masked_row_changes_nothing(mode):
     cfg = config(loss_agg=mode, loss_agg_norm_length_tokens=8, dual_clip=3.0)
     generator = torch.Generator().manual_seed(0)
@@ -115,8 +127,9 @@ def test_an_all_masked_row_changes_nothing(mode):
     loss, metrics = policy_loss(both, old, advantages, mask, seq, torch.ones(2, 4, dtype=D), cfg)
     loss.backward()
     alone = logprobs[:1].clone().requires_grad_(True)
-    expected, _ = policy_loss(alone, old[:1], advantages[:1], mask[:1], seq[:1],
-                              torch.ones(1, 4, dtype=D), cfg)
+    expected, _ = policy_loss(
+        alone, old[:1], advantages[:1], mask[:1], seq[:1], torch.ones(1, 4, dtype=D), cfg
+    )
     expected.backward()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-12)
     assert torch.equal(both.grad[1], torch.zeros(4, dtype=D))
@@ -130,8 +143,14 @@ def test_kl_estimators_are_logged_at_zero_coefficient_and_enter_the_loss_when_se
     x = math.log(2)
     logprobs = torch.full((1, 2), math.log(0.5), dtype=D)
     ref = torch.full((1, 2), math.log(0.25), dtype=D)
-    args = (logprobs, logprobs.clone(), torch.ones(1, 2, dtype=D), torch.ones(1, 2, dtype=torch.bool),
-            torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=D))
+    args = (
+        logprobs,
+        logprobs.clone(),
+        torch.ones(1, 2, dtype=D),
+        torch.ones(1, 2, dtype=torch.bool),
+        torch.zeros(1, 2, dtype=torch.long),
+        torch.zeros(1, 2, dtype=D),
+    )
     plain, metrics = policy_loss(*args, config(), ref_logprobs=ref)
     assert plain.item() == pytest.approx(-1.0)
     assert metrics["kl_k1"].item() == pytest.approx(x)
@@ -147,8 +166,14 @@ def test_kl_estimators_are_logged_at_zero_coefficient_and_enter_the_loss_when_se
 def test_entropy_is_always_logged_and_is_a_bonus_when_set():
     logprobs = torch.zeros(1, 3, dtype=D)
     entropy = torch.tensor([[9.0, 1.0, 2.0]], dtype=D)  # token 0 is masked
-    args = (logprobs, logprobs.clone(), torch.ones(1, 3, dtype=D),
-            torch.tensor([[0, 1, 1]], dtype=torch.bool), torch.zeros(1, 3, dtype=torch.long), entropy)
+    args = (
+        logprobs,
+        logprobs.clone(),
+        torch.ones(1, 3, dtype=D),
+        torch.tensor([[0, 1, 1]], dtype=torch.bool),
+        torch.zeros(1, 3, dtype=torch.long),
+        entropy,
+    )
     loss, metrics = policy_loss(*args, config())
     assert (loss.item(), metrics["entropy"].item()) == (pytest.approx(-1.0), pytest.approx(1.5))
     bonus, _ = policy_loss(*args, config(entropy_coef=0.01))
@@ -162,9 +187,14 @@ def test_gspo_uses_one_clipped_ratio_per_sequence():
     logprobs = (log_ratio - 1.0).requires_grad_(True)
     seq = torch.tensor([[0, 0, 0, 1, 1, 1]])
     loss, metrics = policy_loss(
-        logprobs, torch.full((1, 6), -1.0, dtype=D), torch.ones(1, 6, dtype=D),
-        torch.ones(1, 6, dtype=torch.bool), seq, torch.zeros(1, 6, dtype=D),
-        config(gspo=True, loss_agg="seq-mean-token-mean"))
+        logprobs,
+        torch.full((1, 6), -1.0, dtype=D),
+        torch.ones(1, 6, dtype=D),
+        torch.ones(1, 6, dtype=torch.bool),
+        seq,
+        torch.zeros(1, 6, dtype=D),
+        config(gspo=True, loss_agg="seq-mean-token-mean"),
+    )
     loss.backward()
     s = math.exp(0.1)
     assert loss.item() == pytest.approx((-s + -1.28) / 2, abs=1e-12)
@@ -187,8 +217,16 @@ def decoupled_case(prox_minus_behaviour: float, **overrides):
     def run(decoupled: bool):
         theta = logprobs.clone().requires_grad_(True)
         extra = {"behaviour_logprobs": prox - prox_minus_behaviour} if decoupled else {}
-        loss, metrics = policy_loss(theta, prox, advantages, mask, seq, entropy,
-                                    cfg.model_copy(update={"decoupled_ppo": decoupled}), **extra)
+        loss, metrics = policy_loss(
+            theta,
+            prox,
+            advantages,
+            mask,
+            seq,
+            entropy,
+            cfg.model_copy(update={"decoupled_ppo": decoupled}),
+            **extra,
+        )
         loss.backward()
         return loss, theta.grad, metrics
 
@@ -210,7 +248,9 @@ def test_decoupled_ppo_weights_clamps_and_masks_by_the_behaviour_ratio():
     (loss, _, metrics), (plain, _, _) = decoupled_case(math.log(5.0) - 1e-9)  # just below the cap
     assert metrics["behaviour_cap_hits"].item() == 0
     assert loss.item() == pytest.approx(5 * plain.item(), rel=1e-8)
-    (loss, _, metrics), (plain, _, _) = decoupled_case(math.log(6.0), behaviour_weight_cap_mode="clamp")
+    (loss, _, metrics), (plain, _, _) = decoupled_case(
+        math.log(6.0), behaviour_weight_cap_mode="clamp"
+    )
     assert loss.item() == pytest.approx(5 * plain.item(), rel=1e-12)
     assert metrics["behaviour_cap_hits"].item() == 9  # every loss token
     (loss, grad, metrics), _ = decoupled_case(math.log(6.0), behaviour_weight_cap_mode="mask")

@@ -41,17 +41,28 @@ def batch(tiny_qwen3, make_sequences):
 def loss_of(model, micro_batch: MicroBatch, advantages, cfg, counts):
     logprobs, entropy = token_logprobs_and_entropy(model, micro_batch)
     fields = micro_batch.per_token
-    per_token = token_advantages(advantages[micro_batch.sample_indices], micro_batch.seq_index,
-                                 fields["loss_mask"])
-    return policy_loss(logprobs, fields["old_logprobs"], per_token, fields["loss_mask"].bool(),
-                       micro_batch.seq_index, entropy, cfg, counts)[0]
+    per_token = token_advantages(
+        advantages[micro_batch.sample_indices], micro_batch.seq_index, fields["loss_mask"]
+    )
+    return policy_loss(
+        logprobs,
+        fields["old_logprobs"],
+        per_token,
+        fields["loss_mask"].bool(),
+        micro_batch.seq_index,
+        entropy,
+        cfg,
+        counts,
+    )[0]
 
 
 def accumulated_gradient(model, micro_batches, advantages, cfg, global_counts: bool):
     """Sum of micro-batch gradients; each loss normalised by the global or by its own counts."""
     model.zero_grad()
-    counts = sum((GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
-                  for mb in micro_batches), GlobalTokenCounts(0, 0, 0))
+    counts = sum(
+        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
+        GlobalTokenCounts(0, 0, 0),
+    )
     for micro_batch in micro_batches:
         loss = loss_of(model, micro_batch, advantages, cfg, counts if global_counts else None)
         (loss if global_counts else loss / len(micro_batches)).backward()
@@ -63,8 +74,13 @@ def test_accumulated_gradient_does_not_depend_on_the_micro_batch_split(tiny_qwen
     token_ids, per_token, advantages = batch
     cfg = AlgorithmConfig(loss_agg=mode, loss_agg_norm_length_tokens=32, dual_clip=3.0)
     gradients = {
-        split: accumulated_gradient(tiny_qwen3, pad_micro_batches(token_ids, per_mb, per_token),
-                                    advantages, cfg, global_counts=True)
+        split: accumulated_gradient(
+            tiny_qwen3,
+            pad_micro_batches(token_ids, per_mb, per_token),
+            advantages,
+            cfg,
+            global_counts=True,
+        )
         for split, per_mb in [("1x8", 8), ("2x4", 4), ("8x1", 1)]
     }
     full = gradients["1x8"]
@@ -72,15 +88,17 @@ def test_accumulated_gradient_does_not_depend_on_the_micro_batch_split(tiny_qwen
     for split in ("2x4", "8x1"):
         assert torch.allclose(gradients[split], full, rtol=1e-4, atol=1e-6), split
     # Averaging per-micro-batch means instead (the usual mistake) gives another gradient.
-    naive = accumulated_gradient(tiny_qwen3, pad_micro_batches(token_ids, 4, per_token),
-                                 advantages, cfg, global_counts=False)
+    naive = accumulated_gradient(
+        tiny_qwen3, pad_micro_batches(token_ids, 4, per_token), advantages, cfg, global_counts=False
+    )
     assert not torch.allclose(naive, full, rtol=1e-2, atol=1e-4)
 
 
 @pytest.mark.parametrize("attention", ["mask_4d", "position_ids"])
 @pytest.mark.parametrize("kernel", ["sdpa", "eager"])
 def test_packed_and_padded_give_the_same_logprobs_loss_and_gradient(
-        build_model, batch, attention, kernel):
+    build_model, batch, attention, kernel
+):
     model = build_model(kernel)
     token_ids, per_token, advantages = batch
     cfg = AlgorithmConfig()
@@ -107,10 +125,16 @@ def test_packed_and_padded_give_the_same_logprobs_loss_and_gradient(
     for micro_batches in (packed, padded):
         gradients.append(accumulated_gradient(model, micro_batches, advantages, cfg, True))
         with torch.no_grad():
-            counts = sum((GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
-                          for mb in micro_batches), GlobalTokenCounts(0, 0, 0))
-            losses.append(sum(loss_of(model, mb, advantages, cfg, counts).item()
-                              for mb in micro_batches))
+            counts = sum(
+                (
+                    GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
+                    for mb in micro_batches
+                ),
+                GlobalTokenCounts(0, 0, 0),
+            )
+            losses.append(
+                sum(loss_of(model, mb, advantages, cfg, counts).item() for mb in micro_batches)
+            )
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
     assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
 
@@ -121,9 +145,13 @@ def test_packing_without_the_block_mask_would_leak_across_sequences(tiny_qwen3, 
     with torch.no_grad():
         packed, _ = token_logprobs_and_entropy(tiny_qwen3, row)
         # Plain causal attention over the row, positions 0..T-1: what packing must not do.
-        leaky = MicroBatch(row.input_ids, torch.arange(row.input_ids.shape[1])[None],
-                           row.seq_index, row.sample_indices,
-                           attention_mask=torch.ones_like(row.input_ids))
+        leaky = MicroBatch(
+            row.input_ids,
+            torch.arange(row.input_ids.shape[1])[None],
+            row.seq_index,
+            row.sample_indices,
+            attention_mask=torch.ones_like(row.input_ids),
+        )
         leaked, _ = token_logprobs_and_entropy(tiny_qwen3, leaky)
     second = row.seq_index == 1
     assert (packed[second] - leaked[second]).abs().max() > 1e-3

@@ -54,7 +54,8 @@ def backend(tiny_checkpoint):
 
 
 def test_a_server_failing_the_sync_is_ejected_and_the_other_still_gets_the_version(
-        backend, tmp_path) -> None:
+    backend, tmp_path
+) -> None:
     stand_ins = StandIns()
     pool = stand_ins.pool()
     weights = PoolWeights(DiskTransport(backend, pool, tmp_path), pool)
@@ -78,8 +79,7 @@ def test_no_server_left_is_an_error_naming_the_last_one(backend, tmp_path) -> No
     assert "inference.urls" in str(failure.value) and "agentrl up" in str(failure.value)
 
 
-def test_a_server_that_comes_back_is_synced_alone_before_the_next_step(backend,
-                                                                       tmp_path) -> None:
+def test_a_server_that_comes_back_is_synced_alone_before_the_next_step(backend, tmp_path) -> None:
     stand_ins = StandIns()
     pool = stand_ins.pool()
     weights = PoolWeights(DiskTransport(backend, pool, tmp_path), pool)

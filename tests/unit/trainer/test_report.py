@@ -26,57 +26,107 @@ def step_record(step: int) -> dict:
     progress = step / NUM_STEPS
     wobble = 0.08 * math.sin(step * 1.7)  # deterministic noise
     return {
-        "step": step, "time_unix_s": 1_700_000_000 + 30.0 * step,
-        "reward_mean": 0.1 + 0.6 * progress + wobble, "reward_std": 0.3,
+        "step": step,
+        "time_unix_s": 1_700_000_000 + 30.0 * step,
+        "reward_mean": 0.1 + 0.6 * progress + wobble,
+        "reward_std": 0.3,
         "accuracy": min(1.0, max(0.0, 0.15 + 0.6 * progress + wobble)),
-        "tool_calls_mean": 0.2 + 1.6 * progress, "entropy": 1.2 - 0.7 * progress,
-        "response_length_mean": 180 + 120 * progress, "response_length_max": 512,
-        "clip_frac_low": 0.002 + 0.001 * progress, "clip_frac_high": 0.01 - 0.004 * progress,
-        "time_waiting_s": 12.0 - 6 * progress, "time_training_s": 15.0, "time_weight_sync_s": 2.5,
-        "time_step_s": 29.5 - 6 * progress, "grad_norm": None,  # null values are legal
+        "tool_calls_mean": 0.2 + 1.6 * progress,
+        "entropy": 1.2 - 0.7 * progress,
+        "response_length_mean": 180 + 120 * progress,
+        "response_length_max": 512,
+        "clip_frac_low": 0.002 + 0.001 * progress,
+        "clip_frac_high": 0.01 - 0.004 * progress,
+        "time_waiting_s": 12.0 - 6 * progress,
+        "time_training_s": 15.0,
+        "time_weight_sync_s": 2.5,
+        "time_step_s": 29.5 - 6 * progress,
+        "grad_norm": None,  # null values are legal
     }
 
 
 def eval_report(rates: dict[str, float], tool_calls: int) -> dict:
     def metrics(rate: float) -> dict:
-        return {"num_prompts": 8, "num_samples": 32, "num_correct": int(32 * rate),
-                "num_solved_prompts": 6, "avg_at_k": rate, "pass_at_k": min(1.0, rate + 0.2),
-                "tool_calls_per_solved": 1.5, "mean_response_length_tokens": 210.0,
-                "mean_reward": rate}
+        return {
+            "num_prompts": 8,
+            "num_samples": 32,
+            "num_correct": int(32 * rate),
+            "num_solved_prompts": 6,
+            "avg_at_k": rate,
+            "pass_at_k": min(1.0, rate + 0.2),
+            "tool_calls_per_solved": 1.5,
+            "mean_response_length_tokens": 210.0,
+            "mean_reward": rate,
+        }
 
-    groups = [{"prompt_id": f"{task}-{i}", "task_type": task, "num_correct": 1,
-               "samples": [{"verdict": "VERDICT_CORRECT", "reward": 1.0,
-                            "num_tool_calls": tool_calls, "response_length_tokens": 200}] * 4}
-              for task in rates for i in range(2)]
-    return {"data_path": "data/eval.jsonl", "num_prompts": 16, "k": 4,
-            "by_task_type": {task: metrics(rate) for task, rate in rates.items()},
-            "overall": metrics(sum(rates.values()) / len(rates)), "groups": groups}
+    groups = [
+        {
+            "prompt_id": f"{task}-{i}",
+            "task_type": task,
+            "num_correct": 1,
+            "samples": [
+                {
+                    "verdict": "VERDICT_CORRECT",
+                    "reward": 1.0,
+                    "num_tool_calls": tool_calls,
+                    "response_length_tokens": 200,
+                }
+            ]
+            * 4,
+        }
+        for task in rates
+        for i in range(2)
+    ]
+    return {
+        "data_path": "data/eval.jsonl",
+        "num_prompts": 16,
+        "k": 4,
+        "by_task_type": {task: metrics(rate) for task, rate in rates.items()},
+        "overall": metrics(sum(rates.values()) / len(rates)),
+        "groups": groups,
+    }
 
 
 def sample(step: int) -> dict:
-    return {"step": step, "prompt_id": f"calc-{step}", "prompt": f"What is {step} * 7?",
-            "reward": 1.0, "correct": True, "num_tool_calls": 1, "finish_reason": "stop",
-            "segments": [
-                {"role": "model", "text": f"Let me compute.\n<code>\nprint({step} * 7)\n</code>"},
-                {"role": "tool", "text": f"<output>\n{step * 7}\n<script>x()</script> "
-                                         "see https://example.com\n</output>"},
-                {"role": "model", "text": f"<answer>{step * 7}</answer>"}]}
+    return {
+        "step": step,
+        "prompt_id": f"calc-{step}",
+        "prompt": f"What is {step} * 7?",
+        "reward": 1.0,
+        "correct": True,
+        "num_tool_calls": 1,
+        "finish_reason": "stop",
+        "segments": [
+            {"role": "model", "text": f"Let me compute.\n<code>\nprint({step} * 7)\n</code>"},
+            {
+                "role": "tool",
+                "text": f"<output>\n{step * 7}\n<script>x()</script> "
+                "see https://example.com\n</output>",
+            },
+            {"role": "model", "text": f"<answer>{step * 7}</answer>"},
+        ],
+    }
 
 
 def make_run(root: Path, records: list[dict] | None = None) -> Path:
     run_dir = root / "run"
     (run_dir / "eval").mkdir(parents=True)
-    records = records if records is not None else [step_record(s) for s in
-                                                   range(1, NUM_STEPS + 1)]
+    records = records if records is not None else [step_record(s) for s in range(1, NUM_STEPS + 1)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run_dir / "eval" / "before.json").write_text(
-        json.dumps(eval_report({"math": 0.25, "qa": 0.5}, tool_calls=0)))
+        json.dumps(eval_report({"math": 0.25, "qa": 0.5}, tool_calls=0))
+    )
     (run_dir / "eval" / "after.json").write_text(
-        json.dumps(eval_report({"math": 0.625, "qa": 0.75}, tool_calls=2)))
+        json.dumps(eval_report({"math": 0.625, "qa": 0.75}, tool_calls=2))
+    )
     (run_dir / "samples.jsonl").write_text(
-        "".join(json.dumps(sample(step)) + "\n" for step in (1, 10, 20, 30, 40, 50)))
-    (run_dir / "config.json").write_text(json.dumps(
-        {"run": {"run_id": "quickstart"}, "inference": {"urls": ["http://127.0.0.1:8000"]}}))
+        "".join(json.dumps(sample(step)) + "\n" for step in (1, 10, 20, 30, 40, 50))
+    )
+    (run_dir / "config.json").write_text(
+        json.dumps(
+            {"run": {"run_id": "quickstart"}, "inference": {"urls": ["http://127.0.0.1:8000"]}}
+        )
+    )
     return run_dir
 
 
@@ -99,7 +149,9 @@ def test_a_metric_absent_from_every_record_skips_its_plot_with_a_note(tmp_path):
         record["clip_frac_low"] = record["clip_frac_high"] = None
     paths = write_report(make_run(tmp_path, records))
     assert {p.name for p in paths.plots} == {s.filename for s in PLOTS} - {
-        "entropy.png", "clip_fraction.png"}
+        "entropy.png",
+        "clip_fraction.png",
+    }
     assert not (tmp_path / "run" / "report" / "entropy.png").exists()
     markdown = paths.markdown.read_text()
     assert "No policy entropy plot: no record in metrics.jsonl has entropy." in markdown
@@ -108,8 +160,9 @@ def test_a_metric_absent_from_every_record_skips_its_plot_with_a_note(tmp_path):
 
 def test_markdown_compares_eval_before_and_after(tmp_path):
     markdown = write_report(make_run(tmp_path)).markdown.read_text()
-    rows = {line.split("|")[1].strip(): line for line in markdown.splitlines()
-            if line.startswith("| ")}
+    rows = {
+        line.split("|")[1].strip(): line for line in markdown.splitlines() if line.startswith("| ")
+    }
     # avg@4 (accuracy) of each task type and overall, then tool calls per episode from groups.
     assert "0.250 → 0.625 (+0.375)" in rows["math"]
     assert "0.500 → 0.750 (+0.250)" in rows["qa"]
@@ -176,8 +229,10 @@ def test_cli_prints_the_paths_it_wrote(tmp_path):
     result = run_cli(str(run_dir))
     assert result.exit_code == 0, result.output
     printed = result.stdout.split()
-    assert printed[-2:] == [str(run_dir / "report" / "report.md"),
-                            str(run_dir / "report" / "report.html")]
+    assert printed[-2:] == [
+        str(run_dir / "report" / "report.md"),
+        str(run_dir / "report" / "report.html"),
+    ]
     assert len(printed) == len(PLOTS) + 2
 
 

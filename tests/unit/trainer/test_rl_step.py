@@ -17,9 +17,15 @@ from agentrl.trainer.train_batch import build_train_batch
 PROMPT_LENGTH = 3
 
 
-def make_group(group_id: str, rewards: list[float], versions: list[list[int]] | None = None,
-               response_length: int = 5, admitted_version: int = 0, seed: int = 0,
-               errors: list[str] | None = None) -> group_pb2.Group:
+def make_group(
+    group_id: str,
+    rewards: list[float],
+    versions: list[list[int]] | None = None,
+    response_length: int = 5,
+    admitted_version: int = 0,
+    seed: int = 0,
+    errors: list[str] | None = None,
+) -> group_pb2.Group:
     """A group of len(rewards) samples: PROMPT_LENGTH prompt tokens, then `response_length`
     sampled tokens whose versions are `versions[i]` (one value broadcast, or per token)."""
     generator = torch.Generator().manual_seed(seed)
@@ -32,19 +38,31 @@ def make_group(group_id: str, rewards: list[float], versions: list[list[int]] | 
         per_token = version * (length - PROMPT_LENGTH) if len(version) == 1 else version
         policy_versions = [-1] * PROMPT_LENGTH + list(per_token)
         behaviour = [0.0] * PROMPT_LENGTH + (
-            -1.0 - torch.rand(length - PROMPT_LENGTH, generator=generator) * 4).tolist()
-        samples.append(group_pb2.ScoredTrajectory(
-            trajectory=trajectory_pb2.Trajectory(
-                trajectory_id=f"{group_id}-{i}", sample_index=i, prompt_length=PROMPT_LENGTH,
-                token_ids=token_ids, loss_mask=sampled, behaviour_logprobs=behaviour,
-                policy_versions=policy_versions, num_tool_calls=i % 2,
-                error=(errors or [""] * len(rewards))[i]),
-            result=group_pb2.RewardResult(
-                reward=reward, verdict=group_pb2.VERDICT_CORRECT if reward > 0
-                else group_pb2.VERDICT_INCORRECT)))
+            -1.0 - torch.rand(length - PROMPT_LENGTH, generator=generator) * 4
+        ).tolist()
+        samples.append(
+            group_pb2.ScoredTrajectory(
+                trajectory=trajectory_pb2.Trajectory(
+                    trajectory_id=f"{group_id}-{i}",
+                    sample_index=i,
+                    prompt_length=PROMPT_LENGTH,
+                    token_ids=token_ids,
+                    loss_mask=sampled,
+                    behaviour_logprobs=behaviour,
+                    policy_versions=policy_versions,
+                    num_tool_calls=i % 2,
+                    error=(errors or [""] * len(rewards))[i],
+                ),
+                result=group_pb2.RewardResult(
+                    reward=reward,
+                    verdict=group_pb2.VERDICT_CORRECT
+                    if reward > 0
+                    else group_pb2.VERDICT_INCORRECT,
+                ),
+            )
+        )
     task = task_pb2.RolloutTask(task_id=group_id, admitted_policy_version=admitted_version)
-    return group_pb2.Group(group_id=group_id, idempotency_key=group_id, task=task,
-                           samples=samples)
+    return group_pb2.Group(group_id=group_id, idempotency_key=group_id, task=task, samples=samples)
 
 
 def test_admission_stops_exactly_at_the_staleness_bound() -> None:
@@ -84,39 +102,49 @@ def test_admission_rejects_bad_config_and_impossible_returns() -> None:
 
 def test_too_stale_samples_are_dropped_and_counted() -> None:
     # Trained at version 5 with max_staleness 2: a sample is kept when its oldest token is >= 3.
-    group = make_group("g", [1.0, 0.0, 1.0, 0.0],
-                       versions=[[3], [5], [2, 4, 4, 4, 4, 4, 4], [4]])
-    batch = build_train_batch([group], policy_version=5, algorithm=AlgorithmConfig(),
-                              max_staleness=2)
+    group = make_group("g", [1.0, 0.0, 1.0, 0.0], versions=[[3], [5], [2, 4, 4, 4, 4, 4, 4], [4]])
+    batch = build_train_batch(
+        [group], policy_version=5, algorithm=AlgorithmConfig(), max_staleness=2
+    )
     assert batch.num_stale_samples == 1  # the mixed-version sample whose oldest token is 2
     assert [s.staleness for s in batch.samples] == [2, 0, 1]
     assert batch.staleness_histogram() == {0: 1, 1: 1, 2: 1}
     assert batch.rewards_seen == [1.0, 0.0, 0.0]
     # Failed rollouts are dropped and counted too; every sample stale -> nothing to train on.
     failed = make_group("f", [1.0, 1.0, 0.0], errors=["", "sandbox down", ""])
-    batch = build_train_batch([failed], policy_version=0, algorithm=AlgorithmConfig(),
-                              max_staleness=0)
+    batch = build_train_batch(
+        [failed], policy_version=0, algorithm=AlgorithmConfig(), max_staleness=0
+    )
     assert batch.num_error_samples == 1 and len(batch.samples) == 2
-    batch = build_train_batch([make_group("old", [1.0, 0.0])], policy_version=9,
-                              algorithm=AlgorithmConfig(), max_staleness=4)
+    batch = build_train_batch(
+        [make_group("old", [1.0, 0.0])],
+        policy_version=9,
+        algorithm=AlgorithmConfig(),
+        max_staleness=4,
+    )
     assert batch.num_stale_samples == 2 and batch.samples == [] and batch.num_kept_groups == 0
 
 
 def test_zero_signal_groups_are_dropped_and_the_rest_get_grpo_advantages() -> None:
-    groups = [make_group("same", [1.0, 1.0, 1.0], admitted_version=10),
-              make_group("mixed", [1.0, 0.0, 0.0, 0.0], admitted_version=10),
-              # one sample left after the stale drop: no baseline, no signal
-              make_group("lone", [1.0, 0.0], versions=[[10], [3]])]
-    batch = build_train_batch(groups, policy_version=10, algorithm=AlgorithmConfig(),
-                              max_staleness=4)
+    groups = [
+        make_group("same", [1.0, 1.0, 1.0], admitted_version=10),
+        make_group("mixed", [1.0, 0.0, 0.0, 0.0], admitted_version=10),
+        # one sample left after the stale drop: no baseline, no signal
+        make_group("lone", [1.0, 0.0], versions=[[10], [3]]),
+    ]
+    batch = build_train_batch(
+        groups, policy_version=10, algorithm=AlgorithmConfig(), max_staleness=4
+    )
     assert (batch.num_groups, batch.num_kept_groups) == (3, 1)
     assert batch.kept_group_ratio == pytest.approx(1 / 3)
     # GRPO with the sample std: rewards [1, 0, 0, 0] -> std 0.5, A = [1.5, -0.5, -0.5, -0.5].
-    assert [s.advantage for s in batch.samples] == pytest.approx([1.5, -0.5, -0.5, -0.5],
-                                                                 abs=1e-5)
-    keep_all = build_train_batch(groups[:2], policy_version=10,
-                                 algorithm=AlgorithmConfig(dynamic_sampling=False),
-                                 max_staleness=4)
+    assert [s.advantage for s in batch.samples] == pytest.approx([1.5, -0.5, -0.5, -0.5], abs=1e-5)
+    keep_all = build_train_batch(
+        groups[:2],
+        policy_version=10,
+        algorithm=AlgorithmConfig(dynamic_sampling=False),
+        max_staleness=4,
+    )
     assert keep_all.num_kept_groups == 2 and len(keep_all.samples) == 7
     assert [s.advantage for s in keep_all.samples[:3]] == [0.0, 0.0, 0.0]
 
@@ -127,20 +155,31 @@ def test_a_step_changes_the_weights_and_its_loss_is_policy_loss(tiny_checkpoint)
     torch.manual_seed(0)
     backend = TorchBackend(tiny_checkpoint, OptimizerSettings(learning_rate=1e-2), device="cpu")
     algorithm = AlgorithmConfig(learning_rate=1e-2)
-    groups = [make_group(f"g{i}", [1.0, 0.0, 0.0, 1.0], seed=i, response_length=6 + i)
-              for i in range(3)]
+    groups = [
+        make_group(f"g{i}", [1.0, 0.0, 0.0, 1.0], seed=i, response_length=6 + i) for i in range(3)
+    ]
     batch = build_train_batch(groups, policy_version=0, algorithm=algorithm, max_staleness=4)
     budget = 30  # several micro-batches: the loss must be normalised by the global counts
     micro_batches = batch.micro_batches(budget)
     assert len(micro_batches) > 1
-    counts = sum((GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
-                  for mb in micro_batches), GlobalTokenCounts(0, 0, 0))
+    counts = sum(
+        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
+        GlobalTokenCounts(0, 0, 0),
+    )
     expected = 0.0
     for mb, (logprobs, entropy) in zip(micro_batches, backend.logprobs(micro_batches)):
         fields = mb.per_token
-        loss, _ = policy_loss(logprobs, fields["old_logprobs"], fields["advantages"],
-                              fields["loss_mask"].bool(), mb.seq_index, entropy, algorithm,
-                              counts, behaviour_logprobs=fields["behaviour_logprobs"])
+        loss, _ = policy_loss(
+            logprobs,
+            fields["old_logprobs"],
+            fields["advantages"],
+            fields["loss_mask"].bool(),
+            mb.seq_index,
+            entropy,
+            algorithm,
+            counts,
+            behaviour_logprobs=fields["behaviour_logprobs"],
+        )
         expected += float(loss)
     before = {k: v.clone() for k, v in backend.model.state_dict().items()}
 
@@ -155,8 +194,15 @@ def test_a_step_changes_the_weights_and_its_loss_is_policy_loss(tiny_checkpoint)
     assert metrics["reward_mean"] == 0.5 and metrics["accuracy"] == 0.5
     assert metrics["kept_group_ratio"] == 1.0 and metrics["staleness_0"] == 12
     assert metrics["time_step_s"] == pytest.approx(0.75 + outcome.time_training_s)
-    for name in ("entropy", "approx_kl", "clip_frac_low", "clip_frac_high", "grad_norm",
-                 "response_length_mean", "tool_calls_mean"):
+    for name in (
+        "entropy",
+        "approx_kl",
+        "clip_frac_low",
+        "clip_frac_high",
+        "grad_norm",
+        "response_length_mean",
+        "tool_calls_mean",
+    ):
         assert name in metrics
 
 
@@ -164,10 +210,13 @@ def test_decoupled_ppo_clips_against_the_current_weights(tiny_checkpoint) -> Non
     from agentrl.trainer.backends.torch.backend import TorchBackend
 
     backend = TorchBackend(tiny_checkpoint, OptimizerSettings(learning_rate=1e-3), device="cpu")
-    batch = build_train_batch([make_group("g", [1.0, 0.0, 0.0])], policy_version=0,
-                              algorithm=AlgorithmConfig(), max_staleness=0)
-    outcome = train_step(backend, batch, AlgorithmConfig(decoupled_ppo=True),
-                         micro_batch_tokens=64)
+    batch = build_train_batch(
+        [make_group("g", [1.0, 0.0, 0.0])],
+        policy_version=0,
+        algorithm=AlgorithmConfig(),
+        max_staleness=0,
+    )
+    outcome = train_step(backend, batch, AlgorithmConfig(decoupled_ppo=True), micro_batch_tokens=64)
     # π_prox is the weights before the update, so the ratio starts at exactly 1: nothing clipped
     # and approx KL 0, whatever the (made-up) behaviour log-probs were.
     assert outcome.loss_metrics["approx_kl"] == pytest.approx(0.0, abs=1e-7)

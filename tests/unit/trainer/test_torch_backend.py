@@ -30,11 +30,11 @@ def rl_batch(backend: TorchBackend, seed: int = 0):
     masks = [[0.0] * PROMPT_TOKENS + [1.0] * (n - PROMPT_TOKENS) for n in LENGTHS]
     advantages = torch.randn(len(LENGTHS), generator=generator).tolist()
     (row,) = pack_micro_batches(token_ids, sum(LENGTHS))
-    (current, _), = backend.logprobs([row])
+    ((current, _),) = backend.logprobs([row])
     old, start = [], 0
     for i in row.sample_indices:  # back to per-sequence lists, with some noise
         n = LENGTHS[i]
-        old.append(current[0, start:start + n] + 0.2 * torch.randn(n, generator=generator))
+        old.append(current[0, start : start + n] + 0.2 * torch.randn(n, generator=generator))
         start += n
     by_index = {i: o.tolist() for i, o in zip(row.sample_indices, old, strict=True)}
     return token_ids, {
@@ -46,9 +46,12 @@ def rl_batch(backend: TorchBackend, seed: int = 0):
 
 def one_step(backend: TorchBackend, token_ids, per_token, token_budget: int):
     micro_batches = pack_micro_batches(token_ids, token_budget, per_token)
-    counts = backend.global_counts(sum(
-        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
-        GlobalTokenCounts(0, 0, 0)))
+    counts = backend.global_counts(
+        sum(
+            (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
+            GlobalTokenCounts(0, 0, 0),
+        )
+    )
     return backend.train_step(micro_batches, policy_loss_fn(AlgorithmConfig(), counts))
 
 
@@ -58,13 +61,20 @@ def test_one_or_many_micro_batches_give_the_same_gradient_and_norm(tiny_checkpoi
         backend = backend_for(tiny_checkpoint)
         token_ids, per_token = rl_batch(backend)
         micro_batches = pack_micro_batches(token_ids, budget, per_token)
-        counts = backend.global_counts(sum(
-            (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
-             for mb in micro_batches), GlobalTokenCounts(0, 0, 0)))
+        counts = backend.global_counts(
+            sum(
+                (
+                    GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
+                    for mb in micro_batches
+                ),
+                GlobalTokenCounts(0, 0, 0),
+            )
+        )
         metrics = backend.forward_backward(micro_batches, policy_loss_fn(AlgorithmConfig(), counts))
         gradient = torch.cat([p.grad.flatten() for p in backend.model.parameters()])
-        results.append((len(micro_batches), metrics["loss"], gradient,
-                        backend.optimizer_step().grad_norm))
+        results.append(
+            (len(micro_batches), metrics["loss"], gradient, backend.optimizer_step().grad_norm)
+        )
     (num_1, loss_1, grad_1, norm_1), (num_n, loss_n, grad_n, norm_n) = results
     assert num_1 == 1 and num_n > 2
     assert loss_1 == pytest.approx(loss_n, rel=1e-5)
@@ -77,11 +87,14 @@ def test_grad_norm_is_reported_before_clipping_and_the_update_is_clipped(tiny_ch
     backend = backend_for(tiny_checkpoint, settings=settings)
     token_ids, per_token = rl_batch(backend)
     micro_batches = pack_micro_batches(token_ids, 128, per_token)
-    counts = sum((GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
-                  for mb in micro_batches), GlobalTokenCounts(0, 0, 0))
+    counts = sum(
+        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
+        GlobalTokenCounts(0, 0, 0),
+    )
     backend.forward_backward(micro_batches, policy_loss_fn(AlgorithmConfig(), counts))
     expected = torch.linalg.vector_norm(
-        torch.cat([p.grad.flatten() for p in backend.model.parameters()]))
+        torch.cat([p.grad.flatten() for p in backend.model.parameters()])
+    )
     stats = backend.optimizer_step()
     assert stats.grad_norm == pytest.approx(float(expected), rel=1e-5)
     assert stats.grad_norm > 10 * settings.max_grad_norm  # clipping was active
@@ -90,18 +103,23 @@ def test_grad_norm_is_reported_before_clipping_and_the_update_is_clipped(tiny_ch
 
 
 def test_learning_rate_schedule_by_hand():
-    cosine = OptimizerSettings(learning_rate=1.0, warmup_steps=2, schedule="cosine",
-                               total_steps=6)
-    assert [round(cosine.lr_factor(s), 6) for s in range(7)] == [0.5, 1.0, 1.0, 0.853553, 0.5,
-                                                                 0.146447, 0.0]
+    cosine = OptimizerSettings(learning_rate=1.0, warmup_steps=2, schedule="cosine", total_steps=6)
+    assert [round(cosine.lr_factor(s), 6) for s in range(7)] == [
+        0.5,
+        1.0,
+        1.0,
+        0.853553,
+        0.5,
+        0.146447,
+        0.0,
+    ]
     linear = OptimizerSettings(learning_rate=1.0, schedule="linear", total_steps=4)
     assert [linear.lr_factor(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
     with pytest.raises(ValueError, match="needs total_steps"):
         OptimizerSettings(learning_rate=1.0, schedule="cosine")
 
 
-def test_hf_weights_load_in_transformers_and_give_the_same_logprobs(tiny_checkpoint,
-                                                                    tmp_path):
+def test_hf_weights_load_in_transformers_and_give_the_same_logprobs(tiny_checkpoint, tmp_path):
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
@@ -120,8 +138,9 @@ def test_hf_weights_load_in_transformers_and_give_the_same_logprobs(tiny_checkpo
     reloaded.__dict__.update(backend.__dict__)
     reloaded.model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
     micro_batches = pack_micro_batches(token_ids, 128)
-    for (a, _), (b, _) in zip(backend.logprobs(micro_batches), reloaded.logprobs(micro_batches),
-                              strict=True):
+    for (a, _), (b, _) in zip(
+        backend.logprobs(micro_batches), reloaded.logprobs(micro_batches), strict=True
+    ):
         assert torch.equal(a, b)
 
 
@@ -131,8 +150,10 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_checkpoint):
         backend = backend_for(tiny_checkpoint, gradient_checkpointing=checkpointing)
         token_ids, per_token = rl_batch(backend)
         micro_batches = pack_micro_batches(token_ids, 128, per_token)
-        counts = sum((GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index)
-                      for mb in micro_batches), GlobalTokenCounts(0, 0, 0))
+        counts = sum(
+            (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
+            GlobalTokenCounts(0, 0, 0),
+        )
         backend.forward_backward(micro_batches, policy_loss_fn(AlgorithmConfig(), counts))
         gradients.append(torch.cat([p.grad.flatten() for p in backend.model.parameters()]))
     assert gradients[0].abs().max() > 0

@@ -19,7 +19,12 @@ def build(config: Any, optimizer: OptimizerSettings, model_path: Any):
         # Process-wide: intra-op threads of every torch op in this process.
         torch.set_num_threads(trainer.cpu_threads)
     dtype = config.model.dtype if config.model is not None else "float32"
-    return TorchBackend(model_path, optimizer, device=trainer.device, dtype=dtype,
-                        parallelism=trainer.parallelism,
-                        gradient_checkpointing=trainer.gradient_checkpointing,
-                        packed_attention=trainer.packed_attention)
+    return TorchBackend(
+        model_path,
+        optimizer,
+        device=trainer.device,
+        dtype=dtype,
+        parallelism=trainer.parallelism,
+        gradient_checkpointing=trainer.gradient_checkpointing,
+        packed_attention=trainer.packed_attention,
+    )

@@ -46,21 +46,31 @@ resolve_device = parallelize.resolve_device
 class TorchBackend(TrainerBackend):
     """A Hugging Face checkpoint directory under training with AdamW."""
 
-    def __init__(self, model_path: str | Path, optimizer: OptimizerSettings, *,
-                 device: str = "auto", dtype: str = "float32",
-                 parallelism: parallelize.Parallelism = "single",
-                 gradient_checkpointing: bool = False,
-                 packed_attention: Literal["mask_4d", "position_ids"] = "mask_4d",
-                 attn_implementation: str = "sdpa") -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        optimizer: OptimizerSettings,
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        parallelism: parallelize.Parallelism = "single",
+        gradient_checkpointing: bool = False,
+        packed_attention: Literal["mask_4d", "position_ids"] = "mask_4d",
+        attn_implementation: str = "sdpa",
+    ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_path = Path(model_path)
         if not (model_path / "config.json").is_file():
-            raise ValueError(f"{model_path} is not a Hugging Face checkpoint directory (no "
-                             "config.json); run `agentrl model init` or point model.path at one")
+            raise ValueError(
+                f"{model_path} is not a Hugging Face checkpoint directory (no "
+                "config.json); run `agentrl model init` or point model.path at one"
+            )
         if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"training dtype {dtype!r} is not supported; use float32 or bfloat16 "
-                             "(float16 would need loss scaling)")
+            raise ValueError(
+                f"training dtype {dtype!r} is not supported; use float32 or bfloat16 "
+                "(float16 would need loss scaling)"
+            )
         if parallelism not in ("single", "fsdp2"):
             raise ValueError(f"unknown parallelism {parallelism!r}; use 'single' or 'fsdp2'")
         self.settings = optimizer
@@ -70,18 +80,23 @@ class TorchBackend(TrainerBackend):
         self.device = parallelize.training_device(parallelism, device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=torch.float32, attn_implementation=attn_implementation)
+            model_path, dtype=torch.float32, attn_implementation=attn_implementation
+        )
         self.hf_config = self.model.config
         if gradient_checkpointing:
             # Non-reentrant: works with inputs that need no grad and with FSDP2.
             self.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.model.to(self.device)
         if parallelism == "fsdp2":
             parallelize.apply_fsdp2(self.model, self.compute_dtype)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=optimizer.learning_rate * optimizer.lr_factor(0),
-            betas=optimizer.betas, weight_decay=optimizer.weight_decay)
+            self.model.parameters(),
+            lr=optimizer.learning_rate * optimizer.lr_factor(0),
+            betas=optimizer.betas,
+            weight_decay=optimizer.weight_decay,
+        )
         self.step = 0
 
     def _autocast(self):
@@ -92,16 +107,20 @@ class TorchBackend(TrainerBackend):
 
     def _on_device(self, micro_batch: MicroBatch) -> MicroBatch:
         return dataclasses.replace(
-            micro_batch, seq_index=micro_batch.seq_index.to(self.device),
-            per_token={k: v.to(self.device) for k, v in micro_batch.per_token.items()})
+            micro_batch,
+            seq_index=micro_batch.seq_index.to(self.device),
+            per_token={k: v.to(self.device) for k, v in micro_batch.per_token.items()},
+        )
 
     def _forward(self, micro_batch: MicroBatch, temperature: float):
         with self._autocast():
-            return token_logprobs_and_entropy(self.model, micro_batch, temperature,
-                                              attention=self.packed_attention)
+            return token_logprobs_and_entropy(
+                self.model, micro_batch, temperature, attention=self.packed_attention
+            )
 
-    def logprobs(self, micro_batches: Sequence[MicroBatch], temperature: float = 1.0
-                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def logprobs(
+        self, micro_batches: Sequence[MicroBatch], temperature: float = 1.0
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         self.model.eval()
         out = []
         with torch.no_grad():
@@ -110,8 +129,9 @@ class TorchBackend(TrainerBackend):
                 out.append((logprobs.float().cpu(), entropy.float().cpu()))
         return out
 
-    def forward_backward(self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn,
-                         temperature: float = 1.0) -> dict[str, float]:
+    def forward_backward(
+        self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn, temperature: float = 1.0
+    ) -> dict[str, float]:
         self.model.train()  # gradient checkpointing only acts in train mode; Qwen3 has no dropout
         totals: dict[str, float] = {}
         for micro_batch in micro_batches:
@@ -126,8 +146,9 @@ class TorchBackend(TrainerBackend):
         learning_rate = self.settings.learning_rate * self.settings.lr_factor(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                   self.settings.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.settings.max_grad_norm
+        )
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
         grad_norm = float(grad_norm)
@@ -140,21 +161,22 @@ class TorchBackend(TrainerBackend):
 
     def global_counts(self, local: GlobalTokenCounts) -> GlobalTokenCounts:
         values = [local.num_loss_tokens, local.num_sequences, local.num_tokens]
-        return GlobalTokenCounts(*parallelize.all_reduce_sum(values, self.parallelism,
-                                                             self.device))
+        return GlobalTokenCounts(*parallelize.all_reduce_sum(values, self.parallelism, self.device))
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": parallelize.model_state_dict(self.model, self.parallelism),
-            "optimizer": parallelize.optimizer_state_dict(self.model, self.optimizer,
-                                                          self.parallelism),
+            "optimizer": parallelize.optimizer_state_dict(
+                self.model, self.optimizer, self.parallelism
+            ),
             "schedule": {"step": self.step},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         parallelize.load_model_state_dict(self.model, state["model"], self.parallelism)
-        parallelize.load_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
-                                              self.parallelism)
+        parallelize.load_optimizer_state_dict(
+            self.model, self.optimizer, state["optimizer"], self.parallelism
+        )
         self.step = int(state["schedule"]["step"])
 
     def is_main_process(self) -> bool:
@@ -167,8 +189,10 @@ class TorchBackend(TrainerBackend):
         # Tied embeddings keep both names, each its own tensor: vLLM's in-place reload updates
         # a tied lm_head only when `lm_head.weight` is among the weights it is given (measured:
         # without it the served logits kept the old embedding, log-probs off by ~1).
-        return {name: tensor.clone() if name == "lm_head.weight" else tensor
-                for name, tensor in state.items()}
+        return {
+            name: tensor.clone() if name == "lm_head.weight" else tensor
+            for name, tensor in state.items()
+        }
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)

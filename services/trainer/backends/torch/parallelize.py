@@ -58,14 +58,16 @@ def training_device(parallelism: Parallelism, device: str) -> torch.device:
                 raise ValueError(
                     f"trainer.parallelism 'single' in a process group of "
                     f"{dist.get_world_size()} ranks would train {dist.get_world_size()} "
-                    "unrelated copies; set trainer.parallelism: fsdp2")
+                    "unrelated copies; set trainer.parallelism: fsdp2"
+                )
         return resolve_device(device)
     if not distributed_ready():
         raise RuntimeError(
             "trainer.parallelism 'fsdp2' needs an initialised torch.distributed process group: "
             "launch with `agentrl train|sft --nproc-per-node N` or under torchrun (e.g. "
             "`torchrun --nproc-per-node 8 ...`), which the trainer's entrypoints initialise; on "
-            "one device use 'single'")
+            "one device use 'single'"
+        )
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -81,8 +83,10 @@ def apply_fsdp2(model: torch.nn.Module, compute_dtype: torch.dtype) -> torch.nn.
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
-        raise ValueError(f"{type(model).__name__} has no model.layers to shard; FSDP2 here "
-                         "supports Hugging Face decoder-only causal LMs")
+        raise ValueError(
+            f"{type(model).__name__} has no model.layers to shard; FSDP2 here "
+            "supports Hugging Face decoder-only causal LMs"
+        )
     for layer in layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
@@ -101,12 +105,14 @@ def model_state_dict(model: torch.nn.Module, parallelism: Parallelism) -> dict[s
         return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                cpu_offload=True))
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
-def load_model_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor],
-                          parallelism: Parallelism) -> None:
+def load_model_state_dict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], parallelism: Parallelism
+) -> None:
     if parallelism == "single":
         model.load_state_dict(state)
         return
@@ -115,22 +121,32 @@ def load_model_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
-def optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         parallelism: Parallelism) -> dict[str, Any]:
+def optimizer_state_dict(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, parallelism: Parallelism
+) -> dict[str, Any]:
     """AdamW's full state keyed by parameter name (rank 0 only under `fsdp2`); the same layout
     in both modes (torch.distributed.checkpoint's helpers need no process group for `single`)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
-        full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
-def load_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                              state: dict[str, Any], parallelism: Parallelism) -> None:
+def load_optimizer_state_dict(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    parallelism: Parallelism,
+) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, _keyed_by_name(model, state),
-                             options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(
+        model,
+        optimizer,
+        _keyed_by_name(model, state),
+        options=StateDictOptions(full_state_dict=True),
+    )
 
 
 def _keyed_by_name(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
@@ -139,9 +155,13 @@ def _keyed_by_name(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, A
     if not any(isinstance(key, int) for key in state.get("state", {})):
         return state
     names = [name for name, _ in model.named_parameters()]
-    return {"state": {names[index]: value for index, value in state["state"].items()},
-            "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
-                             for group in state["param_groups"]]}
+    return {
+        "state": {names[index]: value for index, value in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[i] for i in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
 
 
 def all_reduce_sum(values: list[int], parallelism: Parallelism, device: torch.device) -> list[int]:
@@ -155,8 +175,9 @@ def all_reduce_sum(values: list[int], parallelism: Parallelism, device: torch.de
     return tensor.tolist()
 
 
-def all_reduce_metrics(metrics: dict[str, float], parallelism: Parallelism,
-                       device: torch.device) -> dict[str, float]:
+def all_reduce_metrics(
+    metrics: dict[str, float], parallelism: Parallelism, device: torch.device
+) -> dict[str, float]:
     """Per-rank metric sums summed over ranks (every rank reports the same names)."""
     if parallelism == "single":
         return metrics

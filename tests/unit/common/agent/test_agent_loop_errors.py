@@ -23,8 +23,15 @@ class OneTurnThenFailingPool:
         if self.calls > 1:
             raise InferenceError("prompt is longer than the maximum model length")
         n = len(self.call_ids)
-        return GenerationResult(self.call_ids, [-0.5] * n, [[] for _ in range(n)], [3] * n,
-                                "stop", "</code>", "http://stand-in")
+        return GenerationResult(
+            self.call_ids,
+            [-0.5] * n,
+            [[] for _ in range(n)],
+            [3] * n,
+            "stop",
+            "</code>",
+            "http://stand-in",
+        )
 
     def release(self, trajectory_id) -> None:
         pass
@@ -47,6 +54,11 @@ def test_a_failed_turn_is_closed_and_the_episode_is_an_error() -> None:
     assert (first.response_start, first.response_end) == (len(prompt), len(prompt) + len(call_ids))
     assert first.observation_end > first.observation_start == first.response_end
     # The failed turn sampled nothing: an empty span at the end, no observation, no call.
-    assert failed.response_start == failed.response_end == failed.observation_start == \
-        failed.observation_end == len(traj.token_ids)
+    assert (
+        failed.response_start
+        == failed.response_end
+        == failed.observation_start
+        == failed.observation_end
+        == len(traj.token_ids)
+    )
     assert not failed.HasField("tool_call")

@@ -25,8 +25,9 @@ def uniform_top(k: int) -> list[tuple[int, float]]:
 
 
 def test_entropy_is_normalised_by_log_vocab_and_ignores_masked_tokens() -> None:
-    assert normalised_entropy(uniform_top(10), VOCAB) == pytest.approx(math.log(10) /
-                                                                        math.log(VOCAB))
+    assert normalised_entropy(uniform_top(10), VOCAB) == pytest.approx(
+        math.log(10) / math.log(VOCAB)
+    )
     assert normalised_entropy([(3, 0.0), (4, -math.inf)], VOCAB) == 0.0  # one token fits
     assert normalised_entropy(uniform_top(VOCAB), VOCAB) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="vocab_size"):
@@ -67,14 +68,21 @@ def test_budget_gives_exactly_total_slots_and_at_most_beam_minus_one_copies() ->
 
 def test_a_branch_shares_the_prefix_up_to_the_turn_it_resamples() -> None:
     parent = trajectory_pb2.Trajectory(
-        trajectory_id="t/s0", task_id="t", prompt_length=3, token_ids=list(range(12)),
-        behaviour_logprobs=[0, 0, 0, -.1, -.2, 0, 0, -.3, -.4, -.5, 0, 0],
+        trajectory_id="t/s0",
+        task_id="t",
+        prompt_length=3,
+        token_ids=list(range(12)),
+        behaviour_logprobs=[0, 0, 0, -0.1, -0.2, 0, 0, -0.3, -0.4, -0.5, 0, 0],
         loss_mask=[0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 0],
-        policy_versions=[-1, -1, -1, 2, 2, -1, -1, 2, 2, 2, -1, -1], num_tool_calls=2)
-    parent.turns.add(index=0, response_start=3, response_end=5, observation_start=5,
-                     observation_end=7).tool_call.status = trajectory_pb2.TOOL_CALL_STATUS_OK
-    parent.turns.add(index=1, response_start=7, response_end=10, observation_start=10,
-                     observation_end=12).tool_call.status = trajectory_pb2.TOOL_CALL_STATUS_OK
+        policy_versions=[-1, -1, -1, 2, 2, -1, -1, 2, 2, 2, -1, -1],
+        num_tool_calls=2,
+    )
+    parent.turns.add(
+        index=0, response_start=3, response_end=5, observation_start=5, observation_end=7
+    ).tool_call.status = trajectory_pb2.TOOL_CALL_STATUS_OK
+    parent.turns.add(
+        index=1, response_start=7, response_end=10, observation_start=10, observation_end=12
+    ).tool_call.status = trajectory_pb2.TOOL_CALL_STATUS_OK
     child = branch(parent, 1, "t/s5", 5)
     assert child.parent_trajectory_id == "t/s0" and child.branch_point == 7
     assert child.trajectory_id == "t/s5" and child.sample_index == 5

@@ -10,15 +10,38 @@ from agentrl.proto.core.v1 import task_pb2
 
 
 def test_from_task_maps_sampling_and_limits() -> None:
-    task = task_pb2.RolloutTask(tool_format="search_tags", sampling=task_pb2.SamplingParams(
-        temperature=0.7, top_p=0.9, top_k=0, max_tokens_per_turn=128, num_logprobs=10,
-        stop=["###"], seed=5), limits=task_pb2.EpisodeLimits(
-        max_turns=3, max_tool_calls=2, max_total_tokens=1000, max_tool_output_tokens=64))
+    task = task_pb2.RolloutTask(
+        tool_format="search_tags",
+        sampling=task_pb2.SamplingParams(
+            temperature=0.7,
+            top_p=0.9,
+            top_k=0,
+            max_tokens_per_turn=128,
+            num_logprobs=10,
+            stop=["###"],
+            seed=5,
+        ),
+        limits=task_pb2.EpisodeLimits(
+            max_turns=3, max_tool_calls=2, max_total_tokens=1000, max_tool_output_tokens=64
+        ),
+    )
     settings = EpisodeSettings.from_task(task, allowed_token_ids=[1, 2])
-    assert settings.sampling == {"temperature": 0.7, "top_p": 0.9, "top_k": -1, "logprobs": 10,
-                                 "stop": ["###"], "seed": 5, "allowed_token_ids": [1, 2]}
-    assert (settings.max_tokens_per_turn, settings.max_turns, settings.max_tool_calls,
-            settings.max_total_tokens, settings.max_tool_output_tokens) == (128, 3, 2, 1000, 64)
+    assert settings.sampling == {
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": -1,
+        "logprobs": 10,
+        "stop": ["###"],
+        "seed": 5,
+        "allowed_token_ids": [1, 2],
+    }
+    assert (
+        settings.max_tokens_per_turn,
+        settings.max_turns,
+        settings.max_tool_calls,
+        settings.max_total_tokens,
+        settings.max_tool_output_tokens,
+    ) == (128, 3, 2, 1000, 64)
     assert settings.tool_format == "search_tags"
 
 
@@ -36,13 +59,33 @@ def test_bad_limits_and_formats_are_rejected() -> None:
 
 
 def test_weight_version_spans_become_per_token_versions() -> None:
-    body = {"choices": [{"token_ids": [5, 6, 7], "finish_reason": "stop", "stop_reason": "</code>",
-                         "weight_versions": [{"version": "default", "start": 0, "end": 1},
-                                             {"version": "3", "start": 1, "end": 3}],
-                         "logprobs": {"content": [
-                             {"token_id": t, "logprob": -1.0, "top_logprobs": [
-                                 {"token_id": t, "logprob": -1.0}, {"token_id": 9, "logprob": -0.5},
-                                 {"token_id": 8, "logprob": -0.1}]} for t in (5, 6, 7)]}}]}
+    body = {
+        "choices": [
+            {
+                "token_ids": [5, 6, 7],
+                "finish_reason": "stop",
+                "stop_reason": "</code>",
+                "weight_versions": [
+                    {"version": "default", "start": 0, "end": 1},
+                    {"version": "3", "start": 1, "end": 3},
+                ],
+                "logprobs": {
+                    "content": [
+                        {
+                            "token_id": t,
+                            "logprob": -1.0,
+                            "top_logprobs": [
+                                {"token_id": t, "logprob": -1.0},
+                                {"token_id": 9, "logprob": -0.5},
+                                {"token_id": 8, "logprob": -0.1},
+                            ],
+                        }
+                        for t in (5, 6, 7)
+                    ]
+                },
+            }
+        ]
+    }
     out = parse_generation(body, "http://x", num_top=2)
     assert out.policy_versions == [0, 3, 3] and out.stop_reason == "</code>"
     assert out.top_logprobs[0] == [(8, -0.1), (9, -0.5)]

@@ -13,8 +13,13 @@ def flag(command: list[str], name: str) -> str:
 def test_the_server_section_reaches_the_flags_and_the_environment(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("inference:\n  server:\n    dtype: bfloat16\n    max_num_seqs: 7\n")
-    config = load_config(recipe, env={"AGENTRL__INFERENCE__SERVER__MAX_MODEL_LEN": "2048",
-                                      "AGENTRL__INFERENCE__SERVER__KV_CACHE_GIB": "3"})
+    config = load_config(
+        recipe,
+        env={
+            "AGENTRL__INFERENCE__SERVER__MAX_MODEL_LEN": "2048",
+            "AGENTRL__INFERENCE__SERVER__KV_CACHE_GIB": "3",
+        },
+    )
     command = build_command(config.inference.server, tmp_path, port=8123)
     assert flag(command, "--dtype") == "bfloat16"
     assert flag(command, "--max-num-seqs") == "7"  # from the recipe
