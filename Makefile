@@ -26,4 +26,5 @@ proto:
 	$(PY) -m agentrl.common.protogen
 
 lint:
-	$(PY) -m ruff check libs services tests benchmarks
+	$(PY) -m ruff check libs services tests benchmarks scripts
+	$(PY) -m ruff format --check libs services tests benchmarks scripts
