@@ -14,19 +14,21 @@ import grpc
 from agentrl.proto.search.v1 import search_pb2, search_pb2_grpc
 from agentrl.search.corpus import Passage
 from agentrl.search.engine import SearchEngine, SearchError
+from agentrl.search.retriever import SearchIndex
 
 SERVICE_NAME = "agentrl.search.v1.SearchService"
 
 log = logging.getLogger(__name__)
 
 
-def passage_pb(passage: Passage, score: float = 0.0) -> search_pb2.Passage:
+def passage_pb(index: SearchIndex, passage: Passage, score: float = 0.0) -> search_pb2.Passage:
     return search_pb2.Passage(
         id=passage.id,
         title=passage.title,
         text=passage.text,
         score=score,
         doc_id=passage.document_id,
+        url=index.url_of(passage),  # the same `url` as HTTP /retrieve's documents
     )
 
 
@@ -45,9 +47,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         except Exception:
             log.exception("Retrieve failed")
             context.abort(grpc.StatusCode.INTERNAL, "search failed; see the service log")
+        index = self.engine.indexes[result.index]
         return search_pb2.RetrieveResponse(
             results=[
-                search_pb2.QueryResult(passages=[passage_pb(h.passage, h.score) for h in hits])
+                search_pb2.QueryResult(
+                    passages=[passage_pb(index, h.passage, h.score) for h in hits]
+                )
                 for hits in result.results
             ],
             index_version=result.version,
@@ -64,7 +69,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             log.exception("Access failed")
             context.abort(grpc.StatusCode.INTERNAL, "access failed; see the service log")
         return search_pb2.AccessResponse(
-            passages=[passage_pb(p) for p in passages], index_version=index.version
+            passages=[passage_pb(index, p) for p in passages], index_version=index.version
         )
 
 

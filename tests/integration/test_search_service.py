@@ -69,7 +69,8 @@ def stub(service: RunningSearchService) -> Iterator[search_pb2_grpc.SearchServic
 def grpc_lists(stub, queries: list[str], top_k: int, **kw) -> list[list[tuple]]:
     response = stub.Retrieve(search_pb2.RetrieveRequest(queries=queries, top_k=top_k, **kw))
     return [
-        [(p.id, p.title, p.text, p.doc_id, p.score) for p in r.passages] for r in response.results
+        [(p.id, p.title, p.text, p.doc_id, p.url, p.score) for p in r.passages]
+        for r in response.results
     ]
 
 
@@ -85,6 +86,7 @@ def http_lists(url: str, queries: list[str], top_k: int) -> list[list[tuple]]:
                 h["document"]["title"],
                 h["document"]["text"],
                 h["document"]["doc_id"],
+                h["document"]["url"],
                 h["score"],
             )
             for h in hits
@@ -169,6 +171,10 @@ def test_access_passages_and_documents_on_both(world, stub, service) -> None:
     passage, document = response.passages
     assert (passage.id, passage.doc_id, document.id) == (pid, entity, entity)
     assert passage.text in document.text and len(document.text) > len(passage.text)
+    # A passage's url (as HTTP's) names its document, which Access takes like an id.
+    assert passage.url == document.url and passage.url.startswith("agentrl://")
+    (by_url,) = stub.Access(search_pb2.AccessRequest(ids=[passage.url])).passages
+    assert (by_url.id, by_url.text) == (entity, document.text)
     reply = httpx.post(f"{service.http_url}/access", json={"urls": [pid, entity]}).json()
     assert [(d["id"], d["text"]) for d in reply["result"]] == [
         (pid, passage.text),
