@@ -140,4 +140,8 @@ fi
 step "gRPC code (proto/ -> libs/proto)"
 "$PY" -m agentrl.common.protogen --quiet-if-fresh
 
+# --- 7. helm and kubectl -----------------------------------------------------------------------
+step "helm and kubectl (the deploy tests lint, render and build with the real tools)"
+PY="$PY" bash "$ROOT/scripts/kube_tools.sh" "$VENV/bin"
+
 step "ready: activate with 'source .venv/bin/activate' or call .venv/bin/agentrl"

@@ -1,4 +1,4 @@
-"""Makes this folder's helper modules (deploy_render, kustomize_lite) importable by its tests.
+"""Makes this folder's helper modules (deploy_render) importable by its tests.
 
 The suite runs with --import-mode=importlib, which puts no test folder on sys.path; the helper
 names are unique to this folder, so adding it cannot shadow another module.

@@ -1,29 +1,35 @@
 """What the deploy tests share: rendering the chart, building overlays, validating objects.
 
-`render(values)` renders helm/agentrl with real Helm (helm-python-sdk, no helm binary, no
-cluster); `validate(obj)` checks one object against the Kubernetes schemas in strict mode
-(kubernetes-validate), each distinct object once per session (a schema load costs ~80 ms).
+Real tools only: `render(values)` runs `helm template` and `build(path)` runs `kubectl
+kustomize` (scripts/kube_tools.sh puts both binaries in .venv/bin; nothing talks to a
+cluster); `validate(obj)` checks one object against the Kubernetes schemas of every version in
+KUBE_VERSIONS in strict mode (kubernetes-validate), each distinct object once per session.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import helm_python
 import kubernetes_validate
-import kustomize_lite
 import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "helm" / "agentrl"
 K8S = REPO / "deploy" / "k8s"
 KUSTOMIZATIONS = ["base", "overlays/cpu-dev", "overlays/gpu"]
-# Schemas the objects must satisfy: every field used exists in 1.31 (appArmorProfile since 1.30).
-KUBE_VERSION = "1.31"
+# Schemas every object must satisfy: 1.33, the first release with pod user namespaces on by
+# default (the sandbox's isolation), and 1.37, the newest kubernetes-validate ships.
+KUBE_VERSIONS = ("1.33", "1.37")
 SERVICES = ("sandbox", "reward", "search")
+
 
 # Value sets the chart must render into valid objects; tests also check what each one changes.
 VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -42,21 +48,61 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 
-def render(values: dict[str, Any] | None = None, name: str = "agentrl") -> list[dict[str, Any]]:
-    with helm_python.Chart.load(CHART) as chart:
-        rendered = chart.render(values or {}, name=name, namespace="agentrl")
-    return [
-        doc
-        for path, text in sorted(rendered.items())
-        if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
+def tool(name: str) -> str:
+    """The helm or kubectl binary: the venv's (scripts/kube_tools.sh), else PATH's."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        raise RuntimeError(
+            f"{name} is not installed: run `bash scripts/kube_tools.sh` (scripts/setup.sh does) "
+            "or put the binary on PATH"
+        )
+    return found
+
+
+class ToolError(RuntimeError):
+    """helm or kubectl refused: the message is its stderr."""
+
+
+def run_tool(*args: str) -> str:
+    result = subprocess.run(
+        [tool(args[0]), *args[1:]], capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise ToolError(result.stderr.strip() or result.stdout.strip())
+    return result.stdout
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render(
+    values: dict[str, Any] | None = None,
+    name: str = "agentrl",
+    values_files: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """`helm template` of the chart with `values` (and the chart's own values files named)."""
+    args = ["helm", "template", name, str(CHART), "--namespace", "agentrl"]
+    args += ["--kube-version", f"{KUBE_VERSIONS[-1]}.0"]
+    for file in values_files:
+        args += ["-f", str(CHART / file)]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(values or {}, handle)
+    try:
+        return documents(run_tool(*args, "-f", handle.name))
+    finally:
+        os.unlink(handle.name)
+
+
+def build(path: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of one kustomization directory."""
+    return documents(run_tool("kubectl", "kustomize", str(path)))
 
 
 @functools.cache
 def _validate_json(document: str) -> None:
-    kubernetes_validate.validate(json.loads(document), KUBE_VERSION, strict=True)
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(json.loads(document), version, strict=True)
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -92,8 +138,8 @@ SOURCES = [f"helm:{name}" for name in VALUE_SETS] + [f"kustomize:{k}" for k in K
 
 @functools.cache
 def _objects_json(source: str) -> str:
-    tool, _, name = source.partition(":")
-    objects = render(VALUE_SETS[name]) if tool == "helm" else kustomize_lite.build(K8S / name)
+    kind, _, name = source.partition(":")
+    objects = render(VALUE_SETS[name]) if kind == "helm" else build(K8S / name)
     return json.dumps(objects)
 
 

@@ -7,10 +7,18 @@ that names the value to change.
 
 from __future__ import annotations
 
-import helm_python
 import pytest
 import yaml
-from deploy_render import env_of, find, objects_of, one, render, service_deployments, validate
+from deploy_render import (
+    ToolError,
+    env_of,
+    find,
+    objects_of,
+    one,
+    render,
+    service_deployments,
+    validate,
+)
 
 
 def pod_spec(objects, service):
@@ -49,7 +57,7 @@ def test_external_redis_from_a_secret_reaches_every_service_as_env():
 
 
 def test_external_redis_without_an_address_fails_with_the_value_to_set():
-    with pytest.raises(helm_python.HelmError, match="redis.url or redis.existingSecret"):
+    with pytest.raises(ToolError, match="redis.url or redis.existingSecret"):
         render({"redis": {"external": True}})
 
 
@@ -222,10 +230,11 @@ def test_a_disabled_service_disappears_with_its_address():
         ({"services": {"search": {"sharedVolume": "rw"}}}, "/services/search/sharedVolume"),
         ({"services": {"sandbox": {"replica": 3}}}, "'replica' not allowed"),
         ({"redis": {"externl": True}}, "'externl' not allowed"),
+        ({"replicaCount": 3}, "'replicaCount' not allowed"),
         # checks across values, in the templates
         ({"sharedVolume": {"enabled": False}}, "sharedVolume.enabled is false"),
     ],
 )
 def test_bad_values_fail_with_the_value_to_change(values, message):
-    with pytest.raises(helm_python.HelmError, match=message):
+    with pytest.raises(ToolError, match=message):
         render(values)
