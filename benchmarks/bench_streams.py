@@ -2,11 +2,14 @@
 
 Each message is a `group_pb2.Group` of 16 scored trajectories x 2,048 tokens (token ids,
 behaviour log-probs, loss mask and policy versions filled), about what a rollout worker pushes
-per prompt. Both paths run in rounds of `--batch` messages: publish them, read them through a
+per prompt. Both paths run in batches of `--batch` messages: publish them, read them through a
 consumer group, ack each (the queue: `is_done` + `complete`, i.e. done-set check, atomic
-done-mark and ack), then trim, so the stream stays small. Same Redis, same process, same run.
+done-mark and ack), then trim exactly what was acked, so the stream stays small. Same Redis,
+same process; `--rounds` paired rounds in alternating order (benchmarks/paired.py), each path
+on a fresh stream per round; prints messages/s per round and the ratio queue / bare as
+min / median / max over the rounds.
 
-    python benchmarks/bench_streams.py --num-messages 1000 --redis-url redis://127.0.0.1:6379
+    python benchmarks/bench_streams.py --rounds 3 --num-messages 400 --redis-url redis://127.0.0.1:6379
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 
 import redis
+from paired import paired_rounds, ratio_line
 
 from agentrl.common.streams import StreamQueue, stream_key
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
@@ -25,7 +29,29 @@ from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
 NUM_SAMPLES = 16  # group size of a typical GRPO recipe
 NUM_TOKENS = 2048  # prompt + response tokens per trajectory
 VOCAB_SIZE = 151_936  # Qwen2.5/3 vocabulary: token ids take 3 varint bytes, as in real runs
-MAX_RUNTIME_S = 50.0  # both paths together stay under a minute even on a slow machine
+MAX_RUNTIME_S_PER_PATH = 20.0  # a round of one path stops here even on a slow machine
+
+
+class RoundTrips:
+    """Counts Redis round trips of this process: a command outside a pipeline is one, a
+    pipeline's execute() one. Deterministic, unlike the timings on a shared machine."""
+
+    count = 0
+
+    @classmethod
+    def install(cls) -> None:
+        command, execute = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+        def counted_command(self, *args, **kwargs):
+            cls.count += 1
+            return command(self, *args, **kwargs)
+
+        def counted_execute(self, *args, **kwargs):
+            cls.count += 1
+            return execute(self, *args, **kwargs)
+
+        redis.Redis.execute_command = counted_command
+        redis.client.Pipeline.execute = counted_execute
 
 
 @dataclass
@@ -112,13 +138,14 @@ def run_queue(url: str, stream: str, payloads: list[bytes], batch: int, deadline
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-messages", type=int, default=1000, help="Group messages per path")
-    parser.add_argument("--batch", type=int, default=16, help="messages per publish/read round")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds (alternating)")
+    parser.add_argument("--num-messages", type=int, default=400, help="messages per path/round")
+    parser.add_argument("--batch", type=int, default=16, help="messages per publish/read batch")
     parser.add_argument("--distinct", type=int, default=8, help="distinct Groups to cycle through")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
     args = parser.parse_args()
-    if args.num_messages <= 0 or args.batch <= 0 or args.distinct <= 0:
-        parser.error("--num-messages, --batch and --distinct must be positive")
+    if min(args.rounds, args.num_messages, args.batch, args.distinct) <= 0:
+        parser.error("--rounds, --num-messages, --batch and --distinct must be positive")
 
     rng = random.Random(0)
     groups = [make_group(rng, i).SerializeToString() for i in range(args.distinct)]
@@ -126,44 +153,36 @@ def main() -> None:
     mean_bytes = sum(map(len, payloads)) / len(payloads)
     print(
         f"Group: {NUM_SAMPLES} x {NUM_TOKENS} tokens, {mean_bytes / 1e6:.3f} MB serialized; "
-        f"{args.num_messages} messages per path, rounds of {args.batch}"
+        f"{args.num_messages} messages per path and round, batches of {args.batch}"
     )
-
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    # Half the time budget each, so a slow machine still finishes both paths.
-    budget_s = MAX_RUNTIME_S / 2
-    results = {
-        "bare redis-py": run_bare(
-            args.redis_url,
-            stream_key(run_id, "bare"),
-            payloads,
-            args.batch,
-            time.monotonic() + budget_s,
-        ),
-        "StreamQueue": run_queue(
-            args.redis_url,
-            stream_key(run_id, "groups"),
-            payloads,
-            args.batch,
-            time.monotonic() + budget_s,
-        ),
-    }
+    runners = {"bare redis-py": run_bare, "StreamQueue": run_queue}
+    trips: dict[str, float] = {}
+    RoundTrips.install()
 
-    header = (
-        f"{'path':<14} {'messages':>8} {'publish/s':>10} {'consume/s':>10} {'msg/s':>8} {'MB/s':>8}"
-    )
-    print(header)
-    print("-" * len(header))
-    rates = {}
-    for name, t in results.items():
-        rates[name] = t.num_messages / t.total_s
+    def path(name: str):
+        def one_round(r: int) -> float:
+            stream = stream_key(run_id, f"{name.split()[0].lower()}-{r}")
+            deadline = time.monotonic() + MAX_RUNTIME_S_PER_PATH
+            before = RoundTrips.count
+            t = runners[name](args.redis_url, stream, payloads, args.batch, deadline)
+            trips[name] = (RoundTrips.count - before) / t.num_messages
+            return t.num_messages / t.total_s
+
+        return one_round
+
+    def show(r: int, name: str, rate: float) -> None:
         print(
-            f"{name:<14} {t.num_messages:>8} {t.num_messages / t.publish_s:>10.0f} "
-            f"{t.num_messages / t.consume_s:>10.0f} {rates[name]:>8.0f} "
-            f"{rates[name] * mean_bytes / 1e6:>8.1f}"
+            f"  round {r} {name:<14} {rate:>7.0f} msg/s {rate * mean_bytes / 1e6:>7.1f} MB/s "
+            f"{trips[name]:.2f} round trips/msg"
         )
-    ratio = rates["StreamQueue"] / rates["bare redis-py"]
-    print(f"StreamQueue / bare: {ratio:.2f} (end-to-end messages/s)")
+
+    rates = paired_rounds(args.rounds, {name: path(name) for name in runners}, show)
+    print(
+        ratio_line(
+            "StreamQueue / bare (msg/s)", rates["StreamQueue"], rates["bare redis-py"], ">= 0.95"
+        )
+    )
 
 
 if __name__ == "__main__":

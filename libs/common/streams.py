@@ -17,7 +17,15 @@ Delivery semantics: at-least-once delivery + idempotent completion = exactly-onc
 - `complete(entry)` records the key in the group's done set and acks, atomically (one Lua
   script). A consumer checks `is_done(entry)` before processing and only acks a done entry.
   So a message whose completion was recorded is never processed again, whichever copy or
-  delivery arrives later.
+  delivery arrives later. `read()` fetches the done flags of the entries it hands out in the
+  same batch (one ZMSCORE for the batch), and the first `is_done()` of an entry within
+  `DONE_PREFETCH_MAX_AGE_S` of its read answers from it, updated by this queue's own
+  `complete()` calls since (a second copy in the same batch is done once the first is); a
+  later call asks Redis again. A completion by another consumer between the read and the
+  check is missed, the same race as one between the check and the processing.
+- Round trips: `publish()` one (XADD with the approximate MAXLEN cap), `complete()` one (the
+  Lua script), `read()` two per batch (XREADGROUP, then the done flags), `trim()` one (a Lua
+  script finds the bound and trims).
 - Two gaps remain. (1) A consumer that dies after its effect but before `complete()` leaves
   the entry to be processed again: call `complete()` only once the effect is durable, and make
   the effect either vanish with the crash (the trainer acks a group only after the update that
@@ -40,7 +48,6 @@ covered: Redis Cluster (the Lua script touches two keys without a hash tag) and 
 from __future__ import annotations
 
 import os
-import random
 import socket
 import threading
 import time
@@ -53,6 +60,9 @@ import redis
 from google.protobuf.message import Message
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from agentrl.common import retry
+from agentrl.common.retry import BACKOFF_MAX_S
 
 KEY_PREFIX = "agentrl"
 DATA_FIELD = b"data"
@@ -68,10 +78,11 @@ RECLAIM_INTERVAL_S = 15.0
 DONE_TTL_S = 24 * 3600
 # Kubernetes restarts a Redis pod in well under 30 s; past that, an operator must look.
 RETRY_DEADLINE_S = 30.0
-BACKOFF_INITIAL_S = 0.05  # first retry almost at once: a dropped connection reconnects at once
-BACKOFF_MAX_S = 2.0  # keep polling a restarting server often enough to resume within ~2 s
 # Socket reads give up after 10 s so a silently dead server is noticed; blocking reads stay below.
 SOCKET_TIMEOUT_S = 10.0
+# A done flag fetched with its entry answers the first is_done() within this time: consumers
+# check right after read(); a check later than that (work queued behind a cap) asks Redis again.
+DONE_PREFETCH_MAX_AGE_S = 1.0
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -100,6 +111,31 @@ for i = 3, #ARGV do
   end
 end
 return kept
+"""
+
+# KEYS: stream. ARGV: approximate ("1" or "0"). The bound of every group is its lowest pending
+# id or, with nothing pending, the id after its last delivered one (both only move forward);
+# entries below the lowest bound are deleted. Returns how many were.
+_TRIM_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return 0 end
+local best_ms, best_seq = nil, nil
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local summary = redis.call('XPENDING', KEYS[1], info['name'])
+  local id, bump = info['last-delivered-id'], 1
+  if summary[1] > 0 then id, bump = summary[2], 0 end
+  local dash = string.find(id, '-', 1, true)
+  local ms, seq = tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1)) + bump
+  if best_ms == nil or ms < best_ms or (ms == best_ms and seq < best_seq) then
+    best_ms, best_seq = ms, seq
+  end
+end
+local bound = string.format('%.0f-%.0f', best_ms, best_seq)
+if ARGV[1] == '1' then return redis.call('XTRIM', KEYS[1], 'MINID', '~', bound) end
+return redis.call('XTRIM', KEYS[1], 'MINID', bound)
 """
 
 
@@ -134,37 +170,32 @@ class StreamStats:
     last_delivered_id: str
 
 
-def _parse_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def call_with_deadline(
     op: Callable[[], T],
     url: str,
     deadline_s: float = RETRY_DEADLINE_S,
     backoff_max_s: float = BACKOFF_MAX_S,
 ) -> T:
-    """`op()`, retried on connection errors and timeouts with exponential backoff (jittered)
-    until `deadline_s` has passed, then `StreamUnavailableError` naming `url` and the fix. The
-    one retry policy of every Redis client here (streams, the policy version publisher)."""
-    deadline = time.monotonic() + deadline_s
-    backoff_s = BACKOFF_INITIAL_S
-    while True:
-        try:
-            return op()
-        except (redis.ConnectionError, redis.TimeoutError) as err:
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                raise StreamUnavailableError(
-                    f"Redis at {url} unreachable for {deadline_s:.0f} s "
-                    f"({type(err).__name__}: {err}); check that the server is running, that "
-                    "the URL (host, port, password, db) is right and the network allows it "
-                    "(redis.url; redis.reconnect_deadline_s sets how long to wait)"
-                ) from err
-            # Jitter: clients that lost the same server do not all come back at once.
-            time.sleep(min(backoff_s * random.uniform(0.5, 1.0), remaining_s))
-            backoff_s = min(backoff_s * 2, backoff_max_s)
+    """`op()`, retried on connection errors and timeouts with the shared policy of
+    agentrl.common.retry (jittered exponential backoff) until `deadline_s` has passed, then
+    `StreamUnavailableError` naming `url` and the fix. Every Redis client here uses it (streams,
+    the policy version publisher)."""
+
+    def unavailable(err: BaseException) -> StreamUnavailableError:
+        return StreamUnavailableError(
+            f"Redis at {url} unreachable for {deadline_s:.0f} s "
+            f"({type(err).__name__}: {err}); check that the server is running, that "
+            "the URL (host, port, password, db) is right and the network allows it "
+            "(redis.url; redis.reconnect_deadline_s sets how long to wait)"
+        )
+
+    return retry.call_with_deadline(
+        op,
+        retry.Outage("Redis", url, "redis.reconnect_deadline_s", deadline_s),
+        retry_on=lambda err: isinstance(err, redis.ConnectionError | redis.TimeoutError),
+        backoff_max_s=backoff_max_s,
+        error=unavailable,
+    )
 
 
 class StreamQueue:
@@ -208,7 +239,10 @@ class StreamQueue:
         )
         self._complete = self.client.register_script(_COMPLETE_LUA)
         self._keep_alive = self.client.register_script(_KEEP_ALIVE_LUA)
+        self._trim = self.client.register_script(_TRIM_LUA)
         self._in_flight: set[str] = set()  # ids handed out by read() and not yet acked
+        # entry id -> (key, done flag, monotonic time it was read), for its first is_done()
+        self._done_at_read: dict[str, tuple[str, bool, float]] = {}
         self._lock = threading.Lock()
         self._own_cursor: str | None = "0"  # read() first pages through this name's own PEL
         self._next_reclaim_s = 0.0
@@ -337,10 +371,30 @@ class StreamQueue:
                 continue
             key = fields.get(KEY_FIELD, b"").decode()
             entries.append(StreamEntry(entry_id.decode(), key, fields[DATA_FIELD], 1))
-        if lost:
-            self._retry(lambda: self.client.xack(self.stream, self.group, *lost))
+        keys = [e.key for e in entries]
+
+        def fetch() -> list:
+            if not lost:  # the usual case: one plain command, no pipeline to build
+                return [self.client.zmscore(self.done_key, keys)]
+            # The lost entries' ack and the done flags of the others share one round trip.
+            pipe = self.client.pipeline(transaction=False)
+            if lost:
+                pipe.xack(self.stream, self.group, *lost)
+            if keys:
+                pipe.zmscore(self.done_key, keys)
+            return pipe.execute()
+
+        replies = self._retry(fetch) if raw else []
+        flags = replies[-1] if keys else []
+        now = time.monotonic()
         with self._lock:
             self._in_flight.update(e.id for e in entries)
+            if len(self._done_at_read) > 4 * len(self._in_flight) + 1024:  # never asked: drop
+                self._done_at_read = {
+                    i: v for i, v in self._done_at_read.items() if i in self._in_flight
+                }
+            for entry, score in zip(entries, flags):
+                self._done_at_read[entry.id] = (entry.key, score is not None, now)
         return entries
 
     def keep_alive(self, entries: Iterable[StreamEntry] | None = None) -> list[str]:
@@ -357,6 +411,10 @@ class StreamQueue:
 
     def is_done(self, entry: StreamEntry) -> bool:
         """Whether some consumer of the group already completed this entry's idempotency key."""
+        with self._lock:
+            prefetched = self._done_at_read.pop(entry.id, None)
+        if prefetched is not None and time.monotonic() - prefetched[2] < DONE_PREFETCH_MAX_AGE_S:
+            return prefetched[1]
         return self._retry(lambda: self.client.zscore(self.done_key, entry.key)) is not None
 
     def ack(self, entries: StreamEntry | Iterable[StreamEntry]) -> int:
@@ -371,44 +429,44 @@ class StreamQueue:
         if not batch:
             return 0
         self._forget(batch)
+        self._mark_done({e.key for e in batch})
         args: list[str | int] = [self.group, self.done_ttl_s]
         for e in batch:
             args += [e.id, e.key]
         return self._retry(lambda: self._complete(keys=[self.stream, self.done_key], args=args))
 
+    def _mark_done(self, keys: set[str]) -> None:
+        """Copies of completed keys read earlier (a duplicate in the same batch) are done now."""
+        with self._lock:
+            for entry_id, (key, _done, read_s) in self._done_at_read.items():
+                if key in keys:
+                    self._done_at_read[entry_id] = (key, True, read_s)
+
+    def release(self, entries: StreamEntry | Iterable[StreamEntry]) -> None:
+        """Give entries back without acking: this consumer stops renewing them, so once the
+        visibility timeout passes any consumer's `read()` reclaims them (this one's too)."""
+        self._forget(entries)
+
     def _forget(self, entries: StreamEntry | Iterable[StreamEntry]) -> list[str]:
         ids = [entries.id] if isinstance(entries, StreamEntry) else [e.id for e in entries]
         with self._lock:
             self._in_flight.difference_update(ids)
+            for i in ids:
+                self._done_at_read.pop(i, None)
         return ids
 
     # -- housekeeping -------------------------------------------------------------------------
 
-    def trim(self) -> int:
+    def trim(self, approximate: bool = False) -> int:
         """Delete entries every consumer group has acked; returns how many were deleted.
 
         The bound per group is its lowest pending id, or (nothing pending) the id after its last
-        delivered one. Both only move forward, so reading them before XTRIM is safe."""
-
-        def op() -> int:
-            try:
-                groups = self.client.xinfo_groups(self.stream)
-            except redis.ResponseError:  # no such key
-                return 0
-            if not groups:
-                return 0  # nobody consumes yet: everything is undelivered
-            bounds = []
-            for g in groups:
-                summary = self.client.xpending(self.stream, g["name"])
-                if summary["pending"]:
-                    bounds.append(_parse_id(summary["min"].decode()))
-                else:
-                    ms, seq = _parse_id(g["last-delivered-id"].decode())
-                    bounds.append((ms, seq + 1))
-            ms, seq = min(bounds)
-            return self.client.xtrim(self.stream, minid=f"{ms}-{seq}", approximate=False)
-
-        return self._retry(op)
+        delivered one; one Lua script reads the bounds and trims (one round trip). With
+        `approximate`, Redis deletes only whole internal nodes below the bound (XTRIM MINID ~):
+        cheap enough to call after every batch, at the price of a few acked entries kept."""
+        return self._retry(
+            lambda: self._trim(keys=[self.stream], args=["1" if approximate else "0"])
+        )
 
     def stats(self) -> StreamStats:
         def op() -> StreamStats:

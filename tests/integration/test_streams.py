@@ -280,6 +280,20 @@ def test_trim_removes_only_entries_acked_by_every_group_and_stats_are_exact(run_
     assert [e.id for e in audit.read(count=10, block_ms=100)] == ids[8:]
 
 
+def test_approximate_trim_keeps_every_unacked_entry_and_exact_trim_finishes_the_job(run_id, queues):
+    queue = queues(REDIS_URL, stream_key(run_id, "groups"))
+    queue.ensure_group()
+    ids = [queue.publish(b"x", f"k{i}") for i in range(250)]  # several internal stream nodes
+    read = queue.read(count=250, block_ms=100)
+    queue.complete(read[:220])
+    cheap = queue.trim(approximate=True)  # whole nodes only: some acked entries may stay
+    assert 0 <= cheap <= 220
+    left = [e[0].decode() for e in queue.client.xrange(queue.stream)]
+    assert left[-30:] == ids[220:] and len(left) == 250 - cheap
+    assert queue.trim() == 220 - cheap
+    assert [e[0].decode() for e in queue.client.xrange(queue.stream)] == ids[220:]
+
+
 def test_unreachable_redis_raises_clear_error_within_deadline(queues):
     url = f"redis://127.0.0.1:{_free_port()}"
     queue = queues(url, "agentrl:none:groups", retry_deadline_s=0.5)
