@@ -465,8 +465,15 @@ class TrainerConfig(ServiceEndpoint):
 class AlgorithmConfig(Section):
     """The policy objective and advantages of ALGORITHMS.md, sections 1 and 2."""
 
-    advantage: Literal["grpo", "rloo", "reinforce_pp"] = "grpo"
-    """Advantage estimator."""
+    advantage: Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "grpo"
+    """Advantage estimator (docs/algorithms.md): per sample `grpo`, `rloo`; per token
+    `reinforce_pp` (discounted returns whitened over the batch's tokens, no baseline) and
+    `reinforce_pp_baseline` (group mean subtracted first)."""
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    """Discount of the REINFORCE++ token returns (per model token back from the last one)."""
+    arpo_attribution: Literal["soft", "hard"] = "soft"
+    """ARPO advantage attribution on tree-sampled groups: `soft` is plain per-sample advantages;
+    `hard` gives tokens shared by several branches the mean advantage of those branches."""
     grpo_std_normalize: bool = True
     """Divide GRPO advantages by the group std (False: Dr. GRPO)."""
     group_size: int = Field(default=16, gt=0)
@@ -527,6 +534,12 @@ class AlgorithmConfig(Section):
             raise ValueError(
                 f"clip_high ({self.clip_high}) must be >= clip_low ({self.clip_low}); "
                 "set clip_high = clip_low for a symmetric clip"
+            )
+        if self.arpo_attribution == "hard" and self.advantage not in ("grpo", "rloo"):
+            raise ValueError(
+                f"arpo_attribution 'hard' spreads one advantage per sample over the tree; "
+                f"advantage {self.advantage!r} gives one per token: use grpo or rloo, or "
+                "arpo_attribution: soft"
             )
         if self.loss_agg == "seq-mean-token-sum-norm" and self.loss_agg_norm_length_tokens is None:
             raise ValueError(

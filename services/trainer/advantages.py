@@ -1,24 +1,36 @@
 """Advantages from outcome rewards (ALGORITHMS.md §2), and how they reach the model's tokens.
 
-Every estimator maps the rewards of one batch, given as one 1-D tensor per group (the samples
-of one prompt), to one advantage per sample:
+Per-sample estimators map the rewards of one batch, given as one 1-D tensor per group (the
+samples of one prompt), to one advantage per sample (`compute_advantages`):
 
 - GRPO: `A_i = (R_i - mean(R)) / (std(R) + 1e-6)`, or `R_i - mean(R)` without the division
   (Dr. GRPO). `std` is the **sample** standard deviation (Bessel's correction, divide by G - 1),
   as in verl and TRL, so advantages match the published recipes (Open-AgentRL is built on verl).
 - RLOO: `A_i = R_i - mean_{j != i} R_j`, i.e. `G / (G - 1) * (R_i - mean(R))`.
-- REINFORCE++ with baseline: subtract the group mean, then divide by the sample std of those
-  centred rewards over the whole batch (one std per batch, not per group). verl whitens per
-  token instead (long responses weigh more); here every sample counts once.
 
-A group of one sample has no baseline: its advantage is 0 under every estimator (dynamic
-sampling drops such groups anyway). A group whose rewards are all equal gets advantages 0.
+Per-token estimators (`reinforce_pp_token_advantages`) need each sample's loss mask:
+
+- REINFORCE++ (`reinforce_pp`): the outcome reward is the reward of the sample's last model
+  token; the return of its j-th model token (of n) is `gamma^(n-1-j) * R` (tool output and
+  prompt tokens are not actions: they neither count in the distance nor get a value). Then the
+  returns are whitened over every loss token of the batch: `(G_t - mean) / (std + 1e-6)`, mean
+  and sample std over tokens (not samples), as in the published method. No group baseline.
+- REINFORCE++-baseline (`reinforce_pp_baseline`): the group mean is subtracted from each reward
+  first, then the same token returns and whitening.
+
+Singleton groups (one sample left after stale and failed samples are dropped): a group of one
+has no baseline, so under `grpo`, `rloo` and `reinforce_pp_baseline` its advantage is 0 on every
+token and it does not enter the batch's whitening statistics (verl would give GRPO `A = R`).
+Under `reinforce_pp`, which has no group baseline, a singleton is an ordinary sample. A group
+whose rewards are all equal gets 0 under the baseline estimators. (Dynamic sampling, on by
+default, drops both kinds of group before any estimator sees them.)
 
 Then:
 - `filter_zero_signal_groups`: DAPO dynamic sampling's filter (keep groups whose rewards differ);
 - `token_advantages`: broadcast one advantage per sample to its model tokens via the loss mask;
 - `arpo_hard_advantages`: ARPO's hard attribution on a sampling tree (tokens shared by several
-  branches get the mean advantage of those branches).
+  branches get the mean advantage of those branches); train_batch.py applies it when
+  `algorithm.arpo_attribution` is `hard`.
 
 Rewards are computed in float64: they arrive as protobuf doubles and groups are small.
 """
@@ -31,8 +43,10 @@ from typing import Literal
 
 import torch
 
-Estimator = Literal["grpo", "rloo", "reinforce_pp"]
-ESTIMATORS: tuple[str, ...] = ("grpo", "rloo", "reinforce_pp")
+Estimator = Literal["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
+SAMPLE_ESTIMATORS: tuple[str, ...] = ("grpo", "rloo")
+TOKEN_ESTIMATORS: tuple[str, ...] = ("reinforce_pp", "reinforce_pp_baseline")
+ESTIMATORS: tuple[str, ...] = SAMPLE_ESTIMATORS + TOKEN_ESTIMATORS
 # Added to the std before dividing, so a near-constant group cannot blow advantages up (GRPO).
 STD_EPS = 1e-6
 # Rewards closer than this count as equal for dynamic sampling: shaping terms are multiples of
@@ -66,32 +80,92 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - leave_one_out_mean
 
 
-def reinforce_pp_advantages(groups: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """REINFORCE++ baseline: group mean subtracted, then divided by the batch std."""
-    centred = [g.to(torch.float64) - g.to(torch.float64).mean() for g in groups]
-    # A 1-sample group is centred to exactly 0: it has no baseline and must not move the std.
-    informative = [c for c in centred if c.numel() >= 2]
-    batch_std = _sample_std(torch.cat(informative)) if informative else torch.zeros(())
-    return [c / (batch_std + STD_EPS) for c in centred]
-
-
 def compute_advantages(
     groups: Sequence[torch.Tensor], estimator: str, std_normalize: bool = True
 ) -> list[torch.Tensor]:
-    """One advantage per sample for each group of rewards (`AlgorithmConfig.advantage`)."""
+    """One advantage per sample for each group of rewards (`AlgorithmConfig.advantage`, one of
+    the per-sample estimators; the REINFORCE++ ones are `reinforce_pp_token_advantages`)."""
+    if estimator in TOKEN_ESTIMATORS:
+        raise ValueError(
+            f"{estimator!r} gives one advantage per token: use reinforce_pp_token_advantages"
+        )
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {estimator!r}; use one of {ESTIMATORS}")
+    _check_groups(groups)
+    if estimator == "grpo":
+        return [grpo_advantages(g, std_normalize) for g in groups]
+    return [rloo_advantages(g) for g in groups]
+
+
+def _check_groups(groups: Sequence[torch.Tensor]) -> None:
     for index, group in enumerate(groups):
         if group.dim() != 1 or group.numel() == 0:
             raise ValueError(
                 f"group {index}: rewards must be a non-empty 1-D tensor, "
                 f"got shape {tuple(group.shape)}"
             )
-    if estimator == "grpo":
-        return [grpo_advantages(g, std_normalize) for g in groups]
-    if estimator == "rloo":
-        return [rloo_advantages(g) for g in groups]
-    return reinforce_pp_advantages(groups)
+
+
+def discounted_token_returns(reward: float, loss_mask: Sequence[int], gamma: float) -> torch.Tensor:
+    """Per-token returns of an outcome reward paid at the last model token: the j-th of n model
+    tokens gets `gamma^(n-1-j) * reward`, every other position 0 (float64, len(loss_mask))."""
+    mask = torch.tensor(list(loss_mask), dtype=torch.bool)
+    returns = torch.zeros(mask.numel(), dtype=torch.float64)
+    num_actions = int(mask.sum())
+    if num_actions:
+        distance = torch.arange(num_actions - 1, -1, -1, dtype=torch.float64)
+        returns[mask] = reward * torch.pow(torch.tensor(gamma, dtype=torch.float64), distance)
+    return returns
+
+
+def reinforce_pp_token_advantages(
+    groups: Sequence[torch.Tensor],
+    loss_masks: Sequence[Sequence[Sequence[int]]],
+    *,
+    baseline: bool,
+    gamma: float = 1.0,
+) -> list[list[torch.Tensor]]:
+    """REINFORCE++ (`baseline=False`) or REINFORCE++-baseline advantages, one float64 tensor per
+    sample of the length of its loss mask, 0 off the mask (see the module docstring).
+
+    `loss_masks[g][i]` is the loss mask of sample i of group g. Whitening is over the loss
+    tokens of every sample that has a baseline (all of them without one), in one batch.
+    """
+    _check_groups(groups)
+    if len(loss_masks) != len(groups) or any(
+        len(masks) != group.numel() for masks, group in zip(loss_masks, groups, strict=False)
+    ):
+        raise ValueError("loss_masks need one mask per sample of every group")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    returns: list[list[torch.Tensor]] = []
+    live: list[torch.Tensor] = []  # the returns entering the whitening statistics
+    for group, masks in zip(groups, loss_masks, strict=True):
+        rewards = group.to(torch.float64)
+        has_baseline = not baseline or rewards.numel() >= 2
+        shaped = rewards - rewards.mean() if baseline else rewards
+        per_sample = []
+        for reward, mask in zip(shaped.tolist(), masks, strict=True):
+            values = discounted_token_returns(reward, mask, gamma)
+            per_sample.append(values)
+            if has_baseline:
+                live.append(values[torch.tensor(list(mask), dtype=torch.bool)])
+        returns.append(per_sample if has_baseline else [None] * len(per_sample))
+    tokens = torch.cat(live) if live else torch.zeros(0, dtype=torch.float64)
+    mean = tokens.mean() if tokens.numel() else torch.zeros((), dtype=torch.float64)
+    std = _sample_std(tokens)
+    result = []
+    for group_returns, masks in zip(returns, loss_masks, strict=True):
+        per_sample = []
+        for values, mask in zip(group_returns, masks, strict=True):
+            mask_tensor = torch.tensor(list(mask), dtype=torch.bool)
+            if values is None:  # a singleton under a baseline estimator: no signal
+                per_sample.append(torch.zeros(mask_tensor.numel(), dtype=torch.float64))
+                continue
+            whitened = (values - mean) / (std + STD_EPS)
+            per_sample.append(torch.where(mask_tensor, whitened, torch.zeros_like(whitened)))
+        result.append(per_sample)
+    return result
 
 
 @dataclass(frozen=True)

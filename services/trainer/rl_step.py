@@ -174,6 +174,7 @@ def step_metrics(
         "kept_group_ratio": batch.kept_group_ratio,
         "samples_dropped_stale": batch.num_stale_samples,
         "samples_dropped_error": batch.num_error_samples,
+        "samples_dropped_verifier_error": batch.num_verifier_error_samples,
         "staleness_mean": _mean(s.staleness for s in samples),
         "time_waiting_s": time_waiting_s,
         "time_training_s": outcome.time_training_s,

@@ -11,7 +11,9 @@ from agentrl.trainer.advantages import (
     STD_EPS,
     arpo_hard_advantages,
     compute_advantages,
+    discounted_token_returns,
     filter_zero_signal_groups,
+    reinforce_pp_token_advantages,
     token_advantages,
 )
 
@@ -42,17 +44,53 @@ def test_rloo_subtracts_the_mean_of_the_others():
     assert second.tolist() == pytest.approx([3 - 1.5, 1 - 2.5, 2 - 2.0], abs=1e-12)
 
 
-def test_reinforce_pp_normalises_by_one_batch_std():
-    first, second = compute_advantages([t(1, 0), t(2, 0, 1)], "reinforce_pp")
-    # centred: [0.5, -0.5] and [1, -1, 0]; their sample std over the batch: sqrt(2.5 / 4).
-    batch_std = math.sqrt((0.25 + 0.25 + 1 + 1 + 0) / 4)
-    assert first.tolist() == pytest.approx([0.5 / batch_std, -0.5 / batch_std], rel=1e-5)
-    assert second.tolist() == pytest.approx([1 / batch_std, -1 / batch_std, 0.0], rel=1e-5)
-    # Not per-group GRPO: the first group alone would have std sqrt(0.5) and A = ±0.707.
-    assert first[0] != pytest.approx(0.5 / math.sqrt(0.5), rel=1e-3)
+def masks(*lengths: int, prompt: int = 0) -> list[list[int]]:
+    """Loss masks of samples with `prompt` masked tokens then `lengths[i]` model tokens."""
+    return [[0] * prompt + [1] * n for n in lengths]
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp"])
+def test_reinforce_pp_whitens_discounted_token_returns_over_the_batch():
+    # Two samples of 2 and 3 model tokens after a 1-token prompt, rewards 1 and 0, gamma 0.5:
+    # returns [0.5, 1] and [0, 0, 0]; whitened over the 5 tokens (not over the 2 samples).
+    (group,) = reinforce_pp_token_advantages(
+        [t(1, 0)], [masks(2, 3, prompt=1)], baseline=False, gamma=0.5
+    )
+    returns = torch.tensor([0.5, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    whitened = (returns - returns.mean()) / (returns.std(correction=1) + STD_EPS)
+    assert group[0].tolist() == pytest.approx([0.0] + whitened[:2].tolist(), rel=1e-12)
+    assert group[1].tolist() == pytest.approx([0.0] + whitened[2:].tolist(), rel=1e-12)
+    # Whitening over tokens: the token mean is 0 (a per-sample mean would not be).
+    live = torch.cat([group[0][1:], group[1][1:]])
+    assert float(live.mean()) == pytest.approx(0.0, abs=1e-12)
+    # gamma 1: every token of a sample has the same value; no group baseline, so a group whose
+    # rewards are all equal still has a signal against the rest of the batch.
+    same, other = reinforce_pp_token_advantages(
+        [t(1, 1), t(0, 0)], [masks(2, 2), masks(3, 1)], baseline=False
+    )
+    assert same[0][0] == same[0][1] == same[1][0] > 0 > other[0][0] == other[1][0]
+
+
+def test_tool_output_tokens_neither_count_in_the_discount_nor_get_a_value():
+    mask = [0, 1, 1, 0, 0, 1]  # model, model, tool output x2, model
+    returns = discounted_token_returns(2.0, mask, gamma=0.5)
+    assert returns.tolist() == [0.0, 0.5, 1.0, 0.0, 0.0, 2.0]
+
+
+def test_reinforce_pp_baseline_subtracts_the_group_mean_then_whitens_per_token():
+    first, second = reinforce_pp_token_advantages(
+        [t(1, 0), t(2, 0, 1)], [masks(1, 3), masks(2, 2, 2)], baseline=True
+    )
+    # centred [0.5, -0.5] and [1, -1, 0], broadcast to 1, 3, 2, 2, 2 tokens.
+    tokens = torch.tensor([0.5, -0.5, -0.5, -0.5, 1, 1, -1, -1, 0, 0], dtype=torch.float64)
+    mean, std = float(tokens.mean()), float(tokens.std(correction=1))
+    assert first[0].tolist() == pytest.approx([(0.5 - mean) / (std + STD_EPS)], rel=1e-9)
+    assert second[1].tolist() == pytest.approx([(-1 - mean) / (std + STD_EPS)] * 2, rel=1e-9)
+    # Per token, not per sample: the 3-token sample weighs three times in the statistics.
+    per_sample = torch.tensor([0.5, -0.5, 1, -1, 0], dtype=torch.float64)
+    assert float(first[0][0]) != pytest.approx(float(0.5 / per_sample.std()), rel=1e-3)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
 def test_zero_variance_and_single_sample_groups_give_zero(estimator):
     constant, single, informative = compute_advantages([t(1, 1, 1), t(0.7), t(1, 0)], estimator)
     assert constant.tolist() == [0.0, 0.0, 0.0]
@@ -61,10 +99,26 @@ def test_zero_variance_and_single_sample_groups_give_zero(estimator):
     assert all(torch.isfinite(a).all() for a in (constant, single, informative))
 
 
-def test_reinforce_pp_single_sample_group_does_not_change_the_batch_std():
-    alone = compute_advantages([t(1, 0)], "reinforce_pp")[0]
-    with_single = compute_advantages([t(1, 0), t(5.0)], "reinforce_pp")[0]
-    assert with_single.tolist() == pytest.approx(alone.tolist(), rel=1e-12)
+def test_singleton_groups_under_reinforce_pp():
+    # With a baseline: a singleton gets 0 and leaves the whitening statistics alone.
+    alone = reinforce_pp_token_advantages([t(1, 0)], [masks(2, 2)], baseline=True)[0]
+    pair, single = reinforce_pp_token_advantages(
+        [t(1, 0), t(5.0)], [masks(2, 2), masks(4)], baseline=True
+    )
+    assert single[0].tolist() == [0.0] * 4
+    assert [a.tolist() for a in pair] == [a.tolist() for a in alone]
+    # Without a baseline a singleton is an ordinary sample: its high reward is above the mean.
+    pair, single = reinforce_pp_token_advantages(
+        [t(1, 0), t(5.0)], [masks(2, 2), masks(4)], baseline=False
+    )
+    assert float(single[0][0]) > 0 and float(pair[1][0]) < 0
+
+
+def test_reinforce_pp_is_refused_by_the_per_sample_entry_point():
+    with pytest.raises(ValueError, match="one advantage per token"):
+        compute_advantages([t(1, 0)], "reinforce_pp")
+    with pytest.raises(ValueError, match="one mask per sample"):
+        reinforce_pp_token_advantages([t(1, 0)], [masks(2)], baseline=True)
 
 
 def test_unknown_estimator_and_bad_groups_are_rejected():

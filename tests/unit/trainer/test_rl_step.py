@@ -9,6 +9,7 @@ import torch
 
 from agentrl.common.config import AlgorithmConfig
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
+from agentrl.trainer.advantages import compute_advantages, reinforce_pp_token_advantages
 from agentrl.trainer.backends.interface import OptimizerSettings
 from agentrl.trainer.loss import GlobalTokenCounts, policy_loss
 from agentrl.trainer.rl_step import AdmissionControl, step_metrics, train_step
@@ -147,6 +148,90 @@ def test_zero_signal_groups_are_dropped_and_the_rest_get_grpo_advantages() -> No
     )
     assert keep_all.num_kept_groups == 2 and len(keep_all.samples) == 7
     assert [s.advantage for s in keep_all.samples[:3]] == [0.0, 0.0, 0.0]
+
+
+def test_samples_whose_verifier_failed_are_dropped_not_trained_at_zero() -> None:
+    group = make_group("v", [1.0, 0.0, 0.0, 1.0])
+    # The verifier timed out on sample 1: its reward (0, the bias) is a placeholder.
+    group.samples[1].result.verdict = group_pb2.VERDICT_VERIFIER_ERROR
+    batch = build_train_batch(
+        [group], policy_version=0, algorithm=AlgorithmConfig(), max_staleness=0
+    )
+    assert batch.num_verifier_error_samples == 1 and len(batch.samples) == 3
+    assert batch.rewards_seen == [1.0, 0.0, 1.0]
+    # GRPO over the three real rewards [1, 0, 1], not over [1, 0, 0, 1].
+    expected = compute_advantages([torch.tensor([1.0, 0.0, 1.0])], "grpo")[0].tolist()
+    assert [s.advantage for s in batch.samples] == pytest.approx(expected)
+    assert step_metrics_keys_include(batch, "samples_dropped_verifier_error")
+
+
+def step_metrics_keys_include(batch, name: str) -> bool:
+    from agentrl.trainer.backends.interface import StepStats
+    from agentrl.trainer.rl_step import StepOutcome
+
+    outcome = StepOutcome({}, StepStats(1, 0.0, 0.0), GlobalTokenCounts(1, 1, 1), 1, 0.0)
+    return step_metrics(batch, outcome)[name] == batch.num_verifier_error_samples
+
+
+def sent_advantages(batch, sample: int) -> list[float]:
+    """The per-token advantages the loss receives for one sample of the batch."""
+    (micro_batch,) = batch.micro_batches(10_000)
+    position = micro_batch.sample_indices.index(sample)
+    return micro_batch.per_token["advantages"][micro_batch.seq_index == position].tolist()
+
+
+def tree_group() -> group_pb2.Group:
+    """An ARPO tree: root 0, sample 1 branched from 0 after 5 tokens, sample 2 from 1 after 6;
+    rewards 1, 0, 0 (prompt 3 tokens: model tokens 3-4 are shared by all three, token 5 by
+    samples 1 and 2)."""
+    group = make_group("tree", [1.0, 0.0, 0.0], response_length=6)
+    for index, (parent, point) in enumerate([("", 0), ("tree-0", 5), ("tree-1", 6)]):
+        group.samples[index].trajectory.parent_trajectory_id = parent
+        group.samples[index].trajectory.branch_point = point
+    return group
+
+
+def test_arpo_hard_attribution_is_the_training_path_when_selected() -> None:
+    soft = build_train_batch([tree_group()], 0, AlgorithmConfig(), max_staleness=0)
+    assert all(s.token_advantages is None for s in soft.samples)
+    hard = build_train_batch(
+        [tree_group()], 0, AlgorithmConfig(arpo_attribution="hard"), max_staleness=0
+    )
+    a = [s.advantage for s in soft.samples]  # GRPO: [2/sqrt(3), -1/sqrt(3), -1/sqrt(3)]
+    root = hard.samples[0].token_advantages
+    assert root[:3] == [0.0] * 3  # the prompt stays masked
+    assert root[3:5] == pytest.approx([sum(a) / 3] * 2, abs=1e-6)
+    assert root[5:] == pytest.approx([a[0]] * 4, abs=1e-6)  # the root's own tokens
+    middle = hard.samples[1].token_advantages
+    assert middle[5] == pytest.approx((a[1] + a[2]) / 2, abs=1e-6)
+    assert middle[6:] == pytest.approx([a[1]] * (len(middle) - 6), abs=1e-6)
+    # ... and they reach the loss: the micro-batch's advantages are the per-token values.
+    assert sent_advantages(hard, 0) == pytest.approx(root, abs=1e-6)
+    # The middle sample dropped (its rollout failed): sample 2 hangs from the root after
+    # min(5, 6) = 5 tokens.
+    group = tree_group()
+    group.samples[1].trajectory.error = "sandbox down"
+    hard = build_train_batch([group], 0, AlgorithmConfig(arpo_attribution="hard"), 0)
+    b = [s.advantage for s in build_train_batch([group], 0, AlgorithmConfig(), 0).samples]
+    assert hard.samples[1].token_advantages[3:5] == pytest.approx([sum(b) / 2] * 2, abs=1e-6)
+    assert hard.samples[1].token_advantages[5] == pytest.approx(b[1], abs=1e-6)
+
+
+def test_reinforce_pp_reaches_the_micro_batches_per_token() -> None:
+    groups = [make_group("a", [1.0, 0.0]), make_group("b", [1.0, 1.0, 0.0], seed=1)]
+    algorithm = AlgorithmConfig(advantage="reinforce_pp", gamma=0.9, dynamic_sampling=False)
+    batch = build_train_batch(groups, 0, algorithm, max_staleness=0)
+    masks = [s.loss_mask for s in batch.samples]
+    rewards = [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0])]
+    expected = reinforce_pp_token_advantages(
+        rewards, [masks[:2], masks[2:]], baseline=False, gamma=0.9
+    )
+    flat = [values.tolist() for group in expected for values in group]
+    assert [s.token_advantages for s in batch.samples] == [pytest.approx(v, abs=1e-6) for v in flat]
+    assert sent_advantages(batch, 0) == pytest.approx(flat[0], abs=1e-6)
+    assert sent_advantages(batch, 4) == pytest.approx(flat[4], abs=1e-6)
+    with pytest.raises(ValueError, match="arpo_attribution 'hard'"):
+        AlgorithmConfig(advantage="reinforce_pp", arpo_attribution="hard")
 
 
 def test_a_step_changes_the_weights_and_its_loss_is_policy_loss(tiny_checkpoint) -> None:
