@@ -51,9 +51,14 @@ def build_eval_tasks(
 ) -> list:
     """One RolloutTask per row, k samples each; keys `eval:<row index>:<prompt id>`.
     `sampling` / `limits`: task_pb2.SamplingParams / EpisodeLimits fields set on every task
-    (`make_task` leaves them 0, i.e. the rollout defaults; note max_tool_calls 0 allows no
-    tool call)."""
+    (`make_task` leaves them 0, i.e. the rollout defaults); `limits={"max_tool_calls": 0}`
+    allows no tool call (sent as the task's NO_TOOL_CALLS: a call ends the episode unrun)."""
+    from agentrl.common.agent.loop import NO_TOOL_CALLS
     from agentrl.proto.core.v1 import task_pb2
+
+    limits = dict(limits or {})
+    if limits.get("max_tool_calls") == 0:
+        limits["max_tool_calls"] = NO_TOOL_CALLS
 
     if k < 1:
         raise ValueError(f"k must be >= 1 (samples per prompt), got {k}")
@@ -65,7 +70,7 @@ def build_eval_tasks(
         task.num_samples = k
         try:
             task.sampling.MergeFrom(task_pb2.SamplingParams(**(sampling or {})))
-            task.limits.MergeFrom(task_pb2.EpisodeLimits(**(limits or {})))
+            task.limits.MergeFrom(task_pb2.EpisodeLimits(**limits))
         except ValueError as exc:
             raise ValueError(f"bad eval sampling/limits override: {exc}") from None
         tasks.append(task)

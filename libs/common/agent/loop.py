@@ -35,6 +35,9 @@ TRUNCATION_NOTE = "\n... (output truncated)"
 
 # Tool calls per episode when a task gives no limit: one per default turn (8 turns).
 DEFAULT_MAX_TOOL_CALLS = 8
+# EpisodeLimits.max_tool_calls of a task that allows no tool call at all (0 there means "the
+# default", as for every limit); `agentrl eval --max-tool-calls 0` sends it.
+NO_TOOL_CALLS = -1
 
 
 @dataclass
@@ -85,9 +88,11 @@ class EpisodeSettings:
             sampling=sampling,
             max_tokens_per_turn=s.max_tokens_per_turn or 512,
             max_turns=limits.max_turns or 8,
-            # 0 means "the default" for every limit, as elsewhere in the task: a task
-            # without tools says so with an empty `tools`, not with max_tool_calls 0.
-            max_tool_calls=limits.max_tool_calls or DEFAULT_MAX_TOOL_CALLS,
+            # 0 means "the default" for every limit, as elsewhere in the task; a task that
+            # allows no tool call says so with NO_TOOL_CALLS (any negative value).
+            max_tool_calls=0
+            if limits.max_tool_calls < 0
+            else limits.max_tool_calls or DEFAULT_MAX_TOOL_CALLS,
             max_total_tokens=limits.max_total_tokens or 4096,
             max_tool_output_tokens=limits.max_tool_output_tokens or 256,
             tool_format=task.tool_format or default_format,

@@ -51,6 +51,29 @@ def test_unset_limits_take_the_defaults_tool_calls_included() -> None:
     assert settings.max_tool_calls == 8  # 0 is "unset", never "no tool call allowed"
 
 
+def test_no_tool_calls_is_a_negative_limit_and_eval_sends_it_for_zero() -> None:
+    from agentrl.common.agent.loop import NO_TOOL_CALLS
+
+    task = task_pb2.RolloutTask(limits=task_pb2.EpisodeLimits(max_tool_calls=NO_TOOL_CALLS))
+    assert EpisodeSettings.from_task(task).max_tool_calls == 0
+
+
+def test_eval_max_tool_calls_zero_allows_none(monkeypatch) -> None:
+    from agentrl.common.config import AgentRLConfig
+    from agentrl.trainer import eval_job
+    from agentrl.trainer.data import PromptRow
+
+    monkeypatch.setattr(eval_job, "make_task", lambda *a, **k: task_pb2.RolloutTask())
+    rows = [PromptRow(prompt_id="p", prompt="1+1?", ground_truth="2", task_type="math")]
+    config = AgentRLConfig()
+    (none,) = eval_job.build_eval_tasks(rows, config, None, 2, limits={"max_tool_calls": 0})
+    (two,) = eval_job.build_eval_tasks(rows, config, None, 2, limits={"max_tool_calls": 2})
+    (default,) = eval_job.build_eval_tasks(rows, config, None, 2)
+    assert EpisodeSettings.from_task(none).max_tool_calls == 0
+    assert EpisodeSettings.from_task(two).max_tool_calls == 2
+    assert EpisodeSettings.from_task(default).max_tool_calls == 8
+
+
 def test_bad_limits_and_formats_are_rejected() -> None:
     with pytest.raises(ValueError, match="max_turns must be positive"):
         EpisodeSettings(max_turns=0)
