@@ -62,6 +62,7 @@ from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
 from agentrl.trainer.data import EpochOrder, PromptRow, load_prompts
 from agentrl.trainer.distributed import broadcast_object, is_main_process
 from agentrl.trainer.drift_check import check_logprob_drift
+from agentrl.trainer.intake import GroupIntake
 from agentrl.trainer.metrics import StepMetricsWriter, read_step_metrics
 from agentrl.trainer.pool_weights import PoolWeights
 from agentrl.trainer.rl_step import AdmissionControl, step_metrics, train_step
@@ -191,6 +192,9 @@ class RLTrainer:
         self.status = status or StatusBoard(self.run_id)  # served by status_server.py
         self.carry: list[StreamEntry] = []  # read beyond the last batch: the next step's
         self.uncommitted: list[StreamEntry] = []  # used since the last checkpoint
+        # Rank 0: each key trained once within a checkpoint window too, and groups.jsonl.
+        self.intake = GroupIntake(self.groups, self.run_dir) if self.main else None
+        self.consumed: list[tuple] = []  # (Group, entry, kept) of the last collect()
 
     def admit(self) -> int:
         count = self.admission.capacity(self.version)
@@ -211,6 +215,7 @@ class RLTrainer:
 
         start = time.perf_counter()
         kept, dropped, entries = [], [], []
+        self.consumed = []
         max_groups = self.trainer.batch_size * self.algorithm.dynamic_sampling_max_batches
         while len(kept) < self.trainer.batch_size:
             if len(kept) + len(dropped) >= max_groups:
@@ -231,8 +236,7 @@ class RLTrainer:
                 if len(kept) == self.trainer.batch_size:
                     self.carry = batch[index:]
                     break
-                if self.groups.is_done(entry):  # a redelivered copy of a consumed group
-                    self.groups.ack(entry)
+                if not self.intake.admit(entry):  # a copy of a consumed group (intake.py)
                     continue
                 group = entry.decode(group_pb2.Group)
                 probe = build_train_batch(
@@ -242,6 +246,7 @@ class RLTrainer:
                     self.admission.on_returned(1, probe.num_kept_groups)
                 (kept if probe.num_kept_groups else dropped).append(group)
                 entries.append(entry)
+                self.consumed.append((group, entry, bool(probe.num_kept_groups)))
         return kept + dropped, entries, time.perf_counter() - start, False
 
     async def next_groups(self) -> tuple[list, list[StreamEntry], float, bool]:
@@ -263,11 +268,16 @@ class RLTrainer:
                 step=self.step,
                 policy_version=self.version,
                 data_position=self.order.state_dict(),
-                extra={"admission": self.admission.state_dict()},
+                extra={
+                    "admission": self.admission.state_dict(),
+                    # A crash before complete() below must not train these keys again.
+                    "intake_window": self.intake.state() if self.main else [],
+                },
             ),
         )
         if self.main:
             self.groups.complete(self.uncommitted)  # only now are their updates durable
+            self.intake.committed()
         self.uncommitted = []
 
     def resume(self) -> None:
@@ -279,11 +289,16 @@ class RLTrainer:
                 for queue in (self.prompts, self.groups):
                     queue.delete()
                     queue.ensure_group()
+                if self.intake.path.exists():  # a run killed before its first checkpoint
+                    self.intake.record_resume(0)
             return
         state = self.checkpoints.load(self.backend, latest)
         self.step, self.version = state.step, state.policy_version
         self.order.load_state_dict(state.data_position)
         self.admission.load_state_dict(state.extra["admission"])
+        if self.main:
+            self.intake.load_state(state.extra.get("intake_window", []))
+            self.intake.record_resume(self.step)
 
     async def evaluate(self, name: str) -> dict[str, Any] | None:
         """Evaluate the served policy on `data.eval_path` into `eval/<name>.json` (when on)."""
@@ -360,6 +375,7 @@ class RLTrainer:
         samples = SampleWriter(self.run_dir, self.backend.tokenizer) if self.main else None
         interval = self.trainer.eval_interval_steps
         skipped_entries = 0  # groups read by steps that had nothing to train on
+        skipped_duplicates = 0  # copies skipped while collecting for such steps
         with StepMetricsWriter(self.run_dir) if self.main else nullcontext() as writer:
             while self.step < max_steps:
                 self.status.set_phase("training")
@@ -377,6 +393,10 @@ class RLTrainer:
                 if not batch.samples:  # every sample stale or failed: nothing to learn from
                     self.uncommitted.extend(entries)
                     skipped_entries += len(entries)
+                    if self.main:
+                        skipped_duplicates += self.intake.record_step(
+                            self.step + 1, self.version, self.consumed, trained=False
+                        )
                     continue
                 outcome = train_step(
                     self.backend, batch, self.algorithm, self.trainer.micro_batch_tokens
@@ -406,6 +426,12 @@ class RLTrainer:
                 record = None
                 if self.main:
                     samples.write(self.step, groups)
+                    # Before the checkpoint: a crash between them drops this record on resume.
+                    extra["groups_duplicate_skipped"] = skipped_duplicates + (
+                        self.intake.record_step(
+                            self.step, self.version - 1, self.consumed, trained=True
+                        )
+                    )
                     record = writer.write(
                         self.step,
                         {
@@ -421,7 +447,7 @@ class RLTrainer:
                     result.metrics.append(record)
                     self.status.record_step(record)
                 self.uncommitted.extend(entries)
-                skipped_entries = 0
+                skipped_entries = skipped_duplicates = 0
                 if (
                     self.step % self.trainer.checkpoint_interval_steps == 0
                     or self.step == max_steps
@@ -438,7 +464,7 @@ class RLTrainer:
     async def close(self) -> None:
         await self.pool.close()
         await self.transport.close()
-        for closable in (self.prompts, self.groups, self.publisher):
+        for closable in (self.prompts, self.groups, self.publisher, self.intake):
             if closable is not None:  # None on ranks other than 0
                 closable.close()
 

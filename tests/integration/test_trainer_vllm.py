@@ -86,6 +86,7 @@ def stand_in_rollout(
         layout = RunLayout(run_id)
         tasks = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP, consumer="stand-in")
         groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP)
+        published = []
         try:
             while not stop.is_set():
                 for entry in await asyncio.to_thread(tasks.read, 4, 200):
@@ -120,14 +121,16 @@ def stand_in_rollout(
                                 ),
                             )
                         )
-                    groups.publish(
-                        group_pb2.Group(
-                            group_id=task.task_id,
-                            idempotency_key=task.idempotency_key,
-                            task=task,
-                            samples=samples,
-                        )
+                    group = group_pb2.Group(
+                        group_id=task.task_id,
+                        idempotency_key=task.idempotency_key,
+                        task=task,
+                        samples=samples,
                     )
+                    groups.publish(group)
+                    if not published:  # a worker killed before complete(): a second copy
+                        groups.publish(group)
+                    published.append(task.idempotency_key)
                     tasks.complete(entry)
         finally:
             await pool.close()
@@ -153,6 +156,7 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(
     from agentrl.common.inference.launcher import free_port
     from agentrl.proto.trainer.v1.trainer_pb2 import GetTrainerStatusRequest
     from agentrl.proto.trainer.v1.trainer_pb2_grpc import TrainerStatusServiceStub
+    from agentrl.trainer.intake import read_group_history, trained_keys
     from agentrl.trainer.metrics import read_step_metrics
     from agentrl.trainer.rl_loop import run_training
 
@@ -291,3 +295,10 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(
         assert f"agentrl_trainer_step_index {float(record['step'])}" in text
     assert client.zcard(done_key) == num_groups
     client.close()
+    # groups.jsonl: every group a step consumed, each key once although the first group was
+    # published twice (skipped within its checkpoint window and counted).
+    history = read_group_history(tmp_path / "run")
+    keys = trained_keys(history)
+    assert len(keys) == len(set(keys)) == num_groups
+    assert sum(r["groups_duplicate_skipped"] for r in records) == 1
+    assert [r["step"] for r in history if r["trained"]] == [1, 2, 3]
