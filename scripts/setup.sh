@@ -47,6 +47,23 @@ else
   fail "missing system packages: ${missing[*]}. Install them (sudo apt-get install ${missing[*]}) or run this as root."
 fi
 
+# The bwrap sandbox runs the host's /usr: g++ for `cpp` and the scientific Python stack that
+# agents import (services/sandbox/languages.py); AGENTRL_SANDBOX_PACKAGES="python3-sklearn ..."
+# adds Debian packages (the docker image takes the same list as EXTRA_PACKAGES, image/build.sh).
+runtime=()
+for pkg in g++ python3-numpy python3-scipy python3-sympy python3-pandas ${AGENTRL_SANDBOX_PACKAGES:-}; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || runtime+=("$pkg")
+done
+if [ ${#runtime[@]} -eq 0 ]; then
+  skip "sandbox runtime present: g++ numpy scipy sympy pandas ${AGENTRL_SANDBOX_PACKAGES:-}"
+elif [ "$(id -u)" = 0 ]; then
+  skip "installing the sandbox runtime: ${runtime[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${runtime[@]}" >/dev/null
+else
+  fail "missing sandbox runtime packages: ${runtime[*]}. Install them (sudo apt-get install --no-install-recommends ${runtime[*]}) or run this as root."
+fi
+
 # Redis: the tests and the local stack expect one on 127.0.0.1:6379.
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   skip "starting redis-server on 127.0.0.1:6379 (no persistence)"

@@ -125,6 +125,9 @@ class SandboxConfig(ServiceEndpoint):
     """bwrap: extra host paths bound read-only at the same place (e.g. a venv with numpy)."""
     sandbox_uid: int = Field(default=65534, ge=1)
     """bwrap: host uid (and gid) the sandbox runs as when the service runs as root (nobody)."""
+    seccomp: bool = True
+    """bwrap: install the seccomp filter of services/sandbox/seccomp.py (Docker's default
+    profile's deny list: ptrace, keyctl, mount, unshare, bpf...) in every sandbox."""
     work_root: Path = Path("/tmp/agentrl-sandbox")
     """bwrap: host directory holding each slot's work dir (a size-limited tmpfs when root)."""
     session_idle_s: float = Field(default=600.0, gt=0)

@@ -23,8 +23,10 @@ files and CPU seconds (rlimits). Without cgroup v1 (not root, cgroup v2 host) th
 back to RLIMIT_AS for memory and RLIMIT_NPROC shared by all runs for processes, has no warm
 slots, and says so in the log.
 
-What this does NOT cover: kernel exploits (no seccomp filter: the whole syscall surface of the
-host kernel is reachable, minus what user namespaces restrict); CPU side channels; /usr content
+A seccomp filter (agentrl.sandbox.seccomp) denies Docker's default list of dangerous calls.
+
+What this does NOT cover: kernel exploits through the calls the seccomp filter allows; CPU
+side channels; /usr content
 is readable (anything secret must not live under /usr or a ro_bind); disk I/O bandwidth; a
 program printing "bwrap: ..." to stderr and exiting non-zero is reported as `sandbox_error`;
 a background process the program left may still run for the milliseconds between the answer
@@ -54,9 +56,16 @@ from agentrl.sandbox.bwrap_argv import (
 )
 from agentrl.sandbox.capture import drive, kill_group, spawn
 from agentrl.sandbox.cgroups import Cgroup, CgroupParent
-from agentrl.sandbox.interface import Backend, ExecutionRequest, ExecutionResult, Status
-from agentrl.sandbox.languages import get_language
-from agentrl.sandbox.outcome import classify
+from agentrl.sandbox.interface import (
+    Backend,
+    CompileResult,
+    ExecutionRequest,
+    ExecutionResult,
+    Status,
+)
+from agentrl.sandbox.languages import Language, get_language
+from agentrl.sandbox.outcome import classify, compile_failure, compile_memory_mb, compile_outcome
+from agentrl.sandbox.seccomp import write_filter
 from agentrl.sandbox.workdir import CGROUP_PREFIX, SlotDir, check_traversable, sweep_stale
 
 __all__ = [
@@ -122,11 +131,21 @@ class BwrapBackend(Backend):
         is_root = os.geteuid() == 0
         # As root, the sandbox runs as an unprivileged host uid (nobody), not as mapped root.
         self.run_as: int | None = config.sandbox_uid if is_root and setpriv else None
-        self.tools = Tools(bwrap, setpriv, self.run_as)
         if is_root:
             sweep_stale(Path(config.work_root))
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
+        seccomp_path = self.root / "seccomp.bpf"
+        if not config.seccomp:
+            log.warning("sandbox.seccomp is off: sandboxes run without a syscall filter")
+            seccomp_path = None
+        elif not write_filter(seccomp_path):
+            log.warning(
+                "no seccomp filter for this architecture (%s): sandboxes run without one",
+                os.uname().machine,
+            )
+            seccomp_path = None
+        self.tools = Tools(bwrap, setpriv, self.run_as, str(seccomp_path) if seccomp_path else None)
         if self.run_as is not None:
             try:
                 check_traversable(self.root)
@@ -184,7 +203,7 @@ class BwrapBackend(Backend):
         program = [self.config.python, "-c", RUNNER_SOURCE, str(write_fd)]
         try:
             slot.warm = spawn(
-                self.command(slot, self.config.max_timeout_s, 0, program),
+                self.command(slot, self.config.max_timeout_s, 0, program, (write_fd,)),
                 SANDBOX_ENV,
                 pass_fds=(write_fd,),
             )
@@ -260,6 +279,16 @@ class BwrapBackend(Backend):
             slot.warm = proc
             self._kill(slot)
             proc = None
+        compiled = None
+        if language.compiler:
+            compiled = self._compile(slot, request, language)
+            if compiled.status != Status.OK:
+                return compile_failure(compiled, request, self.name)
+            if group is not None:
+                group.set_limits(
+                    request.memory_mb, self.config.max_processes, self.config.cpu_cores
+                )
+                group.reset_usage()
         warm = proc is not None
         if warm:
             stdin = b"%d\n" % len(code) + code + stdin
@@ -292,16 +321,54 @@ class BwrapBackend(Backend):
         result = classify(captured, oomed, request, self.config.max_output_bytes)
         result.cpu_time_s, result.peak_memory_mb = cpu_time_s, peak_mb
         result.backend, result.request_id = self.name, request.request_id
+        result.compile_result = compiled
         if result.status != Status.SANDBOX_ERROR and request.fetch_files:
             result.files = slot.dir.read_files(request.fetch_files, self.config.disk_mb << 20)
         return result
 
+    def _compile(self, slot: Slot, request: ExecutionRequest, language: Language) -> CompileResult:
+        """Run the compile step cold in the slot, under `compile_timeout_s`; nothing of it is
+        left running when this returns."""
+        group = slot.cgroup
+        memory_mb = compile_memory_mb(request, self.config)
+        oom_before = 0
+        if group is not None:
+            group.set_limits(memory_mb, self.config.max_processes, self.config.cpu_cores)
+            oom_before = group.oom_kills()
+        program = language.compile_argv(f"/work/{language.source_name}")
+        proc = spawn(self.command(slot, request.compile_timeout_s, memory_mb, program), SANDBOX_ENV)
+        captured = drive(
+            proc,
+            stdin=b"",
+            timeout_s=request.compile_timeout_s,
+            max_output_bytes=self.config.max_output_bytes,
+            kill_tree=group.kill_all if group is not None else None,
+        )
+        oomed = False
+        if group is not None:
+            if not group.wait_empty(TEARDOWN_WAIT_S):
+                group.kill_all()
+            oomed = group.oom_kills() > oom_before
+        return compile_outcome(captured, oomed, request, memory_mb, self.config.max_output_bytes)
+
     def command(
-        self, slot: Slot, timeout_s: float, memory_mb: int, program: list[str]
+        self,
+        slot: Slot,
+        timeout_s: float,
+        memory_mb: int,
+        program: list[str],
+        pass_fds: tuple[int, ...] = (),
     ) -> list[str]:
         """The full argv: shell prologue (cgroups, rlimits), setpriv, bwrap, program."""
         return sandbox_argv(
-            self.config, self.tools, slot.dir, slot.cgroup, timeout_s, memory_mb, program
+            self.config,
+            self.tools,
+            slot.dir,
+            slot.cgroup,
+            timeout_s,
+            memory_mb,
+            program,
+            pass_fds,
         )
 
     def close(self) -> None:

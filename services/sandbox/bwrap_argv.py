@@ -1,11 +1,14 @@
 """The argv of one bubblewrap sandbox: shell prologue (cgroups, rlimits), setpriv, bwrap.
 
-    sh -c 'join the cgroups; set rlimits; exec "$@"' setpriv --reuid=nobody ... bwrap ... PROGRAM
+    sh -c 'join the cgroups; set rlimits; exec "$@" N<filter' setpriv --reuid=nobody ... \
+        bwrap ... --seccomp N ... PROGRAM
 
 bwrap unshares every namespace (user, pid, net, ipc, uts, mount, cgroup), forbids nested user
 namespaces, drops all capabilities, binds /usr (and `ro_binds`) read-only, gives a private
 /proc, a minimal /dev, and the slot's work/ and tmp/ at /work and /tmp; the root itself is
-read-only. The shell joins the slot's cgroups before anything else runs, so nothing of the
+read-only. With a seccomp filter (agentrl.sandbox.seccomp), the shell opens the compiled
+filter on a free fd below 10 (a fresh open per sandbox: bwrap reads it to the end) and bwrap
+installs it just before it executes the program, then closes the fd. The shell joins the slot's cgroups before anything else runs, so nothing of the
 untrusted program ever runs outside them. Used by the one-shot runs and the warm slots of
 agentrl.sandbox.bwrap and by the sessions (agentrl.sandbox.sessions).
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from dataclasses import dataclass
 
 from agentrl.common.config import SandboxConfig
@@ -39,6 +43,9 @@ MAX_OPEN_FILES = 1024
 ADDRESS_SPACE_SLACK_MB = 256
 # Host directories that hold the interpreter and its libraries on Debian-like systems.
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# Debian's alternatives: libraries under /usr link through it (numpy's libblas.so.3, g++'s
+# tools on some hosts), so it is bound read-only too; it holds only symlinks.
+ALTERNATIVES_DIR = "/etc/alternatives"
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class Tools:
     bwrap: str
     setpriv: str | None
     run_as: int | None
+    seccomp_filter: str | None = None
+    """Host path of the compiled seccomp filter (None: no filter)."""
 
 
 def sandbox_argv(
@@ -58,8 +67,11 @@ def sandbox_argv(
     timeout_s: float,
     memory_mb: int,
     program: list[str],
+    pass_fds: tuple[int, ...] = (),
 ) -> list[str]:
-    """The full argv: shell prologue (cgroups, rlimits), setpriv, bwrap, program."""
+    """The full argv: shell prologue (cgroups, rlimits), setpriv, bwrap, program.
+
+    `pass_fds`: fds the caller passes to the process (the seccomp fd must not take one)."""
     prologue = cgroup.join_script() if cgroup is not None else ""
     # sh's ulimit -f counts 512-byte blocks; -t is CPU seconds, a backstop behind the wall
     # clock (a program using several cores may burn more CPU than wall time).
@@ -72,7 +84,13 @@ def sandbox_argv(
         address_kb = (memory_mb + ADDRESS_SPACE_SLACK_MB) * 1024
         procs = config.max_processes * config.max_concurrency
         prologue += f"ulimit -v {address_kb}; ulimit -p {procs}; "
-    argv = ["/bin/sh", "-c", prologue + 'exec "$@"', "sh"]
+    seccomp: list[str] = []
+    exec_line = 'exec "$@"'
+    if tools.seccomp_filter is not None:
+        fd = next(n for n in range(3, 10) if n not in pass_fds)
+        exec_line += f" {fd}<{shlex.quote(tools.seccomp_filter)}"
+        seccomp = ["--seccomp", str(fd)]
+    argv = ["/bin/sh", "-c", prologue + exec_line, "sh"]
     if tools.run_as is not None:
         argv += [
             tools.setpriv,
@@ -81,7 +99,7 @@ def sandbox_argv(
             "--clear-groups",
             "--",
         ]
-    return argv + bwrap_args(config, tools.bwrap, slot_dir) + ["--"] + program
+    return argv + bwrap_args(config, tools.bwrap, slot_dir) + seccomp + ["--"] + program
 
 
 def bwrap_args(config: SandboxConfig, bwrap: str, slot_dir: SlotDir) -> list[str]:
@@ -105,6 +123,8 @@ def bwrap_args(config: SandboxConfig, bwrap: str, slot_dir: SlotDir) -> list[str
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
+    if os.path.isdir(ALTERNATIVES_DIR):
+        args += ["--ro-bind", ALTERNATIVES_DIR, ALTERNATIVES_DIR]
     for path in config.ro_binds:
         args += ["--ro-bind", path, path]
     args += [

@@ -89,6 +89,10 @@ class Sandbox:
                     raise RequestRejected(
                         f"sessions need the bwrap backend; this replica runs {self.backend.name}"
                     )
+                if resolved.session_id and resolved.language != "python":
+                    raise RequestRejected(
+                        f"sessions run python; send {resolved.language} without a session_id"
+                    )
             except RequestRejected as exc:
                 self.metrics.refusals.labels(reason="invalid").inc()
                 return self._finish(

@@ -40,8 +40,23 @@ class ExecutionRequest:
     """Work-dir relative paths read back after the program ends (missing ones are skipped)."""
     timeout_s: float = 0.0
     memory_mb: int = 0
+    compile_timeout_s: float = 0.0
+    """Wall-clock limit of a compiled language's compile step (0: `default_timeout_s`); never
+    added to `timeout_s`, and bounds nothing for python and bash."""
     session_id: str = ""
     request_id: str = ""
+
+
+@dataclass
+class CompileResult:
+    """How a compiled language's compile step ended (the compiler's own output)."""
+
+    status: Status
+    """`ok`, `error` (the compiler exited non-zero), `timeout`, `oom` or `output_limit`."""
+    exit_code: int = -1
+    stdout: str = ""
+    stderr: str = ""
+    wall_time_s: float = 0.0
 
 
 @dataclass
@@ -61,6 +76,9 @@ class ExecutionResult:
     message: str = ""
     backend: str = ""
     request_id: str = ""
+    compile_result: CompileResult | None = None
+    """Set for a compiled language; when it is not `ok` the program did not run and `status`
+    is its status (`error` for a compile error) with the message saying so."""
 
 
 class RequestRejected(ValueError):

@@ -59,6 +59,11 @@ def resolve_request(request: ExecutionRequest, config: SandboxConfig) -> Executi
     timeout_s = request.timeout_s or config.default_timeout_s
     if not 0 < timeout_s <= config.max_timeout_s:
         raise RequestRejected(f"timeout_s={timeout_s} must be in (0, {config.max_timeout_s}]")
+    compile_timeout_s = request.compile_timeout_s or config.default_timeout_s
+    if not 0 < compile_timeout_s <= config.max_timeout_s:
+        raise RequestRejected(
+            f"compile_timeout_s={compile_timeout_s} must be in (0, {config.max_timeout_s}]"
+        )
     memory_mb = request.memory_mb or config.default_memory_mb
     if not 16 <= memory_mb <= config.max_memory_mb:
         raise RequestRejected(f"memory_mb={memory_mb} must be in [16, {config.max_memory_mb}]")
@@ -74,6 +79,7 @@ def resolve_request(request: ExecutionRequest, config: SandboxConfig) -> Executi
         request,
         language=language.name,
         timeout_s=float(timeout_s),
+        compile_timeout_s=float(compile_timeout_s),
         memory_mb=int(memory_mb),
         files=files,
         fetch_files=fetch,

@@ -19,11 +19,14 @@ Invariants a client can rely on:
   `clamped_limits` ({field: {requested, applied}}), an extra field SandboxFusion's clients
   ignore; the field is absent when nothing was clamped, so the body is SandboxFusion's.
 - `language` is required, as in SandboxFusion; one this sandbox does not run (SandboxFusion's
-  `cpp`, `nodejs`...) is a 422 naming the languages it does run, as SandboxFusion answers a
-  language outside its own list.
-- `compile_timeout` bounds a compile step and never extends the run: python and bash have no
-  compile step (`compile_result` is null, as SandboxFusion's python runner answers), so for
-  them it is validated and clamped but bounds nothing.
+  `nodejs`, `go`...) is a 422 naming the languages it does run (python, bash, cpp), as
+  SandboxFusion answers a language outside its own list.
+- `compile_timeout` bounds cpp's compile step and never extends the run; `compile_result` is
+  the compile step's (`Finished` with the compiler's exit code and output, or
+  `TimeLimitExceeded`), and when it did not succeed `run_result` is null and the status
+  `Failed`, as SandboxFusion answers a compile error. python and bash have no compile step
+  (`compile_result` is null, as SandboxFusion's python runner answers): for them it is
+  validated and clamped but bounds nothing.
 
 Mapping: ok -> Success/Finished; error, oom, output_limit -> Failed/Finished with the return
 code (message names oom/output_limit); timeout -> Failed/TimeLimitExceeded (no return code);
@@ -31,9 +34,8 @@ sandbox_error -> SandboxError with run_result Error. `memory_limit_MB` -1 or 0 (
 limit) -> the cap `max_memory_mb`; a null file content writes no file (as SandboxFusion).
 
 What this module does NOT cover: `/run_jupyter`, `/submit` and SandboxFusion's dataset APIs;
-compiled languages (the compile step and `ExecutionRequest`'s field for its budget come with the
-first one; tests/unit/sandbox/test_sandbox_fusion.py fails until `to_request` fills that field
-from `compile_timeout`); SandboxFusion's `IGNORE_THIS_FILE` file names (written like any other).
+compiled languages other than cpp; SandboxFusion's `IGNORE_THIS_FILE` file names (written like
+any other).
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ from pydantic_core import PydanticCustomError
 
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
-from agentrl.sandbox.interface import ExecutionRequest, ExecutionResult, RequestRejected, Status
+from agentrl.sandbox.interface import (
+    CompileResult,
+    ExecutionRequest,
+    ExecutionResult,
+    RequestRejected,
+    Status,
+)
 from agentrl.sandbox.languages import ALIASES, LANGUAGES, get_language
 from agentrl.sandbox.limits import normalize_path
 
@@ -77,7 +85,8 @@ class RunCodeRequest(BaseModel):
     language: str
     """Required, as in SandboxFusion: a language of agentrl.sandbox.languages or 422."""
     compile_timeout: float = Field(default=10, gt=0, allow_inf_nan=False)
-    """Seconds for a compile step; none of our languages has one (see the module docstring)."""
+    """Seconds for the compile step of a compiled language (cpp); bounds nothing for python
+    and bash (see the module docstring)."""
     run_timeout: float = Field(default=10, gt=0, allow_inf_nan=False)
     memory_limit_MB: int = -1
     """-1 or 0: no limit from the request, so the service's cap `max_memory_mb` (SandboxFusion
@@ -176,9 +185,9 @@ def to_request(
     run_timeout_s = _clamp(
         "run_timeout", body.run_timeout, config.max_timeout_s, "max_timeout_s", clamped
     )
-    # Validated and clamped like run_timeout so a client learns its value is not what will apply
-    # once a language compiles; ExecutionRequest has no compile budget yet (module docstring).
-    _clamp("compile_timeout", body.compile_timeout, config.max_timeout_s, "max_timeout_s", clamped)
+    compile_timeout_s = _clamp(
+        "compile_timeout", body.compile_timeout, config.max_timeout_s, "max_timeout_s", clamped
+    )
     memory_mb = (
         config.max_memory_mb
         if body.memory_limit_MB <= 0
@@ -199,10 +208,25 @@ def to_request(
         files=files,
         fetch_files=list(body.fetch_files),
         timeout_s=run_timeout_s,
+        compile_timeout_s=compile_timeout_s,
         memory_mb=memory_mb,
         request_id=request_id,
     )
     return execution, clamped
+
+
+def _command_result(step: CompileResult | None) -> CommandRunResult | None:
+    """SandboxFusion's compile_result for our compile step (None without one)."""
+    if step is None:
+        return None
+    timed_out = step.status == Status.TIMEOUT
+    return CommandRunResult(
+        status=CommandRunStatus.TimeLimitExceeded if timed_out else CommandRunStatus.Finished,
+        execution_time=step.wall_time_s,
+        return_code=None if timed_out else step.exit_code,
+        stdout=step.stdout,
+        stderr=step.stderr,
+    )
 
 
 def to_response(
@@ -229,7 +253,15 @@ def to_response(
         stdout=result.stdout,
         stderr=result.stderr,
     )
-    common = {"executor_pod_name": pod, "clamped_limits": clamped or {}}
+    common = {
+        "executor_pod_name": pod,
+        "clamped_limits": clamped or {},
+        "compile_result": _command_result(result.compile_result),
+    }
+    if result.compile_result is not None and result.compile_result.status != Status.OK:
+        # The program did not run: SandboxFusion answers a failed compile with Failed and no
+        # run_result; the message says why.
+        return RunCodeResponse(status=RunStatus.Failed, message=result.message, **common)
     if result.status == Status.SANDBOX_ERROR:
         run.status, run.return_code = CommandRunStatus.Error, None
         return RunCodeResponse(

@@ -107,7 +107,7 @@ class SessionManager:
         read_fd, write_fd = os.pipe()
         program = [self.config.python, "-c", KERNEL_SOURCE, str(write_fd)]
         argv = self.backend.command(
-            slot, self.config.max_timeout_s * 1000, session.memory_mb, program
+            slot, self.config.max_timeout_s * 1000, session.memory_mb, program, (write_fd,)
         )
         session.proc = spawn(argv, SANDBOX_ENV, pass_fds=(write_fd,))
         os.close(write_fd)

@@ -50,12 +50,13 @@ def test_language_is_required_and_must_run_here():
     with pytest.raises(ValidationError) as missing:
         RunCodeRequest.model_validate({"code": "1"})
     assert [(e["type"], e["loc"]) for e in missing.value.errors()] == [("missing", ("language",))]
-    for language in ("cpp", "nodejs", "", "  "):
+    for language in ("go", "nodejs", "", "  "):
         with pytest.raises(ValidationError) as refused:
             RunCodeRequest(code="1", language=language)
         error = refused.value.errors()[0]
-        assert error["type"] == "literal_error" and "bash, python" in error["msg"]
+        assert error["type"] == "literal_error" and "bash, cpp, python" in error["msg"]
     assert RunCodeRequest(code="1", language="python3").language == "python"
+    assert RunCodeRequest(code="1", language="cpp").language == "cpp"
 
 
 @pytest.mark.parametrize("field", ["run_timeout", "compile_timeout"])
