@@ -196,6 +196,17 @@ class ToolShapingConfig(Section):
     """Largest bonus (0.4 above: a wrong answer never gets more than incorrect_reward + 0.4)."""
 
 
+class ToolUseBonusConfig(Section):
+    """ARPO's bonus for a correct answer that used every listed tool (services/reward/shaping.py)."""
+
+    enabled: bool = False
+    """Add `bonus` to a correct answer's reward when its calls used every tool of `tools`."""
+    bonus: float = Field(default=0.1, ge=0)
+    """ARPO's +0.1."""
+    tools: list[str] = ["python", "search"]
+    """Tools a trajectory must all have used (a call of each ran) to earn the bonus."""
+
+
 class RewardConfig(ServiceEndpoint):
     """Verifiers and reward shaping (ALGORITHMS.md §3; docs/reward.md explains every verdict)."""
 
@@ -227,6 +238,8 @@ class RewardConfig(ServiceEndpoint):
     """DAPO's soft overlong penalty (`reward.overlong.*`)."""
     tool_shaping: ToolShapingConfig = ToolShapingConfig()
     """Open-AgentRL's tool-call bonus for wrong answers (`reward.tool_shaping.*`)."""
+    tool_use_bonus: ToolUseBonusConfig = ToolUseBonusConfig()
+    """ARPO's bonus for right answers that used every listed tool (`reward.tool_use_bonus.*`)."""
     reward_scale: float = 1.0
     """reward = reward_scale * (sum of components) + reward_bias; ASearcher: scale 10, bias -5."""
     reward_bias: float = 0.0

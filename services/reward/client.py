@@ -43,6 +43,7 @@ class RewardClient:
         response_length_tokens: int = 0,
         truncated: bool = False,
         request_id: str = "",
+        tools_used: Sequence[str] = (),
     ) -> group_pb2.RewardResult:
         """The reward of one response (see agentrl.reward.v1.ScoreRequest for the fields)."""
         request = reward_pb2.ScoreRequest(
@@ -54,6 +55,7 @@ class RewardClient:
             response_length_tokens=response_length_tokens,
             truncated=truncated,
             request_id=request_id,
+            tools_used=list(tools_used),
         )
         return self.stub.Score(request).result
 

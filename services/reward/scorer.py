@@ -189,7 +189,11 @@ class Scorer:
             )
         elapsed_s = time.perf_counter() - start
         result = shaping.shape(
-            verification, self.config, request.response_length_tokens, request.num_tool_calls
+            verification,
+            self.config,
+            request.response_length_tokens,
+            request.num_tool_calls,
+            request.tools_used,
         )
         result.verify_time_s = elapsed_s
         self._scores.labels(item.task_type, group_pb2.Verdict.Name(result.verdict)).inc()

@@ -10,14 +10,20 @@
   `min(0, -(L - (L_max - L_buf)) / L_buf * kappa)`: 0 up to L_max - L_buf, falling linearly to
   −kappa at L_max. Past L_max the DAPO paper's value −kappa holds (the response was cut there
   anyway; the open formula would keep falling).
-- tool_shaping (Open-AgentRL) for a wrong answer (verdict incorrect or no answer) with k tool
-  calls: `min(per_call * k, cap)` added to the incorrect reward. With the defaults (per_call 0.1,
-  cap 0.4, incorrect −1) the reward of a wrong answer is exactly `min(-0.6, -1 + 0.1 k)`.
+- tool_shaping, the tool-call term, from two options (either, both or none):
+  - Open-AgentRL's, for a wrong answer (verdict incorrect or no answer) with k tool calls:
+    `min(per_call * k, cap)` added to the incorrect reward. With the defaults (per_call 0.1,
+    cap 0.4, incorrect −1) the reward of a wrong answer is exactly `min(-0.6, -1 + 0.1 k)`.
+  - ARPO's tool-use bonus (`tool_use_bonus`), for a correct answer whose trajectory used every
+    tool of `tool_use_bonus.tools` (python and search: ARPO rewards combining them): `+bonus`
+    (0.1). "Used" means a call of that tool ran (ok, error or timeout; the rollout sends the
+    names as `ScoreRequest.tools_used`); a call that could not be parsed or reached no tool
+    does not count.
 - scale and bias last, e.g. ASearcher's `(r - 0.5) * 10` is scale 10, bias −5.
 
 Every setting is a field of `RewardConfig`, which `shape` takes whole: `correct_reward`,
 `incorrect_reward`, `format_penalty`, `overlong` (L_max, L_buf, kappa), `tool_shaping`
-(per_call, cap), `reward_scale` and `reward_bias`.
+(per_call, cap), `tool_use_bonus` (bonus, tools), `reward_scale` and `reward_bias`.
 
 A verifier error (timeout, crash, sandbox down) gives every component 0, so the reward is just
 `bias` (the formula above still holds); the verdict and reason say what failed, and the trainer
@@ -26,9 +32,12 @@ must skip such samples rather than learn from a made-up value.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from agentrl.common.config import RewardConfig
 from agentrl.proto.core.v1 import group_pb2
 from agentrl.reward.verifier import (
+    CORRECT,
     FORMAT_ERROR,
     INCORRECT,
     NO_ANSWER,
@@ -55,10 +64,20 @@ def tool_shaping(num_tool_calls: int, per_call: float, cap: float) -> float:
     return min(per_call * num_tool_calls, cap)
 
 
+def tool_use_bonus(tools_used: Iterable[str], required: Iterable[str], bonus: float) -> float:
+    """ARPO's bonus for a correct answer: `bonus` when every `required` tool was used, else 0."""
+    return bonus if set(required) <= set(tools_used) else 0.0
+
+
 def shape(
-    verification: Verification, config: RewardConfig, length_tokens: int, num_tool_calls: int
+    verification: Verification,
+    config: RewardConfig,
+    length_tokens: int,
+    num_tool_calls: int,
+    tools_used: Iterable[str] = (),
 ) -> group_pb2.RewardResult:
-    """The reward and its components for one verification (verify_time_s is set by the caller)."""
+    """The reward and its components for one verification (verify_time_s is set by the caller);
+    `tools_used`: the names of the tools whose calls ran (ARPO's tool-use bonus)."""
     components = group_pb2.RewardComponents()
     verdict = verification.verdict
     if verdict == VERIFIER_ERROR:
@@ -85,6 +104,9 @@ def shape(
         components.tool_shaping = tool_shaping(
             num_tool_calls, config.tool_shaping.per_call, config.tool_shaping.cap
         )
+    bonus = config.tool_use_bonus
+    if bonus.enabled and verdict == CORRECT:
+        components.tool_shaping += tool_use_bonus(tools_used, bonus.tools, bonus.bonus)
     total = (
         components.correctness
         + components.format

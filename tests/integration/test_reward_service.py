@@ -66,6 +66,7 @@ def service() -> Iterator[RunningRewardService]:
     running = start(
         make_config(
             tool_shaping={"enabled": True},
+            tool_use_bonus={"enabled": True},
             custom_verifiers={"length": f"{__name__}:length_verifier"},
         )
     )
@@ -89,6 +90,9 @@ def test_math_scores_with_components(client: RewardClient) -> None:
     assert wrong.verdict == group_pb2.VERDICT_INCORRECT
     assert wrong.reward == pytest.approx(min(-0.6, -1 + 0.1 * 3))  # tool shaping is wired
     assert "0.51" in wrong.reason
+    both = client.score("math", r"\boxed{2}", "2", tools_used=["python", "search"])
+    assert both.reward == pytest.approx(1.1)  # ARPO's tool-use bonus is wired
+    assert client.score("math", r"\boxed{2}", "2", tools_used=["python"]).reward == 1.0
 
 
 def test_batch_keeps_order_and_request_ids(client: RewardClient) -> None:

@@ -42,6 +42,25 @@ def response_length_tokens(traj: trajectory_pb2.Trajectory) -> int:
     return len(traj.token_ids) - traj.prompt_length
 
 
+# A call "used" its tool when the tool ran: its output (or its error, or its timeout) was real.
+RAN_STATUSES = (
+    trajectory_pb2.TOOL_CALL_STATUS_OK,
+    trajectory_pb2.TOOL_CALL_STATUS_ERROR,
+    trajectory_pb2.TOOL_CALL_STATUS_TIMEOUT,
+)
+
+
+def tools_used(traj: trajectory_pb2.Trajectory) -> list[str]:
+    """Sorted names of the tools whose calls ran in the episode (ARPO's tool-use bonus)."""
+    return sorted(
+        {
+            turn.tool_call.tool
+            for turn in traj.turns
+            if turn.HasField("tool_call") and turn.tool_call.status in RAN_STATUSES
+        }
+    )
+
+
 def check_task(task: task_pb2.RolloutTask) -> None:
     """Raise ValueError when a task cannot be sampled."""
     if not task.task_id or not task.idempotency_key:
@@ -129,6 +148,7 @@ class GroupSampler:
             response_length_tokens=response_length_tokens(traj),
             truncated=traj.truncated,
             request_id=traj.trajectory_id,
+            tools_used=tools_used(traj),
         )
         return group_pb2.ScoredTrajectory(trajectory=traj, result=result)
 

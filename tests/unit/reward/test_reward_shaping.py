@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from agentrl.common.config import OverlongPenaltyConfig, RewardConfig, ToolShapingConfig
+from agentrl.common.config import (
+    OverlongPenaltyConfig,
+    RewardConfig,
+    ToolShapingConfig,
+    ToolUseBonusConfig,
+)
 from agentrl.reward.shaping import overlong_penalty, shape
 from agentrl.reward.verifier import (
     CORRECT,
@@ -64,6 +69,42 @@ def test_tool_shaping_for_wrong_answers(k: int) -> None:
 def test_tool_shaping_is_off_unless_enabled() -> None:
     result = shape(Verification(INCORRECT, 0.0, "wrong"), RewardConfig(), 0, num_tool_calls=4)
     assert result.reward == -1.0 and result.components.tool_shaping == 0.0
+
+
+def test_arpo_tool_use_bonus_needs_a_right_answer_and_every_tool() -> None:
+    settings = RewardConfig(
+        tool_use_bonus=ToolUseBonusConfig(enabled=True),
+        overlong=OverlongPenaltyConfig(enabled=False),
+    )
+    right = Verification(CORRECT, 1.0, "")
+    both = shape(right, settings, 100, 2, tools_used=["python", "search"])
+    assert both.reward == pytest.approx(1.1) and both.components.tool_shaping == pytest.approx(0.1)
+    for used in (["python"], ["search"], []):
+        assert shape(right, settings, 100, 1, tools_used=used).reward == 1.0
+    wrong = shape(Verification(INCORRECT, 0.0, ""), settings, 100, 2, ["python", "search"])
+    assert wrong.reward == -1.0
+    # Off by default; with one required tool, that tool alone earns it.
+    assert shape(right, RewardConfig(), 100, 2, ["python", "search"]).reward == 1.0
+    python_only = settings.model_copy(
+        update={"tool_use_bonus": ToolUseBonusConfig(enabled=True, tools=["python"])}
+    )
+    assert shape(right, python_only, 100, 1, ["python"]).reward == pytest.approx(1.1)
+
+
+def test_tools_used_counts_only_calls_that_ran() -> None:
+    from agentrl.common.agent.group import tools_used
+    from agentrl.proto.core.v1 import trajectory_pb2 as t
+
+    traj = t.Trajectory()
+    for tool, status in [
+        ("python", t.TOOL_CALL_STATUS_ERROR),
+        ("search", t.TOOL_CALL_STATUS_UNAVAILABLE),
+        ("calc", t.TOOL_CALL_STATUS_PARSE_ERROR),
+        ("python", t.TOOL_CALL_STATUS_OK),
+    ]:
+        traj.turns.add(tool_call=t.ToolCall(tool=tool, status=status))
+    traj.turns.add()  # a turn without a call
+    assert tools_used(traj) == ["python"]
 
 
 def test_components_add_up_with_scale_and_bias() -> None:
