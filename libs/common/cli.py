@@ -14,6 +14,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentrl.common.cli_errors import (
+    debug_enabled,
+    enable_debug,
+    fail,
+    load_recipe_or_exit,
+    require,
+    unexpected,
+)
+
 app = typer.Typer(
     help="AgentRL: train tool-using LLM agents with RL.",
     no_args_is_help=True,
@@ -55,8 +64,22 @@ def _root(
             help="Print AgentRL's version (and torch's, vLLM's, transformers') and exit.",
         ),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show the traceback behind an error message (env AGENTRL_DEBUG=1).",
+        ),
+    ] = False,
 ) -> None:
-    """AgentRL: train tool-using LLM agents with RL."""
+    """AgentRL: train tool-using LLM agents with RL.
+
+    A command that needs a service checks it first; what is missing is one paragraph with the
+    fix. Exit codes: 1, the recipe or an argument is wrong; 2, a service it needs does not
+    answer or a file it names is missing.
+    """
+    if debug:
+        enable_debug()
 
 
 # Piped output (logs, CI) gets a wide table instead of one squeezed to 80 columns.
@@ -137,13 +160,7 @@ RecipeOption = Annotated[Path | None, typer.Option("--recipe", "-r", help="YAML 
 
 
 def _load_or_exit(recipe: Path | None):
-    from agentrl.common.config import ConfigError, load_config
-
-    try:
-        return load_config(recipe)
-    except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+    return load_recipe_or_exit(recipe)
 
 
 @streams_app.command("status")
@@ -156,6 +173,7 @@ def streams_status(
     from agentrl.common.streams import StreamQueue, StreamUnavailableError
 
     config = _load_or_exit(recipe)
+    require(config, recipe, services=("redis",))
     run = run_id or config.run.run_id
     table = Table("group", "length", "lag", "pending", "pending by consumer")
     table.add_column("stream", no_wrap=True)
@@ -168,9 +186,8 @@ def streams_status(
         )
         try:
             stats = queue.stats()
-        except StreamUnavailableError as exc:
-            err_console.print(f"[red]{exc}[/]")
-            raise typer.Exit(code=1) from None
+        except StreamUnavailableError as exc:  # Redis went away since the check
+            raise fail(str(exc), code=2) from None
         finally:
             queue.close()
         per_consumer = ", ".join(f"{k}={v}" for k, v in stats.pending_per_consumer.items())
@@ -195,6 +212,7 @@ def streams_check(recipe: RecipeOption = None) -> None:
     from agentrl.proto.core.v1 import group_pb2, trajectory_pb2
 
     config = _load_or_exit(recipe)
+    require(config, recipe, services=("redis",))
     scratch = stream_key(f"check-{uuid.uuid4().hex[:8]}", "groups")
     num_tokens = 2048
     group = group_pb2.Group(
@@ -230,9 +248,8 @@ def streams_check(recipe: RecipeOption = None) -> None:
         stats = queue.stats()
         elapsed_ms = (time.perf_counter() - start) * 1000
         queue.delete()
-    except StreamUnavailableError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+    except StreamUnavailableError as exc:  # Redis went away since the check
+        raise fail(str(exc), code=2) from None
     finally:
         queue.close()
     size_mb = group.ByteSize() / 1e6
@@ -283,6 +300,7 @@ def serve(
 
     # A SIGTERM while the service starts is replayed once it can drain, not fatal.
     hold_shutdown_signals()
+    enable_debug()  # a service's output is its log: a crash keeps its traceback there
 
     services = available_services()
     if service not in services:
@@ -331,6 +349,17 @@ def stack_up(
             f"{', '.join(available_services())}[/]"
         )
         raise typer.Exit(code=2)
+    if local_stack.VLLM in chosen:
+        from agentrl.common.dry_run import SERVED_MODEL
+
+        if config.served_model_path() is None:
+            raise fail(
+                "the stack's vLLM server needs a model: set model.path (or "
+                "inference.server.model_path) in the recipe to a Hugging Face checkpoint "
+                "directory, or leave vllm out of --services",
+                code=2,
+            )
+        require(config, recipe, services=(), files=(SERVED_MODEL,))
     try:
         local_stack.up(config, str(recipe or ""), chosen)
     except local_stack.StackError as exc:
@@ -419,7 +448,12 @@ def dry_run_command(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:  # the last word on what no command explains
+        if debug_enabled():
+            raise
+        raise SystemExit(fail(unexpected(exc)).exit_code) from None
 
 
 if __name__ == "__main__":

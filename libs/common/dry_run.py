@@ -150,13 +150,21 @@ def run_checks(checks: list[Check]) -> list[CheckResult]:
     ]
 
 
-def file_checks(config: Any, prompts: dict[str, list], timeout_s: float) -> list[Check]:
-    """Data sets, SFT trajectories and the model directory; parsed rows land in `prompts`."""
+FILE_KEYS = ("data.train_path", "data.eval_path", "sft.train_path", "model.path")
+# The checkpoint the vLLM pool serves: inference.server.model_path, else model.path.
+SERVED_MODEL = "served model"
+
+
+def file_checks(
+    config: Any, prompts: dict[str, list], timeout_s: float, keys: tuple[str, ...] = FILE_KEYS
+) -> list[Check]:
+    """Data sets, SFT trajectories and the model directory (those of `keys` the config sets);
+    parsed rows land in `prompts`."""
     checks = []
     if config.data is not None:
         for key in ("train_path", "eval_path"):
             path = getattr(config.data, key)
-            if path is not None:
+            if path is not None and f"data.{key}" in keys:
                 checks.append(
                     Check(
                         f"data.{key}",
@@ -167,7 +175,7 @@ def file_checks(config: Any, prompts: dict[str, list], timeout_s: float) -> list
                         timeout_s,
                     )
                 )
-    if config.sft.train_path is not None:
+    if config.sft.train_path is not None and "sft.train_path" in keys:
         # Imported here, outside the deadline: sft.py imports torch, which takes seconds.
         from agentrl.trainer.sft import load_trajectories
 
@@ -185,19 +193,26 @@ def file_checks(config: Any, prompts: dict[str, list], timeout_s: float) -> list
                 timeout_s,
             )
         )
-    if config.model is not None:
-        path = config.model.path
-        checks.append(
-            Check(
-                "model.path",
-                str(path),
-                partial(_model_probe, path),
-                "point model.path at a Hugging Face checkpoint directory (config.json, weights, "
-                "tokenizer files) on a volume this machine mounts",
-                timeout_s,
-            )
-        )
+    if config.model is not None and "model.path" in keys:
+        checks.append(model_check("model.path", config.model.path, timeout_s))
+    if SERVED_MODEL in keys and config.served_model_path() is not None:
+        key = "inference.server.model_path" if config.inference.server.model_path else "model.path"
+        checks.append(model_check(key, config.served_model_path(), timeout_s))
     return checks
+
+
+def model_check(key: str, path: Path, timeout_s: float) -> Check:
+    """The checkpoint directory that setting `key` names holds a model transformers can load."""
+    return Check(
+        key,
+        str(path),
+        partial(_model_probe, path),
+        f"point {key} at a Hugging Face checkpoint directory (config.json, weights, tokenizer "
+        "files) on a volume this machine mounts; for a tiny model of your own, `agentrl model "
+        "init --preset tiny --out DIR`; a recipe whose model is its SFT output (sft.output_dir) "
+        "needs `agentrl sft -r RECIPE` first",
+        timeout_s,
+    )
 
 
 def _file_probe(path: Path, key: str, parse: Callable[[Path], str]) -> Callable[[], str]:
@@ -233,6 +248,8 @@ def _prompts_probe(path: Path, prompts: dict[str, list], key: str) -> Callable[[
 
 
 def _model_probe(path: Path) -> str:
+    if not path.exists():
+        raise CheckFailed(f"{path} does not exist")
     if not path.is_dir():
         raise CheckFailed(f"{path} is not a directory")
     config_file = path / "config.json"
@@ -301,7 +318,11 @@ def skipped_services(config: Any, rows: list | None) -> list[CheckResult]:
     return skipped
 
 
-def service_checks(config: Any, rows: list | None, timeout_s: float) -> list[Check]:
+def service_checks(
+    config: Any, rows: list | None, timeout_s: float, only: tuple[str, ...] | None = None
+) -> list[Check]:
+    """Redis, reward, the tool services the rows (else the tool format) use, rollout when
+    rollout.address is set, every inference URL; with `only`, exactly those named."""
     redis_url = _hide_password(config.redis.url)
     checks = [
         Check(
@@ -309,7 +330,8 @@ def service_checks(config: Any, rows: list | None, timeout_s: float) -> list[Che
             redis_url,
             partial(_redis_probe, config.redis.url, timeout_s),
             "start Redis there or set redis.url (env AGENTRL__REDIS__URL); locally "
-            "`agentrl up -r RECIPE` starts one",
+            "`agentrl up -r RECIPE` starts one for the stack, or `redis-server --daemonize yes` "
+            "runs the machine's (scripts/setup.sh does)",
             timeout_s,
         )
     ]
@@ -317,6 +339,8 @@ def service_checks(config: Any, rows: list | None, timeout_s: float) -> list[Che
     names = [n for n in ("sandbox", "reward", "search") if n == "reward" or n in needed]
     if config.rollout.address:
         names.append("rollout")
+    if only is not None:
+        names = [n for n in ("sandbox", "reward", "search", "rollout") if n in only]
     for name in names:
         target = getattr(config, name).target()
         detail = f" ({needed[name]})" if name in needed else ""
@@ -339,34 +363,63 @@ def service_checks(config: Any, rows: list | None, timeout_s: float) -> list[Che
                 "vllm",
                 url,
                 partial(_http_health_probe, url, timeout_s),
-                "start `vllm serve` there (the flags the rollout needs: "
-                "libs/common/inference/launcher.py) or fix inference.urls "
-                "(env AGENTRL__INFERENCE__URLS)",
+                "start it (locally `agentrl up -r RECIPE` serves the recipe's model there; "
+                "elsewhere `vllm serve` with the flags of libs/common/inference/launcher.py) "
+                "or fix inference.urls (env AGENTRL__INFERENCE__URLS)",
                 timeout_s,
             )
         )
+    if only is not None:
+        return [c for c in checks if c.name in only]
     return checks
 
 
 def preflight(
-    config: Any, data_path: str | Path | None, *, skip: tuple[str, ...] = (), timeout_s: float = 5.0
+    config: Any,
+    data_path: str | Path | None = None,
+    *,
+    services: tuple[str, ...] | None = None,
+    skip: tuple[str, ...] = (),
+    files: tuple[str, ...] = (),
+    timeout_s: float = 5.0,
 ) -> list[CheckResult]:
-    """The service checks of a job about to start (the services its data needs, minus
-    `skip`), at once: only the failed ones, each with its fix. Jobs call it first so that a
-    service that is down is one paragraph, not a traceback minutes later."""
-    rows = None
+    """The checks of a job about to start, at once; only the failed ones, each with its fix.
+    Jobs call it first so that a service that is down is one paragraph, not a traceback minutes
+    later. `files`: keys of FILE_KEYS to check (`model.path`, ...); `services`: the service
+    checks to run (`redis`, `sandbox`, `reward`, `search`, `rollout`, `vllm`); None: every one
+    the data at `data_path` (else the tool format) needs, as the dry run picks them; `skip`:
+    services left out of that choice."""
+    prompts: dict[str, list] = {}
+    results = run_checks(file_checks(config, prompts, timeout_s * 6, files)) if files else []
+    rows = prompts.get("data.train_path")
     if data_path is not None and Path(data_path).is_file():
         from agentrl.trainer.data import load_prompts
 
-        rows = load_prompts(data_path)
-    checks = [c for c in service_checks(config, rows, timeout_s) if c.name not in skip]
-    return [result for result in run_checks(checks) if result.status == "FAIL"]
+        try:
+            rows = load_prompts(data_path)
+        except ValueError:
+            rows = None  # the data's own check (or the job) reports it; the tool format decides
+    chosen = service_checks(config, rows, timeout_s, only=services)
+    results += run_checks([c for c in chosen if c.name not in skip])
+    return [result for result in results if result.status == "FAIL"]
 
 
-def describe_failures(failures: list[CheckResult]) -> str:
-    """One paragraph: every service that is down, where, and what to do."""
-    parts = [f"{r.check} at {r.target} is not reachable ({r.detail}): {r.fix}." for r in failures]
-    return " ".join(parts) + " (`agentrl dry-run -r RECIPE` checks everything a recipe needs.)"
+# What each failed check's subject is called in a sentence.
+SERVICE_CHECKS = ("redis", "sandbox", "reward", "search", "rollout", "vllm")
+
+
+def describe_failures(failures: list[CheckResult], recipe: str | Path | None = None) -> str:
+    """One paragraph: every service that is down or file that is missing, where, and what to do
+    (`RECIPE` in a fix becomes `recipe` when given)."""
+    parts = []
+    for r in failures:
+        fix = r.fix.replace("RECIPE", str(recipe)) if recipe else r.fix
+        if r.check in SERVICE_CHECKS:
+            parts.append(f"{r.check} at {r.target} does not answer ({r.detail}): {fix}.")
+        else:
+            parts.append(f"{r.check} ({r.target}) is not usable: {r.detail}; {fix}.")
+    where = str(recipe) if recipe else "RECIPE"
+    return " ".join(parts) + f" (`agentrl dry-run -r {where}` checks everything a recipe needs.)"
 
 
 def _redis_probe(url: str, timeout_s: float) -> str:
@@ -409,7 +462,19 @@ def _grpc_probe(name: str, target: str, timeout_s: float, why: str) -> Callable[
                         f"{target} runs another service; set {name}.address to "
                         f"the {name} service's",
                     ) from None
-                raise CheckFailed(f"{exc.code().name}: {exc.details()}") from None
+                listening = _who_listens(target, name)
+                # gRPC's "failed to connect to all addresses; last error: ..." says no more.
+                details = (exc.details() or "").rpartition("last error: ")[2]
+                if listening == NOTHING_LISTENS:
+                    raise CheckFailed(
+                        f"{exc.code().name}: connection refused; {listening}"
+                    ) from None
+                raise CheckFailed(
+                    f"{exc.code().name}: {details}; {listening}",
+                    f"point {name}.address (or {name}.grpc_port; env "
+                    f"AGENTRL__{name.upper()}__ADDRESS) at the {name} service's gRPC port "
+                    "(`agentrl status -r RECIPE` lists the local stack's)",
+                ) from None
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             raise CheckFailed(
@@ -421,15 +486,48 @@ def _grpc_probe(name: str, target: str, timeout_s: float, why: str) -> Callable[
     return probe
 
 
+NOTHING_LISTENS = "nothing listens there"
+
+
+def _who_listens(target: str, name: str) -> str:
+    """What is at a gRPC address that did not answer the health check: nothing (the service is
+    not started, or it is another port) or a process that is not this service's gRPC server."""
+    import socket
+
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=1.0):
+            pass
+    except (OSError, ValueError):
+        return NOTHING_LISTENS
+    return (
+        f"a process listens there but is not the {name} service's gRPC server: a wrong port "
+        f"(the {name} service's HTTP port, or another program's)?"
+    )
+
+
 def _http_health_probe(url: str, timeout_s: float) -> str:
     import httpx
 
     try:
         response = httpx.get(url.rstrip("/") + "/health", timeout=timeout_s)
+    except httpx.ConnectError as exc:
+        reason = "connection refused" if "refused" in str(exc) else str(exc)
+        raise CheckFailed(f"GET /health: ConnectError: {reason}; {NOTHING_LISTENS}") from None
     except httpx.HTTPError as exc:
         raise CheckFailed(f"GET /health: {type(exc).__name__}: {exc}") from None
+    if response.status_code == 404:
+        raise CheckFailed(
+            "GET /health answered 404: a server listens there but it is not a vLLM server: "
+            "a wrong port?",
+            "point inference.urls (env AGENTRL__INFERENCE__URLS) at the vLLM server's URL "
+            "(`agentrl status -r RECIPE` lists the local stack's)",
+        )
     if response.status_code != 200:
-        raise CheckFailed(f"GET /health answered {response.status_code}")
+        raise CheckFailed(
+            f"GET /health answered {response.status_code}: the vLLM server is not healthy "
+            "(starting, or its engine died: read its log)"
+        )
     return "GET /health 200"
 
 

@@ -132,14 +132,13 @@ def make_search_task_command(
 
     from agentrl.common import grpc_client
     from agentrl.common.agent.tools import SearchTool
-    from agentrl.common.config import AgentRLConfig, ConfigError, load_config
+    from agentrl.common.cli_errors import fail, load_recipe_or_exit, require
+    from agentrl.common.config import AgentRLConfig
     from agentrl.search.search_task import make_search_task
 
-    try:
-        config = load_config(recipe) if recipe else AgentRLConfig()
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+    config = load_recipe_or_exit(recipe) if recipe else AgentRLConfig()
+    # The SFT trajectories' searches run in the search service: it must answer first.
+    require(config, recipe, services=("search",))
     channel = grpc_client.create_channel(config.search.target())
     try:
         summary = make_search_task(
@@ -156,15 +155,14 @@ def make_search_task_command(
             seed=seed,
         )
     except (ValueError, RuntimeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
-    except grpc.RpcError as exc:
-        typer.echo(
-            f"error: the search service at {config.search.target()} did not answer "
-            f"({exc}); start it with `agentrl up --services search`",
-            err=True,
-        )
-        raise typer.Exit(code=1) from None
+        raise fail(f"error: {exc}") from None
+    except grpc.RpcError as exc:  # it went away since the check
+        raise fail(
+            f"error: the search service at {config.search.target()} stopped answering "
+            f"({exc.code().name}: {exc.details()}); start it again with "
+            f"`agentrl up -r {recipe or 'RECIPE'} --services search`",
+            code=2,
+        ) from None
     finally:
         channel.close()
     typer.echo(json.dumps(summary, indent=2))

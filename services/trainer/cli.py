@@ -23,6 +23,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from agentrl.common.cli_errors import fail, load_recipe_or_exit, require
+
 console = Console()
 err_console = Console(stderr=True)
 # Piped output (logs, CI) gets the whole evaluation table instead of one squeezed to 80 columns.
@@ -70,16 +72,20 @@ def sft(
     nproc_per_node: Annotated[int | None, typer.Option(min=1, help=NPROC_HELP)] = None,
 ) -> None:
     """Fine-tune the recipe's model on trajectories; write a Hugging Face checkpoint."""
-    from agentrl.common.config import ConfigError, ModelConfig, load_config
+    from agentrl.common.config import ModelConfig
 
-    try:
-        config = load_config(recipe)
-        if model is not None:
-            dtype = config.model.dtype if config.model else "float32"
-            config = config.model_copy(update={"model": ModelConfig(path=model, dtype=dtype)})
-    except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+    config = load_recipe_or_exit(recipe)
+    if model is not None:
+        dtype = config.model.dtype if config.model else "float32"
+        config = config.model_copy(update={"model": ModelConfig(path=model, dtype=dtype)})
+    if config.model is None:
+        raise fail(
+            f"{recipe}: SFT starts from a model: set model.path in the recipe (a Hugging Face "
+            "checkpoint directory; `agentrl model init --preset tiny --out DIR` makes a tiny "
+            "one) or pass --model DIR"
+        )
+    # SFT needs no service; its checkpoint is checked before torch loads.
+    require(config, recipe, services=(), files=("model.path",))
     _relaunch_or_exit(nproc_per_node, config)
 
     from transformers.utils import logging as transformers_logging
@@ -103,8 +109,7 @@ def sft(
                 config, train_path=data, output_dir=output, max_steps=max_steps, on_step=show
             )
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+        raise fail(str(exc)) from None
     if env_rank() != 0:
         return
     dropped = (
@@ -145,26 +150,13 @@ def evaluate(
     ] = None,
 ) -> None:
     """Run DATA through the rollout path (k samples each) and print/write avg@k and pass@k."""
-    from agentrl.common.config import ConfigError, load_config
-
-    try:
-        config = load_config(recipe)
-    except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+    config = load_recipe_or_exit(recipe)
     data = data or (config.data.eval_path if config.data else None)
     if data is None:
-        err_console.print("[red]no data set: pass --data or set data.eval_path[/]")
-        raise typer.Exit(code=1)
+        raise fail("no data set: pass --data or set data.eval_path")
     out = out or Path(config.run.output_dir) / "eval.json"
-
-    from agentrl.common.dry_run import describe_failures, preflight
-
     # An evaluation needs vLLM, reward and its tools, not Redis or the rollout workers.
-    failures = preflight(config, data, skip=("redis", "rollout"))
-    if failures:
-        err_console.print(describe_failures(failures), style="red", markup=False, highlight=False)
-        raise typer.Exit(code=2)
+    require(config, recipe, data_path=data, skip=("redis", "rollout"))
 
     from agentrl.trainer.eval_job import run_eval
     from agentrl.trainer.evaluation import report_table
@@ -177,8 +169,7 @@ def evaluate(
         }
         result = run_eval(config, data, k, out, limits=limits)
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+        raise fail(str(exc)) from None
     table_console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH_PIPED)
     table_console.print(report_table(result.report))
     table_console.print(f"report: {out}")
@@ -208,13 +199,7 @@ def report(
 
 
 def _load_recipe_or_exit(recipe: Path):
-    from agentrl.common.config import ConfigError, load_config
-
-    try:
-        return load_config(recipe)
-    except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+    return load_recipe_or_exit(recipe)
 
 
 def _relaunch_or_exit(nproc_per_node: int | None, config) -> None:
@@ -227,8 +212,7 @@ def _relaunch_or_exit(nproc_per_node: int | None, config) -> None:
     try:
         relaunch_under_torchrun(nproc_per_node, config.trainer.parallelism)
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+        raise fail(str(exc)) from None
 
 
 def train(
@@ -249,6 +233,14 @@ def train(
     """RL-train the recipe's policy against the running stack (`agentrl up`); resumes from the
     run directory's latest checkpoint."""
     config = _load_recipe_or_exit(recipe)
+    if config.model is None:
+        raise fail(
+            f"{recipe}: RL starts from a model: set model.path in the recipe (a Hugging Face "
+            "checkpoint directory, e.g. the SFT output `agentrl sft -r RECIPE` writes)"
+        )
+    # Checked once, before torchrun's ranks start: the model, the prompts, and every service
+    # the run talks to (Redis, vLLM, reward, the tools its prompts use, rollout.address's).
+    require(config, recipe, files=("model.path", "data.train_path"))
     _relaunch_or_exit(nproc_per_node, config)
     from agentrl.common.streams import StreamUnavailableError
     from agentrl.trainer.distributed import env_rank
@@ -256,15 +248,15 @@ def train(
 
     try:
         result = train_with_display(config, max_steps, console)
-    except StreamUnavailableError as exc:  # a service, not the recipe: exit code 2
-        err_console.print(
-            f"[red]{exc}. The local stack's Redis is the machine's: start it "
-            "with `redis-server --daemonize yes` (scripts/setup.sh does).[/]"
-        )
-        raise typer.Exit(code=2) from None
+    except StreamUnavailableError as exc:  # Redis went away mid-run: a service, exit code 2
+        raise fail(
+            f"{exc}. The local stack's Redis is the machine's: start it with "
+            "`redis-server --daemonize yes` (scripts/setup.sh does), then run the same "
+            "command again (it resumes from the last checkpoint).",
+            code=2,
+        ) from None
     except (ValueError, RuntimeError) as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+        raise fail(str(exc)) from None
     if env_rank() != 0:
         return
     console.print(
@@ -300,6 +292,8 @@ def make_calculator(
     from agentrl.common.config import AgentRLConfig
 
     config = _load_recipe_or_exit(recipe) if recipe else AgentRLConfig()
+    # The SFT trajectories' tool calls run in the sandbox service: it must answer first.
+    require(config, recipe, services=("sandbox",))
     from agentrl.sandbox.client import SandboxClient
     from agentrl.trainer.calculator import make_calculator_data
 
@@ -315,6 +309,5 @@ def make_calculator(
                 seed=seed,
             )
     except (ValueError, RuntimeError) as exc:
-        err_console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from None
+        raise fail(str(exc)) from None
     console.print(json.dumps(summary, indent=2))
