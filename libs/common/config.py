@@ -134,6 +134,9 @@ class SandboxConfig(ServiceEndpoint):
     """A session unused this long is closed and its interpreter state dropped."""
     max_sessions: int = Field(default=64, ge=0)
     """Sessions kept at once per replica; beyond it a new session is rejected."""
+    session_memory_budget_mb: int = Field(default=0, ge=0)
+    """Memory limits of all live sessions together (0: half of the host's memory); a new
+    session past it evicts idle sessions, least recently used first."""
     docker_image: str = "agentrl-sandbox:latest"
     """docker: image of the warm pool (built by services/sandbox/image/build.sh)."""
     pool_size: int = Field(default=4, ge=1)

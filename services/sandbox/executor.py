@@ -74,6 +74,13 @@ class Sandbox:
             pool_size=self.backend.pool_size,
             sessions=lambda: self.sessions.count() if self.sessions else 0,
         )
+        if self.sessions is not None:
+            self.sessions.on_evict = lambda reason: self.metrics.session_evictions.labels(
+                reason=reason
+            ).inc()
+            self.metrics.session_memory_reserved.set_function(
+                lambda: self.sessions.reserved_mb() << 20
+            )
         if hasattr(self.backend, "on_recycle"):
             self.backend.on_recycle = lambda reason: self.metrics.recycles.labels(
                 backend=self.backend.name, reason=reason

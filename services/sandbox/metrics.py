@@ -31,6 +31,8 @@ class SandboxMetrics:
     recycles: Counter
     sessions: Gauge
     refusals: Counter
+    session_evictions: Counter
+    session_memory_reserved: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> SandboxMetrics:
@@ -95,6 +97,24 @@ class SandboxMetrics:
                 "total",
                 "Requests refused before running: invalid, overloaded or draining.",
                 ("reason",),
+                registry,
+            ),
+            session_evictions=metrics.counter(
+                SERVICE,
+                "session_evictions",
+                "total",
+                "Sessions closed by the service: idle past session_idle_s, or evicted while "
+                "idle for max_sessions or the sessions' memory budget.",
+                ("reason",),
+                registry,
+            ),
+            session_memory_reserved=metrics.gauge(
+                SERVICE,
+                "session_memory_reserved",
+                "bytes",
+                "Memory limits of the live sessions together (bounded by "
+                "session_memory_budget_mb).",
+                (),
                 registry,
             ),
         )

@@ -6,9 +6,14 @@ long-lived sandboxed interpreter running agentrl.sandbox.session_kernel. Calls w
 The memory limit is the first call's (or the default); a timeout or output overflow kills the
 whole session (its processes can't be trusted to stop), and a session that died (crash, OOM,
 os._exit) is reported once with a message saying its state was lost; the next call starts a
-clean one. Sessions idle for `session_idle_s` are closed by a reaper thread; at most
-`max_sessions` exist at once (then idle ones are evicted oldest first, else the call is
-rejected).
+clean one. Sessions idle for `session_idle_s` are closed by a reaper thread. At most
+`max_sessions` exist at once, and their memory limits together stay within the memory budget
+(`session_memory_budget_mb`, by default half of the host's memory): a new session that would
+pass either evicts idle sessions, least recently used first, and is rejected only when the
+sessions in the way are all running a call. An evicted session's next call starts a clean
+interpreter and its answer says the state was lost and why. Evictions are counted in
+`agentrl_sandbox_session_evictions_total{reason}`; the memory held in
+`agentrl_sandbox_session_memory_reserved_bytes`.
 
 A session keeps variables, imports and files, not processes: when a call returns, every process
 it left running (`sleep 600 &`, a kept subprocess, a double-forked daemon) is SIGKILLed
@@ -31,7 +36,10 @@ import selectors
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
@@ -42,13 +50,26 @@ from agentrl.sandbox.leftovers import end_leftovers, session_pids
 
 log = get_logger(__name__)
 
-KERNEL_SOURCE = (__import__("pathlib").Path(__file__).parent / "session_kernel.py").read_text()
+KERNEL_SOURCE = (Path(__file__).parent / "session_kernel.py").read_text()
 # How often the reaper looks for idle sessions.
 REAP_INTERVAL_S = 5.0
 # Session ids are chosen by clients; bound them so they cannot bloat logs and maps.
 MAX_SESSION_ID_CHARS = 128
 # A new interpreter reports ready in well under a second; this allows for a loaded host.
 KERNEL_START_TIMEOUT_S = 30.0
+# Without session_memory_budget_mb, sessions may reserve this fraction of the host's memory:
+# the rest is for one-shot runs (max_concurrency x their limit), the service and the host.
+DEFAULT_BUDGET_FRACTION = 0.5
+# Evicted session ids remembered so their next call can say why the state is gone.
+MAX_EVICTED_REMEMBERED = 4096
+
+
+def host_memory_mb() -> int:
+    """MemTotal of /proc/meminfo in MB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise RuntimeError("/proc/meminfo has no MemTotal")
 
 
 @dataclass
@@ -70,6 +91,12 @@ class SessionManager:
         self.backend = backend
         self.config = config
         self._sessions: dict[str, Session] = {}
+        self._evicted: OrderedDict[str, str] = OrderedDict()
+        self.memory_budget_mb = config.session_memory_budget_mb or int(
+            host_memory_mb() * DEFAULT_BUDGET_FRACTION
+        )
+        self.on_evict: Callable[[str], None] = lambda reason: None
+        """Called with the reason of each eviction (the executor counts them)."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
@@ -78,6 +105,10 @@ class SessionManager:
     def count(self) -> int:
         return len(self._sessions)
 
+    def reserved_mb(self) -> int:
+        """Memory limits of the live sessions together."""
+        return sum(session.memory_mb for session in list(self._sessions.values()))
+
     def _get(self, request: ExecutionRequest) -> Session:
         if len(request.session_id) > MAX_SESSION_ID_CHARS:
             raise RequestRejected(f"session_id must be at most {MAX_SESSION_ID_CHARS} chars")
@@ -85,17 +116,47 @@ class SessionManager:
             session = self._sessions.get(request.session_id)
             if session is not None:
                 return session
-            if len(self._sessions) >= self.config.max_sessions:
-                idle = [s for s in self._sessions.values() if not s.lock.locked()]
-                if not idle:
-                    raise RequestRejected(f"{len(self._sessions)} sessions open (max_sessions)")
-                oldest = min(idle, key=lambda s: s.last_used)
-                self._sessions.pop(oldest.id)
-                self._destroy(oldest)
+            self._make_room(request.memory_mb)
             slot = self.backend.make_slot(f"session-{uuid.uuid4().hex[:12]}")
             session = Session(request.session_id, slot, request.memory_mb)
+            why = self._evicted.pop(request.session_id, "")
+            if why:
+                session.lost_state = (
+                    f"(a new interpreter: the session was evicted ({why}) while idle and its "
+                    "state lost)"
+                )
             self._sessions[request.session_id] = session
             return session
+
+    def _make_room(self, memory_mb: int) -> None:
+        """Evict idle sessions, least recently used first, until one more session of
+        `memory_mb` fits both max_sessions and the memory budget (self._lock held)."""
+        if memory_mb > self.memory_budget_mb:
+            raise RequestRejected(
+                f"a session of {memory_mb} MB exceeds the sessions' memory budget of "
+                f"{self.memory_budget_mb} MB (session_memory_budget_mb); ask for less memory"
+            )
+        while True:
+            too_many = len(self._sessions) >= self.config.max_sessions
+            reserved = self.reserved_mb()
+            if not too_many and reserved + memory_mb <= self.memory_budget_mb:
+                return
+            idle = [s for s in self._sessions.values() if not s.lock.locked()]
+            if not idle:
+                raise RequestRejected(
+                    f"{len(self._sessions)} sessions open holding {reserved} MB, all running "
+                    f"a call (max_sessions={self.config.max_sessions}, "
+                    f"session_memory_budget_mb={self.memory_budget_mb}); retry later"
+                )
+            oldest = min(idle, key=lambda s: s.last_used)
+            reason = "max_sessions" if too_many else "memory_budget"
+            self._sessions.pop(oldest.id)
+            self._evicted[oldest.id] = reason
+            while len(self._evicted) > MAX_EVICTED_REMEMBERED:
+                self._evicted.popitem(last=False)
+            log.info("evicting idle session", extra={"session_id": oldest.id, "reason": reason})
+            self._destroy(oldest)
+            self.on_evict(reason)
 
     def _start(self, session: Session) -> None:
         slot = session.slot
@@ -318,6 +379,7 @@ class SessionManager:
                 log.info("closing idle session", extra={"session_id": session.id})
                 with session.lock:
                     self._destroy(session)
+                self.on_evict("idle")
 
     def close_all(self) -> None:
         self._stop.set()

@@ -60,3 +60,46 @@ def test_drain_refuses_new_work():
 def test_bad_settings_are_value_errors():
     with pytest.raises(ValueError):
         Admission(max_concurrency=0, queue_size=1, queue_timeout_s=1)
+
+
+def test_places_go_to_waiters_in_arrival_order():
+    """Five requests queue behind a running one; as places free up they run oldest first,
+    and a request arriving while they wait queues behind them instead of taking a place."""
+    admission = Admission(max_concurrency=1, queue_size=10, queue_timeout_s=30)
+    release, started = threading.Event(), threading.Semaphore(0)
+    holder = threading.Thread(target=_hold, args=(admission, release, started))
+    holder.start()
+    started.acquire()
+    order: list[int] = []
+
+    def enter(index: int) -> None:
+        with admission.slot():
+            order.append(index)
+
+    workers = []
+    for index in range(6):
+        worker = threading.Thread(target=enter, args=(index,))
+        worker.start()
+        workers.append(worker)
+        while admission.waiting < index + 1:  # queued before the next one arrives
+            time.sleep(0.001)
+    release.set()
+    for worker in [holder, *workers]:
+        worker.join(10)
+    assert order == list(range(6))
+    assert (admission.in_flight, admission.waiting) == (0, 0)
+
+
+def test_a_timed_out_waiter_leaves_the_line():
+    admission = Admission(max_concurrency=1, queue_size=2, queue_timeout_s=0.1)
+    release, started = threading.Event(), threading.Semaphore(0)
+    holder = threading.Thread(target=_hold, args=(admission, release, started))
+    holder.start()
+    started.acquire()
+    with pytest.raises(Overloaded), admission.slot():
+        pass
+    assert admission.waiting == 0
+    release.set()
+    holder.join(5)
+    with admission.slot():  # the place came back
+        assert admission.in_flight == 1
