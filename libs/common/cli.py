@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
 import typer
 from rich.console import Console
@@ -259,6 +259,9 @@ def streams_check(recipe: RecipeOption = None) -> None:
     )
 
 
+# How `agentrl up` colours a phase on a terminal (the others plain).
+PHASE_STYLE = {"ready": "green", "failed": "bold red", "restarting": "yellow"}
+
 # Every service a deployment can run; `serve` offers those whose code is present.
 SERVICES = ("sandbox", "reward", "search", "rollout", "trainer")
 
@@ -360,12 +363,60 @@ def stack_up(
                 code=2,
             )
         require(config, recipe, services=(), files=(SERVED_MODEL,))
+    display = UpProgress(console)
     try:
-        local_stack.up(config, str(recipe or ""), chosen)
+        with display:
+            local_stack.up(config, str(recipe or ""), chosen, on_progress=display.update)
     except local_stack.StackError as exc:
-        err_console.print(f"[red]{exc}[/]")
+        # Several lines on purpose: the failing service's log ends the message.
+        err_console.print(str(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(code=1) from None
     _print_status(config)
+
+
+class UpProgress:
+    """`agentrl up`'s display: on a terminal a live table (service, phase, seconds, log); piped,
+    a line each time a service changes phase, so logs and CI show what took the time."""
+
+    def __init__(self, out: Console):
+        self.console = out
+        self.live = None
+        self.phases: dict[str, str] = {}
+
+    def __enter__(self) -> Self:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc_info)
+
+    def update(self, rows) -> None:
+        if self.live is not None:
+            table = Table("service", "phase", "seconds", "log", box=None)
+            for row in rows:
+                style = PHASE_STYLE.get(row.phase, "")
+                restarts = f" ({row.restarts} restarts)" if row.restarts else ""
+                table.add_row(
+                    row.name,
+                    f"[{style}]{row.phase}{restarts}[/]" if style else row.phase + restarts,
+                    f"{row.elapsed_s:.0f}",
+                    row.log,
+                )
+            self.live.update(table)
+            return
+        for row in rows:
+            if self.phases.get(row.name) != row.phase:
+                self.phases[row.name] = row.phase
+                self.console.print(
+                    f"{row.name}: {row.phase} ({row.elapsed_s:.0f} s)",
+                    markup=False,
+                    highlight=False,
+                )
 
 
 @app.command("down")

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -351,8 +352,27 @@ class StackError(RuntimeError):
     """The local stack could not start or stop; the message says what to do."""
 
 
-def up(config: AgentRLConfig, recipe: str, services: list[str]) -> StackState:
-    """Start the supervisor in the background and wait until every service is ready."""
+@dataclass(frozen=True)
+class ServiceProgress:
+    """Where one service stands while `up` waits: what `agentrl up` shows."""
+
+    name: str
+    phase: str
+    """starting | loading model (the vLLM server) | restarting | ready | failed"""
+    elapsed_s: float
+    """Seconds since `up` began; for a ready service, how long it took."""
+    restarts: int
+    log: str
+
+
+def up(
+    config: AgentRLConfig,
+    recipe: str,
+    services: list[str],
+    on_progress: Callable[[list[ServiceProgress]], None] | None = None,
+) -> StackState:
+    """Start the supervisor in the background and wait until every service is ready;
+    `on_progress` gets every service's phase after each look (the display of `agentrl up`)."""
     existing = read_state(config)
     if existing is not None and pid_alive(existing.supervisor_pid):
         raise StackError(
@@ -375,33 +395,84 @@ def up(config: AgentRLConfig, recipe: str, services: list[str]) -> StackState:
     ready_timeout_s = max(
         READY_TIMEOUT_S, config.inference.server.start_timeout_s if VLLM in services else 0.0
     )
-    deadline = time.monotonic() + ready_timeout_s
+    started = time.monotonic()
+    deadline = started + ready_timeout_s
     pending = set(services)
+    ready_after: dict[str, float] = {}
     while pending:
         state = read_state(config)
         if supervisor.poll() is not None:
             raise StackError(
                 f"the supervisor exited ({supervisor.returncode}); see "
-                f"{config.run.output_dir / 'supervisor.log'}"
+                f"{config.run.output_dir / 'supervisor.log'}:\n"
+                f"{_tail(str(config.run.output_dir / 'supervisor.log'))}"
             )
         for name in list(pending):
             service = state.services[name] if state else None
             if service is None:
                 continue
             if service.status == "failed":
+                _report(on_progress, state, services, ready_after, started, failed=name)
                 down(config)
-                raise StackError(f"{name} keeps crashing; see {service.log}:\n{_tail(service.log)}")
+                raise StackError(
+                    f"{name} keeps crashing ({service.restarts} restarts); its log, "
+                    f"{service.log}, ends:\n{_tail(service.log)}"
+                )
             result = probe(service)
             if result.grpc_serving and result.http_ready:
                 pending.discard(name)
+                ready_after[name] = time.monotonic() - started
+        _report(on_progress, state, services, ready_after, started)
         if time.monotonic() > deadline:
             down(config)
+            logs = "\n".join(
+                f"{state.services[n].log} ends:\n{_tail(state.services[n].log, 10)}"
+                for n in sorted(pending)
+                if state and n in state.services
+            )
             raise StackError(
                 f"not ready after {ready_timeout_s:.0f} s: {', '.join(sorted(pending))}"
-                f"; see the logs in {config.run.output_dir / 'logs'}"
+                f" (the wait: {READY_TIMEOUT_S:.0f} s, or inference.server.start_timeout_s "
+                f"for vllm); {logs or 'see the logs in ' + str(config.run.output_dir / 'logs')}"
             )
         time.sleep(POLL_INTERVAL_S)
     return read_state(config)
+
+
+def _report(
+    on_progress: Callable[[list[ServiceProgress]], None] | None,
+    state: StackState | None,
+    services: list[str],
+    ready_after: dict[str, float],
+    started: float,
+    failed: str = "",
+) -> None:
+    if on_progress is None:
+        return
+    now = time.monotonic() - started
+    rows = []
+    for name in services:
+        service = state.services.get(name) if state else None
+        if name == failed:
+            phase = "failed"
+        elif name in ready_after:
+            phase = "ready"
+        elif service is not None and service.status == "restarting":
+            phase = "restarting"
+        elif name == VLLM and service is not None:
+            phase = "loading model"  # the process runs; /health answers once the model is in
+        else:
+            phase = "starting"
+        rows.append(
+            ServiceProgress(
+                name=name,
+                phase=phase,
+                elapsed_s=ready_after.get(name, now),
+                restarts=service.restarts if service else 0,
+                log=service.log if service else "",
+            )
+        )
+    on_progress(rows)
 
 
 def down(config: AgentRLConfig, timeout_s: float = STOP_GRACE_S + 15) -> bool:
