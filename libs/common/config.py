@@ -390,6 +390,51 @@ class RolloutConfig(ServiceEndpoint):
     """Wall-clock limit of one tool call (sandbox execution)."""
 
 
+class MegatronConfig(Section):
+    """The `megatron` backend's layout (docs/trainer.md, "Megatron backend"). World size =
+    tensor x pipeline x data-parallel ranks; the micro-batch is `trainer.micro_batch_tokens`
+    and the precision `model.dtype`, as for the torch backend."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """Ranks each layer is split over: must divide the attention heads, the key/value heads
+    and the MLP hidden size of the model."""
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    """Pipeline stages (must divide the layers). Checkpoints convert for any stage count, but
+    only 1 trains today."""
+    vocab_padding_multiple: int = Field(default=128, ge=1)
+    """Megatron's `make_vocab_size_divisible_by`: the embedding and output rows are padded to
+    a multiple of this times tensor_parallel_size (the padding never reaches a checkpoint)."""
+    recompute: Literal["none", "full", "selective"] = "none"
+    """Activation recompute: `full` recomputes each layer in the backward pass (least memory),
+    `selective` only the attention core."""
+
+
+def megatron_layout_problems(model_config: dict[str, Any], megatron: MegatronConfig) -> list[str]:
+    """What does not fit between a Hugging Face config.json and the Megatron layout (empty: it
+    fits). The backend's conversion checks the same sizes (backends/megatron/convert.py)."""
+    family = model_config.get("model_type")
+    if family not in ("qwen3", "qwen2", "llama"):
+        return [f"model_type {family!r} has no Megatron mapping; supported: qwen3, qwen2, llama"]
+    tp, pp = megatron.tensor_parallel_size, megatron.pipeline_parallel_size
+    heads = model_config.get("num_attention_heads", 0)
+    sizes = [
+        ("attention heads", heads, tp, "tensor_parallel_size"),
+        (
+            "key/value heads",
+            model_config.get("num_key_value_heads") or heads,
+            tp,
+            "tensor_parallel_size",
+        ),
+        ("MLP hidden size", model_config.get("intermediate_size", 0), tp, "tensor_parallel_size"),
+        ("layers", model_config.get("num_hidden_layers", 0), pp, "pipeline_parallel_size"),
+    ]
+    return [
+        f"the model's {what} ({size}) do not divide by trainer.megatron.{setting} {by}"
+        for what, size, by, setting in sizes
+        if size % by
+    ]
+
+
 class TrainerConfig(ServiceEndpoint):
     grpc_port: int = Field(default=50055, ge=0, le=65535)
     http_port: int = Field(default=8085, ge=0, le=65535)
@@ -402,6 +447,8 @@ class TrainerConfig(ServiceEndpoint):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the policy trains: `auto` picks the GPU when there is one. Compute dtype is
     `model.dtype` (bfloat16 on GPUs: autocast over float32 master weights)."""
+    megatron: MegatronConfig = MegatronConfig()
+    """`backend: megatron` only: tensor/pipeline sizes, vocabulary padding, recompute."""
     parallelism: Literal["single", "fsdp2"] = "single"
     """`single`: one device. `fsdp2`: data-parallel, parameters sharded over the ranks of a
     torch.distributed group (GPUs with NCCL, CPU processes with gloo); launch with
@@ -470,15 +517,22 @@ class TrainerConfig(ServiceEndpoint):
             )
         return self
 
-    @field_validator("backend")
-    @classmethod
-    def _check_backend_built(cls, backend: str) -> str:
-        if backend == "megatron":
+    @model_validator(mode="after")
+    def _check_megatron(self) -> TrainerConfig:
+        if self.backend != "megatron":
+            return self
+        if self.parallelism != "single":
             raise ValueError(
-                "backend 'megatron' is not built yet (its own issue); use "
-                "backend: torch (parallelism: fsdp2 for several GPUs)"
+                "backend 'megatron' parallelises by trainer.megatron's sizes; leave "
+                "trainer.parallelism at 'single' (fsdp2 is the torch backend's)"
             )
-        return backend
+        if self.megatron.pipeline_parallel_size > 1:
+            raise ValueError(
+                "trainer.megatron.pipeline_parallel_size > 1 is not built: the Megatron "
+                "backend converts checkpoints for pipeline stages but trains with tensor "
+                "parallelism only; set it to 1"
+            )
+        return self
 
 
 class AlgorithmConfig(Section):
@@ -628,6 +682,25 @@ class AgentRLConfig(Section):
     """Objective and advantages."""
     sft: SFTConfig = SFTConfig()
     """Supervised cold start on tool-use trajectories."""
+
+    @model_validator(mode="after")
+    def _check_megatron_layout(self) -> AgentRLConfig:
+        if self.trainer.backend != "megatron" or self.model is None:
+            return self
+        config_json = self.model.path / "config.json"
+        if not config_json.is_file():
+            return self  # the model is made later (`agentrl model init`); checked at start
+        import json
+
+        problems = megatron_layout_problems(
+            json.loads(config_json.read_text()), self.trainer.megatron
+        )
+        if problems:
+            raise ValueError(
+                f"{config_json} does not fit the Megatron layout: {'; '.join(problems)}; "
+                "change trainer.megatron's sizes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_weight_transport(self) -> AgentRLConfig:

@@ -197,11 +197,19 @@ def token_logprobs_and_entropy(
     logits = model(
         input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=False
     ).logits
+    return logprobs_and_entropy_from_logits(
+        logits, input_ids, micro_batch.seq_index.to(device), temperature
+    )
+
+
+def logprobs_and_entropy_from_logits(
+    logits: torch.Tensor, input_ids: torch.Tensor, seq_index: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs_and_entropy` from a model's logits [B, T, V] (any backend's model)."""
     # The logit at t predicts token t + 1: shift so index t holds log π(token_t | < t).
     log_probs = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
     token_logprobs = log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    seq_index = micro_batch.seq_index.to(device)
     # A prediction is valid only within one sequence (not across a packed boundary or padding).
     valid = (seq_index[:, 1:] == seq_index[:, :-1]) & (seq_index[:, 1:] >= 0)
     token_logprobs = F.pad(torch.where(valid, token_logprobs, 0.0), (1, 0))

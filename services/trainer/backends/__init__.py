@@ -22,7 +22,10 @@ from agentrl.trainer.backends.interface import (
 )
 
 # `trainer.backend` -> the module and the factory function that builds it from a recipe.
-BACKENDS: dict[str, str] = {"torch": "agentrl.trainer.backends.torch:build"}
+BACKENDS: dict[str, str] = {
+    "torch": "agentrl.trainer.backends.torch:build",
+    "megatron": "agentrl.trainer.backends.megatron:build",
+}
 BUILT_BACKENDS = tuple(BACKENDS)
 
 __all__ = [

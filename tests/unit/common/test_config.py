@@ -181,10 +181,14 @@ def test_missing_recipe_file(tmp_path):
 
 def test_a_setting_naming_something_not_built_fails_validation_with_the_fix(tmp_path):
     issues = issues_of(
-        write(tmp_path, "trainer:\n  backend: megatron\nalgorithm:\n  kl_coef: 0.1\n")
+        write(
+            tmp_path,
+            "trainer:\n  backend: megatron\n  megatron:\n    pipeline_parallel_size: 2\n"
+            "algorithm:\n  kl_coef: 0.1\n",
+        )
     )
-    assert "'megatron' is not built yet" in issues["trainer.backend"]
-    assert "use backend: torch" in issues["trainer.backend"]
+    assert "pipeline_parallel_size > 1 is not built" in issues["trainer"]
+    assert "set it to 1" in issues["trainer"]
     assert "reference policy" in issues["algorithm.kl_coef"]
     assert "set kl_coef: 0" in issues["algorithm.kl_coef"]
 

@@ -1,0 +1,352 @@
+"""The `megatron` training backend: a megatron-core GPTModel with tensor and data parallelism.
+
+    hf checkpoint ─convert.hf_to_megatron─► this rank's shard ─► GPTModel (model.py)
+        ─► logits (vocab-parallel, gathered over TP) ─► log-probs, entropy ─► loss_fn ─► backward
+        ─► grads: SUM over data-parallel ranks, QK-norm grads SUM over TP ─► clip (global norm)
+        ─► AdamW ─► hf_weights(): shards gathered ─convert.megatron_to_hf─► transports
+
+- Ranks: world = TP x DP (pipeline parallelism is converted but not trained here: PP > 1 is
+  refused). The RL driver splits a step's micro-batches by global rank
+  (`distributed.rank_share`); the ranks of one tensor-parallel group must run the same
+  sequences, so each verb first all-gathers its group's micro-batches and runs them all: a
+  data-parallel replica trains on the union of its TP ranks' shares, every sequence once.
+- The loss is the caller's `loss_fn` (loss.policy_loss_fn or sft.sft_loss_fn), applied to the
+  full-vocabulary log-probs exactly as the torch backend does (packing.py's shift and masking),
+  normalised by the GLOBAL counts (`global_counts` sums over every rank), so gradients are
+  summed over data-parallel ranks, never averaged.
+- Precision: float32 master weights and AdamW state; `bfloat16` runs the forward under autocast.
+- State dicts are Hugging Face-named full tensors for the model (gathered over TP) and AdamW
+  state keyed by Megatron parameter name per tensor rank; a checkpoint resumes at the same TP.
+- What is NOT covered: pipeline-parallel training, megatron's distributed optimizer (AdamW
+  state is replicated over DP ranks), sequence/context parallelism, THD packed attention
+  (needs Transformer Engine), and loading only this rank's slice of the checkpoint (every
+  rank reads the whole Hugging Face checkpoint once at start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl.trainer.backends.interface import (
+    LossFn,
+    OptimizerSettings,
+    StepStats,
+    TrainerBackend,
+)
+from agentrl.trainer.backends.megatron import model as megatron_model
+from agentrl.trainer.backends.megatron.convert import (
+    ConversionError,
+    ModelShape,
+    ParallelLayout,
+    hf_to_megatron,
+    megatron_to_hf,
+)
+from agentrl.trainer.loss import GlobalTokenCounts
+from agentrl.trainer.packing import MicroBatch, logprobs_and_entropy_from_logits
+
+
+def read_hf_state(model_path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face checkpoint directory (safetensors, float32 on CPU)."""
+    from safetensors.torch import load_file
+
+    files = sorted(model_path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{model_path} holds no *.safetensors file to convert")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update({k: v.float() for k, v in load_file(file).items()})
+    return state
+
+
+class MegatronBackend(TrainerBackend):
+    """A Hugging Face checkpoint trained as a megatron-core GPTModel with AdamW."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        optimizer: OptimizerSettings,
+        *,
+        layout: ParallelLayout,
+        dtype: str = "float32",
+        recompute: megatron_model.Recompute = "none",
+    ) -> None:
+        import torch.distributed as dist
+        from megatron.core import parallel_state
+        from transformers import AutoConfig, AutoTokenizer
+
+        model_path = Path(model_path)
+        if not (model_path / "config.json").is_file():
+            raise ValueError(
+                f"{model_path} is not a Hugging Face checkpoint directory (no config.json)"
+            )
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"training dtype {dtype!r} is not supported; use float32 or bfloat16")
+        if layout.pp != 1:
+            raise ValueError(
+                f"pipeline_parallel_size {layout.pp}: the Megatron backend converts checkpoints "
+                "for pipeline stages but does not train them yet; set it to 1"
+            )
+        self.settings = optimizer
+        self.layout = layout
+        self.compute_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+        self.hf_config = AutoConfig.from_pretrained(model_path)
+        self.shape = ModelShape.from_hf(self.hf_config)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        megatron_model.init_parallel(layout)
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
+        self.tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.dp_group = parallel_state.get_data_parallel_group()
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.model = megatron_model.build_gpt_model(
+            self.hf_config, layout, dtype=self.compute_dtype, recompute=recompute
+        )
+        shard = hf_to_megatron(read_hf_state(model_path), self.shape, layout)[(0, self.tp_rank)]
+        result = self.model.load_state_dict(shard, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing or result.unexpected_keys:
+            raise ConversionError(
+                f"GPTModel and the conversion table disagree: missing {missing[:8]}, "
+                f"unexpected {result.unexpected_keys[:8]}"
+            )
+        self.model.to(self.device)
+        self.rope = megatron_model.Rope.from_hf(self.hf_config)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=optimizer.learning_rate * optimizer.lr_factor(0),
+            betas=optimizer.betas,
+            weight_decay=optimizer.weight_decay,
+        )
+        self.step = 0
+        self._world = dist.get_world_size()
+
+    # --- forward -----------------------------------------------------------------------------
+
+    def _group_micro_batches(self, micro_batches: Sequence[MicroBatch]) -> tuple[list, int]:
+        """All micro-batches of this tensor-parallel group (see the module docstring) and
+        where this rank's own ones start in that list."""
+        for micro_batch in micro_batches:
+            if micro_batch.cu_seqlens is None or micro_batch.input_ids.shape[0] != 1:
+                raise ValueError(
+                    "the Megatron backend trains packed micro-batches ([1, T] rows with "
+                    "cu_seqlens, packing.pack_micro_batches); padded ones are not supported"
+                )
+        if self.layout.tp == 1:
+            return list(micro_batches), 0
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.layout.tp
+        dist.all_gather_object(gathered, list(micro_batches), group=self.tp_group)
+        start = sum(len(gathered[r]) for r in range(self.tp_rank))
+        return [mb for share in gathered for mb in share], start
+
+    def _autocast(self):
+        if self.compute_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    def _forward(self, micro_batch: MicroBatch, temperature: float):
+        from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+        input_ids = micro_batch.input_ids.to(self.device)
+        with self._autocast():
+            logits = megatron_model.forward_stage(
+                self.model,
+                self.rope,
+                input_ids,
+                micro_batch.position_ids.to(self.device),
+                micro_batch.cu_seqlens,
+            )
+        # [T, 1, V_padded / TP] -> the full vocabulary without its padding, [1, T, V].
+        logits = gather_from_tensor_model_parallel_region(logits.float())
+        logits = logits[..., : self.shape.vocab_size].transpose(0, 1)
+        return logprobs_and_entropy_from_logits(
+            logits, input_ids, micro_batch.seq_index.to(self.device), temperature
+        )
+
+    def logprobs(
+        self, micro_batches: Sequence[MicroBatch], temperature: float = 1.0
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        group, start = self._group_micro_batches(micro_batches)
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for micro_batch in group:
+                logprobs, entropy = self._forward(micro_batch, temperature)
+                out.append((logprobs.float().cpu(), entropy.float().cpu()))
+        return out[start : start + len(micro_batches)]
+
+    def forward_backward(
+        self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn, temperature: float = 1.0
+    ) -> dict[str, float]:
+        group, _ = self._group_micro_batches(micro_batches)
+        self.model.train()
+        totals: dict[str, float] = {}
+        for micro_batch in group:
+            logprobs, entropy = self._forward(micro_batch, temperature)
+            on_device = dataclasses.replace(
+                micro_batch,
+                seq_index=micro_batch.seq_index.to(self.device),
+                per_token={k: v.to(self.device) for k, v in micro_batch.per_token.items()},
+            )
+            loss, metrics = loss_fn(logprobs, entropy, on_device)
+            loss.backward()
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0.0) + float(value)
+        self._reduce_grads()
+        # Every TP rank of a replica computed the same metrics: sum over replicas only.
+        return self._all_reduce_metrics(totals, self.dp_group)
+
+    def _reduce_grads(self) -> None:
+        """Gradients summed over data-parallel ranks; QK-norm weights (shared by the heads of
+        every tensor rank) summed over TP as well, as megatron's finalize_model_grads does."""
+        import torch.distributed as dist
+
+        for name, parameter in self.model.named_parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            if dist.get_world_size(self.dp_group) > 1:
+                dist.all_reduce(parameter.grad, group=self.dp_group)
+            if self.layout.tp > 1 and ("q_layernorm" in name or "k_layernorm" in name):
+                dist.all_reduce(parameter.grad, group=self.tp_group)
+
+    def _all_reduce_metrics(self, metrics: dict[str, float], group) -> dict[str, float]:
+        import torch.distributed as dist
+
+        if dist.get_world_size(group) == 1:
+            return metrics
+        names = sorted(metrics)
+        tensor = torch.tensor([metrics[n] for n in names], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, group=group)
+        return dict(zip(names, tensor.tolist(), strict=True))
+
+    # --- optimizer ---------------------------------------------------------------------------
+
+    def _grad_norm(self) -> float:
+        """The global L2 norm: TP-sharded gradients summed over TP, replicated ones once."""
+        import torch.distributed as dist
+
+        sharded = torch.zeros((), dtype=torch.float64, device=self.device)
+        replicated = torch.zeros((), dtype=torch.float64, device=self.device)
+        for parameter in self.model.parameters():
+            square = parameter.grad.double().square().sum()
+            if getattr(parameter, "tensor_model_parallel", False):
+                sharded += square
+            else:
+                replicated += square
+        if self.layout.tp > 1:
+            dist.all_reduce(sharded, group=self.tp_group)
+        return float((sharded + replicated).sqrt())
+
+    def optimizer_step(self) -> StepStats:
+        learning_rate = self.settings.learning_rate * self.settings.lr_factor(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        grad_norm = self._grad_norm()
+        if math.isfinite(grad_norm):
+            scale = self.settings.max_grad_norm / (grad_norm + 1e-6)
+            if scale < 1.0:
+                for parameter in self.model.parameters():
+                    parameter.grad.mul_(scale)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return StepStats(step=self.step, grad_norm=grad_norm, learning_rate=learning_rate)
+
+    def global_counts(self, local: GlobalTokenCounts) -> GlobalTokenCounts:
+        # Every global rank holds a distinct share of the step (distributed.rank_share).
+        if self._world == 1:
+            return local
+        import torch.distributed as dist
+
+        values = torch.tensor(
+            [local.num_loss_tokens, local.num_sequences, local.num_tokens],
+            dtype=torch.long,
+            device=self.device,
+        )
+        dist.all_reduce(values)
+        return GlobalTokenCounts(*values.tolist())
+
+    # --- weights out -------------------------------------------------------------------------
+
+    def _gathered_shards(self) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
+        """Every tensor rank's model state (CPU), on every rank of the TP group."""
+        local = {
+            name: tensor.detach().cpu().clone()  # a snapshot: training goes on in place
+            for name, tensor in self.model.state_dict().items()
+            if not name.endswith("_extra_state")
+        }
+        if self.layout.tp == 1:
+            return {(0, 0): local}
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.layout.tp
+        dist.all_gather_object(gathered, local, group=self.tp_group)
+        return {(0, rank): state for rank, state in enumerate(gathered)}
+
+    def _hf_state(self, tied_head: bool) -> dict[str, torch.Tensor]:
+        return megatron_to_hf(self._gathered_shards(), self.shape, self.layout, tied_head=tied_head)
+
+    def is_main_process(self) -> bool:
+        import torch.distributed as dist
+
+        return dist.get_rank() == 0
+
+    def hf_weights(self) -> dict[str, torch.Tensor]:
+        state = self._hf_state(tied_head=True)
+        return state if self.is_main_process() else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model in Hugging Face naming; AdamW's state of every tensor rank (a list by rank:
+        its tensors are shards), identical over data-parallel ranks."""
+        import copy
+
+        optimizer = copy.deepcopy(self.optimizer.state_dict())  # a snapshot, not live tensors
+        optimizer_by_rank = [optimizer]
+        if self.layout.tp > 1:
+            import torch.distributed as dist
+
+            optimizer_by_rank = [None] * self.layout.tp
+            dist.all_gather_object(optimizer_by_rank, optimizer, group=self.tp_group)
+        return {
+            "model": self._hf_state(tied_head=False),
+            "optimizer_by_tp_rank": optimizer_by_rank,
+            "layout": {"tp": self.layout.tp},
+            "schedule": {"step": self.step},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("layout", {}).get("tp", self.layout.tp) != self.layout.tp:
+            raise ValueError(
+                f"checkpoint written at tensor_parallel_size {state['layout']['tp']}, this run "
+                f"uses {self.layout.tp}; resume with the same size"
+            )
+        shard = hf_to_megatron(state["model"], self.shape, self.layout)[(0, self.tp_rank)]
+        with torch.no_grad():
+            for name, parameter in self.model.named_parameters():
+                parameter.copy_(shard[name])
+        self.optimizer.load_state_dict(state["optimizer_by_tp_rank"][self.tp_rank])
+        self.step = int(state["schedule"]["step"])
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from transformers import AutoModelForCausalLM
+
+        directory = Path(directory)
+        state = self._hf_state(tied_head=False)
+        if self.is_main_process():
+            directory.mkdir(parents=True, exist_ok=True)
+            model = AutoModelForCausalLM.from_config(self.hf_config)
+            model.load_state_dict(state, strict=not self.shape.tied_embeddings)
+            model.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
+        return directory
