@@ -562,9 +562,13 @@ class AlgorithmConfig(Section):
     ] = "token-mean"
     """Loss aggregation; token-mean divides by the global token count across micro-batches."""
     kl_coef: float = Field(default=0.0, ge=0)
-    """KL-to-reference coefficient (KL is logged even at 0)."""
+    """KL-to-reference coefficient; > 0 keeps a frozen copy of the initial weights (model.path)
+    on the trainer as the reference (services/trainer/reference.py)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """KL estimator."""
+    """KL estimator in the loss (k3 clamped as verl does); all three are logged with a reference."""
+    log_reference_kl: bool = False
+    """Keep the reference at kl_coef 0 too, to log the KL (kl_k1/k2/k3) without a penalty: one
+    more forward per step. Without a reference no kl_* metric is logged."""
     entropy_coef: float = Field(default=0.0, ge=0)
     """Entropy bonus coefficient (entropy is always logged)."""
     dynamic_sampling: bool = True
@@ -590,16 +594,6 @@ class AlgorithmConfig(Section):
     behaviour_weight_cap_mode: Literal["clamp", "mask"] = "mask"
     """Above the cap: `clamp` the weight to the cap, or `mask` the token out of the loss
     (weight 0, as AReaL does; it still counts in the token-mean normaliser)."""
-
-    @field_validator("kl_coef")
-    @classmethod
-    def _check_reference_policy(cls, kl_coef: float) -> float:
-        if kl_coef > 0:
-            raise ValueError(
-                f"kl_coef {kl_coef} needs log-probs of a reference policy, which the trainer "
-                "does not compute yet (its own issue); set kl_coef: 0 (the KL is still logged)"
-            )
-        return kl_coef
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> AlgorithmConfig:

@@ -14,9 +14,10 @@ Per token t of sequence i, with advantage A, ratio r = π_θ / π_old and mask m
   (`behaviour_logprobs`: the policy version that sampled the token). Weights above
   `behaviour_weight_cap` are clamped to it or the token is masked (w = 0); a masked token still
   counts in the normalisers below, as in AReaL. With π_prox = π_behav, w = 1: plain PPO.
-- KL to a reference (`ref_logprobs`), x = log π_θ - log π_ref: k1 = x, k2 = x²/2,
-  k3 = exp(-x) - 1 + x. All three are logged whenever reference log-probs are given; the
-  chosen one enters the loss times `kl_coef`.
+- KL to a reference (`ref_logprobs`, reference.py), x = log π_θ - log π_ref, verl's
+  conventions: k1 = x and k2 = x²/2 unclamped; k3 = e^d - d - 1 with d = -x clamped to ±20 and
+  the result clamped to ±10. All three are logged whenever reference log-probs are given; the
+  chosen one (`kl_estimator`) enters the loss times `kl_coef`.
 - Entropy: always logged; `entropy_coef` > 0 subtracts it as a bonus.
 
     loss = agg(pg) + kl_coef·agg(kl) - entropy_coef·agg(entropy)
@@ -45,6 +46,9 @@ from agentrl.common.config import AlgorithmConfig
 # log-ratios are clamped here before exp: exp(20) ≈ 5e8 already saturates every clip, and
 # larger values overflow bf16/fp32 when a token's probability collapsed between policies.
 LOG_RATIO_LIMIT = 20.0
+# verl's bound on the k3 estimate: one token whose reference probability collapsed cannot
+# dominate the penalty (its gradient is 0 past the bound).
+K3_LIMIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,13 @@ class GlobalTokenCounts:
 
 
 def kl_estimates(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-token estimators of KL(π_θ || π_ref) on tokens sampled from (about) π_θ."""
-    x = (logprobs - ref_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
-    return {"k1": x, "k2": 0.5 * x.square(), "k3": torch.expm1(-x) + x}
+    """Per-token estimators of KL(π_θ || π_ref) on tokens sampled from (about) π_θ, with verl's
+    clamps: k1 = x, k2 = x²/2 (x = log π_θ - log π_ref, unclamped); k3 = e^d - d - 1 with
+    d = -x clamped to ±LOG_RATIO_LIMIT and the result to ±K3_LIMIT."""
+    x = logprobs - ref_logprobs
+    d = (-x).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    k3 = (torch.expm1(d) - d).clamp(-K3_LIMIT, K3_LIMIT)
+    return {"k1": x, "k2": 0.5 * x.square(), "k3": k3}
 
 
 def _num_local_sequences(seq_index: torch.Tensor) -> int:
@@ -220,7 +228,8 @@ def policy_loss(
     loss = pg_loss
     metrics: dict[str, torch.Tensor] = {}
     if ref_logprobs is not None:
-        estimates = kl_estimates(logprobs, ref_logprobs)
+        # Off the mask the reference may hold anything: compare the policy with itself there.
+        estimates = kl_estimates(logprobs, torch.where(mask, ref_logprobs, logprobs.detach()))
         kl_loss = agg(estimates[config.kl_estimator])
         if config.kl_coef > 0:
             loss = loss + config.kl_coef * kl_loss

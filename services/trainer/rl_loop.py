@@ -13,7 +13,8 @@ Per optimizer step:
    meanwhile (dynamic sampling's refill). Groups beyond the batch wait for the next step.
    After `algorithm.dynamic_sampling_max_batches` batches' worth of groups the step stops
    waiting and trains on what it has, zero-signal groups filling the batch with advantage 0.
-3. train: driver.train_step on the TrainBatch; policy version + 1.
+3. train: driver.train_step on the TrainBatch (with the reference policy's log-probs when the
+   KL needs them: reference.py, built from model.path before any resume); policy version + 1.
 4. sync: the weight transport (`trainer.weight_transport`, transports/) makes every server
    serve the new version, which is then published in Redis (policy_version.py); then the drift
    check (drift_check.py, `trainer.drift_check`) compares vLLM's and the trainer's log-probs of
@@ -65,6 +66,7 @@ from agentrl.trainer.drift_check import check_logprob_drift
 from agentrl.trainer.intake import GroupIntake
 from agentrl.trainer.metrics import StepMetricsWriter, read_step_metrics
 from agentrl.trainer.pool_weights import PoolWeights
+from agentrl.trainer.reference import ReferencePolicy
 from agentrl.trainer.rl_step import AdmissionControl, step_metrics, train_step
 from agentrl.trainer.run_files import SampleWriter, write_config
 from agentrl.trainer.status_server import StatusBoard, start_status_servers
@@ -154,6 +156,8 @@ class RLTrainer:
         self.drift_check_token_ids = drift_check_token_ids  # default: a sample just trained on
         self.drift_rng = random.Random(config.run.seed)
         self.backend = create_backend(config)
+        # Built from model.path before any resume: the run's initial weights, frozen.
+        self.reference = ReferencePolicy.for_run(config)
         self.main = self.backend.is_main_process()  # rank 0: Redis, the pool, the run dir
         self.order = EpochOrder(load_prompts(config.data.train_path), seed=config.run.seed)
         self.admission = AdmissionControl(self.trainer.batch_size, self.trainer.max_staleness)
@@ -399,7 +403,11 @@ class RLTrainer:
                         )
                     continue
                 outcome = train_step(
-                    self.backend, batch, self.algorithm, self.trainer.micro_batch_tokens
+                    self.backend,
+                    batch,
+                    self.algorithm,
+                    self.trainer.micro_batch_tokens,
+                    self.reference,
                 )
                 self.step, self.version = self.step + 1, self.version + 1
                 self.status.set_phase("syncing")

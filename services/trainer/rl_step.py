@@ -16,13 +16,16 @@ One step (`train_step`):
    data parallelism every rank holds the whole batch, packs the same micro-batches and trains
    on its share (distributed.rank_share: micro-batches r, r + W, ...);
 2. decoupled PPO only: π_prox = the current weights' log-probs (no grad) become `old_logprobs`,
-   the behaviour log-probs stay as `behaviour_logprobs`; otherwise old = behaviour;
+   the behaviour log-probs stay as `behaviour_logprobs`; otherwise old = behaviour; with a
+   reference policy (reference.py: `kl_coef > 0` or `log_reference_kl`), its log-probs become
+   `ref_logprobs` (the KL penalty and the `kl_k1/k2/k3` metrics);
 3. the step's global token counts (summed over this rank's micro-batches, all-reduced over
    ranks), then `backend.train_step` with `loss.policy_loss_fn` (gradient accumulation, one
    AdamW step; its metrics come back summed over ranks).
 
 `step_metrics` turns a step into the flat dict written per step (metrics.py): reward mean and
-std, accuracy, entropy, clip fractions, approx KL, grad norm, response length, tool calls,
+std, accuracy, entropy, clip fractions, approx KL, the KL to the reference (`kl_k1/k2/k3`,
+`kl_loss`, only with a reference), grad norm, response length, tool calls,
 kept-group ratio, dropped counts, staleness histogram (`staleness_<k>` sample counts) and the
 time split `time_waiting_s` / `time_training_s` / `time_weight_sync_s`.
 """
@@ -39,6 +42,7 @@ from agentrl.common.config import AlgorithmConfig
 from agentrl.trainer.backends.interface import StepStats, TrainerBackend
 from agentrl.trainer.distributed import rank_share
 from agentrl.trainer.loss import GlobalTokenCounts, policy_loss_fn
+from agentrl.trainer.reference import ReferencePolicy
 from agentrl.trainer.train_batch import TrainBatch
 
 # vLLM reports raw log-probs (before temperature, docs/rollout.md): recompute at temperature 1.
@@ -106,12 +110,20 @@ class StepOutcome:
     num_micro_batches: int
     """Micro-batches of the global batch (all ranks together)."""
     time_training_s: float
+    time_reference_s: float = 0.0
+    """Of `time_training_s`: the reference policy's forward (0 without a reference)."""
 
 
 def train_step(
-    backend: TrainerBackend, batch: TrainBatch, algorithm: AlgorithmConfig, micro_batch_tokens: int
+    backend: TrainerBackend,
+    batch: TrainBatch,
+    algorithm: AlgorithmConfig,
+    micro_batch_tokens: int,
+    reference: ReferencePolicy | None = None,
 ) -> StepOutcome:
     """One optimizer step on `batch` (see the module docstring)."""
+    if algorithm.kl_coef > 0 and reference is None:
+        raise ValueError("kl_coef > 0 needs the reference policy (ReferencePolicy.for_run)")
     start = time.perf_counter()
     all_micro_batches = batch.micro_batches(micro_batch_tokens)
     micro_batches = rank_share(all_micro_batches)
@@ -120,6 +132,8 @@ def train_step(
         for micro_batch, (logprobs, _entropy) in zip(micro_batches, proximal, strict=True):
             mask = micro_batch.per_token["loss_mask"].bool()
             micro_batch.per_token["old_logprobs"] = logprobs.where(mask, 0.0)
+    if reference is not None:
+        reference.annotate(micro_batches)
     local = GlobalTokenCounts(0, 0, 0)
     for micro_batch in micro_batches:
         local = local + GlobalTokenCounts.of(
@@ -137,6 +151,7 @@ def train_step(
         counts=counts,
         num_micro_batches=len(all_micro_batches),
         time_training_s=time.perf_counter() - start,
+        time_reference_s=reference.time_s if reference is not None else 0.0,
     )
 
 
@@ -178,6 +193,7 @@ def step_metrics(
         "staleness_mean": _mean(s.staleness for s in samples),
         "time_waiting_s": time_waiting_s,
         "time_training_s": outcome.time_training_s,
+        "time_reference_s": outcome.time_reference_s,
         "time_weight_sync_s": time_weight_sync_s,
         "time_step_s": time_waiting_s + outcome.time_training_s + time_weight_sync_s,
     }

@@ -6,7 +6,8 @@ same functions run at world size 1 (`single`) in the test process. Shown, in flo
 order allows ~1e-5 relative):
 - one RL step (`rl_step.train_step` on scored Groups packed into 5 micro-batches, so one rank
   also runs an empty one) gives world size 1's gradient, grad norm, loss metrics and updated
-  weights, for the default objective and for decoupled PPO with seq-mean-token-mean;
+  weights, for the default objective, for decoupled PPO with seq-mean-token-mean, and with the
+  KL penalty to the reference policy (reference.py, sharded like the policy);
 - a checkpoint written at world size 2 resumes at world size 1 and one written at world size 1
   resumes at world size 2, the next step giving the weights of an uninterrupted run;
 - the RL loop (`run_training`, real Redis, stand-ins for rollout workers and vLLM) on two ranks,
@@ -41,6 +42,7 @@ from agentrl.trainer.distributed import (
     world_size,
 )
 from agentrl.trainer.loss import GlobalTokenCounts, policy_loss_fn
+from agentrl.trainer.reference import ReferencePolicy
 from agentrl.trainer.rl_step import train_step
 from agentrl.trainer.train_batch import build_train_batch
 
@@ -57,6 +59,9 @@ ALGORITHMS = {
     "decoupled_seq_mean": AlgorithmConfig(
         learning_rate=LEARNING_RATE, decoupled_ppo=True, loss_agg="seq-mean-token-mean"
     ),
+    # The reference policy (a second FSDP2-sharded copy of the initial weights, its forward
+    # collective): k1's gradient is ∇log π even where π = π_ref, so the penalty moves the step.
+    "kl_k1": AlgorithmConfig(learning_rate=LEARNING_RATE, kl_coef=0.5, kl_estimator="k1"),
 }
 LAUNCH_TIMEOUT_S = 240  # a launch takes 10-20 s on 2 busy cores; room for a loaded CI machine
 
@@ -101,12 +106,15 @@ def make_groups(seed: int) -> list:
 
 
 def make_backend(model_dir: Path, parallelism: str):
-    config = AgentRLConfig(
+    return create_backend(make_config(model_dir, parallelism, ALGORITHMS["default"]))
+
+
+def make_config(model_dir: Path, parallelism: str, algorithm: AlgorithmConfig) -> AgentRLConfig:
+    return AgentRLConfig(
         model=ModelConfig(path=model_dir),
         trainer=TrainerConfig(device="cpu", parallelism=parallelism, cpu_threads=1),
-        algorithm=AlgorithmConfig(learning_rate=LEARNING_RATE),
+        algorithm=algorithm,
     )
-    return create_backend(config)
 
 
 def full_gradients(backend) -> dict[str, torch.Tensor]:
@@ -125,8 +133,11 @@ def step(backend, seed: int, algorithm: AlgorithmConfig):
 def rl_step_scenario(model_dir: Path, parallelism: str, algorithm: AlgorithmConfig) -> dict:
     """The gradient of one step through `forward_backward`, then the step through rl_step."""
     backend = make_backend(model_dir, parallelism)
+    reference = ReferencePolicy.for_run(make_config(model_dir, parallelism, algorithm))
     batch = build_train_batch(make_groups(0), 0, algorithm, max_staleness=4)
     micro_batches = rank_share(batch.micro_batches(MICRO_BATCH_TOKENS))
+    if reference is not None:
+        reference.annotate(micro_batches)
     counts = backend.global_counts(
         sum(
             (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
@@ -136,7 +147,7 @@ def rl_step_scenario(model_dir: Path, parallelism: str, algorithm: AlgorithmConf
     backend.forward_backward(micro_batches, policy_loss_fn(algorithm, counts))
     gradients = full_gradients(backend)
     backend.optimizer.zero_grad(set_to_none=True)
-    outcome = train_step(backend, batch, algorithm, MICRO_BATCH_TOKENS)
+    outcome = train_step(backend, batch, algorithm, MICRO_BATCH_TOKENS, reference)
     return {
         "gradients": gradients,
         "loss_metrics": outcome.loss_metrics,
@@ -396,6 +407,9 @@ def test_an_rl_step_on_two_ranks_equals_one_rank(runs, algorithm) -> None:
     for name, value in one["loss_metrics"].items():  # summed over micro-batches and ranks
         assert two["loss_metrics"][name] == pytest.approx(value, rel=RTOL, abs=ATOL), name
     assert one["loss_metrics"]["entropy"] > 0
+    if algorithm == "kl_k1":  # each rank's reference log-probs line up with its tokens
+        assert {"kl_k1", "kl_k2", "kl_k3"} <= two["loss_metrics"].keys()
+        assert two["loss_metrics"]["kl_k1"] == pytest.approx(0.0, abs=1e-6)
     assert_same_tensors(one["gradients"], two["gradients"])
     assert_same_tensors(one["weights"], two["weights"])
     print(

@@ -9,14 +9,12 @@ import pytest
 import torch
 
 from agentrl.common.config import AlgorithmConfig
-from agentrl.trainer.loss import GlobalTokenCounts, policy_loss
+from agentrl.trainer.loss import GlobalTokenCounts, kl_estimates, policy_loss
 
 D = torch.float64
 
 
 def config(**overrides) -> AlgorithmConfig:
-    # model_copy skips validation: the loss's KL term is tested here although recipes refuse
-    # kl_coef > 0 until the trainer computes reference log-probs.
     return AlgorithmConfig(dual_clip=None).model_copy(update=overrides)
 
 
@@ -161,6 +159,44 @@ def test_kl_estimators_are_logged_at_zero_coefficient_and_enter_the_loss_when_se
         assert loss.item() == pytest.approx(-1.0 + 0.1 * value)
     with pytest.raises(ValueError, match="ref_logprobs"):
         policy_loss(*args, config(kl_coef=0.1))
+
+
+def test_kl_estimators_follow_verls_clamps():
+    # x = log π_θ - log π_ref far from 0 both ways: k1, k2 unclamped; k3 = e^d - d - 1 with
+    # d = -x clamped to ±20, then the result clamped to ±10.
+    x = torch.tensor([-30.0, -3.0, -1.0, 0.0, 2.0, 25.0], dtype=D)
+    estimates = kl_estimates(x, torch.zeros_like(x))
+    assert estimates["k1"].tolist() == x.tolist()
+    assert estimates["k2"].tolist() == pytest.approx((x * x / 2).tolist())
+    d = (-x).clamp(-20, 20)
+    expected = (torch.exp(d) - d - 1).clamp(-10, 10)
+    assert estimates["k3"].tolist() == pytest.approx(expected.tolist())
+    assert estimates["k3"][0] == 10.0  # e^20 clamped to 10 (d = 30 clamped to 20 first)
+    assert estimates["k3"][-1] == 10.0  # d = -20: e^-20 + 20 - 1 = 19, clamped to 10
+    assert estimates["k3"][2] == pytest.approx(math.e - 2)  # unclamped in between
+    # Past the k3 bound the gradient is 0: one collapsed token cannot dominate the penalty.
+    logprobs = torch.tensor([-15.0, -0.5], dtype=D, requires_grad=True)
+    kl_estimates(logprobs, torch.zeros(2, dtype=D))["k3"].sum().backward()
+    assert logprobs.grad[0] == 0.0 and logprobs.grad[1] != 0.0
+
+
+def test_kl_off_the_mask_is_zero_even_when_the_reference_holds_garbage():
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5]], dtype=D, requires_grad=True)
+    ref = torch.tensor([[float("-inf"), -2.5, float("nan")]], dtype=D)
+    mask = torch.tensor([[False, True, False]])
+    loss, metrics = policy_loss(
+        logprobs,
+        logprobs.detach().clone(),
+        torch.ones(1, 3, dtype=D),
+        mask,
+        torch.zeros(1, 3, dtype=torch.long),
+        torch.zeros(1, 3, dtype=D),
+        config(kl_coef=0.5, kl_estimator="k2"),
+        ref_logprobs=ref,
+    )
+    loss.backward()
+    assert metrics["kl_k1"].item() == pytest.approx(0.5)
+    assert torch.isfinite(logprobs.grad).all() and logprobs.grad[0, 0] == 0.0
 
 
 def test_entropy_is_always_logged_and_is_a_bonus_when_set():
