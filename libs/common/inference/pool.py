@@ -27,10 +27,12 @@ import asyncio
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from agentrl.common.inference.generate_http import GenerateClient
 from agentrl.common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -95,26 +97,67 @@ def parse_version(label: str | None) -> int:
         ) from None
 
 
+_PAIR = itemgetter("token_id", "logprob")  # one candidate dict -> (token id, log-prob), in C
+
+
+def _top_k(candidates: list[dict[str, Any]], k: int) -> list[tuple[int, float]]:
+    """The true top-k of one position from vLLM's list: the sampled token first (with its
+    `rank` in the vocabulary), then the other candidates in rank order, best first. Slices
+    put the sampled token in its place: no sort, no per-candidate Python code. Without a rank
+    (a NaN log-prob, an older server) one merge pass by log-prob does it, the sampled token
+    before equal ones, as a stable sort of the whole list would put it."""
+    if not candidates:
+        return []
+    rank = candidates[0].get("rank")
+    if rank == 1:  # the sampled token is the best one: the list is already in order
+        return list(map(_PAIR, candidates[:k]))
+    if rank is not None:
+        chosen = (
+            candidates[1:rank] + candidates[:1] + candidates[rank:k]
+            if rank <= k
+            else candidates[1 : k + 1]
+        )
+        return list(map(_PAIR, chosen))
+    sampled_logprob = candidates[0]["logprob"]
+    out: list[tuple[int, float]] = []
+    placed = False
+    for candidate in candidates[1:]:
+        if not placed and sampled_logprob >= candidate["logprob"]:
+            out.append(_PAIR(candidates[0]))
+            placed = True
+        out.append(_PAIR(candidate))
+        if len(out) >= k:
+            return out[:k]
+    if not placed:
+        out.append(_PAIR(candidates[0]))
+    return out[:k]
+
+
 def parse_generation(body: dict[str, Any], url: str, num_top: int = 0) -> GenerationResult:
+    """One reply of the generate route as a `GenerationResult`. Per token it takes the
+    sampled token's log-prob (what training needs); the top-k lists are built only when
+    `num_top` asks for them, by merging the sampled token into vLLM's rank-ordered list."""
     (choice,) = body["choices"]
-    token_ids = list(choice["token_ids"] or [])
+    token_ids = choice["token_ids"] or []
     content = (choice.get("logprobs") or {}).get("content") or []
     if content and len(content) != len(token_ids):
         raise InferenceError(f"{url}: {len(content)} log-probs for {len(token_ids)} tokens")
-    versions = [0] * len(token_ids)
-    for span in choice.get("weight_versions") or []:
-        version = parse_version(span["version"])
-        versions[span["start"] : span["end"]] = [version] * (span["end"] - span["start"])
+    spans = choice.get("weight_versions") or []
+    if len(spans) == 1 and spans[0]["start"] == 0 and spans[0]["end"] >= len(token_ids):
+        versions = [parse_version(spans[0]["version"])] * len(token_ids)  # the usual case
+    else:
+        versions = [0] * len(token_ids)
+        for span in spans:
+            version = parse_version(span["version"])
+            versions[span["start"] : span["end"]] = [version] * (span["end"] - span["start"])
+    if num_top:
+        top_logprobs = [_top_k(c.get("top_logprobs") or [], num_top) for c in content]
+    else:
+        top_logprobs = [[] for _ in content]
     return GenerationResult(
         token_ids=token_ids,
         logprobs=[c["logprob"] for c in content],
-        top_logprobs=[
-            sorted(
-                ((t["token_id"], t["logprob"]) for t in c.get("top_logprobs", [])),
-                key=lambda pair: -pair[1],
-            )[:num_top]
-            for c in content
-        ],
+        top_logprobs=top_logprobs,
         policy_versions=versions,
         finish_reason=choice["finish_reason"] or "stop",
         stop_reason=choice.get("stop_reason"),
@@ -143,6 +186,9 @@ class InferencePool:
             timeout=CONTROL_TIMEOUT_S,
             limits=httpx.Limits(max_connections=None),
         )
+        # Generation rides aiohttp (flat CPU per request in concurrency, generate_http.py); a
+        # test's httpx transport carries it too, so one mock answers every route.
+        self.generate_http = GenerateClient(self.http if transport is not None else None)
         self._sticky: OrderedDict[str, str] = OrderedDict()
         self._request_counter = itertools.count()
         self._health_task: asyncio.Task[None] | None = None
@@ -221,8 +267,8 @@ class InferencePool:
             server.in_flight += 1
             server.num_requests += 1
             try:
-                response = await self.http.post(
-                    server.url + GENERATE_ROUTE, json=body, timeout=self.request_timeout_s
+                response = await self.generate_http.post(
+                    server.url + GENERATE_ROUTE, body, self.request_timeout_s
                 )
             except httpx.TransportError as exc:
                 self.eject(server.url, f"{type(exc).__name__}: {exc}")
@@ -305,4 +351,5 @@ class InferencePool:
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
+        await self.generate_http.close()
         await self.http.aclose()
