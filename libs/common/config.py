@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "AGENTRL__"
 # Task types the reward service verifies without configuration (agentrl.reward.registry).
@@ -74,6 +74,10 @@ class RedisConfig(Section):
     """How long an operation keeps retrying while Redis is unreachable before it fails."""
     max_stream_length: int = Field(default=100_000, gt=0)
     """Safety cap on a stream's length (approximate MAXLEN); normal trimming follows acks."""
+    local_appendfsync: Literal["always", "everysec", "no", "off"] = "everysec"
+    """Persistence of the redis-server `agentrl up` starts when none answers (docs/streams.md):
+    AOF with this fsync policy in `<output_dir>/redis`, so a restart keeps the queued work
+    (`everysec` loses at most the last second's writes on a crash); `off` keeps nothing."""
 
 
 class ServiceEndpoint(Section):
@@ -89,6 +93,9 @@ class ServiceEndpoint(Section):
     """Requests worked on at once by one replica; more wait in the queue."""
     queue_size: int = Field(default=256, ge=0)
     """Requests that may wait; beyond it the service answers RESOURCE_EXHAUSTED (HTTP 429)."""
+    reconnect_deadline_s: float = Field(default=30.0, gt=0)
+    """How long a client keeps retrying this service while it is unreachable (gRPC UNAVAILABLE:
+    restarting, refused) before the call fails naming it (agentrl.common.retry)."""
 
     def target(self) -> str:
         return self.address or f"{self.host}:{self.grpc_port}"
@@ -325,6 +332,9 @@ class InferenceConfig(Section):
     """Retries of a generation on another server when its server fails (connection error, 5xx)."""
     health_check_interval_s: float = Field(default=5.0, gt=0)
     """How often each vLLM server's /health is probed; a failed probe ejects it until it passes."""
+    reconnect_deadline_s: float = Field(default=120.0, ge=0)
+    """How long a generation waits for a server when none of the pool is healthy (a vLLM
+    restart takes a minute or more) before it fails naming the pool; 0 fails at once."""
     server: InferenceServerConfig = InferenceServerConfig()
     """The locally launched server (`inference.server.*`)."""
     weight_transfer_backend: Literal["agentrl_gloo", "nccl", "none"] = "agentrl_gloo"
@@ -388,6 +398,10 @@ class RolloutConfig(ServiceEndpoint):
     """How tool calls are written: `<code>`/`<python>`, `<search>`, or Hermes `<tool_call>{json}`."""
     tool_timeout_s: float = Field(default=10.0, gt=0)
     """Wall-clock limit of one tool call (sandbox execution)."""
+    max_group_attempts: int = Field(default=5, gt=0)
+    """Attempts at a task whose group fails for an infrastructure reason (vLLM, sandbox, search
+    or reward unreachable past its deadline); then the task goes back to the queue, unacked,
+    for another worker (or this one, after redis.visibility_timeout_s). Never published."""
 
 
 class MegatronConfig(Section):

@@ -10,6 +10,10 @@ The channel returned is wrapped in `ClientInterceptor`, which on every call
   else is an answer. Streaming calls get metadata and deadline but no retries (a consumed
   request iterator or half-read response stream cannot be replayed). A retried call may reach
   the server twice, so services keep such RPCs idempotent (tasks carry idempotency keys).
+- with an `outage` (`retry.Outage`: service, setting, deadline from config), retries UNAVAILABLE
+  with the shared policy of agentrl.common.retry instead: jittered backoff until the outage's
+  deadline (still within the call's own deadline), so a restart shorter than it is a pause;
+  past it the error names the service, its address and the setting.
 - raises `RpcCallError` (a `grpc.RpcError` with `.code()`, `.details()`, `.target`, `.method`,
   `.attempts`) whose message names the target and method.
 
@@ -28,6 +32,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from agentrl.common import auth
+from agentrl.common import retry as retry_policy
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +131,13 @@ class ClientInterceptor(
         token: str | None = None,
         default_timeout_s: float | None = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy = RetryPolicy(),
+        outage: retry_policy.Outage | None = None,
     ) -> None:
         self.target = target
         self._metadata = auth.auth_metadata(token) if token else ()
         self._default_timeout_s = default_timeout_s
         self._retry = retry
+        self._outage = outage
 
     def _details(self, details: grpc.ClientCallDetails, timeout: float | None) -> _CallDetails:
         metadata = list(details.metadata or ())
@@ -152,6 +159,7 @@ class ClientInterceptor(
         method = _method_name(client_call_details.method)
         timeout_s = self._timeout(client_call_details)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        outage_end = None if self._outage is None else time.monotonic() + self._outage.deadline_s
         attempt = 0
         while True:
             attempt += 1
@@ -162,7 +170,14 @@ class ClientInterceptor(
                 return outcome
             code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
-            if code is grpc.StatusCode.UNAVAILABLE and attempt < self._retry.max_attempts:
+            if code is grpc.StatusCode.UNAVAILABLE and outage_end is not None:
+                sleep_s = retry_policy.backoff_s(attempt)
+                if time.monotonic() + sleep_s < min(outage_end, deadline or outage_end):
+                    time.sleep(sleep_s)
+                    continue
+                if time.monotonic() + sleep_s >= outage_end:  # the outage, not the call, ran out
+                    details = str(self._outage.error(RuntimeError(details)))
+            elif code is grpc.StatusCode.UNAVAILABLE and attempt < self._retry.max_attempts:
                 sleep_s = self._retry.backoff_s(attempt)
                 if deadline is None or time.monotonic() + sleep_s < deadline:
                     log.info(
@@ -202,6 +217,10 @@ def channel_options(
         ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A restarted server is reconnected to within ~2 s (gRPC's own default grows to 120 s,
+        # which would outlast every reconnect deadline).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", int(retry_policy.BACKOFF_MAX_S * 1000)),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -217,12 +236,14 @@ def create_channel(
     keepalive_time_s: float = KEEPALIVE_TIME_S,
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
     options: Sequence[tuple[str, Any]] = (),
+    outage: retry_policy.Outage | None = None,
 ) -> grpc.Channel:
     """An insecure channel to `target` (`host:port`) wrapped in `ClientInterceptor`.
 
     token: default `auth.load_token()`; None sends no token.
     default_timeout_s: deadline for calls that pass no `timeout=` (None: no deadline).
     retry: policy for UNAVAILABLE on unary calls (`NO_RETRY` to disable).
+    outage: retry UNAVAILABLE until its deadline instead (`outage_for` builds it from config).
     options: extra grpc channel arguments, appended to (and overriding) the defaults.
     Close it with `.close()` or use it as a context manager.
     """
@@ -233,5 +254,15 @@ def create_channel(
     channel = grpc.insecure_channel(
         target, options=[*channel_options(keepalive_time_s, keepalive_timeout_s), *options]
     )
-    interceptor = ClientInterceptor(target, auth.resolve_token(token), default_timeout_s, retry)
+    interceptor = ClientInterceptor(
+        target, auth.resolve_token(token), default_timeout_s, retry, outage
+    )
     return grpc.intercept_channel(channel, interceptor)
+
+
+def outage_for(service: str, endpoint: Any) -> retry_policy.Outage:
+    """The outage policy of a config section (`config.reward`, `config.sandbox`...): its target
+    and its `reconnect_deadline_s`."""
+    return retry_policy.Outage(
+        service, endpoint.target(), f"{service}.reconnect_deadline_s", endpoint.reconnect_deadline_s
+    )

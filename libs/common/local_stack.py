@@ -1,13 +1,17 @@
 """The embedded default: every service of a recipe as local processes, supervised.
 
 `agentrl up` starts a supervisor in the background and waits until each service is ready;
-the supervisor starts `agentrl serve <service>` per service (logs in `<output_dir>/logs/`),
-restarts one that dies (at most `MAX_RESTARTS` times, with a growing pause), and stops them all
-on SIGTERM (`agentrl down`). Its state — pids, addresses, restarts — is a JSON file in the run
+the supervisor starts `agentrl serve <service>` per service (logs in `<output_dir>/logs/`), each
+in its own process group, restarts one that dies (at most `MAX_RESTARTS` times, with a growing
+pause) after killing what is left of its process group (vLLM's EngineCore and workers, the
+reward service's verifier processes: an orphan would hold memory and ports), and stops them
+all on SIGTERM (`agentrl down`): SIGTERM to each group, `STOP_GRACE_S` to drain, then SIGKILL. Its state — pids, addresses, restarts — is a JSON file in the run
 directory that `agentrl status` reads and completes with live health probes.
 
 Redis comes from the machine: when the recipe's Redis is on this host and not answering, the
-supervisor starts `redis-server` for the run (no persistence) and stops it on the way down.
+supervisor starts `redis-server` for the run, with AOF in `<output_dir>/redis`
+(`redis.local_appendfsync`, `everysec` by default; `off`: no persistence), restarts it if it
+dies (from its AOF: the queued work survives) and stops it on the way down.
 
 One vLLM server is a service of the stack too (`vllm`, when the recipe names a model and its
 first `inference.urls` entry is on this host): the supervisor runs stock vLLM's OpenAI
@@ -154,6 +158,26 @@ def check_ports(config: AgentRLConfig, services: list[str]) -> list[str]:
     return problems
 
 
+def redis_command(config: AgentRLConfig, host: str, port: int) -> list[str]:
+    """The stack's redis-server: AOF per `redis.local_appendfsync` in `<output_dir>/redis`."""
+    fsync = config.redis.local_appendfsync
+    data_dir = config.run.output_dir / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = ["redis-server", "--bind", host, "--port", str(port), "--save", ""]
+    command += ["--dir", str(data_dir)]
+    if fsync == "off":
+        return [*command, "--appendonly", "no"]
+    return [*command, "--appendonly", "yes", "--appendfsync", fsync]
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL what is left of the process group `pid` led (its leader may be gone already)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _local_redis(config: AgentRLConfig) -> tuple[str, int] | None:
     url = urlparse(config.redis.url)
     host, port = url.hostname or "127.0.0.1", url.port or 6379
@@ -200,20 +224,12 @@ class Supervisor:
         local = _local_redis(self.config)
         if local is None or redis_answers(*local):
             return
-        host, port = local
+        self._spawn_redis(*local)
+
+    def _spawn_redis(self, host: str, port: int) -> None:
         log = open(self.logs / "redis.log", "ab")  # noqa: SIM115 - the child keeps it open
         self.redis = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                host,
-                "--port",
-                str(port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            redis_command(self.config, host, port),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -250,12 +266,17 @@ class Supervisor:
     def _watch(self) -> None:
         changed = False
         now = time.monotonic()
+        if self.redis is not None and self.redis.poll() is not None:  # back from its AOF
+            kill_group(self.redis.pid)
+            self._spawn_redis(*_local_redis(self.config))
+            changed = True
         for name, service in self.state.services.items():
             process = self.processes.get(name)
             if service.status == "restarting" and now >= self.next_start_at[name]:
                 self._spawn(name)
                 changed = True
             elif process is not None and service.status == "running" and process.poll() is not None:
+                kill_group(process.pid)  # its children (vLLM's EngineCore...) die with it
                 if service.restarts >= MAX_RESTARTS:
                     service.status = "failed"
                 else:
@@ -282,10 +303,7 @@ class Supervisor:
                 process.kill()
                 process.wait()
         for process in self.processes.values():  # what a child left behind (vLLM's engine)
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_group(process.pid)
         if self.redis is not None:
             self.redis.terminate()
             self.redis.wait(timeout=10)

@@ -6,7 +6,9 @@
     results = client.score_batch([request, ...])   # one round trip for a whole group
 
 Calls go through agentrl.common.grpc_client (auth token, deadline, bounded UNAVAILABLE
-retries; scoring is idempotent so a retry is safe). A RESOURCE_EXHAUSTED or INVALID_ARGUMENT
+retries; scoring is idempotent so a retry is safe). Pass
+`outage=grpc_client.outage_for("reward", config.reward)` to retry UNAVAILABLE with the shared
+policy until `reward.reconnect_deadline_s` (the rollout worker does). A RESOURCE_EXHAUSTED or INVALID_ARGUMENT
 comes back as `grpc_client.RpcCallError`.
 """
 

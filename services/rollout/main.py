@@ -84,11 +84,19 @@ def start(
             "inference.server.model_path or model.path"
         )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    sandbox = SandboxClient(config.sandbox.target())
+    # Every service is retried while unreachable until its reconnect_deadline_s (a restart is a
+    # pause); past it the group attempt fails and the worker retries or requeues the task.
+    sandbox = SandboxClient(
+        config.sandbox.target(), outage=grpc_client.outage_for("sandbox", config.sandbox)
+    )
     # Retrieve is idempotent: the channel's UNAVAILABLE retries are safe; the tool's timeout
     # bounds each call with its retries.
-    search_channel = grpc_client.create_channel(config.search.target())
-    reward = RewardClient(config.reward.target())
+    search_channel = grpc_client.create_channel(
+        config.search.target(), outage=grpc_client.outage_for("search", config.search)
+    )
+    reward = RewardClient(
+        config.reward.target(), outage=grpc_client.outage_for("reward", config.reward)
+    )
     worker_id = worker_id or settings.worker_id or default_worker_id()
     ready = threading.Event()
     holder: dict[str, Any] = {}

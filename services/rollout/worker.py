@@ -15,8 +15,14 @@ a timer renews this worker's entries every quarter visibility timeout, so only a
 tasks are reclaimed, by another worker's `read()`. A worker killed after publishing but before
 completing leaves a second group with the same idempotency key: the trainer counts it once.
 
-Failures: a malformed task is acked and counted (it can never succeed); a group attempt that
-raises (reward service down) is retried with backoff for as long as the worker lives.
+Failures: a malformed task is acked and counted (it can never succeed). Infrastructure failures
+are not episodes: a group attempt that raises (vLLM, the reward service or the sandbox
+unreachable past its `reconnect_deadline_s`, agentrl.common.retry) or that comes back with a
+tool call the service could not run (`TOOL_CALL_STATUS_UNAVAILABLE`: sandbox or search down) is
+never published; it is retried with backoff, at most `rollout.max_group_attempts` times, and
+then released: left unacked and no longer renewed, so the task returns to the queue and any
+worker (this one too) reclaims it after `redis.visibility_timeout_s`. Model errors (a bad tool
+call, a program that raised, a wrong answer, a request vLLM rejected) stay episodes.
 
 Policy versions: a `PolicyVersionSubscriber` follows the run's latest published version
 (`latest_policy_version`, in GetStatus); each finished episode's lag behind it is a metric. The
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +51,7 @@ from agentrl.common.logging import get_logger
 from agentrl.common.policy_version import PolicyVersionSubscriber
 from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
 from agentrl.common.streams import StreamEntry, StreamQueue
-from agentrl.proto.core.v1 import task_pb2, trajectory_pb2
+from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
 from agentrl.proto.rollout.v1 import rollout_pb2
 from agentrl.rollout.metrics import STREAM_STATS_INTERVAL_S, RolloutMetrics
 
@@ -56,6 +63,24 @@ READ_BLOCK_MS = 500
 RENEWALS_PER_TIMEOUT = 4
 # Backoff of a failed group attempt: first retry soon, then at most every 30 s.
 RETRY_INITIAL_S, RETRY_MAX_S = 1.0, 30.0
+UNAVAILABLE = trajectory_pb2.TOOL_CALL_STATUS_UNAVAILABLE
+
+
+class InfrastructureFailure(RuntimeError):
+    """A group that sampled through an outage (a tool service unreachable): not an episode."""
+
+
+def infrastructure_failure(group: group_pb2.Group) -> str | None:
+    """Why `group` may not be trained on (a tool call that never reached its service), or None.
+    The other outages (vLLM, reward) raise instead of producing a group."""
+    for scored in group.samples:
+        for turn in scored.trajectory.turns:
+            if turn.HasField("tool_call") and turn.tool_call.status == UNAVAILABLE:
+                call = turn.tool_call
+                return (
+                    f"{call.tool} unavailable in {scored.trajectory.trajectory_id}: {call.output}"
+                )
+    return None
 
 
 def default_worker_id() -> str:
@@ -76,6 +101,7 @@ class RolloutWorker:
         self.worker_id = worker_id or sampler.worker_id or default_worker_id()
         self.cap = config.rollout.max_concurrent_episodes
         self.grace_s = config.rollout.shutdown_grace_s
+        self.max_attempts = config.rollout.max_group_attempts
         visibility_ms = int(config.redis.visibility_timeout_s * 1000)
         self.renew_interval_s = config.redis.visibility_timeout_s / RENEWALS_PER_TIMEOUT
         run_id = config.run.run_id
@@ -248,18 +274,31 @@ class RolloutWorker:
                     await asyncio.to_thread(self.prompts.ack, entry)
                     return
             backoff_s = RETRY_INITIAL_S
-            while True:
+            for attempt in range(1, self.max_attempts + 1):
                 try:
                     group = await self.sampler.sample(task, on_episode=finished)
+                    cause = infrastructure_failure(group)
+                    if cause is not None:
+                        raise InfrastructureFailure(cause)
                     break
                 except Exception as exc:  # noqa: BLE001 - retried; the entry stays ours
                     self.metrics.failures.inc()
                     self.metrics.finish_episodes(left[0])
+                    left[0] = 0
+                    if attempt == self.max_attempts:
+                        # Back to the queue: unacked, no longer renewed, reclaimed later.
+                        log.error(
+                            "group failed %d times; task returned to the queue",
+                            attempt,
+                            extra={"task_id": task.task_id, "error": repr(exc)},
+                        )
+                        await asyncio.to_thread(self.prompts.release, entry)
+                        return
                     log.warning(
                         "group attempt failed; retrying",
-                        extra={"task_id": task.task_id, "error": repr(exc)},
+                        extra={"task_id": task.task_id, "attempt": attempt, "error": repr(exc)},
                     )
-                    await asyncio.sleep(backoff_s)
+                    await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
                     backoff_s = min(backoff_s * 2, RETRY_MAX_S)
                     left[0] = n
                     self.metrics.start_episodes(n)

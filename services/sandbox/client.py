@@ -5,7 +5,8 @@
         assert result.status == Status.OK
 
 It speaks gRPC through agentrl.common.grpc_client (auth token, deadlines, retries on
-UNAVAILABLE). When the replica is full (RESOURCE_EXHAUSTED) it waits the server's retry-after
+UNAVAILABLE; with `outage=grpc_client.outage_for("sandbox", config.sandbox)` those retries
+follow the shared policy until `sandbox.reconnect_deadline_s`). When the replica is full (RESOURCE_EXHAUSTED) it waits the server's retry-after
 hint and tries again, at most `max_overload_retries` times, then raises `SandboxOverloaded`.
 
 What this module does NOT cover: load balancing across replicas (give it a balanced address,
@@ -22,6 +23,7 @@ import grpc
 
 from agentrl.common import auth
 from agentrl.common.grpc_client import create_channel
+from agentrl.common.retry import Outage
 from agentrl.proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from agentrl.sandbox.interface import ExecutionRequest, ExecutionResult, Status
 from agentrl.sandbox.servicer import RETRY_AFTER_KEY
@@ -75,8 +77,9 @@ class SandboxClient:
         *,
         token: Any = auth.FROM_ENV,
         max_overload_retries: int = DEFAULT_OVERLOAD_RETRIES,
+        outage: Outage | None = None,
     ) -> None:
-        self.channel = create_channel(target, token=token, default_timeout_s=None)
+        self.channel = create_channel(target, token=token, default_timeout_s=None, outage=outage)
         self.stub = sandbox_pb2_grpc.SandboxServiceStub(self.channel)
         self.max_overload_retries = max_overload_retries
 

@@ -81,3 +81,72 @@ def test_a_taken_port_is_named_with_the_setting_to_change(stack_config):
     message = str(info.value)
     assert f"port {config.reward.http_port} (reward.http_port)" in message
     assert "AGENTRL__REWARD__HTTP_PORT" in message
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (zombies excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def test_a_dead_service_takes_its_children_along_and_the_stack_redis_keeps_its_data(tmp_path):
+    """Issue #20 items 5 and 6: a service killed with SIGKILL leaves no orphan (the reward
+    service's verifier processes stand in for vLLM's EngineCore: same process group); the
+    stack's own Redis runs with AOF, comes back after a SIGKILL with what it held."""
+    import redis
+
+    redis_port = free_port()
+    recipe = tmp_path / "stack.yaml"
+    recipe.write_text(
+        f"run: {{run_id: faults-{os.getpid()}, output_dir: {tmp_path / 'run'}}}\n"
+        f"redis: {{url: 'redis://127.0.0.1:{redis_port}/0'}}\n"
+        f"reward: {{grpc_port: {free_port()}, http_port: {free_port()}, num_verifier_workers: 1}}\n"
+    )
+    config = load_config(recipe, env={})
+    try:
+        state = local_stack.up(config, str(recipe), ["reward"])
+        reward_pid = state.services["reward"].pid
+        assert wait_for(lambda: len(group_members(reward_pid)) > 1), "no verifier process"
+        client = redis.Redis(port=redis_port)
+        client.xadd("faults:queued", {"data": b"a task"})
+        aof = config.run.output_dir / "redis"
+        assert wait_for(lambda: any(b"a task" in f.read_bytes() for f in aof.rglob("*.aof*")))
+
+        os.kill(reward_pid, signal.SIGKILL)
+
+        def restarted():
+            now = local_stack.read_state(config).services["reward"]
+            return now.restarts == 1 and now.pid != reward_pid and local_stack.probe(now).http_ready
+
+        assert wait_for(restarted), local_stack.read_state(config)
+        assert group_members(reward_pid) == []  # the verifier died with its service
+
+        redis_pid = local_stack.read_state(config).redis_pid
+        os.kill(redis_pid, signal.SIGKILL)
+
+        def redis_back():
+            try:
+                return local_stack.read_state(config).redis_pid != redis_pid and client.ping()
+            except redis.ConnectionError:
+                return False
+
+        assert wait_for(redis_back)
+        assert [fields for _id, fields in client.xrange("faults:queued")] == [{b"data": b"a task"}]
+        client.close()
+        groups = [s.pid for s in local_stack.read_state(config).services.values()]
+        redis_pid = local_stack.read_state(config).redis_pid
+        assert local_stack.down(config)
+        assert not any(group_members(pid) for pid in groups)
+        assert not local_stack.pid_alive(redis_pid)
+    finally:
+        local_stack.down(config)

@@ -14,7 +14,12 @@ Routing: a trajectory's turns go to the server that served its first turn (stick
 id, so the prefix cache holds the earlier turns); a new session goes to the healthy server with
 the fewest requests in flight. A server that fails a request (connection error, 5xx) or a
 health probe is ejected until a probe passes; the request is retried on another server, at most
-`max_retries` times. Control calls (pause, resume, weight version, weight transfer) are
+`max_retries` times. When no server is left (the pool's vLLM restarting), a generation waits:
+it probes the pool and tries again with the shared backoff (agentrl.common.retry) until
+`reconnect_deadline_s` (`inference.reconnect_deadline_s`), so a short outage is a pause; past
+it `NoHealthyServer` (a `ServiceUnavailableError`, not an `InferenceError`: an outage is not a
+property of the episode, and the agent loop lets it through to the rollout worker, which
+retries the group). `InferenceError` stays for answers retrying cannot change. Control calls (pause, resume, weight version, weight transfer) are
 control.py's: they fan out to every server of the pool.
 
 What this does NOT cover: weight transfer itself (the trainer's transport) and resuming an
@@ -34,6 +39,7 @@ import httpx
 
 from agentrl.common.inference.generate_http import GenerateClient
 from agentrl.common.logging import get_logger
+from agentrl.common.retry import Outage, ServiceUnavailableError, acall_with_deadline
 
 if TYPE_CHECKING:
     from agentrl.common.config import InferenceConfig
@@ -54,8 +60,8 @@ class InferenceError(RuntimeError):
     """A generation failed for a reason retrying elsewhere cannot fix (bad request)."""
 
 
-class NoHealthyServer(InferenceError):
-    """Every server of the pool is ejected (or failed this request)."""
+class NoHealthyServer(ServiceUnavailableError):
+    """Every server of the pool is ejected (or failed this request), past the deadline."""
 
 
 @dataclass
@@ -173,14 +179,18 @@ class InferencePool:
         request_timeout_s: float = 300.0,
         max_retries: int = 2,
         health_check_interval_s: float = 5.0,
+        reconnect_deadline_s: float = 0.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`reconnect_deadline_s`: how long a generation waits for a server to come back when
+        none is healthy (0: fail at once)."""
         if not urls:
             raise ValueError("the vLLM pool needs at least one URL (inference.urls)")
         self.servers = {url.rstrip("/"): ServerState(url.rstrip("/")) for url in urls}
         self.request_timeout_s = request_timeout_s
         self.max_retries = max_retries
         self.health_check_interval_s = health_check_interval_s
+        self.reconnect_deadline_s = reconnect_deadline_s
         self.http = httpx.AsyncClient(
             transport=transport,
             timeout=CONTROL_TIMEOUT_S,
@@ -201,6 +211,7 @@ class InferencePool:
             request_timeout_s=config.request_timeout_s,
             max_retries=config.max_request_retries,
             health_check_interval_s=config.health_check_interval_s,
+            reconnect_deadline_s=config.reconnect_deadline_s,
             **kwargs,
         )
 
@@ -255,6 +266,41 @@ class InferencePool:
         num_top = sampling.get("logprobs") or 0
         if num_top:
             sampling = {**sampling, "logprobs": num_top + 1}
+        first = [True]
+
+        async def attempt() -> GenerationResult:
+            if not first[0]:  # waiting out an outage: readmit servers that answer again
+                await self.check_health()
+            first[0] = False
+            return await self._generate_once(session_id, prompt_token_ids, sampling, num_top)
+
+        outage = Outage(
+            "vLLM",
+            ", ".join(self.servers),
+            "inference.reconnect_deadline_s",
+            self.reconnect_deadline_s,
+        )
+        return await acall_with_deadline(
+            attempt,
+            outage,
+            retry_on=lambda err: isinstance(err, NoHealthyServer),
+            error=lambda err: NoHealthyServer(
+                f"no vLLM server of the pool ({', '.join(self.servers)}) served a generation "
+                f"for {self.reconnect_deadline_s:g} s (last: {err}); check that they run "
+                "(`agentrl status`) and that inference.urls is right "
+                "(inference.reconnect_deadline_s sets how long to wait)",
+                outage,
+            ),
+        )
+
+    async def _generate_once(
+        self,
+        session_id: str,
+        prompt_token_ids: list[int],
+        sampling: dict[str, Any],
+        num_top: int,
+    ) -> GenerationResult:
+        """One pass over the pool: the session's server, then others, `max_retries` times."""
         failed: set[str] = set()
         for attempt in range(self.max_retries + 1):
             server = self.pick(session_id, exclude=failed)
