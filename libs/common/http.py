@@ -43,10 +43,12 @@ def create_app(
     token: str | None | Any = auth.FROM_ENV,
     metrics_public: bool = True,
     registry: CollectorRegistry | None = None,
+    details: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """A FastAPI app for `service` with /healthz, /readyz, /metrics and auth when configured.
 
     ready: readiness check (default: always ready once serving).
+    details: extra fields of every /readyz body (e.g. which limits a sandbox enforces).
     token: the shared auth token; default `auth.load_token()`, None turns auth off.
     metrics_public: serve /metrics without the token (Prometheus scrapes carry none).
     registry: the Prometheus registry /metrics exposes (default: the global one).
@@ -59,17 +61,19 @@ def create_app(
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
+        extra = details() if details is not None else {}
         if ready is None:
-            return JSONResponse({"status": "ready", "service": service})
+            return JSONResponse({"status": "ready", "service": service, **extra})
         try:
             is_ready = bool(ready())
             reason = "" if is_ready else "not ready"
         except Exception as exc:  # noqa: BLE001 - a failing check means "not ready", not a 500
             is_ready, reason = False, f"readiness check failed: {exc}"
         if is_ready:
-            return JSONResponse({"status": "ready", "service": service})
+            return JSONResponse({"status": "ready", "service": service, **extra})
         return JSONResponse(
-            {"status": "not_ready", "service": service, "reason": reason}, status_code=503
+            {"status": "not_ready", "service": service, "reason": reason, **extra},
+            status_code=503,
         )
 
     @app.get(auth.METRICS_PATH)

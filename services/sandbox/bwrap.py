@@ -56,6 +56,7 @@ from agentrl.sandbox.bwrap_argv import (
 )
 from agentrl.sandbox.capture import drive, kill_group, spawn
 from agentrl.sandbox.cgroups import Cgroup, CgroupParent
+from agentrl.sandbox.enforcement import Limit, bwrap_limits
 from agentrl.sandbox.interface import (
     Backend,
     CompileResult,
@@ -145,7 +146,13 @@ class BwrapBackend(Backend):
                 os.uname().machine,
             )
             seccomp_path = None
-        self.tools = Tools(bwrap, setpriv, self.run_as, str(seccomp_path) if seccomp_path else None)
+        self.tools = Tools(
+            bwrap,
+            setpriv,
+            self.run_as,
+            str(seccomp_path) if seccomp_path else None,
+            shutil.which("prlimit"),
+        )
         if self.run_as is not None:
             try:
                 check_traversable(self.root)
@@ -191,6 +198,16 @@ class BwrapBackend(Backend):
 
     def pool_size(self) -> int:
         return self._ready.qsize()
+
+    def limits(self) -> list[Limit]:
+        tmpfs = all(slot.dir.mounted for slot in self._all) if self._all else os.geteuid() == 0
+        return bwrap_limits(
+            self.config,
+            cgroups=self.cgroups is not None,
+            seccomp=self.tools.seccomp_filter is not None,
+            prlimit=self.tools.prlimit is not None,
+            tmpfs=tmpfs,
+        )
 
     def _prime(self, slot: Slot) -> None:
         """Start the slot's next warm interpreter (only with a cgroup: limits are set later)."""

@@ -12,9 +12,12 @@ installs it just before it executes the program, then closes the fd. The shell j
 untrusted program ever runs outside them. Used by the one-shot runs and the warm slots of
 agentrl.sandbox.bwrap and by the sessions (agentrl.sandbox.sessions).
 
+Without a cgroup (not root, cgroup v2 host) memory falls back to RLIMIT_AS per process, and
+the process limit to RLIMIT_NPROC set by prlimit inside the run's own user namespace, which
+the kernel (5.14+) counts per namespace: per run, not shared by all runs of the uid.
+
 What this module does NOT cover: starting or supervising the process (agentrl.sandbox.capture)
-and the limits' values (the cgroup's, set by the backend); without a cgroup the prologue falls
-back to RLIMIT_AS and a shared RLIMIT_NPROC.
+and the limits' values (the cgroup's, set by the backend).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class Tools:
     run_as: int | None
     seccomp_filter: str | None = None
     """Host path of the compiled seccomp filter (None: no filter)."""
+    prlimit: str | None = None
+    """util-linux prlimit (sets the per-run process limit inside the run's user namespace)."""
 
 
 def sandbox_argv(
@@ -80,10 +85,17 @@ def sandbox_argv(
         f"ulimit -c 0; ulimit -f {config.disk_mb * 2048}; "
         f"ulimit -n {MAX_OPEN_FILES}; ulimit -t {cpu_s}; "
     )
+    inside: list[str] = []
     if cgroup is None:
         address_kb = (memory_mb + ADDRESS_SPACE_SLACK_MB) * 1024
-        procs = config.max_processes * config.max_concurrency
-        prologue += f"ulimit -v {address_kb}; ulimit -p {procs}; "
+        prologue += f"ulimit -v {address_kb}; "
+        # Processes per run without a pids cgroup: RLIMIT_NPROC set INSIDE the run's own user
+        # namespace (prlimit, after bwrap made it). Since Linux 5.14 the kernel counts a uid's
+        # processes per user namespace and checks the limit at each level, the outer level
+        # against the limit the namespace's creator had (left high here): so the count and
+        # the cap are the run's own, not shared by every run of the uid.
+        if tools.prlimit is not None:
+            inside = [tools.prlimit, f"--nproc={config.max_processes}", "--"]
     seccomp: list[str] = []
     exec_line = 'exec "$@"'
     if tools.seccomp_filter is not None:
@@ -99,7 +111,7 @@ def sandbox_argv(
             "--clear-groups",
             "--",
         ]
-    return argv + bwrap_args(config, tools.bwrap, slot_dir) + seccomp + ["--"] + program
+    return argv + bwrap_args(config, tools.bwrap, slot_dir) + seccomp + ["--", *inside, *program]
 
 
 def bwrap_args(config: SandboxConfig, bwrap: str, slot_dir: SlotDir) -> list[str]:

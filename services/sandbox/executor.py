@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger, log_context
 from agentrl.sandbox.admission import Admission, Draining, Overloaded
+from agentrl.sandbox.enforcement import report
 from agentrl.sandbox.interface import (
     Backend,
     ExecutionRequest,
@@ -66,6 +67,8 @@ class Sandbox:
             from agentrl.sandbox.sessions import SessionManager
 
             self.sessions = SessionManager(self.backend, config)
+        self.limits = report(self.backend.name, self.backend.limits())
+        """Each limit with how it is enforced or why not (served in /readyz)."""
         self.metrics = SandboxMetrics.create(registry)
         self.metrics.watch(
             self.backend.name,

@@ -41,7 +41,13 @@ def create_sandbox_app(
     sandbox: Sandbox, *, token: Any = auth.FROM_ENV, registry: CollectorRegistry | None = None
 ) -> FastAPI:
     """The FastAPI app of one replica (`token`, `registry` as in agentrl.common.http)."""
-    app = create_app("sandbox", ready=sandbox.ready, token=token, registry=registry)
+    app = create_app(
+        "sandbox",
+        ready=sandbox.ready,
+        token=token,
+        registry=registry,
+        details=lambda: {"backend": sandbox.backend.name, "limits": sandbox.limits},
+    )
     max_body_bytes = int(sandbox.config.max_request_bytes * BODY_OVERHEAD_FACTOR) + 4096
     limiter = anyio.CapacityLimiter(sandbox.config.max_concurrency + sandbox.config.queue_size)
 

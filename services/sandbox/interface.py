@@ -106,5 +106,9 @@ class Backend(abc.ABC):
         """Execution environments ready right now (slots or warm containers)."""
         return 0
 
+    def limits(self) -> list:
+        """Every limit with how it is enforced, or why not (agentrl.sandbox.enforcement.Limit)."""
+        return []
+
     def close(self) -> None:
         """Kill whatever still runs and release every host resource (cgroups, mounts...)."""
