@@ -27,6 +27,37 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
+{{/* Image of the trainer and rollout worker (Dockerfile.loop) and of the vLLM pool (Dockerfile.vllm). */}}
+{{- define "agentrl.loopImage" -}}
+{{- printf "%s:%s" .Values.loopImage.repository (.Values.loopImage.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "agentrl.vllmImage" -}}
+{{- printf "%s:%s" .Values.vllm.image.repository (.Values.vllm.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* Each vLLM replica's own URL through the headless Service (pod.service resolves in the
+namespace): pause, weight updates and version changes go to every replica. */}}
+{{- define "agentrl.vllmUrls" -}}
+{{- $fullname := include "agentrl.fullname" . -}}
+{{- $urls := list -}}
+{{- range $i := until (int .Values.vllm.replicas) -}}
+{{- $urls = append $urls (printf "http://%s-vllm-%d.%s-vllm:%v" $fullname $i $fullname $.Values.vllm.port) -}}
+{{- end -}}
+{{- toJson $urls -}}
+{{- end -}}
+
+{{/* The trainer's rank-0 pod (index 0 of the indexed Job) through its headless Service. */}}
+{{- define "agentrl.trainerHost" -}}
+{{- $fullname := include "agentrl.fullname" . -}}
+{{- printf "%s-trainer-0.%s-trainer" $fullname $fullname -}}
+{{- end -}}
+
+{{/* Trainer processes in all: nodes x GPUs per node (one process per node on CPU). */}}
+{{- define "agentrl.trainerWorld" -}}
+{{- mul (int .Values.trainer.nodes) (max 1 (int .Values.trainer.gpusPerNode)) -}}
+{{- end -}}
+
 {{- define "agentrl.sharedClaim" -}}
 {{- .Values.sharedVolume.existingClaim | default (printf "%s-shared" (include "agentrl.fullname" .)) -}}
 {{- end -}}
@@ -58,5 +89,157 @@ computed from the values, with .Values.recipe merged over them.
 {{- if .Values.services.search.enabled -}}
 {{- $_ := set $recipe.search "index_dir" (printf "%s/search-index" $mount) -}}
 {{- end -}}
+{{- if or .Values.vllm.enabled .Values.rollout.enabled .Values.trainer.enabled -}}
+{{- $_ := set $recipe "model" (dict "path" (printf "%s/%s" $mount .Values.model.path)) -}}
+{{- end -}}
+{{- if .Values.vllm.enabled -}}
+{{- $backend := ternary "agentrl_gloo" "none" (eq .Values.trainer.weightTransport "vllm") -}}
+{{- $_ := set $recipe "inference" (dict "urls" (include "agentrl.vllmUrls" . | fromJsonArray) "weight_transfer_backend" $backend) -}}
+{{- end -}}
+{{- if .Values.rollout.enabled -}}
+{{- $_ := set $recipe "rollout" (dict "address" (printf "%s-rollout:%v" $fullname .Values.rollout.grpcPort) "shutdown_grace_s" .Values.rollout.shutdownGraceSeconds) -}}
+{{- end -}}
+{{- if .Values.trainer.enabled -}}
+{{- $data := dict "train_path" (printf "%s/%s" $mount .Values.data.trainPath) -}}
+{{- with .Values.data.evalPath -}}
+{{- $_ := set $data "eval_path" (printf "%s/%s" $mount .) -}}
+{{- end -}}
+{{- $_ := set $recipe "data" $data -}}
+{{- $parallelism := ternary "fsdp2" "single" (gt (int (include "agentrl.trainerWorld" .)) 1) -}}
+{{- $_ := set $recipe "trainer" (dict "address" (printf "%s:%v" (include "agentrl.trainerHost" .) .Values.trainer.grpcPort) "weight_transport" .Values.trainer.weightTransport "weight_transfer_address" (include "agentrl.trainerHost" .) "parallelism" $parallelism) -}}
+{{- end -}}
 {{- toYaml (mustMergeOverwrite $recipe (deepCopy .Values.recipe)) -}}
+{{- end -}}
+
+{{/*
+nodeSelector, tolerations and affinity of a pod; GPU pods add gpu.nodeSelector/tolerations.
+Call with (dict "root" $ "gpus" N "spec" <values with nodeSelector/tolerations/affinity>).
+*/}}
+{{- define "agentrl.scheduling" -}}
+{{- $nodeSelector := deepCopy (.spec.nodeSelector | default dict) -}}
+{{- $tolerations := .spec.tolerations | default list -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $nodeSelector = mustMergeOverwrite $nodeSelector (deepCopy .root.Values.gpu.nodeSelector) -}}
+{{- $tolerations = concat $tolerations .root.Values.gpu.tolerations -}}
+{{- end -}}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .spec.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Container resources with the GPU limit added: (dict "root" $ "gpus" N "resources" {...}). */}}
+{{- define "agentrl.resources" -}}
+{{- $resources := deepCopy (.resources | default dict) -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $limits := $resources.limits | default dict -}}
+{{- $_ := set $limits .root.Values.gpu.resourceName (int .gpus) -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- if $resources.requests -}}
+{{- $_ := set $resources.requests .root.Values.gpu.resourceName (int .gpus) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end -}}
+
+{{/* Pod-level security of the loop's pods: uid 10001, no service account token. */}}
+{{- define "agentrl.podSecurity" -}}
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  runAsGroup: 10001
+  fsGroup: 10001
+  seccompProfile:
+    type: RuntimeDefault
+{{- end -}}
+
+{{- define "agentrl.containerSecurity" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: ["ALL"]
+{{- end -}}
+
+{{/* Env every loop container gets: the recipe, the token file, JSON logs, HOME on /tmp. */}}
+{{- define "agentrl.commonEnv" -}}
+- name: AGENTRL_RECIPE
+  value: /etc/agentrl/recipe.yaml
+- name: AGENTRL_AUTH_TOKEN_FILE
+  value: /var/run/secrets/agentrl/token
+- name: AGENTRL_LOG_JSON
+  value: {{ .Values.logJson | quote }}
+# The root filesystem is read-only: caches (Hugging Face, torch, triton, vLLM) go to /tmp.
+- name: HOME
+  value: /tmp
+{{- if and .Values.redis.external .Values.redis.existingSecret }}
+- name: AGENTRL__REDIS__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.existingSecret }}
+      key: {{ .Values.redis.existingSecretKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of a loop pod: (dict "root" $ "shared" "readOnly"|"readWrite" "shm" SIZE "tmp" SIZE). */}}
+{{- define "agentrl.volumeMounts" -}}
+- name: recipe
+  mountPath: /etc/agentrl
+  readOnly: true
+- name: auth-token
+  mountPath: /var/run/secrets/agentrl
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+- name: shared
+  mountPath: {{ .root.Values.sharedVolume.mountPath }}
+  readOnly: {{ eq .shared "readOnly" }}
+{{- if .shm }}
+- name: shm
+  mountPath: /dev/shm
+{{- end }}
+{{- end -}}
+
+{{- define "agentrl.volumes" -}}
+{{- $fullname := include "agentrl.fullname" .root -}}
+- name: recipe
+  configMap:
+    name: {{ $fullname }}-recipe
+- name: auth-token
+  secret:
+    secretName: {{ .root.Values.auth.secretName }}
+    items:
+      - key: {{ .root.Values.auth.secretKey }}
+        path: token
+    defaultMode: 0440
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .tmp | default "10Gi" }}
+- name: shared
+  persistentVolumeClaim:
+    claimName: {{ include "agentrl.sharedClaim" .root }}
+    readOnly: {{ eq .shared "readOnly" }}
+{{- if .shm }}
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shm }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of a GPU workload (the kustomize gpu overlay selects them by this label too). */}}
+{{- define "agentrl.gpuLabel" -}}
+{{- if gt (int .) 0 }}
+agentrl.io/accelerator: nvidia-gpu
+{{- end }}
 {{- end -}}

@@ -28,7 +28,7 @@ KUSTOMIZATIONS = ["base", "overlays/cpu-dev", "overlays/gpu"]
 # Schemas every object must satisfy: 1.33, the first release with pod user namespaces on by
 # default (the sandbox's isolation), and 1.37, the newest kubernetes-validate ships.
 KUBE_VERSIONS = ("1.33", "1.37")
-SERVICES = ("sandbox", "reward", "search")
+SERVICES = ("sandbox", "reward", "search", "rollout")
 
 
 # Value sets the chart must render into valid objects; tests also check what each one changes.
@@ -45,6 +45,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "existing-claim": {"sharedVolume": {"existingClaim": "weights"}},
+    "native-transport": {"trainer": {"weightTransport": "vllm"}},
+    "monitoring": {"monitoring": {"podMonitor": {"enabled": True}}},
+    "torchrun-cpu": {"trainer": {"nodes": 2}},
 }
 
 
@@ -129,17 +132,45 @@ def service_deployments(objects: list[dict[str, Any]]) -> dict[str, dict[str, An
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
-    """Container env as a dict; a value from a Secret becomes a placeholder URL."""
-    return {e["name"]: e.get("value", "redis://from-secret:6379/0") for e in container["env"]}
+    """Container env as a dict; a value from a Secret becomes a placeholder URL (the only
+    Secret-held value is Redis's URL), one from the pod's fields a placeholder name."""
+    env = {}
+    for entry in container.get("env", []):
+        source = entry.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            env[entry["name"]] = "redis://from-secret:6379/0"
+        elif "fieldRef" in source:
+            env[entry["name"]] = "from-pod-field"
+        else:
+            env[entry["name"]] = entry["value"]
+    return env
 
 
-SOURCES = [f"helm:{name}" for name in VALUE_SETS] + [f"kustomize:{k}" for k in KUSTOMIZATIONS]
+# The chart's own values files, alone or stacked as their comments say.
+VALUE_FILES: dict[str, tuple[str, ...]] = {
+    "small": ("values-small.yaml",),
+    "gpu": ("values-gpu.yaml",),
+    "large": ("values-gpu.yaml", "values-large.yaml"),
+}
+# Kinds from CRDs (the Prometheus Operator's): no schema in kubernetes-validate.
+CRD_KINDS = {"PodMonitor"}
+
+SOURCES = (
+    [f"helm:{name}" for name in VALUE_SETS]
+    + [f"helm-file:{name}" for name in VALUE_FILES]
+    + [f"kustomize:{k}" for k in KUSTOMIZATIONS]
+)
 
 
 @functools.cache
 def _objects_json(source: str) -> str:
     kind, _, name = source.partition(":")
-    objects = render(VALUE_SETS[name]) if kind == "helm" else build(K8S / name)
+    if kind == "helm":
+        objects = render(VALUE_SETS[name])
+    elif kind == "helm-file":
+        objects = render(values_files=VALUE_FILES[name])
+    else:
+        objects = build(K8S / name)
     return json.dumps(objects)
 
 

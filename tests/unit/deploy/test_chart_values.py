@@ -26,7 +26,9 @@ def pod_spec(objects, service):
 
 
 def recipe_of(objects):
-    (config_map,) = find(objects, "ConfigMap")
+    (config_map,) = [
+        c for c in find(objects, "ConfigMap") if c["metadata"]["name"].endswith("-recipe")
+    ]
     return yaml.safe_load(config_map["data"]["recipe.yaml"])
 
 
@@ -178,7 +180,7 @@ def test_shared_volume_is_mounted_only_where_asked_and_read_only_for_search():
 
 def test_an_existing_claim_replaces_the_chart_claim():
     objects = objects_of("helm:existing-claim")
-    assert not find(objects, "PersistentVolumeClaim")
+    assert not find(objects, "PersistentVolumeClaim", "agentrl-shared")
     (volume,) = [v for v in pod_spec(objects, "search")["volumes"] if v["name"] == "shared"]
     assert volume["persistentVolumeClaim"]["claimName"] == "weights"
 
@@ -199,7 +201,8 @@ def test_image_and_auth_secret_names_come_from_values():
     )
     for name in service_deployments(objects):
         spec = pod_spec(objects, name)
-        assert spec["containers"][0]["image"] == "registry.example/agentrl:abc123"
+        image = "agentrl-loop:0.1.0" if name == "rollout" else "registry.example/agentrl:abc123"
+        assert spec["containers"][0]["image"] == image
         (volume,) = [v for v in spec["volumes"] if v["name"] == "auth-token"]
         assert volume["secret"]["secretName"] == "prod-token"
         assert volume["secret"]["items"] == [{"key": "value", "path": "token"}]
@@ -232,7 +235,17 @@ def test_a_disabled_service_disappears_with_its_address():
         ({"redis": {"externl": True}}, "'externl' not allowed"),
         ({"replicaCount": 3}, "'replicaCount' not allowed"),
         # checks across values, in the templates
-        ({"sharedVolume": {"enabled": False}}, "sharedVolume.enabled is false"),
+        ({"sharedVolume": {"enabled": False}}, "vllm.enabled needs sharedVolume.enabled"),
+        (
+            {
+                "sharedVolume": {"enabled": False},
+                **{name: {"enabled": False} for name in ("vllm", "rollout", "trainer")},
+            },
+            "sharedVolume.enabled is false",
+        ),
+        ({"vllm": {"enabled": False}}, "needs vllm.enabled"),
+        ({"trainer": {"weightTransport": "nccl"}}, "/trainer/weightTransport"),
+        ({"vllm": {"replica": 3}}, "'replica' not allowed"),
     ],
 )
 def test_bad_values_fail_with_the_value_to_change(values, message):
