@@ -46,9 +46,24 @@ def main(run_dir: Path) -> int:
         f"({acc_after - acc_before:+.3f})"
     )
     print(
+        f"held-out pass@{k}: {before['overall']['pass_at_k']:.3f} -> "
+        f"{after['overall']['pass_at_k']:.3f}"
+    )
+    print(
         f"tool calls per episode: {tool_calls_per_episode(before):.2f} -> "
         f"{tool_calls_per_episode(after):.2f}"
     )
+    best_file = run_dir / "best" / "best.json"
+    if best_file.is_file():
+        best = json.loads(best_file.read_text())
+        print(
+            f"these figures are the last step's weights (eval/after.json); the best evaluated "
+            f"weights, avg@{k} {best['eval_avg_at_k']:.3f} at step {best['step']}, are in "
+            f"{run_dir / 'best'}"
+        )
+    warned = [r["step"] for r in records if r.get("collapse_warning")]
+    if warned:
+        print(f"collapse warnings at steps {warned} (metrics.jsonl: collapse_*)")
     errors = [report["overall"].get("num_tool_errors", 0) for report in (before, after)]
     if any(errors):  # a broken tool reads as low accuracy; say so
         print(

@@ -449,6 +449,22 @@ def megatron_layout_problems(model_config: dict[str, Any], megatron: MegatronCon
     ]
 
 
+class CollapseConfig(Section):
+    """The collapse detector's thresholds (services/trainer/collapse.py); 0 turns a signal off.
+    It warns in the step line and sets the `collapse_warning` metric; training is unchanged."""
+
+    window_steps: int = Field(default=3, gt=0)
+    """Each step is compared with this many previous steps."""
+    max_accuracy_drop: float = Field(default=0.25, ge=0)
+    """Warn when accuracy is more than this below the window's highest."""
+    max_reward_drop: float = Field(default=0.5, ge=0)
+    """Warn when the mean reward is more than this below the window's highest."""
+    min_entropy: float = Field(default=0.01, ge=0)
+    """Warn when the mean token entropy (nats) is below this floor."""
+    max_length_growth: float = Field(default=3.0, ge=0)
+    """Warn when the longest response is more than this many times the window's longest."""
+
+
 class TrainerConfig(ServiceEndpoint):
     grpc_port: int = Field(default=50055, ge=0, le=65535)
     http_port: int = Field(default=8085, ge=0, le=65535)
@@ -495,6 +511,8 @@ class TrainerConfig(ServiceEndpoint):
     eval_interval_steps: int = Field(default=0, ge=0)
     """Also evaluate every this many steps (step 10 writes `eval/step_00000010.json`); 0: before
     and after only."""
+    collapse: CollapseConfig = CollapseConfig()
+    """The collapse detector (`trainer.collapse.*`): a step-line warning and a metric."""
     checkpoint_interval_steps: int = Field(default=50, gt=0)
     """Save a resumable checkpoint every this many optimizer steps."""
     keep_checkpoints: int = Field(default=3, gt=0)

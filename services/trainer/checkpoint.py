@@ -12,6 +12,15 @@ directory is renamed into place, so a kill mid-save leaves the previous checkpoi
 and at most a `.partial-*` directory (ignored, removed by the next save). Only
 the last `keep_last` checkpoints are kept.
 
+Beside them, `BestCheckpoint` keeps the best EVALUATED weights of the run in `<run dir>/best/`:
+a Hugging Face checkpoint directory (what `model.path`, `agentrl eval` and vLLM load) plus
+`best.json` (`step`, `policy_version`, `eval_avg_at_k`, `eval_pass_at_k`, `eval_file`). The
+run offers it every evaluation (before the first step, every `trainer.eval_interval_steps`,
+after the last); it is replaced only when the held-out avg@k is strictly higher (ties keep the
+earlier step), written to a partial directory and renamed into place. `best/` is for using
+the model, not for resuming (no optimizer state). Which evaluation the report's "after"
+describes, and where `best/` stands, the report says (report.py).
+
 Resuming gives the same next batch and bit-identical losses on CPU (tests/unit/trainer/
 test_checkpoint.py). Under FSDP2 every rank takes part in gathering the state; rank 0 writes,
 and its RNG states are the ones saved; `load` reads the files on every rank (the run directory
@@ -37,6 +46,8 @@ from agentrl.trainer.backends.interface import TrainerBackend
 
 STEP_PREFIX = "step_"
 PARTIAL_PREFIX = ".partial-"
+BEST_DIR = "best"
+BEST_FILE = "best.json"
 
 
 @dataclass
@@ -168,3 +179,35 @@ class CheckpointManager:
         if restore_rng:
             restore_rng_state(json.loads((path / "rng.json").read_text()))
         return TrainingState(**json.loads((path / "training_state.json").read_text()))
+
+
+class BestCheckpoint:
+    """The best evaluated weights of a run, by held-out avg@k, in `<run dir>/best/`."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.directory = Path(run_dir) / BEST_DIR
+
+    def record(self) -> dict[str, Any] | None:
+        """`best.json` of the current best, or None when no evaluation was kept yet."""
+        path = self.directory / BEST_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def is_better(self, avg_at_k: float) -> bool:
+        current = self.record()
+        return current is None or avg_at_k > current["eval_avg_at_k"]
+
+    def save(self, backend: TrainerBackend, record: dict[str, Any]) -> None:
+        """Write `backend`'s weights and `record` as the new best (every rank calls it:
+        gathering the weights is collective under FSDP2; rank 0 writes)."""
+        partial = self.directory.parent / f"{PARTIAL_PREFIX}{BEST_DIR}-{os.getpid()}"
+        if backend.is_main_process():
+            shutil.rmtree(partial, ignore_errors=True)
+        backend.save_pretrained(partial)
+        if not backend.is_main_process():
+            return
+        _write(partial / BEST_FILE, lambda f: f.write(json.dumps(record, indent=2).encode()))
+        retired = self.directory.parent / f"{PARTIAL_PREFIX}retired-{BEST_DIR}-{os.getpid()}"
+        if self.directory.exists():
+            self.directory.rename(retired)
+        partial.rename(self.directory)
+        shutil.rmtree(retired, ignore_errors=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from agentrl.common.config import AgentRLConfig
 from agentrl.common.logging import get_logger
+from agentrl.trainer import collapse
 
 log = get_logger(__name__)
 
@@ -27,8 +28,12 @@ def step_line(record: dict[str, Any]) -> str:
     )
     if record.get("logprob_drift_alarm"):
         line += f"  | WARNING log-prob drift {record['logprob_drift_max']:.1e} after sync"
+    if record.get("collapse_warning"):
+        line += f"  | {collapse.describe(record)}"
     if "eval_avg_at_k" in record:
         line += f"  | eval avg@k {record['eval_avg_at_k']:.3f}"
+        if "best_step" in record:
+            line += f" (best {record['eval_best_avg_at_k']:.3f} at step {record['best_step']})"
     return line
 
 

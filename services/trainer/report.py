@@ -241,6 +241,17 @@ def eval_blocks(run_dir: Path) -> list:
             kind="info",
         )
     )
+    best_file = run_dir / "best" / "best.json"
+    if "after" in reports and best_file.is_file():
+        best = _read_json(best_file, "delete best/ (it is rewritten at the next evaluation)")
+        blocks.append(
+            Note(
+                f"{EVAL_FILES['after']} describes the weights of the last step. The best "
+                f"evaluated weights (held-out avg@k {fmt(number(best.get('eval_avg_at_k')), 3)}, "
+                f"step {best.get('step')}, {best.get('eval_file')}) are in best/.",
+                kind="info",
+            )
+        )
     compared = "before" in reports and "after" in reports
     if compared:
         blocks += [

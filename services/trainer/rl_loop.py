@@ -25,7 +25,11 @@ Per optimizer step:
    consumer name, from the restored checkpoint: the same batches again.
 While it runs, the trainer serves its status (gRPC `TrainerStatusService`, the phase of the
 step) and Prometheus `/metrics` on `trainer.grpc_port` / `trainer.http_port` (status_server.py).
-Metrics per step go to `<run dir>/metrics.jsonl` and Prometheus (metrics.StepMetricsWriter), a
+Each step's record also carries the collapse detector's flags (collapse.py: `collapse_warning`
+and one flag per signal). After each evaluation the evaluated weights are offered as `best/`
+(checkpoint.BestCheckpoint: kept when the held-out avg@k beats every earlier evaluation, the
+"before" one included). Metrics per step go to `<run dir>/metrics.jsonl` and Prometheus
+(metrics.StepMetricsWriter), a
 few example trajectories per step to `samples.jsonl` and the resolved config to `config.json`
 (run_files.py). With `trainer.eval_samples_per_prompt` = k > 0 the run evaluates
 `data.eval_path` through the same pool (eval_job.run_eval) before the first step
@@ -59,7 +63,8 @@ from agentrl.common.logging import get_logger
 from agentrl.common.policy_version import PolicyVersionPublisher
 from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
 from agentrl.common.streams import StreamEntry, StreamQueue
-from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
+from agentrl.trainer.checkpoint import BestCheckpoint, CheckpointManager, TrainingState
+from agentrl.trainer.collapse import CollapseDetector
 from agentrl.trainer.data import EpochOrder, PromptRow, load_prompts
 from agentrl.trainer.distributed import broadcast_object, is_main_process
 from agentrl.trainer.drift_check import check_logprob_drift
@@ -192,6 +197,8 @@ class RLTrainer:
         self.checkpoints = CheckpointManager(
             self.run_dir / "checkpoints", self.trainer.keep_checkpoints
         )
+        self.best = BestCheckpoint(self.run_dir)  # best held-out avg@k so far, in best/
+        self.collapse = CollapseDetector(self.trainer.collapse)
         self.step, self.version = 0, 0
         self.status = status or StatusBoard(self.run_id)  # served by status_server.py
         self.carry: list[StreamEntry] = []  # read beyond the last batch: the next step's
@@ -328,6 +335,35 @@ class RLTrainer:
             "time_eval_s": time.perf_counter() - started,
         }
 
+    def keep_best(self, evaluation: dict[str, Any] | None, name: str) -> dict[str, Any]:
+        """Offer the weights just evaluated as `best/` (every rank calls it after `evaluate`:
+        saving is collective); the step metrics `eval_best_avg_at_k` and `best_step`."""
+        if not (self.trainer.eval_samples_per_prompt and self.config.data.eval_path):
+            return {}
+        decision = None
+        if self.main and evaluation is not None:
+            better = self.best.is_better(evaluation["eval_avg_at_k"])
+            decision = (better, evaluation["eval_avg_at_k"], evaluation["eval_pass_at_k"])
+        decision = broadcast_object(decision)
+        if decision is None:
+            return {}
+        better, avg_at_k, pass_at_k = decision
+        if better:
+            self.best.save(
+                self.backend,
+                {
+                    "step": self.step,
+                    "policy_version": self.version,
+                    "eval_avg_at_k": avg_at_k,
+                    "eval_pass_at_k": pass_at_k,
+                    "eval_file": f"eval/{name}.json",
+                },
+            )
+        best = self.best.record() if self.main else None
+        if best is None:
+            return {}
+        return {"eval_best_avg_at_k": best["eval_avg_at_k"], "best_step": best["step"]}
+
     async def sync_weights(self) -> SyncResult:
         """Serve the trainer's weights as `self.version` on every server, then publish it."""
         result = await self.weights.push(self.version)
@@ -374,7 +410,9 @@ class RLTrainer:
         # serve exactly the trainer's before the first prompt is admitted.
         await self.sync_weights()
         if self.step == 0 and self.step < max_steps:
-            await self.evaluate("before")
+            self.keep_best(await self.evaluate("before"), "before")
+        if self.main and self.step:  # a resumed run: the detector's window spans the restart
+            self.collapse.extend(read_step_metrics(self.run_dir))
         result = TrainingResult(steps=0, policy_version=self.version, run_dir=self.run_dir)
         samples = SampleWriter(self.run_dir, self.backend.tokenizer) if self.main else None
         interval = self.trainer.eval_interval_steps
@@ -430,7 +468,9 @@ class RLTrainer:
                     extra.update(await self.drift(batch))
                 name = "after" if self.step == max_steps else f"step_{self.step:08d}"
                 if self.step == max_steps or (interval and self.step % interval == 0):
-                    extra.update(await self.evaluate(name) or {})
+                    evaluation = await self.evaluate(name)
+                    extra.update(evaluation or {})
+                    extra.update(self.keep_best(evaluation, name))
                 record = None
                 if self.main:
                     samples.write(self.step, groups)
@@ -440,18 +480,17 @@ class RLTrainer:
                             self.step, self.version - 1, self.consumed, trained=True
                         )
                     )
-                    record = writer.write(
-                        self.step,
-                        {
-                            **step_metrics(
-                                batch,
-                                outcome,
-                                time_waiting_s=waited_s,
-                                time_weight_sync_s=synced.total_s,
-                            ),
-                            **extra,
-                        },
-                    )
+                    metrics = {
+                        **step_metrics(
+                            batch,
+                            outcome,
+                            time_waiting_s=waited_s,
+                            time_weight_sync_s=synced.total_s,
+                        ),
+                        **extra,
+                    }
+                    metrics.update(self.collapse.check(metrics))  # collapse.py: flags
+                    record = writer.write(self.step, metrics)
                     result.metrics.append(record)
                     self.status.record_step(record)
                 self.uncommitted.extend(entries)

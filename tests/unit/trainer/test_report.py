@@ -171,6 +171,18 @@ def test_markdown_compares_eval_before_and_after(tmp_path):
     assert "avg@4" in markdown
 
 
+def test_the_report_says_after_is_the_last_step_and_where_best_is(tmp_path):
+    run_dir = make_run(tmp_path)
+    assert "best/" not in write_report(run_dir).markdown.read_text()
+    (run_dir / "best").mkdir()
+    (run_dir / "best" / "best.json").write_text(
+        json.dumps({"step": 4, "eval_avg_at_k": 0.71, "eval_file": "eval/step_00000004.json"})
+    )
+    markdown = write_report(run_dir).markdown.read_text()
+    assert "eval/after.json describes the weights of the last step" in markdown
+    assert "held-out avg@k 0.710, step 4, eval/step_00000004.json) are in best/" in markdown
+
+
 def test_html_is_one_self_contained_page(tmp_path):
     paths = write_report(make_run(tmp_path))
     page = paths.html.read_text()
