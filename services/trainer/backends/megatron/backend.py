@@ -47,6 +47,7 @@ from agentrl.trainer.backends.megatron.convert import (
     ParallelLayout,
     hf_to_megatron,
     megatron_to_hf,
+    replicated_names,
 )
 from agentrl.trainer.loss import GlobalTokenCounts
 from agentrl.trainer.packing import MicroBatch, logprobs_and_entropy_from_logits
@@ -121,6 +122,9 @@ class MegatronBackend(TrainerBackend):
             )
         self.model.to(self.device)
         self.rope = megatron_model.Rope.from_hf(self.hf_config)
+        # From the conversion table: megatron marks sharded weights only when it initialises
+        # them, and every weight here is loaded instead.
+        self.replicated = replicated_names(self.shape, layout, pp_rank=0)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=optimizer.learning_rate * optimizer.lr_factor(0),
@@ -238,12 +242,12 @@ class MegatronBackend(TrainerBackend):
 
         sharded = torch.zeros((), dtype=torch.float64, device=self.device)
         replicated = torch.zeros((), dtype=torch.float64, device=self.device)
-        for parameter in self.model.parameters():
+        for name, parameter in self.model.named_parameters():
             square = parameter.grad.double().square().sum()
-            if getattr(parameter, "tensor_model_parallel", False):
-                sharded += square
-            else:
+            if name in self.replicated:
                 replicated += square
+            else:
+                sharded += square
         if self.layout.tp > 1:
             dist.all_reduce(sharded, group=self.tp_group)
         return float((sharded + replicated).sqrt())

@@ -272,6 +272,17 @@ def megatron_shapes(
     return out
 
 
+def replicated_names(shape: ModelShape, layout: ParallelLayout, pp_rank: int) -> set[str]:
+    """Megatron names of stage `pp_rank` that every tensor rank holds whole (the norms): a
+    global gradient norm counts them once, not once per tensor rank."""
+    first = layout.stage_layers(shape, pp_rank).start
+    return {
+        _names(rule, layer, layer - first)[1]
+        for rule, layer in _stage_rules(shape, layout, pp_rank)
+        if rule.split == "replicated"
+    }
+
+
 def _fuse(rule: Rule, tensors: list[torch.Tensor], shape: ModelShape, layout: ParallelLayout):
     """The Hugging Face tensors of `rule` as one full Megatron tensor."""
     if rule.split == "qkv":

@@ -1,0 +1,116 @@
+"""The Megatron backend over 4 CPU ranks (gloo): tensor parallel 2 x data parallel 2 gives the
+same log-probs, loss, metrics, grad norm and new weights as one process at TP 1.
+
+The ranks run this file as a script under torchrun (the `__main__` block); the test compares
+what rank 0 wrote with the same step taken in the test process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+LENGTHS = [12, 30, 7, 21, 16, 9, 25, 11]
+TOKEN_BUDGET = 40
+LEARNING_RATE = 1e-2
+
+
+def micro_batches_and_loss(vocab_size: int):
+    """Deterministic packed micro-batches with RL fields, and the algorithm of the step."""
+    from agentrl.common.config import AlgorithmConfig
+    from agentrl.trainer.packing import pack_micro_batches
+
+    generator = torch.Generator().manual_seed(0)
+    token_ids = [torch.randint(0, vocab_size, (n,), generator=generator).tolist() for n in LENGTHS]
+    per_token = {
+        "loss_mask": [[0.0] * 3 + [1.0] * (n - 3) for n in LENGTHS],
+        "advantages": [
+            [float(a)] * n for a, n in zip(torch.randn(len(LENGTHS), generator=generator), LENGTHS)
+        ],
+        "old_logprobs": [(-2.0 - torch.rand(n, generator=generator)).tolist() for n in LENGTHS],
+    }
+    return pack_micro_batches(token_ids, TOKEN_BUDGET, per_token), AlgorithmConfig(
+        learning_rate=LEARNING_RATE, entropy_coef=0.01
+    )
+
+
+def one_step(backend):
+    """What rl_step.train_step does with a backend: rank share, global counts, the step."""
+    from agentrl.trainer.distributed import rank_share
+    from agentrl.trainer.loss import GlobalTokenCounts, policy_loss_fn
+
+    all_micro_batches, algorithm = micro_batches_and_loss(backend.shape.vocab_size)
+    share = rank_share(all_micro_batches)
+    logprobs = backend.logprobs(share)
+    local = sum(
+        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in share),
+        GlobalTokenCounts(0, 0, 0),
+    )
+    counts = backend.global_counts(local)
+    metrics, stats = backend.train_step(share, policy_loss_fn(algorithm, counts))
+    return {
+        "logprobs": {tuple(mb.sample_indices): lp for mb, (lp, _) in zip(share, logprobs)},
+        "metrics": metrics,
+        "grad_norm": stats.grad_norm,
+        "weights": backend.hf_weights(),
+    }
+
+
+def build(checkpoint: Path, tp: int):
+    from agentrl.trainer.backends.interface import OptimizerSettings
+    from agentrl.trainer.backends.megatron.backend import MegatronBackend
+    from agentrl.trainer.backends.megatron.convert import ParallelLayout
+
+    settings = OptimizerSettings(learning_rate=LEARNING_RATE, max_grad_norm=0.1)
+    return MegatronBackend(checkpoint, settings, layout=ParallelLayout(tp=tp, pp=1))
+
+
+@pytest.mark.slow  # 4 processes import megatron-core: ~30 s on 2 cores
+def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path):
+    pytest.importorskip("megatron.core", reason="megatron-core is not installed")
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    out = tmp_path / "rank0.pt"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=4",
+        __file__,
+        str(tiny_checkpoint),
+        str(out),
+    ]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = torch.load(out)
+
+    try:
+        expected = one_step(build(tiny_checkpoint, tp=1))
+    finally:
+        parallel_state.destroy_model_parallel()
+        dist.destroy_process_group()
+    for samples, logprobs in ranks["logprobs"].items():
+        torch.testing.assert_close(logprobs, expected["logprobs"][samples], atol=2e-5, rtol=1e-5)
+    for name, value in expected["metrics"].items():
+        assert ranks["metrics"][name] == pytest.approx(value, abs=2e-6), name
+    assert ranks["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-4)
+    assert set(ranks["weights"]) == set(expected["weights"])
+    for name, tensor in expected["weights"].items():  # 1% of one Adam update (lr)
+        torch.testing.assert_close(ranks["weights"][name], tensor, atol=1e-4, rtol=0)
+
+
+if __name__ == "__main__":  # one rank of the test above, under torchrun
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    result = one_step(build(Path(sys.argv[1]), tp=2))
+    if dist.get_rank() == 0:
+        torch.save(result, sys.argv[2])
+    dist.destroy_process_group()
