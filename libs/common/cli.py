@@ -124,8 +124,11 @@ def config_show(
     try:
         rows = describe_fields(section)
     except ValueError as exc:
-        err_console.print(Text(str(exc), style="red"))
-        raise typer.Exit(code=1) from None
+        import difflib
+
+        closest = difflib.get_close_matches(section, [r.path for r in describe_fields()], n=1)
+        hint = f" Did you mean `{closest[0]}`?" if closest else ""
+        raise fail(f"{exc}.{hint}") from None
     table = Table("field", "type", "default", "meaning", show_lines=False)
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))  # help text is shown as written, not markup

@@ -191,3 +191,21 @@ def test_data_generators_check_the_service_they_call_first(recipe, tmp_path):
     )
     assert search.returncode == 2, search.stdout + search.stderr
     assert f"search at 127.0.0.1:{config['search']['grpc_port']}" in one_paragraph(search)
+
+
+def test_a_misspelt_section_of_config_show_gets_the_closest_one():
+    out = run("config", "show", "sandbx")
+    assert out.returncode == 1
+    assert (
+        "unknown section 'sandbx'" in one_paragraph(out) and "Did you mean `sandbox`?" in out.stderr
+    )
+
+
+def test_an_error_no_command_explains_is_one_paragraph_and_debug_shows_its_traceback(tmp_path):
+    # A directory where the corpus file should be: nothing in `search index` explains that yet.
+    out = run("search", "index", str(tmp_path), "--out", str(tmp_path / "index"))
+    assert out.returncode == 1
+    message = one_paragraph(out)
+    assert message.startswith("agentrl: unexpected IsADirectoryError") and "--debug" in message
+    debug = run("--debug", "search", "index", str(tmp_path), "--out", str(tmp_path / "index"))
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
