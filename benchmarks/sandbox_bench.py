@@ -13,6 +13,14 @@ them alike; the closing table gives throughput and p50 as ratios to bare.
     .venv/bin/python benchmarks/sandbox_bench.py --rounds 3 --workloads 'print(1)'
     .venv/bin/python benchmarks/sandbox_bench.py --backends bwrap bare docker
     .venv/bin/python benchmarks/sandbox_bench.py --backends docker --pool-size 32
+    .venv/bin/python benchmarks/sandbox_bench.py --backends bare bwrap nonroot --starvation
+
+`nonroot` is the service as the Kubernetes manifests run it: `agentrl.sandbox.main` in a
+process of its own as uid 10001 (no cgroups, no tmpfs, no setpriv; this benchmark must run as
+root to start it), reached over gRPC like the others (its CPU is counted in the machine's
+column only). `--starvation` measures instead what one client's `print(1)` costs while
+STARVATION_HOGS other requests each run a STARVATION_HOG_S-second busy loop, as a ratio to
+its latency on the same idle service (no timing is asserted anywhere).
 
 Workloads: `print(1)`, a ~50 ms CPU loop, an import-heavy snippet, a 1 s timeout, and 10 MB of
 output (max_output_bytes is set to 16 MB so it must come back whole, status ok).
@@ -48,6 +56,16 @@ CONCURRENCIES = (1, 8, 32)
 SETTLE_S = 0.5
 # A docker pool re-creates recycled containers in the background (seconds each on vfs).
 POOL_REFILL_WAIT_S = 300.0
+# The CPU-starvation attack of issue 16: eight 5-second busy loops while a client sends print(1).
+STARVATION_HOGS = 8
+STARVATION_HOG_S = 5.0
+STARVATION_PROBES = 10
+NON_ROOT_UID = 10001
+SERVE = (
+    "from agentrl.common.config import load_config\n"
+    "from agentrl.sandbox.main import main\n"
+    "main(load_config())"
+)
 WORKLOADS = {
     "print(1)": ("print(1)", 10.0),
     "cpu ~50ms": ("n = 0\nfor i in range(1_300_000):\n    n += i\nprint(n)", 10.0),
@@ -163,6 +181,9 @@ def wait_for_pool(backend: Backend, pool_size: int, timeout_s: float = POOL_REFI
     """Let the previous cell's background work end: a docker pool refills (recycled containers
     are re-created), bwrap re-primes its slots; then let the last interpreters finish starting,
     so that no cell pays for its predecessor."""
+    if backend.name not in ("docker", "bwrap"):
+        time.sleep(SETTLE_S)
+        return
     target = len(backend._all) if backend.name == "bwrap" else pool_size
     deadline = time.monotonic() + timeout_s
     while backend.name in ("docker", "bwrap") and backend.pool_size() < target:
@@ -171,6 +192,50 @@ def wait_for_pool(backend: Backend, pool_size: int, timeout_s: float = POOL_REFI
             return
         time.sleep(0.1)
     time.sleep(SETTLE_S)
+
+
+class NonRootService(Backend):
+    """`agentrl.sandbox.main` in its own process as NON_ROOT_UID (the manifests' mode)."""
+
+    name = "nonroot"
+
+    def __init__(self, config: SandboxConfig) -> None:
+        import socket
+        import subprocess
+        import sys
+        import tempfile
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.work_root = tempfile.mkdtemp(prefix="agentrl-bench-", dir="/tmp")
+        os.chmod(self.work_root, 0o755)
+        os.chown(self.work_root, NON_ROOT_UID, NON_ROOT_UID)
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": self.work_root,
+            "AGENTRL__SANDBOX__GRPC_PORT": str(self.port),
+            "AGENTRL__SANDBOX__HTTP_PORT": "0",
+            "AGENTRL__SANDBOX__WORK_ROOT": self.work_root,
+            "AGENTRL__SANDBOX__MAX_CONCURRENCY": str(config.max_concurrency),
+            "AGENTRL__SANDBOX__QUEUE_SIZE": str(config.queue_size),
+            "AGENTRL__SANDBOX__MAX_OUTPUT_BYTES": str(config.max_output_bytes),
+            "AGENTRL__SANDBOX__MAX_TIMEOUT_S": str(config.max_timeout_s),
+        }
+        setpriv = ["setpriv", f"--reuid={NON_ROOT_UID}", f"--regid={NON_ROOT_UID}"]
+        self.process = subprocess.Popen(
+            [*setpriv, "--clear-groups", "--", sys.executable, "-c", SERVE], env=env
+        )
+
+    def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        raise NotImplementedError("reached through its own gRPC server")
+
+    def close(self) -> None:
+        import shutil
+
+        self.process.terminate()
+        self.process.wait(30)
+        shutil.rmtree(self.work_root, ignore_errors=True)
 
 
 @dataclass
@@ -194,6 +259,20 @@ class Bench:
             max_timeout_s=60,
             pool_size=pool_size,
         )
+        if name == "nonroot":
+            remote = NonRootService(config)
+            client = SandboxClient(f"127.0.0.1:{remote.port}", token=None)
+            deadline = time.monotonic() + 60
+            while True:  # until its gRPC server answers
+                try:
+                    client.execute("1", timeout_s=5)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline or remote.process.poll() is not None:
+                        remote.close()
+                        raise
+                    time.sleep(0.2)
+            return cls(name, remote, None, None, None, client)
         backend = BareBackend(config) if name == "bare" else BACKENDS[config.backend](config)
         sandbox = Sandbox(config, backend=backend)
         servicer = SandboxServicer(sandbox)
@@ -210,9 +289,50 @@ class Bench:
 
     def close(self) -> None:
         self.client.close()
+        if self.server is None:  # a service process of its own
+            self.backend.close()
+            return
         self.server.stop(0)
         self.servicer.close()
         self.sandbox.close()
+
+
+def starvation(names: list[str]) -> None:
+    """print(1)'s latency while STARVATION_HOGS busy loops run, as a ratio to idle."""
+    hog = f"import time\nend = time.time() + {STARVATION_HOG_S}\nwhile time.time() < end: pass"
+    print(
+        "\n| backend | print(1) p50 idle ms | p50 under attack ms | ratio | max under attack ms |"
+    )
+    print("|---|---|---|---|---|")
+    for name in names:
+        one = Bench.start(name, max(CONCURRENCIES))
+        try:
+            wait_for_pool(one.backend, max(CONCURRENCIES))
+
+            def probe(client: SandboxClient = one.client) -> float:
+                start = time.perf_counter()
+                result = client.execute("print(1)", timeout_s=30)
+                assert result.stdout == "1\n", result
+                return time.perf_counter() - start
+
+            idle = [probe() for _ in range(STARVATION_PROBES)]
+            with ThreadPoolExecutor(STARVATION_HOGS) as pool:
+                hogs = [
+                    pool.submit(one.client.execute, hog, timeout_s=STARVATION_HOG_S * 4)
+                    for _ in range(STARVATION_HOGS)
+                ]
+                time.sleep(0.5)  # the hogs are running
+                busy = [probe() for _ in range(STARVATION_PROBES)]
+                for done in hogs:
+                    done.result()
+            p50_idle, p50_busy = statistics.median(idle), statistics.median(busy)
+            print(
+                f"| {name} | {1000 * p50_idle:.1f} | {1000 * p50_busy:.1f} | "
+                f"{p50_busy / p50_idle:.1f} | {1000 * max(busy):.1f} |",
+                flush=True,
+            )
+        finally:
+            one.close()
 
 
 def bench(
@@ -311,7 +431,15 @@ def main() -> None:
         default=max(CONCURRENCIES),
         help="docker: warm containers (creating one takes seconds on vfs)",
     )
+    parser.add_argument(
+        "--starvation",
+        action="store_true",
+        help="print(1) latency during eight 5 s busy loops vs idle, per backend",
+    )
     args = parser.parse_args()
+    if args.starvation:
+        starvation(args.backends)
+        return
     start = time.perf_counter()
     rows = bench(args.backends, args.requests, args.workloads, args.pool_size, args.rounds)
     print(f"{time.perf_counter() - start:.0f} s including start-up and teardown")
