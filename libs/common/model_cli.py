@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from agentrl.common.cli_errors import fail
+
 model_app = typer.Typer(
     help="Create policy checkpoints (tiny local models, GGUF imports).", no_args_is_help=True
 )
@@ -49,8 +51,7 @@ def model_init(
         texts = models.read_corpus(data) if data else models.default_corpus(seed=seed)
         path = models.init_tiny_model(out, texts, preset=preset, seed=seed)
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise fail(f"error: {exc}") from None
     info = (path / "agentrl_model.json").read_text()
     typer.echo(f"wrote {path}\n{info}")
 
@@ -77,7 +78,6 @@ def model_import_gguf(
         typer.echo(f"importing {path} (dequantizing to float32) ...")
         result = gguf_import.import_gguf(path, out, package=package)
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise fail(f"error: {exc}") from None
     info = (result / gguf_import.MODEL_INFO_FILE).read_text()
     typer.echo(f"wrote {result}\n{info}")

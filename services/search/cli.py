@@ -16,6 +16,8 @@ from typing import Annotated
 
 import typer
 
+from agentrl.common.cli_errors import fail
+
 index_app = typer.Typer(help="Build search indexes.", add_completion=False)
 data_app = typer.Typer(help="Generate data sets.", add_completion=False)
 
@@ -45,8 +47,7 @@ def index_command(
             corpus, out, dense=dense, name=name, overwrite=overwrite, chunk_passages=chunk_passages
         )
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise fail(f"error: {exc}") from None
     typer.echo(
         f"indexed {manifest['num_passages']} passages into {out} "
         f"(name {manifest['name']}, version {manifest['version']}, "
@@ -93,8 +94,7 @@ def make_qa_world_command(
             numbered=numbered,
         )
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise fail(f"error: {exc}") from None
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"next: agentrl search index {out / 'corpus.jsonl'} --out {out / 'index'}")
 
@@ -132,7 +132,7 @@ def make_search_task_command(
 
     from agentrl.common import grpc_client
     from agentrl.common.agent.tools import SearchTool
-    from agentrl.common.cli_errors import fail, load_recipe_or_exit, require
+    from agentrl.common.cli_errors import load_recipe_or_exit, require
     from agentrl.common.config import AgentRLConfig
     from agentrl.search.search_task import make_search_task
 
