@@ -46,6 +46,7 @@ def to_proto(request: ExecutionRequest) -> sandbox_pb2.ExecuteRequest:
         fetch_files=request.fetch_files,
         timeout_s=request.timeout_s,
         memory_mb=request.memory_mb,
+        compile_timeout_s=request.compile_timeout_s,
         session_id=request.session_id,
         request_id=request.request_id,
     )

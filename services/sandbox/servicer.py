@@ -37,6 +37,7 @@ def request_from_proto(message: sandbox_pb2.ExecuteRequest) -> ExecutionRequest:
         fetch_files=list(message.fetch_files),
         timeout_s=message.timeout_s,
         memory_mb=message.memory_mb,
+        compile_timeout_s=message.compile_timeout_s,
         session_id=message.session_id,
         request_id=message.request_id,
     )

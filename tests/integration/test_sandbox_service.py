@@ -71,6 +71,14 @@ def test_execute_over_grpc(stack):
     assert reply.backend == "bwrap" and reply.wall_time_s > 0
 
 
+def test_cpp_over_grpc_with_its_compile_timeout(stack):
+    source = "#include <bits/stdc++.h>\nint main(){ std::cout << 42; }"
+    ran = stack.client.execute(source, language="cpp", compile_timeout_s=60)
+    assert (ran.status, ran.stdout) == (Status.OK, "42"), ran
+    cut = stack.client.execute(source, language="cpp", compile_timeout_s=0.05, timeout_s=30)
+    assert cut.status == Status.TIMEOUT and "compile step" in cut.message, cut
+
+
 def test_batch_keeps_order_and_stream_returns_all(stack):
     requests = [ExecutionRequest(code=f"print({i})", request_id=str(i)) for i in range(12)]
     assert [r.stdout for r in stack.client.execute_batch(requests)] == [f"{i}\n" for i in range(12)]
