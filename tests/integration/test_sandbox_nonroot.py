@@ -36,9 +36,13 @@ FORK_BOMB = (
     "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
 )
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="switching to an unprivileged uid needs root (CI runs as root)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.geteuid() != 0,
+        reason="switching to an unprivileged uid needs root (CI runs as root)",
+    ),
+]
 
 
 def processes_of(uid: int) -> list[int]:

@@ -12,6 +12,8 @@ from agentrl.common.http import serve_in_thread
 from agentrl.sandbox.executor import Sandbox
 from agentrl.sandbox.http_api import create_sandbox_app
 
+pytestmark = pytest.mark.slow
+
 SCIENCE = """
 import numpy as np, scipy.linalg, sympy, pandas as pd
 a = np.array([[2.0, 1.0], [1.0, 3.0]])
