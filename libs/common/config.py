@@ -104,6 +104,9 @@ class ServiceEndpoint(Section):
 class SandboxConfig(ServiceEndpoint):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     http_port: int = Field(default=8081, ge=0, le=65535)
+    addresses: list[str] = []
+    """Several sandbox replicas (host:port each) for the rollout's python tool: calls of one
+    session go to one replica (hash of the session id), others round-robin. Empty: `address`."""
     backend: Literal["bwrap", "docker"] = "bwrap"
     """Isolation: `bwrap` (bubblewrap namespaces, light) or `docker` (warm container pool)."""
     default_timeout_s: float = Field(default=10.0, gt=0, le=600)
@@ -398,6 +401,10 @@ class RolloutConfig(ServiceEndpoint):
     """How tool calls are written: `<code>`/`<python>`, `<search>`, or Hermes `<tool_call>{json}`."""
     tool_timeout_s: float = Field(default=10.0, gt=0)
     """Wall-clock limit of one tool call (sandbox execution)."""
+    python_sessions: bool | None = None
+    """Run an episode's python calls in one sandbox session (variables persist from call to
+    call; closed when the episode ends); false: every call starts a fresh interpreter. None:
+    on when `sandbox.backend` is bwrap (the backend with sessions), off otherwise."""
     max_group_attempts: int = Field(default=5, gt=0)
     """Attempts at a task whose group fails for an infrastructure reason (vLLM, sandbox, search
     or reward unreachable past its deadline); then the task goes back to the queue, unacked,
@@ -725,6 +732,19 @@ class AgentRLConfig(Section):
             raise ValueError(
                 f"{config_json} does not fit the Megatron layout: {'; '.join(problems)}; "
                 "change trainer.megatron's sizes"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_python_sessions(self) -> AgentRLConfig:
+        if self.rollout.python_sessions is None:
+            self.rollout.python_sessions = self.sandbox.backend == "bwrap"
+        elif self.rollout.python_sessions and self.sandbox.backend != "bwrap":
+            raise ValueError(
+                f"rollout.python_sessions needs sandbox sessions, which the "
+                f"{self.sandbox.backend!r} sandbox backend does not have; set "
+                "rollout.python_sessions: false (every call starts a fresh interpreter) or "
+                "sandbox.backend: bwrap"
             )
         return self
 

@@ -66,7 +66,7 @@ def start(
     from agentrl.common import grpc_client, grpc_server, http
     from agentrl.common.agent.arpo import TaskSampler
     from agentrl.common.agent.loop import AgentLoop
-    from agentrl.common.agent.tools import ToolBox
+    from agentrl.common.agent.tools import ToolBox, sandbox_client
     from agentrl.common.inference.pool import InferencePool
     from agentrl.common.logging import get_logger
     from agentrl.proto.rollout.v1 import rollout_pb2_grpc
@@ -74,7 +74,6 @@ def start(
     from agentrl.rollout.metrics import RolloutMetrics
     from agentrl.rollout.servicer import RolloutControlServicer
     from agentrl.rollout.worker import RolloutWorker, default_worker_id
-    from agentrl.sandbox.client import SandboxClient
 
     settings = config.rollout
     model_path = config.served_model_path()
@@ -86,8 +85,9 @@ def start(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     # Every service is retried while unreachable until its reconnect_deadline_s (a restart is a
     # pause); past it the group attempt fails and the worker retries or requeues the task.
-    sandbox = SandboxClient(
-        config.sandbox.target(), outage=grpc_client.outage_for("sandbox", config.sandbox)
+    # One replica, or several with every python session pinned to one (sandbox.addresses).
+    sandbox = sandbox_client(
+        config.sandbox, outage=grpc_client.outage_for("sandbox", config.sandbox)
     )
     # Retrieve is idempotent: the channel's UNAVAILABLE retries are safe; the tool's timeout
     # bounds each call with its retries.
@@ -104,7 +104,9 @@ def start(
     async def body() -> None:
         pool = InferencePool.from_config(config.inference)
         await pool.start()
-        tools = ToolBox.for_agents(sandbox, search_channel, settings.tool_timeout_s)
+        tools = ToolBox.for_agents(
+            sandbox, search_channel, settings.tool_timeout_s, settings.python_sessions
+        )
         sampler = TaskSampler(
             AgentLoop(pool, tokenizer, tools),
             reward,

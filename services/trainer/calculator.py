@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,15 +98,24 @@ def direct_answer(value: str) -> str:
 
 def executed_trajectory(problem: Problem, sandbox: Any) -> dict[str, Any]:
     """An episode that calls the tool. The call goes through the rollout's own `SandboxTool`,
-    so the tool message is byte for byte the observation an RL episode shows (stdout with its
-    newline); the answer is what the program printed."""
+    in a session of its own as an RL episode's calls are (agent/loop.py: opened by the first
+    call, closed at the end), so the tool message is byte for byte the observation an RL
+    episode shows (stdout with its newline); the answer is what the program printed."""
     from agentrl.common.agent.tools import SandboxTool
     from agentrl.common.tool_formats import get_format
     from agentrl.proto.core.v1 import trajectory_pb2
 
     call = tool_call(problem)
     parsed = get_format("code_tags").parse(call)
-    outcome = asyncio.run(SandboxTool(sandbox).run(parsed, session_id=""))
+    tool, session_id = SandboxTool(sandbox), f"sft-{problem.expression}-{uuid.uuid4().hex[:12]}"
+
+    async def episode():
+        try:
+            return await tool.run(parsed, session_id=session_id)
+        finally:
+            await tool.close_session(session_id)
+
+    outcome = asyncio.run(episode())
     if outcome.status != trajectory_pb2.TOOL_CALL_STATUS_OK or outcome.output.strip() != str(
         problem.value
     ):

@@ -108,10 +108,9 @@ async def sample_groups(
     from agentrl.common import grpc_client
     from agentrl.common.agent.group import GroupSampler
     from agentrl.common.agent.loop import AgentLoop
-    from agentrl.common.agent.tools import ToolBox
+    from agentrl.common.agent.tools import ToolBox, sandbox_client
     from agentrl.common.inference.pool import InferencePool
     from agentrl.reward.client import RewardClient
-    from agentrl.sandbox.client import SandboxClient
 
     settings = config.rollout
     if not config.inference.urls:
@@ -124,10 +123,12 @@ async def sample_groups(
     search_channel = grpc_client.create_channel(config.search.target())
     try:
         with (
-            SandboxClient(config.sandbox.target()) as sandbox,
+            sandbox_client(config.sandbox) as sandbox,
             RewardClient(config.reward.target()) as reward,
         ):
-            tools = ToolBox.for_agents(sandbox, search_channel, settings.tool_timeout_s)
+            tools = ToolBox.for_agents(
+                sandbox, search_channel, settings.tool_timeout_s, settings.python_sessions
+            )
             sampler = GroupSampler(
                 AgentLoop(pool, tokenizer, tools),
                 reward,

@@ -2,10 +2,13 @@
 (Redis, vLLM on CPU, bubblewrap sandbox, reward, rollout worker), then a second `agentrl train`
 that resumes from its checkpoint while the rollout worker and the sandbox are SIGKILLed.
 
-Checked: the job completes and writes metrics, evaluations, samples and the report; every
-trajectory that reached the trainer is self-consistent (lengths, masks, versions, turn spans);
-the resumed run continues at the next step, the supervisor restarts the killed services, and
-every group is consumed exactly once (none lost, none counted twice).
+Checked: the job completes and writes metrics (with the collapse detector's flags),
+evaluations, samples, the report and the best evaluated weights (`best/`); every trajectory that
+reached the trainer is self-consistent (lengths, masks, versions, turn spans); the resumed run
+continues at the next step, the supervisor restarts the killed services, and every group is
+consumed exactly once (none lost, none counted twice); and one python session per episode: on
+the stack the job left running, an episode's second `<code>` call reads a variable its first
+defined (with sessions off, the same episode gets a NameError).
 """
 
 from __future__ import annotations
@@ -135,6 +138,11 @@ def test_reduced_quickstart_completes_and_reports(recipe: Path, first_run) -> No
     assert len(list((run_dir / "report").glob("*.png"))) >= 5
     assert (run_dir / "checkpoints" / f"step_{FIRST_STEPS:08d}").is_dir()
     assert "held-out accuracy" in first_run.stdout
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("collapse_warning" in r and "collapse_low_entropy" in r for r in records)
+    best = json.loads((run_dir / "best" / "best.json").read_text())
+    assert best["step"] in (0, FIRST_STEPS) and (run_dir / "best" / "config.json").is_file()
+    assert records[-1]["best_step"] == best["step"]
 
 
 def test_every_consumed_trajectory_accounts_for_its_tokens(recipe: Path, first_run) -> None:
@@ -212,3 +220,75 @@ def test_resume_survives_killed_worker_and_sandbox(recipe: Path, first_run) -> N
     assert client.xpending(groups, "trainer")["pending"] == 0
     status = agentrl("status", "--recipe", str(recipe))
     assert status.returncode == 0, status.stdout  # every service serving again
+
+
+class TurnByTurn:
+    """The real vLLM pool, each turn constrained by the next regex (structured outputs): the
+    tiny model never writes two calls by itself."""
+
+    def __init__(self, pool, regexes: list[str]) -> None:
+        self.pool, self.regexes, self.turn = pool, regexes, 0
+
+    async def generate(self, trajectory_id, token_ids, sampling):
+        regex = self.regexes[min(self.turn, len(self.regexes) - 1)]
+        self.turn += 1
+        constrained = {**sampling, "structured_outputs": {"regex": regex}}
+        return await self.pool.generate(trajectory_id, token_ids, constrained)
+
+    def release(self, trajectory_id) -> None:
+        self.pool.release(trajectory_id)
+
+
+def two_call_episode(config: dict, python_sessions: bool):
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from agentrl.common.agent.loop import AgentLoop, EpisodeSettings
+    from agentrl.common.agent.tools import SandboxTool, ToolBox
+    from agentrl.common.inference.pool import InferencePool
+    from agentrl.sandbox.client import SandboxClient
+    from agentrl.trainer.rendering import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(config["model"]["path"])
+    text = render_prompt(
+        [{"role": "user", "content": "What is 841 * 350?"}],
+        tokenizer,
+        "chat_template" if getattr(tokenizer, "chat_template", None) else "plain",
+    )
+    prompt = tokenizer(text, add_special_tokens=False).input_ids
+    regexes = [
+        r"<code>\nx = 841 \* 350\n</code>",
+        r"<code>\nprint\(x\)\n</code>",
+        r"<answer>294350</answer>",
+    ]
+
+    async def body():
+        pool = InferencePool(config["inference"]["urls"], request_timeout_s=120)
+        target = f"127.0.0.1:{config['sandbox']['grpc_port']}"
+        try:
+            with SandboxClient(target) as sandbox:
+                tools = ToolBox({"python": SandboxTool(sandbox, 10.0, sessions=python_sessions)})
+                loop = AgentLoop(TurnByTurn(pool, regexes), tokenizer, tools)
+                settings = EpisodeSettings(sampling={"temperature": 1.0, "seed": 3})
+                return await loop.run(prompt, settings, trajectory_id=f"session-{python_sessions}")
+        finally:
+            await pool.close()
+
+    return asyncio.run(body())
+
+
+def test_an_episodes_second_code_call_uses_a_variable_from_its_first(
+    recipe: Path, first_run
+) -> None:
+    assert first_run.returncode == 0
+    config = load(recipe)
+    up = agentrl("up", "--recipe", str(recipe), "--services", "vllm,sandbox")
+    assert up.returncode == 0, up.stdout + up.stderr
+    traj = two_call_episode(config, python_sessions=True)
+    first, second = traj.turns[0].tool_call, traj.turns[1].tool_call
+    assert (first.arguments, first.output) == ("x = 841 * 350", "")
+    assert second.arguments == "print(x)" and second.output == "294350\n"
+    assert traj.response_text.endswith("<answer>294350</answer>")
+    fresh = two_call_episode(config, python_sessions=False)  # every call a new interpreter
+    assert "NameError" in fresh.turns[1].tool_call.output

@@ -13,11 +13,19 @@ Invariants (ARCHITECTURE.md, "Rollout in detail"):
   turn's max_tokens) or an error; tool errors are observations, not episode errors.
 - A turn aborted by a pause (`pause(mode="abort")`) keeps its sampled tokens and continues from
   them after the resume, at most MAX_ABORT_RESUMES times.
+- One tool session per episode: every call of the episode runs with the same `session_id`
+  (unique per run of `resume`), so the python interpreter keeps its state from call to call;
+  the session is closed when the episode ends, however it ends (answer, limit, error, abort,
+  cancellation). An ARPO branch (a prefix from another episode) gets its own session, into
+  which the prefix's earlier calls of stateful tools are replayed first (their outputs are
+  already in the prefix; the replay only rebuilds the state).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +40,16 @@ TurnHook = Callable[[trajectory_pb2.Trajectory, GenerationResult], None]
 # A turn aborted more often than this (pauses in a row) ends the episode as ABORTED.
 MAX_ABORT_RESUMES = 8
 TRUNCATION_NOTE = "\n... (output truncated)"
+
+# Session ids are the trajectory id (cut to this length) plus a random suffix: unique even when
+# two evaluations of the same data share a sandbox; the sandbox allows 128 characters.
+SESSION_ID_PREFIX_CHARS = 100
+# Statuses of a call that reached its tool (an ARPO branch replays these into its session).
+RAN_STATUSES = (
+    trajectory_pb2.TOOL_CALL_STATUS_OK,
+    trajectory_pb2.TOOL_CALL_STATUS_ERROR,
+    trajectory_pb2.TOOL_CALL_STATUS_TIMEOUT,
+)
 
 # Tool calls per episode when a task gives no limit: one per default turn (8 turns).
 DEFAULT_MAX_TOOL_CALLS = 8
@@ -99,6 +117,14 @@ class EpisodeSettings:
         )
 
 
+@dataclass
+class Session:
+    """The tool session of one episode: its id, and whether a stateful tool was called in it."""
+
+    id: str
+    opened: bool = False
+
+
 class AgentLoop:
     def __init__(self, pool: InferencePool, tokenizer: Any, tools: ToolBox) -> None:
         self.pool, self.tokenizer, self.tools = pool, tokenizer, tools
@@ -143,8 +169,10 @@ class AgentLoop:
         stop = fmt.stop_strings + [
             s for s in settings.sampling.get("stop", []) if s not in fmt.stop_strings
         ]
+        session = Session(f"{traj.trajectory_id[:SESSION_ID_PREFIX_CHARS]}-{uuid.uuid4().hex[:12]}")
         try:
-            finish = await self._turns(traj, settings, fmt, stop, on_turn)
+            await self._replay(traj, session)
+            finish = await self._turns(traj, settings, fmt, stop, on_turn, session)
         except InferenceError as exc:
             finish, traj.error = Finish.FINISH_REASON_ERROR, str(exc)
             if traj.turns and traj.turns[-1].response_end < traj.turns[-1].response_start:
@@ -155,14 +183,32 @@ class AgentLoop:
                 )
         finally:
             self.pool.release(traj.trajectory_id)
+            if session.opened:  # shielded: a cancelled episode still frees its interpreter
+                await asyncio.shield(self.tools.close_session(session.id))
         traj.finish_reason = finish
         traj.truncated = finish == Finish.FINISH_REASON_MAX_TOKENS
         traj.response_text = self.tokenizer.decode(list(traj.token_ids[traj.prompt_length :]))
         traj.wall_time_s = time.monotonic() - started
         return traj
 
+    async def _replay(self, traj, session: Session) -> None:
+        """Rebuild a branch prefix's tool state: re-run its earlier calls of stateful tools in
+        this episode's session (outputs discarded: the prefix already shows them)."""
+        for turn in traj.turns:
+            call = turn.tool_call
+            ran = turn.HasField("tool_call") and call.status in RAN_STATUSES
+            if ran and self.tools.stateful(call.tool):
+                session.opened = True
+                await self.tools.run(ParsedCall(call.tool, call.arguments), session.id)
+
     async def _turns(
-        self, traj, settings: EpisodeSettings, fmt, stop: list[str], on_turn: TurnHook | None = None
+        self,
+        traj,
+        settings: EpisodeSettings,
+        fmt,
+        stop: list[str],
+        on_turn: TurnHook | None,
+        session: Session,
     ) -> int:
         while True:
             if len(traj.turns) >= settings.max_turns:
@@ -199,7 +245,7 @@ class AgentLoop:
                     )
                 )
                 return Finish.FINISH_REASON_MAX_TOOL_CALLS
-            fits = await self._observe(traj, turn, call, settings, fmt)
+            fits = await self._observe(traj, turn, call, settings, fmt, session)
             if not fits:
                 return Finish.FINISH_REASON_MAX_TOKENS
 
@@ -225,9 +271,12 @@ class AgentLoop:
                 return out
         return out
 
-    async def _observe(self, traj, turn, call: ParsedCall, settings: EpisodeSettings, fmt) -> bool:
+    async def _observe(
+        self, traj, turn, call: ParsedCall, settings: EpisodeSettings, fmt, session: Session
+    ) -> bool:
         """Run the call, append its observation (mask 0); False when it did not fit."""
-        outcome = await self.tools.run(call, traj.trajectory_id)
+        session.opened = session.opened or self.tools.stateful(call.tool)
+        outcome = await self.tools.run(call, session.id)
         traj.num_tool_calls += 1
         shown, truncated = self.truncate_output(outcome.output, settings.max_tool_output_tokens)
         obs_ids = self.tokenizer.encode(fmt.render_observation(shown), add_special_tokens=False)

@@ -25,12 +25,19 @@ class PrintingSandbox:
 
     def __init__(self, wrong: bool = False) -> None:
         self.calls: list[str] = []
+        self.sessions: list[str] = []
+        self.closed: list[str] = []
         self.wrong = wrong
 
-    def execute(self, code: str, **_fields) -> ExecutionResult:
+    def execute(self, code: str, **fields) -> ExecutionResult:
         self.calls.append(code)
+        self.sessions.append(fields.get("session_id", ""))
         a, b = map(int, re.fullmatch(r"print\((\d+) \* (\d+)\)", code).groups())
         return ExecutionResult(Status.OK, exit_code=0, stdout=f"{a * b + self.wrong}\n")
+
+    def close_session(self, session_id: str) -> bool:
+        self.closed.append(session_id)
+        return True
 
 
 def test_every_problem_is_a_product_of_two_3_digit_numbers_with_6_digits() -> None:
@@ -58,6 +65,9 @@ def test_files_are_written_with_disjoint_splits_and_the_tool_share(tmp_path) -> 
     assert not (train & held_out) and not (held_out & sft)
     assert all(r["task_type"] == "math" and r["tools"] == ["python"] for r in rows["train"])
     assert summary["num_sft_with_tool"] == len(sandbox.calls)
+    # One sandbox session per episode, as in the rollout, each closed after its episode.
+    assert len(set(sandbox.sessions)) == len(sandbox.calls) and all(sandbox.sessions)
+    assert sorted(sandbox.closed) == sorted(sandbox.sessions)
     assert 0.15 < summary["num_sft_with_tool"] / 400 < 0.35
 
 
