@@ -1,5 +1,7 @@
 """The Megatron backend over 4 CPU ranks (gloo): tensor parallel 2 x data parallel 2 gives the
-same log-probs, loss, metrics, grad norm and new weights as one process at TP 1.
+same log-probs, loss, metrics, grad norm and new weights as one process at TP 1; and the
+conversion table's names and shapes at TP 2 x PP 2 are those of megatron-core's GPTModel
+(untied heads).
 
 The ranks run this file as a script under torchrun (the `__main__` block); the test compares
 what rank 0 wrote with the same step taken in the test process.
@@ -60,6 +62,52 @@ def one_step(backend):
     }
 
 
+def real_shapes_at_tp2_pp2() -> dict:
+    """{(family, tied): this rank's GPTModel {name: shape}} at TP 2 x PP 2, for 4-layer models
+    (under torchrun: the 4 ranks are exactly one model replica)."""
+    from megatron.core import parallel_state
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+
+    from agentrl.trainer.backends.megatron.convert import ParallelLayout
+    from agentrl.trainer.backends.megatron.model import build_gpt_model, init_parallel
+
+    layout = ParallelLayout(tp=2, pp=2, vocab_multiple=16)
+    init_parallel(layout)
+    key = (
+        parallel_state.get_pipeline_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_rank(),
+    )
+    shapes = {}
+    for family, config_class in [
+        ("qwen3", Qwen3Config),
+        ("qwen2", Qwen2Config),
+        ("llama", LlamaConfig),
+    ]:
+        # Untied only: a tied head at PP > 1 makes megatron-core 0.16.1 call `.cuda()` on the
+        # embedding (language_module.py, setup_embeddings_and_output_layer), so it cannot be
+        # built on CPU (docs/trainer.md, "Megatron backend").
+        for tied in (False,):
+            config = config_class(**SHAPE_CHECK_SIZES, tie_word_embeddings=tied)
+            model = build_gpt_model(config, layout)
+            shapes[(family, tied)] = {
+                name: tuple(t.shape)
+                for name, t in model.state_dict().items()
+                if not name.endswith("_extra_state")
+            }
+    return {key: shapes}
+
+
+SHAPE_CHECK_SIZES = {
+    "vocab_size": 203,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 64,
+}
+
+
 def build(checkpoint: Path, tp: int):
     from agentrl.trainer.backends.interface import OptimizerSettings
     from agentrl.trainer.backends.megatron.backend import MegatronBackend
@@ -87,7 +135,7 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path):
         str(out),
     ]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[:6000]
     ranks = torch.load(out)
 
     try:
@@ -104,6 +152,25 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path):
     for name, tensor in expected["weights"].items():  # 1% of one Adam update (lr)
         torch.testing.assert_close(ranks["weights"][name], tensor, atol=1e-4, rtol=0)
 
+    # The conversion table's layout at TP 2 x PP 2 is megatron-core's own, for every family
+    # (untied heads; tied ones at PP > 1 need CUDA to build, see real_shapes_at_tp2_pp2).
+    from transformers import AutoConfig
+
+    from agentrl.trainer.backends.megatron.convert import (
+        ModelShape,
+        ParallelLayout,
+        megatron_shapes,
+    )
+
+    real = ranks["real_shapes"]
+    assert set(real) == {(p, t) for p in range(2) for t in range(2)}
+    for family in ("qwen3", "qwen2", "llama"):
+        for tied in (False,):
+            config = AutoConfig.for_model(family, **SHAPE_CHECK_SIZES, tie_word_embeddings=tied)
+            table = megatron_shapes(ModelShape.from_hf(config), ParallelLayout(2, 2, 16))
+            for key, names in table.items():
+                assert real[key][(family, tied)] == names, (family, tied, key)
+
 
 if __name__ == "__main__":  # one rank of the test above, under torchrun
     import torch.distributed as dist
@@ -111,6 +178,9 @@ if __name__ == "__main__":  # one rank of the test above, under torchrun
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     result = one_step(build(Path(sys.argv[1]), tp=2))
+    shapes = [None] * dist.get_world_size()
+    dist.all_gather_object(shapes, real_shapes_at_tp2_pp2())
+    result["real_shapes"] = {key: value for part in shapes for key, value in part.items()}
     if dist.get_rank() == 0:
         torch.save(result, sys.argv[2])
     dist.destroy_process_group()
