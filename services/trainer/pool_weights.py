@@ -7,7 +7,10 @@
 - `push`: `transport.sync(version)`; a server that fails it (the error names it) is ejected
   from the pool and the others are synced again, the transport reusing the weights it gathered
   (no second collective), at most MAX_SYNC_ATTEMPTS times. One dead server does not end the run;
-  none left does, with the last error.
+  with none left (a pool of one restarting) the trainer waits for a server to pass its health
+  probe, with the shared retry policy (agentrl.common.retry) until
+  `inference.reconnect_deadline_s`, and syncs it; past the deadline the run ends with the last
+  error.
 - `catch_up`: probe every server's /health (an ejected server whose probe passes is back), read
   each one's version label, and sync the ones that report another version alone: a restarted
   server (it serves the checkpoint it started from, labelled 0), a new pod, one that missed a
@@ -24,8 +27,9 @@ from __future__ import annotations
 import asyncio
 
 from agentrl.common.inference import control
-from agentrl.common.inference.pool import InferencePool
+from agentrl.common.inference.pool import InferencePool, NoHealthyServer
 from agentrl.common.logging import get_logger
+from agentrl.common.retry import Outage, acall_with_deadline
 from agentrl.trainer.transports.interface import SyncResult, WeightSyncError, WeightTransport
 
 log = get_logger(__name__)
@@ -60,6 +64,12 @@ class PoolWeights:
                 self.pool.eject(failed, f"weight sync of version {version} failed: {exc}")
                 self.num_ejected += 1
                 urls = None if urls is None else [url for url in urls if url != failed]
+                # A pool of one restarting: wait for a server, then sync whoever came back.
+                if not any(
+                    s.healthy for s in self.pool.servers.values()
+                ) and await self._wait_for_a_server(version, exc):
+                    urls = None
+                    continue
                 if urls == [] or not any(s.healthy for s in self.pool.servers.values()):
                     raise WeightSyncError(
                         f"no server left to serve version {version}: {exc}. Check the vLLM "
@@ -74,6 +84,34 @@ class PoolWeights:
                     exc.phase,
                 )
         raise AssertionError("unreachable: the last attempt raises")
+
+    async def _wait_for_a_server(self, version: int, cause: Exception) -> bool:
+        """Probe the pool until a server is healthy (True) or the deadline passed (False)."""
+        deadline_s = self.pool.reconnect_deadline_s
+        if deadline_s <= 0:
+            return False
+
+        async def probe() -> None:
+            await self.pool.check_health()
+            if not any(s.healthy for s in self.pool.servers.values()):
+                raise NoHealthyServer(f"no server of {list(self.pool.servers)} is healthy")
+
+        log.warning(
+            "weight sync of version %d: no server left (%s); waiting up to %.0f s for one",
+            version,
+            cause,
+            deadline_s,
+        )
+        outage = Outage(
+            "vLLM", ", ".join(self.pool.servers), "inference.reconnect_deadline_s", deadline_s
+        )
+        try:
+            await acall_with_deadline(
+                probe, outage, retry_on=lambda err: isinstance(err, NoHealthyServer)
+            )
+        except ConnectionError:  # past the deadline (ServiceUnavailableError)
+            return False
+        return True
 
     async def catch_up(self, version: int) -> list[str]:
         """Sync the servers that report another version than `version`; returns them."""

@@ -104,3 +104,25 @@ def test_an_ejected_server_is_readmitted_by_its_probe_and_caught_up(backend, tmp
     stand_ins.down.clear()
     assert asyncio.run(weights.catch_up(1)) == [B]
     assert pool.servers[B].healthy and stand_ins.labels[B] == "1"
+
+
+def test_a_pool_of_one_restarting_is_waited_for_then_synced(backend, tmp_path) -> None:
+    """No server left but within inference.reconnect_deadline_s: the sync waits (probing the
+    pool with the shared backoff) for the restarted server, then gives it the version."""
+    stand_ins = StandIns()
+    refused = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if f"{request.url.scheme}://{request.url.host}" == A and A in stand_ins.down:
+            refused.append(request.url.path)
+            if len(refused) >= 4:  # back after a few refused requests: a restart
+                stand_ins.down.discard(A)
+        return stand_ins.handle(request)
+
+    pool = InferencePool([A], transport=httpx.MockTransport(handle), reconnect_deadline_s=30.0)
+    weights = PoolWeights(DiskTransport(backend, pool, tmp_path), pool)
+    stand_ins.down.add(A)
+    result = asyncio.run(weights.push(1))
+    assert result.version == 1 and stand_ins.labels[A] == "1"
+    assert pool.servers[A].healthy and weights.num_ejected == 1
+    assert "/health" in refused  # it was probed while down
