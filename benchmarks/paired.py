@@ -1,13 +1,15 @@
 """Paired rounds: how every benchmark here compares a path with its baseline.
 
-A round runs the baseline and each measured path once, back to back; odd rounds reverse the
-order, so a drift in machine load (other jobs, thermal, a noisy neighbour) hits both sides
-alike. Each round gives one ratio per path (measured / baseline, both from the same round), and
+A round runs the baseline and each measured path once, back to back; each round rotates the
+order by one (two paths: alternating; three: every path in every position once per three
+rounds), so a drift in machine load (other jobs, thermal, a noisy neighbour) and whatever a
+position in the round brings (the engine idle before the first path, busy draining before the
+others) hit every path alike. Each round gives one ratio per path (measured / baseline, both from the same round), and
 a benchmark prints min / median / max of those ratios over the rounds, never one absolute
 figure: on a shared machine absolute rates move by 2-5x between minutes, ratios far less.
 
     from paired import paired_rounds, ratio_line
-    rates = paired_rounds(3, {"bare": run_bare, "queue": run_queue})  # name -> [rate per round]
+    rates = paired_rounds(3, {"bare": run_bare, "queue": run_queue})  # name -> [value per round]
     print(ratio_line("queue / bare", rates["queue"], rates["bare"]))
 
 Imported by path (`python benchmarks/x.py` puts this folder on sys.path): no package needed.
@@ -20,8 +22,9 @@ from collections.abc import Callable
 
 
 def round_order(names: list[str], round_index: int) -> list[str]:
-    """The names in order on even rounds, reversed on odd ones."""
-    return list(names) if round_index % 2 == 0 else list(reversed(names))
+    """The names rotated left by `round_index` (with two names: in order, then reversed)."""
+    shift = round_index % len(names)
+    return list(names[shift:]) + list(names[:shift])
 
 
 def paired_rounds(

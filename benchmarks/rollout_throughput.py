@@ -1,33 +1,47 @@
-"""Rollout throughput against one real `vllm serve` (CPU here) with a tiny local model.
+"""Rollout throughput against raw generate calls on one engine, equal work, paired rounds.
 
-(a) Generated tokens/s of the rollout path (AgentLoop, no tools, through InferencePool) against
-    raw vLLM: the same prompts, the same sampling body (the exact fields the agent loop sends),
-    direct HTTP to the same server's `/inference/v1/generate`, the same concurrency, in the same
-    run. `InferencePool.generate` alone is measured too (it splits a gap between the client
-    and the loop). The paths alternate order for `--rounds` rounds; figures are the totals,
-    with each round and the client's CPU time printed (2-core machines under load are noisy).
-(b) Episodes/s with one code tool call per episode at concurrency 8, 32 and 128: every turn is
-    forced by a structured-outputs regex to write `print(6 * 7)` in `<code>` (as the integration
-    tests force it); with max_tool_calls=1 the first turn runs in the sandbox (bubblewrap, in
-    this process over gRPC), the second turn's call ends the episode (2 turns, 1 tool call).
+(a) Generated tokens/s of the rollout path (AgentLoop, no tools, through InferencePool) and of
+    `InferencePool.generate` alone, each against raw calls of the same route: the same prompts,
+    the same body on the wire (the exact sampling fields the agent loop sends, the same
+    `logprobs`: the pool asks k + 1 for a true top-k, so raw sends k + 1 too), the same
+    concurrency, one bare aiohttp session (the cheapest client measured, inference_client.py).
+    `--rounds` paired rounds in rotating order (benchmarks/paired.py); per round and path:
+    tokens/s, the client's CPU seconds, and with `--engine vllm` vLLM's own per-request means
+    from its /metrics histograms (queue, prefill, decode, end-to-end) over that path's
+    requests, so a difference between paths shows up where it arises: in the engine or in
+    the client. Prints ratios rollout/raw and pool/raw as min / median / max over the rounds.
+(b) `--engine vllm` only: episodes/s with one code tool call per episode at each
+    `--tool-concurrency`: every turn is forced by a structured-outputs regex to write
+    `print(6 * 7)` in `<code>`; with max_tool_calls=1 the first turn runs in the sandbox
+    (bubblewrap, in this process over gRPC), the second turn's call ends the episode.
 
-    .venv/bin/python benchmarks/rollout_throughput.py [--prompts 128] [--concurrency 32]
+`--engine instant` swaps vLLM for benchmarks/instant_engine.py (answers at once, no model):
+the client path alone, without an engine competing for the same cores.
 
-Starts its own model (in a temporary directory) and server; takes 2-4 minutes on 2 CPU cores,
-most of it the engine start.
+    .venv/bin/python benchmarks/rollout_throughput.py --engine instant --rounds 3
+    .venv/bin/python benchmarks/rollout_throughput.py --rounds 3 [--prompts 128] [--concurrency 32]
+
+With vLLM it starts its own tiny model (in a temporary directory) and server: 2-4 minutes on 2
+CPU cores, most of it the engine start.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
+from paired import ratio_line, round_order
 
 from agentrl.common.agent.loop import AgentLoop, EpisodeSettings
 from agentrl.common.agent.tools import SandboxTool, ToolBox
@@ -78,8 +92,17 @@ async def bounded(concurrency: int, jobs):
     return await asyncio.gather(*(one(job) for job in jobs))
 
 
+def wire_sampling(sampling: dict) -> dict:
+    """What InferencePool.generate puts on the wire for `sampling` (k + 1 log-probs for k)."""
+    num_top = sampling.get("logprobs") or 0
+    return {**sampling, "logprobs": num_top + 1} if num_top else sampling
+
+
 async def raw_tokens(url: str, prompt_list, sampling: dict, concurrency: int) -> tuple[int, float]:
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=None)) as http:
+    """Raw generate calls: one aiohttp session, the body the pool would send, token ids and
+    log-probs taken out of each reply."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
 
         def job_for(i: int, prompt: list[int]):
             async def job():
@@ -89,15 +112,54 @@ async def raw_tokens(url: str, prompt_list, sampling: dict, concurrency: int) ->
                     "sampling_params": sampling,
                     "output_mode": "tokens",
                 }
-                response = await http.post(url + GENERATE_ROUTE, json=body)
-                response.raise_for_status()
-                return len(response.json()["choices"][0]["token_ids"])
+                async with http.post(url + GENERATE_ROUTE, json=body) as reply:
+                    reply.raise_for_status()
+                    (choice,) = json.loads(await reply.read())["choices"]
+                content = (choice.get("logprobs") or {}).get("content") or []
+                assert len([c["logprob"] for c in content]) in (0, len(choice["token_ids"]))
+                return len(choice["token_ids"])
 
             return job
 
         started = time.perf_counter()
         counts = await bounded(concurrency, [job_for(i, p) for i, p in enumerate(prompt_list)])
         return sum(counts), time.perf_counter() - started
+
+
+ENGINE_HISTOGRAMS = {  # vLLM's per-request histograms (seconds): name in /metrics -> column
+    "vllm:request_queue_time_seconds": "queue",
+    "vllm:request_prefill_time_seconds": "prefill",
+    "vllm:request_decode_time_seconds": "decode",
+    "vllm:e2e_request_latency_seconds": "e2e",
+}
+
+
+async def engine_totals(url: str) -> dict[str, tuple[float, float]] | None:
+    """(sum, count) of each of vLLM's per-request histograms now; None without /metrics."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.get(url + "/metrics")
+    if response.status_code != 200 or "vllm:" not in response.text:
+        return None  # the instant engine has no metrics
+    totals = {}
+    for name in ENGINE_HISTOGRAMS:
+        sums = re.findall(rf"^{re.escape(name)}_sum{{[^}}]*}} (\S+)$", response.text, re.MULTILINE)
+        counts = re.findall(
+            rf"^{re.escape(name)}_count{{[^}}]*}} (\S+)$", response.text, re.MULTILINE
+        )
+        totals[name] = (sum(map(float, sums)), sum(map(float, counts)))
+    return totals
+
+
+def engine_means(before, after) -> str:
+    """vLLM's mean per request between two `engine_totals`, e.g. `queue 0.120 s, ...`."""
+    if before is None or after is None:
+        return ""
+    parts = []
+    for name, column in ENGINE_HISTOGRAMS.items():
+        total = after[name][0] - before[name][0]
+        count = after[name][1] - before[name][1]
+        parts.append(f"{column} {total / count:.3f}" if count else f"{column} -")
+    return "; vLLM per request (s): " + ", ".join(parts)
 
 
 async def rollout_tokens(
@@ -160,60 +222,69 @@ async def tool_episodes(
 
 async def bench(args, url: str, tokenizer, sandbox) -> None:
     pool = InferencePool([url], request_timeout_s=300)
-    loop = AgentLoop(pool, tokenizer, ToolBox({"python": SandboxTool(sandbox, 10.0)}))
+    tools = ToolBox({"python": SandboxTool(sandbox, 10.0)} if sandbox is not None else {})
+    loop = AgentLoop(pool, tokenizer, tools)
     try:
         # (a) no tools: one turn per episode (a stray </code> must not start a second turn).
         plain = EpisodeSettings(
-            sampling={"temperature": 1.0, "top_p": 1.0, "logprobs": 0, "ignore_eos": True},
+            sampling={
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "logprobs": args.logprobs,
+                "ignore_eos": True,
+            },
             max_tokens_per_turn=args.max_tokens,
             max_turns=1,
             max_total_tokens=4096,
         )
-        sampling = turn_sampling(plain)
+        sampling = turn_sampling(plain)  # what the agent loop passes to the pool
+        wire = wire_sampling(sampling)  # what the pool sends: raw sends exactly this
         prompt_list = prompts(tokenizer, args.prompts)
-        await raw_tokens(url, prompt_list[: args.concurrency], sampling, args.concurrency)  # warm
-        totals = {"raw": [0, 0.0], "pool": [0, 0.0], "rollout": [0, 0.0]}
-        orders = [("raw", "pool", "rollout"), ("rollout", "pool", "raw")]
-        for r in range(args.rounds):
-            # Alternate the order, so drift in machine load hits every path alike.
-            for path in orders[r % 2]:
-                cpu = time.process_time()
-                if path == "raw":
-                    tokens, seconds = await raw_tokens(url, prompt_list, sampling, args.concurrency)
-                elif path == "pool":
-                    tokens, seconds = await pool_tokens(
-                        pool, prompt_list, sampling, args.concurrency, f"pool{r}"
-                    )
-                else:
-                    tokens, seconds = await rollout_tokens(
-                        loop, prompt_list, plain, args.concurrency, f"plain{r}"
-                    )
-                totals[path][0] += tokens
-                totals[path][1] += seconds
-                print(
-                    f"  round {r} {path}: {tokens} tokens in {seconds:.2f} s "
-                    f"({tokens / seconds:,.0f}/s), client CPU {time.process_time() - cpu:.2f} s",
-                    flush=True,
+        await raw_tokens(url, prompt_list[: args.concurrency], wire, args.concurrency)  # warm
+        await pool_tokens(pool, prompt_list[: args.concurrency], sampling, args.concurrency, "w")
+
+        async def measure(path: str, r: int) -> float:
+            cpu = time.process_time()
+            before = await engine_totals(url)
+            if path == "raw":
+                tokens, seconds = await raw_tokens(url, prompt_list, wire, args.concurrency)
+            elif path == "pool":
+                tokens, seconds = await pool_tokens(
+                    pool, prompt_list, sampling, args.concurrency, f"pool{r}"
                 )
-        rates = {path: tokens / seconds for path, (tokens, seconds) in totals.items()}
+            else:
+                tokens, seconds = await rollout_tokens(
+                    loop, prompt_list, plain, args.concurrency, f"plain{r}"
+                )
+            cpu_s = time.process_time() - cpu
+            cpu_per_token[path].append(cpu_s / tokens)
+            means = engine_means(before, await engine_totals(url))
+            print(
+                f"  round {r} {path:<8} {tokens} tokens in {seconds:.2f} s "
+                f"({tokens / seconds:,.0f}/s), client CPU {cpu_s:.2f} s{means}",
+                flush=True,
+            )
+            return tokens / seconds
+
+        # Paired rounds as paired.py runs them, on this event loop.
+        rates = {name: [] for name in ("raw", "pool", "rollout")}
+        cpu_per_token = {name: [] for name in rates}
+        for r in range(args.rounds):
+            for path in round_order(list(rates), r):
+                rates[path].append(await measure(path, r))
         print(
-            f"\n(a) no tools: {args.prompts} prompts x {args.rounds} rounds, "
-            f"max_tokens {args.max_tokens}, concurrency {args.concurrency}"
+            f"\n(a) no tools, engine {args.engine}: {args.prompts} prompts x {args.rounds} rounds, "
+            f"max_tokens {args.max_tokens}, logprobs {args.logprobs}, "
+            f"concurrency {args.concurrency}; generated tokens/s"
         )
-        print("| path | generated tokens | seconds | tokens/s |")
-        print("|---|---|---|---|")
-        names = {
-            "raw": "raw vLLM HTTP",
-            "pool": "InferencePool.generate only",
-            "rollout": "rollout (AgentLoop + InferencePool)",
-        }
-        for path, (tokens, seconds) in totals.items():
-            print(f"| {names[path]} | {tokens} | {seconds:.2f} | {rates[path]:,.0f} |")
-        print(
-            f"ratio rollout/raw: {rates['rollout'] / rates['raw']:.3f} (goal >= 0.9); "
-            f"pool/raw: {rates['pool'] / rates['raw']:.3f}",
-            flush=True,
-        )
+        print(ratio_line("rollout / raw", rates["rollout"], rates["raw"], ">= 0.95"))
+        print(ratio_line("pool / raw", rates["pool"], rates["raw"]))
+        print("client CPU per generated token (lower is better):")
+        for path in ("rollout", "pool"):
+            print(ratio_line(f"{path} / raw", cpu_per_token[path], cpu_per_token["raw"]))
+        sys.stdout.flush()
+        if sandbox is None or not args.tool_concurrency:
+            return
 
         # (b) one code tool call per episode.
         forced = EpisodeSettings(
@@ -241,12 +312,27 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
         await pool.close()
 
 
+def start_instant_engine() -> tuple[subprocess.Popen, str]:
+    engine = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("instant_engine.py"))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    match = re.search(r"http://\S+", engine.stdout.readline())
+    if match is None:
+        engine.kill()
+        raise RuntimeError("benchmarks/instant_engine.py did not start")
+    return engine, match.group(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", choices=["vllm", "instant"], default="vllm")
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--logprobs", type=int, default=0, help="top-k log-probs asked (0: none)")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tool-concurrency", type=int, nargs="*", default=[8, 32, 128])
     parser.add_argument("--min-episodes", type=int, default=32)
     parser.add_argument("--sandbox-concurrency", type=int, default=4)
@@ -254,47 +340,60 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from agentrl.common.grpc_server import serve
-    from agentrl.sandbox import executor as sandbox_executor
-    from agentrl.sandbox import servicer as sandbox_service
-    from agentrl.sandbox.client import SandboxClient
-
     work = Path(tempfile.mkdtemp(prefix="rollout-bench-"))
     started = time.perf_counter()
     try:
         model_dir = init_tiny_model(work / "model", default_corpus(500), seed=1)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        config = InferenceServerConfig(max_model_len=1024, kv_cache_gib=1, max_num_seqs=128)
-        sandbox_config = AgentRLConfig.model_validate(
-            {"sandbox": {"max_concurrency": args.sandbox_concurrency}}
-        ).sandbox
-        executor = sandbox_executor.Sandbox(sandbox_config)
-        servicer = sandbox_service.SandboxServicer(executor)
-        grpc_server = serve(
-            sandbox_service.register(servicer),
-            [sandbox_service.SERVICE_NAME],
-            port=0,
-            token=None,
-            max_workers=max(8, args.sandbox_concurrency),
-        )
-        try:
-            with (
-                VLLMServer.launch(config, model_dir, work / "vllm.log") as server,
-                SandboxClient(grpc_server.address, token=None) as sandbox,
-            ):
-                print(
-                    f"tiny model, 1 vLLM server (engine start {server.start_time_s:.0f} s), "
-                    f"{os.cpu_count()} CPUs, sandbox concurrency {args.sandbox_concurrency}",
-                    flush=True,
-                )
-                asyncio.run(bench(args, server.url, tokenizer, sandbox))
-        finally:
-            grpc_server.stop(0)
-            servicer.close()
-            executor.close()
+        if args.engine == "instant":
+            engine, url = start_instant_engine()
+            try:
+                print(f"instant engine, {os.cpu_count()} CPUs", flush=True)
+                asyncio.run(bench(args, url, tokenizer, None))
+            finally:
+                engine.kill()
+                engine.wait()
+        else:
+            run_with_vllm(args, work, model_dir, tokenizer)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+def run_with_vllm(args, work: Path, model_dir: Path, tokenizer) -> None:
+    from agentrl.common.grpc_server import serve
+    from agentrl.sandbox import executor as sandbox_executor
+    from agentrl.sandbox import servicer as sandbox_service
+    from agentrl.sandbox.client import SandboxClient
+
+    config = InferenceServerConfig(max_model_len=1024, kv_cache_gib=1, max_num_seqs=128)
+    sandbox_config = AgentRLConfig.model_validate(
+        {"sandbox": {"max_concurrency": args.sandbox_concurrency}}
+    ).sandbox
+    executor = sandbox_executor.Sandbox(sandbox_config)
+    servicer = sandbox_service.SandboxServicer(executor)
+    grpc_server = serve(
+        sandbox_service.register(servicer),
+        [sandbox_service.SERVICE_NAME],
+        port=0,
+        token=None,
+        max_workers=max(8, args.sandbox_concurrency),
+    )
+    try:
+        with (
+            VLLMServer.launch(config, model_dir, work / "vllm.log") as server,
+            SandboxClient(grpc_server.address, token=None) as sandbox,
+        ):
+            print(
+                f"tiny model, 1 vLLM server (engine start {server.start_time_s:.0f} s), "
+                f"{os.cpu_count()} CPUs, sandbox concurrency {args.sandbox_concurrency}",
+                flush=True,
+            )
+            asyncio.run(bench(args, server.url, tokenizer, sandbox))
+    finally:
+        grpc_server.stop(0)
+        servicer.close()
+        executor.close()
 
 
 if __name__ == "__main__":
