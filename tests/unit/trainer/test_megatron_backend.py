@@ -233,3 +233,17 @@ def test_weights_and_checkpoints_come_back_in_hugging_face_naming(tiny_checkpoin
         expected, _ = token_logprobs_and_entropy(model, micro_batches[0])
     ((got, _),) = backend.logprobs(micro_batches)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+
+
+def test_recompute_on_cpu_is_refused_with_the_reason(tiny_checkpoint):
+    from agentrl.trainer.backends.megatron.backend import MegatronBackend
+
+    if torch.cuda.is_available():
+        pytest.skip("recompute runs on CUDA (test_megatron_gpu.py)")
+    with pytest.raises(ValueError, match="recompute 'full' needs a CUDA GPU"):
+        MegatronBackend(
+            tiny_checkpoint,
+            OptimizerSettings(learning_rate=1e-2),
+            layout=ParallelLayout(),
+            recompute="full",
+        )

@@ -94,6 +94,12 @@ class MegatronBackend(TrainerBackend):
                 f"pipeline_parallel_size {layout.pp}: the Megatron backend converts checkpoints "
                 "for pipeline stages but does not train them yet; set it to 1"
             )
+        if recompute != "none" and not torch.cuda.is_available():
+            raise ValueError(
+                f"trainer.megatron.recompute {recompute!r} needs a CUDA GPU: megatron-core "
+                "0.16.1's activation checkpoint saves the CUDA RNG state "
+                "(tensor_parallel/random.py); use recompute: none on CPU"
+            )
         self.settings = optimizer
         self.layout = layout
         self.compute_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32

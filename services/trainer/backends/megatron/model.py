@@ -1,9 +1,9 @@
 """A megatron-core GPTModel for a Hugging Face Qwen3 / Qwen2(.5) / Llama config, and its forward
 on packed micro-batches.
 
-    init_parallel(tp, pp)                               # process groups (after torch.distributed)
+    init_parallel(layout)                               # process groups (after torch.distributed)
     model = build_gpt_model(hf_config, layout, ...)     # this rank's stage and tensor shard
-    logits = forward_logits(model, rope, input_ids, position_ids, cu_seqlens)
+    logits = forward_stage(model, rope, input_ids, position_ids, cu_seqlens)
 
 The model uses megatron-core's LOCAL layer spec (no Transformer Engine): RMSNorm, SwiGLU
 (`linear_fc1` = [gate; up]), grouped-query attention with fused QKV, QK-norm for Qwen3,
