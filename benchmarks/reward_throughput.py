@@ -2,10 +2,14 @@
 concurrency 1 and 32. Everything real: the reward service over gRPC on loopback with its
 verifier processes, and (for code) the sandbox service with the bubblewrap backend in-process.
 
-    .venv/bin/python benchmarks/reward_throughput.py [--seconds 10] [--workers 2]
+    .venv/bin/python benchmarks/reward_throughput.py [--rounds 3] [--seconds 3] [--workers 2]
 
 Each figure is the number of Score calls answered in a fixed wall-clock window by that many
-client threads; the first call of each client is a warm-up and not counted.
+client threads; the first call of each client is a warm-up and not counted. Math is compared
+with its baseline, `verify_math` called directly in this process by the same number of
+threads on the same inputs, in paired rounds of rotating order (benchmarks/paired.py): the
+ratio service / direct (min / median / max) is the cost of gRPC, admission and the hand-off
+to a verifier process, less what the processes gain over one GIL.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import json
 import shutil
 import threading
 import time
+
+from paired import paired_rounds, ratio_line
 
 from agentrl.common.config import AgentRLConfig
 
@@ -64,9 +70,41 @@ def measure(
     return sum(counts) / (time.perf_counter() - began)
 
 
+def measure_direct(requests: list[tuple[str, str, str]], concurrency: int, seconds: float) -> float:
+    """verify_math calls per second by `concurrency` threads of this process: the baseline."""
+    from agentrl.reward.math_verifier import verify_math
+    from agentrl.reward.verifier import VerifyInput
+
+    items = [VerifyInput(task, response, gold) for task, response, gold in requests]
+    counts = [0] * concurrency
+    stop = threading.Event()
+    start_barrier = threading.Barrier(concurrency + 1)
+
+    def loop(index: int) -> None:
+        cycle = itertools.cycle(items)
+        verify_math(next(cycle), False)  # warm-up, as the service clients do
+        start_barrier.wait()
+        while not stop.is_set():
+            verify_math(next(cycle), False)
+            counts[index] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    start_barrier.wait()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - began)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="window per figure")
+    parser.add_argument("--seconds", type=float, default=3.0, help="window per figure")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds for math")
+    parser.add_argument("--math-only", action="store_true", help="skip code (and the sandbox)")
     parser.add_argument("--workers", type=int, default=2, help="verifier processes")
     args = parser.parse_args()
 
@@ -82,7 +120,7 @@ def main() -> None:
             "max_concurrency": 32,
         }
     }
-    if shutil.which("bwrap"):
+    if shutil.which("bwrap") and not args.math_only:
         from agentrl.sandbox.executor import Sandbox
         from agentrl.sandbox.servicer import SERVICE_NAME, SandboxServicer, register
 
@@ -103,8 +141,26 @@ def main() -> None:
             f"{args.seconds:g} s per figure"
         )
         for concurrency in (1, 32):
-            rate = measure(target, math_requests, concurrency, args.seconds)
-            print(f"math  concurrency {concurrency:>2}: {rate:8.1f} scores/s")
+            rates = paired_rounds(
+                args.rounds,
+                {
+                    "direct": lambda r, c=concurrency: measure_direct(
+                        math_requests, c, args.seconds
+                    ),
+                    "service": lambda r, c=concurrency: measure(
+                        target, math_requests, c, args.seconds
+                    ),
+                },
+                lambda r, path, rate, c=concurrency: print(
+                    f"  math c={c:<2} round {r} {path:<8} {rate:8.1f} scores/s", flush=True
+                ),
+            )
+            print(
+                ratio_line(
+                    f"math c={concurrency} service / direct", rates["service"], rates["direct"]
+                ),
+                flush=True,
+            )
         if sandbox_server is None:
             print("code: skipped (no bubblewrap, no sandbox)")
             return

@@ -143,6 +143,8 @@ class Scorer:
     ) -> list[group_pb2.RewardResult]:
         self._admit(len(items))
         try:
+            if len(items) == 1:  # one Score: verify in the caller's (gRPC) thread, no hand-off
+                return [self._score_one(items[0], requests[0])]
             futures = [
                 self._executor.submit(self._score_one, item, request)
                 for item, request in zip(items, requests)
