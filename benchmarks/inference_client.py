@@ -5,7 +5,7 @@
 The engine runs in its own process and answers from a cache, so the CPU time of this process
 per request is the client's cost alone: building and sending the body, the HTTP client's
 bookkeeping, reading and parsing the reply. Each scenario runs every path in paired rounds in
-alternating order (benchmarks/paired.py) and prints, per path, its CPU per request divided by
+rotating order (benchmarks/paired.py) and prints, per path, its CPU per request divided by
 the baseline's in the same round (min / median / max; lower is better):
 
 - c32: concurrency 32, 64 tokens, `logprobs: 0` (the sampled token's log-prob, as training

@@ -32,8 +32,8 @@ def paired_rounds(
     paths: dict[str, Callable[[int], float]],
     on_result: Callable[[int, str, float], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Run every path once per round (alternating order); `path(round_index)` returns a rate
-    (higher is better). Returns name -> one rate per round, in round order."""
+    """Run every path once per round (rotating order); `path(round_index)` returns a value
+    (a rate, or a cost such as CPU per request). Returns name -> one value per round."""
     if num_rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {num_rounds}")
     rates: dict[str, list[float]] = {name: [0.0] * num_rounds for name in paths}
