@@ -235,15 +235,40 @@ def test_weights_and_checkpoints_come_back_in_hugging_face_naming(tiny_checkpoin
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
 
 
-def test_recompute_on_cpu_is_refused_with_the_reason(tiny_checkpoint):
+def test_recompute_and_bfloat16_on_cpu_are_refused_with_the_reason(tiny_checkpoint):
     from agentrl.trainer.backends.megatron.backend import MegatronBackend
 
     if torch.cuda.is_available():
-        pytest.skip("recompute runs on CUDA (test_megatron_gpu.py)")
+        pytest.skip("both run on CUDA (test_megatron_gpu.py)")
+    settings = OptimizerSettings(learning_rate=1e-2)
     with pytest.raises(ValueError, match="recompute 'full' needs a CUDA GPU"):
-        MegatronBackend(
-            tiny_checkpoint,
-            OptimizerSettings(learning_rate=1e-2),
-            layout=ParallelLayout(),
-            recompute="full",
-        )
+        MegatronBackend(tiny_checkpoint, settings, layout=ParallelLayout(), recompute="full")
+    with pytest.raises(ValueError, match="bfloat16 with trainer.backend megatron needs a CUDA"):
+        MegatronBackend(tiny_checkpoint, settings, layout=ParallelLayout(), dtype="bfloat16")
+
+
+def test_sft_loss_matches_the_torch_backends(tiny_checkpoint):
+    """SFT's loss function (the other shared LossFn) gives the torch backend's loss and
+    entropy (float32; bfloat16 needs CUDA, see test_recompute_and_bfloat16_on_cpu_...)."""
+    from agentrl.trainer.backends.megatron.backend import MegatronBackend
+    from agentrl.trainer.backends.torch.backend import TorchBackend
+    from agentrl.trainer.loss import GlobalTokenCounts
+    from agentrl.trainer.sft import sft_loss_fn
+
+    settings = OptimizerSettings(learning_rate=1e-2)
+    generator = torch.Generator().manual_seed(3)
+    lengths = [14, 22, 9]
+    token_ids = [torch.randint(3, 300, (n,), generator=generator).tolist() for n in lengths]
+    per_token = {"loss_mask": [[0] * 5 + [1] * (n - 5) for n in lengths]}
+    micro_batches = pack_micro_batches(token_ids, 32, per_token)
+    counts = sum(
+        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in micro_batches),
+        GlobalTokenCounts(0, 0, 0),
+    )
+    expected = TorchBackend(tiny_checkpoint, settings, device="cpu").forward_backward(
+        micro_batches, sft_loss_fn(counts)
+    )
+    megatron = MegatronBackend(tiny_checkpoint, settings, layout=ParallelLayout())
+    got = megatron.forward_backward(micro_batches, sft_loss_fn(counts))
+    assert got["loss"] == pytest.approx(expected["loss"], abs=2e-6)
+    assert got["entropy"] == pytest.approx(expected["entropy"], abs=2e-6)

@@ -14,7 +14,8 @@
   full-vocabulary log-probs exactly as the torch backend does (packing.py's shift and masking),
   normalised by the GLOBAL counts (`global_counts` sums over every rank), so gradients are
   summed over data-parallel ranks, never averaged.
-- Precision: float32 master weights and AdamW state; `bfloat16` runs the forward under autocast.
+- Precision: float32 master weights and AdamW state; `bfloat16` runs the forward under autocast
+  (CUDA only: megatron's linear layers take CUDA's autocast state into their backward).
 - State dicts are Hugging Face-named full tensors for the model (gathered over TP) and AdamW
   state keyed by Megatron parameter name per tensor rank; a checkpoint resumes at the same TP.
 - What is NOT covered: pipeline-parallel training, megatron's distributed optimizer (AdamW
@@ -93,6 +94,13 @@ class MegatronBackend(TrainerBackend):
             raise ValueError(
                 f"pipeline_parallel_size {layout.pp}: the Megatron backend converts checkpoints "
                 "for pipeline stages but does not train them yet; set it to 1"
+            )
+        if dtype == "bfloat16" and not torch.cuda.is_available():
+            raise ValueError(
+                "model.dtype bfloat16 with trainer.backend megatron needs a CUDA GPU: "
+                "megatron-core 0.16.1's linear layers run their backward under CUDA's autocast "
+                "state (torch.amp.custom_bwd(device_type='cuda'), tensor_parallel/layers.py), "
+                "so a CPU autocast forward fails in backward; use float32 on CPU"
             )
         if recompute != "none" and not torch.cuda.is_available():
             raise ValueError(
