@@ -60,11 +60,13 @@ class GenerateClient:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _session_for_loop(self) -> aiohttp.ClientSession:
+    async def _session_for_loop(self) -> aiohttp.ClientSession:
         # A session belongs to the loop it was made in; a pool used from a second asyncio.run()
         # (tests, CLI commands) gets a new one.
         loop = asyncio.get_running_loop()
-        if self._session is None or self._loop is not loop or self._session.closed:
+        if self._session is not None and self._loop is not loop:
+            await self._drop_session()
+        if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
             )
@@ -76,7 +78,7 @@ class GenerateClient:
         if self._httpx is not None:
             response = await self._httpx.post(url, json=body, timeout=timeout_s)
             return GenerateReply(response.status_code, response.content)
-        session = self._session_for_loop()
+        session = await self._session_for_loop()
         data = json.dumps(body).encode()
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         headers = {"content-type": "application/json"}
@@ -95,6 +97,18 @@ class GenerateClient:
             except aiohttp.ClientError as exc:
                 raise httpx.ReadError(f"{url}: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
+
+    async def _drop_session(self) -> None:
+        """Forget a session made in another event loop: detached (aiohttp does not report it
+        unclosed), its connector closed when that loop is gone (closing then touches no loop;
+        a loop still running in another thread keeps its connections until its end)."""
+        session, self._session = self._session, None
+        if session is None or session.closed:
+            return
+        connector = session.connector
+        session.detach()
+        if connector is not None and self._loop is not None and self._loop.is_closed():
+            await connector.close()
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
