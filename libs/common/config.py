@@ -720,6 +720,17 @@ class AgentRLConfig(Section):
     def _check_megatron_layout(self) -> AgentRLConfig:
         if self.trainer.backend != "megatron" or self.model is None:
             return self
+        if self.trainer.device == "cpu" and self.model.dtype != "float32":
+            raise ValueError(
+                f"model.dtype {self.model.dtype} with trainer.backend megatron on "
+                "trainer.device cpu: megatron-core's layers train bfloat16 on CUDA only; use "
+                "model.dtype: float32 on CPU"
+            )
+        if self.trainer.device == "cpu" and self.trainer.megatron.recompute != "none":
+            raise ValueError(
+                "trainer.megatron.recompute needs CUDA (megatron-core's activation checkpoint "
+                "saves the CUDA RNG state); use recompute: none with trainer.device cpu"
+            )
         config_json = self.model.path / "config.json"
         if not config_json.is_file():
             return self  # the model is made later (`agentrl model init`); checked at start

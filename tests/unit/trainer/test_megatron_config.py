@@ -75,3 +75,12 @@ def test_pipeline_training_and_fsdp2_are_refused_with_the_fix(tmp_path):
     path = recipe(tmp_path, "    tensor_parallel_size: 2\n")
     path.write_text(path.read_text() + "  parallelism: fsdp2\n")
     assert "leave trainer.parallelism at 'single'" in issues(path)["trainer"]
+
+
+def test_what_megatron_trains_on_cuda_only_is_refused_on_cpu(tmp_path):
+    path = recipe(tmp_path, "    recompute: full\n")
+    path.write_text(path.read_text() + "  device: cpu\n")
+    assert "recompute needs CUDA" in issues(path)["(recipe)"]
+    path.write_text(path.read_text().replace("recompute: full", "recompute: none"))
+    path.write_text(path.read_text().replace("trainer:", "  dtype: bfloat16\ntrainer:", 1))
+    assert "use model.dtype: float32 on CPU" in issues(path)["(recipe)"]
