@@ -36,13 +36,15 @@ Recompute = Literal["none", "full", "selective"]
 def init_parallel(layout: ParallelLayout) -> None:
     """megatron-core's model-parallel groups over the initialised default process group (a
     one-process gloo group is created when none exists), and its RNG tracker."""
+    import os
+
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     cpu.enable()
+    if torch.cuda.is_available():  # one GPU per rank, as torchrun numbers them
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        import os
-
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
