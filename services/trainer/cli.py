@@ -4,7 +4,8 @@
 
     agentrl sft --recipe recipes/quickstart.yaml [--data trajectories.jsonl] [--output DIR]
     agentrl train --recipe recipes/quickstart.yaml [--max-steps N]
-    agentrl train|sft ... --nproc-per-node N     # data parallel (trainer.parallelism: fsdp2)
+    agentrl train|sft ... --nproc-per-node N     # data parallel (trainer.parallelism: fsdp2),
+                                                 # or trainer.backend: megatron (TP x PP x DP)
     agentrl eval --recipe recipes/quickstart.yaml --data eval.jsonl -k 4 [--out eval.json]
     agentrl report RUN_DIR
     agentrl data make-calculator --recipe recipes/quickstart.yaml --out data/calculator
@@ -31,8 +32,9 @@ err_console = Console(stderr=True)
 TABLE_WIDTH_PIPED = 160
 
 NPROC_HELP = (
-    "data-parallel processes on this machine: re-runs this command under torchrun "
-    "(standalone); needs trainer.parallelism: fsdp2"
+    "trainer processes on this machine: re-runs this command under torchrun (standalone); "
+    "needs trainer.parallelism: fsdp2, or trainer.backend: megatron with a multiple of its "
+    "tensor x pipeline size"
 )
 
 sft_app = typer.Typer(help="Supervised fine-tuning on tool-use trajectories (cold start).")
@@ -210,7 +212,7 @@ def _relaunch_or_exit(nproc_per_node: int | None, config) -> None:
     from agentrl.trainer.distributed import relaunch_under_torchrun
 
     try:
-        relaunch_under_torchrun(nproc_per_node, config.trainer.parallelism)
+        relaunch_under_torchrun(nproc_per_node, config.trainer)
     except ValueError as exc:
         raise fail(str(exc)) from None
 

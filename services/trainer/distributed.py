@@ -4,7 +4,9 @@
                                                     #   -m agentrl.common.cli train --recipe R
 
 `agentrl train` and `agentrl sft` run data-parallel when torchrun starts them (RANK, WORLD_SIZE,
-LOCAL_RANK in the environment) with `trainer.parallelism: fsdp2`; `--nproc-per-node N`
+LOCAL_RANK in the environment) with `trainer.parallelism: fsdp2`, or tensor x data parallel with
+`trainer.backend: megatron` (world size a multiple of its tensor x pipeline size; the backend
+builds megatron-core's groups over this default group); `--nproc-per-node N`
 re-launches the same command under torchrun (`relaunch_under_torchrun`). The entrypoints wrap
 their work in `process_group(config.trainer)`, the one place the group is initialised (NCCL
 on GPUs, one per LOCAL_RANK; gloo on CPU) and destroyed.
@@ -24,7 +26,8 @@ Invariants a reader can rely on:
   Reading is shared: every rank loads the model, SFT data and a checkpoint being resumed.
 
 Not covered: several nodes without a shared run directory (a resumed checkpoint is read by
-every rank), elastic restarts (torchrun's `--max-restarts`), tensor or pipeline parallelism.
+every rank), elastic restarts (torchrun's `--max-restarts`). Tensor and pipeline groups are the Megatron
+backend's (backends/megatron/backend.py), which splits the shares of this module its own way.
 """
 
 from __future__ import annotations
@@ -56,9 +59,22 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def check_world_size(parallelism: str, world_size: int) -> None:
-    """`single` in several processes would train unrelated copies of the model."""
-    if parallelism == "single" and world_size > 1:
+def check_world_size(trainer: Any, world_size: int) -> None:
+    """Whether `world_size` processes fit the recipe's `trainer` section (a `TrainerConfig`):
+    the torch backend's `single` in several processes would train unrelated copies of the
+    model; the Megatron backend needs a multiple of tensor x pipeline parallel size."""
+    if trainer.backend == "megatron":
+        tp = trainer.megatron.tensor_parallel_size
+        pp = trainer.megatron.pipeline_parallel_size
+        if world_size % (tp * pp):
+            raise ValueError(
+                f"{world_size} processes were launched but trainer.megatron needs a multiple of "
+                f"tensor_parallel_size {tp} x pipeline_parallel_size {pp} = {tp * pp} (the rest "
+                "is data parallel): launch a multiple of that (--nproc-per-node) or change "
+                "trainer.megatron's sizes"
+            )
+        return
+    if trainer.parallelism == "single" and world_size > 1:
         raise ValueError(
             f"trainer.parallelism is 'single' but {world_size} processes were launched: each "
             "would train its own copy; set trainer.parallelism: fsdp2 (in the recipe, or "
@@ -85,7 +101,7 @@ def process_group(trainer: Any) -> Iterator[None]:
     if dist.is_initialized():
         yield
         return
-    check_world_size(trainer.parallelism, int(os.environ["WORLD_SIZE"]))
+    check_world_size(trainer, int(os.environ["WORLD_SIZE"]))
     cuda = resolve_device(trainer.device).type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -186,9 +202,10 @@ def torchrun_command(nproc_per_node: int, cli_args: Sequence[str]) -> list[str]:
     ]
 
 
-def relaunch_under_torchrun(nproc_per_node: int, parallelism: str) -> None:
+def relaunch_under_torchrun(nproc_per_node: int, trainer: Any) -> None:
     """Replace this process by torchrun running the same `agentrl` command line; returns only
-    when already under torchrun (then the launched count must be `nproc_per_node`)."""
+    when already under torchrun (then the launched count must be `nproc_per_node`).
+    `trainer`: the recipe's `TrainerConfig` (`check_world_size`)."""
     if launched_by_torchrun():
         launched = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         if launched != nproc_per_node:
@@ -197,7 +214,7 @@ def relaunch_under_torchrun(nproc_per_node: int, parallelism: str) -> None:
                 f"{launched} processes per node; pass one of the two"
             )
         return
-    check_world_size(parallelism, nproc_per_node)
+    check_world_size(trainer, nproc_per_node)
     command = torchrun_command(nproc_per_node, sys.argv[1:])
     sys.stdout.flush()
     sys.stderr.flush()

@@ -79,13 +79,28 @@ def test_an_empty_micro_batch_adds_no_loss_metric_or_gradient(tiny_checkpoint) -
 
 
 def test_single_in_several_processes_is_refused_with_the_fix() -> None:
-    check_world_size("single", 1)
-    check_world_size("fsdp2", 4)
+    from agentrl.common.config import TrainerConfig
+
+    check_world_size(TrainerConfig(), 1)
+    check_world_size(TrainerConfig(parallelism="fsdp2"), 4)
     with pytest.raises(ValueError, match="set trainer.parallelism: fsdp2"):
-        check_world_size("single", 2)
+        check_world_size(TrainerConfig(), 2)
+
+
+def test_megatron_world_size_must_divide_by_tensor_times_pipeline() -> None:
+    from agentrl.common.config import TrainerConfig
+
+    megatron = TrainerConfig(backend="megatron", megatron={"tensor_parallel_size": 2})
+    check_world_size(megatron, 2)
+    check_world_size(megatron, 4)  # TP 2 x DP 2
+    with pytest.raises(ValueError, match="needs a multiple of tensor_parallel_size 2") as error:
+        check_world_size(megatron, 3)
+    assert "--nproc-per-node" in str(error.value)
 
 
 def test_relaunch_runs_the_same_command_under_torchrun(monkeypatch) -> None:
+    from agentrl.common.config import TrainerConfig
+
     command = torchrun_command(4, ["sft", "--recipe", "r.yaml", "--nproc-per-node", "4"])
     assert command == [
         sys.executable,
@@ -105,9 +120,10 @@ def test_relaunch_runs_the_same_command_under_torchrun(monkeypatch) -> None:
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    relaunch_under_torchrun(4, "fsdp2")
+    fsdp2 = TrainerConfig(parallelism="fsdp2")
+    relaunch_under_torchrun(4, fsdp2)
     with pytest.raises(ValueError, match="--nproc-per-node 2, but torchrun started 4"):
-        relaunch_under_torchrun(2, "fsdp2")
+        relaunch_under_torchrun(2, fsdp2)
 
 
 def test_rank_share_needs_micro_batches() -> None:

@@ -1,0 +1,143 @@
+"""`agentrl sft --nproc-per-node 2` with `trainer.backend: megatron` (tensor parallel 2, CPU,
+gloo): the CLI re-launches itself under torchrun, megatron-core's groups are built over the
+launcher's process group, and the run equals one process at TP 1 (losses, grad norms, the
+written checkpoint). A count that does not divide by TP x PP is refused before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("megatron.core", reason="megatron-core is not installed")
+
+REPO = Path(__file__).resolve().parents[2]
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from agentrl.common.models import default_corpus, init_tiny_model
+
+    # 4 heads, 2 key/value heads, MLP 384: divisible by TP 2.
+    return init_tiny_model(tmp_path_factory.mktemp("model"), default_corpus(300), seed=4)
+
+
+def write_trajectories(path: Path, count: int) -> Path:
+    """Calculator episodes in `load_trajectories`' format, half of them calling the tool."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(count):
+        a, b = rng.randint(10, 999), rng.randint(10, 99)
+        messages = [
+            {"role": "system", "content": "Use Python for arithmetic."},
+            {"role": "user", "content": f"What is {a} * {b}?"},
+        ]
+        if i % 2:
+            messages += [
+                {
+                    "role": "assistant",
+                    "content": f"Let me compute.\n<code>\nprint({a} * {b})\n</code>",
+                },
+                {"role": "tool", "content": f"{a * b}\n"},
+            ]
+        messages.append({"role": "assistant", "content": f"The result is <answer>{a * b}</answer>"})
+        rows.append(json.dumps({"messages": messages}))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def write_recipe(tmp_path: Path, model_dir: Path, tp: int) -> Path:
+    data = write_trajectories(tmp_path / "sft.jsonl", count=8)
+    recipe = tmp_path / "recipe.yaml"
+    # 4 trajectories of ~40-70 tokens per step in micro-batches of 128: 2-3 micro-batches.
+    recipe.write_text(
+        f"run: {{output_dir: {tmp_path / 'run'}, seed: 3}}\n"
+        f"model: {{path: {model_dir}}}\n"
+        "trainer: {device: cpu, backend: megatron, cpu_threads: 1, "
+        f"megatron: {{tensor_parallel_size: {tp}, vocab_padding_multiple: 16}}}}\n"
+        f"sft: {{train_path: {data}, batch_size: 4, max_steps: 2, learning_rate: 0.001, "
+        "micro_batch_tokens: 128, max_length_tokens: 128}\n"
+    )
+    return recipe
+
+
+def cli(recipe: Path, nproc: int, timeout_s: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "agentrl.common.cli", "sft", "--recipe", str(recipe)]
+        + ["--nproc-per-node", str(nproc), "--log-every", "1"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.slow  # 2 processes import megatron-core and train 2 steps: ~30-40 s on 2 cores
+def test_sft_on_two_tensor_parallel_ranks_through_the_cli_equals_one_process(
+    model_dir, tmp_path
+) -> None:
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from safetensors.torch import load_file
+
+    from agentrl.common.config import load_config
+    from agentrl.trainer.sft import run_sft
+
+    recipe = write_recipe(tmp_path, model_dir, tp=2)
+    result = cli(recipe, 2, timeout_s=300)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.stdout.count("SFT done: 2 steps on 8 trajectories") == 1, result.stdout
+    assert result.stdout.count("step     1  loss") == 1  # rank 0 alone prints
+    two_ranks = tmp_path / "run" / "sft"
+    records = [
+        json.loads(line) for line in (two_ranks / "sft_metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in records] == [1, 2]
+
+    config = load_config(recipe)
+    megatron = config.trainer.megatron.model_copy(update={"tensor_parallel_size": 1})
+    config = config.model_copy(
+        update={"trainer": config.trainer.model_copy(update={"megatron": megatron})}
+    )
+    threads = torch.get_num_threads()
+    try:
+        one_rank = run_sft(config, output_dir=tmp_path / "one_rank")
+    finally:
+        torch.set_num_threads(threads)
+        parallel_state.destroy_model_parallel()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    expected = [
+        json.loads(line)
+        for line in (tmp_path / "one_rank" / "sft_metrics.jsonl").read_text().splitlines()
+    ]
+    for record, loss, reference in zip(records, one_rank.losses, expected, strict=True):
+        assert record["loss"] == pytest.approx(loss, rel=RTOL)
+        assert record["grad_norm"] == pytest.approx(reference["grad_norm"], rel=RTOL)
+        assert record["num_tokens"] == reference["num_tokens"]
+    one, two = (
+        load_file(tmp_path / "one_rank" / "model.safetensors"),
+        load_file(two_ranks / "model.safetensors"),
+    )
+    assert one.keys() == two.keys()
+    for name, tensor in one.items():  # 10% of one Adam update (lr 1e-3)
+        torch.testing.assert_close(two[name], tensor, atol=1e-4, rtol=0, msg=name)
+
+
+def test_a_process_count_that_does_not_divide_by_tp_is_refused(model_dir, tmp_path) -> None:
+    result = cli(write_recipe(tmp_path, model_dir, tp=2), 3, timeout_s=120)
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert "3 processes were launched but trainer.megatron needs a multiple of" in message
+    assert "tensor_parallel_size 2 x pipeline_parallel_size 1 = 2" in message
+    assert "Traceback" not in result.stderr
