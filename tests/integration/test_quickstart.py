@@ -283,8 +283,9 @@ def test_an_episodes_second_code_call_uses_a_variable_from_its_first(
 ) -> None:
     assert first_run.returncode == 0
     config = load(recipe)
-    up = agentrl("up", "--recipe", str(recipe), "--services", "vllm,sandbox")
-    assert up.returncode == 0, up.stdout + up.stderr
+    if agentrl("status", "--recipe", str(recipe)).returncode != 0:  # run alone: start it
+        up = agentrl("up", "--recipe", str(recipe), "--services", "vllm,sandbox")
+        assert up.returncode == 0, up.stdout + up.stderr
     traj = two_call_episode(config, python_sessions=True)
     first, second = traj.turns[0].tool_call, traj.turns[1].tool_call
     assert (first.arguments, first.output) == ("x = 841 * 350", "")
