@@ -569,7 +569,10 @@ class TrainerConfig(ServiceEndpoint):
             raise ValueError(
                 "trainer.megatron.pipeline_parallel_size > 1 is not built: the Megatron "
                 "backend converts checkpoints for pipeline stages but trains with tensor "
-                "parallelism only; set it to 1"
+                "parallelism only (megatron-core 0.16.1's pipeline schedules allocate a CUDA "
+                "tensor unconditionally, pipeline_parallel/schedules.py:2138 "
+                "torch.zeros(..., device='cuda'), so they cannot run or be tested on CPU; "
+                "docs/trainer.md); set it to 1"
             )
         return self
 

@@ -72,6 +72,7 @@ def test_pipeline_training_and_fsdp2_are_refused_with_the_fix(tmp_path):
         "converts checkpoints for pipeline stages but trains with tensor parallelism only"
         in found["trainer"]
     )
+    assert "pipeline_parallel/schedules.py:2138" in found["trainer"]  # the reason, exactly
     path = recipe(tmp_path, "    tensor_parallel_size: 2\n")
     path.write_text(path.read_text() + "  parallelism: fsdp2\n")
     assert "leave trainer.parallelism at 'single'" in issues(path)["trainer"]
