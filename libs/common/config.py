@@ -301,6 +301,11 @@ class SearchConfig(ServiceEndpoint):
     """Most queries in one Retrieve request (and ids in one Access request)."""
     max_query_chars: int = Field(default=4096, gt=0)
     """Longest query accepted; longer ones are rejected, not cut."""
+    workers: int = Field(default=0, ge=0)
+    """Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT; each maps the index
+    read-only, so N workers do not hold N copies). 0: one per usable core (at most 8) when the
+    default index holds >= 20,000 passages, else 1. Throughput grows with workers only for
+    clients that open several connections (docs/search.md)."""
 
 
 class InferenceServerConfig(Section):

@@ -237,8 +237,9 @@ def serve(
         # calls finish within the grace) so clients reconnect and spread over the new pods.
         ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
         ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
-        *options,
     ]
+    # grpc takes the FIRST value of a repeated argument: the caller's replace the defaults.
+    server_options = list({**dict(server_options), **dict(options)}.items())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
         interceptors=interceptors,

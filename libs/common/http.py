@@ -117,9 +117,17 @@ class BackgroundHttpServer:
 
 
 def serve_in_thread(
-    app: Any, *, host: str = DEFAULT_HOST, port: int = 0, log_level: str = "warning"
+    app: Any,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = 0,
+    log_level: str = "warning",
+    reuse_port: bool = False,
 ) -> BackgroundHttpServer:
     """Run `app` with uvicorn on host:port (port 0: a free port) in a daemon thread.
+
+    reuse_port: set SO_REUSEPORT, so several processes listen on one port and the kernel
+    spreads connections over them (search.workers).
 
     Returns once the server accepts connections; raises OSError when the address cannot be bound
     and RuntimeError when uvicorn does not start within STARTUP_TIMEOUT_S.
@@ -130,6 +138,8 @@ def serve_in_thread(
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()

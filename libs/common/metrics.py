@@ -18,6 +18,7 @@ process that has no FastAPI app. That server has no authentication (see `agentrl
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Sequence
@@ -137,7 +138,17 @@ def histogram(
 
 
 def metrics_response(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
-    """The Prometheus text exposition of `registry` and its content type."""
+    """The Prometheus text exposition of `registry` and its content type.
+
+    In a process started with PROMETHEUS_MULTIPROC_DIR (one of several workers behind one
+    port, e.g. search.workers), the default registry's answer is every worker's metrics from
+    that directory: counters and histograms summed, gauges one series per `pid`.
+    """
+    if registry is None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
     registry = prometheus_client.REGISTRY if registry is None else registry
     return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
 

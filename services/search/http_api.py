@@ -29,6 +29,7 @@ not the expected JSON is a 400 too (not FastAPI's 422), with the field at fault.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,6 +41,7 @@ from agentrl.common.http import create_app
 from agentrl.search.corpus import Passage
 from agentrl.search.engine import InvalidRequest, SearchEngine, SearchError
 from agentrl.search.retriever import SearchIndex
+from agentrl.search.workers import PID_HEADER
 
 
 class RetrieveBody(BaseModel):
@@ -78,6 +80,8 @@ def _error(exc: SearchError) -> JSONResponse:
 def create_search_app(engine: SearchEngine, **app_kwargs: Any) -> FastAPI:
     """The service's FastAPI app; `app_kwargs` go to `agentrl.common.http.create_app`."""
     app = create_app("search", ready=lambda: engine.ready, **app_kwargs)
+    # Which worker answered (search.workers > 1 share the port; workers.py).
+    worker = {PID_HEADER: str(os.getpid())}
 
     @app.exception_handler(RequestValidationError)
     def bad_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,7 +112,8 @@ def create_search_app(engine: SearchEngine, **app_kwargs: Any) -> FastAPI:
                 "index": result.index,
                 "index_version": result.version,
                 "method": result.method,
-            }
+            },
+            headers=worker,
         )
 
     @app.post("/access")
@@ -129,7 +134,8 @@ def create_search_app(engine: SearchEngine, **app_kwargs: Any) -> FastAPI:
             {
                 "result": [None if p is None else document(index, p) for p in found],
                 "index_version": index.version,
-            }
+            },
+            headers=worker,
         )
 
     return app

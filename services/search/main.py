@@ -3,7 +3,8 @@
 Order: parse config (done by the caller), start both servers with health NOT_SERVING and
 /readyz 503, open the index directories (seconds for a large index: the arrays are memory-
 mapped, the dense model loads), then report SERVING. SIGTERM/SIGINT drain in-flight requests
-(agentrl.common.grpc_server) and stop the HTTP server.
+(agentrl.common.grpc_server) and stop the HTTP server. With `search.workers` > 1 this process
+only supervises that many worker processes on the same ports (workers.py).
 
 `start_search_service` does the same without blocking and returns a handle; tests use it to run
 the real servers on free ports.
@@ -51,12 +52,20 @@ class RunningSearchService:
 
 
 def start_search_service(
-    config: SearchConfig, *, load: bool = True, registry: Any = None, token: Any = auth.FROM_ENV
+    config: SearchConfig,
+    *,
+    load: bool = True,
+    registry: Any = None,
+    token: Any = auth.FROM_ENV,
+    reuse_port: bool = False,
 ) -> RunningSearchService:
     """Start gRPC and HTTP servers for `config`; `load=False` leaves loading to the caller.
 
     registry: Prometheus registry for the service's metrics (default: the global one).
     token: the shared auth token (default: from the environment; None turns auth off).
+    reuse_port: one of several workers on the same ports (workers.py): the index is opened
+        BEFORE the servers bind, so the kernel hands connections only to workers that can
+        answer (requires `load`).
     """
     from agentrl.common.grpc_server import serve
     from agentrl.common.http import serve_in_thread
@@ -66,6 +75,10 @@ def start_search_service(
     from agentrl.search.servicer import SERVICE_NAME, registration
 
     engine = SearchEngine(config, SearchMetrics(registry))
+    if reuse_port:
+        if not load:
+            raise ValueError("reuse_port needs load=True: a worker binds once its index is open")
+        engine.load_from_config()
     grpc_server = serve(
         registration(engine),
         [SERVICE_NAME],
@@ -74,16 +87,19 @@ def start_search_service(
         max_workers=config.max_concurrency + SPARE_GRPC_WORKERS,
         token=token,
         registry=registry,
+        options=[("grpc.so_reuseport", 1)] if reuse_port else (),
     )
-    grpc_server.set_serving(False)
+    grpc_server.set_serving(reuse_port)
     try:
         app = create_search_app(engine, token=token, registry=registry)
-        http_server = serve_in_thread(app, host=config.host, port=config.http_port)
+        http_server = serve_in_thread(
+            app, host=config.host, port=config.http_port, reuse_port=reuse_port
+        )
     except BaseException:
         grpc_server.stop(0)
         raise
     service = RunningSearchService(engine, grpc_server, http_server)
-    if load:
+    if load and not reuse_port:
         try:
             load_indexes(service)
         except BaseException:
@@ -109,7 +125,14 @@ def load_indexes(service: RunningSearchService) -> None:
 
 
 def main(config: AgentRLConfig) -> None:
-    """Serve search until SIGTERM/SIGINT (logging is set up by `agentrl serve`)."""
+    """Serve search until SIGTERM/SIGINT (logging is set up by `agentrl serve`); with
+    `search.workers` > 1 (or auto) this process supervises that many workers (workers.py)."""
+    from agentrl.search.workers import resolve_workers, run_workers
+
+    num_workers = resolve_workers(config.search)
+    if num_workers > 1:
+        run_workers(config.search, num_workers)
+        return
     service = start_search_service(config.search, load=False)
     service.grpc_server.install_signal_handlers()
     try:

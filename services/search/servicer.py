@@ -8,6 +8,7 @@ its traceback and ends as INTERNAL without internals in the message.
 from __future__ import annotations
 
 import logging
+import os
 
 import grpc
 
@@ -15,6 +16,7 @@ from agentrl.proto.search.v1 import search_pb2, search_pb2_grpc
 from agentrl.search.corpus import Passage
 from agentrl.search.engine import SearchEngine, SearchError
 from agentrl.search.retriever import SearchIndex
+from agentrl.search.workers import PID_HEADER
 
 SERVICE_NAME = "agentrl.search.v1.SearchService"
 
@@ -35,6 +37,8 @@ def passage_pb(index: SearchIndex, passage: Passage, score: float = 0.0) -> sear
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(self, engine: SearchEngine):
         self.engine = engine
+        # Which worker answered (search.workers > 1 share the port; workers.py).
+        self._worker = ((PID_HEADER, str(os.getpid())),)
 
     def Retrieve(self, request: search_pb2.RetrieveRequest, context: grpc.ServicerContext):
         top_k = request.top_k if request.HasField("top_k") else None
@@ -48,6 +52,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             log.exception("Retrieve failed")
             context.abort(grpc.StatusCode.INTERNAL, "search failed; see the service log")
         index = self.engine.indexes[result.index]
+        context.set_trailing_metadata(self._worker)
         return search_pb2.RetrieveResponse(
             results=[
                 search_pb2.QueryResult(
@@ -68,6 +73,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         except Exception:
             log.exception("Access failed")
             context.abort(grpc.StatusCode.INTERNAL, "access failed; see the service log")
+        context.set_trailing_metadata(self._worker)
         return search_pb2.AccessResponse(
             passages=[passage_pb(index, p) for p in passages], index_version=index.version
         )
