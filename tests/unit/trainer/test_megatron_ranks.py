@@ -1,7 +1,8 @@
 """The Megatron backend over 4 CPU ranks (gloo): tensor parallel 2 x data parallel 2 gives the
-same log-probs, loss, metrics, grad norm and new weights as one process at TP 1; and the
-conversion table's names and shapes at TP 2 x PP 2 are those of megatron-core's GPTModel
-(untied heads).
+same log-probs, loss, metrics, grad norm and new weights as one process at TP 1; a checkpoint
+state written at TP 1 resumes at TP 2 and one written at TP 2 resumes at TP 1, each giving the
+uninterrupted run's next step; and the conversion table's names and shapes at TP 2 x PP 2 are
+those of megatron-core's GPTModel (untied heads).
 
 The ranks run this file as a script under torchrun (the `__main__` block); the test compares
 what rank 0 wrote with the same step taken in the test process.
@@ -123,6 +124,20 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path):
     import torch.distributed as dist
     from megatron.core import parallel_state
 
+    def release() -> None:
+        parallel_state.destroy_model_parallel()
+        dist.destroy_process_group()
+
+    # One process at TP 1: a step, its checkpoint state, the next step (uninterrupted).
+    tp1_state = tmp_path / "tp1_state.pt"
+    try:
+        backend = build(tiny_checkpoint, tp=1)
+        expected = one_step(backend)
+        torch.save(backend.state_dict(), tp1_state)
+        second_step = one_step(backend)["weights"]
+    finally:
+        release()
+
     out = tmp_path / "rank0.pt"
     command = [
         sys.executable,
@@ -133,16 +148,11 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path):
         __file__,
         str(tiny_checkpoint),
         str(out),
+        str(tp1_state),
     ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[:6000]
     ranks = torch.load(out)
-
-    try:
-        expected = one_step(build(tiny_checkpoint, tp=1))
-    finally:
-        parallel_state.destroy_model_parallel()
-        dist.destroy_process_group()
     for samples, logprobs in ranks["logprobs"].items():
         torch.testing.assert_close(logprobs, expected["logprobs"][samples], atol=2e-5, rtol=1e-5)
     for name, value in expected["metrics"].items():
@@ -151,6 +161,19 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path):
     assert set(ranks["weights"]) == set(expected["weights"])
     for name, tensor in expected["weights"].items():  # 1% of one Adam update (lr)
         torch.testing.assert_close(ranks["weights"][name], tensor, atol=1e-4, rtol=0)
+
+    # Resharded checkpoints: TP 1 -> TP 2 (resumed on the 4 ranks) and TP 2 -> TP 1 (here)
+    # take the uninterrupted run's second step (model and AdamW moments resharded).
+    try:
+        resumed = build(tiny_checkpoint, tp=1)
+        resumed.load_state_dict(ranks["tp2_state"])
+        assert resumed.step == 1
+        from_tp2 = one_step(resumed)["weights"]
+    finally:
+        release()
+    for name, tensor in second_step.items():
+        torch.testing.assert_close(ranks["resumed_from_tp1"][name], tensor, atol=1e-4, rtol=0)
+        torch.testing.assert_close(from_tp2[name], tensor, atol=1e-4, rtol=0)
 
     # The conversion table's layout at TP 2 x PP 2 is megatron-core's own, for every family
     # (untied heads; tied ones at PP > 1 need CUDA to build, see real_shapes_at_tp2_pp2).
@@ -177,7 +200,12 @@ if __name__ == "__main__":  # one rank of the test above, under torchrun
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    result = one_step(build(Path(sys.argv[1]), tp=2))
+    backend = build(Path(sys.argv[1]), tp=2)
+    result = one_step(backend)
+    result["tp2_state"] = backend.state_dict()  # collective: every rank
+    resumed = build(Path(sys.argv[1]), tp=2)
+    resumed.load_state_dict(torch.load(sys.argv[3]))
+    result["resumed_from_tp1"] = one_step(resumed)["weights"]
     shapes = [None] * dist.get_world_size()
     dist.all_gather_object(shapes, real_shapes_at_tp2_pp2())
     result["real_shapes"] = {key: value for part in shapes for key, value in part.items()}

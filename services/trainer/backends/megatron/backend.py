@@ -16,8 +16,8 @@
   summed over data-parallel ranks, never averaged.
 - Precision: float32 master weights and AdamW state; `bfloat16` runs the forward under autocast
   (CUDA only: megatron's linear layers take CUDA's autocast state into their backward).
-- State dicts are Hugging Face-named full tensors for the model (gathered over TP) and AdamW
-  state keyed by Megatron parameter name per tensor rank; a checkpoint resumes at the same TP.
+- State dicts are Hugging Face-named full tensors for the model and for AdamW's moments
+  (gathered over TP by the conversion table), so a checkpoint resumes at any TP size.
 - What is NOT covered: pipeline-parallel training, megatron's distributed optimizer (AdamW
   state is replicated over DP ranks), sequence/context parallelism, THD packed attention
   (needs Transformer Engine), and loading only this rank's slice of the checkpoint (every
@@ -325,35 +325,69 @@ class MegatronBackend(TrainerBackend):
         return state if self.is_main_process() else {}
 
     def state_dict(self) -> dict[str, Any]:
-        """Model in Hugging Face naming; AdamW's state of every tensor rank (a list by rank:
-        its tensors are shards), identical over data-parallel ranks."""
-        import copy
-
-        optimizer = copy.deepcopy(self.optimizer.state_dict())  # a snapshot, not live tensors
-        optimizer_by_rank = [optimizer]
-        if self.layout.tp > 1:
-            import torch.distributed as dist
-
-            optimizer_by_rank = [None] * self.layout.tp
-            dist.all_gather_object(optimizer_by_rank, optimizer, group=self.tp_group)
+        """Model and AdamW state in Hugging Face naming and full shapes, so a checkpoint resumes
+        at any tensor-parallel size: AdamW's `exp_avg` and `exp_avg_sq` are parameter-shaped,
+        so they are gathered over TP by the same conversion table as the weights (the
+        vocabulary padding, whose moments stay 0, is dropped and re-added on load)."""
+        moments: dict[str, dict[str, torch.Tensor]] = {"exp_avg": {}, "exp_avg_sq": {}}
+        steps = set()
+        for name, parameter in self.model.named_parameters():
+            state = self.optimizer.state.get(parameter, {})
+            if "step" in state:
+                steps.add(float(state["step"]))
+            for moment, tensors in moments.items():
+                value = state.get(moment)
+                tensors[name] = (
+                    (torch.zeros_like(parameter) if value is None else value).detach().cpu().clone()
+                )  # a snapshot: training goes on in place
+        if len(steps) > 1:
+            raise RuntimeError(f"AdamW's step counts differ between parameters: {sorted(steps)}")
         return {
             "model": self._hf_state(tied_head=False),
-            "optimizer_by_tp_rank": optimizer_by_rank,
+            "optimizer": {
+                "adam_step": steps.pop() if steps else None,
+                **{m: self._to_hf(tensors) for m, tensors in moments.items()},
+            },
             "layout": {"tp": self.layout.tp},
             "schedule": {"step": self.step},
         }
 
+    def _to_hf(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Parameter-shaped tensors of this rank (Megatron names), as full Hugging Face ones."""
+        shards = {(0, 0): local}
+        if self.layout.tp > 1:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.layout.tp
+            dist.all_gather_object(gathered, local, group=self.tp_group)
+            shards = {(0, rank): state for rank, state in enumerate(gathered)}
+        return megatron_to_hf(shards, self.shape, self.layout)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("layout", {}).get("tp", self.layout.tp) != self.layout.tp:
+        """Restore `state_dict()`'s output, written at any tensor-parallel size."""
+        if "optimizer" not in state:
             raise ValueError(
-                f"checkpoint written at tensor_parallel_size {state['layout']['tp']}, this run "
-                f"uses {self.layout.tp}; resume with the same size"
+                "this Megatron checkpoint predates resharding (it has no 'optimizer' entry in "
+                "Hugging Face naming); resume it with the version that wrote it"
             )
-        shard = hf_to_megatron(state["model"], self.shape, self.layout)[(0, self.tp_rank)]
+
+        def mine(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return hf_to_megatron(hf_state, self.shape, self.layout)[(0, self.tp_rank)]
+
+        shard = mine(state["model"])
         with torch.no_grad():
             for name, parameter in self.model.named_parameters():
                 parameter.copy_(shard[name])
-        self.optimizer.load_state_dict(state["optimizer_by_tp_rank"][self.tp_rank])
+        saved = state["optimizer"]
+        self.optimizer.state.clear()
+        if saved["adam_step"] is not None:
+            exp_avg, exp_avg_sq = mine(saved["exp_avg"]), mine(saved["exp_avg_sq"])
+            for name, parameter in self.model.named_parameters():
+                self.optimizer.state[parameter] = {
+                    "step": torch.tensor(saved["adam_step"], dtype=torch.float32),
+                    "exp_avg": exp_avg[name].to(self.device).clone(),
+                    "exp_avg_sq": exp_avg_sq[name].to(self.device).clone(),
+                }
         self.step = int(state["schedule"]["step"])
 
     def save_pretrained(self, directory: str | Path) -> Path:
