@@ -97,10 +97,11 @@ def test_weight_version_spans_become_per_token_versions() -> None:
                         {
                             "token_id": t,
                             "logprob": -1.0,
+                            # vLLM's order: by rank (the sampled token may sit anywhere).
                             "top_logprobs": [
-                                {"token_id": t, "logprob": -1.0},
-                                {"token_id": 9, "logprob": -0.5},
                                 {"token_id": 8, "logprob": -0.1},
+                                {"token_id": 9, "logprob": -0.5},
+                                {"token_id": t, "logprob": -1.0},
                             ],
                         }
                         for t in (5, 6, 7)
