@@ -433,6 +433,10 @@ class MegatronConfig(Section):
     recompute: Literal["none", "full", "selective"] = "none"
     """Activation recompute: `full` recomputes each layer in the backward pass (least memory),
     `selective` only the attention core."""
+    distributed_optimizer: bool = False
+    """Shard AdamW's state over the data-parallel ranks (ZeRO stage 1: each keeps and steps
+    its share of the parameters, then broadcasts them); the same training, less memory per
+    rank. torch's ZeroRedundancyOptimizer: megatron-core's own DistributedOptimizer needs CUDA."""
 
 
 def megatron_layout_problems(model_config: dict[str, Any], megatron: MegatronConfig) -> list[str]:

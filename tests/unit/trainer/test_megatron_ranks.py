@@ -109,13 +109,18 @@ SHAPE_CHECK_SIZES = {
 }
 
 
-def build(checkpoint: Path, tp: int):
+def build(checkpoint: Path, tp: int, distributed_optimizer: bool = False):
     from agentrl.trainer.backends.interface import OptimizerSettings
     from agentrl.trainer.backends.megatron.backend import MegatronBackend
     from agentrl.trainer.backends.megatron.convert import ParallelLayout
 
     settings = OptimizerSettings(learning_rate=LEARNING_RATE, max_grad_norm=0.1)
-    return MegatronBackend(checkpoint, settings, layout=ParallelLayout(tp=tp, pp=1))
+    return MegatronBackend(
+        checkpoint,
+        settings,
+        layout=ParallelLayout(tp=tp, pp=1),
+        distributed_optimizer=distributed_optimizer,
+    )
 
 
 @pytest.mark.slow  # 4 processes import megatron-core: ~30 s on 2 cores
@@ -162,7 +167,25 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path):
     for name, tensor in expected["weights"].items():  # 1% of one Adam update (lr)
         torch.testing.assert_close(ranks["weights"][name], tensor, atol=1e-4, rtol=0)
 
-    # Resharded checkpoints: TP 1 -> TP 2 (resumed on the 4 ranks) and TP 2 -> TP 1 (here)
+    # Optimizer state sharded over DP: ranks 0 and 2 (tensor rank 0's replicas) hold disjoint
+    # shares of its parameters, together all; the step and the gathered state are the same.
+    sharded = ranks["sharded"]
+    for tp_rank in range(2):
+        first, second = sharded["owned"][tp_rank], sharded["owned"][tp_rank + 2]
+        assert first and second and not first & second
+        assert first | second == sharded["names"]
+    assert sharded["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-4)
+    for name, tensor in expected["weights"].items():
+        torch.testing.assert_close(sharded["weights"][name], tensor, atol=1e-4, rtol=0)
+    plain = ranks["tp2_state"]["optimizer"]
+    assert sharded["state"]["optimizer"]["adam_step"] == plain["adam_step"] == 1.0
+    for moment in ("exp_avg", "exp_avg_sq"):
+        for name, tensor in plain[moment].items():
+            torch.testing.assert_close(
+                sharded["state"]["optimizer"][moment][name], tensor, atol=1e-7, rtol=1e-5
+            )
+
+    # Resharded checkpoints: TP 1 -> TP 2 (4 ranks, DP-sharded optimizer) and TP 2 -> TP 1 (here)
     # take the uninterrupted run's second step (model and AdamW moments resharded).
     try:
         resumed = build(tiny_checkpoint, tp=1)
@@ -203,9 +226,19 @@ if __name__ == "__main__":  # one rank of the test above, under torchrun
     backend = build(Path(sys.argv[1]), tp=2)
     result = one_step(backend)
     result["tp2_state"] = backend.state_dict()  # collective: every rank
-    resumed = build(Path(sys.argv[1]), tp=2)
+    # Resumed at TP 2 into a DP-sharded optimizer: each rank takes its share of the moments.
+    resumed = build(Path(sys.argv[1]), tp=2, distributed_optimizer=True)
     resumed.load_state_dict(torch.load(sys.argv[3]))
     result["resumed_from_tp1"] = one_step(resumed)["weights"]
+    # AdamW's state sharded over the 2 data-parallel ranks: the same step, half the state.
+    sharded = build(Path(sys.argv[1]), tp=2, distributed_optimizer=True)
+    result["sharded"] = one_step(sharded)
+    owned = [None] * dist.get_world_size()
+    mine = {name for name, p in sharded.model.named_parameters() if p in sharded._adamw().state}
+    dist.all_gather_object(owned, mine)
+    result["sharded"]["owned"] = owned
+    result["sharded"]["names"] = {name for name, _ in sharded.model.named_parameters()}
+    result["sharded"]["state"] = sharded.state_dict()
     shapes = [None] * dist.get_world_size()
     dist.all_gather_object(shapes, real_shapes_at_tp2_pp2())
     result["real_shapes"] = {key: value for part in shapes for key, value in part.items()}

@@ -39,4 +39,5 @@ def build(config: Any, optimizer: OptimizerSettings, model_path: Any):
         ),
         dtype=config.model.dtype if config.model is not None else "float32",
         recompute=settings.recompute,
+        distributed_optimizer=settings.distributed_optimizer,
     )

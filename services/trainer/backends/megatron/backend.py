@@ -18,8 +18,11 @@
   (CUDA only: megatron's linear layers take CUDA's autocast state into their backward).
 - State dicts are Hugging Face-named full tensors for the model and for AdamW's moments
   (gathered over TP by the conversion table), so a checkpoint resumes at any TP size.
-- What is NOT covered: pipeline-parallel training, megatron's distributed optimizer (AdamW
-  state is replicated over DP ranks), sequence/context parallelism, THD packed attention
+- Optimizer: torch's AdamW over each rank's shard; `distributed_optimizer` shards its state
+  over data-parallel ranks (torch's ZeroRedundancyOptimizer over megatron's DP group).
+- What is NOT covered: pipeline-parallel training and megatron-core's own
+  DistributedOptimizer (both need CUDA in megatron-core 0.16.1, docs/trainer.md),
+  sequence/context parallelism, THD packed attention
   (needs Transformer Engine), and loading only this rank's slice of the checkpoint (every
   rank reads the whole Hugging Face checkpoint once at start).
 """
@@ -78,6 +81,7 @@ class MegatronBackend(TrainerBackend):
         layout: ParallelLayout,
         dtype: str = "float32",
         recompute: megatron_model.Recompute = "none",
+        distributed_optimizer: bool = False,
     ) -> None:
         import torch.distributed as dist
         from megatron.core import parallel_state
@@ -139,12 +143,27 @@ class MegatronBackend(TrainerBackend):
         # From the conversion table: megatron marks sharded weights only when it initialises
         # them, and every weight here is loaded instead.
         self.replicated = replicated_names(self.shape, layout, pp_rank=0)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=optimizer.learning_rate * optimizer.lr_factor(0),
-            betas=optimizer.betas,
-            weight_decay=optimizer.weight_decay,
-        )
+        adamw = {
+            "lr": optimizer.learning_rate * optimizer.lr_factor(0),
+            "betas": optimizer.betas,
+            "weight_decay": optimizer.weight_decay,
+        }
+        # Optimizer-state sharding over data-parallel ranks (ZeRO stage 1): each DP rank keeps
+        # AdamW's moments of its part of the parameters (whole tensors, balanced by size),
+        # steps them and broadcasts the new values. megatron-core's DistributedOptimizer does
+        # the same over flat buffers but cannot be built without CUDA (docs/trainer.md).
+        self.sharded_optimizer = distributed_optimizer and dist.get_world_size(self.dp_group) > 1
+        if self.sharded_optimizer:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            self.optimizer = ZeroRedundancyOptimizer(
+                list(self.model.parameters()),
+                optimizer_class=torch.optim.AdamW,
+                process_group=self.dp_group,
+                **adamw,
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), **adamw)
         self.step = 0
         self._world = dist.get_world_size()
 
@@ -324,22 +343,34 @@ class MegatronBackend(TrainerBackend):
         state = self._hf_state(tied_head=True)
         return state if self.is_main_process() else {}
 
+    def _adamw(self) -> torch.optim.Optimizer:
+        """The AdamW holding this rank's moments (with sharding: only its DP share's)."""
+        return self.optimizer.optim if self.sharded_optimizer else self.optimizer
+
     def state_dict(self) -> dict[str, Any]:
         """Model and AdamW state in Hugging Face naming and full shapes, so a checkpoint resumes
         at any tensor-parallel size: AdamW's `exp_avg` and `exp_avg_sq` are parameter-shaped,
         so they are gathered over TP by the same conversion table as the weights (the
         vocabulary padding, whose moments stay 0, is dropped and re-added on load)."""
+        import torch.distributed as dist
+
         moments: dict[str, dict[str, torch.Tensor]] = {"exp_avg": {}, "exp_avg_sq": {}}
         steps = set()
+        adamw = self._adamw()
         for name, parameter in self.model.named_parameters():
-            state = self.optimizer.state.get(parameter, {})
+            state = adamw.state.get(parameter, {})
             if "step" in state:
                 steps.add(float(state["step"]))
             for moment, tensors in moments.items():
                 value = state.get(moment)
-                tensors[name] = (
-                    (torch.zeros_like(parameter) if value is None else value).detach().cpu().clone()
-                )  # a snapshot: training goes on in place
+                value = torch.zeros_like(parameter) if value is None else value.detach().clone()
+                if self.sharded_optimizer:  # one DP rank holds it, the others add zeros
+                    dist.all_reduce(value, group=self.dp_group)
+                tensors[name] = value.cpu()  # a snapshot: training goes on in place
+        if self.sharded_optimizer:
+            shared: list[Any] = [None] * dist.get_world_size(self.dp_group)
+            dist.all_gather_object(shared, sorted(steps), group=self.dp_group)
+            steps = {step for part in shared for step in part}
         if len(steps) > 1:
             raise RuntimeError(f"AdamW's step counts differ between parameters: {sorted(steps)}")
         return {
@@ -379,11 +410,15 @@ class MegatronBackend(TrainerBackend):
             for name, parameter in self.model.named_parameters():
                 parameter.copy_(shard[name])
         saved = state["optimizer"]
-        self.optimizer.state.clear()
+        adamw = self._adamw()
+        adamw.state.clear()
         if saved["adam_step"] is not None:
             exp_avg, exp_avg_sq = mine(saved["exp_avg"]), mine(saved["exp_avg_sq"])
+            owned = {id(p) for group in adamw.param_groups for p in group["params"]}
             for name, parameter in self.model.named_parameters():
-                self.optimizer.state[parameter] = {
+                if id(parameter) not in owned:  # another DP rank's share
+                    continue
+                adamw.state[parameter] = {
                     "step": torch.tensor(saved["adam_step"], dtype=torch.float32),
                     "exp_avg": exp_avg[name].to(self.device).clone(),
                     "exp_avg_sq": exp_avg_sq[name].to(self.device).clone(),
