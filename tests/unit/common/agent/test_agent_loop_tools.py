@@ -203,3 +203,28 @@ def test_sticky_sandbox_sends_a_session_to_one_replica() -> None:
     for _ in range(3):
         sticky.execute("print(1)")  # no session: round-robin
     assert [sum(1 for _, s in r.calls if not s) for r in replicas] == [1, 1, 1]
+
+
+def test_the_sandbox_client_follows_the_config_and_sessions_need_bwrap() -> None:
+    import pytest
+
+    from agentrl.common.agent.tools import sandbox_client
+    from agentrl.common.config import AgentRLConfig
+    from agentrl.sandbox.client import SandboxClient
+
+    one = AgentRLConfig.model_validate({"sandbox": {"address": "127.0.0.1:1"}})
+    with sandbox_client(one.sandbox) as client:
+        assert isinstance(client, SandboxClient)
+    several = AgentRLConfig.model_validate(
+        {"sandbox": {"addresses": ["127.0.0.1:1", "127.0.0.1:2"]}}
+    )
+    with sandbox_client(several.sandbox) as client:
+        assert isinstance(client, StickySandbox) and len(client.clients) == 2
+    # Sessions default to on with bwrap, off with docker; asking for them on docker is refused.
+    assert one.rollout.python_sessions is True
+    docker = AgentRLConfig.model_validate({"sandbox": {"backend": "docker"}})
+    assert docker.rollout.python_sessions is False
+    with pytest.raises(ValueError, match="set rollout.python_sessions: false"):
+        AgentRLConfig.model_validate(
+            {"sandbox": {"backend": "docker"}, "rollout": {"python_sessions": True}}
+        )
