@@ -18,10 +18,14 @@ The channel returned is wrapped in `ClientInterceptor`, which on every call
   `.attempts`) whose message names the target and method.
 
 `stub.Method.future(...)` works, but through retries it blocks like a direct call.
+
+`create_spread_channel(target, n)`: n such channels, each on its own connection, taking unary
+calls in turn (a server replica with several worker processes on one port, search.workers).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -265,4 +269,84 @@ def outage_for(service: str, endpoint: Any) -> retry_policy.Outage:
     and its `reconnect_deadline_s`."""
     return retry_policy.Outage(
         service, endpoint.target(), f"{service}.reconnect_deadline_s", endpoint.reconnect_deadline_s
+    )
+
+
+class SpreadChannel(grpc.Channel):
+    """Several channels to one target, each with its own TCP connection; each unary-unary call
+    goes to the next one in turn.
+
+    One channel is one HTTP/2 connection, and a server whose replica runs several worker
+    processes on one port (search.workers: SO_REUSEPORT) hands each connection to one worker:
+    a client that needs more than one worker's throughput needs several connections. grpcio
+    shares one connection among channels with equal arguments (its global subchannel pool),
+    so each channel here gets `grpc.use_local_subchannel_pool`. Streaming calls use the first
+    channel.
+    """
+
+    def __init__(self, channels: Sequence[grpc.Channel]):
+        if not channels:
+            raise ValueError("SpreadChannel needs at least one channel")
+        self._channels = list(channels)
+        self._turn = itertools.count()
+
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None, **kw):
+        callables = [
+            c.unary_unary(method, request_serializer, response_deserializer, **kw)
+            for c in self._channels
+        ]
+        return _SpreadCallable(callables, self._turn)
+
+    def unary_stream(self, *args, **kw):
+        return self._channels[0].unary_stream(*args, **kw)
+
+    def stream_unary(self, *args, **kw):
+        return self._channels[0].stream_unary(*args, **kw)
+
+    def stream_stream(self, *args, **kw):
+        return self._channels[0].stream_stream(*args, **kw)
+
+    def subscribe(self, callback, try_to_connect=False):
+        self._channels[0].subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback):
+        self._channels[0].unsubscribe(callback)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _SpreadCallable(grpc.UnaryUnaryMultiCallable):
+    def __init__(self, callables: list[grpc.UnaryUnaryMultiCallable], turn: itertools.count):
+        self._callables = callables
+        self._turn = turn
+
+    def _next(self) -> grpc.UnaryUnaryMultiCallable:
+        return self._callables[next(self._turn) % len(self._callables)]
+
+    def __call__(self, *args, **kw):
+        return self._next()(*args, **kw)
+
+    def with_call(self, *args, **kw):
+        return self._next().with_call(*args, **kw)
+
+    def future(self, *args, **kw):
+        return self._next().future(*args, **kw)
+
+
+def create_spread_channel(target: str, num_connections: int, **kwargs: Any) -> SpreadChannel:
+    """`num_connections` channels to `target` as `create_channel(target, **kwargs)` makes them,
+    each on its own connection, behind one `SpreadChannel`."""
+    if num_connections < 1:
+        raise ValueError(f"num_connections must be >= 1, got {num_connections}")
+    options = [*kwargs.pop("options", ()), ("grpc.use_local_subchannel_pool", 1)]
+    return SpreadChannel(
+        [create_channel(target, options=options, **kwargs) for _ in range(num_connections)]
     )

@@ -32,6 +32,9 @@ from agentrl.common.config import AgentRLConfig
 
 SERVICE_NAME = "agentrl.rollout.v1.RolloutControlService"
 GRPC_WORKERS = 8  # control calls are rare; health checks and reflection share the threads
+# Connections to the search service: as many as its most worker processes when it picks
+# (search.workers 0: at most 8), so a busy rollout worker reaches all of them.
+SEARCH_CONNECTIONS = 8
 
 
 @dataclass
@@ -90,9 +93,12 @@ def start(
         config.sandbox, outage=grpc_client.outage_for("sandbox", config.sandbox)
     )
     # Retrieve is idempotent: the channel's UNAVAILABLE retries are safe; the tool's timeout
-    # bounds each call with its retries.
-    search_channel = grpc_client.create_channel(
-        config.search.target(), outage=grpc_client.outage_for("search", config.search)
+    # bounds each call with its retries. Several connections, calls in turn: a search replica
+    # with several worker processes gives each connection to one of them (search.workers).
+    search_channel = grpc_client.create_spread_channel(
+        config.search.target(),
+        SEARCH_CONNECTIONS,
+        outage=grpc_client.outage_for("search", config.search),
     )
     reward = RewardClient(
         config.reward.target(), outage=grpc_client.outage_for("reward", config.reward)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import shutil
 import signal
@@ -46,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from agentrl.common.config import SearchConfig
@@ -71,14 +73,24 @@ PR_SET_PDEATHSIG = 1
 
 
 def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    Kubernetes CPU limit), which affinity does not show."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def resolve_workers(config: SearchConfig) -> int:
-    """`search.workers`, or for 0 (auto) one per usable core when the default index is large."""
+    """`search.workers`, or for 0 (auto) one per usable core (affinity and cgroup CPU quota)
+    when the default index is large."""
     if config.workers:
         return config.workers
     from agentrl.search.indexer import read_manifest

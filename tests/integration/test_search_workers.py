@@ -16,7 +16,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agentrl.common.grpc_client import NO_RETRY, create_channel
+from agentrl.common.grpc_client import NO_RETRY, create_channel, create_spread_channel
 from agentrl.proto.search.v1 import search_pb2, search_pb2_grpc
 from agentrl.search.indexer import build_index
 from agentrl.search.qa_questions import make_qa_world
@@ -114,13 +114,22 @@ def test_two_workers_share_both_ports_and_add_up_their_metrics(replica: Replica)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert http_pids == replica.pids and grpc_pids == replica.pids
 
+    # What the rollout worker uses: one channel object, calls in turn over its connections.
+    spread_pids = set()
+    with create_spread_channel(replica.grpc, NUM_CONNECTIONS, token=None) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        for _ in range(NUM_CONNECTIONS):
+            _, call = stub.Retrieve.with_call(search_pb2.RetrieveRequest(queries=["river"]))
+            spread_pids.update(int(v) for k, v in call.trailing_metadata() if k == PID_HEADER)
+    assert spread_pids == replica.pids
+
     # Whichever worker answers /metrics counts every worker's queries.
     text = httpx.get(f"{replica.http}/metrics").text
     answered = sum(
         float(m)
         for m in re.findall(r"^agentrl_search_queries_total\{[^}]*\} (\S+)", text, re.MULTILINE)
     )
-    assert answered == 2 * NUM_CONNECTIONS
+    assert answered == 3 * NUM_CONNECTIONS
     gauges = set(
         re.findall(r'^agentrl_search_in_flight_requests\{pid="(\d+)"\}', text, re.MULTILINE)
     )
