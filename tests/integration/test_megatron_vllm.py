@@ -160,7 +160,9 @@ def stand_in_rollout(server_url: str, redis_url: str, run_id: str, stop: threadi
 
 def test_run_training_with_the_megatron_backend(server, model_dir, redis_url, tmp_path) -> None:
     """`agentrl train`'s loop (`run_training`) with `trainer.backend: megatron`: two steps,
-    each synced to the server (drift ~0 after every sync) and checkpointed."""
+    each synced to the server (drift ~0 after every sync) and checkpointed; then the loop
+    started again resumes from the step-2 checkpoint (model and AdamW state through the
+    backend's load_state_dict) and takes step 3."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
@@ -211,6 +213,7 @@ def test_run_training_with_the_megatron_backend(server, model_dir, redis_url, tm
     worker.start()
     try:
         result = run_training(config, wait_timeout_s=120)
+        resumed = run_training(config, max_steps=3, wait_timeout_s=120)
     finally:
         stop.set()
         worker.join(timeout=30)
@@ -221,7 +224,8 @@ def test_run_training_with_the_megatron_backend(server, model_dir, redis_url, tm
     records = read_step_metrics(tmp_path / "run")
     print([{k: r[k] for k in ("step", "loss", "grad_norm", "logprob_drift_max")} for r in records])
     assert (result.steps, result.policy_version) == (2, 2)
-    assert [r["step"] for r in records] == [1, 2]
+    assert resumed.steps == 3
+    assert [r["step"] for r in records] == [1, 2, 3]
     assert all(r["grad_norm"] > 0 for r in records)
     assert all(r["logprob_drift_max"] < 1e-3 for r in records)
     assert (tmp_path / "run" / "checkpoints").is_dir()
