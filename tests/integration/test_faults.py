@@ -9,7 +9,9 @@ resumes from the checkpoint). Then, from the recorded group ids (`<run dir>/grou
   checkpoint replaces the lost one);
 - no prompt was dropped silently: every admitted prompt was trained (kept or reported as
   dropped in groups.jsonl) or is still queued in Redis (a task, or a group not yet consumed);
-- no process was left behind after `agentrl down` (each service's whole process group).
+- no orphan: once the run has recovered from a kill, nothing of the killed process's group is
+  left (vLLM's EngineCore and workers, the reward's verifier processes); and no process of any
+  service, Redis or trainer is left after `agentrl down`.
 
 It prints, per fault, how long the run paused (from the kill to the next step's record) and
 what was redone: the figures of docs/streams.md's fault table. Not exercised: search (the run
@@ -176,15 +178,18 @@ class Run:
             )
         self.groups_seen.add(self.trainer.pid)
 
-    def kill(self, name: str) -> None:
+    def kill(self, name: str) -> int:
+        """SIGKILL the process `name` (its leader only, as a crash would); returns its pid."""
         if name == "trainer":
-            os.killpg(self.trainer.pid, signal.SIGKILL)
+            pid = self.trainer.pid
+            os.kill(pid, signal.SIGKILL)
             self.trainer.wait(30)
             self.start_trainer()
-            return
+            return pid
         state = self.stack()
         pid = state["redis_pid"] if name == "redis" else state["services"][name]["pid"]
         os.kill(pid, signal.SIGKILL)
+        return pid
 
     def wait_for_records(self, count: int, timeout_s: float) -> None:
         """Until metrics.jsonl holds `count` step records (the trainer alive meanwhile)."""
@@ -219,8 +224,11 @@ def test_the_run_rides_through_every_kill_and_trains_each_group_once(tmp_path) -
             written = steps_written(run.run_dir)
             assert written[-1] < STEPS, f"the run ended before the {name} fault: {measured}"
             killed_at = time.monotonic()
-            run.kill(name)
+            pid = run.kill(name)
             run.wait_for_records(len(written) + 1, 900)  # recovered: a step written since
+            # The dead process's group went with it (vLLM's EngineCore and workers, the
+            # reward's verifier processes): no orphan holds memory or ports.
+            assert group_members(pid) == [], (name, pid, group_members(pid))
             measured.append((name, written[-1], time.monotonic() - killed_at, len(written)))
             print(f"killed {name} after step {written[-1]}: {measured[-1][2]:.1f} s", flush=True)
         assert run.trainer.wait(900) == 0, run.trainer_tail()
