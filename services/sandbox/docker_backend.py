@@ -14,7 +14,9 @@ come from the container's cgroup.
 
 A container serves `runs_per_container` runs, and is recycled (removed, replaced in the
 background) at once after a timeout, an OOM kill, a write outside /work (anything left in /tmp,
-/dev/shm or /dev/mqueue), a process that survived the kill, or a docker failure.
+/dev/shm or /dev/mqueue), SysV IPC objects left in its IPC namespace (the exec wrapper removes
+what a normal run made, so this is after a run killed the wrapper or was killed), a process that
+survived the kill, or a docker failure.
 
 Why the `docker` SDK for containers and the `docker` CLI for executions: the SDK gives typed
 errors and labels for the lifecycle (create, inspect, remove, sweep); its exec API returns one
@@ -27,9 +29,8 @@ session kernel reports completion on an extra pipe, which `docker exec` cannot p
 
 What this does NOT cover: kernel exploits (Docker's default seccomp profile is the only syscall
 filter); a daemon on another host, rootless Docker or cgroup v2 (the host must reach the
-containers' cgroups and bind-mount its tmpfs work dirs; the service runs as root); SysV IPC
-objects a program leaves in its container's IPC namespace (seen by later runs in the same
-container until it is recycled); disk I/O bandwidth; a program that prints a Docker error
+containers' cgroups and bind-mount its tmpfs work dirs; the service runs as root); disk I/O
+bandwidth; a program that prints a Docker error
 message to stderr and exits non-zero is reported as `sandbox_error`.
 """
 
@@ -56,9 +57,16 @@ from agentrl.sandbox.docker_pool import (
     ContainerPool,
     cli_env,
 )
-from agentrl.sandbox.interface import Backend, ExecutionRequest, ExecutionResult, Status
-from agentrl.sandbox.languages import get_language
-from agentrl.sandbox.outcome import classify
+from agentrl.sandbox.enforcement import Limit, docker_limits
+from agentrl.sandbox.interface import (
+    Backend,
+    CompileResult,
+    ExecutionRequest,
+    ExecutionResult,
+    Status,
+)
+from agentrl.sandbox.languages import Language, get_language
+from agentrl.sandbox.outcome import classify, compile_failure, compile_memory_mb, compile_outcome
 
 log = get_logger(__name__)
 
@@ -66,6 +74,8 @@ log = get_logger(__name__)
 DOCKER_API_TIMEOUT_S = 120
 # Seconds start-up waits for the whole pool; creating one container on vfs takes ~4 s.
 STARTUP_TIMEOUT_S = 180.0
+# Compile-step outcomes after which the container is recycled, as after such a run.
+RECYCLED = (Status.TIMEOUT, Status.OOM, Status.SANDBOX_ERROR)
 # What the docker CLI prints when the exec itself failed (the program never ran).
 DOCKER_FAILURE_PREFIXES = (
     b"Error response from daemon",
@@ -159,6 +169,9 @@ class DockerBackend(Backend):
     def pool_size(self) -> int:
         return self.pool.ready_count()
 
+    def limits(self) -> list[Limit]:
+        return docker_limits(self.config)
+
     def execute(self, request: ExecutionRequest) -> ExecutionResult:
         container = self.pool.take(self.config.queue_timeout_s)
         reason = "sandbox_error"  # if _run raises, the container's state is unknown
@@ -191,6 +204,14 @@ class DockerBackend(Backend):
             container.warm = proc
             container.stop_programs(config.sandbox_uid)
             proc = None
+        compiled = None
+        if language.compiler:
+            compiled = self._compile(container, request, language)
+            if compiled.status != Status.OK:
+                reason = compiled.status.value if compiled.status in RECYCLED else ""
+                return compile_failure(compiled, request, self.name), reason
+            group.set_limits(request.memory_mb, max_processes, config.cpu_cores)
+            group.reset_usage()
         if proc is not None:
             stdin = b"%d\n" % len(code) + code + stdin
         else:
@@ -218,6 +239,7 @@ class DockerBackend(Backend):
         result.cpu_time_s = group.cpu_time_s() - cpu_before
         result.peak_memory_mb = group.peak_memory_bytes() / (1024 * 1024)
         result.backend, result.request_id = self.name, request.request_id
+        result.compile_result = compiled
         if result.status != Status.SANDBOX_ERROR and request.fetch_files:
             result.files = container.dir.read_files(request.fetch_files, config.disk_mb << 20)
         reason = (
@@ -233,9 +255,35 @@ class DockerBackend(Backend):
             if not container.alive()
             else "write_outside_workdir"
             if container.wrote_outside_workdir()
+            else "sysv_ipc"
+            if container.left_sysv_ipc()
             else ""
         )
         return result, reason
+
+    def _compile(
+        self, container: Container, request: ExecutionRequest, language: Language
+    ) -> CompileResult:
+        """Run the compile step through its own exec, under `compile_timeout_s`."""
+        config, group = self.config, container.cgroup
+        memory_mb = compile_memory_mb(request, config)
+        group.set_limits(memory_mb, config.max_processes + EXTRA_PROCESSES, config.cpu_cores)
+        oom_before = group.oom_kills()
+        program = language.compile_argv(f"/work/{language.source_name}")
+        proc = spawn(self.pool.exec_argv(container, program), cli_env())
+        captured = drive(
+            proc,
+            stdin=b"",
+            timeout_s=request.compile_timeout_s,
+            max_output_bytes=config.max_output_bytes,
+            kill_tree=lambda: group.kill_all(uid=config.sandbox_uid),
+        )
+        if not group.wait_empty(TEARDOWN_WAIT_S, uid=config.sandbox_uid):
+            group.kill_all(uid=config.sandbox_uid)
+        oomed = group.oom_kills() > oom_before
+        return compile_outcome(
+            captured, oomed, request, memory_mb, config.max_output_bytes, DOCKER_FAILURE_PREFIXES
+        )
 
     def close(self) -> None:
         self.pool.close()

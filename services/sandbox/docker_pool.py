@@ -4,7 +4,8 @@ A `Container` is one long-lived container of `SandboxConfig.docker_image` plus w
 keeps for it: a slot dir (agentrl.sandbox.workdir: a `disk_mb` tmpfs on the host whose work/
 and tmp/ are bind-mounted at /work and /tmp) and the container's cgroups as the host sees them
 (agentrl.sandbox.cgroups). Every container runs with `--network none`, a read-only root, all
-capabilities dropped, no-new-privileges, memory/pids/CPU limits, a `disk_mb` /dev/shm, and
+capabilities dropped, no-new-privileges, a private IPC namespace, memory/pids/CPU limits, a
+`disk_mb` /dev/shm, and
 docker-init as PID 1 (it reaps orphans) over `sleep infinity`, both as INIT_UID. Programs run
 in it through `docker exec` as `sandbox_uid` (agentrl.sandbox.docker_backend), so they cannot
 signal the init and a run's `kill -1` cannot stop the container.
@@ -56,8 +57,15 @@ NUM_REFILL_WORKERS = 4
 REFILL_RETRY_S = 5.0
 # Runs inside the container around every program: once the program exits, SIGKILL every
 # process of the sandbox uid (kill -1 spares the caller and the INIT_UID processes), so a child
-# that called setsid() dies with it and stops holding the exec's stdout open.
-EXEC_WRAPPER = '"$@"; status=$?; kill -s KILL -- -1 2>/dev/null; exit $status'
+# that called setsid() dies with it and stops holding the exec's stdout open; then remove the
+# SysV IPC objects the run made (the container's IPC namespace outlives the run). A run that
+# kills this wrapper leaves them: the host checks and recycles (Container.left_sysv_ipc).
+EXEC_WRAPPER = (
+    '"$@"; status=$?; kill -s KILL -- -1 2>/dev/null; ipcrm --all 2>/dev/null; exit $status'
+)
+# The kernel's lists of SysV IPC objects, read in the container's IPC namespace; one header
+# line each when empty.
+SYSV_IPC_FILES = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
 # The warm interpreter writes this byte to stdout once it runs; the pool reads it before it
 # calls the container ready, so a request never waits for `docker exec` to start.
 READY_MARKER = b"\x00"
@@ -100,6 +108,18 @@ class Container:
         except OSError:
             return True
         return False
+
+    def left_sysv_ipc(self) -> bool:
+        """Whether SysV shared memory, semaphores or message queues exist in the container's
+        IPC namespace (a later run would see them); unreadable counts as yes."""
+        result = subprocess.run(
+            ["nsenter", f"--ipc=/proc/{self.init_pid}/ns/ipc", "--", "cat", *SYSV_IPC_FILES],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        return result.returncode != 0 or len(lines) > len(SYSV_IPC_FILES)
 
     def stop_programs(self, sandbox_uid: int) -> bool:
         """Kill the warm exec and every process of the sandbox uid; False if some survived."""
@@ -266,6 +286,7 @@ class ContainerPool:
                 init=True,
                 user=f"{INIT_UID}:{INIT_UID}",
                 network_mode="none",
+                ipc_mode="private",
                 read_only=True,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],

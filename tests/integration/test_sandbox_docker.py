@@ -29,6 +29,10 @@ pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_UID = 65534
+# A recycled container is re-created in the background; on vfs that copies the whole image
+# (~840 MB with the runtime, ~10 s on a loaded host, more while several refill at once), so a
+# run waits up to this long for one instead of the default 30 s.
+QUEUE_TIMEOUT_S = 240.0
 # Prints the id of the container the program runs in (its cgroup path carries it).
 WHERE = "print(open('/proc/self/cgroup').read())"
 
@@ -45,6 +49,7 @@ def sandbox(sandbox_image):
         backend="docker",
         docker_image=sandbox_image,
         pool_size=4,
+        queue_timeout_s=QUEUE_TIMEOUT_S,
         max_concurrency=8,
         queue_size=400,
         disk_mb=16,
@@ -284,6 +289,7 @@ def test_pool_recycles_after_n_runs_and_after_a_timeout_then_refills(sandbox_ima
         pool_size=1,
         max_concurrency=1,
         runs_per_container=3,
+        queue_timeout_s=QUEUE_TIMEOUT_S,
     )
     small = Sandbox(config, registry=CollectorRegistry())
     try:
@@ -293,7 +299,7 @@ def test_pool_recycles_after_n_runs_and_after_a_timeout_then_refills(sandbox_ima
         after = container_of(run(small, WHERE))
         assert after != first[3]
         assert recycles(small, "runs_per_container") == 1 and recycles(small, "timeout") == 1
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + QUEUE_TIMEOUT_S
         while small.backend.pool_size() < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert small.backend.pool_size() == 1 and small.ready()
@@ -373,3 +379,54 @@ def test_grpc_service_with_docker_backend(sandbox_image):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+SYSV_CREATE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+shmid = libc.shmget(0x4242, 4096, 0o1666)  # IPC_CREAT | 0666
+ctypes.memmove(libc.shmat(shmid, None, 0), b"secret", 6)
+print(shmid)
+"""
+SYSV_LOOK = "import ctypes\nprint(ctypes.CDLL(None).shmget(0x4242, 0, 0))"
+
+
+@pytest.mark.parametrize("wrapper_killed", [False, True], ids=["normal exit", "wrapper killed"])
+def test_a_sysv_segment_is_never_seen_by_a_later_run(sandbox, wrapper_killed):
+    """The exec wrapper removes what a run made; a run that kills the wrapper first leaves its
+    container to be recycled. Eight later runs (the pool has four containers, handed out in
+    turn) never find the segment."""
+    before = recycles(sandbox, "sysv_ipc")
+    kill = "\nimport os; os.kill(os.getppid(), 9)" if wrapper_killed else ""
+    made = run(sandbox, SYSV_CREATE + kill + "\n" + WHERE)
+    assert int(made.stdout.split()[0]) >= 0, made
+    for _ in range(8):
+        look = run(sandbox, SYSV_LOOK)
+        assert (look.status, look.stdout) == (Status.OK, "-1\n"), look
+    if wrapper_killed:
+        assert recycles(sandbox, "sysv_ipc") == before + 1
+
+
+def test_the_image_runs_numpy_and_cpp(sandbox):
+    science = run(
+        sandbox,
+        "import numpy, scipy, sympy, pandas\nprint(int(numpy.arange(4).sum()))",
+        memory_mb=1024,
+        timeout_s=30,
+    )
+    assert (science.status, science.stdout) == (Status.OK, "6\n"), science
+    cpp = "#include <iostream>\nint main(){int n; std::cin >> n; std::cout << n * 2;}"
+    ok = run(sandbox, cpp, language="cpp", stdin=b"21", compile_timeout_s=60)
+    assert (ok.status, ok.stdout, ok.compile_result.status) == (Status.OK, "42", Status.OK), ok
+    bad = run(sandbox, "int main(){ return x; }", language="cpp", compile_timeout_s=60)
+    assert bad.status == Status.ERROR and bad.compile_result.exit_code == 1
+    assert "not declared" in bad.stderr
+    crash = run(sandbox, "int main(){ int *p = nullptr; return *p; }", language="cpp")
+    assert crash.status == Status.ERROR and crash.compile_result.status == Status.OK
+    loop = run(sandbox, "int main(){ for(;;); }", language="cpp", timeout_s=1)
+    assert loop.status == Status.TIMEOUT and loop.compile_result.status == Status.OK
+    slow = run(
+        sandbox, "#include <bits/stdc++.h>\nint main(){}", language="cpp", compile_timeout_s=0.05
+    )
+    assert slow.status == Status.TIMEOUT and slow.compile_result.status == Status.TIMEOUT

@@ -12,7 +12,9 @@
 # rebuilds it). FORCE=1 rebuilds both.
 #
 # Environment: IMAGE (default agentrl-sandbox:latest, SandboxConfig.docker_image), BASE_IMAGE,
-# DEBIAN_MIRROR (default http://deb.debian.org/debian), FORCE.
+# DEBIAN_MIRROR (default http://deb.debian.org/debian), FORCE, EXTRA_PACKAGES (Debian packages
+# added to the runtime beside g++ and python3-numpy/scipy/sympy/pandas; defaults to
+# AGENTRL_SANDBOX_PACKAGES, the list scripts/setup.sh installs for the bwrap backend).
 set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -21,6 +23,7 @@ LOCAL_BASE=agentrl-sandbox-base:bookworm
 BASE_IMAGE=${BASE_IMAGE:-$LOCAL_BASE}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 FORCE=${FORCE:-0}
+EXTRA_PACKAGES=${EXTRA_PACKAGES:-${AGENTRL_SANDBOX_PACKAGES:-}}
 
 step() { printf '==> %s\n' "$*"; }
 fail() { printf 'BUILD FAILED: %s\n' "$*" >&2; exit 1; }
@@ -51,7 +54,7 @@ fi
 
 # The image is current when it was built from this Dockerfile on this base (by image id).
 base_id=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || echo "$BASE_IMAGE")
-want=$( (cat "$HERE/Dockerfile"; echo "$base_id") | sha256sum | cut -c1-16)
+want=$( (cat "$HERE/Dockerfile"; echo "$base_id"; echo "$EXTRA_PACKAGES") | sha256sum | cut -c1-16)
 have=$(docker image inspect -f '{{ index .Config.Labels "agentrl.sandbox.build" }}' "$IMAGE" \
   2>/dev/null || true)
 if [ "$have" = "$want" ] && [ "$FORCE" != 1 ]; then
@@ -60,5 +63,6 @@ if [ "$have" = "$want" ] && [ "$FORCE" != 1 ]; then
 fi
 step "docker build $IMAGE from $BASE_IMAGE"
 docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+  --build-arg "EXTRA_PACKAGES=$EXTRA_PACKAGES" \
   --label "agentrl.sandbox.build=$want" -t "$IMAGE" "$HERE" >/dev/null
-docker run --rm --network none "$IMAGE" python3 -c 'print("sandbox image ok")'
+docker run --rm --network none "$IMAGE" python3 -c 'import numpy; print("sandbox image ok")'
