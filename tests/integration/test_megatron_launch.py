@@ -1,7 +1,14 @@
-"""`agentrl sft --nproc-per-node 2` with `trainer.backend: megatron` (tensor parallel 2, CPU,
-gloo): the CLI re-launches itself under torchrun, megatron-core's groups are built over the
-launcher's process group, and the run equals one process at TP 1 (losses, grad norms, the
-written checkpoint). A count that does not divide by TP x PP is refused before anything starts.
+"""Multi-process Megatron runs through the launcher (CPU, gloo):
+
+- `agentrl sft --nproc-per-node 2` with `trainer.backend: megatron` (tensor parallel 2): the CLI
+  re-launches itself under torchrun, megatron-core's groups are built over the launcher's
+  process group, and the run equals one process at TP 1 (losses, grad norms, the written
+  checkpoint). A count that does not divide by TP x PP is refused before anything starts.
+- the RL loop (`run_training`, what `agentrl train` runs on every rank) on 2 ranks at TP 2 for
+  two steps, then resumed by ONE process at TP 1 for the third, equals one process at TP 1
+  throughout (metrics of every step, the last weights sent). The stand-in rollout worker and
+  vLLM pool are test_fsdp2.py's (deterministic groups from the data position); what is real is
+  the loop on every rank, Redis, torch.distributed and megatron-core.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ pytest.importorskip("megatron.core", reason="megatron-core is not installed")
 
 REPO = Path(__file__).resolve().parents[2]
 RTOL = 1e-4
+LEARNING_RATE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +149,128 @@ def test_a_process_count_that_does_not_divide_by_tp_is_refused(model_dir, tmp_pa
     assert "3 processes were launched but trainer.megatron needs a multiple of" in message
     assert "tensor_parallel_size 2 x pipeline_parallel_size 1 = 2" in message
     assert "Traceback" not in result.stderr
+
+
+# ---- the RL loop on 2 tensor-parallel ranks ----------------------------------------------------
+
+
+def rl_loop(model_dir: Path, data: Path, run_dir: Path, redis_url: str, tp: int, steps: int):
+    """`run_training` to `steps` (resuming from `run_dir`) at TP `tp`; the stand-ins run on
+    rank 0. Under torchrun every rank calls it."""
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_fsdp2 import stand_in_pool, stand_in_rollout
+
+    from agentrl.common.config import AgentRLConfig
+    from agentrl.trainer.distributed import is_main_process, process_group
+    from agentrl.trainer.rl_loop import run_training
+
+    config = AgentRLConfig.model_validate(
+        {
+            "run": {"run_id": run_dir.name, "output_dir": str(run_dir), "seed": 5},
+            "model": {"path": str(model_dir)},
+            "data": {"train_path": str(data)},
+            "redis": {"url": redis_url},
+            "trainer": {
+                "device": "cpu",
+                "backend": "megatron",
+                "megatron": {"tensor_parallel_size": tp, "vocab_padding_multiple": 16},
+                "cpu_threads": 1,
+                "batch_size": 2,
+                "max_staleness": 0,
+                "checkpoint_interval_steps": 2,
+                "grpc_port": 0,
+                "http_port": 0,
+                "micro_batch_tokens": 40,
+                "weight_transport": "disk",
+            },  # the transport whose routes the stand-in pool answers
+            "algorithm": {"group_size": 4, "learning_rate": LEARNING_RATE},
+        }
+    )
+    with process_group(config.trainer):
+        stop = threading.Event()
+        if is_main_process():
+            threading.Thread(
+                target=stand_in_rollout, args=(redis_url, run_dir.name, stop), daemon=True
+            ).start()
+        try:
+            run_training(config, steps, pool=stand_in_pool(), wait_timeout_s=60)
+        finally:
+            stop.set()
+
+
+def in_process(*args) -> None:
+    """`rl_loop` in this process (one rank), then megatron-core's groups released."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    threads = torch.get_num_threads()
+    try:
+        rl_loop(*args)
+    finally:
+        torch.set_num_threads(threads)
+        parallel_state.destroy_model_parallel()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow  # ~60-90 s on 2 cores: 3 + 1 in-process steps, 2 ranks under torchrun
+def test_the_rl_loop_on_two_tp_ranks_resumes_at_tp_1_and_equals_one_process(
+    model_dir, redis_url, tmp_path
+) -> None:
+    from safetensors.torch import load_file
+
+    from agentrl.trainer.metrics import read_step_metrics
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {"prompt": f"What is {i} * 7?", "ground_truth": str(7 * i), "task_type": "math"}
+            )
+            + "\n"
+            for i in range(20)
+        )
+    )
+    one, two = tmp_path / "one-rank", tmp_path / "two-ranks"
+    in_process(model_dir, data, one, redis_url, 1, 3)
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        + [__file__, str(model_dir), str(data), str(two), redis_url, "2", "2"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert launched.returncode == 0, f"{launched.stdout[-3000:]}\n{launched.stderr[-5000:]}"
+    in_process(model_dir, data, two, redis_url, 1, 3)  # resumes the TP 2 checkpoint at TP 1
+
+    expected, records = read_step_metrics(one), read_step_metrics(two)
+    assert [r["step"] for r in records] == [1, 2, 3]  # rank 0 alone writes
+    for record, reference in zip(records, expected, strict=True):
+        for name in ("reward_mean", "num_loss_tokens", "num_micro_batches", "policy_version"):
+            assert record[name] == reference[name], name
+        for name in ("loss", "pg_loss", "entropy", "approx_kl", "grad_norm"):
+            assert record[name] == pytest.approx(reference[name], rel=RTOL, abs=1e-6), name
+    assert [p.name for p in sorted((two / "checkpoints").iterdir())] == [
+        "step_00000002",
+        "step_00000003",
+    ]
+    written = {
+        step: torch.load(two / "checkpoints" / f"step_0000000{step}" / "backend.pt")["layout"]
+        for step in (2, 3)
+    }
+    assert written == {2: {"tp": 2}, 3: {"tp": 1}}  # written by the 2 ranks, then by 1
+    weights = "weights/v00000003/model.safetensors"  # the last version the pool was sent
+    sent, reference = load_file(two / weights), load_file(one / weights)
+    assert sent.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(sent[name], tensor, atol=1e-4, rtol=0, msg=name)
+
+
+if __name__ == "__main__":  # each rank of the torchrun launch above
+    *paths, url, tp, steps = sys.argv[1:]
+    rl_loop(*map(Path, paths), url, int(tp), int(steps))
