@@ -97,7 +97,8 @@ class MegatronBackend(TrainerBackend):
         if layout.pp != 1:
             raise ValueError(
                 f"pipeline_parallel_size {layout.pp}: the Megatron backend converts checkpoints "
-                "for pipeline stages but does not train them yet; set it to 1"
+                "for pipeline stages but does not train them (megatron-core 0.16.1's pipeline "
+                "schedules need CUDA: schedules.py:2138; docs/trainer.md); set it to 1"
             )
         if dtype == "bfloat16" and not torch.cuda.is_available():
             raise ValueError(
