@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 markers=()
 if [ "$(id -u)" = 0 ] || docker info >/dev/null 2>&1; then
   AGENTRL_WITH_DOCKER=1 bash scripts/setup.sh
-  echo "==> sandbox image (services/sandbox/image/build.sh; about 2 minutes the first time)"
+  echo "==> sandbox image (services/sandbox/image/build.sh; several minutes the first time on vfs)"
   bash services/sandbox/image/build.sh
 else
   bash scripts/setup.sh

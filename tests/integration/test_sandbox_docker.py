@@ -3,7 +3,7 @@ ends with the right status, the pool stays usable, recycles what it must, and no
 
 The Docker engine is started by `AGENTRL_WITH_DOCKER=1 bash scripts/setup.sh`; a missing one
 fails these tests, it never skips them. The session fixture runs services/sandbox/image/build.sh:
-~0.2 s when the image is current, ~12 min from nothing here (debootstrap + import + a build
+~0.2 s when the image is current, minutes from nothing (debootstrap + import + a build
 that installs g++ and the scientific Python stack, on vfs).
 """
 
