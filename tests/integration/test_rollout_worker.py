@@ -18,6 +18,7 @@ workers sample freely (long random turns, which keeps an episode in flight for s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -216,6 +217,16 @@ def make_config(
     )
 
 
+@contextlib.contextmanager
+def generation_held(server) -> Iterator[None]:
+    """vLLM's /pause (mode keep) for the block: requests sent meanwhile wait, unanswered."""
+    httpx.post(f"{server.url}/pause", params={"mode": "keep"}, timeout=30).raise_for_status()
+    try:
+        yield
+    finally:
+        httpx.post(f"{server.url}/resume", timeout=30).raise_for_status()
+
+
 def make_task(tokenizer, key: str, n: int, max_tokens_per_turn: int = 48) -> task_pb2.RolloutTask:
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 6 * 7?"}], add_generation_prompt=True, tokenize=False
@@ -407,19 +418,23 @@ def test_killed_worker_task_completes_on_another_worker_once(
     task = make_task(tokenizer, "k-kill", n=4, max_tokens_per_turn=400)
     client.xadd(prompts, {b"data": task.SerializeToString(), b"key": b"k-kill"})
 
+    # The server holds generation (vLLM's pause, mode keep) while a worker must be mid-episode:
+    # with it running, a tiny model's episodes can end between two status polls.
     first = WorkerProcess(config, tmp_path / "first", "w-first")
     try:
-        first.wait_in_flight(120, prompts)
-        assert not groups_in(run_id)
-        first.kill()
+        with generation_held(server):
+            first.wait_in_flight(120, prompts)
+            assert not groups_in(run_id)
+            first.kill()
     finally:
         first.close()
     assert client.xpending(prompts, "rollout")["consumers"][0]["name"] == b"w-first"
 
     second = WorkerProcess(config, tmp_path / "second", "w-second")
     try:
-        second.wait_in_flight(120, prompts)  # reclaimed after the visibility timeout
-        second.terminate()  # SIGTERM mid-episode: finishes, publishes, acks, exits
+        with generation_held(server):
+            second.wait_in_flight(120, prompts)  # reclaimed after the visibility timeout
+            second.terminate()  # SIGTERM mid-episode: finishes, publishes, acks, exits
         assert second.wait(90) == 0, second.log()
     finally:
         second.close()
