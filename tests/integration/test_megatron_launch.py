@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,9 @@ import pytest
 import torch
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_fsdp2 import write_trajectories  # the same SFT data as the FSDP2 runs
 
 REPO = Path(__file__).resolve().parents[2]
 RTOL = 1e-4
@@ -36,30 +38,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     # 4 heads, 2 key/value heads, MLP 384: divisible by TP 2.
     return init_tiny_model(tmp_path_factory.mktemp("model"), default_corpus(300), seed=4)
-
-
-def write_trajectories(path: Path, count: int) -> Path:
-    """Calculator episodes in `load_trajectories`' format, half of them calling the tool."""
-    rng = random.Random(0)
-    rows = []
-    for i in range(count):
-        a, b = rng.randint(10, 999), rng.randint(10, 99)
-        messages = [
-            {"role": "system", "content": "Use Python for arithmetic."},
-            {"role": "user", "content": f"What is {a} * {b}?"},
-        ]
-        if i % 2:
-            messages += [
-                {
-                    "role": "assistant",
-                    "content": f"Let me compute.\n<code>\nprint({a} * {b})\n</code>",
-                },
-                {"role": "tool", "content": f"{a * b}\n"},
-            ]
-        messages.append({"role": "assistant", "content": f"The result is <answer>{a * b}</answer>"})
-        rows.append(json.dumps({"messages": messages}))
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def write_recipe(tmp_path: Path, model_dir: Path, tp: int) -> Path:
@@ -159,7 +137,6 @@ def rl_loop(model_dir: Path, data: Path, run_dir: Path, redis_url: str, tp: int,
     rank 0. Under torchrun every rank calls it."""
     import threading
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_fsdp2 import stand_in_pool, stand_in_rollout
 
     from agentrl.common.config import AgentRLConfig
