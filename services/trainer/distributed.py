@@ -110,6 +110,10 @@ def process_group(trainer: Any) -> Iterator[None]:
     )
     try:
         yield
+        # Every rank at the end before any tears its connections down: a rank destroying the
+        # group while a peer still talks to it can abort the peer (gloo: "terminate called
+        # without an active exception"). Skipped on an error: the peers may never arrive.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
