@@ -194,8 +194,9 @@ def wait_for_pool(backend: Backend, pool_size: int, timeout_s: float = POOL_REFI
     time.sleep(SETTLE_S)
 
 
-class NonRootService(Backend):
-    """`agentrl.sandbox.main` in its own process as NON_ROOT_UID (the manifests' mode)."""
+class NonRootService:
+    """`agentrl.sandbox.main` in its own process as NON_ROOT_UID (the manifests' mode); not an
+    in-process backend: the bench reaches it through its gRPC server only."""
 
     name = "nonroot"
 
@@ -227,9 +228,6 @@ class NonRootService(Backend):
             [*setpriv, "--clear-groups", "--", sys.executable, "-c", SERVE], env=env
         )
 
-    def execute(self, request: ExecutionRequest) -> ExecutionResult:
-        raise NotImplementedError("reached through its own gRPC server")
-
     def close(self) -> None:
         import shutil
 
@@ -243,7 +241,7 @@ class Bench:
     """One backend behind its own gRPC server on 127.0.0.1, with a client."""
 
     name: str
-    backend: Backend
+    backend: Backend | NonRootService
     sandbox: Sandbox
     servicer: SandboxServicer
     server: object
