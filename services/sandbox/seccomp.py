@@ -128,6 +128,21 @@ DENIED = (
     "_sysctl",
 )
 
+# Calls added since Linux 5.1 have one number on every architecture (the unified table).
+UNIFIED_SYSCALL_NUMBERS = {
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "clone3": 435,
+    "mount_setattr": 442,
+    "quotactl_fd": 443,
+}
 # Numbers from the kernel's uapi headers: asm/unistd_64.h (x86-64) and asm-generic/unistd.h
 # (aarch64). A name missing for an architecture does not exist there.
 SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
@@ -178,18 +193,7 @@ SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
         "kexec_file_load": 320,
         "bpf": 321,
         "userfaultfd": 323,
-        "io_uring_setup": 425,
-        "io_uring_enter": 426,
-        "io_uring_register": 427,
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "fspick": 433,
-        "clone3": 435,
-        "mount_setattr": 442,
-        "quotactl_fd": 443,
+        **UNIFIED_SYSCALL_NUMBERS,
     },
     "aarch64": {
         "lookup_dcookie": 18,
@@ -231,18 +235,7 @@ SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
         "bpf": 280,
         "userfaultfd": 282,
         "kexec_file_load": 294,
-        "io_uring_setup": 425,
-        "io_uring_enter": 426,
-        "io_uring_register": 427,
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "fspick": 433,
-        "clone3": 435,
-        "mount_setattr": 442,
-        "quotactl_fd": 443,
+        **UNIFIED_SYSCALL_NUMBERS,
     },
 }
 # AUDIT_ARCH_* (linux/audit.h): what the kernel puts in seccomp_data.arch.
