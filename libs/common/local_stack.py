@@ -5,8 +5,11 @@ the supervisor starts `agentrl serve <service>` per service (logs in `<output_di
 in its own process group, restarts one that dies (at most `MAX_RESTARTS` times, with a growing
 pause) after killing what is left of its process group (vLLM's EngineCore and workers, the
 reward service's verifier processes: an orphan would hold memory and ports), and stops them
-all on SIGTERM (`agentrl down`): SIGTERM to each group, `STOP_GRACE_S` to drain, then SIGKILL. Its state — pids, addresses, restarts — is a JSON file in the run
-directory that `agentrl status` reads and completes with live health probes.
+all on SIGTERM (`agentrl down`): SIGTERM to each, then each gets its stop grace to drain
+(`stop_grace_s`: what its pod gets on Kubernetes; the rollout worker's follows
+`rollout.shutdown_grace_s`), then SIGKILL to what is left of its group. Its state — pids,
+addresses, restarts, each service's last exit code — is a JSON file in the run directory that
+`agentrl status` reads and completes with live health probes.
 
 Redis comes from the machine: when the recipe's Redis is on this host and not answering, the
 supervisor starts `redis-server` for the run, with AOF in `<output_dir>/redis`
@@ -49,8 +52,15 @@ RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 POLL_INTERVAL_S = 0.5
 # A service may take this long to become ready (the reward service spawns verifier processes).
 READY_TIMEOUT_S = 120.0
-# SIGTERM drains; past this a child is killed.
+# SIGTERM drains; past this a child is killed: Kubernetes' default terminationGracePeriodSeconds,
+# which holds the gRPC services' drain (grpc_server.DEFAULT_GRACE_S, 20 s) and their clean-up.
 STOP_GRACE_S = 30.0
+# The rollout worker drains for rollout.shutdown_grace_s, then stops its servers, its vLLM pool
+# and its clients: the chart's terminationGracePeriodSeconds adds the same to its grace.
+ROLLOUT_STOP_MARGIN_S = 30.0
+# `agentrl down` waits for the supervisor this long beyond the longest stop grace (Redis stops
+# in 10 s at most, the state file is written last).
+DOWN_MARGIN_S = 15.0
 
 
 @dataclass
@@ -62,6 +72,10 @@ class ServiceState:
     restarts: int = 0
     status: str = "starting"  # starting | running | restarting | failed | stopped
     log: str = ""
+    exit_code: int | None = None
+    """How its last process ended (None while the first runs): 0 a clean exit (a drain after
+    SIGTERM), negative the signal that killed it (-9: SIGKILL, by a crash or past its stop
+    grace)."""
 
 
 @dataclass
@@ -156,6 +170,13 @@ def check_ports(config: AgentRLConfig, services: list[str]) -> list[str]:
                     f"or set AGENTRL__{name.upper()}__{key.upper()} to a free port"
                 )
     return problems
+
+
+def stop_grace_s(config: AgentRLConfig, name: str) -> float:
+    """How long `agentrl down` lets service `name` drain after SIGTERM before SIGKILL."""
+    if name == "rollout":
+        return config.rollout.shutdown_grace_s + ROLLOUT_STOP_MARGIN_S
+    return STOP_GRACE_S
 
 
 def redis_command(config: AgentRLConfig, host: str, port: int) -> list[str]:
@@ -277,6 +298,7 @@ class Supervisor:
                 changed = True
             elif process is not None and service.status == "running" and process.poll() is not None:
                 kill_group(process.pid)  # its children (vLLM's EngineCore...) die with it
+                service.exit_code = process.returncode
                 if service.restarts >= MAX_RESTARTS:
                     service.status = "failed"
                 else:
@@ -292,16 +314,18 @@ class Supervisor:
         self.stopping = True
 
     def _stop_all(self) -> None:
-        children = [p for p in self.processes.values() if p.poll() is None]
-        for process in children:
+        children = {n: p for n, p in self.processes.items() if p.poll() is None}
+        for process in children.values():
             process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for process in children:
+        started = time.monotonic()
+        for name, process in children.items():  # all drain at once, each within its own grace
+            deadline = started + stop_grace_s(self.config, name)
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            self.state.services[name].exit_code = process.returncode
         for process in self.processes.values():  # what a child left behind (vLLM's engine)
             kill_group(process.pid)
         if self.redis is not None:
@@ -493,11 +517,15 @@ def _report(
     on_progress(rows)
 
 
-def down(config: AgentRLConfig, timeout_s: float = STOP_GRACE_S + 15) -> bool:
-    """Stop the stack; False when none was running."""
+def down(config: AgentRLConfig, timeout_s: float | None = None) -> bool:
+    """Stop the stack; False when none was running. `timeout_s`: how long to wait for the
+    supervisor (default: the longest stop grace of its services, plus a margin)."""
     state = read_state(config)
     if state is None or not pid_alive(state.supervisor_pid):
         return False
+    if timeout_s is None:
+        graces = [stop_grace_s(config, name) for name in state.services]
+        timeout_s = max([STOP_GRACE_S, *graces]) + DOWN_MARGIN_S
     os.kill(state.supervisor_pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while pid_alive(state.supervisor_pid) and time.monotonic() < deadline:

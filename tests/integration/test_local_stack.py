@@ -63,11 +63,15 @@ def test_up_supervises_restarts_and_down_stops_everything(stack_config):
         return now.restarts == 1 and now.pid != crashed and local_stack.probe(now).grpc_serving
 
     assert wait_for(restarted), local_stack.read_state(config)
+    assert local_stack.read_state(config).services["sandbox"].exit_code == -signal.SIGKILL
 
     pids = [s.pid for s in local_stack.read_state(config).services.values()]
     assert local_stack.down(config)
     assert not any(local_stack.pid_alive(pid) for pid in pids)
-    assert {s.status for s in local_stack.read_state(config).services.values()} == {"stopped"}
+    stopped = local_stack.read_state(config).services.values()
+    assert {s.status for s in stopped} == {"stopped"}
+    # Each drained on SIGTERM and exited by itself within its stop grace, not SIGKILLed.
+    assert {s.name: s.exit_code for s in stopped} == {"sandbox": 0, "reward": 0}
     assert not local_stack.down(config)  # nothing left to stop
 
 
