@@ -1,8 +1,8 @@
 """The tools an episode can call, behind one async interface: `ToolRunner.run(call) -> ToolOutcome`.
 
-`SandboxTool` runs `python` calls in the sandbox service (SandboxClient, gRPC), by default in a
-session (`session_id`: the episode's), so a variable, import or file of one call exists in the
-next, as in Open-AgentRL's and ARPO's code interpreters; the agent loop closes the session when
+`SandboxTool` runs `python` calls (the tag's text, or a Hermes call's `{"code": ...}`) in the
+sandbox service (SandboxClient, gRPC), by default in a session (`session_id`: the episode's),
+so a variable, import or file of one call exists in the next, as in Open-AgentRL's and ARPO's code interpreters; the agent loop closes the session when
 the episode ends (`ToolBox.close_session`). `StickySandbox` spreads calls over several sandbox
 replicas (`sandbox.addresses`), every call of one session to the replica holding it (a
 session's interpreter lives in one replica's process). `SearchTool`
@@ -110,11 +110,14 @@ class SandboxTool:
     async def run(self, call: ParsedCall, session_id: str) -> ToolOutcome:
         from agentrl.sandbox.interface import Status as SandboxStatus
 
+        code = python_code(call.arguments)
+        if code is None:
+            return ToolOutcome(Status.TOOL_CALL_STATUS_ERROR, PYTHON_ARGUMENTS_ERROR)
         fields: dict[str, Any] = {"timeout_s": self.timeout_s}
         if self.sessions and session_id:
             fields["session_id"] = session_id
         try:
-            result = await asyncio.to_thread(self.sandbox.execute, call.arguments, **fields)
+            result = await asyncio.to_thread(self.sandbox.execute, code, **fields)
         except grpc.RpcError as exc:
             return ToolOutcome(
                 Status.TOOL_CALL_STATUS_UNAVAILABLE, f"sandbox unavailable: {exc.code().name}"
@@ -143,6 +146,24 @@ class SandboxTool:
             )
         detail = stderr or result.message or f"exited with {result.status.value}"
         return ToolOutcome(Status.TOOL_CALL_STATUS_ERROR, output + detail)
+
+
+PYTHON_ARGUMENTS_ERROR = 'Error: the python tool takes {"code": "<the program>"}'
+
+
+def python_code(arguments: str) -> str | None:
+    """The program of a call: the tag's text (`code_tags`), or the `code` argument of a Hermes
+    call (`{"name": "python", "arguments": {"code": ...}}`, as parse_hermes passes it on).
+    None for a JSON object without a string `code`: a Hermes call with wrong arguments (run as
+    written it would be a dict literal that prints nothing, a silent no-op for the model)."""
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+    if not isinstance(parsed, dict):
+        return arguments  # a program that happens to be JSON (`42`, `[1, 2]`) runs as written
+    code = parsed.get("code")
+    return code if isinstance(code, str) else None
 
 
 def format_passages(passages) -> str:

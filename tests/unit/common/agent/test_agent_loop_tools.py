@@ -228,3 +228,27 @@ def test_the_sandbox_client_follows_the_config_and_sessions_need_bwrap() -> None
         AgentRLConfig.model_validate(
             {"sandbox": {"backend": "docker"}, "rollout": {"python_sessions": True}}
         )
+
+
+def test_a_hermes_call_runs_its_code_argument() -> None:
+    from agentrl.common.agent.tools import PYTHON_ARGUMENTS_ERROR, python_code
+    from agentrl.common.tool_formats import get_format
+
+    hermes = get_format("hermes")
+    call = hermes.parse(
+        '<tool_call>{"name": "python", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
+    )
+    sandbox = FakeSandbox()
+    outcome = asyncio.run(SandboxTool(sandbox).run(call, "s"))
+    # The program is the `code` argument, not the JSON object (a dict literal printing nothing).
+    assert sandbox.calls == [("print(6 * 7)", "s")]
+    assert outcome.status == trajectory_pb2.TOOL_CALL_STATUS_OK
+    # Wrong arguments are an error the model sees; nothing runs.
+    wrong = hermes.parse('<tool_call>{"name": "python", "arguments": {"program": "1"}}</tool_call>')
+    outcome = asyncio.run(SandboxTool(sandbox).run(wrong, "s"))
+    assert outcome.status == trajectory_pb2.TOOL_CALL_STATUS_ERROR
+    assert outcome.output == PYTHON_ARGUMENTS_ERROR and len(sandbox.calls) == 1
+    # A tag call's text is the program, even when it happens to be JSON.
+    assert python_code("print(1)\n") == "print(1)\n"
+    assert python_code("[1, 2]") == "[1, 2]"
+    assert python_code('{"code": "x = 1"}') == "x = 1"
