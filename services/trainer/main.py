@@ -4,17 +4,68 @@
 Thin on purpose (STYLE.md): the config is already parsed; heavy imports (torch, transformers,
 vLLM's client) happen inside `run_training`, which owns the loop (rl_loop.py). Under torchrun
 both run inside `distributed.process_group` and only rank 0 displays or logs steps.
+
+SIGTERM/SIGINT (a pod evicted, `kill`, Ctrl-C) stop the trainer where it is, within a second
+plus the clean-up (clients closed, status servers and process group stopped): it holds nothing
+another process needs, since groups are acked only after the checkpoint that trained them
+(rl_loop.py step 5). The groups read since the last checkpoint stay pending to the run's
+consumer, and the next start resumes from that checkpoint and trains them again. The exit code
+is 128 + the signal (143 for SIGTERM), as if the signal had killed it: not 0, which would mark
+the trainer's Kubernetes Job complete instead of restarting its pod to resume the run. A second
+signal during the clean-up ends the process at once.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from agentrl.common.config import AgentRLConfig
 from agentrl.common.logging import get_logger
+from agentrl.common.shutdown import SHUTDOWN_SIGNALS, install_shutdown_handler
 from agentrl.trainer import collapse
 
 log = get_logger(__name__)
+
+
+class TrainingInterrupted(SystemExit):
+    """A shutdown signal stopped the run; exit code 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_shutdown_signal() -> Iterator[None]:
+    """Turn SIGTERM/SIGINT into `TrainingInterrupted` raised in the main thread (elsewhere
+    signal handlers cannot be installed: nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        for each in SHUTDOWN_SIGNALS:  # a second signal: the default action, at once
+            signal.signal(each, signal.SIG_DFL)
+        raise TrainingInterrupted(signum)
+
+    previous: dict = {}
+    try:
+        previous = install_shutdown_handler(on_signal)  # replays one held since start-up
+        yield
+    except TrainingInterrupted as stop:
+        log.warning(
+            "%s: training stopped; the groups read since the last checkpoint stay unacked and "
+            "the next start resumes from that checkpoint",
+            signal.Signals(stop.signum).name,
+        )
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def step_line(record: dict[str, Any]) -> str:
@@ -55,7 +106,7 @@ def train_with_display(config: AgentRLConfig, max_steps: int | None, console: An
     # Per-step weight exports would each draw a "Writing model shards" bar over the display.
     transformers_logging.disable_progress_bar()
     total = max_steps or config.trainer.total_steps
-    with process_group(config.trainer):
+    with stop_on_shutdown_signal(), process_group(config.trainer):
         if env_rank() != 0:  # one display per run: rank 0's
             return run_training(config, max_steps)
         with Progress(
@@ -80,7 +131,7 @@ def main(config: AgentRLConfig) -> None:
     from agentrl.trainer.distributed import env_rank, process_group
     from agentrl.trainer.rl_loop import run_training
 
-    with process_group(config.trainer):
+    with stop_on_shutdown_signal(), process_group(config.trainer):
         result = run_training(config, on_step=lambda record: log.info("%s", step_line(record)))
     if env_rank() == 0:
         log.info(
