@@ -308,6 +308,27 @@ class SearchConfig(ServiceEndpoint):
     clients that open several connections (docs/search.md)."""
 
 
+# `vllm serve` flags the launcher derives from the recipe: inference.server.extra_args may not
+# repeat them (the later flag would silently win, or the pool would disagree with its server).
+LAUNCHER_MANAGED_FLAGS = {
+    "--model": "inference.server.model_path (else model.path)",
+    "--served-model-name": "the launcher (the pool asks for the name 'policy')",
+    "--host": "inference.urls[0]",
+    "--port": "inference.urls[0]",
+    "--dtype": "inference.server.dtype",
+    "--max-model-len": "inference.server.max_model_len",
+    "--max-num-seqs": "inference.server.max_num_seqs",
+    "--max-logprobs": "the launcher (the log-probs the rollout needs)",
+    "--logprobs-mode": "the launcher (the trainer recomputes raw log-probs)",
+    "--seed": "run.seed",
+    "--tensor-parallel-size": "inference.server.tensor_parallel_size",
+    "-tp": "inference.server.tensor_parallel_size",
+    "--enforce-eager": "inference.server.enforce_eager",
+    "--gpu-memory-utilization": "inference.server.gpu_memory_utilization",
+    "--weight-transfer-config": "inference.weight_transfer_backend",
+}
+
+
 class InferenceServerConfig(Section):
     """How the local launcher starts `vllm serve` (`agentrl up`'s `vllm` service, tests,
     benchmarks; libs/common/inference/launcher.py). Servers on a cluster are started by their
@@ -326,6 +347,29 @@ class InferenceServerConfig(Section):
     """Sequences a launched server batches at once."""
     start_timeout_s: float = Field(default=300.0, gt=0)
     """How long the launcher waits for a server's /health before giving up."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """GPUs one server shards the model over (`--tensor-parallel-size`); the chart sets it to
+    `vllm.gpus`, the GPUs each replica requests."""
+    enforce_eager: bool = True
+    """`--enforce-eager`: no CUDA graphs. Needed on CPU; false on GPUs trades start time and
+    memory for faster decoding."""
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    """GPU servers: the share of GPU memory vLLM may use (`--gpu-memory-utilization`); None:
+    vLLM's default (0.9)."""
+    extra_args: list[str] = []
+    """More `vllm serve` flags, passed as given after the launcher's own, e.g.
+    ["--enable-prefix-caching"]. Flags the launcher derives from other settings are refused."""
+
+    @model_validator(mode="after")
+    def _check_extra_args(self) -> InferenceServerConfig:
+        for arg in self.extra_args:
+            flag = arg.split("=", 1)[0]
+            if flag in LAUNCHER_MANAGED_FLAGS:
+                raise ValueError(
+                    f"extra_args sets {flag}, which the launcher sets itself from "
+                    f"{LAUNCHER_MANAGED_FLAGS[flag]}; remove it from extra_args and set that"
+                )
+        return self
 
 
 class InferenceConfig(Section):

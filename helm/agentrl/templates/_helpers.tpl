@@ -36,6 +36,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.vllm.image.repository (.Values.vllm.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
+{{/* The engine settings of every vLLM replica (the recipe's inference.server): a replica with
+several GPUs shards the model over them (tensor parallel); eager mode (no CUDA graphs) unless
+set, on CPU only. */}}
+{{- define "agentrl.vllmEngine" -}}
+{{- $vllm := .Values.vllm -}}
+{{- /* The launcher's own flags (LAUNCHER_MANAGED_FLAGS in libs/common/config.py). */ -}}
+{{- $managed := list "--model" "--served-model-name" "--host" "--port" "--dtype" "--max-model-len" "--max-num-seqs" "--max-logprobs" "--logprobs-mode" "--seed" "--tensor-parallel-size" "-tp" "--enforce-eager" "--gpu-memory-utilization" "--weight-transfer-config" -}}
+{{- range $vllm.extraArgs -}}
+{{- if has (splitList "=" . | first) $managed -}}
+{{- fail (printf "vllm.extraArgs sets %s, which the chart sets itself: use vllm.gpus (tensor parallel), vllm.enforceEager, vllm.gpuMemoryUtilization, vllm.port or recipe.inference.server.* (dtype, max_model_len, max_num_seqs) instead" (splitList "=" . | first)) -}}
+{{- end -}}
+{{- end -}}
+{{- $engine := dict "tensor_parallel_size" (max 1 (int $vllm.gpus)) "extra_args" $vllm.extraArgs -}}
+{{- $_ := set $engine "enforce_eager" (ternary (eq (int $vllm.gpus) 0) $vllm.enforceEager (kindIs "invalid" $vllm.enforceEager)) -}}
+{{- if not (kindIs "invalid" $vllm.gpuMemoryUtilization) -}}
+{{- $_ := set $engine "gpu_memory_utilization" $vllm.gpuMemoryUtilization -}}
+{{- end -}}
+{{- toYaml $engine -}}
+{{- end -}}
+
 {{/* Each vLLM replica's own URL through the headless Service (pod.service resolves in the
 namespace): pause, weight updates and version changes go to every replica. */}}
 {{- define "agentrl.vllmUrls" -}}
@@ -94,7 +114,7 @@ computed from the values, with .Values.recipe merged over them.
 {{- end -}}
 {{- if .Values.vllm.enabled -}}
 {{- $backend := ternary "agentrl_gloo" "none" (eq .Values.trainer.weightTransport "vllm") -}}
-{{- $_ := set $recipe "inference" (dict "urls" (include "agentrl.vllmUrls" . | fromJsonArray) "weight_transfer_backend" $backend) -}}
+{{- $_ := set $recipe "inference" (dict "urls" (include "agentrl.vllmUrls" . | fromJsonArray) "weight_transfer_backend" $backend "server" (include "agentrl.vllmEngine" . | fromYaml)) -}}
 {{- end -}}
 {{- if .Values.rollout.enabled -}}
 {{- $_ := set $recipe "rollout" (dict "address" (printf "%s-rollout:%v" $fullname .Values.rollout.grpcPort) "shutdown_grace_s" .Values.rollout.shutdownGraceSeconds) -}}

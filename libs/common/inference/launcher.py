@@ -17,8 +17,10 @@ the code behind `vllm serve`) in a new process group, with
   the engine behind the four-phase weight-transfer routes; `agentrl_gloo` is registered by
   AgentRL's `vllm.general_plugins` entry point (vllm_plugin.py), so the server must run in an
   environment where agentrl is installed;
-- `--enforce-eager` and `VLLM_CPU_KVCACHE_SPACE` (GiB) on CPU, where graphs are not captured
-  and the KV cache is sized by hand.
+- `--enforce-eager` (`inference.server.enforce_eager`, needed on CPU, where graphs are not
+  captured) and `VLLM_CPU_KVCACHE_SPACE` (GiB; CPU servers size the KV cache by hand);
+- `--tensor-parallel-size`, `--gpu-memory-utilization` and `inference.server.extra_args` for
+  GPU servers (the chart's vLLM values set them).
 The module form is used instead of the `vllm` console script because vllm-cpu's distribution
 is named `vllm-cpu`, and the script's version lookup of `vllm` fails on it.
 
@@ -98,14 +100,19 @@ def build_command(
         "--generation-config",
         "vllm",
         "--enable-scale-out",
-        "--enforce-eager",
         "--seed",
         str(seed),
         "--disable-uvicorn-access-log",
     ]
+    if config.enforce_eager:
+        command.append("--enforce-eager")
+    if config.tensor_parallel_size > 1:
+        command += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
+    if config.gpu_memory_utilization is not None:
+        command += ["--gpu-memory-utilization", str(config.gpu_memory_utilization)]
     if weight_transfer_backend != "none":
         command += ["--weight-transfer-config", json.dumps({"backend": weight_transfer_backend})]
-    return command
+    return command + list(config.extra_args)
 
 
 def build_env(config: InferenceServerConfig) -> dict[str, str]:

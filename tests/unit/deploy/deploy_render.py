@@ -48,6 +48,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "native-transport": {"trainer": {"weightTransport": "vllm"}},
     "monitoring": {"monitoring": {"podMonitor": {"enabled": True}}},
     "torchrun-cpu": {"trainer": {"nodes": 2}},
+    "vllm-tensor-parallel": {
+        "vllm": {"gpus": 2, "gpuMemoryUtilization": 0.85, "extraArgs": ["--enable-prefix-caching"]}
+    },
 }
 
 
