@@ -5,7 +5,10 @@ through non-blocking pipes with one `selectors` loop (no thread per stream) and 
 `kill_tree()` the moment the deadline passes or a stream passes its cap. The two are separate
 because the bwrap backend spawns warm processes before a request exists. The backend supplies
 `kill_tree` (cgroup-wide SIGKILL for bwrap, container kill for docker), because killing the
-direct child alone leaves grandchildren that called setsid().
+direct child alone leaves grandchildren that called setsid(). `proc` may also be a process that
+is not this one's child (a docker container's executor started it,
+agentrl.sandbox.docker_channel): anything with a Popen's three streams and a `wait()` that
+returns its exit status; only `kill_tree` kills it, and its CPU time is not reported here.
 
 With `control_fd` (the read end of a pipe whose write end the program's runner holds), a line
 `<exit status>\n` on it ends the run at once: what stdout and stderr already hold is read
@@ -99,7 +102,8 @@ def drive(
     def kill() -> None:
         if kill_tree is not None:
             kill_tree()
-        kill_group(proc)
+        if isinstance(proc, subprocess.Popen):
+            kill_group(proc)
 
     out = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
     truncated = dict.fromkeys(out, False)
@@ -173,6 +177,8 @@ def drive(
     stdout_fd, stderr_fd = list(out)
     if finished:  # the program is done; its sandbox may still be exiting
         returncode, cpu_time_s, max_rss_kb, exited = control.status, 0.0, 0, False
+    elif not isinstance(proc, subprocess.Popen):  # not our child: its starter reports
+        returncode, cpu_time_s, max_rss_kb, exited = proc.wait(), 0.0, 0, True
     else:
         _, status, rusage = os.wait4(proc.pid, 0)
         proc.returncode = returncode = os.waitstatus_to_exitcode(status)
