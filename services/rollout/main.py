@@ -13,8 +13,11 @@ thread (it also follows the run's published policy version from Redis), gRPC
 agentrl.common.grpc_server) and HTTP /healthz, /readyz, /metrics.
 
 `main` serves until SIGTERM/SIGINT (agentrl.common.shutdown): readiness and gRPC health turn
-NOT_SERVING, the worker stops taking tasks and drains (`rollout.shutdown_grace_s`), then the
-servers stop.
+NOT_SERVING, the worker stops taking tasks and drains (`rollout.shutdown_grace_s`; the tasks
+still running then are cancelled and stay unacked, reclaimed by another worker), then the
+servers stop and it exits 0, within the grace plus `CANCEL_GRACE_S` (the local stack and the
+chart give it 30 s beyond the grace). A worker loop that ends without a stop request (a crash)
+exits 1, so a supervisor sees a failure.
 
 What this does NOT cover: pausing the pool on a new policy version. The trainer's weight sync
 pauses, reloads and resumes the vLLM servers itself (docs/rollout.md, "Policy versions"); Pause
@@ -35,6 +38,9 @@ GRPC_WORKERS = 8  # control calls are rare; health checks and reflection share t
 # Connections to the search service: as many as its most worker processes when it picks
 # (search.workers 0: at most 8), so a busy rollout worker reaches all of them.
 SEARCH_CONNECTIONS = 8
+# After the drain's grace: cancelled tasks unwind (a Redis call in a thread is not interruptible
+# but bounded by its own deadline); the worker thread is a daemon, the process exits regardless.
+CANCEL_GRACE_S = 10.0
 
 
 @dataclass
@@ -177,4 +183,6 @@ def main(config: AgentRLConfig) -> None:
     install_shutdown_handler(lambda _signum, _frame: stopping.set())
     while not stopping.wait(0.5) and service.thread.is_alive():
         pass
-    service.stop()
+    service.stop(config.rollout.shutdown_grace_s + CANCEL_GRACE_S)
+    if not stopping.is_set():
+        raise SystemExit("the rollout worker's loop ended without a stop request; see above")

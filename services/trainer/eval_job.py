@@ -12,22 +12,35 @@ service (`reward.address`). The groups are scored by `evaluation.evaluate_groups
 
 Concurrency: at most `rollout.max_concurrent_episodes` episodes at once (whole groups of k).
 No Redis, no trainer, no weight sync: it evaluates whatever weights the pool serves.
+
+Outages (agentrl.common.retry, as in a rollout worker): the sandbox, reward and search clients
+retry an unreachable service until its `<service>.reconnect_deadline_s`, vLLM generation until
+`inference.reconnect_deadline_s`, so a restart is a pause. A group that still met an outage (a
+call that raised past its deadline, or a tool call the service could not run) is not scored as
+the model's: it is sampled again, at most `rollout.max_group_attempts` times in all, then the
+evaluation fails with the outage's error (service, address, setting).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agentrl.common.config import AgentRLConfig
+from agentrl.common.logging import get_logger
 from agentrl.trainer.data import load_prompts
 from agentrl.trainer.evaluation import evaluate_groups, is_correct
 from agentrl.trainer.rl_loop import make_task
 
+log = get_logger(__name__)
+
 EVAL_WORKER_ID = "eval"
+# Pause before sampling a group again after an outage (doubling per attempt).
+RETRY_INITIAL_S = 1.0
 # Tasks are admitted at policy version 0: evaluation has no trainer versions of its own.
 EVAL_POLICY_VERSION = 0
 
@@ -120,11 +133,17 @@ async def sample_groups(
     slots = asyncio.Semaphore(max(1, settings.max_concurrent_episodes // k))
     pool = InferencePool.from_config(config.inference)
     await pool.start()
-    search_channel = grpc_client.create_channel(config.search.target())
+    search_channel = grpc_client.create_channel(
+        config.search.target(), outage=grpc_client.outage_for("search", config.search)
+    )
     try:
         with (
-            sandbox_client(config.sandbox) as sandbox,
-            RewardClient(config.reward.target()) as reward,
+            sandbox_client(
+                config.sandbox, outage=grpc_client.outage_for("sandbox", config.sandbox)
+            ) as sandbox,
+            RewardClient(
+                config.reward.target(), outage=grpc_client.outage_for("reward", config.reward)
+            ) as reward,
         ):
             tools = ToolBox.for_agents(
                 sandbox, search_channel, settings.tool_timeout_s, settings.python_sessions
@@ -139,12 +158,40 @@ async def sample_groups(
 
             async def one(task):
                 async with slots:
-                    return await sampler.sample(task)
+                    return await sample_through_outages(sampler, task, settings.max_group_attempts)
 
             return list(await asyncio.gather(*(one(task) for task in tasks)))
     finally:
         search_channel.close()
         await pool.close()
+
+
+async def sample_through_outages(sampler: Any, task: Any, max_attempts: int) -> Any:
+    """`sampler.sample(task)`, sampled again while it meets an outage (at most `max_attempts`
+    in all); past that the outage's error is raised."""
+    from agentrl.rollout.worker import infrastructure_failure
+
+    attempt = 1
+    while True:
+        try:
+            group = await sampler.sample(task)
+            cause = infrastructure_failure(group)
+            if cause is None:
+                return group
+            error = ConnectionError(
+                f"evaluation of {task.prompt_id} met an outage in each of its {max_attempts} "
+                f"attempts (rollout.max_group_attempts), the last: {cause}"
+            )
+        except ConnectionError as exc:  # ServiceUnavailableError: a client's deadline passed
+            error = exc
+        if attempt >= max_attempts:
+            raise error
+        log.warning(
+            "evaluation group met an outage; sampling it again",
+            extra={"prompt_id": task.prompt_id, "attempt": attempt, "error": str(error)},
+        )
+        await asyncio.sleep(RETRY_INITIAL_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
+        attempt += 1
 
 
 def run_eval(
