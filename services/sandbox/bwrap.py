@@ -64,8 +64,9 @@ from agentrl.sandbox.interface import (
     ExecutionResult,
     Status,
 )
-from agentrl.sandbox.languages import Language, get_language
+from agentrl.sandbox.languages import BINARY_PATH, Language, get_language
 from agentrl.sandbox.outcome import classify, compile_failure, compile_memory_mb, compile_outcome
+from agentrl.sandbox.private_tmpfs import RELEASE, await_hold, hold_argv, sandbox_pid, supports_size
 from agentrl.sandbox.seccomp import write_filter
 from agentrl.sandbox.workdir import CGROUP_PREFIX, SlotDir, check_traversable, sweep_stale
 
@@ -89,6 +90,8 @@ RUNNER_SOURCE = (Path(__file__).parent / "runner.py").read_text()
 # SIGKILL rounds, fork/exec of the next one while running sandboxes hold the CPUs), so one
 # thread would cap throughput near 1 / (its wall time).
 RECYCLER_THREADS = 4
+# The compiled binary's name in the work dir (carried from compile to run in a private slot).
+BINARY_NAME = BINARY_PATH.removeprefix("/work/")
 # Warm slots beyond max_concurrency (this fraction of it, at least one): a request answered
 # from the runner's control line leaves its slot tearing down and re-priming in the
 # background, so at full concurrency the next request would otherwise wait for that.
@@ -152,7 +155,10 @@ class BwrapBackend(Backend):
             self.run_as,
             str(seccomp_path) if seccomp_path else None,
             shutil.which("prlimit"),
+            supports_size(bwrap),
         )
+        if not self.tools.sized_tmpfs:
+            log.warning("bwrap %s has no --size (bubblewrap >= 0.5 has): /dev/shm unbounded", bwrap)
         if self.run_as is not None:
             try:
                 check_traversable(self.root)
@@ -188,7 +194,10 @@ class BwrapBackend(Backend):
     def make_slot(self, name: str) -> Slot:
         """Fresh host resources for one sandbox (also used by sessions)."""
         group = self.cgroups.child(name) if self.cgroups else None
-        return Slot(name, SlotDir(self.root / name, self.config.disk_mb, self.run_as), group)
+        slot_dir = SlotDir(
+            self.root / name, self.config.disk_mb, self.run_as, self.tools.sized_tmpfs
+        )
+        return Slot(name, slot_dir, group)
 
     def release_slot(self, slot: Slot) -> None:
         self._kill(slot)
@@ -200,18 +209,22 @@ class BwrapBackend(Backend):
         return self._ready.qsize()
 
     def limits(self) -> list[Limit]:
-        tmpfs = all(slot.dir.mounted for slot in self._all) if self._all else os.geteuid() == 0
+        disk = "private" if any(slot.dir.private for slot in self._all) else "slot"
+        if not all(slot.dir.mounted or slot.dir.private for slot in self._all):
+            disk = "none"
         return bwrap_limits(
             self.config,
             cgroups=self.cgroups is not None,
             seccomp=self.tools.seccomp_filter is not None,
             prlimit=self.tools.prlimit is not None,
-            tmpfs=tmpfs,
+            disk=disk,
+            shm=self.tools.sized_tmpfs,
         )
 
     def _prime(self, slot: Slot) -> None:
-        """Start the slot's next warm interpreter (only with a cgroup: limits are set later)."""
-        if slot.cgroup is None:
+        """Start the slot's next warm interpreter (only with a cgroup: limits are set later;
+        and not in a private slot, whose files go in only once the sandbox is up)."""
+        if slot.cgroup is None or slot.dir.private:
             return
         slot.cgroup.set_limits(
             max(self.config.default_memory_mb, 64), self.config.max_processes, self.config.cpu_cores
@@ -273,9 +286,17 @@ class BwrapBackend(Backend):
             self._dirty.put(slot)
 
     def run_in_slot(self, slot: Slot, request: ExecutionRequest) -> ExecutionResult:
+        try:
+            return self._run_in_slot(slot, request)
+        finally:
+            slot.dir.detach()  # a private slot's tmpfs is freed with its run
+
+    def _run_in_slot(self, slot: Slot, request: ExecutionRequest) -> ExecutionResult:
         language = get_language(request.language)
         code = request.code.encode("utf-8", "surrogatepass")
-        slot.dir.write_files({**request.files, language.source_name: code})
+        files = {**request.files, language.source_name: code}
+        if not slot.dir.private:
+            slot.dir.write_files(files)
         group = slot.cgroup
         proc, stdin = slot.warm, request.stdin
         slot.warm = None
@@ -298,9 +319,11 @@ class BwrapBackend(Backend):
             proc = None
         compiled = None
         if language.compiler:
-            compiled = self._compile(slot, request, language)
+            compiled, binary = self._compile(slot, request, language, files)
             if compiled.status != Status.OK:
                 return compile_failure(compiled, request, self.name)
+            if binary is not None:  # a private slot: the binary goes into the run's tmpfs
+                files[BINARY_NAME] = binary
             if group is not None:
                 group.set_limits(
                     request.memory_mb, self.config.max_processes, self.config.cpu_cores
@@ -311,9 +334,10 @@ class BwrapBackend(Backend):
             stdin = b"%d\n" % len(code) + code + stdin
         else:
             program = language.argv(self.config.python, f"/work/{language.source_name}")
-            proc = spawn(
-                self.command(slot, request.timeout_s, request.memory_mb, program), SANDBOX_ENV
+            proc, release = self._spawn_cold(
+                slot, request.timeout_s, request.memory_mb, program, files
             )
+            stdin = release + stdin
         oom_before = group.oom_kills() if group is not None else 0
         cpu_before = group.cpu_time_s() if group is not None else 0.0
         slot.spent = proc  # the recycler kills and reaps whatever of it is left
@@ -343,9 +367,40 @@ class BwrapBackend(Backend):
             result.files = slot.dir.read_files(request.fetch_files, self.config.disk_mb << 20)
         return result
 
-    def _compile(self, slot: Slot, request: ExecutionRequest, language: Language) -> CompileResult:
+    def _spawn_cold(
+        self,
+        slot: Slot,
+        timeout_s: float,
+        memory_mb: int,
+        program: list[str],
+        files: dict[str, bytes],
+    ) -> tuple[subprocess.Popen, bytes]:
+        """Start a sandbox running `program`; returns it and what its stdin must begin with.
+
+        A private slot's sandbox starts behind the hold (agentrl.sandbox.private_tmpfs): once
+        bwrap has mounted its tmpfs, `files` are written into it through the attached /work,
+        and the returned RELEASE lets the program start. Otherwise the files are there already."""
+        if not slot.dir.private:
+            return spawn(self.command(slot, timeout_s, memory_mb, program), SANDBOX_ENV), b""
+        proc = spawn(self.command(slot, timeout_s, memory_mb, hold_argv(program)), SANDBOX_ENV)
+        try:
+            await_hold(proc)
+            slot.dir.attach(sandbox_pid(proc.pid))
+            slot.dir.write_files(files, executable=(BINARY_NAME,))
+        except BaseException:
+            kill_group(proc)
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                stream.close()
+            raise
+        return proc, RELEASE
+
+    def _compile(
+        self, slot: Slot, request: ExecutionRequest, language: Language, files: dict[str, bytes]
+    ) -> tuple[CompileResult, bytes | None]:
         """Run the compile step cold in the slot, under `compile_timeout_s`; nothing of it is
-        left running when this returns."""
+        left running when this returns. In a private slot the binary is read back from the
+        compile's tmpfs (returned, to be written into the run's); otherwise None."""
         group = slot.cgroup
         memory_mb = compile_memory_mb(request, self.config)
         oom_before = 0
@@ -353,10 +408,10 @@ class BwrapBackend(Backend):
             group.set_limits(memory_mb, self.config.max_processes, self.config.cpu_cores)
             oom_before = group.oom_kills()
         program = language.compile_argv(f"/work/{language.source_name}")
-        proc = spawn(self.command(slot, request.compile_timeout_s, memory_mb, program), SANDBOX_ENV)
+        proc, release = self._spawn_cold(slot, request.compile_timeout_s, memory_mb, program, files)
         captured = drive(
             proc,
-            stdin=b"",
+            stdin=release,
             timeout_s=request.compile_timeout_s,
             max_output_bytes=self.config.max_output_bytes,
             kill_tree=group.kill_all if group is not None else None,
@@ -366,7 +421,12 @@ class BwrapBackend(Backend):
             if not group.wait_empty(TEARDOWN_WAIT_S):
                 group.kill_all()
             oomed = group.oom_kills() > oom_before
-        return compile_outcome(captured, oomed, request, memory_mb, self.config.max_output_bytes)
+        binary = None
+        if slot.dir.private:
+            binary = slot.dir.read_files([BINARY_NAME], self.config.disk_mb << 20).get(BINARY_NAME)
+            slot.dir.detach()
+        outcome = compile_outcome(captured, oomed, request, memory_mb, self.config.max_output_bytes)
+        return outcome, binary
 
     def command(
         self,

@@ -12,6 +12,10 @@ installs it just before it executes the program, then closes the fd. The shell j
 untrusted program ever runs outside them. Used by the one-shot runs and the warm slots of
 agentrl.sandbox.bwrap and by the sessions (agentrl.sandbox.sessions).
 
+/dev/shm is a tmpfs of `disk_mb` and the rest of /dev read-only (bwrap's /dev is otherwise an
+unbounded tmpfs the program may write). A private slot (no root to mount its tmpfs;
+agentrl.sandbox.private_tmpfs) gets tmpfs mounts of `disk_mb` at /work and /tmp from bwrap.
+
 Without a cgroup (not root, cgroup v2 host) memory falls back to RLIMIT_AS per process, and
 the process limit to RLIMIT_NPROC set by prlimit inside the run's own user namespace, which
 the kernel (5.14+) counts per namespace: per run, not shared by all runs of the uid.
@@ -62,6 +66,9 @@ class Tools:
     """Host path of the compiled seccomp filter (None: no filter)."""
     prlimit: str | None = None
     """util-linux prlimit (sets the per-run process limit inside the run's user namespace)."""
+    sized_tmpfs: bool = False
+    """bwrap has `--size` (>= 0.5): /dev/shm and a private slot's /work and /tmp are tmpfs
+    mounts of `disk_mb` in the run's own mount namespace."""
 
 
 def sandbox_argv(
@@ -111,10 +118,13 @@ def sandbox_argv(
             "--clear-groups",
             "--",
         ]
-    return argv + bwrap_args(config, tools.bwrap, slot_dir) + seccomp + ["--", *inside, *program]
+    tail = ["--", *inside, *program]
+    return argv + bwrap_args(config, tools.bwrap, slot_dir, tools.sized_tmpfs) + seccomp + tail
 
 
-def bwrap_args(config: SandboxConfig, bwrap: str, slot_dir: SlotDir) -> list[str]:
+def bwrap_args(
+    config: SandboxConfig, bwrap: str, slot_dir: SlotDir, sized_tmpfs: bool = False
+) -> list[str]:
     args = [
         bwrap,
         "--unshare-all",
@@ -139,20 +149,14 @@ def bwrap_args(config: SandboxConfig, bwrap: str, slot_dir: SlotDir) -> list[str
         args += ["--ro-bind", ALTERNATIVES_DIR, ALTERNATIVES_DIR]
     for path in config.ro_binds:
         args += ["--ro-bind", path, path]
-    args += [
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--bind",
-        str(slot_dir.work),
-        "/work",
-        "--bind",
-        str(slot_dir.tmp),
-        "/tmp",
-        "--chdir",
-        "/work",
-        "--remount-ro",
-        "/",
-    ]
-    return args
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    size = str(config.disk_mb << 20)
+    if sized_tmpfs:
+        # bwrap's /dev is a tmpfs of the sandbox uid without a size: /dev/shm gets a sized
+        # one of its own and the rest of /dev becomes read-only, so neither fills memory.
+        args += ["--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+    if slot_dir.private:
+        args += ["--size", size, "--tmpfs", "/work", "--size", size, "--tmpfs", "/tmp"]
+    else:
+        args += ["--bind", str(slot_dir.work), "/work", "--bind", str(slot_dir.tmp), "/tmp"]
+    return [*args, "--chdir", "/work", "--remount-ro", "/"]

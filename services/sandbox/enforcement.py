@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
+from agentrl.sandbox.bwrap_argv import ADDRESS_SPACE_SLACK_MB
 
 log = get_logger(__name__)
 
@@ -32,13 +33,35 @@ class Limit:
 
 
 def bwrap_limits(
-    config: SandboxConfig, cgroups: bool, seccomp: bool, prlimit: bool, tmpfs: bool
+    config: SandboxConfig,
+    cgroups: bool,
+    seccomp: bool,
+    prlimit: bool,
+    disk: str,
+    shm: bool = True,
 ) -> list[Limit]:
-    """The bwrap backend's limits given what it found at start-up."""
+    """The bwrap backend's limits given what it found at start-up. `disk`: "slot" (a tmpfs
+    per slot mounted by the service), "private" (tmpfs mounts in each run's own mount
+    namespace, by bwrap) or "none"; `shm`: /dev/shm is a sized tmpfs and /dev read-only."""
     v1 = "cgroup v1"
     missing_cgroup = (
         "no usable cgroup v1 (service not root, or a cgroup v2 host): run as root on a v1 host"
     )
+    address_mb = config.default_memory_mb + ADDRESS_SPACE_SLACK_MB
+    per_process = (
+        f"only RLIMIT_AS per process (memory_mb + {ADDRESS_SPACE_SLACK_MB} MB of address "
+        f"space), no total per run: a run may hold up to max_processes x that "
+        f"({config.max_processes} x {address_mb} MB at the default memory_mb) plus its tmpfs "
+        "mounts"
+    )
+    shm_how = f"; /dev/shm a tmpfs of disk_mb={config.disk_mb}, the rest of /dev read-only"
+    disk_how = {
+        "slot": f"a tmpfs of disk_mb={config.disk_mb} per slot (work dir and /tmp together)",
+        "private": f"tmpfs mounts of disk_mb={config.disk_mb} each at /work and /tmp inside each "
+        "run's own mount namespace (bwrap --size; nothing reaches the host's disk)",
+        "none": "only RLIMIT_FSIZE per file: many files can fill the host disk under work_root; "
+        "needs root (a tmpfs per slot) or bubblewrap >= 0.5 (--size)",
+    }[disk]
     return [
         Limit("wall_clock", True, "timeout_s: the whole process tree is SIGKILLed"),
         Limit("output", True, f"max_output_bytes={config.max_output_bytes} per stream"),
@@ -47,8 +70,7 @@ def bwrap_limits(
             cgroups,
             f"{v1} memory controller: all processes of a run together, OOM reported"
             if cgroups
-            else f"only RLIMIT_AS per process: a run of N processes may use N x the limit; "
-            f"{missing_cgroup}",
+            else f"{per_process}; {missing_cgroup}",
         ),
         Limit(
             "processes",
@@ -65,16 +87,10 @@ def bwrap_limits(
             cgroups,
             f"{v1} CFS quota of cpu_cores={config.cpu_cores:g} per run"
             if cgroups
-            else f"no per-run CPU share, only RLIMIT_CPU seconds; {missing_cgroup}",
+            else "no per-run CPU share: RLIMIT_CPU caps CPU seconds (timeout_s x cpu_cores), "
+            f"not the rate, and the scheduler shares the CPUs per process; {missing_cgroup}",
         ),
-        Limit(
-            "disk",
-            tmpfs,
-            f"a tmpfs of disk_mb={config.disk_mb} per slot (work dir and /tmp together)"
-            if tmpfs
-            else "only RLIMIT_FSIZE per file: many files can fill the host disk under "
-            "work_root; mounting the per-slot tmpfs needs root (CAP_SYS_ADMIN)",
-        ),
+        Limit("disk", disk != "none", disk_how + (shm_how if shm else "; /dev/shm unbounded")),
         Limit(
             "syscalls",
             seccomp,

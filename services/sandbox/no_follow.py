@@ -61,14 +61,19 @@ def split_relative(rel: str) -> list[str]:
     return parts
 
 
-def write_file(root: Path, rel: str, data: bytes, uid: int | None) -> None:
-    """Write `data` to `root/rel`, creating parent directories; `uid` owns what is written."""
+def write_file(
+    root: Path | int, rel: str, data: bytes, uid: int | None, mode: int | None = None
+) -> None:
+    """Write `data` to `root/rel` (`root`: a path or an open directory fd), creating parent
+    directories; `uid` owns what is written; `mode`, when given, is set on the file."""
     parts = split_relative(rel)
     with _walk(root, rel, parts[:-1], create_uid=uid, create=True) as dir_fd:
         fd = _open_for_write(dir_fd, rel, parts[-1])
         try:
             if uid is not None:
                 os.fchown(fd, uid, uid)
+            if mode is not None:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -78,7 +83,7 @@ def write_file(root: Path, rel: str, data: bytes, uid: int | None) -> None:
             os.close(fd)
 
 
-def read_file(root: Path, rel: str, max_bytes: int) -> bytes | None:
+def read_file(root: Path | int, rel: str, max_bytes: int) -> bytes | None:
     """Content of the regular file `root/rel`, or None if it is missing, a link, special or
     larger than `max_bytes`."""
     try:
@@ -99,12 +104,16 @@ def read_file(root: Path, rel: str, max_bytes: int) -> bytes | None:
 
 @contextmanager
 def _walk(
-    root: Path, rel: str, dirs: list[str], create_uid: int | None, create: bool
+    root: Path | int, rel: str, dirs: list[str], create_uid: int | None, create: bool
 ) -> Iterator[int]:
     """An fd of the directory `root/dirs...`, each component opened without following links;
-    missing ones are made (and given to `create_uid`) when `create`."""
+    missing ones are made (and given to `create_uid`) when `create`. An int `root` is an open
+    directory fd (left open: the walk works on its own duplicate)."""
     try:
-        dir_fd = os.open(root, DIR_FLAGS)
+        if isinstance(root, int):
+            dir_fd = os.open(".", DIR_FLAGS, dir_fd=root)
+        else:
+            dir_fd = os.open(root, DIR_FLAGS)
     except OSError as error:
         raise UnsafePath(f"cannot open the work dir: {error.strerror}") from None
     try:

@@ -20,6 +20,9 @@ it left running (`sleep 600 &`, a kept subprocess, a double-forked daemon) is SI
 (agentrl.sandbox.leftovers) and the answer says how many. The session's work dir is the
 program's between calls, so request files are written and fetched files read without following
 links (agentrl.sandbox.no_follow): a link the session planted makes the call `rejected`.
+Without root the work dir is a tmpfs inside the session's own mount namespace
+(agentrl.sandbox.private_tmpfs): it lives as long as the interpreter, so a session whose
+interpreter was stopped (timeout, crash, eviction) starts with an empty work dir too.
 
 What this module does NOT cover: persistence across service restarts or replicas (a session
 lives in one process: route a trajectory's calls to one replica), per-call CPU/peak memory
@@ -47,6 +50,7 @@ from agentrl.sandbox.bwrap import SANDBOX_ENV, BwrapBackend, Slot
 from agentrl.sandbox.capture import READ_CHUNK_BYTES, kill_group, spawn
 from agentrl.sandbox.interface import ExecutionRequest, ExecutionResult, RequestRejected, Status
 from agentrl.sandbox.leftovers import end_leftovers, session_pids
+from agentrl.sandbox.private_tmpfs import sandbox_pid
 
 log = get_logger(__name__)
 
@@ -202,6 +206,12 @@ class SessionManager:
                 )
             line += chunk
         session.kernel_pids = frozenset(session_pids(session.proc.pid, session.slot.cgroup))
+        if session.slot.dir.private:  # its /work is a tmpfs in the session's own namespace
+            try:
+                session.slot.dir.attach(sandbox_pid(session.proc.pid))
+            except (OSError, RuntimeError):
+                self._stop_process(session)
+                raise
 
     def _stop_process(self, session: Session) -> None:
         if session.proc is not None:
@@ -215,6 +225,7 @@ class SessionManager:
         if session.control_fd >= 0:
             os.close(session.control_fd)
             session.control_fd = -1
+        session.slot.dir.detach()  # a private /work ends with its interpreter
 
     def execute(self, request: ExecutionRequest) -> ExecutionResult:
         session = self._get(request)

@@ -12,12 +12,18 @@ O_NOFOLLOW, ownership given with fchown on the open file. A link the program pla
 host file or directory, dangling, in a parent component) makes the write a `rejected` request
 and a fetch skip the file; it is never followed.
 
+Without root the slot cannot mount a tmpfs. A slot made with `private_ok` (the bwrap backend,
+when its bwrap has `--size`) is then *private*: bwrap mounts a tmpfs of `disk_mb` at /work and
+/tmp inside each run's own mount namespace (agentrl.sandbox.private_tmpfs), nothing of the run
+touches the host's disk, and the service reaches /work through a directory fd it opens from a
+process of the run (`attach`) and keeps until the run's files are read back (`detach`).
+
 `sweep_stale` frees what a crashed service process left (its cgroups, its mounted work dirs);
 `check_traversable` checks that the sandbox uid can reach the slot dirs.
 
-What this module does NOT cover: without root (no tmpfs mount) the size limit is only the
-per-file RLIMIT_FSIZE the backend sets, so many files can still fill the host disk; inode
-counts are bounded only by the tmpfs size.
+What this module does NOT cover: a slot neither mounted nor private (docker without root,
+bwrap without `--size`) is bounded only by the per-file RLIMIT_FSIZE the backend sets, so
+many files can still fill the host disk; inode counts are bounded only by the tmpfs size.
 """
 
 from __future__ import annotations
@@ -30,17 +36,20 @@ from pathlib import Path
 from agentrl.common.logging import get_logger
 from agentrl.sandbox.cgroups import CgroupParent
 from agentrl.sandbox.no_follow import read_file, write_file
+from agentrl.sandbox.private_tmpfs import open_work
 
 log = get_logger(__name__)
 
 # Names of the service's cgroups: the prefix, then `<pid>-<random>` of the owning process.
 CGROUP_PREFIX = "agentrl-sandbox-"
+# A compiled binary carried from a private slot's compile run into its program's run.
+EXECUTABLE_MODE = 0o755
 
 
 class SlotDir:
     """The host directories behind one sandbox's /work and /tmp."""
 
-    def __init__(self, root: Path, disk_mb: int, uid: int | None) -> None:
+    def __init__(self, root: Path, disk_mb: int, uid: int | None, private_ok: bool = False) -> None:
         self.root = root
         self.uid = uid
         self.work = root / "work"
@@ -73,14 +82,40 @@ class SlotDir:
         if self.mounted:
             os.chown(root, 0, 0)
         os.chmod(root, 0o711)
+        self.private = private_ok and not self.mounted
+        """/work and /tmp are tmpfs mounts in each run's namespace, reached through `work_fd`."""
+        self.work_fd = -1
         self.clear()
+
+    def attach(self, pid: int) -> None:
+        """Open the private /work that process `pid` (inside a run of this slot) sees."""
+        self.detach()
+        self.work_fd = open_work(pid)
+
+    def detach(self) -> None:
+        """Let go of the run's private /work (its memory is freed once the run has exited)."""
+        if self.work_fd >= 0:
+            os.close(self.work_fd)
+            self.work_fd = -1
+
+    def _work(self) -> Path | int:
+        """Where request files go: the attached private /work, or the host's work/."""
+        if not self.private:
+            return self.work
+        if self.work_fd < 0:
+            raise RuntimeError("a private slot's work dir is reached only while a run is attached")
+        return self.work_fd
 
     def clear(self) -> None:
         """Empty work/ and tmp/ in place and give them back their owner and mode 0700.
 
         In place: the directories themselves stay (same inode), because the docker backend
         bind-mounts them into a long-lived container once. Symlink-safe: links are unlinked,
-        never followed (shutil.rmtree does not follow them on Linux)."""
+        never followed (shutil.rmtree does not follow them on Linux). A private slot has no
+        host dirs: its run's tmpfs goes with the run."""
+        if self.private:
+            self.detach()
+            return
         for path in (self.work, self.tmp):
             if path.is_symlink() or (path.exists() and not path.is_dir()):
                 path.unlink()
@@ -107,11 +142,13 @@ class SlotDir:
         with os.scandir(self.tmp if which == "tmp" else self.work) as entries:
             return next(entries, None) is None
 
-    def write_files(self, files: dict[str, bytes]) -> None:
-        """Write request files (paths already normalized) into work/, never through a link;
-        raises UnsafePath (a RequestRejected) for a path it refuses."""
+    def write_files(self, files: dict[str, bytes], executable: tuple[str, ...] = ()) -> None:
+        """Write request files (paths already normalized) into work/, never through a link
+        (those in `executable` with mode 0755); raises UnsafePath (a RequestRejected) for a
+        path it refuses."""
         for rel, data in files.items():
-            write_file(self.work, rel, data, self._owner())
+            mode = EXECUTABLE_MODE if rel in executable else None
+            write_file(self._work(), rel, data, self._owner(), mode)
 
     def _owner(self) -> int | None:
         """The uid given what the service writes: the sandbox's, when root can give it."""
@@ -122,13 +159,14 @@ class SlotDir:
         found: dict[str, bytes] = {}
         total = 0
         for rel in paths:
-            data = read_file(self.work, rel, max_total_bytes - total)
+            data = read_file(self._work(), rel, max_total_bytes - total)
             if data is not None:
                 found[rel] = data
                 total += len(data)
         return found
 
     def close(self) -> None:
+        self.detach()
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.root)], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -11,6 +11,7 @@ cannot enforce (memory per run, CPU share and disk in non-root mode; /readyz say
 checked for the part it does enforce. The docker backend's battery is test_sandbox_docker.py.
 """
 
+import ast
 import hashlib
 import os
 import shutil
@@ -150,7 +151,8 @@ def fork_bomb(svc):
 
 def memory_bomb(svc):
     code = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))"
-    answer = svc.run(code, memory_limit_MB=256)
+    # The service's longest timeout: on a starved machine reaching the limit takes seconds.
+    answer = svc.run(code, memory_limit_MB=256, run_timeout=10)
     assert answer["status"] == "Failed"
     detail = answer["message"] + answer["run_result"]["stderr"]
     assert "oom" in detail or "MemoryError" in detail
@@ -216,13 +218,33 @@ def environment_and_proc_secrets(svc):
 
 
 def disk_fill(svc):
+    """256 MB per mount in 2 MB files (each below RLIMIT_FSIZE): every mount stops at disk_mb
+    (16 here; /work and /tmp share it as root, each has its own without root), /dev is
+    read-only, and nothing reaches the host's disk under work_root."""
     code = (
-        "try:\n    with open('/work/fill', 'wb') as f:\n"
-        "        for _ in range(64): f.write(b'x' * (1 << 20))\n    print('filled')\n"
-        "except OSError as e: print('stopped', e.errno)"
+        "import os\nwritten = {}\nfor mount in ('/work', '/tmp', '/dev/shm', '/dev'):\n"
+        "    written[mount] = [0, 0]\n    try:\n        for index in range(128):\n"
+        "            with open(f'{mount}/fill-{index}', 'wb') as f: f.write(b'x' * (2 << 20))\n"
+        "            written[mount][0] += 2\n"
+        "    except OSError as e: written[mount][1] = e.errno\nprint(written)"
     )
-    answer = svc.run(code)
-    assert answer["run_result"]["stdout"].startswith("stopped") or answer["status"] == "Failed"
+    before = host_disk_bytes(svc.work_root)
+    answer = svc.run(code, run_timeout=10)
+    written = ast.literal_eval(answer["run_result"]["stdout"])
+    assert {mount: errno for mount, (_, errno) in written.items()} == {
+        "/work": 28,  # ENOSPC
+        "/tmp": 28,
+        "/dev/shm": 28,
+        "/dev": 30,  # EROFS
+    }, written
+    assert all(megabytes <= 16 for megabytes, _ in written.values()), written
+    assert host_disk_bytes(svc.work_root) - before < 1 << 20
+
+
+def host_disk_bytes(path: Path) -> int:
+    """Bytes under `path` on its own file system (slot tmpfs mounts are not the disk)."""
+    out = subprocess.run(["du", "-sxb", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
 
 
 def cpu_starvation(svc):

@@ -1,9 +1,13 @@
 """The sandbox service as the Kubernetes manifests deploy it: not root (uid 10001), so no
-cgroups, no tmpfs mounts and no setpriv. A real service runs as that user; /readyz says which
-limits hold and which do not, a fork bomb in one run leaves another client's print(1) working
-(the per-run process limit lives in the run's own user namespace), and nothing of the run
-survives it."""
+cgroups, no tmpfs mounts of its own and no setpriv. A real service runs as that user; /readyz
+says which limits hold and which do not, a fork bomb in one run leaves another client's
+print(1) working (the per-run process limit lives in the run's own user namespace), nothing of
+the run survives it, and a run that writes 1 GB is stopped at `disk_mb` by the tmpfs mounts
+bwrap makes in the run's own mount namespace, with request files in, fetched files out, C++
+and sessions working through them."""
 
+import ast
+import base64
 import os
 import shutil
 import subprocess
@@ -23,7 +27,9 @@ from agentrl.common.config import SandboxConfig
 from agentrl.common.http import serve_in_thread
 from agentrl.sandbox.executor import Sandbox
 from agentrl.sandbox.http_api import create_sandbox_app
-config = SandboxConfig(max_concurrency=4, queue_size=64, work_root=sys.argv[1], max_processes=32)
+config = SandboxConfig(
+    max_concurrency=4, queue_size=64, work_root=sys.argv[1], max_processes=32, disk_mb=64
+)
 registry = CollectorRegistry()
 sandbox = Sandbox(config, registry=registry)
 http = serve_in_thread(create_sandbox_app(sandbox, token=None, registry=registry))
@@ -69,6 +75,7 @@ def service():
     assert url.startswith("http://127.0.0.1:"), "the non-root service did not start"
     with httpx.Client(base_url=url, timeout=60) as client:
         client.server_pid = server.pid
+        client.work_root = work_root
         yield client
     server.stdin.close()
     server.wait(30)
@@ -87,7 +94,7 @@ def test_readyz_says_which_limits_hold(service):
         "memory": False,
         "processes": True,
         "cpu": False,
-        "disk": False,
+        "disk": True,
         "syscalls": True,
         "network": True,
     }
@@ -114,3 +121,73 @@ def test_a_fork_bomb_leaves_other_clients_working(service):
 def test_one_process_cannot_take_more_than_its_memory(service):
     answer = run(service, "x = bytearray(2 << 30)\nprint('allocated')", memory_limit_MB=256)
     assert answer["status"] == "Failed" and "MemoryError" in answer["run_result"]["stderr"]
+
+
+FILL = """
+import os
+written = {}
+for mount in ("/work", "/tmp", "/dev/shm"):
+    written[mount] = 0
+    try:
+        for index in range(256):  # 1 GB in 4 MB files: each far below RLIMIT_FSIZE
+            with open(f"{mount}/fill-{index}", "wb") as handle:
+                handle.write(b"x" * (4 << 20))
+            written[mount] += 4
+    except OSError as error:
+        written[mount] = (written[mount], error.errno)
+try:
+    open("/dev/fill", "wb")
+    written["/dev"] = "writable"
+except OSError as error:
+    written["/dev"] = error.errno
+print(written)
+"""
+
+
+def disk_use_bytes(path: str) -> int:
+    out = subprocess.run(["du", "-sb", path], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+def test_a_run_writing_1_gb_stops_at_disk_mb_in_its_own_tmpfs(service):
+    assert "own mount namespace" in service.get("/readyz").json()["limits"]["disk"]["how"]
+    before = disk_use_bytes(service.work_root)
+    answer = run(service, FILL, run_timeout=60)
+    assert answer["status"] == "Success", answer
+    written = ast.literal_eval(answer["run_result"]["stdout"])
+    # Each mount stops short of disk_mb=64 with ENOSPC (28), files of 4 MB each: <= 60 MB.
+    assert {mount: value[1] for mount, value in written.items() if mount != "/dev"} == {
+        "/work": 28,
+        "/tmp": 28,
+        "/dev/shm": 28,
+    }, written
+    assert all(56 <= value[0] <= 64 for mount, value in written.items() if mount != "/dev")
+    assert written["/dev"] == 30  # EROFS: the rest of /dev is read-only
+    # Nothing of it reached the host's disk under work_root.
+    assert disk_use_bytes(service.work_root) - before < 1 << 20
+
+
+def test_files_go_in_and_come_out_through_the_private_work_dir(service):
+    code = (
+        "import os\ndata = open('data/in.txt').read()\n"
+        "open('out.txt', 'w').write(data.upper())\nprint(os.listdir('.'), flush=True)"
+    )
+    body = {
+        "code": code,
+        "language": "python",
+        "files": {"data/in.txt": base64.b64encode(b"hello").decode()},
+        "fetch_files": ["out.txt", "missing.txt"],
+    }
+    answer = service.post("/run_code", json=body).json()
+    assert answer["status"] == "Success", answer
+    listed = sorted(ast.literal_eval(answer["run_result"]["stdout"]))
+    assert listed == ["data", "main.py", "out.txt"]
+    assert answer["files"] == {"out.txt": base64.b64encode(b"HELLO").decode()}
+
+
+def test_cpp_compiles_and_runs_in_private_tmpfs_mounts(service):
+    code = '#include <cstdio>\nint main(){int a,b;scanf("%d %d",&a,&b);printf("%d\\n",a+b);}'
+    body = {"code": code, "language": "cpp", "stdin": "2 40", "compile_timeout": 60}
+    answer = service.post("/run_code", json=body).json()
+    assert answer["status"] == "Success", answer
+    assert answer["run_result"]["stdout"] == "42\n"
