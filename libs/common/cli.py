@@ -139,13 +139,21 @@ def _register_service_commands() -> None:
     """Sub-commands that live with their service (imported lazily by each command)."""
     from agentrl.common.model_cli import model_app
     from agentrl.search.cli import index_app, make_qa_world_command, make_search_task_command
-    from agentrl.trainer.cli import eval_app, make_calculator, report, sft_app, train
+    from agentrl.trainer.cli import (
+        eval_app,
+        make_calculator,
+        make_word_problems,
+        report,
+        sft_app,
+        train,
+    )
 
     # `agentrl data` gathers generators from several services in a group of its own (adding
     # commands to a service's typer app would change how that app parses when used alone).
     data_app = typer.Typer(help="Generate data sets.", no_args_is_help=True)
     data_app.command("make-qa-world")(make_qa_world_command)
     data_app.command("make-calculator")(make_calculator)
+    data_app.command("make-word-problems")(make_word_problems)
     data_app.command("make-search-task")(make_search_task_command)
 
     app.add_typer(index_app, name="search")

@@ -1,6 +1,7 @@
 """Trainer sub-commands for the `agentrl` CLI; the main CLI registers `sft_app` as `agentrl sft`,
-`eval_app` as `agentrl eval`, and the functions `train`, `report` and `make_calculator` as
-`agentrl train`, `agentrl report` and `agentrl data make-calculator`.
+`eval_app` as `agentrl eval`, and the functions `train`, `report`, `make_calculator` and
+`make_word_problems` as `agentrl train`, `agentrl report`, `agentrl data make-calculator` and
+`agentrl data make-word-problems`.
 
     agentrl sft --recipe recipes/quickstart.yaml [--data trajectories.jsonl] [--output DIR]
     agentrl train --recipe recipes/quickstart.yaml [--max-steps N]
@@ -9,6 +10,7 @@
     agentrl eval --recipe recipes/quickstart.yaml --data eval.jsonl -k 4 [--out eval.json]
     agentrl report RUN_DIR
     agentrl data make-calculator --recipe recipes/quickstart.yaml --out data/calculator
+    agentrl data make-word-problems --recipe recipes/smollm2_word_problems.yaml --out DIR
 
 Parses the recipe first and imports torch/transformers only when the command runs.
 `--nproc-per-node N` re-launches the same command line under torchrun (distributed.py); a
@@ -302,6 +304,53 @@ def make_calculator(
     try:
         with SandboxClient(config.sandbox.target()) as sandbox:
             summary = make_calculator_data(
+                out,
+                sandbox,
+                num_train=num_train,
+                num_eval=num_eval,
+                num_sft=num_sft,
+                tool_fraction=tool_fraction,
+                seed=seed,
+            )
+    except (ValueError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    console.print(json.dumps(summary, indent=2))
+
+
+def make_word_problems(
+    out: Annotated[Path, typer.Option("--out", help="directory for train/eval/sft JSONL")],
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            "-r",
+            envvar="AGENTRL_RECIPE",
+            help="recipe whose sandbox service executes the SFT tool calls",
+        ),
+    ] = None,
+    num_train: Annotated[int, typer.Option(min=1, help="RL prompts")] = 2000,
+    num_eval: Annotated[int, typer.Option(min=1, help="held-out prompts")] = 100,
+    num_sft: Annotated[int, typer.Option(min=1, help="cold-start trajectories")] = 400,
+    tool_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of SFT trajectories that call the tool")
+    ] = 0.4,
+    seed: Annotated[int, typer.Option(help="the same seed gives the same files")] = 0,
+) -> None:
+    """Write the SmolLM2 recipe's task: multi-step arithmetic word problems, RL and eval prompts,
+    and SFT trajectories whose Hermes tool calls the sandbox service really executed (it must be
+    up: `agentrl up`)."""
+    import json
+
+    from agentrl.common.config import AgentRLConfig
+
+    config = _load_recipe_or_exit(recipe) if recipe else AgentRLConfig()
+    require(config, recipe, services=("sandbox",))
+    from agentrl.sandbox.client import SandboxClient
+    from agentrl.trainer.word_problems import make_word_problem_data
+
+    try:
+        with SandboxClient(config.sandbox.target()) as sandbox:
+            summary = make_word_problem_data(
                 out,
                 sandbox,
                 num_train=num_train,

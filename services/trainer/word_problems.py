@@ -1,0 +1,255 @@
+"""The SmolLM2 recipe's task: multi-step arithmetic word problems, solved with a Python tool
+called in Hermes style (recipes/smollm2_word_problems.yaml, docs/recipes/smollm2_word_problems.md).
+
+    agentrl data make-word-problems --recipe recipes/smollm2_word_problems.yaml --out data/word_problems
+
+writes train.jsonl and eval.jsonl (RL and held-out prompts, trainer/data.py's format) and
+sft.jsonl (cold-start trajectories, trainer/sft.py's format), like `make-calculator`.
+
+A problem is a short story with two or three operations on 2- and 3-digit numbers ("A shop
+packs 37 boxes of 24 pens and has 156 loose pens..."): a 135M model reads the story and copies
+the numbers well, but multiplies 2-digit numbers in its head badly. The tool call is the story
+as one expression, `{"name": "python", "arguments": {"code": "print(37 * 24 + 156)"}}`, in the
+Hermes `<tool_call>` tags that a ChatML template carries as assistant text.
+
+SFT trajectories are executed end to end as in trainer/calculator.py (the call runs in the
+sandbox service through the rollout's own SandboxTool, its output spliced in verbatim); a share
+(`tool_fraction`) calls the tool, the rest answer directly and correctly, so the cold start
+teaches both behaviours and RL learns which one pays. Train, eval and SFT problems are disjoint
+(their stories).
+
+What this does NOT cover: division, problems whose wording must be inferred (every story names
+each operation plainly), and more than one tool call per problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentrl.trainer.calculator import SANDBOX_PARALLELISM, write_jsonl
+
+TASK_TYPE = "math"
+TOOLS = ("python",)
+TOOL_FORMAT = "hermes"
+# Short on purpose (every prompt token costs compute in each forward pass on 2 cores): the SFT
+# cold start teaches the exact form of the call.
+INSTRUCTION = "Use the python tool."
+
+FACTOR = (12, 99)
+NUMBER = (100, 999)
+# (story, expression, ranges): {a} and {b} are 2-digit factors; {c} and {d} 3-digit numbers
+# unless the template says otherwise (a product of three stays within 6 digits).
+TEMPLATES: tuple[tuple[str, str, dict[str, tuple[int, int]]], ...] = (
+    (
+        (
+            "A shop packs {a} boxes of {b} pens and has {c} loose pens. "
+            "How many pens does it have in all?"
+        ),
+        "{a} * {b} + {c}",
+        {},
+    ),
+    (
+        (
+            "A farm has {a} rows of {b} apple trees. A storm knocks down {c} trees. "
+            "How many trees are left?"
+        ),
+        "{a} * {b} - {c}",
+        {},
+    ),
+    (
+        (
+            "A school orders {a} packs of {b} pencils and {c} packs of {d} pens. "
+            "How many pencils and pens does it order?"
+        ),
+        "{a} * {b} + {c} * {d}",
+        {"c": FACTOR, "d": FACTOR},
+    ),
+    (
+        (
+            "Mia earns {a} dollars a week for {b} weeks and then spends {c} dollars. "
+            "How many dollars does she have left?"
+        ),
+        "{a} * {b} - {c}",
+        {},
+    ),
+    (
+        (
+            "A bus makes {a} trips a day for {b} days and carries {c} people on each trip. "
+            "How many people does it carry?"
+        ),
+        "{a} * {b} * {c}",
+        {"c": (12, 60)},
+    ),
+    (
+        (
+            "A library has {c} books. It buys {a} boxes of {b} books and gives away {d} books. "
+            "How many books does it have now?"
+        ),
+        "{c} + {a} * {b} - {d}",
+        {},
+    ),
+)
+
+
+@dataclass(frozen=True)
+class WordProblem:
+    story: str
+    expression: str
+    value: int
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.story} {INSTRUCTION}"
+
+
+def make_problem(rng: random.Random) -> WordProblem:
+    """One story with its numbers drawn; redrawn until the value is positive (a subtraction
+    can exceed a small product)."""
+    while True:
+        story, expression, ranges = rng.choice(TEMPLATES)
+        limits = {"a": FACTOR, "b": FACTOR, "c": NUMBER, "d": NUMBER} | ranges
+        numbers = {name: rng.randint(*limit) for name, limit in limits.items()}
+        code = expression.format(**numbers)
+        value = eval(code, {"__builtins__": {}})  # our own digits and operators only
+        if value > 0:
+            return WordProblem(story.format(**numbers), code, value)
+
+
+def make_problems(count: int, rng: random.Random, exclude: set[str]) -> list[WordProblem]:
+    """`count` problems whose stories are not in `exclude` (then added)."""
+    problems = []
+    while len(problems) < count:
+        problem = make_problem(rng)
+        if problem.story not in exclude:
+            exclude.add(problem.story)
+            problems.append(problem)
+    return problems
+
+
+def prompt_row(problem: WordProblem, split: str, index: int) -> dict[str, Any]:
+    return {
+        "id": f"words-{split}-{index}",
+        "prompt": problem.prompt,
+        "ground_truth": str(problem.value),
+        "task_type": TASK_TYPE,
+        "tools": list(TOOLS),
+    }
+
+
+def tool_call(problem: WordProblem) -> str:
+    """The assistant's turn that calls the tool, ending on the closing tag as a rollout does."""
+    call = {"name": "python", "arguments": {"code": f"print({problem.expression})"}}
+    return f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
+
+
+def answer(value: str) -> str:
+    return f"The answer is <answer>{value}</answer>"
+
+
+def executed_trajectory(problem: WordProblem, sandbox: Any) -> dict[str, Any]:
+    """An episode whose call ran through the rollout's SandboxTool in a session of its own; the
+    tool message is the observation an RL episode shows, the answer what the program printed."""
+    from agentrl.common.agent.tools import SandboxTool
+    from agentrl.common.tool_formats import get_format
+    from agentrl.proto.core.v1 import trajectory_pb2
+
+    call = tool_call(problem)
+    parsed = get_format(TOOL_FORMAT).parse(call)
+    tool, session_id = SandboxTool(sandbox), f"sft-words-{uuid.uuid4().hex[:12]}"
+
+    async def episode():
+        try:
+            return await tool.run(parsed, session_id=session_id)
+        finally:
+            await tool.close_session(session_id)
+
+    outcome = asyncio.run(episode())
+    if outcome.status != trajectory_pb2.TOOL_CALL_STATUS_OK or outcome.output.strip() != str(
+        problem.value
+    ):
+        raise RuntimeError(
+            f"the sandbox answered {outcome.output.strip()!r} (status {outcome.status}) for "
+            f"{problem.expression!r}, expected {problem.value}; is the sandbox service up "
+            "(`agentrl up --services sandbox`) and healthy?"
+        )
+    return {
+        "messages": [
+            {"role": "user", "content": problem.prompt},
+            {"role": "assistant", "content": call},
+            {"role": "tool", "content": outcome.output},
+            {"role": "assistant", "content": answer(outcome.output.strip())},
+        ],
+        "tool_calls": 1,
+    }
+
+
+def direct_trajectory(problem: WordProblem) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "user", "content": problem.prompt},
+            {"role": "assistant", "content": answer(str(problem.value))},
+        ],
+        "tool_calls": 0,
+    }
+
+
+def make_word_problem_data(
+    out_dir: str | Path,
+    sandbox: Any,
+    *,
+    num_train: int = 2000,
+    num_eval: int = 100,
+    num_sft: int = 400,
+    tool_fraction: float = 0.4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write train.jsonl, eval.jsonl and sft.jsonl to `out_dir`; returns a summary."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for name, count in (("num_train", num_train), ("num_eval", num_eval), ("num_sft", num_sft)):
+        if count < 1:
+            raise ValueError(f"{name} must be at least 1, got {count}")
+    if not 0.0 <= tool_fraction <= 1.0:
+        raise ValueError(f"tool_fraction must be in [0, 1], got {tool_fraction}")
+    rng = random.Random(f"agentrl-word-problems:{seed}")
+    seen: set[str] = set()
+    eval_problems = make_problems(num_eval, rng, seen)
+    train_problems = make_problems(num_train, rng, seen)
+    sft_problems = make_problems(num_sft, rng, seen)
+    uses_tool = [rng.random() < tool_fraction for _ in sft_problems]
+    with ThreadPoolExecutor(SANDBOX_PARALLELISM) as pool:
+        executed = iter(
+            list(
+                pool.map(
+                    lambda p: executed_trajectory(p, sandbox),
+                    [p for p, tool in zip(sft_problems, uses_tool, strict=True) if tool],
+                )
+            )
+        )
+    trajectories = [
+        next(executed) if tool else direct_trajectory(problem)
+        for problem, tool in zip(sft_problems, uses_tool, strict=True)
+    ]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(
+        out / "train.jsonl", [prompt_row(p, "train", i) for i, p in enumerate(train_problems)]
+    )
+    write_jsonl(out / "eval.jsonl", [prompt_row(p, "eval", i) for i, p in enumerate(eval_problems)])
+    write_jsonl(out / "sft.jsonl", trajectories)
+    num_tool = sum(t["tool_calls"] for t in trajectories)
+    return {
+        "out_dir": str(out),
+        "num_train": num_train,
+        "num_eval": num_eval,
+        "num_sft": num_sft,
+        "num_sft_with_tool": num_tool,
+        "num_sft_direct": num_sft - num_tool,
+        "seed": seed,
+    }
