@@ -54,7 +54,7 @@ from agentrl.sandbox.bwrap_argv import (
     Tools,
     sandbox_argv,
 )
-from agentrl.sandbox.capture import drive, kill_group, spawn
+from agentrl.sandbox.capture import Captured, drive, kill_group, spawn
 from agentrl.sandbox.cgroups import Cgroup, CgroupParent
 from agentrl.sandbox.enforcement import Limit, bwrap_limits
 from agentrl.sandbox.interface import (
@@ -65,6 +65,8 @@ from agentrl.sandbox.interface import (
     Status,
 )
 from agentrl.sandbox.languages import BINARY_PATH, Language, get_language
+from agentrl.sandbox.memory_watch import MemoryWatch, Watched
+from agentrl.sandbox.memory_watch import supported as memory_watch_supported
 from agentrl.sandbox.outcome import classify, compile_failure, compile_memory_mb, compile_outcome
 from agentrl.sandbox.private_tmpfs import RELEASE, await_hold, hold_argv, sandbox_pid, supports_size
 from agentrl.sandbox.seccomp import write_filter
@@ -166,8 +168,12 @@ class BwrapBackend(Backend):
                 shutil.rmtree(self.root, ignore_errors=True)
                 raise
         self.cgroups = CgroupParent.detect(f"{CGROUP_PREFIX}{self.instance}") if is_root else None
+        # Without a memory cgroup, a run's processes are watched together (sampled).
+        self.memory_watch: MemoryWatch | None = None
         if self.cgroups is None:
             log.warning("no usable cgroup v1: memory and process limits fall back to rlimits")
+            if memory_watch_supported():
+                self.memory_watch = MemoryWatch()
         else:
             self.cgroups.weigh_as(min(num_slots or config.max_concurrency, config.max_concurrency))
         if num_slots is None:
@@ -219,6 +225,7 @@ class BwrapBackend(Backend):
             prlimit=self.tools.prlimit is not None,
             disk=disk,
             shm=self.tools.sized_tmpfs,
+            memory_watch=self.memory_watch is not None,
         )
 
     def _prime(self, slot: Slot) -> None:
@@ -341,8 +348,10 @@ class BwrapBackend(Backend):
         oom_before = group.oom_kills() if group is not None else 0
         cpu_before = group.cpu_time_s() if group is not None else 0.0
         slot.spent = proc  # the recycler kills and reaps whatever of it is left
-        captured = drive(
+        captured, watched = self._drive(
             proc,
+            group,
+            request.memory_mb,
             stdin=stdin,
             timeout_s=request.timeout_s,
             max_output_bytes=self.config.max_output_bytes,
@@ -351,8 +360,10 @@ class BwrapBackend(Backend):
         )
         if group is not None and not captured.exited and request.fetch_files:
             group.kill_all()  # files are read back only once nothing can change them
-        oomed = False
+        oomed = watched is not None and watched.exceeded
         cpu_time_s, peak_mb = captured.cpu_time_s, captured.max_rss_kb / 1024
+        if watched is not None:
+            peak_mb = max(peak_mb, watched.peak_bytes / (1024 * 1024))
         if group is not None:
             if captured.exited and not group.wait_empty(TEARDOWN_WAIT_S):
                 group.kill_all()
@@ -366,6 +377,16 @@ class BwrapBackend(Backend):
         if result.status != Status.SANDBOX_ERROR and request.fetch_files:
             result.files = slot.dir.read_files(request.fetch_files, self.config.disk_mb << 20)
         return result
+
+    def _drive(
+        self, proc: subprocess.Popen, group: Cgroup | None, memory_mb: int, **kwargs: object
+    ) -> tuple[Captured, Watched | None]:
+        """`drive`, with the run's processes watched together (agentrl.sandbox.memory_watch)
+        when no memory cgroup holds them."""
+        if group is not None or self.memory_watch is None:
+            return drive(proc, **kwargs), None
+        with self.memory_watch.watching_process(proc, memory_mb << 20) as watched:
+            return drive(proc, **kwargs), watched
 
     def _spawn_cold(
         self,
@@ -409,14 +430,16 @@ class BwrapBackend(Backend):
             oom_before = group.oom_kills()
         program = language.compile_argv(f"/work/{language.source_name}")
         proc, release = self._spawn_cold(slot, request.compile_timeout_s, memory_mb, program, files)
-        captured = drive(
+        captured, watched = self._drive(
             proc,
+            group,
+            memory_mb,
             stdin=release,
             timeout_s=request.compile_timeout_s,
             max_output_bytes=self.config.max_output_bytes,
             kill_tree=group.kill_all if group is not None else None,
         )
-        oomed = False
+        oomed = watched is not None and watched.exceeded
         if group is not None:
             if not group.wait_empty(TEARDOWN_WAIT_S):
                 group.kill_all()
@@ -457,4 +480,6 @@ class BwrapBackend(Backend):
             self.release_slot(slot)
         if self.cgroups is not None:
             self.cgroups.destroy()
+        if self.memory_watch is not None:
+            self.memory_watch.close()
         shutil.rmtree(self.root, ignore_errors=True)

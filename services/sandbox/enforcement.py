@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
 from agentrl.sandbox.bwrap_argv import ADDRESS_SPACE_SLACK_MB
+from agentrl.sandbox.memory_watch import SAMPLE_INTERVAL_S
 
 log = get_logger(__name__)
 
@@ -39,21 +40,33 @@ def bwrap_limits(
     prlimit: bool,
     disk: str,
     shm: bool = True,
+    memory_watch: bool = False,
 ) -> list[Limit]:
     """The bwrap backend's limits given what it found at start-up. `disk`: "slot" (a tmpfs
     per slot mounted by the service), "private" (tmpfs mounts in each run's own mount
-    namespace, by bwrap) or "none"; `shm`: /dev/shm is a sized tmpfs and /dev read-only."""
+    namespace, by bwrap) or "none"; `shm`: /dev/shm is a sized tmpfs and /dev read-only;
+    `memory_watch`: without cgroups, a run's processes are sampled together."""
     v1 = "cgroup v1"
     missing_cgroup = (
         "no usable cgroup v1 (service not root, or a cgroup v2 host): run as root on a v1 host"
     )
     address_mb = config.default_memory_mb + ADDRESS_SPACE_SLACK_MB
-    per_process = (
-        f"only RLIMIT_AS per process (memory_mb + {ADDRESS_SPACE_SLACK_MB} MB of address "
-        f"space), no total per run: a run may hold up to max_processes x that "
-        f"({config.max_processes} x {address_mb} MB at the default memory_mb) plus its tmpfs "
-        "mounts"
+    hard_bound = (
+        f"RLIMIT_AS per process (memory_mb + {ADDRESS_SPACE_SLACK_MB} MB of address space) x "
+        f"at most max_processes processes ({config.max_processes} x {address_mb} MB at the "
+        "default memory_mb)"
     )
+    if memory_watch:
+        memory_how = (
+            f"all processes of a run together, sampled every {SAMPLE_INTERVAL_S * 1000:g} ms "
+            "(proportional anonymous + shared memory); a run past memory_mb is killed and "
+            f"reported oom; not a kernel limit: between samples the hard bound is {hard_bound}"
+        )
+    else:
+        memory_how = (
+            f"no total per run, only {hard_bound}; needs a cgroup, or Linux >= 5.10 for the "
+            "sampled watch"
+        )
     shm_how = f"; /dev/shm a tmpfs of disk_mb={config.disk_mb}, the rest of /dev read-only"
     disk_how = {
         "slot": f"a tmpfs of disk_mb={config.disk_mb} per slot (work dir and /tmp together)",
@@ -67,10 +80,10 @@ def bwrap_limits(
         Limit("output", True, f"max_output_bytes={config.max_output_bytes} per stream"),
         Limit(
             "memory",
-            cgroups,
+            cgroups or memory_watch,
             f"{v1} memory controller: all processes of a run together, OOM reported"
             if cgroups
-            else f"{per_process}; {missing_cgroup}",
+            else memory_how,
         ),
         Limit(
             "processes",

@@ -41,6 +41,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,7 +242,19 @@ class SessionManager:
             frame = json.dumps(
                 {"code": request.code, "stdin": request.stdin.decode("utf-8", "replace")}
             ).encode()
-            result = self._call(session, b"%d\n" % len(frame) + frame, request)
+            watch = self.backend.memory_watch if group is None else None
+            with (
+                watch.watching_process(session.proc, session.memory_mb << 20)
+                if watch is not None
+                else nullcontext()
+            ) as watched:
+                result = self._call(session, b"%d\n" % len(frame) + frame, request)
+            if watched is not None and watched.exceeded:
+                result.status = Status.OOM
+                result.message = (
+                    f"killed: the session's processes held more than {session.memory_mb} MB "
+                    f"together; {result.message}"
+                )
             if session.proc is not None:
                 self._end_leftovers(session, result)
             if group is not None:

@@ -91,14 +91,15 @@ def test_readyz_says_which_limits_hold(service):
     assert {name: limit["enforced"] for name, limit in limits.items()} == {
         "wall_clock": True,
         "output": True,
-        "memory": False,
+        "memory": True,
         "processes": True,
         "cpu": False,
         "disk": True,
         "syscalls": True,
         "network": True,
     }
-    assert "RLIMIT_AS" in limits["memory"]["how"] and "user namespace" in limits["processes"]["how"]
+    assert "sampled" in limits["memory"]["how"] and "RLIMIT_AS" in limits["memory"]["how"]
+    assert "user namespace" in limits["processes"]["how"]
 
 
 def test_a_fork_bomb_leaves_other_clients_working(service):
@@ -116,6 +117,17 @@ def test_a_fork_bomb_leaves_other_clients_working(service):
     while set(processes_of(UID)) - {service.server_pid} and time.monotonic() < deadline:
         time.sleep(0.1)
     assert set(processes_of(UID)) == {service.server_pid}
+
+
+def test_processes_of_a_run_together_cannot_hold_more_than_its_memory(service):
+    """Four processes of 100 MB each, every one well inside its RLIMIT_AS (128 + 256 MB), hold
+    400 MB together against a 128 MB limit: the run is killed and reported oom."""
+    code = (
+        "import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        break\n"
+        "held = b'x' * (100 << 20)\nprint('holding', flush=True)\ntime.sleep(60)"
+    )
+    answer = run(service, code, memory_limit_MB=128, run_timeout=30)
+    assert answer["status"] == "Failed" and answer["message"].startswith("oom"), answer
 
 
 def test_one_process_cannot_take_more_than_its_memory(service):
