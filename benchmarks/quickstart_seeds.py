@@ -2,12 +2,17 @@
 
     make quickstart                              # once: data, the SFT model (runs/quickstart/sft)
     .venv/bin/python benchmarks/quickstart_seeds.py --seeds 5 --cpu-hog --up
+    make quickstart-search                       # the search quickstart, the same way
+    .venv/bin/python benchmarks/quickstart_seeds.py --recipe recipes/quickstart_search.yaml \
+        --seeds 3 --cpu-hog --up --out runs/quickstart-search-seeds
 
 Each seed is a fresh `run_training` of the recipe (`run.seed` = the seed, its own directory
 `<out>/seed_<n>/`, the recipe's run_id, which the stack's rollout worker serves): the pool is
 reset to the SFT weights, the held-out set evaluated (avg@k, pass@k), the recipe's steps
 trained, the set evaluated again. Seeds run one after another against the same stack
-(`--up` starts it with `agentrl up` and takes it down at the end; without, it must be up).
+(`--up` starts it with `agentrl up` and takes it down at the end; without, it must be up; the
+services are the recipe's tool's: the search service for `tool_format: search_tags`, else the
+sandbox).
 `--cpu-hog` keeps two busy processes (a pure-Python spin loop each) running beside the whole
 measurement, as a user's busy machine would: the asynchronous timing, and with it the outcome,
 changes under load (issue #17).
@@ -15,21 +20,23 @@ changes under load (issue #17).
 Per seed it prints held-out avg@k and pass@k before -> after, tool calls per episode after,
 collapse warnings (steps whose record has `collapse_warning`), the best evaluated step
 (`best/`), whether the goal was met (+0.30 avg@k over SFT, the quickstart's bar) and pass@k did
-not fall, and the wall time; then the median and range (min-max) of each over the seeds, and
-writes everything to `<out>/seeds.json`.
+not fall, the wall time and the machine's load average over it; then the median and range
+(min-max) of each over the seeds, and writes everything to `<out>/seeds.json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -39,10 +46,15 @@ from quickstart_summary import GOAL_ACCURACY_GAIN, tool_calls_per_episode
 from agentrl.common.config import AgentRLConfig, load_config
 
 AGENTRL = [sys.executable, "-m", "agentrl.common.cli"]
-STACK = "vllm,sandbox,reward,rollout"
 # One busy process per core of the quickstart's 2-core machine: a user's machine is busy too.
 NUM_HOG_PROCESSES = 2
 HOG_PROGRAM = "while True:\n    pass\n"
+
+
+def stack_services(config: AgentRLConfig) -> str:
+    """The services `--up` starts: the quickstart's stack, with the tool service its recipe uses."""
+    tool = "search" if config.rollout.tool_format == "search_tags" else "sandbox"
+    return f"vllm,{tool},reward,rollout"
 
 
 def seed_config(config: AgentRLConfig, seed: int, out: Path, steps: int | None) -> AgentRLConfig:
@@ -58,8 +70,11 @@ def seed_config(config: AgentRLConfig, seed: int, out: Path, steps: int | None) 
     )
 
 
-def seed_row(seed: int, run_dir: Path, wall_s: float) -> dict[str, Any]:
-    """The figures of one finished seed, from its run directory."""
+def seed_row(
+    seed: int, run_dir: Path, wall_s: float, load_avg: float | None = None
+) -> dict[str, Any]:
+    """The figures of one finished seed, from its run directory; `load_avg` is the machine's
+    load average over the seed (the 1-minute figure sampled through it, averaged)."""
     before = json.loads((run_dir / "eval" / "before.json").read_text())
     after = json.loads((run_dir / "eval" / "after.json").read_text())
     records = [
@@ -89,6 +104,7 @@ def seed_row(seed: int, run_dir: Path, wall_s: float) -> dict[str, Any]:
         "pass_at_k_held": passes[1] >= passes[0],
         "steps": len(records),
         "wall_s": wall_s,
+        "load_avg": load_avg,
     }
 
 
@@ -103,6 +119,7 @@ def describe_row(row: dict[str, Any]) -> str:
         f"tools/ep {row['tool_calls_before']:.2f} -> {row['tool_calls_after']:.2f}  "
         f"collapse warnings {len(warned)}{f' at {warned}' if warned else ''}  "
         f"best step {row['best_step']}  {row['wall_s']:.0f} s"
+        + (f"  load {row['load_avg']:.1f}" if row.get("load_avg") is not None else "")
     )
 
 
@@ -115,8 +132,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "pass_at_k_after",
         "tool_calls_after",
         "wall_s",
+        "load_avg",
     ):
-        values = [row[name] for row in rows]
+        values = [row[name] for row in rows if row.get(name) is not None]
+        if not values:
+            continue
         figures[name] = {
             "median": statistics.median(values),
             "min": min(values),
@@ -139,8 +159,11 @@ def describe_summary(result: dict[str, Any], k: int) -> list[str]:
         "pass_at_k_after": f"held-out pass@{k} after",
         "tool_calls_after": "tool calls per episode after",
         "wall_s": "wall time per seed (s)",
+        "load_avg": "load average (1 min) per seed",
     }
     for name, label in labels.items():
+        if name not in result["figures"]:
+            continue
         f = result["figures"][name]
         lines.append(f"{label}: median {f['median']:.3f}, range {f['min']:.3f}-{f['max']:.3f}")
     n = result["num_seeds"]
@@ -150,6 +173,33 @@ def describe_summary(result: dict[str, Any], k: int) -> list[str]:
         f"{result['without_collapse_warning']}/{n}"
     )
     return lines
+
+
+class LoadSampler:
+    """The 1-minute load average sampled every `interval_s` while a seed runs (a thread: the
+    seed's own processes are the measurement, a sampler process would add to the load)."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self.samples: list[float] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> Self:
+        self.samples.append(os.getloadavg()[0])
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def mean(self) -> float:
+        return statistics.fmean(self.samples)
 
 
 def start_hogs() -> list[subprocess.Popen]:
@@ -191,7 +241,8 @@ def main() -> int:
     hogs = start_hogs() if args.cpu_hog else []
     if args.up:
         subprocess.run(
-            [*AGENTRL, "up", "--recipe", str(args.recipe), "--services", STACK], check=True
+            [*AGENTRL, "up", "--recipe", str(args.recipe), "--services", stack_services(config)],
+            check=True,
         )
     from agentrl.trainer.rl_loop import run_training
 
@@ -200,8 +251,10 @@ def main() -> int:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             seeded = seed_config(config, seed, args.out, args.steps)
             started = time.perf_counter()
-            run_training(seeded)
-            row = seed_row(seed, Path(seeded.run.output_dir), time.perf_counter() - started)
+            with LoadSampler() as load:
+                run_training(seeded)
+            wall_s = time.perf_counter() - started
+            row = seed_row(seed, Path(seeded.run.output_dir), wall_s, load.mean())
             rows.append(row)
             print(describe_row(row), flush=True)
     finally:
