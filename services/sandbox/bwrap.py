@@ -55,7 +55,8 @@ from agentrl.sandbox.bwrap_argv import (
     sandbox_argv,
 )
 from agentrl.sandbox.capture import Captured, drive, kill_group, spawn
-from agentrl.sandbox.cgroups import Cgroup, CgroupParent
+from agentrl.sandbox.cgroup_v2 import detect_cgroups
+from agentrl.sandbox.cgroups import Cgroup
 from agentrl.sandbox.enforcement import Limit, bwrap_limits
 from agentrl.sandbox.interface import (
     Backend,
@@ -167,11 +168,11 @@ class BwrapBackend(Backend):
             except ValueError:
                 shutil.rmtree(self.root, ignore_errors=True)
                 raise
-        self.cgroups = CgroupParent.detect(f"{CGROUP_PREFIX}{self.instance}") if is_root else None
+        self.cgroups, self.cgroup_note = detect_cgroups(f"{CGROUP_PREFIX}{self.instance}", is_root)
         # Without a memory cgroup, a run's processes are watched together (sampled).
         self.memory_watch: MemoryWatch | None = None
         if self.cgroups is None:
-            log.warning("no usable cgroup v1: memory and process limits fall back to rlimits")
+            log.warning("no usable cgroup (%s): limits fall back to rlimits", self.cgroup_note)
             if memory_watch_supported():
                 self.memory_watch = MemoryWatch()
         else:
@@ -220,7 +221,8 @@ class BwrapBackend(Backend):
             disk = "none"
         return bwrap_limits(
             self.config,
-            cgroups=self.cgroups is not None,
+            cgroups=self.cgroups.version if self.cgroups is not None else None,
+            cgroup_note=self.cgroup_note,
             seccomp=self.tools.seccomp_filter is not None,
             prlimit=self.tools.prlimit is not None,
             disk=disk,

@@ -12,8 +12,9 @@ lines that do it before `exec`, so nothing of the untrusted program ever runs ou
 `Cgroup.of_process(pid)` wraps groups someone else made (a Docker container's): the docker
 backend sets per-run limits, reads usage and kills the processes of one uid through it.
 
-What this module does NOT cover: cgroup v2 (unified hierarchy; on such hosts the fallback to
-rlimits applies), I/O bandwidth (blkio), and memory that the kernel does not charge to a group.
+What this module does NOT cover: cgroup v2 (the unified hierarchy: agentrl.sandbox.cgroup_v2,
+with the same Cgroup interface), I/O bandwidth (blkio), and memory that the kernel does not
+charge to a group.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ class CgroupParent:
     """The service's own group per controller, under which slot and session groups live."""
 
     paths: dict[str, Path]
+    version = "cgroup v1"
 
     @classmethod
     def detect(cls, name: str, root: Path = CGROUP_ROOT) -> CgroupParent | None:

@@ -35,20 +35,23 @@ class Limit:
 
 def bwrap_limits(
     config: SandboxConfig,
-    cgroups: bool,
+    cgroups: str | None,
     seccomp: bool,
     prlimit: bool,
     disk: str,
     shm: bool = True,
     memory_watch: bool = False,
+    cgroup_note: str = "",
 ) -> list[Limit]:
     """The bwrap backend's limits given what it found at start-up. `disk`: "slot" (a tmpfs
     per slot mounted by the service), "private" (tmpfs mounts in each run's own mount
     namespace, by bwrap) or "none"; `shm`: /dev/shm is a sized tmpfs and /dev read-only;
-    `memory_watch`: without cgroups, a run's processes are sampled together."""
-    v1 = "cgroup v1"
+    `memory_watch`: without cgroups, a run's processes are sampled together; `cgroups`: the
+    hierarchy used ("cgroup v1", "cgroup v2") or None, and `cgroup_note` why none."""
+    hierarchy = cgroups or ""
     missing_cgroup = (
-        "no usable cgroup v1 (service not root, or a cgroup v2 host): run as root on a v1 host"
+        f"no usable cgroup ({cgroup_note or 'not detected'}): run as root on a cgroup v1 host "
+        "or delegate the pod's cgroup v2 subtree to the service (docs/sandbox.md)"
     )
     address_mb = config.default_memory_mb + ADDRESS_SPACE_SLACK_MB
     hard_bound = (
@@ -80,15 +83,15 @@ def bwrap_limits(
         Limit("output", True, f"max_output_bytes={config.max_output_bytes} per stream"),
         Limit(
             "memory",
-            cgroups or memory_watch,
-            f"{v1} memory controller: all processes of a run together, OOM reported"
+            bool(cgroups) or memory_watch,
+            f"{hierarchy} memory controller: all processes of a run together, OOM reported"
             if cgroups
             else memory_how,
         ),
         Limit(
             "processes",
-            cgroups or prlimit,
-            f"{v1} pids.max={config.max_processes} per run"
+            bool(cgroups) or prlimit,
+            f"{hierarchy} pids.max={config.max_processes} per run"
             if cgroups
             else f"RLIMIT_NPROC={config.max_processes} inside each run's own user namespace "
             "(counted per namespace by Linux >= 5.14)"
@@ -97,8 +100,8 @@ def bwrap_limits(
         ),
         Limit(
             "cpu",
-            cgroups,
-            f"{v1} CFS quota of cpu_cores={config.cpu_cores:g} per run"
+            bool(cgroups),
+            f"{hierarchy} CFS quota of cpu_cores={config.cpu_cores:g} per run"
             if cgroups
             else "no per-run CPU share: RLIMIT_CPU caps CPU seconds (timeout_s x cpu_cores), "
             f"not the rate, and the scheduler shares the CPUs per process; {missing_cgroup}",
