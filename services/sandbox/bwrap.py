@@ -66,10 +66,10 @@ from agentrl.sandbox.interface import (
     Status,
 )
 from agentrl.sandbox.languages import BINARY_PATH, Language, get_language
-from agentrl.sandbox.memory_watch import MemoryWatch, Watched
-from agentrl.sandbox.memory_watch import supported as memory_watch_supported
 from agentrl.sandbox.outcome import classify, compile_failure, compile_memory_mb, compile_outcome
 from agentrl.sandbox.private_tmpfs import RELEASE, await_hold, hold_argv, sandbox_pid, supports_size
+from agentrl.sandbox.run_watch import RunWatch, Watched
+from agentrl.sandbox.run_watch import supported as run_watch_supported
 from agentrl.sandbox.seccomp import write_filter
 from agentrl.sandbox.workdir import CGROUP_PREFIX, SlotDir, check_traversable, sweep_stale
 
@@ -169,12 +169,12 @@ class BwrapBackend(Backend):
                 shutil.rmtree(self.root, ignore_errors=True)
                 raise
         self.cgroups, self.cgroup_note = detect_cgroups(f"{CGROUP_PREFIX}{self.instance}", is_root)
-        # Without a memory cgroup, a run's processes are watched together (sampled).
-        self.memory_watch: MemoryWatch | None = None
+        # Without cgroups, a run's processes are watched together (memory and CPU, sampled).
+        self.run_watch: RunWatch | None = None
         if self.cgroups is None:
             log.warning("no usable cgroup (%s): limits fall back to rlimits", self.cgroup_note)
-            if memory_watch_supported():
-                self.memory_watch = MemoryWatch()
+            if run_watch_supported():
+                self.run_watch = RunWatch()
         else:
             self.cgroups.weigh_as(min(num_slots or config.max_concurrency, config.max_concurrency))
         if num_slots is None:
@@ -227,7 +227,7 @@ class BwrapBackend(Backend):
             prlimit=self.tools.prlimit is not None,
             disk=disk,
             shm=self.tools.sized_tmpfs,
-            memory_watch=self.memory_watch is not None,
+            run_watch=self.run_watch is not None,
         )
 
     def _prime(self, slot: Slot) -> None:
@@ -383,11 +383,12 @@ class BwrapBackend(Backend):
     def _drive(
         self, proc: subprocess.Popen, group: Cgroup | None, memory_mb: int, **kwargs: object
     ) -> tuple[Captured, Watched | None]:
-        """`drive`, with the run's processes watched together (agentrl.sandbox.memory_watch)
+        """`drive`, with the run's processes watched together (agentrl.sandbox.run_watch)
         when no memory cgroup holds them."""
-        if group is not None or self.memory_watch is None:
+        if group is not None or self.run_watch is None:
             return drive(proc, **kwargs), None
-        with self.memory_watch.watching_process(proc, memory_mb << 20) as watched:
+        cores = self.config.cpu_cores
+        with self.run_watch.watching_process(proc, memory_mb << 20, cores) as watched:
             return drive(proc, **kwargs), watched
 
     def _spawn_cold(
@@ -482,6 +483,6 @@ class BwrapBackend(Backend):
             self.release_slot(slot)
         if self.cgroups is not None:
             self.cgroups.destroy()
-        if self.memory_watch is not None:
-            self.memory_watch.close()
+        if self.run_watch is not None:
+            self.run_watch.close()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
 from agentrl.sandbox.bwrap_argv import ADDRESS_SPACE_SLACK_MB
-from agentrl.sandbox.memory_watch import SAMPLE_INTERVAL_S
+from agentrl.sandbox.run_watch import CPU_BURST_S, SAMPLE_INTERVAL_S
 
 log = get_logger(__name__)
 
@@ -40,13 +40,13 @@ def bwrap_limits(
     prlimit: bool,
     disk: str,
     shm: bool = True,
-    memory_watch: bool = False,
+    run_watch: bool = False,
     cgroup_note: str = "",
 ) -> list[Limit]:
     """The bwrap backend's limits given what it found at start-up. `disk`: "slot" (a tmpfs
     per slot mounted by the service), "private" (tmpfs mounts in each run's own mount
     namespace, by bwrap) or "none"; `shm`: /dev/shm is a sized tmpfs and /dev read-only;
-    `memory_watch`: without cgroups, a run's processes are sampled together; `cgroups`: the
+    `run_watch`: without cgroups, a run's processes are sampled together; `cgroups`: the
     hierarchy used ("cgroup v1", "cgroup v2") or None, and `cgroup_note` why none."""
     hierarchy = cgroups or ""
     missing_cgroup = (
@@ -59,7 +59,7 @@ def bwrap_limits(
         f"at most max_processes processes ({config.max_processes} x {address_mb} MB at the "
         "default memory_mb)"
     )
-    if memory_watch:
+    if run_watch:
         memory_how = (
             f"all processes of a run together, sampled every {SAMPLE_INTERVAL_S * 1000:g} ms "
             "(proportional anonymous + shared memory); a run past memory_mb is killed and "
@@ -83,7 +83,7 @@ def bwrap_limits(
         Limit("output", True, f"max_output_bytes={config.max_output_bytes} per stream"),
         Limit(
             "memory",
-            bool(cgroups) or memory_watch,
+            bool(cgroups) or run_watch,
             f"{hierarchy} memory controller: all processes of a run together, OOM reported"
             if cgroups
             else memory_how,
@@ -100,9 +100,14 @@ def bwrap_limits(
         ),
         Limit(
             "cpu",
-            bool(cgroups),
+            bool(cgroups) or run_watch,
             f"{hierarchy} CFS quota of cpu_cores={config.cpu_cores:g} per run"
             if cgroups
+            else f"cpu_cores={config.cpu_cores:g} per run, sampled every "
+            f"{SAMPLE_INTERVAL_S * 1000:g} ms: a run ahead of its quota by "
+            f"{CPU_BURST_S:g} s x cpu_cores is SIGSTOPped until it is back within it (a user-space "
+            "quota at the sample's granularity, not the scheduler's)"
+            if run_watch
             else "no per-run CPU share: RLIMIT_CPU caps CPU seconds (timeout_s x cpu_cores), "
             f"not the rate, and the scheduler shares the CPUs per process; {missing_cgroup}",
         ),

@@ -242,9 +242,9 @@ class SessionManager:
             frame = json.dumps(
                 {"code": request.code, "stdin": request.stdin.decode("utf-8", "replace")}
             ).encode()
-            watch = self.backend.memory_watch if group is None else None
+            watch = self.backend.run_watch if group is None else None
             with (
-                watch.watching_process(session.proc, session.memory_mb << 20)
+                watch.watching_process(session.proc, session.memory_mb << 20, self.config.cpu_cores)
                 if watch is not None
                 else nullcontext()
             ) as watched:

@@ -8,6 +8,7 @@ and sessions working through them."""
 
 import ast
 import base64
+import contextlib
 import os
 import shutil
 import subprocess
@@ -28,7 +29,12 @@ from agentrl.common.http import serve_in_thread
 from agentrl.sandbox.executor import Sandbox
 from agentrl.sandbox.http_api import create_sandbox_app
 config = SandboxConfig(
-    max_concurrency=4, queue_size=64, work_root=sys.argv[1], max_processes=32, disk_mb=64
+    max_concurrency=4,
+    queue_size=64,
+    work_root=sys.argv[1],
+    max_processes=32,
+    disk_mb=64,
+    cpu_cores=float(sys.argv[2]),
 )
 registry = CollectorRegistry()
 sandbox = Sandbox(config, registry=registry)
@@ -58,14 +64,15 @@ def processes_of(uid: int) -> list[int]:
     return [int(pid) for pid in out.stdout.split()]
 
 
-@pytest.fixture(scope="module")
-def service():
+@contextlib.contextmanager
+def non_root_service(cpu_cores: float = 1.0):
+    """The service as uid UID, reached over HTTP (a client with `server_pid`, `work_root`)."""
     work_root = tempfile.mkdtemp(prefix="agentrl-nonroot-", dir="/tmp")
     os.chmod(work_root, 0o755)
     os.chown(work_root, UID, UID)
     argv = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--"]
     server = subprocess.Popen(
-        [*argv, sys.executable, "-c", SERVER, work_root],
+        [*argv, sys.executable, "-c", SERVER, work_root, str(cpu_cores)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={"PATH": os.environ["PATH"], "HOME": work_root},
@@ -73,13 +80,21 @@ def service():
     )
     url = server.stdout.readline().strip()
     assert url.startswith("http://127.0.0.1:"), "the non-root service did not start"
-    with httpx.Client(base_url=url, timeout=60) as client:
-        client.server_pid = server.pid
-        client.work_root = work_root
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            client.server_pid = server.pid
+            client.work_root = work_root
+            yield client
+    finally:
+        server.stdin.close()
+        server.wait(30)
+        shutil.rmtree(work_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def service():
+    with non_root_service() as client:
         yield client
-    server.stdin.close()
-    server.wait(30)
-    shutil.rmtree(work_root, ignore_errors=True)
 
 
 def run(client, code, **fields):
@@ -93,7 +108,7 @@ def test_readyz_says_which_limits_hold(service):
         "output": True,
         "memory": True,
         "processes": True,
-        "cpu": False,
+        "cpu": True,
         "disk": True,
         "syscalls": True,
         "network": True,
@@ -203,3 +218,41 @@ def test_cpp_compiles_and_runs_in_private_tmpfs_mounts(service):
     answer = service.post("/run_code", json=body).json()
     assert answer["status"] == "Success", answer
     assert answer["run_result"]["stdout"] == "42\n"
+
+
+SPIN = """
+import os, time
+start = time.monotonic()
+children = []
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            pass
+        os._exit(0)
+    children.append(pid)
+events = 0
+for pid in children:
+    while True:
+        _, status = os.waitpid(pid, os.WUNTRACED | os.WCONTINUED)
+        if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
+            events += 1
+        else:
+            break
+times = os.times()
+print(events, (times.children_user + times.children_system) / (time.monotonic() - start))
+"""
+
+
+def test_busy_processes_are_paused_at_the_runs_cpu_quota():
+    """cpu_cores=0.05 (a service of its own): four processes busy for 2 s of wall time are
+    stopped and continued by the quota (each child's stop or continue is visible to its parent
+    through waitpid WUNTRACED|WCONTINUED, whatever the machine's load) and together use a
+    fraction of a core (children's CPU time over wall time; unthrottled they take both cores)."""
+    with non_root_service(cpu_cores=0.05) as slow:
+        answer = run(slow, SPIN, run_timeout=60)
+    assert answer["status"] == "Success", answer
+    events, ratio = answer["run_result"]["stdout"].split()
+    assert int(events) > 0, answer
+    assert float(ratio) < 0.5, answer

@@ -1,0 +1,235 @@
+"""Memory and CPU of all processes of a run together, without cgroups: sampled, enforced.
+
+Without a memory cgroup (the service not root, or a host without a usable one) the kernel
+bounds each process by RLIMIT_AS alone, so a run of N processes may hold N times its limit;
+without a cpu cgroup nothing bounds a run's share of the CPUs (RLIMIT_CPU caps CPU seconds,
+not the rate). `RunWatch` closes most of both gaps: one thread samples every watched run every
+`SAMPLE_INTERVAL_S` through /proc (as the owner of the run's user namespace, no root needed).
+
+Memory: it adds up what the run's processes hold (/proc/<pid>/smaps_rollup `Pss_Anon` +
+`Pss_Shmem`, the proportional share, so pages a forked child still shares with its parent
+count once) and kills the run the first time the sum passes its limit; the backend then
+reports status `oom`. A run is killed within one sample of holding more than its limit; between
+samples it can pass the limit by what it allocates in that time, never more than RLIMIT_AS per
+process (memory_mb + 256 MB) times the processes it may have (max_processes). It is not a
+kernel limit: no allocation fails, the run is killed after it. File pages (page cache) and the
+run's tmpfs mounts (bounded by disk_mb) are not counted. Needs Linux >= 5.10 (Pss_Anon).
+
+CPU: a token bucket per run, filled at `cpu_cores` CPU seconds per wall second (at most
+`CPU_BURST_S` x cpu_cores ahead) and drained by the CPU time of the run's processes (utime +
+stime, plus what they reaped of their children); when it runs dry every process of the run is
+SIGSTOPped (through pidfds, so never a reused pid) until the bucket has refilled, then
+SIGCONTinued. Like cgroup v1's CFS quota, a run of 4 busy processes with cpu_cores 1 gets one
+core's worth, only at the sample's granularity instead of the scheduler's; a process that exits
+between samples takes its last < 50 ms of CPU uncounted.
+
+What this does NOT cover: processes of the run that escaped its process tree (none can: bwrap's
+pid namespace adopts orphans); threads a session's interpreter keeps between calls (watched only
+during a call).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agentrl.sandbox.leftovers import session_pids
+
+# How often each run is sampled: a memory bomb allocating 1 GB/s passes its limit by ~50 MB.
+SAMPLE_INTERVAL_S = 0.05
+# The fields of smaps_rollup that are memory the process holds (not a file's page cache).
+HELD_FIELDS = ("Pss_Anon", "Pss_Shmem")
+# CPU seconds per core a run may run ahead of its quota before it is paused: more than the
+# sampling jitter, so a single busy process under cpu_cores >= 1 is never paused.
+CPU_BURST_S = 0.2
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def process_memory_bytes(pid: int) -> int:
+    """Proportional anonymous + shared-memory bytes of `pid` (0 once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    total = 0
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in HELD_FIELDS:
+            total += int(rest.split()[0]) * 1024
+    return total
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of `pid` and of the children it has reaped, in seconds (0 once gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("ascii", "replace")
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()  # the name may hold spaces and parentheses
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS_PER_S
+
+
+def parent_pid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("ascii", "replace")
+    except OSError:
+        return 0
+    return int(stat[stat.rfind(")") + 2 :].split()[1])
+
+
+def supported() -> bool:
+    """Whether this kernel reports Pss_Anon (Linux >= 5.10)."""
+    try:
+        return "Pss_Anon:" in Path("/proc/self/smaps_rollup").read_text()
+    except OSError:
+        return False
+
+
+@dataclass
+class Watched:
+    root_pid: int
+    limit_bytes: int
+    kill: Callable[[], None]
+    cpu_cores: float = 0.0
+    """CPU quota in cores (0: none)."""
+    exceeded: bool = False
+    peak_bytes: int = 0
+    done: bool = False
+    """Set when the watch ends: `kill` is never called after that (its pidfd is closed)."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cpu_s: float = 0.0
+    sampled_at: float = 0.0
+    tokens_s: float = 0.0
+    paused: dict[int, int] = field(default_factory=dict)
+    """pid -> pidfd of each process the CPU quota has SIGSTOPped."""
+    pauses: int = 0
+
+
+class RunWatch:
+    """One sampling thread for every run of a backend; started with the first run."""
+
+    def __init__(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._watched: dict[int, Watched] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def watching(
+        self, root_pid: int, limit_bytes: int, kill: Callable[[], None], cpu_cores: float = 0.0
+    ) -> Iterator[Watched]:
+        """Watch the processes under `root_pid` for the block; `kill` ends the run. Paused
+        processes are continued when the block ends."""
+        watched = Watched(root_pid, limit_bytes, kill, cpu_cores)
+        with self._lock:
+            self._watched[id(watched)] = watched
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="run-watch", daemon=True)
+                self._thread.start()
+        try:
+            yield watched
+        finally:
+            with self._lock:
+                self._watched.pop(id(watched), None)
+            with watched.lock:
+                watched.done = True
+                _resume(watched)
+
+    @contextmanager
+    def watching_process(
+        self, proc: subprocess.Popen, limit_bytes: int, cpu_cores: float = 0.0
+    ) -> Iterator[Watched]:
+        """`watching` the tree under `proc` (bwrap, outside the run's namespaces), killing
+        `proc` through a pidfd (never a reused pid); bwrap's child dies with it."""
+        pidfd = os.pidfd_open(proc.pid)
+
+        def kill() -> None:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        try:
+            with self.watching(proc.pid, limit_bytes, kill, cpu_cores) as watched:
+                yield watched
+        finally:
+            os.close(pidfd)
+
+    def sample(self, watched: Watched) -> None:
+        """Add up the run's processes now; kill it the first time the sum passes its limit;
+        pause or resume it by its CPU quota."""
+        pids = session_pids(watched.root_pid, None) - {watched.root_pid}
+        held = sum(process_memory_bytes(pid) for pid in pids)
+        watched.peak_bytes = max(watched.peak_bytes, held)
+        now, cpu_s = time.monotonic(), sum(process_cpu_s(pid) for pid in pids)
+        with watched.lock:
+            if watched.done:
+                return
+            if held > watched.limit_bytes and not watched.exceeded:
+                watched.exceeded = True
+                watched.kill()
+            if watched.cpu_cores <= 0:
+                return
+            if watched.sampled_at:
+                used_s = max(0.0, cpu_s - watched.cpu_s)  # an exited process lowers the sum
+                refill_s = watched.cpu_cores * (now - watched.sampled_at)
+                burst_s = CPU_BURST_S * watched.cpu_cores
+                watched.tokens_s = min(burst_s, watched.tokens_s + refill_s - used_s)
+            watched.cpu_s, watched.sampled_at = cpu_s, now
+            if watched.tokens_s < 0:
+                _pause(watched, pids)
+            elif watched.paused:
+                _resume(watched)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with self._lock:
+                runs = list(self._watched.values())
+            for watched in runs:
+                self.sample(watched)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _pause(watched: Watched, pids: set[int]) -> None:
+    """SIGSTOP each of `pids` not yet paused, through a pidfd opened while it is still a
+    child of the run's tree (a pid reused by another process is never signalled)."""
+    if not watched.paused:
+        watched.pauses += 1
+    for pid in pids - set(watched.paused):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone
+        if parent_pid(pid) not in pids | {watched.root_pid}:
+            os.close(pidfd)
+            continue
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+        except ProcessLookupError:
+            os.close(pidfd)
+            continue
+        watched.paused[pid] = pidfd
+
+
+def _resume(watched: Watched) -> None:
+    for pidfd in watched.paused.values():
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        os.close(pidfd)
+    watched.paused.clear()
