@@ -216,6 +216,54 @@ def test_overload_answers_resource_exhausted_and_429_with_retry_after():
         stack.close()
 
 
+def _post_run_code(stack, code, timeout_s=60):
+    body = {"code": code, "language": "python", "run_timeout": 30}
+    return httpx.post(f"{stack.http.url}/run_code", json=body, timeout=timeout_s)
+
+
+def _hold_the_only_place(stack, seconds):
+    """Start a run that sleeps `seconds` in the replica's only place; its thread."""
+    holder = threading.Thread(
+        target=_post_run_code, args=(stack, f"import time; time.sleep({seconds})")
+    )
+    holder.start()
+    deadline = time.monotonic() + 30
+    while stack.sandbox.admission.in_flight < 1:
+        assert time.monotonic() < deadline, "the holding run was never admitted"
+        time.sleep(0.01)
+    return holder
+
+
+def test_a_queued_request_waits_for_a_place_that_frees_in_time():
+    """Full (one place, taken) but the place frees long before queue_timeout_s: the queued
+    request runs, no 429."""
+    stack = Stack(max_concurrency=1, queue_size=4, queue_timeout_s=120)
+    try:
+        holder = _hold_the_only_place(stack, 1)
+        reply = _post_run_code(stack, "print(1)", timeout_s=180)
+        assert reply.status_code == 200 and reply.json()["run_result"]["stdout"] == "1\n"
+        holder.join(60)
+    finally:
+        stack.close()
+
+
+def test_a_queued_request_gets_429_with_retry_after_at_queue_timeout():
+    """The only place is held far past queue_timeout_s (1 s): the queued request is answered
+    429 with Retry-After once it has waited that long, not at once (the queue had room)."""
+    stack = Stack(max_concurrency=1, queue_size=4, queue_timeout_s=1)
+    try:
+        holder = _hold_the_only_place(stack, 20)
+        begin = time.monotonic()
+        reply = _post_run_code(stack, "print(1)")
+        waited_s = time.monotonic() - begin
+        assert reply.status_code == 429 and int(reply.headers["retry-after"]) >= 1, reply.text
+        assert "queue_timeout_s" in reply.text and waited_s >= 1
+        assert stack.sandbox.admission.waiting == 0
+        holder.join(60)
+    finally:
+        stack.close()
+
+
 def test_drain_refuses_new_work_and_not_ready():
     stack = Stack(max_concurrency=1)
     try:
