@@ -7,12 +7,13 @@ weight transport's volume or network rules, drain times, GPUs, persistence, moni
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import yaml
-from deploy_render import CHART, K8S, REPO, env_of, find, objects_of, one, render
+from deploy_render import CHART, K8S, REPO, build, env_of, find, objects_of, one, render
 from test_policies import config_of, resolve
 
 from agentrl.common.inference.launcher import VLLM_SERVER_MODULE
@@ -281,3 +282,26 @@ def test_values_files_are_documented_in_the_deploy_guide():
     guide = (REPO / "docs" / "deploy.md").read_text()
     for path in CHART.glob("values-*.yaml"):
         assert f"helm/agentrl/{path.name}" in guide, path.name
+
+
+def test_the_pod_monitor_component_scrapes_what_the_charts_pod_monitor_does(tmp_path):
+    # An overlay of the base with the component, as its kustomization's comment says to write.
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{os.path.relpath(K8S / 'base', tmp_path)}]\n"
+        f"components: [{os.path.relpath(K8S / 'components/pod-monitor', tmp_path)}]\n"
+    )
+    objects = build(tmp_path)
+    (monitor,) = find(objects, "PodMonitor")
+    assert monitor["metadata"]["namespace"] == "agentrl"
+    (chart,) = find(objects_of("helm:monitoring"), "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"] == chart["spec"]["podMetricsEndpoints"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    scraped = set()
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+            template = obj["spec"]["template"]
+            ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+            if selector.items() <= template["metadata"]["labels"].items() and "http" in ports:
+                scraped.add(template["metadata"]["labels"]["app.kubernetes.io/component"])
+    assert scraped == {"sandbox", "reward", "search", "vllm", "rollout", "trainer"}
