@@ -19,9 +19,12 @@ called setsid() die too.
 
 Limits per run: wall clock (timeout_s), memory (memory cgroup, OOM-killed -> status `oom`),
 processes (pids.max), CPU share (cfs quota), disk (tmpfs size), core dumps off, file size, open
-files and CPU seconds (rlimits). Without cgroup v1 (not root, cgroup v2 host) the backend falls
-back to RLIMIT_AS for memory and RLIMIT_NPROC shared by all runs for processes, has no warm
-slots, and says so in the log.
+files and CPU seconds (rlimits). The cgroups are v1 (root) or a delegated cgroup v2 subtree
+(agentrl.sandbox.cgroup_v2). Without any, the backend has no warm slots, bounds processes by
+RLIMIT_NPROC in each run's own user namespace, memory by RLIMIT_AS per process plus the run's
+processes added up (agentrl.sandbox.run_watch, which also applies the CPU quota by pausing a
+run), and, without root, disk by tmpfs mounts bwrap makes in the run's own mount namespace
+(agentrl.sandbox.private_tmpfs); the start-up report says which.
 
 A seccomp filter (agentrl.sandbox.seccomp) denies Docker's default list of dangerous calls.
 

@@ -6,9 +6,10 @@ in its own process, reached over HTTP (SandboxFusion's /run_code) and gRPC (sess
 Each attack class runs while another client sends `print(1)`; after each: that client got its
 answer, the host is unchanged (a sentinel directory outside the sandbox keeps its files and
 contents, no file appeared where a program tried to write), and nothing the attack started is
-left running (each attack's processes carry a marker on their command line). What a mode
-cannot enforce (memory per run, CPU share and disk in non-root mode; /readyz says so) is
-checked for the part it does enforce. The docker backend's battery is test_sandbox_docker.py.
+left running (each attack's processes carry a marker on their command line). Non-root mode
+has no cgroups: memory and CPU per run are sampled there (a memory bomb may end as MemoryError
+or `oom`), disk is the tmpfs bwrap mounts in the run's namespace. The docker backend's battery
+is test_sandbox_docker.py.
 """
 
 import ast
