@@ -1,10 +1,13 @@
-"""Fixtures shared by integration modules that need a whole (small) stack in this process."""
+"""Fixtures shared by integration modules that need a whole (small) stack in this process; and
+this folder on sys.path, so modules import the helpers beside them (`from loop_helpers import
+...`), which pytest's importlib mode does not allow by itself."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,8 @@ from agentrl.common.inference.launcher import VLLMServer
 from agentrl.reward.main import start as start_reward
 from agentrl.sandbox import executor as sandbox_executor
 from agentrl.sandbox import servicer as sandbox_service
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,21 @@ nearly scale-free, so equal weights alone would not.
 from __future__ import annotations
 
 import json
-import os
-import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from loop_helpers import (
+    AGENTRL,
+    launch,
+    run_with_stand_ins,
+    stand_in_loop_config,
+    torchrun,
+    write_prompts,
+    write_trajectories,
+)
 
 from agentrl.common.config import AgentRLConfig, AlgorithmConfig, ModelConfig, TrainerConfig
 from agentrl.trainer.backends import create_backend
@@ -48,7 +54,6 @@ from agentrl.trainer.train_batch import build_train_batch
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 WORLD_SIZE = 2
 MICRO_BATCH_TOKENS = 52  # the groups below pack into 5 micro-batches: 3 on rank 0, 2 + 1 empty
 PROMPT_LENGTH = 5
@@ -63,7 +68,6 @@ ALGORITHMS = {
     # collective): k1's gradient is ∇log π even where π = π_ref, so the penalty moves the step.
     "kl_k1": AlgorithmConfig(learning_rate=LEARNING_RATE, kl_coef=0.5, kl_estimator="k1"),
 }
-LAUNCH_TIMEOUT_S = 240  # a launch takes 10-20 s on 2 busy cores; room for a loaded CI machine
 
 
 # ---- what every rank runs (and the test process, at world size 1) ----------------------------
@@ -194,122 +198,14 @@ def backend_scenarios(model_dir: Path, out_dir: Path, checkpoint_from_one_rank: 
         torch.save(results, out_dir / "results.pt")
 
 
-# The RL loop needs Redis (real, a private redis-server), rollout workers and vLLM servers. vLLM
-# is not started here: a stand-in rollout thread answers each task with a seeded random group,
-# and the pool's HTTP routes (weight reload, version label, the drift check's scoring) are
-# answered in-process. What is real is the loop itself on every rank, Redis and torch.distributed.
-
-
-def stand_in_pool():
-    import httpx
-
-    from agentrl.common.inference.pool import InferencePool
-
-    served = {"version": "0"}
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if path == "/inference/v1/generate":  # the drift check: any log-probs will do
-            token_ids = json.loads(request.content)["token_ids"]
-            return httpx.Response(
-                200,
-                json={
-                    "prompt_logprobs": [None] + [{str(t): {"logprob": -6.9}} for t in token_ids[1:]]
-                },
-            )
-        if path == "/update_weight_version":
-            served["version"] = json.loads(request.content)["new_version"]
-        if path == "/weight_info":
-            return httpx.Response(200, json={"weight_version": served["version"]})
-        return httpx.Response(200, json={"success": True})
-
-    return InferencePool(["http://stand-in-vllm:8000"], transport=httpx.MockTransport(answer))
-
-
-def stand_in_rollout(redis_url: str, run_id: str, stop) -> None:
-    """Each task of the run's prompts stream becomes a group seeded by its data position, so
-    two runs (any run id, any world size) train on the same groups."""
-    from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
-    from agentrl.common.streams import StreamQueue
-    from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
-
-    layout = RunLayout(run_id)
-    tasks = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP, consumer="stand-in")
-    groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP)
-    while not stop.is_set():
-        for entry in tasks.read(4, 100):
-            task = entry.decode(task_pb2.RolloutTask)
-            rng = random.Random(task.idempotency_key.split(":", 1)[1])  # "epoch:offset"
-            prompt, samples = list(task.prompt_token_ids), []
-            for i in range(task.num_samples):
-                n = rng.randint(4, 12)
-                samples.append(
-                    group_pb2.ScoredTrajectory(
-                        trajectory=trajectory_pb2.Trajectory(
-                            trajectory_id=f"{task.task_id}-{i}",
-                            task_id=task.task_id,
-                            sample_index=i,
-                            prompt_length=len(prompt),
-                            token_ids=prompt + [rng.randint(3, 300) for _ in range(n)],
-                            behaviour_logprobs=[0.0] * len(prompt)
-                            + [-6.9 + rng.gauss(0, 0.3) for _ in range(n)],
-                            loss_mask=[0] * len(prompt) + [1] * n,
-                            policy_versions=[-1] * len(prompt) + [task.admitted_policy_version] * n,
-                        ),
-                        result=group_pb2.RewardResult(reward=float(rng.random() < 0.5)),
-                    )
-                )
-            groups.publish(
-                group_pb2.Group(
-                    group_id=task.task_id,
-                    idempotency_key=task.idempotency_key,
-                    task=task,
-                    samples=samples,
-                )
-            )
-            tasks.complete(entry)
-    tasks.close()
-    groups.close()
-
-
 def rl_loop_scenario(
     model_dir: Path, data: Path, run_dir: Path, redis_url: str, parallelism: str, max_steps: int
 ) -> None:
     """`run_training` to `max_steps` (resuming from `run_dir`), the stand-ins on rank 0."""
-    import threading
-
-    from agentrl.trainer.rl_loop import run_training
-
-    config = AgentRLConfig.model_validate(
-        {
-            "run": {"run_id": run_dir.name, "output_dir": str(run_dir), "seed": 5},
-            "model": {"path": str(model_dir)},
-            "data": {"train_path": str(data)},
-            "redis": {"url": redis_url},
-            "trainer": {
-                "device": "cpu",
-                "parallelism": parallelism,
-                "cpu_threads": 1,
-                "batch_size": 2,
-                "max_staleness": 0,
-                "checkpoint_interval_steps": 2,
-                "grpc_port": 0,
-                "http_port": 0,
-                "micro_batch_tokens": 40,
-                "weight_transport": "disk",
-            },  # the transport whose routes the stand-in answers
-            "algorithm": {"group_size": 4, "learning_rate": LEARNING_RATE},
-        }
+    config = stand_in_loop_config(
+        model_dir, data, run_dir, redis_url, {"parallelism": parallelism}, LEARNING_RATE
     )
-    stop = threading.Event()
-    if is_main_process():
-        threading.Thread(
-            target=stand_in_rollout, args=(redis_url, run_dir.name, stop), daemon=True
-        ).start()
-    try:
-        run_training(config, max_steps, pool=stand_in_pool(), wait_timeout_s=60)
-    finally:
-        stop.set()
+    run_with_stand_ins(config, redis_url, max_steps)
 
 
 def main(scenario: str, *args: str) -> None:
@@ -343,29 +239,7 @@ def one_thread():
 
 
 def torchrun_this_file(*args) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={WORLD_SIZE}",
-        __file__,
-        *map(str, args),
-    ]
-
-
-def launch(args: list[str], timeout_s: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        args,
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
-    )
-    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
+    return torchrun(__file__, WORLD_SIZE, *args)
 
 
 @pytest.fixture(scope="module")
@@ -427,30 +301,6 @@ def test_checkpoints_resume_across_world_sizes(runs) -> None:
 # ---- the CLI -----------------------------------------------------------------------------------
 
 
-def write_trajectories(path: Path, count: int) -> Path:
-    """Calculator episodes in `load_trajectories`' format, half of them calling the tool."""
-    rng = random.Random(0)
-    rows = []
-    for i in range(count):
-        a, b = rng.randint(10, 999), rng.randint(10, 99)
-        messages = [
-            {"role": "system", "content": "Use Python for arithmetic."},
-            {"role": "user", "content": f"What is {a} * {b}?"},
-        ]
-        if i % 2:
-            messages += [
-                {
-                    "role": "assistant",
-                    "content": f"Let me compute it.\n<code>\nprint({a} * {b})\n</code>",
-                },
-                {"role": "tool", "content": f"{a * b}\n"},
-            ]
-        messages.append({"role": "assistant", "content": f"The result is <answer>{a * b}</answer>"})
-        rows.append(json.dumps({"messages": messages}))
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
 def test_sft_with_nproc_per_node_trains_data_parallel_and_matches_one_rank(
     model_dir, one_thread, tmp_path
 ) -> None:
@@ -470,18 +320,8 @@ def test_sft_with_nproc_per_node_trains_data_parallel_and_matches_one_rank(
         "micro_batch_tokens: 128, max_length_tokens: 128}\n"
     )
     result = launch(
-        [
-            sys.executable,
-            "-m",
-            "agentrl.common.cli",
-            "sft",
-            "--recipe",
-            str(recipe),
-            "--nproc-per-node",
-            str(WORLD_SIZE),
-            "--log-every",
-            "1",
-        ]
+        [*AGENTRL, "sft", "--recipe", str(recipe)]
+        + ["--nproc-per-node", str(WORLD_SIZE), "--log-every", "1"]
     )
     assert result.stdout.count("SFT done: 2 steps on 12 trajectories") == 1, result.stdout
     assert result.stdout.count("step     1  loss") == 1  # rank 0 alone prints
@@ -515,23 +355,10 @@ def test_sft_with_nproc_per_node_trains_data_parallel_and_matches_one_rank(
 def test_single_parallelism_with_several_processes_is_refused(model_dir, tmp_path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model: {{path: {model_dir}}}\ntrainer: {{device: cpu}}\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agentrl.common.cli",
-            "sft",
-            "--recipe",
-            str(recipe),
-            "--nproc-per-node",
-            "2",
-        ],
+    result = launch(
+        [*AGENTRL, "sft", "--recipe", str(recipe), "--nproc-per-node", "2"],
+        timeout_s=60,
         check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "200"},
     )
     assert result.returncode == 1
     assert "set trainer.parallelism: fsdp2" in result.stderr
@@ -547,16 +374,7 @@ def test_the_rl_loop_on_two_ranks_resumes_and_equals_one_rank(
 
     from agentrl.trainer.metrics import read_step_metrics
 
-    data = tmp_path / "prompts.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps(
-                {"prompt": f"What is {i} * 7?", "ground_truth": str(7 * i), "task_type": "math"}
-            )
-            + "\n"
-            for i in range(20)
-        )
-    )
+    data = write_prompts(tmp_path / "prompts.jsonl")
     one, two = tmp_path / "one-rank", tmp_path / "two-ranks"
     rl_loop_scenario(model_dir, data, one, redis_url, "single", 3)
     launch(torchrun_this_file("rl_loop", model_dir, data, two, redis_url, 2))

@@ -7,27 +7,31 @@
 - the RL loop (`run_training`, what `agentrl train` runs on every rank) on 2 ranks at TP 2 for
   two steps, then resumed by ONE process at TP 1 for the third, equals one process at TP 1
   throughout (metrics of every step, the last weights sent). The stand-in rollout worker and
-  vLLM pool are test_fsdp2.py's (deterministic groups from the data position); what is real is
+  vLLM pool are loop_helpers.py's (deterministic groups from the data position); what is real is
   the loop on every rank, Redis, torch.distributed and megatron-core.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from loop_helpers import (
+    AGENTRL,
+    launch,
+    release_megatron,
+    run_with_stand_ins,
+    stand_in_loop_config,
+    torchrun,
+    write_prompts,
+    write_trajectories,  # the same SFT data as the FSDP2 runs
+)
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed")
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_fsdp2 import write_trajectories  # the same SFT data as the FSDP2 runs
-
-REPO = Path(__file__).resolve().parents[2]
 RTOL = 1e-4
 LEARNING_RATE = 1e-3
 
@@ -55,16 +59,12 @@ def write_recipe(tmp_path: Path, model_dir: Path, tp: int) -> Path:
     return recipe
 
 
-def cli(recipe: Path, nproc: int, timeout_s: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agentrl.common.cli", "sft", "--recipe", str(recipe)]
+def sft_cli(recipe: Path, nproc: int, timeout_s: float):
+    return launch(
+        [*AGENTRL, "sft", "--recipe", str(recipe)]
         + ["--nproc-per-node", str(nproc), "--log-every", "1"],
+        timeout_s,
         check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
     )
 
 
@@ -72,15 +72,13 @@ def cli(recipe: Path, nproc: int, timeout_s: float) -> subprocess.CompletedProce
 def test_sft_on_two_tensor_parallel_ranks_through_the_cli_equals_one_process(
     model_dir, tmp_path
 ) -> None:
-    import torch.distributed as dist
-    from megatron.core import parallel_state
     from safetensors.torch import load_file
 
     from agentrl.common.config import load_config
     from agentrl.trainer.sft import run_sft
 
     recipe = write_recipe(tmp_path, model_dir, tp=2)
-    result = cli(recipe, 2, timeout_s=300)
+    result = sft_cli(recipe, 2, timeout_s=300)
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     assert result.stdout.count("SFT done: 2 steps on 8 trajectories") == 1, result.stdout
     assert result.stdout.count("step     1  loss") == 1  # rank 0 alone prints
@@ -100,9 +98,7 @@ def test_sft_on_two_tensor_parallel_ranks_through_the_cli_equals_one_process(
         one_rank = run_sft(config, output_dir=tmp_path / "one_rank")
     finally:
         torch.set_num_threads(threads)
-        parallel_state.destroy_model_parallel()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        release_megatron()
     expected = [
         json.loads(line)
         for line in (tmp_path / "one_rank" / "sft_metrics.jsonl").read_text().splitlines()
@@ -121,7 +117,7 @@ def test_sft_on_two_tensor_parallel_ranks_through_the_cli_equals_one_process(
 
 
 def test_a_process_count_that_does_not_divide_by_tp_is_refused(model_dir, tmp_path) -> None:
-    result = cli(write_recipe(tmp_path, model_dir, tp=2), 3, timeout_s=120)
+    result = sft_cli(write_recipe(tmp_path, model_dir, tp=2), 3, timeout_s=120)
     assert result.returncode == 1
     message = " ".join(result.stderr.split())
     assert "3 processes were launched but trainer.megatron needs a multiple of" in message
@@ -135,61 +131,23 @@ def test_a_process_count_that_does_not_divide_by_tp_is_refused(model_dir, tmp_pa
 def rl_loop(model_dir: Path, data: Path, run_dir: Path, redis_url: str, tp: int, steps: int):
     """`run_training` to `steps` (resuming from `run_dir`) at TP `tp`; the stand-ins run on
     rank 0. Under torchrun every rank calls it."""
-    import threading
+    from agentrl.trainer.distributed import process_group
 
-    from test_fsdp2 import stand_in_pool, stand_in_rollout
-
-    from agentrl.common.config import AgentRLConfig
-    from agentrl.trainer.distributed import is_main_process, process_group
-    from agentrl.trainer.rl_loop import run_training
-
-    config = AgentRLConfig.model_validate(
-        {
-            "run": {"run_id": run_dir.name, "output_dir": str(run_dir), "seed": 5},
-            "model": {"path": str(model_dir)},
-            "data": {"train_path": str(data)},
-            "redis": {"url": redis_url},
-            "trainer": {
-                "device": "cpu",
-                "backend": "megatron",
-                "megatron": {"tensor_parallel_size": tp, "vocab_padding_multiple": 16},
-                "cpu_threads": 1,
-                "batch_size": 2,
-                "max_staleness": 0,
-                "checkpoint_interval_steps": 2,
-                "grpc_port": 0,
-                "http_port": 0,
-                "micro_batch_tokens": 40,
-                "weight_transport": "disk",
-            },  # the transport whose routes the stand-in pool answers
-            "algorithm": {"group_size": 4, "learning_rate": LEARNING_RATE},
-        }
-    )
+    megatron = {"tensor_parallel_size": tp, "vocab_padding_multiple": 16}
+    trainer = {"backend": "megatron", "megatron": megatron}
+    config = stand_in_loop_config(model_dir, data, run_dir, redis_url, trainer, LEARNING_RATE)
     with process_group(config.trainer):
-        stop = threading.Event()
-        if is_main_process():
-            threading.Thread(
-                target=stand_in_rollout, args=(redis_url, run_dir.name, stop), daemon=True
-            ).start()
-        try:
-            run_training(config, steps, pool=stand_in_pool(), wait_timeout_s=60)
-        finally:
-            stop.set()
+        run_with_stand_ins(config, redis_url, steps)
 
 
 def in_process(*args) -> None:
     """`rl_loop` in this process (one rank), then megatron-core's groups released."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
     threads = torch.get_num_threads()
     try:
         rl_loop(*args)
     finally:
         torch.set_num_threads(threads)
-        parallel_state.destroy_model_parallel()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        release_megatron()
 
 
 @pytest.mark.slow  # ~60-90 s on 2 cores: 3 + 1 in-process steps, 2 ranks under torchrun
@@ -200,29 +158,10 @@ def test_the_rl_loop_on_two_tp_ranks_resumes_at_tp_1_and_equals_one_process(
 
     from agentrl.trainer.metrics import read_step_metrics
 
-    data = tmp_path / "prompts.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps(
-                {"prompt": f"What is {i} * 7?", "ground_truth": str(7 * i), "task_type": "math"}
-            )
-            + "\n"
-            for i in range(20)
-        )
-    )
+    data = write_prompts(tmp_path / "prompts.jsonl")
     one, two = tmp_path / "one-rank", tmp_path / "two-ranks"
     in_process(model_dir, data, one, redis_url, 1, 3)
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-        + [__file__, str(model_dir), str(data), str(two), redis_url, "2", "2"],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert launched.returncode == 0, f"{launched.stdout[-3000:]}\n{launched.stderr[-5000:]}"
+    launch(torchrun(__file__, 2, model_dir, data, two, redis_url, 2, 2), timeout_s=300)
     in_process(model_dir, data, two, redis_url, 1, 3)  # resumes the TP 2 checkpoint at TP 1
 
     expected, records = read_step_metrics(one), read_step_metrics(two)

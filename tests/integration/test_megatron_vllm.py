@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from loop_helpers import release_megatron, vllm_rollout
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed")
 
@@ -27,7 +28,9 @@ from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
 
-pytestmark = pytest.mark.slow
+# The module's first test also waits for vLLM's start (up to its 300 s start_timeout_s on a
+# loaded machine: pytest's default 300 s ran out there once, in vLLM's start).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 MATCH_TOLERANCE = 1e-4
 CONFIG = InferenceServerConfig(max_model_len=512, kv_cache_gib=1, max_num_seqs=16)
 
@@ -45,9 +48,6 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def test_a_megatron_step_is_served_after_the_native_sync(server, model_dir) -> None:
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
     from agentrl.trainer.backends.interface import OptimizerSettings
     from agentrl.trainer.backends.megatron.backend import MegatronBackend
     from agentrl.trainer.backends.megatron.convert import ParallelLayout
@@ -98,64 +98,7 @@ def test_a_megatron_step_is_served_after_the_native_sync(server, model_dir) -> N
         assert result.num_bytes > 0
         assert drift.max_abs_diff < MATCH_TOLERANCE and drift.num_tokens == len(sequence) - 1
     finally:
-        parallel_state.destroy_model_parallel()
-        dist.destroy_process_group()
-
-
-def stand_in_rollout(server_url: str, redis_url: str, run_id: str, stop: threading.Event) -> None:
-    """What a rollout worker does, minus tools and verifiers: real vLLM samples for each task,
-    rewards alternating 1/0 (every group has signal), one Group per task."""
-    from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
-    from agentrl.common.streams import StreamQueue
-    from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
-
-    async def main() -> None:
-        pool = InferencePool([server_url], request_timeout_s=120)
-        layout = RunLayout(run_id)
-        tasks = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP, consumer="stand-in")
-        groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP)
-        try:
-            while not stop.is_set():
-                for entry in await asyncio.to_thread(tasks.read, 4, 200):
-                    task = entry.decode(task_pb2.RolloutTask)
-                    prompt = list(task.prompt_token_ids)
-                    samples = []
-                    for i in range(task.num_samples):
-                        out = await pool.generate(
-                            f"{task.task_id}-{i}",
-                            prompt,
-                            {"max_tokens": 6, "ignore_eos": True, "logprobs": 1},
-                        )
-                        samples.append(
-                            group_pb2.ScoredTrajectory(
-                                trajectory=trajectory_pb2.Trajectory(
-                                    trajectory_id=f"{task.task_id}-{i}",
-                                    task_id=task.task_id,
-                                    sample_index=i,
-                                    prompt_length=len(prompt),
-                                    token_ids=prompt + out.token_ids,
-                                    behaviour_logprobs=[0.0] * len(prompt) + out.logprobs,
-                                    loss_mask=[0] * len(prompt) + [1] * len(out.token_ids),
-                                    policy_versions=[-1] * len(prompt) + out.policy_versions,
-                                ),
-                                result=group_pb2.RewardResult(reward=float(i % 2)),
-                            )
-                        )
-                    groups.publish(
-                        group_pb2.Group(
-                            group_id=task.task_id,
-                            idempotency_key=task.idempotency_key,
-                            task=task,
-                            samples=samples,
-                        )
-                    )
-                    tasks.complete(entry)
-        finally:
-            await pool.close()
-            tasks.close()
-            groups.close()
-
-    asyncio.run(main())
+        release_megatron()
 
 
 def test_run_training_with_the_megatron_backend(server, model_dir, redis_url, tmp_path) -> None:
@@ -163,9 +106,6 @@ def test_run_training_with_the_megatron_backend(server, model_dir, redis_url, tm
     each synced to the server (drift ~0 after every sync) and checkpointed; then the loop
     started again resumes from the step-2 checkpoint (model and AdamW state through the
     backend's load_state_dict) and takes step 3."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
     from agentrl.common.config import load_config
     from agentrl.common.inference.launcher import free_port
     from agentrl.trainer.metrics import read_step_metrics
@@ -208,7 +148,7 @@ def test_run_training_with_the_megatron_backend(server, model_dir, redis_url, tm
     config = load_config(recipe, env={})  # what `agentrl train --recipe` validates and runs
     stop = threading.Event()
     worker = threading.Thread(
-        target=stand_in_rollout, args=(server.url, redis_url, run_id, stop), daemon=True
+        target=vllm_rollout, args=(server.url, redis_url, run_id, stop), daemon=True
     )
     worker.start()
     try:
@@ -217,10 +157,7 @@ def test_run_training_with_the_megatron_backend(server, model_dir, redis_url, tm
     finally:
         stop.set()
         worker.join(timeout=30)
-        if parallel_state.model_parallel_is_initialized():
-            parallel_state.destroy_model_parallel()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        release_megatron()
     records = read_step_metrics(tmp_path / "run")
     print([{k: r[k] for k in ("step", "loss", "grad_norm", "logprob_drift_max")} for r in records])
     assert (result.steps, result.policy_version) == (2, 2)

@@ -10,7 +10,6 @@ One vLLM server for the module (~3 GiB, 50-120 s to start on 2 shared cores)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import urllib.request
@@ -19,15 +18,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from loop_helpers import ZERO_SIGNAL_MARK, vllm_rollout
 
 from agentrl.common.config import InferenceConfig, InferenceServerConfig
 from agentrl.common.inference.launcher import VLLMServer
-from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.common.run_layout import RunLayout
 from agentrl.trainer.backends.torch.backend import TorchBackend
 
-pytestmark = pytest.mark.slow
+# The module's first test also waits for vLLM's start (up to its 300 s start_timeout_s on a
+# loaded machine: pytest's default 300 s ran out there once, in vLLM's start).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 MATCH_TOLERANCE = 1e-3
 # Noise added to every weight: large enough to move log-probs by far more than the tolerance.
 PERTURBATION_STD = 0.05
@@ -68,76 +69,6 @@ def max_diff(a: list[float], b: list[float]) -> float:
 
 
 # ---- the RL loop ---------------------------------------------------------------------------
-
-ZERO_SIGNAL_MARK = "same"  # prompts containing it get equal rewards: dynamic sampling drops them
-
-
-def stand_in_rollout(
-    server_url: str, redis_url: str, run_id: str, stop: threading.Event, response_tokens: int = 6
-) -> None:
-    """What a rollout worker does, minus tools and verifiers: real vLLM samples per task,
-    rewards by rule (alternating 1/0, or all 0 for ZERO_SIGNAL_MARK prompts), one Group each."""
-    from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
-    from agentrl.common.streams import StreamQueue
-    from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
-
-    async def main() -> None:
-        pool = InferencePool([server_url], request_timeout_s=120)
-        layout = RunLayout(run_id)
-        tasks = StreamQueue(redis_url, layout.prompts, PROMPTS_GROUP, consumer="stand-in")
-        groups = StreamQueue(redis_url, layout.groups, GROUPS_GROUP)
-        published = []
-        try:
-            while not stop.is_set():
-                for entry in await asyncio.to_thread(tasks.read, 4, 200):
-                    task = entry.decode(task_pb2.RolloutTask)
-                    prompt = list(task.prompt_token_ids)
-                    samples = []
-                    for i in range(task.num_samples):
-                        out = await pool.generate(
-                            f"{task.task_id}-{i}",
-                            prompt,
-                            {"max_tokens": response_tokens, "ignore_eos": True, "logprobs": 1},
-                        )
-                        n = len(out.token_ids)
-                        reward = 0.0 if ZERO_SIGNAL_MARK in task.prompt_text else float(i % 2)
-                        samples.append(
-                            group_pb2.ScoredTrajectory(
-                                trajectory=trajectory_pb2.Trajectory(
-                                    trajectory_id=f"{task.task_id}-{i}",
-                                    task_id=task.task_id,
-                                    sample_index=i,
-                                    prompt_length=len(prompt),
-                                    token_ids=prompt + out.token_ids,
-                                    behaviour_logprobs=[0.0] * len(prompt) + out.logprobs,
-                                    loss_mask=[0] * len(prompt) + [1] * n,
-                                    policy_versions=[-1] * len(prompt) + out.policy_versions,
-                                ),
-                                result=group_pb2.RewardResult(
-                                    reward=reward,
-                                    verdict=group_pb2.VERDICT_CORRECT
-                                    if reward
-                                    else group_pb2.VERDICT_INCORRECT,
-                                ),
-                            )
-                        )
-                    group = group_pb2.Group(
-                        group_id=task.task_id,
-                        idempotency_key=task.idempotency_key,
-                        task=task,
-                        samples=samples,
-                    )
-                    groups.publish(group)
-                    if not published:  # a worker killed before complete(): a second copy
-                        groups.publish(group)
-                    published.append(task.idempotency_key)
-                    tasks.complete(entry)
-        finally:
-            await pool.close()
-            tasks.close()
-            groups.close()
-
-    asyncio.run(main())
 
 
 def test_run_training_steps_syncs_checkpoints_and_completes_groups(
@@ -196,7 +127,10 @@ def test_run_training_steps_syncs_checkpoints_and_completes_groups(
     )
     stop = threading.Event()
     worker = threading.Thread(
-        target=stand_in_rollout, args=(server.url, redis_url, run_id, stop), daemon=True
+        target=vllm_rollout,
+        args=(server.url, redis_url, run_id, stop),
+        kwargs={"publish_first_twice": True},
+        daemon=True,
     )
     worker.start()
     client = redis.Redis.from_url(redis_url)
