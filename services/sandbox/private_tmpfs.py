@@ -80,8 +80,12 @@ def await_hold(proc: subprocess.Popen, timeout_s: float = HOLD_TIMEOUT_S) -> Non
 def sandbox_pid(outer_pid: int) -> int:
     """A process inside the run's namespaces: bwrap's child (pid 1 inside), found from the
     bwrap process the service started (which stays outside them)."""
-    with open(f"/proc/{outer_pid}/task/{outer_pid}/children", "rb") as handle:
-        children = [int(pid) for pid in handle.read().split()]
+    children_file = f"/proc/{outer_pid}/task/{outer_pid}/children"
+    if os.path.exists(children_file):
+        with open(children_file, "rb") as handle:
+            children = [int(pid) for pid in handle.read().split()]
+    else:  # a kernel without CONFIG_PROC_CHILDREN: scan /proc for the child
+        children = [pid for pid in _all_pids() if _parent_of(pid) == outer_pid]
     if len(children) != 1:
         raise RuntimeError(f"bwrap (pid {outer_pid}) has {len(children)} children, not 1")
     child = children[0]
@@ -98,3 +102,16 @@ def open_work(pid: int) -> int:
         return os.open("work", DIR_FLAGS, dir_fd=root)
     finally:
         os.close(root)
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("ascii", "replace")
+    except OSError:
+        return 0
+    return int(stat[stat.rfind(")") + 2 :].split()[1])
