@@ -7,9 +7,12 @@ that names the value to change.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from deploy_render import (
+    CHART,
     ToolError,
     env_of,
     find,
@@ -251,3 +254,27 @@ def test_a_disabled_service_disappears_with_its_address():
 def test_bad_values_fail_with_the_value_to_change(values, message):
     with pytest.raises(ToolError, match=message):
         render(values)
+
+
+def test_every_object_of_the_values_schema_refuses_unknown_keys():
+    # What makes a misspelt key at any depth fail `helm lint/template` with its name: every
+    # object the schema describes is closed; only free-form maps (env, labels, selectors) are
+    # open, and they say what their values are.
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    definitions = schema.get("definitions", {})
+    open_objects = []
+
+    def walk(node, path):
+        while "$ref" in node:
+            node = definitions[node["$ref"].rsplit("/", 1)[-1]]
+        if "properties" in node and node.get("additionalProperties") is not False:
+            open_objects.append(path)
+        for key, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.{key}")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.*")
+
+    walk(schema, "")
+    assert not open_objects
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) == set(schema["properties"])
