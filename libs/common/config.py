@@ -320,6 +320,7 @@ LAUNCHER_MANAGED_FLAGS = {
     "--max-num-seqs": "inference.server.max_num_seqs",
     "--max-logprobs": "the launcher (the log-probs the rollout needs)",
     "--logprobs-mode": "the launcher (the trainer recomputes raw log-probs)",
+    "--generation-config": "the launcher (a task's sampling parameters must not be altered)",
     "--seed": "run.seed",
     "--tensor-parallel-size": "inference.server.tensor_parallel_size",
     "-tp": "inference.server.tensor_parallel_size",
@@ -522,7 +523,8 @@ class CollapseConfig(Section):
     min_entropy: float = Field(default=0.01, ge=0)
     """Warn when the mean token entropy (nats) is below this floor."""
     max_length_growth: float = Field(default=3.0, ge=0)
-    """Warn when the longest response is more than this many times the window's longest."""
+    """Warn when the mean response length is more than this many times the window's highest
+    mean (the mean: one looping episode among many moves the longest, not the mean)."""
 
 
 class TrainerConfig(ServiceEndpoint):

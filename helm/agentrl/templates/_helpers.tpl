@@ -42,7 +42,7 @@ set, on CPU only. */}}
 {{- define "agentrl.vllmEngine" -}}
 {{- $vllm := .Values.vllm -}}
 {{- /* The launcher's own flags (LAUNCHER_MANAGED_FLAGS in libs/common/config.py). */ -}}
-{{- $managed := list "--model" "--served-model-name" "--host" "--port" "--dtype" "--max-model-len" "--max-num-seqs" "--max-logprobs" "--logprobs-mode" "--seed" "--tensor-parallel-size" "-tp" "--enforce-eager" "--gpu-memory-utilization" "--weight-transfer-config" -}}
+{{- $managed := list "--model" "--served-model-name" "--host" "--port" "--dtype" "--max-model-len" "--max-num-seqs" "--max-logprobs" "--logprobs-mode" "--generation-config" "--seed" "--tensor-parallel-size" "-tp" "--enforce-eager" "--gpu-memory-utilization" "--weight-transfer-config" -}}
 {{- range $vllm.extraArgs -}}
 {{- if has (splitList "=" . | first) $managed -}}
 {{- fail (printf "vllm.extraArgs sets %s, which the chart sets itself: use vllm.gpus (tensor parallel), vllm.enforceEager, vllm.gpuMemoryUtilization, vllm.port or recipe.inference.server.* (dtype, max_model_len, max_num_seqs) instead" (splitList "=" . | first)) -}}
