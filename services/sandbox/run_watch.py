@@ -8,7 +8,8 @@ not the rate). `RunWatch` closes most of both gaps: one thread samples every wat
 
 Memory: it adds up what the run's processes hold (/proc/<pid>/smaps_rollup `Pss_Anon` +
 `Pss_Shmem`, the proportional share, so pages a forked child still shares with its parent
-count once) and kills the run the first time the sum passes its limit; the backend then
+count once; read only when the cheap sum of resident sizes from /proc/<pid>/statm, an upper
+bound, passes the limit) and kills the run the first time the sum passes its limit; the backend then
 reports status `oom`. A run is killed within one sample of holding more than its limit; between
 samples it can pass the limit by what it allocates in that time, never more than RLIMIT_AS per
 process (memory_mb + 256 MB) times the processes it may have (max_processes). It is not a
@@ -50,6 +51,7 @@ HELD_FIELDS = ("Pss_Anon", "Pss_Shmem")
 # sampling jitter, so a single busy process under cpu_cores >= 1 is never paused.
 CPU_BURST_S = 0.2
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def process_memory_bytes(pid: int) -> int:
@@ -86,6 +88,16 @@ def parent_pid(pid: int) -> int:
     return int(stat[stat.rfind(")") + 2 :].split()[1])
 
 
+def process_rss_bytes(pid: int) -> int:
+    """Resident bytes of `pid` from /proc/<pid>/statm (~30x cheaper than smaps_rollup; an
+    upper bound of what process_memory_bytes counts); 0 once gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def supported() -> bool:
     """Whether this kernel reports Pss_Anon (Linux >= 5.10)."""
     try:
@@ -103,6 +115,7 @@ class Watched:
     """CPU quota in cores (0: none)."""
     exceeded: bool = False
     peak_bytes: int = 0
+    """Largest sum seen: resident bytes, or the proportional count once that passed the limit."""
     done: bool = False
     """Set when the watch ends: `kill` is never called after that (its pidfd is closed)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -169,7 +182,11 @@ class RunWatch:
         """Add up the run's processes now; kill it the first time the sum passes its limit;
         pause or resume it by its CPU quota."""
         pids = session_pids(watched.root_pid, None) - {watched.root_pid}
-        held = sum(process_memory_bytes(pid) for pid in pids)
+        # Resident memory bounds the proportional count from above: the costly exact sum is
+        # needed only when the cheap one passes the limit.
+        held = sum(process_rss_bytes(pid) for pid in pids)
+        if held > watched.limit_bytes:
+            held = sum(process_memory_bytes(pid) for pid in pids)
         watched.peak_bytes = max(watched.peak_bytes, held)
         now, cpu_s = time.monotonic(), sum(process_cpu_s(pid) for pid in pids)
         with watched.lock:
