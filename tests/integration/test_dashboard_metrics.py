@@ -2,7 +2,7 @@
 
 The real local stack (`agentrl up`: Redis, CPU vLLM with a tiny model, sandbox, reward, search
 over a small BM25 index, a rollout worker) and `agentrl train` run until the trainer has
-written a step; the sandbox and search each answer one HTTP call. Then every service's
+written two steps; the sandbox and search each answer one HTTP call. Then every service's
 /metrics (no token needed) is scraped, and:
 - every `agentrl_*` metric a dashboard query names is a family some service exports (`# TYPE`
   line; a histogram's `_bucket`/`_sum`/`_count` through its base name), and where it has
@@ -43,6 +43,8 @@ DASHBOARDS = sorted((REPO / "deploy" / "grafana").glob("*.json"))
 SERVICES = ("sandbox", "reward", "search", "rollout", "trainer")
 # A loaded 2-core machine: vLLM starts in 30-90 s, a step of the tiny model takes seconds.
 STEP_DEADLINE_S = 600.0
+# Step 2 or later: every gauge of step 1 is set by then (a step's index is set before its values).
+SECOND_STEP = re.compile(r"^agentrl_trainer_step_index ([2-9]|\d\d)", re.MULTILINE)
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -175,7 +177,7 @@ def wait_for_a_step(trainer: subprocess.Popen, port: int, log: Path) -> None:
         assert trainer.poll() is None, log.read_text(errors="replace")[-4000:]
         assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
         try:
-            if re.search(r"^agentrl_trainer_step_index [1-9]", get_metrics(port), re.MULTILINE):
+            if SECOND_STEP.search(get_metrics(port)):
                 return
         except httpx.HTTPError:
             pass  # not serving yet
