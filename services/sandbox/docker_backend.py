@@ -1,37 +1,32 @@
-"""The `docker` backend: each execution through `docker exec` in a warm, locked-down container.
+"""The `docker` backend: each execution forked by the executor inside a warm, locked-down container.
 
 Containers come from a warm pool (agentrl.sandbox.docker_pool): no network, read-only root, no
-capabilities, non-root uids, memory/pids/CPU limits, a `disk_mb` tmpfs at /work and /tmp. A
-run: write the files and the source into the container's (emptied) work dir from the host, set
-the request's memory limit on the container's memory cgroup, hand the program to the warm
-interpreter that `docker exec` started before the request came (agentrl.sandbox.runner, the
-same one bwrap uses; other languages start cold), and drive the exec with
-agentrl.sandbox.capture. When the program exits, a wrapper inside the container SIGKILLs every
-process of the sandbox uid (setsid() children included); on timeout or output overflow the host
-SIGKILLs them through the container's cgroup. Statuses, output capping, file rules and request
-limits are the bwrap backend's (`classify`, capture, workdir, limits). CPU time and peak memory
-come from the container's cgroup.
+capabilities but the executor's CAP_SETUID/CAP_SETGID, programs as a non-root uid,
+memory/pids/CPU limits, a `disk_mb` tmpfs at /work and /tmp. Each container's command is a
+small executor (agentrl.sandbox.docker_executor) that the service reaches over a unix socket in
+a directory bind-mounted from the host (agentrl.sandbox.docker_channel): it forks each program
+with pipes the service passed it, so a run costs a fork, not a `docker exec` (~100 ms of
+dockerd, containerd and runc CPU each). A run: write the files and the source into the
+container's (emptied) work dir from the host, set the request's memory limit on the container's
+memory cgroup, hand the program to the warm interpreter the executor started before the request
+came (agentrl.sandbox.runner, the same one bwrap uses; other languages start cold), and drive
+its pipes with agentrl.sandbox.capture. When the program exits, the executor SIGKILLs every
+process of the sandbox uid (setsid() children included) and removes the SysV IPC objects the
+run made; on timeout or output overflow the host SIGKILLs them through the container's cgroup.
+Statuses, output capping, file rules and request limits are the bwrap backend's (`classify`,
+capture, workdir, limits). CPU time and peak memory come from the container's cgroup.
 
 A container serves `runs_per_container` runs, and is recycled (removed, replaced in the
 background) at once after a timeout, an OOM kill, a write outside /work (anything left in /tmp,
-/dev/shm or /dev/mqueue), SysV IPC objects left in its IPC namespace (the exec wrapper removes
-what a normal run made, so this is after a run killed the wrapper or was killed), a process that
-survived the kill, or a docker failure.
+/dev/shm or /dev/mqueue), SysV IPC objects the executor could not remove, a process that
+survived the kill, its executor gone (died, OOM-killed, stopped answering) or a docker failure.
 
-Why the `docker` SDK for containers and the `docker` CLI for executions: the SDK gives typed
-errors and labels for the lifecycle (create, inspect, remove, sweep); its exec API returns one
-multiplexed socket, while `docker exec -i` gives three plain pipes, so capture.drive (the same
-stdin pump, output cap and deadline as bwrap) applies unchanged and the exec can be started
-before the request arrives (that hides the ~100 ms exec start-up).
-
-Sessions are not supported (a request with a session id is rejected, see executor.py): the
-session kernel reports completion on an extra pipe, which `docker exec` cannot pass.
+Sessions are not supported (a request with a session id is rejected, see executor.py).
 
 What this does NOT cover: kernel exploits (Docker's default seccomp profile is the only syscall
 filter); a daemon on another host, rootless Docker or cgroup v2 (the host must reach the
 containers' cgroups and bind-mount its tmpfs work dirs; the service runs as root); disk I/O
-bandwidth; a program that prints a Docker error
-message to stderr and exits non-zero is reported as `sandbox_error`.
+bandwidth. The executor's memory (~10 MB) counts against each run's memory limit.
 """
 
 from __future__ import annotations
@@ -47,16 +42,9 @@ from docker.errors import DockerException, ImageNotFound
 
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
-from agentrl.sandbox.bwrap import TEARDOWN_WAIT_S, sweep_stale
-from agentrl.sandbox.capture import drive, spawn
-from agentrl.sandbox.docker_pool import (
-    EXTRA_PROCESSES,
-    INIT_UID,
-    OWNER_LABEL,
-    Container,
-    ContainerPool,
-    cli_env,
-)
+from agentrl.sandbox.bwrap import SANDBOX_ENV, TEARDOWN_WAIT_S, sweep_stale
+from agentrl.sandbox.capture import drive
+from agentrl.sandbox.docker_pool import EXTRA_PROCESSES, OWNER_LABEL, Container, ContainerPool
 from agentrl.sandbox.enforcement import Limit, docker_limits
 from agentrl.sandbox.interface import (
     Backend,
@@ -76,38 +64,22 @@ DOCKER_API_TIMEOUT_S = 120
 STARTUP_TIMEOUT_S = 180.0
 # Compile-step outcomes after which the container is recycled, as after such a run.
 RECYCLED = (Status.TIMEOUT, Status.OOM, Status.SANDBOX_ERROR)
-# What the docker CLI prints when the exec itself failed (the program never ran).
-DOCKER_FAILURE_PREFIXES = (
-    b"Error response from daemon",
-    b"OCI runtime exec failed",
-    b"Cannot connect to the Docker daemon",
-    b"error during connect",
-)
+# A run whose executor never reported (it died during the run) has no known outcome.
+EXECUTOR_LOST = "the container's executor died during the run; its outcome is unknown"
 
 
 class DockerBackend(Backend):
-    """Runs each request through `docker exec` in a warm container of the pool."""
+    """Runs each request through the executor of a warm container of the pool."""
 
     name = "docker"
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.on_recycle = lambda reason: None  # the executor replaces it to count recycles
-        cli = shutil.which("docker")
-        if cli is None:
-            raise RuntimeError(
-                "the docker CLI is missing: AGENTRL_WITH_DOCKER=1 bash "
-                "scripts/setup.sh installs docker.io and starts the engine"
-            )
         if os.geteuid() != 0:
             raise RuntimeError(
                 "backend: docker must run as root (it sets per-run limits in the "
                 "containers' cgroups and mounts their tmpfs work dirs)"
-            )
-        if config.sandbox_uid == INIT_UID:
-            raise ValueError(
-                f"sandbox_uid must not be {INIT_UID}: the containers' init runs "
-                "as that uid; pick another (65534 is the default)"
             )
         try:
             self.client = docker.from_env(timeout=DOCKER_API_TIMEOUT_S)
@@ -143,7 +115,6 @@ class DockerBackend(Backend):
             self.instance,
             on_recycle=lambda reason: self.on_recycle(reason),
         )
-        self.pool.docker_cli = cli
         if not self._wait_for_pool(STARTUP_TIMEOUT_S):
             self.close()
             raise RuntimeError("no sandbox container started; see the log for Docker's error")
@@ -216,7 +187,7 @@ class DockerBackend(Backend):
             stdin = b"%d\n" % len(code) + code + stdin
         else:
             program = language.argv(config.python, f"/work/{language.source_name}")
-            proc = spawn(self.pool.exec_argv(container, program), cli_env())
+            proc = container.channel.start(program, SANDBOX_ENV)
         oom_before, cpu_before = group.oom_kills(), group.cpu_time_s()
         captured = drive(
             proc,
@@ -225,17 +196,19 @@ class DockerBackend(Backend):
             max_output_bytes=config.max_output_bytes,
             kill_tree=lambda: group.kill_all(uid=config.sandbox_uid),
         )
+        if proc.lost:  # the container stops with its executor, and its cgroups go with it
+            result = classify(captured, False, request, config.max_output_bytes, ())
+            if result.status not in (Status.TIMEOUT, Status.OUTPUT_LIMIT):
+                result.status, result.message = Status.SANDBOX_ERROR, EXECUTOR_LOST
+            result.backend, result.request_id = self.name, request.request_id
+            result.compile_result = compiled
+            return result, "executor_died"
         survived = not group.wait_empty(TEARDOWN_WAIT_S, uid=config.sandbox_uid)
         if survived:
             survived = not group.kill_all(uid=config.sandbox_uid)
         oomed = group.oom_kills() > oom_before
-        result = classify(
-            captured,
-            oomed,
-            request,
-            config.max_output_bytes,
-            failure_prefixes=DOCKER_FAILURE_PREFIXES,
-        )
+        result = classify(captured, oomed, request, config.max_output_bytes, failure_prefixes=())
+        container.ipc_left = proc.ipc_left
         result.cpu_time_s = group.cpu_time_s() - cpu_before
         result.peak_memory_mb = group.peak_memory_bytes() / (1024 * 1024)
         result.backend, result.request_id = self.name, request.request_id
@@ -270,7 +243,7 @@ class DockerBackend(Backend):
         group.set_limits(memory_mb, config.max_processes + EXTRA_PROCESSES, config.cpu_cores)
         oom_before = group.oom_kills()
         program = language.compile_argv(f"/work/{language.source_name}")
-        proc = spawn(self.pool.exec_argv(container, program), cli_env())
+        proc = container.channel.start(program, SANDBOX_ENV)
         captured = drive(
             proc,
             stdin=b"",
@@ -280,10 +253,11 @@ class DockerBackend(Backend):
         )
         if not group.wait_empty(TEARDOWN_WAIT_S, uid=config.sandbox_uid):
             group.kill_all(uid=config.sandbox_uid)
+        if proc.lost:
+            raise RuntimeError(EXECUTOR_LOST)
         oomed = group.oom_kills() > oom_before
-        return compile_outcome(
-            captured, oomed, request, memory_mb, config.max_output_bytes, DOCKER_FAILURE_PREFIXES
-        )
+        container.ipc_left = proc.ipc_left
+        return compile_outcome(captured, oomed, request, memory_mb, config.max_output_bytes, ())
 
     def close(self) -> None:
         self.pool.close()

@@ -2,23 +2,26 @@
 
 A `Container` is one long-lived container of `SandboxConfig.docker_image` plus what the host
 keeps for it: a slot dir (agentrl.sandbox.workdir: a `disk_mb` tmpfs on the host whose work/
-and tmp/ are bind-mounted at /work and /tmp) and the container's cgroups as the host sees them
-(agentrl.sandbox.cgroups). Every container runs with `--network none`, a read-only root, all
-capabilities dropped, no-new-privileges, a private IPC namespace, memory/pids/CPU limits, a
-`disk_mb` /dev/shm, and
-docker-init as PID 1 (it reaps orphans) over `sleep infinity`, both as INIT_UID. Programs run
-in it through `docker exec` as `sandbox_uid` (agentrl.sandbox.docker_backend), so they cannot
-signal the init and a run's `kill -1` cannot stop the container.
+and tmp/ are bind-mounted at /work and /tmp, and whose ctl/, mode 0700 root, is bind-mounted at
+/run/agentrl), the container's cgroups as the host sees them (agentrl.sandbox.cgroups) and the
+connection to its executor (agentrl.sandbox.docker_channel). Every container runs with
+`--network none`, a read-only root, no capabilities but CAP_SETUID and CAP_SETGID (the executor
+needs them to start programs as `sandbox_uid`; a program, another uid, holds none),
+no-new-privileges, a private IPC namespace, memory/pids/CPU limits, a `disk_mb` /dev/shm, and
+docker-init as PID 1 (it reaps orphans) over the executor (agentrl.sandbox.docker_executor),
+both as uid 0 of the container: programs run as `sandbox_uid`, so they can signal neither, and
+a run's `kill -1` cannot stop the container.
 
 `ContainerPool` keeps `pool_size` containers. `take()` hands out a ready one (waiting for a
 refill when none is); `give_back(container, reason)` queues it for a background worker that
-either resets it (kill what is left of the run, empty /work and /tmp, start the next warm
-interpreter) or, given a reason, recycles it (remove it, create a fresh one). Start-up removes
-the containers and work dirs of service processes that died (found by the owner label).
+either resets it (kill what is left of the run, empty /work and /tmp, have the executor start
+the next warm interpreter) or, given a reason, recycles it (remove it, create a fresh one). A
+container whose executor is gone fails its reset and is recycled. Start-up removes the
+containers and work dirs of service processes that died (found by the owner label).
 
-What this module does NOT cover: a Docker daemon on another host or in a VM (work dirs and
-cgroups are reached through this host's filesystem), cgroup v2, pulling images (the image must
-exist locally: services/sandbox/image/build.sh).
+What this module does NOT cover: a Docker daemon on another host or in a VM (work dirs, the
+executor's socket and cgroups are reached through this host's filesystem), cgroup v2, pulling
+images (the image must exist locally: services/sandbox/image/build.sh).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from __future__ import annotations
 import os
 import queue
 import select
-import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,47 +40,31 @@ from docker.types import Mount, Ulimit
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
 from agentrl.sandbox.bwrap import MAX_OPEN_FILES, RUNNER_SOURCE, SANDBOX_ENV
-from agentrl.sandbox.capture import kill_group, spawn
 from agentrl.sandbox.cgroups import Cgroup
+from agentrl.sandbox.docker_channel import ContainerProcess, ExecutorChannel
 from agentrl.sandbox.workdir import SlotDir
 
 log = get_logger(__name__)
 
 # Label carrying "<service pid>-<random>" of the instance that owns a container.
 OWNER_LABEL = "agentrl.sandbox.owner"
-# The idle init runs as this uid, the programs as sandbox_uid: without capabilities a program
-# cannot signal a process of another uid, so it can neither kill nor ptrace the init.
-INIT_UID = 65533
-# Processes of a container besides the program's own: docker-init, sleep, the exec wrapper.
-EXTRA_PROCESSES = 3
+# Processes of a container besides the program's own: docker-init and the executor.
+EXTRA_PROCESSES = 2
+# The executor runs inside every container as the container's command (under docker-init).
+EXECUTOR_SOURCE = (Path(__file__).parent / "docker_executor.py").read_text()
+# Where the container sees its control directory (the executor's socket).
+CONTROL_MOUNT = "/run/agentrl"
 # Background workers resetting and re-creating containers; creation is mostly dockerd I/O
 # (vfs copies the image per container), so a few in parallel fill a pool faster.
 NUM_REFILL_WORKERS = 4
 # A failed container creation (daemon restarting, disk full) is retried after this long.
 REFILL_RETRY_S = 5.0
-# Runs inside the container around every program: once the program exits, SIGKILL every
-# process of the sandbox uid (kill -1 spares the caller and the INIT_UID processes), so a child
-# that called setsid() dies with it and stops holding the exec's stdout open; then remove the
-# SysV IPC objects the run made (the container's IPC namespace outlives the run). A run that
-# kills this wrapper leaves them: the host checks and recycles (Container.left_sysv_ipc).
-EXEC_WRAPPER = (
-    '"$@"; status=$?; kill -s KILL -- -1 2>/dev/null; ipcrm --all 2>/dev/null; exit $status'
-)
-# The kernel's lists of SysV IPC objects, read in the container's IPC namespace; one header
-# line each when empty.
-SYSV_IPC_FILES = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
 # The warm interpreter writes this byte to stdout once it runs; the pool reads it before it
-# calls the container ready, so a request never waits for `docker exec` to start.
+# calls the container ready, so a request never waits for an interpreter to start.
 READY_MARKER = b"\x00"
 WARM_SOURCE = f"import os; os.write(1, {READY_MARKER!r})\n" + RUNNER_SOURCE
-# Longest a warm interpreter may take to start (exec start-up on a loaded host: ~0.1-1 s).
+# Longest a warm interpreter may take to start (~0.05-1 s on a loaded host).
 PRIME_TIMEOUT_S = 30.0
-
-
-def cli_env() -> dict[str, str]:
-    """Environment of the `docker` CLI itself (never passed into the container)."""
-    keep = {k: v for k, v in os.environ.items() if k.startswith("DOCKER_")}
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", **keep}
 
 
 @dataclass
@@ -88,9 +75,13 @@ class Container:
     cgroup: Cgroup
     init_pid: int
     """docker-init's pid on the host; /proc/<it>/root is the container's filesystem."""
+    channel: ExecutorChannel | None = None
+    """The connection to the container's executor (None until it answered)."""
     runs: int = 0
-    warm: subprocess.Popen | None = None
-    """`docker exec` of a warm interpreter (agentrl.sandbox.runner) waiting for one program."""
+    warm: ContainerProcess | None = None
+    """A warm interpreter (agentrl.sandbox.runner) the executor started, waiting for a program."""
+    ipc_left: bool = False
+    """The executor's report of the last program: SysV IPC objects outlived its clean-up."""
 
     def alive(self) -> bool:
         return Path(f"/proc/{self.init_pid}").exists()
@@ -110,26 +101,20 @@ class Container:
         return False
 
     def left_sysv_ipc(self) -> bool:
-        """Whether SysV shared memory, semaphores or message queues exist in the container's
-        IPC namespace (a later run would see them); unreadable counts as yes."""
-        result = subprocess.run(
-            ["nsenter", f"--ipc=/proc/{self.init_pid}/ns/ipc", "--", "cat", *SYSV_IPC_FILES],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        lines = [line for line in result.stdout.splitlines() if line.strip()]
-        return result.returncode != 0 or len(lines) > len(SYSV_IPC_FILES)
+        """Whether SysV shared memory, semaphores or message queues outlived the executor's
+        removal of what the last program made (a later run would see them)."""
+        return self.ipc_left
 
     def stop_programs(self, sandbox_uid: int) -> bool:
-        """Kill the warm exec and every process of the sandbox uid; False if some survived."""
+        """Kill the warm interpreter and every process of the sandbox uid, and take the
+        executor's report of the warm one; False if some survived or the executor is gone."""
+        stopped = self.cgroup.kill_all(uid=sandbox_uid)
         if self.warm is not None:
-            kill_group(self.warm)
-            self.warm.wait()
-            for stream in (self.warm.stdin, self.warm.stdout, self.warm.stderr):
-                stream.close()
-            self.warm = None
-        return self.cgroup.kill_all(uid=sandbox_uid)
+            warm, self.warm = self.warm, None
+            warm.close()
+            warm.wait()
+            stopped &= not warm.lost
+        return stopped
 
 
 class ContainerPool:
@@ -148,7 +133,6 @@ class ContainerPool:
         self.work_dir = work_dir
         self.instance = instance
         self.on_recycle = on_recycle
-        self.docker_cli = "docker"
         self._ready: queue.Queue[Container] = queue.Queue()
         self._jobs: queue.Queue[tuple[Container | None, str] | None] = queue.Queue()
         self._live: dict[str, Container] = {}
@@ -171,13 +155,20 @@ class ContainerPool:
         return len(self._live)
 
     def take(self, timeout_s: float) -> Container:
-        try:
-            return self._ready.get(timeout=timeout_s)
-        except queue.Empty:
-            raise RuntimeError(
-                f"no warm container became free within {timeout_s:g} s "
-                f"(pool_size={self.config.pool_size}; see the log)"
-            ) from None
+        """A ready container; one that died while it waited (its executor gone, the container
+        stopped) is recycled instead of handed out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                container = self._ready.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(
+                    f"no warm container became free within {timeout_s:g} s "
+                    f"(pool_size={self.config.pool_size}; see the log)"
+                ) from None
+            if container.alive() and container.channel.alive():
+                return container
+            self.give_back(container, "executor_died")
 
     def give_back(self, container: Container, reason: str = "") -> None:
         """Reset `container` for the next run, or recycle it when `reason` is given."""
@@ -187,27 +178,9 @@ class ContainerPool:
             self.on_recycle(reason)
         self._jobs.put((container, reason))
 
-    def exec_argv(self, container: Container, program: list[str]) -> list[str]:
-        """`docker exec` of `program` in /work as the sandbox uid, under EXEC_WRAPPER."""
-        uid = self.config.sandbox_uid
-        return [
-            self.docker_cli,
-            "exec",
-            "-i",
-            "-u",
-            f"{uid}:{uid}",
-            "-w",
-            "/work",
-            container.id,
-            "/bin/sh",
-            "-c",
-            EXEC_WRAPPER,
-            "sh",
-            *program,
-        ]
-
     def prime(self, container: Container) -> None:
-        """Start the container's next warm interpreter (default limits) and wait until it runs."""
+        """Have the executor start the next warm interpreter (default limits) and wait until
+        it runs."""
         config = self.config
         container.cgroup.set_limits(
             max(config.default_memory_mb, 64),
@@ -215,7 +188,7 @@ class ContainerPool:
             config.cpu_cores,
         )
         program = [config.python, "-c", WARM_SOURCE]
-        container.warm = spawn(self.exec_argv(container, program), cli_env())
+        container.warm = container.channel.start(program, SANDBOX_ENV)
         stdout = container.warm.stdout.fileno()
         ready, _, _ = select.select([stdout], [], [], PRIME_TIMEOUT_S)
         marker = os.read(stdout, 1) if ready else b""
@@ -253,7 +226,10 @@ class ContainerPool:
             raise RuntimeError("processes survived SIGKILL")
         if not container.alive():
             raise RuntimeError("the container stopped")
+        if not container.channel.alive():
+            raise RuntimeError("the container's executor is gone")
         container.dir.clear()
+        container.ipc_left = False
         self.prime(container)
 
     def _create_retrying(self) -> Container | None:
@@ -275,20 +251,25 @@ class ContainerPool:
 
     def _create(self, name: str) -> Container:
         config = self.config
-        slot = SlotDir(self.work_dir / name, config.disk_mb, config.sandbox_uid)
+        uid = config.sandbox_uid
+        slot = SlotDir(self.work_dir / name, config.disk_mb, uid)
+        control = slot.root / "ctl"
+        control.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(control, 0o700)  # only the executor (uid 0) reaches its socket
         handle = None
         try:
             handle = self.client.containers.run(
                 config.docker_image,
-                ["sleep", "infinity"],
+                [config.python, "-I", "-c", EXECUTOR_SOURCE, str(uid), str(uid)],
                 name=name,
                 detach=True,
                 init=True,
-                user=f"{INIT_UID}:{INIT_UID}",
+                user="0:0",
                 network_mode="none",
                 ipc_mode="private",
                 read_only=True,
                 cap_drop=["ALL"],
+                cap_add=["SETUID", "SETGID"],
                 security_opt=["no-new-privileges"],
                 hostname="sandbox",
                 mem_limit=f"{config.max_memory_mb}m",
@@ -302,6 +283,7 @@ class ContainerPool:
                 mounts=[
                     Mount("/work", str(slot.work), type="bind"),
                     Mount("/tmp", str(slot.tmp), type="bind"),
+                    Mount(CONTROL_MOUNT, str(control), type="bind"),
                 ],
                 ulimits=[
                     Ulimit(name="core", soft=0, hard=0),
@@ -316,30 +298,42 @@ class ContainerPool:
                     "the container's cgroup v1 groups are not visible on this host; the docker "
                     "backend needs the daemon on this host with cgroup v1 (use backend: bwrap)"
                 )
+            channel = ExecutorChannel.connect(control)
         except BaseException:
             if handle is not None:
                 self._remove_id(handle.id)
             slot.close()
             raise
-        container = Container(name, handle.id, slot, cgroup, pid)
+        container = Container(name, handle.id, slot, cgroup, pid, channel)
         with self._lock:
             self._live[name] = container
         return container
 
     def _remove(self, container: Container) -> None:
-        container.stop_programs(self.config.sandbox_uid)
+        # Removal on vfs takes seconds: stop the programs first; the executor's report is not
+        # waited for (removing the container ends it). A stopped container has no cgroups left.
+        try:
+            container.cgroup.kill_all(uid=self.config.sandbox_uid)
+        except OSError:
+            pass
+        if container.warm is not None:
+            container.warm.close()
         self._remove_id(container.id)
+        container.channel.close()
         container.dir.close()
         with self._lock:
             self._live.pop(container.name, None)
 
     def _remove_id(self, container_id: str) -> None:
-        from docker.errors import NotFound
+        from docker.errors import APIError, NotFound
 
         try:
             self.client.api.remove_container(container_id, force=True)
         except NotFound:
             pass
+        except APIError as exc:  # close() and a refill worker may remove the same container
+            if "already in progress" not in str(exc):
+                raise
 
     def close(self) -> None:
         """Stop the workers, then remove every container (in parallel: vfs removal is slow)."""

@@ -7,6 +7,7 @@ fails these tests, it never skips them. The session fixture runs services/sandbo
 that installs g++ and the scientific Python stack, on vfs).
 """
 
+import json
 import os
 import re
 import socket
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from agentrl.common.config import SandboxConfig
 from agentrl.sandbox.client import SandboxClient
-from agentrl.sandbox.docker_pool import OWNER_LABEL, WARM_SOURCE
+from agentrl.sandbox.docker_pool import EXECUTOR_SOURCE, OWNER_LABEL, WARM_SOURCE
 from agentrl.sandbox.executor import Sandbox
 from agentrl.sandbox.interface import ExecutionRequest, Status
 
@@ -393,20 +394,158 @@ print(shmid)
 SYSV_LOOK = "import ctypes\nprint(ctypes.CDLL(None).shmget(0x4242, 0, 0))"
 
 
-@pytest.mark.parametrize("wrapper_killed", [False, True], ids=["normal exit", "wrapper killed"])
-def test_a_sysv_segment_is_never_seen_by_a_later_run(sandbox, wrapper_killed):
-    """The exec wrapper removes what a run made; a run that kills the wrapper first leaves its
-    container to be recycled. Eight later runs (the pool has four containers, handed out in
-    turn) never find the segment."""
-    before = recycles(sandbox, "sysv_ipc")
-    kill = "\nimport os; os.kill(os.getppid(), 9)" if wrapper_killed else ""
-    made = run(sandbox, SYSV_CREATE + kill + "\n" + WHERE)
-    assert int(made.stdout.split()[0]) >= 0, made
+@pytest.mark.parametrize("parent_kill", [False, True], ids=["normal exit", "kills its parent"])
+def test_a_sysv_segment_is_never_seen_by_a_later_run(sandbox, parent_kill):
+    """The executor removes what a run made once the program exits; the program cannot kill
+    the executor first (another uid). Eight later runs (the pool has four containers, handed
+    out in turn) never find the segment."""
+    kill = (
+        "\nimport os\ntry:\n    os.kill(os.getppid(), 9)\nexcept PermissionError:\n"
+        "    print('denied')"
+        if parent_kill
+        else ""
+    )
+    made = run(sandbox, SYSV_CREATE + kill)
+    assert made.status == Status.OK and int(made.stdout.split()[0]) >= 0, made
+    assert made.stdout.endswith("denied\n") == parent_kill
     for _ in range(8):
         look = run(sandbox, SYSV_LOOK)
         assert (look.status, look.stdout) == (Status.OK, "-1\n"), look
-    if wrapper_killed:
-        assert recycles(sandbox, "sysv_ipc") == before + 1
+
+
+def executor_of(container):
+    """The host pid of `container`'s executor (uid 0, started with the executor's source)."""
+    for pid in container.cgroup.pids(uid=0):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if EXECUTOR_SOURCE.encode()[:60] in cmdline:
+            return pid
+    raise AssertionError(f"no executor in {container.name}")
+
+
+def wait_gone(pid, timeout_s=60.0):
+    """Until `pid` has exited (gone, or a zombie: its fds are closed either way)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} still runs after {timeout_s} s")
+
+
+def test_an_executor_killed_during_a_run_fails_it_and_recycles_the_container(sandbox):
+    before = recycles(sandbox, "executor_died")
+    code = "import os\nos.execvp('sleep', ['sleep', '4242.3'])"
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(run, sandbox, code, timeout_s=120)
+        deadline = time.monotonic() + 120
+        host = None
+        while host is None and time.monotonic() < deadline:
+            for container in list(sandbox.backend.pool._live.values()):
+                try:  # a container being removed has no cgroups any more
+                    for pid in container.cgroup.pids(uid=SANDBOX_UID):
+                        if b"4242.3" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            host = container
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        assert host is not None, "the program never started"
+        os.kill(executor_of(host), 9)
+        result = pending.result(timeout=120)
+    assert result.status == Status.SANDBOX_ERROR and "executor died" in result.message, result
+    assert recycles(sandbox, "executor_died") == before + 1
+    assert leftovers(sandbox, marker="sleep 4242.3") == []
+    assert_healthy(sandbox)
+
+
+def test_an_executor_dead_between_runs_is_never_handed_out(sandbox):
+    """A ready container whose executor died is recycled when taken, not given a request."""
+    before = recycles(sandbox, "executor_died")
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    while sandbox.backend.pool_size() < sandbox.config.pool_size:
+        assert time.monotonic() < deadline, "the pool never refilled"
+        time.sleep(0.1)
+    idle = sandbox.backend.pool._ready.queue[0]
+    executor = executor_of(idle)
+    os.kill(executor, 9)
+    wait_gone(executor)
+    for _ in range(2 * sandbox.config.pool_size):  # every container is taken at least once
+        assert_healthy(sandbox)
+    assert recycles(sandbox, "executor_died") == before + 1
+
+
+# Every way a program might reach the executor: its socket directory and socket, its process
+# (signals, /proc entries, ptrace, rlimits), and any descriptor inherited from it.
+REACH_EXECUTOR = """
+import ctypes, json, os, resource, socket
+tried = {}
+def attempt(name, action):
+    try:
+        action()
+        tried[name] = "allowed"
+    except OSError as error:
+        tried[name] = type(error).__name__
+attempt("list socket dir", lambda: os.listdir("/run/agentrl"))
+def dial():
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect("/run/agentrl/executor.sock")
+attempt("connect", dial)
+roots = [
+    int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != 1
+    and os.stat(f"/proc/{p}").st_uid == 0
+]
+print("roots", len(roots))
+executor = roots[0]
+attempt("signal", lambda: os.kill(executor, 19))
+attempt("read mem", lambda: open(f"/proc/{executor}/mem", "rb").read(1))
+attempt("list fds", lambda: os.listdir(f"/proc/{executor}/fd"))
+attempt("environ", lambda: open(f"/proc/{executor}/environ", "rb").read())
+attempt("prlimit", lambda: resource.prlimit(executor, resource.RLIMIT_NOFILE, (1, 1)))
+libc = ctypes.CDLL(None, use_errno=True)
+def trace():
+    if libc.ptrace(16, executor, None, None) != 0:  # PTRACE_ATTACH
+        raise OSError(ctypes.get_errno(), "ptrace")
+attempt("ptrace", trace)
+links = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:  # the listing's own fd, closed by now
+        pass
+tried["inherited sockets"] = str(sum(link.startswith("socket:") for link in links))
+tried["uids"] = str(os.getresuid())
+print(json.dumps(tried))
+"""
+
+
+def test_a_program_cannot_reach_or_tamper_with_the_executor(sandbox):
+    before = {reason: recycles(sandbox, reason) for reason in ("executor_died", "sandbox_error")}
+    result = run(sandbox, REACH_EXECUTOR)
+    assert result.status == Status.OK, result
+    lines = result.stdout.splitlines()
+    assert lines[0] == "roots 1", result.stdout  # the executor is the only other root process
+    tried = json.loads(lines[1])
+    assert tried.pop("inherited sockets") == "0"
+    assert tried.pop("uids") == str((SANDBOX_UID,) * 3)
+    assert tried == {
+        "list socket dir": "PermissionError",
+        "connect": "PermissionError",
+        "signal": "PermissionError",
+        "read mem": "PermissionError",
+        "list fds": "PermissionError",
+        "environ": "PermissionError",
+        "prlimit": "PermissionError",
+        "ptrace": "PermissionError",
+    }, tried
+    for _ in range(2 * sandbox.config.pool_size):
+        assert_healthy(sandbox)
+    assert {reason: recycles(sandbox, reason) for reason in before} == before
 
 
 def test_the_image_runs_numpy_and_cpp(sandbox):

@@ -1,50 +1,13 @@
-"""Pieces the docker backend builds on, without an engine: how a Docker CLI failure is told
-from a program's own error, finding another process's cgroups, filtering a group's processes by
-uid, and emptying work dirs in place (a container bind-mounts them once, for its whole life)."""
+"""Pieces the docker backend builds on, without an engine: finding another process's cgroups,
+filtering a group's processes by uid, and emptying work dirs in place (a container
+bind-mounts them once, for its whole life)."""
 
 import os
 import stat
 from pathlib import Path
 
-from agentrl.sandbox.bwrap import classify
-from agentrl.sandbox.capture import Captured
 from agentrl.sandbox.cgroups import CONTROLLERS, Cgroup
-from agentrl.sandbox.docker_backend import DOCKER_FAILURE_PREFIXES
-from agentrl.sandbox.interface import ExecutionRequest, Status
 from agentrl.sandbox.workdir import SlotDir
-
-
-def captured(returncode, stdout=b"", stderr=b""):
-    return Captured(
-        returncode=returncode,
-        stdout=stdout,
-        stderr=stderr,
-        stdout_truncated=False,
-        stderr_truncated=False,
-        timed_out=False,
-        output_exceeded=False,
-        wall_time_s=0.1,
-        cpu_time_s=0.0,
-        max_rss_kb=0,
-    )
-
-
-def docker_status(result_of):
-    request = ExecutionRequest(code="", timeout_s=1, memory_mb=64)
-    return classify(result_of, False, request, 1024, failure_prefixes=DOCKER_FAILURE_PREFIXES)
-
-
-def test_docker_cli_failure_is_sandbox_error_and_program_errors_are_not():
-    failed = docker_status(captured(126, stderr=b"OCI runtime exec failed: exec failed: ..."))
-    assert failed.status == Status.SANDBOX_ERROR and "OCI runtime" in failed.message
-    gone = docker_status(captured(1, stderr=b"Error response from daemon: No such container"))
-    assert gone.status == Status.SANDBOX_ERROR
-    printed = docker_status(captured(1, stdout=b"x", stderr=b"Error response from daemon"))
-    assert printed.status == Status.ERROR
-    assert docker_status(captured(1, stderr=b"bwrap: looks like bwrap")).status == Status.ERROR
-    request = ExecutionRequest(code="", timeout_s=1, memory_mb=64)
-    bwrap = classify(captured(1, stderr=b"OCI runtime exec failed"), False, request, 1024)
-    assert bwrap.status == Status.ERROR
 
 
 def test_cgroup_of_process_finds_its_v1_groups(tmp_path):
