@@ -179,6 +179,7 @@ class BwrapBackend(Backend):
             if run_watch_supported():
                 self.run_watch = RunWatch()
         else:
+            log.info("sandbox cgroups: %s", self.cgroup_note)
             self.cgroups.weigh_as(min(num_slots or config.max_concurrency, config.max_concurrency))
         if num_slots is None:
             spare = max(1, math.ceil(config.max_concurrency * SPARE_SLOT_FRACTION))
