@@ -11,7 +11,8 @@
 - The engine through vLLM's four-phase API (`GlooWeightSender`): a bad checksum and a stalled
   trainer fail the wait (/update_weights {"wait": true}) with the cause, within the timeout;
   finish refuses an update that was not waited for; a discard ends a receive in flight at once.
-  All leave the served weights alone; the next transfer re-initialises the group and works.
+  All leave the served weights alone; the next transfer re-initialises the group and works. A
+  trainer that died with its session open (staged, not finished) does not block the next one.
 - A server killed mid-transfer (after the broadcast, before the wait) fails the native sync
   with its URL and the phase; the survivor discards its verified staged copy and keeps serving
   its previous weights and version; the next push (PoolWeights) ejects the dead server and
@@ -379,6 +380,41 @@ def test_bad_checksum_stall_and_discard_leave_the_served_weights_alone(servers, 
     assert after[0] == expected_tokens
     assert max_diff(after[1], expected_logprobs) < MATCH_TOLERANCE
     assert after[2] == [2] * NUM_NEW_TOKENS
+
+
+def test_the_next_trainer_closes_a_dead_trainers_open_session(servers, model_dir) -> None:
+    """A trainer killed between start and finish leaves its session open on the server (its
+    bytes staged and verified): vLLM refuses the next start until a finish. The next trainer's
+    sender connects, is refused once, closes that session (loading nothing) and sends its own
+    weights (the fault suite met this: a trainer SIGKILLed mid-sync, then every sync failed)."""
+    url = servers[0].url
+    prompt = prompt_ids(model_dir)
+    dead = PackedWeights.pack(perturbed_weights(model_dir, 5).state_dict())
+    model = perturbed_weights(model_dir, 6)
+    expected_tokens, expected_logprobs = reference(model, prompt)
+    packed = PackedWeights.pack(model.state_dict())
+
+    async def body():
+        before = await served(url, prompt)
+        first = GlooWeightSender([url], timeout_s=TIMEOUT_S)
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(first.update, dead)
+        await asyncio.to_thread(first.wait)  # staged; then its process dies, saying nothing
+        for engine in first.engines.values():
+            engine.shutdown()
+            engine.client.close()
+        unchanged = await served(url, prompt)
+        second = GlooWeightSender([url], timeout_s=TIMEOUT_S)
+        await push([url], second, packed, version=7)
+        second.close()
+        return before, unchanged, await served(url, prompt)
+
+    before, unchanged, after = asyncio.run(body())
+    assert unchanged[0] == before[0] and unchanged[2] == before[2]
+    assert max_diff(unchanged[1], before[1]) < 1e-6
+    assert after[0] == expected_tokens
+    assert max_diff(after[1], expected_logprobs) < MATCH_TOLERANCE
+    assert after[2] == [7] * NUM_NEW_TOKENS
 
 
 def test_server_killed_mid_transfer_fails_the_native_sync_and_the_survivor_keeps_serving(

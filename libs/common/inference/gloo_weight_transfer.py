@@ -49,12 +49,15 @@ Invariants a caller can rely on:
 - `GlooWeightSender` updates a pool all-or-nothing: finish runs only when every server's wait
   reported a verified staged copy; otherwise the survivors discard it and keep serving the
   previous weights.
+- A trainer that dies between start and finish leaves the server's vLLM session open (and a
+  receive until its timeout): vLLM refuses every later start until a /finish_weight_update. The
+  next trainer's init drops that receive and anything staged, so its sender, refused once,
+  sends that finish (it loads nothing) and starts again (found by the fault suite: a trainer
+  SIGKILLed mid-sync, and the restarted one ejected the only server).
 
 What this does NOT cover: pausing and resuming generation, version labels and the prefix cache
 (control.py's, around phase 4); GPUs (vLLM's own `nccl` engine); trainer ranks other than 0
-(rank 0 holds the full state dict); a trainer that dies between update and finish (the server
-keeps the session open, and a receive thread until its timeout: vLLM refuses the next start
-until a /finish_weight_update, which after a re-init loads nothing); a load_weights error in
+(rank 0 holds the full state dict); a load_weights error in
 phase 4 (names the model does not know), which can leave layers that got new tensors mixed with
 old ones; the CPU the receive and hashing take from generation on the same cores.
 """
@@ -106,6 +109,8 @@ ALIGN_BYTES = 64
 RECEIVE_GRACE_S = 5.0
 # The phase that ControlError names for update_weights {"wait": true}.
 WAIT_PHASE = "update_weights (wait)"
+# vLLM's refusal of a start while another session is open (its worker, vllm/v1/worker).
+STALE_SESSION = "weight update is already active"
 
 
 # ---- wire format (both sides) ----------------------------------------------------------------
@@ -792,8 +797,21 @@ class GlooWeightSender:
         """/start_weight_update on every server (connecting first where needed). A session
         left open (by a caller that gave up half-way) is discarded first."""
         self.discard()
+        fresh = {url for url in self.urls if url not in self.engines}
         self.connect()
-        started, failures = self._each(self.urls, lambda url: self.engines[url].start())
+
+        def start(url: str) -> None:
+            engine = self.engines[url]
+            try:
+                engine.start()
+            except ControlError as exc:
+                if url not in fresh or STALE_SESSION not in str(exc):
+                    raise
+                # A dead trainer's session: our init emptied it, so this finish loads nothing.
+                engine.client.finish_weight_update()
+                engine.start()
+
+        started, failures = self._each(self.urls, start)
         self.started, self.session = list(started), "started"
         if failures:
             for url in failures:  # a restarted server has no group: the next start re-inits
