@@ -850,9 +850,18 @@ MOVED_KEYS: dict[str, str] = {
         f"rollout.{key}": f"inference.{key}"
         for key in ("request_timeout_s", "max_request_retries", "health_check_interval_s")
     },
+    # The launcher's settings when they were `rollout.vllm_*` (fields added since never had
+    # the old form).
     **{
         f"rollout.vllm_{key}": f"inference.server.{key}"
-        for key in InferenceServerConfig.model_fields
+        for key in (
+            "model_path",
+            "max_model_len",
+            "kv_cache_gib",
+            "dtype",
+            "max_num_seqs",
+            "start_timeout_s",
+        )
     },
     **{f"rollout.arpo_{key}": f"rollout.arpo.{key}" for key in ARPOConfig.model_fields},
     **{f"reward.code_{key}": f"reward.code.{key}" for key in CodeVerifierConfig.model_fields},
