@@ -13,13 +13,21 @@ from agentrl.trainer.collapse import CollapseDetector, describe
 from agentrl.trainer.main import step_line
 
 
-def record(step: int, accuracy: float, entropy: float = 0.3, longest: int = 140, **extra):
+def record(
+    step: int,
+    accuracy: float,
+    entropy: float = 0.3,
+    longest: int = 140,
+    mean_length: float = 36.0,
+    **extra,
+):
     return {
         "step": step,
         "accuracy": accuracy,
         "reward_mean": 2 * accuracy - 1,
         "entropy": entropy,
         "response_length_max": longest,
+        "response_length_mean": mean_length,
         "kept_group_ratio": 1.0,
         "grad_norm": 0.5,
         "time_waiting_s": 1.0,
@@ -32,7 +40,20 @@ def record(step: int, accuracy: float, entropy: float = 0.3, longest: int = 140,
 def test_a_healthy_run_raises_nothing() -> None:
     detector = CollapseDetector(CollapseConfig())
     for step, accuracy in enumerate([0.4, 0.5, 0.45, 0.6, 0.7, 0.68, 0.8, 0.9], 1):
-        flags = detector.check(record(step, accuracy, longest=60 + 10 * step))
+        flags = detector.check(record(step, accuracy, mean_length=20 + 2 * step))
+        assert flags["collapse_warning"] == 0, (step, flags)
+
+
+def test_one_looping_episode_in_a_healthy_step_raises_nothing() -> None:
+    # Seed 0 of the 5-seed quickstart measurement (issue #17), steps 1-2 and 9-12: the SFT model
+    # ends ~1 episode in 200 in 8 failing tool calls; one such episode made the longest
+    # response 36 -> 515 and 36 -> 616 tokens while the mean moved 20 -> 26 and 31 -> 41.
+    detector = CollapseDetector(CollapseConfig())
+    steps = [(0.406, 0.463, 36, 20), (0.375, 0.502, 515, 26)]
+    steps += [(0.800, 0.147, 36, 29), (0.781, 0.124, 221, 34), (0.854, 0.118, 36, 31)]
+    steps += [(0.875, 0.115, 616, 41)]
+    for step, (accuracy, entropy, longest, mean_length) in enumerate(steps, 1):
+        flags = detector.check(record(step, accuracy, entropy, longest, mean_length))
         assert flags["collapse_warning"] == 0, (step, flags)
 
 
@@ -40,8 +61,9 @@ def test_the_quickstart_collapse_of_issue_17_is_flagged_at_each_signal() -> None
     detector = CollapseDetector(CollapseConfig())
     history = [record(16, 0.9), record(17, 0.94), record(18, 0.96, entropy=0.03)]
     assert [detector.check(r)["collapse_warning"] for r in history] == [0, 0, 0]
-    # Step 19: entropy 0.005, the longest response 146 -> 621 tokens, accuracy 0.96 -> 0.5.
-    flags = detector.check(record(19, 0.5, entropy=0.005, longest=621))
+    # Step 19: entropy 0.005, the longest response 146 -> 621 tokens, accuracy 0.96 -> 0.5; the
+    # mean response 36 -> 200 tokens (the issue gives the longest only: hand-made).
+    flags = detector.check(record(19, 0.5, entropy=0.005, longest=621, mean_length=200))
     assert flags == {
         "collapse_accuracy_drop": 1,
         "collapse_reward_drop": 1,
@@ -67,7 +89,13 @@ def test_each_threshold_is_the_boundary_and_zero_turns_it_off() -> None:
         CollapseConfig(max_accuracy_drop=0, max_reward_drop=0, min_entropy=0, max_length_growth=0)
     )
     off.check(record(1, 1.0))
-    assert off.check(record(2, 0.0, entropy=0.0, longest=10_000))["collapse_warning"] == 0
+    assert off.check(record(2, 0.0, entropy=0.0, mean_length=10_000))["collapse_warning"] == 0
+    # The length signal's boundary: 3x the window's highest mean is not above it.
+    growth = CollapseDetector(CollapseConfig(max_length_growth=3.0, window_steps=2))
+    growth.check(record(1, 0.5, mean_length=20))
+    growth.check(record(2, 0.5, mean_length=30))
+    assert growth.check(record(3, 0.5, mean_length=90))["collapse_length_blowup"] == 0
+    assert growth.check(record(4, 0.5, mean_length=271))["collapse_length_blowup"] == 1
 
 
 def test_a_resumed_run_refills_the_window_from_its_metrics() -> None:
