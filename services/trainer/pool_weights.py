@@ -7,8 +7,8 @@
 - `push`: `transport.sync(version)`; a server that fails it (the error names it) is ejected
   from the pool and the others are synced again, the transport reusing the weights it gathered
   (no second collective), at most MAX_SYNC_ATTEMPTS times. One dead server does not end the run;
-  with none left (a pool of one restarting) the trainer waits for a server to pass its health
-  probe, with the shared retry policy (agentrl.common.retry) until
+  with none left (a pool of one restarting, seen failing the sync or already marked down by the
+  pool's health checks) the trainer waits for a server to pass its health probe, with the shared retry policy (agentrl.common.retry) until
   `inference.reconnect_deadline_s`, and syncs it; past the deadline the run ends with the last
   error.
 - `catch_up`: probe every server's /health (an ejected server whose probe passes is back), read
@@ -51,6 +51,11 @@ class PoolWeights:
     async def push(self, version: int, urls: list[str] | None = None) -> SyncResult:
         """Serve `version` on every healthy server (or `urls`); see the module docstring."""
         for attempt in range(MAX_SYNC_ATTEMPTS):
+            if self.main and not any(s.healthy for s in self.pool.servers.values()):
+                # The pool's health checks saw its last server die before this sync began (the
+                # fault suite's vLLM SIGKILL, under load): wait as after a failed sync; past the
+                # deadline the sync below fails with the transport's error.
+                await self._wait_for_a_server(version, NoHealthyServer("every server is down"))
             try:
                 return await self.transport.sync(version, urls)
             except WeightSyncError as exc:

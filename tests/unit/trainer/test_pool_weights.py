@@ -126,3 +126,26 @@ def test_a_pool_of_one_restarting_is_waited_for_then_synced(backend, tmp_path) -
     assert result.version == 1 and stand_ins.labels[A] == "1"
     assert pool.servers[A].healthy and weights.num_ejected == 1
     assert "/health" in refused  # it was probed while down
+
+
+def test_a_pool_whose_last_server_went_down_before_the_sync_waits_for_it(backend, tmp_path):
+    """The health checks marked the only server down before the sync began (it was SIGKILLed
+    between two steps): the sync waits for it as after a failed sync, instead of ending the
+    run with "no healthy vLLM server" (the fault suite met this under load)."""
+    stand_ins = StandIns()
+    refused = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if A in stand_ins.down:
+            refused.append(request.url.path)
+            if len(refused) >= 3:
+                stand_ins.down.discard(A)
+        return stand_ins.handle(request)
+
+    pool = InferencePool([A], transport=httpx.MockTransport(handle), reconnect_deadline_s=30.0)
+    weights = PoolWeights(DiskTransport(backend, pool, tmp_path), pool)
+    stand_ins.down.add(A)
+    asyncio.run(pool.check_health())
+    assert not pool.servers[A].healthy
+    result = asyncio.run(weights.push(1))
+    assert result.version == 1 and stand_ins.labels[A] == "1" and pool.servers[A].healthy
