@@ -63,8 +63,8 @@ def launch(
 
 
 def stack_ports() -> dict:
-    """Recipe sections that put every service of `agentrl up`'s local stack on free ports (other
-    tests' stacks may be up on this machine)."""
+    """Recipe sections that put every service of `agentrl up`'s local stack, and the trainer's
+    status servers, on free ports (other tests' stacks and trainers may be up on this machine)."""
     from agentrl.common.inference.launcher import free_port
 
     def pair() -> dict:
@@ -74,6 +74,7 @@ def stack_ports() -> dict:
         "sandbox": pair(),
         "reward": pair(),
         "rollout": pair(),
+        "trainer": pair(),
         "inference": {"urls": [f"http://127.0.0.1:{free_port()}"]},
     }
 
