@@ -44,6 +44,7 @@ from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
 from agentrl.sandbox.bwrap import SANDBOX_ENV, TEARDOWN_WAIT_S, sweep_stale
 from agentrl.sandbox.capture import drive
+from agentrl.sandbox.cgroups import CGROUP_ROOT, CgroupParent
 from agentrl.sandbox.docker_pool import EXTRA_PROCESSES, OWNER_LABEL, Container, ContainerPool
 from agentrl.sandbox.enforcement import Limit, docker_limits
 from agentrl.sandbox.interface import (
@@ -55,6 +56,7 @@ from agentrl.sandbox.interface import (
 )
 from agentrl.sandbox.languages import Language, get_language
 from agentrl.sandbox.outcome import classify, compile_failure, compile_memory_mb, compile_outcome
+from agentrl.sandbox.workdir import CGROUP_PREFIX
 
 log = get_logger(__name__)
 
@@ -101,6 +103,16 @@ class DockerBackend(Backend):
         self.root = Path(config.work_root) / self.instance
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
+        # The containers live under a cgroup of this instance weighted as `pool_size`
+        # processes: cgroup v1 schedules a group as one process, so under Docker's own parent
+        # all containers together would get one process's CPU on a busy host.
+        self.cgroup_parent = CgroupParent.detect(f"{CGROUP_PREFIX}{self.instance}")
+        if self.cgroup_parent is None:
+            raise RuntimeError(
+                "the docker backend needs cgroup v1 controllers on this host (use backend: bwrap)"
+            )
+        self.cgroup_parent.weigh_as(config.pool_size)
+        cpu_group = self.cgroup_parent.paths["cpu"].relative_to(CGROUP_ROOT)
         if config.pool_size < config.max_concurrency:
             log.warning(
                 "pool_size %d < max_concurrency %d: executions beyond the pool wait "
@@ -114,6 +126,7 @@ class DockerBackend(Backend):
             self.root,
             self.instance,
             on_recycle=lambda reason: self.on_recycle(reason),
+            cgroup_parent="/" + "/".join(cpu_group.parts[1:]),  # below the controller's mount
         )
         if not self._wait_for_pool(STARTUP_TIMEOUT_S):
             self.close()
@@ -261,4 +274,5 @@ class DockerBackend(Backend):
 
     def close(self) -> None:
         self.pool.close()
+        self.cgroup_parent.destroy()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -127,8 +127,11 @@ class ContainerPool:
         work_dir: Path,
         instance: str,
         on_recycle: Callable[[str], None],
+        cgroup_parent: str = "",
     ) -> None:
         self.config = config
+        self.cgroup_parent = cgroup_parent
+        """Docker's `--cgroup-parent` for the containers ('' = Docker's default)."""
         self.client = client
         self.work_dir = work_dir
         self.instance = instance
@@ -280,6 +283,7 @@ class ContainerPool:
                 environment=SANDBOX_ENV,
                 working_dir="/work",
                 labels={OWNER_LABEL: self.instance},
+                cgroup_parent=self.cgroup_parent or None,
                 mounts=[
                     Mount("/work", str(slot.work), type="bind"),
                     Mount("/tmp", str(slot.tmp), type="bind"),

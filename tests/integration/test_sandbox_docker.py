@@ -136,6 +136,15 @@ def test_ok_error_stdin_files_and_usage_reported(sandbox):
 
 
 @pytest.mark.slow
+def test_the_containers_weigh_as_pool_size_processes(sandbox):
+    """Under the instance's own cgroup, weighted like `pool_size` processes, not under Docker's
+    parent, where all containers together weigh as one process on a busy host."""
+    parent = sandbox.backend.cgroup_parent.paths["cpu"]
+    assert int((parent / "cpu.shares").read_text()) == 1024 * sandbox.config.pool_size
+    live = list(sandbox.backend.pool._live.values())
+    assert live and all(container.cgroup.paths["cpu"].parent == parent for container in live)
+
+
 def test_fork_bomb_is_contained_and_recycled(sandbox):
     before = recycles(sandbox, "timeout")
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"

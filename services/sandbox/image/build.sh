@@ -53,8 +53,10 @@ if [ "$BASE_IMAGE" = "$LOCAL_BASE" ]; then
 fi
 
 # The image is current when it was built from this Dockerfile on this base (by image id).
+# Comment lines are left out of the hash: editing one does not rebuild (minutes on vfs).
 base_id=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || echo "$BASE_IMAGE")
-want=$( (cat "$HERE/Dockerfile"; echo "$base_id"; echo "$EXTRA_PACKAGES") | sha256sum | cut -c1-16)
+want=$( (grep -v '^[[:space:]]*#' "$HERE/Dockerfile"; echo "$base_id"; echo "$EXTRA_PACKAGES") |
+  sha256sum | cut -c1-16)
 have=$(docker image inspect -f '{{ index .Config.Labels "agentrl.sandbox.build" }}' "$IMAGE" \
   2>/dev/null || true)
 if [ "$have" = "$want" ] && [ "$FORCE" != 1 ]; then
