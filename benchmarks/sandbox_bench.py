@@ -13,6 +13,8 @@ them alike; the closing table gives throughput and p50 as ratios to bare.
     .venv/bin/python benchmarks/sandbox_bench.py --rounds 3 --workloads 'print(1)'
     .venv/bin/python benchmarks/sandbox_bench.py --backends bwrap bare docker
     .venv/bin/python benchmarks/sandbox_bench.py --backends docker --pool-size 32
+    .venv/bin/python benchmarks/sandbox_bench.py --backends bare docker docker-exec \
+        --pool-size 4 --rounds 3 --workloads 'print(1)' --concurrency 32
     .venv/bin/python benchmarks/sandbox_bench.py --backends bare bwrap nonroot --starvation
 
 `nonroot` is the service as the Kubernetes manifests run it: `agentrl.sandbox.main` in a
@@ -24,6 +26,10 @@ its latency on the same idle service (no timing is asserted anywhere).
 
 Workloads: `print(1)`, a ~50 ms CPU loop, an import-heavy snippet, a 1 s timeout, and 10 MB of
 output (max_output_bytes is set to 16 MB so it must come back whole, status ok).
+
+`docker-exec` is the docker backend as it was before its in-container executor (one `docker
+exec` per run), loaded from git at --docker-exec-commit, so both run side by side in one
+process against the same engine and image.
 
 docker needs the engine and the image (AGENTRL_WITH_DOCKER=1 bash scripts/setup.sh, then
 bash services/sandbox/image/build.sh). Its pool is filled before each cell (a timed-out run
@@ -37,11 +43,16 @@ import argparse
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from agentrl.common.config import SandboxConfig
+from agentrl.common.grpc_client import RpcCallError
 from agentrl.common.grpc_server import serve
 from agentrl.sandbox.capture import drive, spawn
 from agentrl.sandbox.client import SandboxClient
@@ -61,6 +72,10 @@ STARVATION_HOGS = 8
 STARVATION_HOG_S = 5.0
 STARVATION_PROBES = 10
 NON_ROOT_UID = 10001
+# The Docker engine's own processes (their names in /proc/<pid>/stat); the shims too.
+DOCKER_ENGINE = ("dockerd", "containerd", "runc")
+# The last commit whose docker backend ran each program through its own `docker exec`.
+DOCKER_EXEC_COMMIT = "0744b96"
 SERVE = (
     "from agentrl.common.config import load_config\n"
     "from agentrl.sandbox.main import main\n"
@@ -116,6 +131,23 @@ class BareBackend(Backend):
         )
 
 
+def docker_exec_backend(commit: str) -> type[Backend]:
+    """The docker backend (and its pool) as `commit` had them, loaded under other module names."""
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("docker_pool", "docker_backend"):
+        source = subprocess.run(
+            ["git", "-C", str(repo), "show", f"{commit}:services/sandbox/{name}.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        source = source.replace("agentrl.sandbox.docker_pool", "agentrl.sandbox.docker_pool_at")
+        module = types.ModuleType(f"agentrl.sandbox.{name}_at")
+        sys.modules[module.__name__] = module
+        exec(compile(source, f"{commit}:{name}.py", "exec"), module.__dict__)  # noqa: S102
+    return sys.modules["agentrl.sandbox.docker_backend_at"].DockerBackend
+
+
 def machine_busy_s() -> float:
     """CPU seconds all cores spent outside idle/iowait since boot (/proc/stat)."""
     with open("/proc/stat") as stat:
@@ -123,10 +155,31 @@ def machine_busy_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def docker_engine_cpu_s() -> float:
+    """CPU seconds of the Docker engine's processes (dockerd, containerd, the shims with the
+    runc processes they reaped): what a `docker exec` costs outside the container. Another
+    client of the same engine adds to it; compare cells run back to back."""
+    ticks = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                line = stat.read()
+        except OSError:
+            continue
+        comm = line[line.index("(") + 1 : line.rindex(")")]
+        if comm in DOCKER_ENGINE or comm.startswith("containerd-shim"):
+            fields = line[line.rindex(")") + 2 :].split()
+            ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def own_cpu_s(backend: Backend) -> tuple[float, float]:
     """CPU seconds of this process (the server, its backend threads, the client) and of the
     programs it ran: the bwrap backend's cgroups (every sandboxed process from its shell
-    prologue on), else its reaped children (bare interpreters)."""
+    prologue on); docker's live containers' cgroups, the `docker` CLI processes it reaped and
+    the engine's processes; else its reaped children (bare interpreters)."""
     own, kids = (
         resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
     )
@@ -134,7 +187,18 @@ def own_cpu_s(backend: Backend) -> tuple[float, float]:
     if cgroups is not None:
         usage_ns = int((cgroups.paths["cpuacct"] / "cpuacct.usage").read_text())
         return own.ru_utime + own.ru_stime, usage_ns / 1e9
-    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+    programs = kids.ru_utime + kids.ru_stime
+    if backend.name == "docker":
+        parent = getattr(backend, "cgroup_parent", None)  # the containers' own parent group
+        if parent is not None:
+            programs += int((parent.paths["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
+        for container in list(backend.pool._live.values()) if parent is None else []:
+            try:
+                programs += container.cgroup.cpu_time_s()
+            except OSError:  # removed meanwhile (recycled): its CPU is lost to this count
+                pass
+        programs += docker_engine_cpu_s()
+    return own.ru_utime + own.ru_stime, programs
 
 
 def run_cell(
@@ -147,7 +211,10 @@ def run_cell(
 ) -> dict:
     def one(_: int) -> tuple[float, str, int]:
         start = time.perf_counter()
-        result = client.execute(code, timeout_s=timeout_s)
+        try:
+            result = client.execute(code, timeout_s=timeout_s)
+        except RpcCallError as error:  # e.g. the client's deadline while queued for a container
+            return time.perf_counter() - start, f"rpc {error.code().name}", 0
         return time.perf_counter() - start, result.status.value, len(result.stdout)
 
     with ThreadPoolExecutor(concurrency) as pool:
@@ -173,6 +240,7 @@ def run_cell(
         "cpu_ms": 1000 * busy / num_requests,
         "service_cpu_ms": 1000 * own / num_requests,
         "sandbox_cpu_ms": 1000 * kids / num_requests,
+        "own_cpu_ms": 1000 * (own + kids) / num_requests,
         "busy_cores": busy / elapsed,
     }
 
@@ -248,14 +316,21 @@ class Bench:
     client: SandboxClient
 
     @classmethod
-    def start(cls, name: str, pool_size: int) -> Bench:
+    def start(
+        cls, name: str, pool_size: int, docker_exec_commit: str = DOCKER_EXEC_COMMIT
+    ) -> Bench:
         config = SandboxConfig(
-            backend="docker" if name == "docker" else "bwrap",
+            backend="docker" if name.startswith("docker") else "bwrap",
             max_concurrency=max(CONCURRENCIES),
             queue_size=256,
             max_output_bytes=MAX_OUTPUT_BYTES,
             max_timeout_s=60,
             pool_size=pool_size,
+            # Warm containers, as the figures claim: no recycling after N runs mid-cell (on vfs
+            # a re-created container copies the whole image, tens of seconds on a busy host).
+            runs_per_container=1_000_000,
+            # 32 clients on 4 containers of a starved engine wait long for one (not an error).
+            queue_timeout_s=POOL_REFILL_WAIT_S,
         )
         if name == "nonroot":
             remote = NonRootService(config)
@@ -271,7 +346,12 @@ class Bench:
                         raise
                     time.sleep(0.2)
             return cls(name, remote, None, None, None, client)
-        backend = BareBackend(config) if name == "bare" else BACKENDS[config.backend](config)
+        if name == "bare":
+            backend = BareBackend(config)
+        elif name == "docker-exec":
+            backend = docker_exec_backend(docker_exec_commit)(config)
+        else:
+            backend = BACKENDS[config.backend](config)
         sandbox = Sandbox(config, backend=backend)
         servicer = SandboxServicer(sandbox)
         server = serve(
@@ -339,17 +419,19 @@ def bench(
     workloads: list[str],
     pool_size: int = max(CONCURRENCIES),
     rounds: int = 1,
+    docker_exec_commit: str = DOCKER_EXEC_COMMIT,
+    concurrencies: tuple[int, ...] = CONCURRENCIES,
 ) -> list[tuple]:
     """Every cell runs each backend back to back (`rounds` times, alternating the order), so
     that the comparison sees the same load from whatever else runs on the machine."""
     benches = []
     try:
         for name in names:
-            benches.append(Bench.start(name, pool_size))
+            benches.append(Bench.start(name, pool_size, docker_exec_commit))
         rows = []
         for workload in workloads:
             code, timeout_s = WORKLOADS[workload]
-            for concurrency in CONCURRENCIES:
+            for concurrency in concurrencies:
                 count = (
                     concurrency if workload == "timeout 1s" else max(num_requests, 2 * concurrency)
                 )
@@ -410,6 +492,31 @@ def summarize(rows: list[tuple]) -> None:
             + ", ".join(f"{k} {v}" for k, v in statuses.items())
             + " |"
         )
+    paired(cells)
+
+
+def paired(cells: dict[tuple, list[dict]]) -> None:
+    """Per round, each backend's throughput and CPU per request (service + programs, so that
+    other users of the machine do not count) as ratios to bare's in the same round (the rounds
+    ran back to back): min / median / max over the rounds."""
+    print("\n| workload | c | backend | req/s vs bare | CPU/req vs bare | rounds |")
+    print("|---|---|---|---|---|---|")
+    for (workload, concurrency, name), found in sorted(cells.items()):
+        bare = cells.get((workload, concurrency, "bare"))
+        if name == "bare" or not bare:
+            continue
+        spreads = []
+        for key in ("rps", "own_cpu_ms"):
+            ratios = sorted(c[key] / b[key] for c, b in zip(found, bare, strict=False) if b[key])
+            spreads.append(
+                f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}"
+                if ratios
+                else "-"
+            )
+        print(
+            f"| {workload} | {concurrency} | {name} | {spreads[0]} | {spreads[1]} | "
+            f"{min(len(found), len(bare))} |"
+        )
 
 
 def main() -> None:
@@ -430,6 +537,14 @@ def main() -> None:
         help="docker: warm containers (creating one takes seconds on vfs)",
     )
     parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=list(CONCURRENCIES), help="clients"
+    )
+    parser.add_argument(
+        "--docker-exec-commit",
+        default=DOCKER_EXEC_COMMIT,
+        help="the commit whose docker backend the `docker-exec` backend runs",
+    )
+    parser.add_argument(
         "--starvation",
         action="store_true",
         help="print(1) latency during eight 5 s busy loops vs idle, per backend",
@@ -439,7 +554,15 @@ def main() -> None:
         starvation(args.backends)
         return
     start = time.perf_counter()
-    rows = bench(args.backends, args.requests, args.workloads, args.pool_size, args.rounds)
+    rows = bench(
+        args.backends,
+        args.requests,
+        args.workloads,
+        args.pool_size,
+        args.rounds,
+        args.docker_exec_commit,
+        tuple(args.concurrency),
+    )
     print(f"{time.perf_counter() - start:.0f} s including start-up and teardown")
     summarize(rows)
 
