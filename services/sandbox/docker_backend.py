@@ -26,7 +26,7 @@ Sessions are not supported (a request with a session id is rejected, see executo
 What this does NOT cover: kernel exploits (Docker's default seccomp profile is the only syscall
 filter); a daemon on another host, rootless Docker or cgroup v2 (the host must reach the
 containers' cgroups and bind-mount its tmpfs work dirs; the service runs as root); disk I/O
-bandwidth. The executor's memory (~10 MB) counts against each run's memory limit.
+bandwidth. The executor's memory (~11 MB resident) counts against each run's memory limit.
 """
 
 from __future__ import annotations
