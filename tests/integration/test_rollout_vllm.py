@@ -20,7 +20,7 @@ from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.proto.core.v1 import trajectory_pb2
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 LOGPROB_TOLERANCE = 1e-4
 CONFIG = InferenceServerConfig(max_model_len=1024, kv_cache_gib=1, max_num_seqs=64)
 

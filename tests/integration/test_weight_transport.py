@@ -54,7 +54,7 @@ from agentrl.trainer.transports.disk import DiskTransport
 from agentrl.trainer.transports.interface import WeightSyncError
 from agentrl.trainer.transports.vllm_native import NativeTransport
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 MATCH_TOLERANCE = 1e-4
 # Noise added to every weight: moves log-probs by far more than the tolerance.
 PERTURBATION_STD = 0.05
