@@ -26,6 +26,7 @@ images (the image must exist locally: services/sandbox/image/build.sh).
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import select
@@ -78,6 +79,8 @@ class Container:
     channel: ExecutorChannel | None = None
     """The connection to the container's executor (None until it answered)."""
     runs: int = 0
+    max_runs: int = 0
+    """Runs before it is recycled (`runs_per_container`, less in the pool's first round)."""
     warm: ContainerProcess | None = None
     """A warm interpreter (agentrl.sandbox.runner) the executor started, waiting for a program."""
     ipc_left: bool = False
@@ -115,6 +118,17 @@ class Container:
             warm.wait()
             stopped &= not warm.lost
         return stopped
+
+
+def runs_before_recycle(number: int, pool_size: int, runs_per_container: int) -> int:
+    """How many runs container `number` (1, 2, ... in creation order) serves. The pool's first
+    `pool_size` containers start together; with equal budgets they would all be recycled at
+    once, after about pool_size x runs_per_container runs, and requests would queue behind a
+    refill that takes tens of seconds on a loaded vfs host. The first round's budgets are
+    spread over (0, runs_per_container] instead, so recycles come one at a time."""
+    if number > pool_size:
+        return runs_per_container
+    return max(1, math.ceil(runs_per_container * number / pool_size))
 
 
 class ContainerPool:
@@ -175,7 +189,7 @@ class ContainerPool:
 
     def give_back(self, container: Container, reason: str = "") -> None:
         """Reset `container` for the next run, or recycle it when `reason` is given."""
-        if not reason and container.runs >= self.config.runs_per_container:
+        if not reason and container.runs >= container.max_runs:
             reason = "runs_per_container"
         if reason:
             self.on_recycle(reason)
@@ -239,9 +253,13 @@ class ContainerPool:
         while not self._closed.is_set():
             with self._lock:
                 self._count += 1
-                name = f"agentrl-sandbox-{self.instance}-{self._count}"
+                number = self._count
+                name = f"agentrl-sandbox-{self.instance}-{number}"
             try:
                 container = self._create(name)
+                container.max_runs = runs_before_recycle(
+                    number, self.config.pool_size, self.config.runs_per_container
+                )
             except Exception:
                 log.exception("creating a container failed; retrying in %s s", REFILL_RETRY_S)
                 self._closed.wait(REFILL_RETRY_S)

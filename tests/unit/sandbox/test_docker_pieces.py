@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 from agentrl.sandbox.cgroups import CONTROLLERS, Cgroup
+from agentrl.sandbox.docker_pool import runs_before_recycle
 from agentrl.sandbox.workdir import SlotDir
 
 
@@ -56,3 +57,14 @@ def test_clear_empties_work_dirs_in_place(tmp_path):
         assert tmp_path.is_dir()  # the link was removed, not followed
     finally:
         slot.close()
+
+
+def test_first_round_of_containers_is_recycled_one_at_a_time():
+    # Four containers started together with 50 runs each would all be recycled after ~200
+    # runs at once; the first round's budgets are spread, later containers get the full 50.
+    first_round = [runs_before_recycle(n, 4, 50) for n in range(1, 5)]
+    assert first_round == [13, 25, 38, 50]
+    assert len(set(first_round)) == 4
+    assert runs_before_recycle(5, 4, 50) == runs_before_recycle(99, 4, 50) == 50
+    assert runs_before_recycle(1, 1, 3) == 3  # one container: its budget as configured
+    assert runs_before_recycle(1, 8, 2) == 1  # never below one run
