@@ -106,7 +106,12 @@ def test_trainer_is_an_indexed_job_that_resumes_and_meets_at_pod_zero(source, tm
     config = configs(objects, tmp_path)["trainer"]
     nodes = job["spec"]["completions"]
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["parallelism"] == nodes
-    assert pod["restartPolicy"] == "OnFailure"
+    # A disruption's SIGTERM (the trainer exits 143) must not use up the Job's retries.
+    assert pod["restartPolicy"] == "Never"
+    assert {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    } in job["spec"]["podFailurePolicy"]["rules"]
     gpus = int(container["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
     world = nodes * max(gpus, 1)
     rank0 = f"{job['metadata']['name']}-0.{pod['subdomain']}"
