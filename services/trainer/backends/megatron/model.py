@@ -45,10 +45,12 @@ def init_parallel(layout: ParallelLayout) -> None:
     if torch.cuda.is_available():  # one GPU per rank, as torchrun numbers them
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        # Its own rendezvous address, not MASTER_ADDR/MASTER_PORT in os.environ: set there, they
+        # outlive the group and every process this one starts inherits a port that may be held
+        # (a CLI run started after an in-process one failed to bind it).
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, rank=0, world_size=1)
+        address = f"tcp://127.0.0.1:{_free_port()}"
+        dist.init_process_group(backend, init_method=address, rank=0, world_size=1)
     world = dist.get_world_size()
     if world % (layout.tp * layout.pp):
         raise ValueError(
