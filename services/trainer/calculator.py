@@ -31,10 +31,11 @@ import asyncio
 import json
 import random
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 TASK_TYPE = "math"
 TOOLS = ("python",)
@@ -43,6 +44,7 @@ MIN_OPERAND, MAX_OPERAND = 317, 999
 # Sandbox calls in flight while generating SFT data: enough to hide gRPC latency, within the
 # local sandbox's default concurrency.
 SANDBOX_PARALLELISM = 4
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -96,18 +98,26 @@ def direct_answer(value: str) -> str:
     return f"<answer>{value}</answer>"
 
 
-def executed_trajectory(problem: Problem, sandbox: Any) -> dict[str, Any]:
-    """An episode that calls the tool. The call goes through the rollout's own `SandboxTool`,
-    in a session of its own as an RL episode's calls are (agent/loop.py: opened by the first
-    call, closed at the end), so the tool message is byte for byte the observation an RL
-    episode shows (stdout with its newline); the answer is what the program printed."""
+def tool_episode(
+    prompt: str,
+    call: str,
+    tool_format: str,
+    expected: str,
+    answer: Callable[[str], str],
+    sandbox: Any,
+) -> dict[str, Any]:
+    """An episode that calls the tool (`call`, in `tool_format`). The call goes through the
+    rollout's own `SandboxTool`, in a session of its own as an RL episode's calls are
+    (agent/loop.py: opened by the first call, closed at the end), so the tool message is byte
+    for byte the observation an RL episode shows (stdout with its newline); the final turn is
+    `answer` of what the program printed, which must be `expected`. Shared by every task whose
+    SFT data is executed (this one, trainer/word_problems.py)."""
     from agentrl.common.agent.tools import SandboxTool
     from agentrl.common.tool_formats import get_format
     from agentrl.proto.core.v1 import trajectory_pb2
 
-    call = tool_call(problem)
-    parsed = get_format("code_tags").parse(call)
-    tool, session_id = SandboxTool(sandbox), f"sft-{problem.expression}-{uuid.uuid4().hex[:12]}"
+    parsed = get_format(tool_format).parse(call)
+    tool, session_id = SandboxTool(sandbox), f"sft-{uuid.uuid4().hex[:12]}"
 
     async def episode():
         try:
@@ -116,53 +126,65 @@ def executed_trajectory(problem: Problem, sandbox: Any) -> dict[str, Any]:
             await tool.close_session(session_id)
 
     outcome = asyncio.run(episode())
-    if outcome.status != trajectory_pb2.TOOL_CALL_STATUS_OK or outcome.output.strip() != str(
-        problem.value
-    ):
+    if outcome.status != trajectory_pb2.TOOL_CALL_STATUS_OK or outcome.output.strip() != expected:
         # SandboxTool turns an unreachable service into an observation: say what to do here.
         raise RuntimeError(
             f"the sandbox answered {outcome.output.strip()!r} (status "
             f"{outcome.status}) for {parsed.arguments!r}, expected "
-            f"{problem.value}; is the sandbox service up (`agentrl up "
+            f"{expected}; is the sandbox service up (`agentrl up "
             "--services sandbox`) and healthy?"
         )
     return {
         "messages": [
-            {"role": "user", "content": problem.prompt},
+            {"role": "user", "content": prompt},
             {"role": "assistant", "content": call},
             {"role": "tool", "content": outcome.output},
-            {"role": "assistant", "content": direct_answer(outcome.output.strip())},
+            {"role": "assistant", "content": answer(outcome.output.strip())},
         ],
         "tool_calls": 1,
     }
 
 
-def direct_trajectory(problem: Problem) -> dict[str, Any]:
+def direct_episode(prompt: str, final_turn: str) -> dict[str, Any]:
+    """An episode answered without the tool."""
     return {
         "messages": [
-            {"role": "user", "content": problem.prompt},
-            {"role": "assistant", "content": direct_answer(str(problem.value))},
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": final_turn},
         ],
         "tool_calls": 0,
     }
 
 
+def executed_trajectory(problem: Problem, sandbox: Any) -> dict[str, Any]:
+    return tool_episode(
+        problem.prompt, tool_call(problem), "code_tags", str(problem.value), direct_answer, sandbox
+    )
+
+
+def direct_trajectory(problem: Problem) -> dict[str, Any]:
+    return direct_episode(problem.prompt, direct_answer(str(problem.value)))
+
+
 def sft_trajectories(
-    problems: list[Problem], sandbox: Any, tool_fraction: float, rng: random.Random
+    problems: list[P],
+    tool_fraction: float,
+    rng: random.Random,
+    executed: Callable[[P], dict[str, Any]],
+    direct: Callable[[P], dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """Cold-start episodes: `tool_fraction` of them executed through `sandbox` (a
-    SandboxClient), the rest answered directly; order as `problems`."""
+    """Cold-start episodes: `tool_fraction` of them `executed` (through the sandbox, a few in
+    flight), the rest answered `direct`ly; order as `problems`."""
     if not 0.0 <= tool_fraction <= 1.0:
         raise ValueError(f"tool_fraction must be in [0, 1], got {tool_fraction}")
     uses_tool = [rng.random() < tool_fraction for _ in problems]
     with ThreadPoolExecutor(SANDBOX_PARALLELISM) as pool:
-        executed = pool.map(
-            lambda p: executed_trajectory(p, sandbox),
-            [p for p, tool in zip(problems, uses_tool, strict=True) if tool],
+        executed_rows = pool.map(
+            executed, [p for p, tool in zip(problems, uses_tool, strict=True) if tool]
         )
-        executed = iter(list(executed))
+        executed_rows = iter(list(executed_rows))
     return [
-        next(executed) if tool else direct_trajectory(problem)
+        next(executed_rows) if tool else direct(problem)
         for problem, tool in zip(problems, uses_tool, strict=True)
     ]
 
@@ -190,7 +212,13 @@ def make_calculator_data(
     eval_problems = make_problems(num_eval, rng, seen)
     train_problems = make_problems(num_train, rng, seen)
     sft_problems = make_problems(num_sft, rng, seen)
-    trajectories = sft_trajectories(sft_problems, sandbox, tool_fraction, rng)
+    trajectories = sft_trajectories(
+        sft_problems,
+        tool_fraction,
+        rng,
+        lambda problem: executed_trajectory(problem, sandbox),
+        direct_trajectory,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(

@@ -24,15 +24,18 @@ each operation plainly), and more than one tool call per problem.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentrl.trainer.calculator import SANDBOX_PARALLELISM, write_jsonl
+from agentrl.trainer.calculator import (
+    direct_episode,
+    sft_trajectories,
+    tool_episode,
+    write_jsonl,
+)
 
 TASK_TYPE = "math"
 TOOLS = ("python",)
@@ -153,50 +156,15 @@ def answer(value: str) -> str:
 
 
 def executed_trajectory(problem: WordProblem, sandbox: Any) -> dict[str, Any]:
-    """An episode whose call ran through the rollout's SandboxTool in a session of its own; the
-    tool message is the observation an RL episode shows, the answer what the program printed."""
-    from agentrl.common.agent.tools import SandboxTool
-    from agentrl.common.tool_formats import get_format
-    from agentrl.proto.core.v1 import trajectory_pb2
-
-    call = tool_call(problem)
-    parsed = get_format(TOOL_FORMAT).parse(call)
-    tool, session_id = SandboxTool(sandbox), f"sft-words-{uuid.uuid4().hex[:12]}"
-
-    async def episode():
-        try:
-            return await tool.run(parsed, session_id=session_id)
-        finally:
-            await tool.close_session(session_id)
-
-    outcome = asyncio.run(episode())
-    if outcome.status != trajectory_pb2.TOOL_CALL_STATUS_OK or outcome.output.strip() != str(
-        problem.value
-    ):
-        raise RuntimeError(
-            f"the sandbox answered {outcome.output.strip()!r} (status {outcome.status}) for "
-            f"{problem.expression!r}, expected {problem.value}; is the sandbox service up "
-            "(`agentrl up --services sandbox`) and healthy?"
-        )
-    return {
-        "messages": [
-            {"role": "user", "content": problem.prompt},
-            {"role": "assistant", "content": call},
-            {"role": "tool", "content": outcome.output},
-            {"role": "assistant", "content": answer(outcome.output.strip())},
-        ],
-        "tool_calls": 1,
-    }
+    """An episode whose call ran through the rollout's SandboxTool in a session of its own
+    (calculator.tool_episode); the answer is what the program printed."""
+    return tool_episode(
+        problem.prompt, tool_call(problem), TOOL_FORMAT, str(problem.value), answer, sandbox
+    )
 
 
 def direct_trajectory(problem: WordProblem) -> dict[str, Any]:
-    return {
-        "messages": [
-            {"role": "user", "content": problem.prompt},
-            {"role": "assistant", "content": answer(str(problem.value))},
-        ],
-        "tool_calls": 0,
-    }
+    return direct_episode(problem.prompt, answer(str(problem.value)))
 
 
 def make_word_problem_data(
@@ -210,8 +178,6 @@ def make_word_problem_data(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Write train.jsonl, eval.jsonl and sft.jsonl to `out_dir`; returns a summary."""
-    from concurrent.futures import ThreadPoolExecutor
-
     for name, count in (("num_train", num_train), ("num_eval", num_eval), ("num_sft", num_sft)):
         if count < 1:
             raise ValueError(f"{name} must be at least 1, got {count}")
@@ -222,20 +188,13 @@ def make_word_problem_data(
     eval_problems = make_problems(num_eval, rng, seen)
     train_problems = make_problems(num_train, rng, seen)
     sft_problems = make_problems(num_sft, rng, seen)
-    uses_tool = [rng.random() < tool_fraction for _ in sft_problems]
-    with ThreadPoolExecutor(SANDBOX_PARALLELISM) as pool:
-        executed = iter(
-            list(
-                pool.map(
-                    lambda p: executed_trajectory(p, sandbox),
-                    [p for p, tool in zip(sft_problems, uses_tool, strict=True) if tool],
-                )
-            )
-        )
-    trajectories = [
-        next(executed) if tool else direct_trajectory(problem)
-        for problem, tool in zip(sft_problems, uses_tool, strict=True)
-    ]
+    trajectories = sft_trajectories(
+        sft_problems,
+        tool_fraction,
+        rng,
+        lambda problem: executed_trajectory(problem, sandbox),
+        direct_trajectory,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(
