@@ -291,19 +291,30 @@ def make_calculator(
 ) -> None:
     """Write the quickstart's calculator task: RL and eval prompts, and SFT trajectories whose
     tool calls the sandbox service really executed (it must be up: `agentrl up`)."""
+    from agentrl.trainer.calculator import make_calculator_data
+
+    sizes = (num_train, num_eval, num_sft)
+    _write_executed_task(make_calculator_data, out, recipe, sizes, tool_fraction, seed)
+
+
+def _write_executed_task(
+    make_data, out: Path, recipe: Path | None, sizes: tuple[int, int, int], tool_fraction, seed
+) -> None:
+    """`make_data(out, sandbox, ...)` with the recipe's sandbox service, which executes the SFT
+    trajectories' tool calls (checked to answer first); `sizes`: train, eval and SFT counts.
+    Prints the summary."""
     import json
 
     from agentrl.common.config import AgentRLConfig
 
     config = _load_recipe_or_exit(recipe) if recipe else AgentRLConfig()
-    # The SFT trajectories' tool calls run in the sandbox service: it must answer first.
     require(config, recipe, services=("sandbox",))
     from agentrl.sandbox.client import SandboxClient
-    from agentrl.trainer.calculator import make_calculator_data
 
     try:
         with SandboxClient(config.sandbox.target()) as sandbox:
-            summary = make_calculator_data(
+            num_train, num_eval, num_sft = sizes
+            summary = make_data(
                 out,
                 sandbox,
                 num_train=num_train,
@@ -339,26 +350,7 @@ def make_word_problems(
     """Write the SmolLM2 recipe's task: multi-step arithmetic word problems, RL and eval prompts,
     and SFT trajectories whose Hermes tool calls the sandbox service really executed (it must be
     up: `agentrl up`)."""
-    import json
-
-    from agentrl.common.config import AgentRLConfig
-
-    config = _load_recipe_or_exit(recipe) if recipe else AgentRLConfig()
-    require(config, recipe, services=("sandbox",))
-    from agentrl.sandbox.client import SandboxClient
     from agentrl.trainer.word_problems import make_word_problem_data
 
-    try:
-        with SandboxClient(config.sandbox.target()) as sandbox:
-            summary = make_word_problem_data(
-                out,
-                sandbox,
-                num_train=num_train,
-                num_eval=num_eval,
-                num_sft=num_sft,
-                tool_fraction=tool_fraction,
-                seed=seed,
-            )
-    except (ValueError, RuntimeError) as exc:
-        raise fail(str(exc)) from None
-    console.print(json.dumps(summary, indent=2))
+    sizes = (num_train, num_eval, num_sft)
+    _write_executed_task(make_word_problem_data, out, recipe, sizes, tool_fraction, seed)
