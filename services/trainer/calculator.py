@@ -193,6 +193,31 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+def write_task(
+    out_dir: str | Path,
+    train: list[dict[str, Any]],
+    held_out: list[dict[str, Any]],
+    trajectories: list[dict[str, Any]],
+    seed: int,
+) -> dict[str, Any]:
+    """Write a task's train.jsonl, eval.jsonl and sft.jsonl to `out_dir`; returns a summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "eval.jsonl", held_out)
+    write_jsonl(out / "sft.jsonl", trajectories)
+    num_tool = sum(t["tool_calls"] for t in trajectories)
+    return {
+        "out_dir": str(out),
+        "num_train": len(train),
+        "num_eval": len(held_out),
+        "num_sft": len(trajectories),
+        "num_sft_with_tool": num_tool,
+        "num_sft_direct": len(trajectories) - num_tool,
+        "seed": seed,
+    }
+
+
 def make_calculator_data(
     out_dir: str | Path,
     sandbox: Any,
@@ -219,20 +244,6 @@ def make_calculator_data(
         lambda problem: executed_trajectory(problem, sandbox),
         direct_trajectory,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(
-        out / "train.jsonl", [prompt_row(p, "train", i) for i, p in enumerate(train_problems)]
-    )
-    write_jsonl(out / "eval.jsonl", [prompt_row(p, "eval", i) for i, p in enumerate(eval_problems)])
-    write_jsonl(out / "sft.jsonl", trajectories)
-    num_tool = sum(t["tool_calls"] for t in trajectories)
-    return {
-        "out_dir": str(out),
-        "num_train": num_train,
-        "num_eval": num_eval,
-        "num_sft": num_sft,
-        "num_sft_with_tool": num_tool,
-        "num_sft_direct": num_sft - num_tool,
-        "seed": seed,
-    }
+    train = [prompt_row(p, "train", i) for i, p in enumerate(train_problems)]
+    held_out = [prompt_row(p, "eval", i) for i, p in enumerate(eval_problems)]
+    return write_task(out_dir, train, held_out, trajectories, seed)

@@ -34,7 +34,7 @@ from agentrl.trainer.calculator import (
     direct_episode,
     sft_trajectories,
     tool_episode,
-    write_jsonl,
+    write_task,
 )
 
 TASK_TYPE = "math"
@@ -195,20 +195,6 @@ def make_word_problem_data(
         lambda problem: executed_trajectory(problem, sandbox),
         direct_trajectory,
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(
-        out / "train.jsonl", [prompt_row(p, "train", i) for i, p in enumerate(train_problems)]
-    )
-    write_jsonl(out / "eval.jsonl", [prompt_row(p, "eval", i) for i, p in enumerate(eval_problems)])
-    write_jsonl(out / "sft.jsonl", trajectories)
-    num_tool = sum(t["tool_calls"] for t in trajectories)
-    return {
-        "out_dir": str(out),
-        "num_train": num_train,
-        "num_eval": num_eval,
-        "num_sft": num_sft,
-        "num_sft_with_tool": num_tool,
-        "num_sft_direct": num_sft - num_tool,
-        "seed": seed,
-    }
+    train = [prompt_row(p, "train", i) for i, p in enumerate(train_problems)]
+    held_out = [prompt_row(p, "eval", i) for i, p in enumerate(eval_problems)]
+    return write_task(out_dir, train, held_out, trajectories, seed)
