@@ -30,6 +30,7 @@ import subprocess
 import time
 
 from agentrl.sandbox.no_follow import DIR_FLAGS
+from agentrl.sandbox.run_watch import parent_pid
 
 HOLD_LINE = b"agentrl-sandbox-ready\n"
 RELEASE = b"\n"
@@ -85,7 +86,7 @@ def sandbox_pid(outer_pid: int) -> int:
         with open(children_file, "rb") as handle:
             children = [int(pid) for pid in handle.read().split()]
     else:  # a kernel without CONFIG_PROC_CHILDREN: scan /proc for the child
-        children = [pid for pid in _all_pids() if _parent_of(pid) == outer_pid]
+        children = [pid for pid in _all_pids() if parent_pid(pid) == outer_pid]
     if len(children) != 1:
         raise RuntimeError(f"bwrap (pid {outer_pid}) has {len(children)} children, not 1")
     child = children[0]
@@ -106,12 +107,3 @@ def open_work(pid: int) -> int:
 
 def _all_pids() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
-def _parent_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode("ascii", "replace")
-    except OSError:
-        return 0
-    return int(stat[stat.rfind(")") + 2 :].split()[1])
