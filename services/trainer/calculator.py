@@ -70,13 +70,25 @@ def make_problem(rng: random.Random) -> Problem:
 
 def make_problems(num_problems: int, rng: random.Random, exclude: set[str]) -> list[Problem]:
     """`num_problems` distinct problems whose expressions are not in `exclude` (then added)."""
-    problems = []
-    while len(problems) < num_problems:
-        problem = make_problem(rng)
-        if problem.expression not in exclude:
-            exclude.add(problem.expression)
-            problems.append(problem)
-    return problems
+    return distinct(num_problems, rng, exclude, make_problem, lambda p: p.expression)
+
+
+def distinct(
+    count: int,
+    rng: random.Random,
+    exclude: set[str],
+    make: Callable[[random.Random], P],
+    key: Callable[[P], str],
+) -> list[P]:
+    """`count` items of `make(rng)` whose `key` is not in `exclude` (then added): how every
+    task keeps its train, eval and SFT splits disjoint."""
+    items = []
+    while len(items) < count:
+        item = make(rng)
+        if key(item) not in exclude:
+            exclude.add(key(item))
+            items.append(item)
+    return items
 
 
 def prompt_row(problem: Problem, split: str, index: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from agentrl.trainer.calculator import (
     direct_episode,
+    distinct,
     sft_trajectories,
     tool_episode,
     write_task,
@@ -126,13 +127,7 @@ def make_problem(rng: random.Random) -> WordProblem:
 
 def make_problems(count: int, rng: random.Random, exclude: set[str]) -> list[WordProblem]:
     """`count` problems whose stories are not in `exclude` (then added)."""
-    problems = []
-    while len(problems) < count:
-        problem = make_problem(rng)
-        if problem.story not in exclude:
-            exclude.add(problem.story)
-            problems.append(problem)
-    return problems
+    return distinct(count, rng, exclude, make_problem, lambda p: p.story)
 
 
 def prompt_row(problem: WordProblem, split: str, index: int) -> dict[str, Any]:
