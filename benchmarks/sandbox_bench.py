@@ -16,13 +16,16 @@ them alike; the closing table gives throughput and p50 as ratios to bare.
     .venv/bin/python benchmarks/sandbox_bench.py --backends bare docker docker-exec \
         --pool-size 4 --rounds 3 --workloads 'print(1)' --concurrency 32
     .venv/bin/python benchmarks/sandbox_bench.py --backends bare bwrap nonroot --starvation
+    .venv/bin/python benchmarks/sandbox_bench.py --backends docker --starvation --pool-size 10
 
 `nonroot` is the service as the Kubernetes manifests run it: `agentrl.sandbox.main` in a
 process of its own as uid 10001 (no cgroups, no tmpfs, no setpriv; this benchmark must run as
 root to start it), reached over gRPC like the others (its CPU is counted in the machine's
 column only). `--starvation` measures instead what one client's `print(1)` costs while
 STARVATION_HOGS other requests each run a STARVATION_HOG_S-second busy loop, as a ratio to
-its latency on the same idle service (no timing is asserted anywhere).
+its latency on the same idle service (no timing is asserted anywhere); a docker pool there has
+--pool-size containers (STARVATION_HOGS + 1 is enough: one for each hog and one for the probe);
+with --rounds N it measures N idle/attack pairs and gives the ratio's min / median / max.
 
 Workloads: `print(1)`, a ~50 ms CPU loop, an import-heavy snippet, a 1 s timeout, and 10 MB of
 output (max_output_bytes is set to 16 MB so it must come back whole, status ok).
@@ -375,17 +378,20 @@ class Bench:
         self.sandbox.close()
 
 
-def starvation(names: list[str]) -> None:
-    """print(1)'s latency while STARVATION_HOGS busy loops run, as a ratio to idle."""
+def starvation(names: list[str], pool_size: int, rounds: int = 1) -> None:
+    """print(1)'s latency while STARVATION_HOGS busy loops run, as a ratio to idle (a docker
+    pool of `pool_size` containers). Each round measures idle then under attack, back to back;
+    the ratio is per round (min / median / max over the rounds)."""
     hog = f"import time\nend = time.time() + {STARVATION_HOG_S}\nwhile time.time() < end: pass"
     print(
-        "\n| backend | print(1) p50 idle ms | p50 under attack ms | ratio | max under attack ms |"
+        "\n| backend | print(1) p50 idle ms | p50 under attack ms | ratio min / median / max "
+        "| max under attack ms | rounds | load average (1 min) before |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name in names:
-        one = Bench.start(name, max(CONCURRENCIES))
+        one = Bench.start(name, pool_size)
         try:
-            wait_for_pool(one.backend, max(CONCURRENCIES))
+            wait_for_pool(one.backend, pool_size)
 
             def probe(client: SandboxClient = one.client) -> float:
                 start = time.perf_counter()
@@ -393,20 +399,30 @@ def starvation(names: list[str]) -> None:
                 assert result.stdout == "1\n", result
                 return time.perf_counter() - start
 
-            idle = [probe() for _ in range(STARVATION_PROBES)]
-            with ThreadPoolExecutor(STARVATION_HOGS) as pool:
-                hogs = [
-                    pool.submit(one.client.execute, hog, timeout_s=STARVATION_HOG_S * 4)
-                    for _ in range(STARVATION_HOGS)
-                ]
-                time.sleep(0.5)  # the hogs are running
-                busy = [probe() for _ in range(STARVATION_PROBES)]
-                for done in hogs:
-                    done.result()
-            p50_idle, p50_busy = statistics.median(idle), statistics.median(busy)
+            load = os.getloadavg()[0]
+            idle_p50s, busy_p50s, ratios, worst = [], [], [], 0.0
+            for _ in range(rounds):
+                idle = [probe() for _ in range(STARVATION_PROBES)]
+                with ThreadPoolExecutor(STARVATION_HOGS) as pool:
+                    hogs = [
+                        pool.submit(one.client.execute, hog, timeout_s=STARVATION_HOG_S * 4)
+                        for _ in range(STARVATION_HOGS)
+                    ]
+                    time.sleep(0.5)  # the hogs are running
+                    busy = [probe() for _ in range(STARVATION_PROBES)]
+                    for done in hogs:
+                        done.result()
+                idle_p50s.append(statistics.median(idle))
+                busy_p50s.append(statistics.median(busy))
+                ratios.append(busy_p50s[-1] / idle_p50s[-1])
+                worst = max(worst, *busy)
+                wait_for_pool(one.backend, pool_size)  # docker: a hog may have been recycled
+            ratios.sort()
             print(
-                f"| {name} | {1000 * p50_idle:.1f} | {1000 * p50_busy:.1f} | "
-                f"{p50_busy / p50_idle:.1f} | {1000 * max(busy):.1f} |",
+                f"| {name} | {1000 * statistics.median(idle_p50s):.1f} | "
+                f"{1000 * statistics.median(busy_p50s):.1f} | {ratios[0]:.1f} / "
+                f"{statistics.median(ratios):.1f} / {ratios[-1]:.1f} | {1000 * worst:.1f} | "
+                f"{rounds} | {load:.2f} |",
                 flush=True,
             )
         finally:
@@ -551,7 +567,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.starvation:
-        starvation(args.backends)
+        starvation(args.backends, args.pool_size, args.rounds)
         return
     start = time.perf_counter()
     rows = bench(
