@@ -7,13 +7,22 @@ intervals, equations `x=3` against `3`, symbolic expressions.
 
 math-verify runs in a `WorkerPool` process with its own timeouts off: they use SIGALRM, which
 cannot interrupt sympy's C-level arithmetic, and on expiry they quietly return "not equal" (a
-silent zero). `verify_math` runs whole in a worker (agentrl.reward.worker_pool); the deadline
-kills the worker instead and the verdict says so.
+silent zero). The deadline kills the worker instead and the verdict says so.
+
+A verification has two halves. `prepare_math` (the format gate, the final answer, and plain
+integers on both sides compared exactly) is linear-time text scanning that cannot hang; the
+service runs it in its own process for responses up to `IN_PROCESS_MAX_CHARS`, so a response
+without an answer, with a format error, or with an integer answer to an integer gold never
+waits for a verifier process. `judge_math` (math-verify, sympy) is the half that can run away
+and always runs in a worker (agentrl.reward.worker_pool). `verify_math` is both halves in one
+call: what a worker runs for a longer response, and what the tests and the benchmark's direct
+baseline call.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 from agentrl.reward import answers, format_gate
 from agentrl.reward.verifier import (
@@ -29,6 +38,17 @@ from agentrl.reward.verifier import (
 
 # Modules a math worker imports once at start (sympy and the ANTLR LaTeX parser: ~1 s).
 MATH_PRELOAD = ("math_verify", "latex2sympy2_extended")
+# Longest response the service prepares in its own process (gate and answer extraction scan
+# every character in Python: ~1 ms per 10,000 characters, holding the service's GIL). Longer
+# responses go whole to a worker, as every response did before.
+IN_PROCESS_MAX_CHARS = 32_768
+# A plain integer: compared exactly without math-verify (which gives the same verdict: leading
+# zeros and -0 equal, any other difference unequal; checked in tests/unit/reward). No `+`, no
+# thousands separators, no decimals: those go to math-verify.
+_INTEGER_RE = re.compile(r"-?[0-9]{1,18}")
+
+MathComparison = tuple[str, str, bool]
+"""What is left for math-verify: (final answer, gold, whether the answer came from a box)."""
 
 
 def compare_answers(answer: str, gold: str, answer_boxed: bool = True) -> tuple[str, str]:
@@ -56,17 +76,52 @@ def compare_answers(answer: str, gold: str, answer_boxed: bool = True) -> tuple[
     )
 
 
-def verify_math(item: VerifyInput, apply_gate: bool) -> Verification:
-    """In a worker: the format gate (if asked), the final answer, then math-verify."""
+def compare_integers(answer: str, gold: str) -> tuple[str, str] | None:
+    """("equal" | "different", detail) when both sides are plain integers, else None."""
+    answer_text, gold_text = answer.strip(), gold.strip()
+    if not (_INTEGER_RE.fullmatch(answer_text) and _INTEGER_RE.fullmatch(gold_text)):
+        return None
+    equal = int(answer_text) == int(gold_text)
+    relation = "equals" if equal else "differs from"
+    return (
+        "equal" if equal else "different",
+        f"answer {preview(answer)} {relation} gold {preview(gold)}",
+    )
+
+
+def _verdict(outcome: str, detail: str) -> Verification:
+    if outcome == "equal":
+        return Verification(CORRECT, 1.0, clip_reason(detail))
+    if outcome == "unparsed_gold":
+        raise VerifierError(detail)
+    return Verification(INCORRECT, 0.0, clip_reason(detail))
+
+
+def prepare_math(item: VerifyInput, apply_gate: bool) -> Verification | MathComparison:
+    """The bounded half: the format gate (if asked), the final answer, integers compared.
+
+    Returns the verdict when one is reached without math-verify, else the comparison to hand
+    to `judge_math`. Linear-time scans only: safe to run outside a worker.
+    """
     if apply_gate and (failed := format_gate.gate(item, boxed_answers=True)) is not None:
         return failed
     final = answers.final_answer(item.response_text)
     if final.answer is None:
         where = "empty final answer" if final.source != "none" else "no \\boxed{} or <answer>"
         return Verification(NO_ANSWER, 0.0, f"no final answer ({where})")
-    outcome, detail = compare_answers(final.answer, item.ground_truth, final.boxed)
-    if outcome == "equal":
-        return Verification(CORRECT, 1.0, clip_reason(detail))
-    if outcome == "unparsed_gold":
-        raise VerifierError(detail)
-    return Verification(INCORRECT, 0.0, clip_reason(detail))
+    if (integers := compare_integers(final.answer, item.ground_truth)) is not None:
+        return _verdict(*integers)
+    return final.answer, item.ground_truth, final.boxed
+
+
+def judge_math(answer: str, gold: str, answer_boxed: bool) -> Verification:
+    """In a worker: math-verify's verdict on a comparison from `prepare_math`."""
+    return _verdict(*compare_answers(answer, gold, answer_boxed))
+
+
+def verify_math(item: VerifyInput, apply_gate: bool) -> Verification:
+    """Both halves: `prepare_math`, then `judge_math` when math-verify must decide."""
+    prepared = prepare_math(item, apply_gate)
+    if isinstance(prepared, Verification):
+        return prepared
+    return judge_math(*prepared)

@@ -1,7 +1,8 @@
 """Which verifier judges which task type: a plain dict built from RewardConfig.
 
-Built-ins: `math`, `qa`, `format` (run whole in a verifier process) and `code` (prepared in a
-verifier process, tests run by the sandbox service). Custom task types come from
+Built-ins: `math` (gate, answer extraction and integer answers in the service process,
+math-verify in a verifier process), `qa`, `format` (run whole in a verifier process) and `code`
+(prepared in a verifier process, tests run by the sandbox service). Custom task types come from
 `reward.custom_verifiers` as `package.module:function`; the function takes a `VerifyInput` and
 returns a `Verification`, and runs in a verifier process under the same deadline as math.
 A custom path is imported once at start-up here, so a typo stops the service instead of failing
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import importlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +33,27 @@ class PoolVerifier:
 
     def verify(self, item: VerifyInput, deadline_s: float) -> Verification:
         return self.pool.call(self.function, (item, *self.args), deadline_s)
+
+
+class MathVerifier:
+    """`math_verifier.prepare_math` here, then `judge_math` in the worker pool when needed.
+
+    Responses longer than `math_verifier.IN_PROCESS_MAX_CHARS` run whole in a worker.
+    """
+
+    def __init__(self, pool: WorkerPool, apply_gate: bool) -> None:
+        self.pool = pool
+        self.apply_gate = apply_gate
+
+    def verify(self, item: VerifyInput, deadline_s: float) -> Verification:
+        if len(item.response_text) > math_verifier.IN_PROCESS_MAX_CHARS:
+            return self.pool.call(math_verifier.verify_math, (item, self.apply_gate), deadline_s)
+        start = time.monotonic()
+        prepared = math_verifier.prepare_math(item, self.apply_gate)
+        if isinstance(prepared, Verification):
+            return prepared
+        remaining_s = deadline_s - (time.monotonic() - start)
+        return self.pool.call(math_verifier.judge_math, prepared, remaining_s)
 
 
 def load_function(path: str) -> Callable[..., Any]:
@@ -66,7 +89,7 @@ def build_verifiers(
     """Task type -> verifier, for every built-in and custom task type of `config`."""
     gated = set(config.format_gate_task_types)
     verifiers: dict[str, Verifier] = {
-        "math": PoolVerifier(pool, math_verifier.verify_math, "math" in gated),
+        "math": MathVerifier(pool, "math" in gated),
         "qa": PoolVerifier(pool, qa_verifier.verify_qa, config.qa_metric, "qa" in gated),
         "format": PoolVerifier(pool, format_gate.verify_format),
         "code": code_verifier.CodeVerifier(

@@ -1,12 +1,19 @@
 """The math verifier over a table of responses: equal values in other forms, near misses, no
 answer, two answers, answers outside the box. Runs `verify_math` (the function a verifier process
-runs) in this process with the real math-verify."""
+runs) in this process with the real math-verify; then the cases the service answers without a
+verifier process (integers compared exactly, no answer, format errors) against math-verify."""
 
 from __future__ import annotations
 
 import pytest
 
-from agentrl.reward.math_verifier import verify_math
+from agentrl.reward.math_verifier import (
+    IN_PROCESS_MAX_CHARS,
+    compare_answers,
+    compare_integers,
+    verify_math,
+)
+from agentrl.reward.registry import MathVerifier
 from agentrl.reward.verifier import (
     CORRECT,
     FORMAT_ERROR,
@@ -122,3 +129,69 @@ def test_reason_names_both_sides() -> None:
 def test_unparseable_gold_is_a_verifier_error_not_a_wrong_answer() -> None:
     with pytest.raises(VerifierError, match="ground truth"):
         verify_math(VerifyInput("math", r"\boxed{3}", "}{"), apply_gate=True)
+
+
+# Integer pairs the service compares itself; math-verify must give the same verdict on each.
+INTEGER_PAIRS = [
+    ("42", "42"),
+    ("42", "41"),
+    ("007", "7"),
+    ("-0", "0"),
+    ("-3", "3"),
+    ("3", "-3"),
+    ("1000000000000001", "1000000000000000"),
+    ("123456789012345678", "123456789012345678"),
+    ("123456789012345678", "123456789012345679"),
+    (" 12 ", "12"),
+]
+
+
+@pytest.mark.parametrize(("answer", "gold"), INTEGER_PAIRS)
+@pytest.mark.parametrize("boxed", [True, False])
+def test_integer_shortcut_agrees_with_math_verify(answer: str, gold: str, boxed: bool) -> None:
+    shortcut = compare_integers(answer, gold)
+    assert shortcut is not None
+    assert shortcut == compare_answers(answer, gold, boxed)
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold"),
+    [("+5", "5"), ("1,000", "1000"), ("5.0", "5"), ("1e3", "1000"), ("5", "x"), ("1" * 19, "1")],
+)
+def test_integer_shortcut_leaves_other_forms_to_math_verify(answer: str, gold: str) -> None:
+    assert compare_integers(answer, gold) is None
+
+
+class _NoWorkers:
+    """A pool that refuses every call: what MathVerifier answers without one ran in-process."""
+
+    def call(self, function, args, deadline_s):
+        raise VerifierError(f"no worker for {function.__name__}")
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        (r"\boxed{42}", "42", CORRECT),
+        ("<answer>41</answer>", "42", INCORRECT),
+        ("The answer is 5.", "5", NO_ANSWER),
+        (r"\boxed{3} or \boxed{4}", "3", FORMAT_ERROR),
+    ],
+)
+def test_bounded_cases_are_answered_without_a_worker(
+    response: str, gold: str, expected: int
+) -> None:
+    verifier = MathVerifier(_NoWorkers(), apply_gate=True)
+    item = VerifyInput("math", response, gold)
+    result = verifier.verify(item, deadline_s=10)
+    assert result == verify_math(item, apply_gate=True)
+    assert result.verdict == expected
+
+
+def test_sympy_and_long_responses_go_to_a_worker() -> None:
+    verifier = MathVerifier(_NoWorkers(), apply_gate=True)
+    with pytest.raises(VerifierError, match="judge_math"):
+        verifier.verify(VerifyInput("math", r"\boxed{\frac{1}{2}}", "0.5"), deadline_s=10)
+    long = "x" * IN_PROCESS_MAX_CHARS + r" \boxed{42}"
+    with pytest.raises(VerifierError, match="verify_math"):
+        verifier.verify(VerifyInput("math", long, "42"), deadline_s=10)

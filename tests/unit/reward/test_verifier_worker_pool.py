@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import time
 
 import pytest
@@ -35,6 +36,17 @@ def test_crash_and_exceptions(pool: WorkerPool) -> None:
     with pytest.raises(VerifierError, match="ZeroDivisionError"):
         pool.call(divmod, (1, 0), deadline_s=30)
     assert pool.call(abs, (-2,), deadline_s=30) == 2
+
+
+def test_arguments_that_cannot_be_sent_leave_the_worker_free(pool: WorkerPool) -> None:
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pool.call(abs, (lambda: 1,), deadline_s=30)
+    assert pool.call(abs, (-4,), deadline_s=5) == 4  # the only worker went back to the pool
+
+
+def test_large_messages_cross_in_both_directions(pool: WorkerPool) -> None:
+    text = "x" * 3_000_000  # beyond any socket buffer: several reads each way
+    assert pool.call(str.upper, (text,), deadline_s=30) == text.upper()
 
 
 def test_busy_pool_times_out_waiting() -> None:
