@@ -113,7 +113,9 @@ class Service:
             argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv]
         self.process = subprocess.Popen(argv, env=env)
         self.url = f"http://127.0.0.1:{self.http_port}"
-        self.http = httpx.Client(base_url=self.url, timeout=60)
+        # On docker a run may wait for a recycled container's replacement (queue_timeout_s).
+        self.timeout_s = DOCKER_REFILL_S + 60 if backend == "docker" else 60
+        self.http = httpx.Client(base_url=self.url, timeout=self.timeout_s)
         deadline = time.monotonic() + startup_s
         while True:
             try:
@@ -125,7 +127,7 @@ class Service:
             assert time.monotonic() < deadline, "the sandbox service did not become ready"
             time.sleep(0.1)
         self.grpc = SandboxClient(f"127.0.0.1:{self.grpc_port}", token=None)
-        self.other = httpx.Client(base_url=self.url, timeout=60)  # another client
+        self.other = httpx.Client(base_url=self.url, timeout=self.timeout_s)  # another client
         if backend == "docker":
             self.wait_pool_full()
 
@@ -203,6 +205,9 @@ class Service:
                     stray.append(cmdline.decode(errors="replace")[:120])
         return stray
 
+    def container_ids(self) -> set[str]:
+        return {container["Id"] for container in self.containers()}
+
     def wait_pool_full(self) -> None:
         """Until `pool_size` containers are ready (a recycled one is re-created in the
         background), then: exactly that many containers of this service, all running."""
@@ -255,8 +260,12 @@ TARGETS = [
 @pytest.fixture(scope="module", params=TARGETS)
 def service(request):
     service = Service(request.param.backend, request.param.mode)
-    yield service
-    service.close()
+    try:
+        yield service
+        if service.backend == "docker":  # the attacks' recycles were all refilled, no more
+            service.wait_pool_full()
+    finally:
+        service.close()
 
 
 def left_running() -> list[str]:
@@ -476,16 +485,17 @@ class Case:
 
 
 ENOSPC, EACCES, EROFS = 28, 13, 30
+# The attacks that make docker recycle a container are spread out: its replacement is created
+# in the background (seconds on vfs) while the next ones run.
 CASES = [
     # The bwrap runs fail at the process limit of the run; docker's at the container's pids
     # limit, then time out (a container that timed out is recycled).
     Case(fork_bomb, "Failed", "Failed", ("timeout",)),
-    # Non-root bwrap samples memory (MemoryError or a kill after the fact); docker's cgroup kills.
-    Case(memory_bomb, ("oom", "MemoryError"), ("oom",), ("oom",)),
-    Case(loop_past_timeout, "TimeLimitExceeded", "TimeLimitExceeded", ("timeout",)),
     Case(double_fork_setsid_orphan, "parent done\n", "parent done\n"),
     Case(output_flood, "output_limit", "output_limit"),
     Case(network_to_loopback_and_dns, "blocked\n" * 3, "blocked\n" * 3),
+    # Non-root bwrap samples memory (MemoryError or a kill after the fact); docker's cgroup kills.
+    Case(memory_bomb, ("oom", "MemoryError"), ("oom",), ("oom",)),
     # bwrap shows no /etc/shadow nor /root; the docker image has its own, closed to the uid.
     Case(
         reading_host_files,
@@ -494,6 +504,11 @@ CASES = [
     ),
     Case(writing_outside_the_work_dir, "refused\n" * 4, "refused\n" * 4),
     Case(environment_and_proc_secrets, "False\nFalse\nTrue\n", "False\nFalse\nTrue\n"),
+    Case(loop_past_timeout, "TimeLimitExceeded", "TimeLimitExceeded", ("timeout",)),
+    Case(cpu_starvation, ("Success", "Failed"), ("Success", "Failed")),
+    Case(oversized_and_malformed_requests, (413, 422), (413, 422)),
+    # Docker has no sessions (route them to a bwrap replica): every session request is refused.
+    Case(session_isolation, "isolated", "refused"),
     # /dev: bwrap mounts it read-only; docker's is a tmpfs of root's, closed to the uid. On
     # docker, files left in /tmp and /dev/shm recycle the container.
     Case(
@@ -502,10 +517,6 @@ CASES = [
         {"/work": ENOSPC, "/tmp": ENOSPC, "/dev/shm": ENOSPC, "/dev": EACCES},
         ("write_outside_workdir",),
     ),
-    Case(cpu_starvation, ("Success", "Failed"), ("Success", "Failed")),
-    Case(oversized_and_malformed_requests, (413, 422), (413, 422)),
-    # Docker has no sessions (route them to a bwrap replica): every session request is refused.
-    Case(session_isolation, "isolated", "refused"),
     Case(session_link_planting, "links refused", "refused"),
     Case(signals_to_everything, ("Success", "Failed"), ("Success", "Failed")),
     Case(ptrace_setuid_mount, "-1 -1 -1\nrefused\n", "-1 -1 -1\nrefused\n"),
@@ -515,7 +526,9 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[case.attack.__name__ for case in CASES])
 def test_attack_is_contained(service, case):
     before = service.host_state()
-    recycles_before = service.recycles() if service.backend == "docker" else {}
+    docker = service.backend == "docker"
+    recycles_before = service.recycles() if docker else {}
+    containers_before = service.container_ids() if docker else set()
     bystander: dict = {}
 
     def print_one() -> None:
@@ -535,7 +548,7 @@ def test_attack_is_contained(service, case):
     while left_running() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left_running() == []
-    if service.backend == "docker":
+    if docker:
         while service.left_in_containers() and time.monotonic() < deadline:
             time.sleep(0.1)  # the pool resets a container in the background
         assert service.left_in_containers() == []
@@ -546,5 +559,14 @@ def test_attack_is_contained(service, case):
             if after[reason] != recycles_before.get(reason, 0)
         }
         assert moved == dict.fromkeys(case.docker_recycles, 1), moved
-        service.wait_pool_full()
+        # Each recycled container is removed (before its replacement is created, in the
+        # background: the fixture waits for the whole pool once, after the battery). Earlier
+        # attacks' recycled containers were gone before this one started.
+        deadline = time.monotonic() + DOCKER_REFILL_S
+        while len(containers_before - service.container_ids()) < len(case.docker_recycles):
+            assert time.monotonic() < deadline, "a recycled container was not removed"
+            time.sleep(0.2)
+        now = service.container_ids()
+        assert len(containers_before - now) == len(case.docker_recycles)
+        assert len(now) <= DOCKER_POOL_SIZE, now
     assert service.http.get("/readyz").status_code == 200
