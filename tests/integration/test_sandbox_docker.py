@@ -1,5 +1,8 @@
 """Hostile programs against the real docker backend (a real engine, the project's image): each
 ends with the right status, the pool stays usable, recycles what it must, and nothing survives.
+These drive the backend in this process (exact statuses, limits, which container ran what);
+the attack classes shared with bwrap (fork bomb, network, environment secrets, ... with a
+concurrent client and the host checks) run against a docker service in test_sandbox_hostile.py.
 
 The Docker engine is started by `AGENTRL_WITH_DOCKER=1 bash scripts/setup.sh`; a missing one
 fails these tests, it never skips them. The session fixture runs services/sandbox/image/build.sh:
@@ -145,16 +148,6 @@ def test_the_containers_weigh_as_pool_size_processes(sandbox):
     assert live and all(container.cgroup.paths["cpu"].parent == parent for container in live)
 
 
-def test_fork_bomb_is_contained_and_recycled(sandbox):
-    before = recycles(sandbox, "timeout")
-    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-    result = run(sandbox, code, timeout_s=2)
-    assert result.status == Status.TIMEOUT
-    assert recycles(sandbox, "timeout") == before + 1
-    assert leftovers(sandbox) == []
-    assert_healthy(sandbox)
-
-
 def test_memory_bomb_is_oom_and_recycled(sandbox):
     before = recycles(sandbox, "oom")
     result = run(
@@ -201,20 +194,6 @@ def test_100_mb_of_output_is_capped_and_flagged(sandbox):
     assert leftovers(sandbox) == []
 
 
-def test_no_network_to_loopback_or_outside(sandbox):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    try:
-        local = run(sandbox, f"import socket\nsocket.create_connection(('127.0.0.1', {port}), 1)")
-        assert local.status == Status.ERROR and "ConnectionRefusedError" in local.stderr
-        outside = run(sandbox, "import socket\nsocket.create_connection(('1.1.1.1', 80), 1)")
-        assert outside.status == Status.ERROR and "unreachable" in outside.stderr
-    finally:
-        listener.close()
-
-
 def test_writes_outside_the_work_dir_fail_or_recycle(sandbox):
     for path in ("/usr/evil", "/etc/evil", "/evil", "/proc/sys/kernel/hostname"):
         result = run(sandbox, f"open({path!r}, 'w').write('x')")
@@ -230,19 +209,6 @@ def test_writes_outside_the_work_dir_fail_or_recycle(sandbox):
         ]
         assert all(r.stdout.startswith("False\n") for r in later)
         assert container_of(wrote) not in {container_of(r) for r in later}
-
-
-def test_service_environment_is_invisible(sandbox, monkeypatch):
-    monkeypatch.setenv("AGENTRL_SECRET_FOR_TEST", "hunter2")
-    code = (
-        "import os\nprint(sorted(os.environ))\n"
-        "try:\n    print(open('/proc/1/environ','rb').read())\n"
-        "except OSError as e:\n    print(e)\nprint(os.listdir('/proc'))"
-    )
-    result = run(sandbox, code)
-    assert result.status == Status.OK and "hunter2" not in result.stdout
-    assert "AGENTRL" not in result.stdout and "DOCKER" not in result.stdout
-    assert str(os.getpid()) not in result.stdout.splitlines()[-1].split(", ")
 
 
 def test_filling_the_disk_hits_the_work_dir_limit(sandbox):
