@@ -1,7 +1,7 @@
 """A hostile battery against a real sandbox service, for each backend and mode it deploys in:
 bwrap as `root` (cgroups, tmpfs, setpriv) and as `non-root` (uid 10001 as the Kubernetes
-manifests run it: no cgroups, no mounts), and docker as root (the only mode it has; it refuses
-to start otherwise). The service is `agentrl.sandbox.main` in its own process, reached over
+manifests run it: no cgroups, no mounts), and docker as root (the only mode it has; the last
+test checks that it refuses to start as uid 10001, saying why). The service is `agentrl.sandbox.main` in its own process, reached over
 HTTP (SandboxFusion's /run_code) and gRPC (sessions).
 
 One list of attack classes (CASES) runs against every target; where the right outcome differs
@@ -570,3 +570,30 @@ def test_attack_is_contained(service, case):
         assert len(containers_before - now) == len(case.docker_recycles)
         assert len(now) <= DOCKER_POOL_SIZE, now
     assert service.http.get("/readyz").status_code == 200
+
+
+@pytest.mark.skipif(not ROOT, reason="starting the service as uid 10001 needs root")
+def test_docker_refuses_the_non_root_mode(tmp_path):
+    """The docker backend has no non-root mode (it writes the containers' cgroups and mounts
+    their work dirs): the service as uid 10001 stops at start-up and says why."""
+    tmp_path.chmod(0o755)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "AGENTRL__SANDBOX__BACKEND": "docker",
+        "AGENTRL__SANDBOX__WORK_ROOT": str(tmp_path),
+        "AGENTRL__SANDBOX__HTTP_PORT": str(free_port()),
+        "AGENTRL__SANDBOX__GRPC_PORT": str(free_port()),
+    }
+    uid = NON_ROOT_UID
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    started = subprocess.run(
+        [*argv, sys.executable, "-c", SERVE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,  # it must fail
+    )
+    assert started.returncode != 0
+    assert "backend: docker must run as root" in started.stderr, started.stderr[-2000:]
