@@ -23,6 +23,7 @@ _TAG_RE = re.compile(r"<(/?)(" + "|".join(STRUCTURAL_TAGS + OPAQUE_TAGS) + r")>"
 # End-of-turn markers of common chat templates; they may follow the final answer.
 END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE_RE = re.compile(r"[{}]")
 # The info string excludes backticks so a long run of them cannot make the match quadratic.
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n`]*\n(.*?)```", re.DOTALL)
 _PYTHON_FENCE_LANGS = ("", "python", "py", "python3")
@@ -94,10 +95,11 @@ def boxed_contents(text: str) -> list[tuple[str, int]]:
     """
     closing_of: dict[int, int] = {}
     stack: list[int] = []
-    for i, char in enumerate(text):
-        if char == "{":
+    for match in _BRACE_RE.finditer(text):  # visits braces only, not every character
+        i = match.start()
+        if text[i] == "{":
             stack.append(i)
-        elif char == "}" and stack:
+        elif stack:
             closing_of[stack.pop()] = i
     found = []
     for match in _BOX_RE.finditer(text):

@@ -42,11 +42,18 @@ def check_format(text: str, boxed_answers: bool, require_answer: bool = False) -
     require_answer: a response without a final answer is a problem (the `format` task type).
     """
     scan = answers.scan_tags(text)
+    final = answers.final_answer(text, scan, use_boxed=boxed_answers)
+    return problems_of(scan, final, require_answer)
+
+
+def problems_of(
+    scan: answers.TagScan, final: answers.FinalAnswer, require_answer: bool = False
+) -> list[str]:
+    """`check_format` on a response already scanned (`final` read with the same `scan`)."""
     problems = list(scan.problems)
     num_answer_blocks = len(scan.named("answer"))
     if num_answer_blocks > 1:
         problems.append(f"{num_answer_blocks} <answer> blocks (one allowed)")
-    final = answers.final_answer(text, scan, use_boxed=boxed_answers)
     if len(final.candidates) > 1:
         shown = ", ".join(preview(c, 20) for c in final.candidates[-3:])
         problems.append(f"{len(final.candidates)} different final answers ({shown})")
@@ -57,12 +64,14 @@ def check_format(text: str, boxed_answers: bool, require_answer: bool = False) -
     return problems
 
 
+def format_error(problems: list[str]) -> Verification:
+    return Verification(FORMAT_ERROR, 0.0, clip_reason("format: " + "; ".join(problems)))
+
+
 def gate(item: VerifyInput, boxed_answers: bool) -> Verification | None:
     """A FORMAT_ERROR verification when `item` fails the gate, else None."""
     problems = check_format(item.response_text, boxed_answers=boxed_answers)
-    if problems:
-        return Verification(FORMAT_ERROR, 0.0, clip_reason("format: " + "; ".join(problems)))
-    return None
+    return format_error(problems) if problems else None
 
 
 def verify_format(item: VerifyInput, apply_gate: bool = True) -> Verification:

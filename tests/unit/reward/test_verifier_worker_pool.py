@@ -9,7 +9,13 @@ import time
 import pytest
 
 from agentrl.reward.math_verifier import MATH_PRELOAD, verify_math
-from agentrl.reward.verifier import VerifierError, VerifierTimeout, VerifyInput
+from agentrl.reward.verifier import (
+    INCORRECT,
+    Verification,
+    VerifierError,
+    VerifierTimeout,
+    VerifyInput,
+)
 from agentrl.reward.worker_pool import WorkerPool
 
 
@@ -42,6 +48,11 @@ def test_arguments_that_cannot_be_sent_leave_the_worker_free(pool: WorkerPool) -
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         pool.call(abs, (lambda: 1,), deadline_s=30)
     assert pool.call(abs, (-4,), deadline_s=5) == 4  # the only worker went back to the pool
+
+
+def test_a_verification_comes_back_whole(pool: WorkerPool) -> None:
+    sent = Verification(INCORRECT, 0.0, "answer '3' differs from gold '4'")
+    assert pool.call(Verification, (sent.verdict, sent.score, sent.reason), 30) == sent
 
 
 def test_large_messages_cross_in_both_directions(pool: WorkerPool) -> None:
