@@ -8,8 +8,11 @@
 #   3. its SFT cold start on the executed trajectories
 #   4. the local stack, RL (GRPO) with evaluation before and after, the report
 #
-# SMOLLM2_RECIPE picks another recipe; SMOLLM2_DATA_ARGS sizes the data (e.g. a smoke run);
-# SMOLLM2_SFT_ARGS adds flags to `agentrl sft`.
+# SMOLLM2_RECIPE picks another recipe; SMOLLM2_DATA_ARGS sizes the data (default: 1,000 RL
+# prompts, 48 held-out, 320 SFT trajectories); SMOLLM2_SFT_ARGS adds flags to `agentrl sft`.
+# The 3-seed measurement runs the RL phase again from the same SFT model:
+#   .venv/bin/python benchmarks/quickstart_seeds.py --recipe recipes/smollm2_word_problems.yaml \
+#       --seeds 3 --up --out runs/smollm2-seeds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECIPE=${SMOLLM2_RECIPE:-recipes/smollm2_word_problems.yaml}
@@ -21,7 +24,7 @@ if [ ! -f "$DATA_DIR/sft.jsonl" ]; then
   echo "==> [$(elapsed)] word problems; the SFT trajectories' tool calls run in the sandbox"
   $AGENTRL up --recipe "$RECIPE" --services sandbox >/dev/null
   # shellcheck disable=SC2086 # word splitting of the extra arguments is intended
-  $AGENTRL data make-word-problems --recipe "$RECIPE" --out "$DATA_DIR" ${SMOLLM2_DATA_ARGS:-}
+  $AGENTRL data make-word-problems --recipe "$RECIPE" --out "$DATA_DIR" ${SMOLLM2_DATA_ARGS:---num-train 1000 --num-eval 48 --num-sft 320}
   $AGENTRL down --recipe "$RECIPE" >/dev/null
 fi
 
