@@ -16,7 +16,7 @@ socket to the service, a call is one length-prefixed pickle each way (`sendall`,
 `recv(MSG_WAITALL)` after a `poll` that carries the deadline), and free workers wait in a
 C-level `queue.SimpleQueue`. The caller's thread does the I/O itself: no dispatcher thread, no
 extra thread hop. multiprocessing's `Connection` (a fresh pickler and a selector per call) cost
-about twice the caller CPU for the same exchange.
+about 1.5x the caller CPU for the same exchange (107 vs 70 us per math call, measured).
 
 Not covered: a killed worker's replacement needs a second or two to import its modules; during
 that time the pool runs with one worker fewer.
