@@ -21,7 +21,9 @@ background) at once after a timeout, an OOM kill, a write outside /work (anythin
 /dev/shm or /dev/mqueue), SysV IPC objects the executor could not remove, a process that
 survived the kill, its executor gone (died, OOM-killed, stopped answering) or a docker failure.
 
-Sessions are not supported (a request with a session id is rejected, see executor.py).
+Sessions (`session_id`: state kept across the calls of one trajectory) take a container of
+their own out of the pool for their lifetime, removed when they end
+(agentrl.sandbox.docker_sessions).
 
 What this does NOT cover: kernel exploits (Docker's default seccomp profile is the only syscall
 filter); a daemon on another host, rootless Docker or cgroup v2 (the host must reach the
@@ -146,6 +148,12 @@ class DockerBackend(Backend):
                 log.info("removing a stale sandbox container", extra={"container": stale.name})
                 stale.remove(force=True)
         sweep_stale(Path(self.config.work_root))
+
+    def make_sessions(self):
+        """The session manager (agentrl.sandbox.docker_sessions): a container per session."""
+        from agentrl.sandbox.docker_sessions import DockerSessionManager
+
+        return DockerSessionManager(self.pool, self.config)
 
     def ready(self) -> bool:
         return self.pool.live_count() > 0

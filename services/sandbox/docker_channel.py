@@ -75,12 +75,16 @@ class ExecutorChannel:
             raise ExecutorGone("the container's executor sent no greeting")
         return channel
 
-    def start(self, argv: list[str], env: dict[str, str]) -> ContainerProcess:
-        """Start `argv` in the container; its stdin, stdout and stderr are pipes to here."""
+    def start(
+        self, argv: list[str], env: dict[str, str], control: bool = False
+    ) -> ContainerProcess:
+        """Start `argv` in the container; its stdin, stdout and stderr are pipes to here. With
+        `control` it also gets fd 3, the write end of a pipe whose read end is the process's
+        `control` (a session's interpreter reports on it: agentrl.sandbox.session_kernel)."""
         assert not self.busy, "one program at a time per container"
-        ends = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
-        theirs = [ends[0][0], ends[1][1], ends[2][1]]
-        ours = [ends[0][1], ends[1][0], ends[2][0]]
+        ends = [os.pipe2(os.O_CLOEXEC) for _ in range(4 if control else 3)]
+        theirs = [ends[0][0], *(end[1] for end in ends[1:])]
+        ours = [ends[0][1], *(end[0] for end in ends[1:])]
         try:
             message = json.dumps({"argv": argv, "env": env}).encode()
             self.sock.sendmsg(
@@ -93,14 +97,19 @@ class ExecutorChannel:
             raise ExecutorGone(f"the container's executor is gone ({exc})") from None
         for fd in theirs:
             os.close(fd)
-        process = ContainerProcess(self, *ours)
+        process = ContainerProcess(self, *ours[:3])
+        process.control = ours[3] if control else -1
         try:
             reply = self._reply(START_TIMEOUT_S)
         except ExecutorGone:
             process.close()
+            if process.control >= 0:
+                os.close(process.control)
             raise
         if "pid" not in reply:
             process.close()
+            if process.control >= 0:
+                os.close(process.control)
             raise ExecutorGone(f"the executor did not start the program: {reply.get('error')}")
         self.busy = True
         process.pid = reply["pid"]
@@ -146,6 +155,9 @@ class ContainerProcess:
         """The executor's report: SysV IPC objects still exist after it removed the run's."""
         self.lost = False
         """The executor never reported (it died): the outcome is unknown."""
+        self.control = -1
+        """The read end of the program's fd 3 when started with `control` (the caller's to
+        close), else -1."""
 
     def poll(self) -> int | None:
         """The exit status if the executor reported it already (-1 if it is gone), else None."""

@@ -7,11 +7,12 @@ the service's, then closes the listener and unlinks the socket, so nothing else 
 it. One run at a time, over that SOCK_SEQPACKET connection:
 
     service -> {"argv": [...], "env": {...}} with 3 fds (the run's stdin, stdout, stderr pipes)
+               or 4 (a session's interpreter: the 4th is its control pipe, fd 3 in the program)
     executor -> {"pid": n}  (or {"error": "..."}: nothing started)
     ... the program runs; the service drives the pipes (deadline, output cap) itself ...
     executor -> {"exit": status, "ipc_left": bool}  once the program exited
 
-The program is forked in a session of its own with the three fds as 0, 1 and 2 and no other fd
+The program is forked in a session of its own with the fds as 0, 1, 2 (and 3) and no other fd
 (the connection is never inherited), as `uid:gid` with no supplementary groups (setresuid:
 real, effective and saved, so it holds no capability and cannot get uid 0 back), in /work, with
 SIGPIPE and SIGXFSZ at their defaults and oom_score_adj 1000 (the OOM killer takes the program,
@@ -44,6 +45,8 @@ SOCKET_PATH = SOCKET_DIR + "/executor.sock"
 # One request: argv (a compiler line or an interpreter with its source) and the environment.
 MAX_MESSAGE_BYTES = 1 << 20
 NUM_FDS = 3
+# A session's interpreter (agentrl.sandbox.session_kernel) also gets its control pipe, as fd 3.
+MAX_FDS = 4
 # The kernel's highest OOM badness bias, given to every program.
 OOM_SCORE_ADJ = 1000
 # The kernel's lists of SysV IPC objects in this container's IPC namespace; one header line each.
@@ -53,7 +56,7 @@ SYSV_IPC_FILES = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
 def _receive(conn):
     """One request and its fds; (None, []) when the service closed the connection."""
     fds = array.array("i")
-    data, ancillary, _, _ = conn.recvmsg(MAX_MESSAGE_BYTES, socket.CMSG_SPACE(NUM_FDS * 4))
+    data, ancillary, _, _ = conn.recvmsg(MAX_MESSAGE_BYTES, socket.CMSG_SPACE(MAX_FDS * 4))
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
@@ -69,7 +72,8 @@ def _start(argv, env, fds, uid, gid):
         os.setsid()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-        os.closerange(NUM_FDS, os.sysconf("SC_OPEN_MAX"))
+            os.set_inheritable(target, True)  # dup2 onto itself keeps a close-on-exec flag
+        os.closerange(len(fds), os.sysconf("SC_OPEN_MAX"))
         # The OOM killer picks the program's processes before the executor (a program may
         # lower this back to 0, not below: it then weighs like the executor, by size).
         with open("/proc/self/oom_score_adj", "w") as adjust:
@@ -149,8 +153,8 @@ def main():
         if request is None:
             return
         try:
-            if len(fds) != NUM_FDS:
-                conn.sendall(json.dumps({"error": f"{len(fds)} fds, not {NUM_FDS}"}).encode())
+            if not NUM_FDS <= len(fds) <= MAX_FDS:
+                conn.sendall(json.dumps({"error": f"{len(fds)} fds, not 3 or 4"}).encode())
                 continue
             pid = _start(request["argv"], request["env"], fds, uid, gid)
         finally:

@@ -155,6 +155,7 @@ class ContainerPool:
         self._live: dict[str, Container] = {}
         self._lock = threading.Lock()
         self._count = 0
+        self._discards: list[threading.Thread] = []
         self._closed = threading.Event()
         for _ in range(config.pool_size):
             self._jobs.put((None, "start"))
@@ -186,6 +187,34 @@ class ContainerPool:
             if container.alive() and container.channel.alive():
                 return container
             self.give_back(container, "executor_died")
+
+    def take_for_session(self) -> Container:
+        """A container a session keeps for its lifetime (`discard` removes it; it never comes
+        back to the pool). A ready one while more than one is ready, its replacement started at
+        once; else a fresh one made here (seconds on vfs). Either way the pool keeps its
+        `pool_size` containers for one-shot runs."""
+        while self._ready.qsize() > 1:
+            try:
+                container = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if container.alive() and container.channel.alive():
+                self._jobs.put((None, "start"))
+                return container
+            self.give_back(container, "executor_died")
+        with self._lock:
+            self._count += 1
+            name = f"agentrl-sandbox-{self.instance}-{self._count}"
+        return self._create(name)
+
+    def discard(self, container: Container) -> threading.Thread:
+        """Remove a session's container in a thread of its own (returned, started); the pool
+        creates no replacement."""
+        thread = threading.Thread(target=self._remove, args=(container,), daemon=True)
+        with self._lock:
+            self._discards = [t for t in self._discards if t.is_alive()] + [thread]
+        thread.start()
+        return thread
 
     def give_back(self, container: Container, reason: str = "") -> None:
         """Reset `container` for the next run, or recycle it when `reason` is given."""
@@ -364,6 +393,10 @@ class ContainerPool:
             self._jobs.put(None)
         for worker in self._workers:
             worker.join(timeout=60)
+        with self._lock:
+            discards = list(self._discards)
+        for thread in discards:
+            thread.join(timeout=60)
         with self._lock:
             remaining = list(self._live.values())
         threads = [threading.Thread(target=self._remove, args=(c,)) for c in remaining]

@@ -63,7 +63,9 @@ class Sandbox:
             config.max_concurrency, config.queue_size, config.queue_timeout_s
         )
         self.sessions = None
-        if hasattr(self.backend, "make_slot"):
+        if hasattr(self.backend, "make_sessions"):  # docker
+            self.sessions = self.backend.make_sessions()
+        elif hasattr(self.backend, "make_slot"):
             from agentrl.sandbox.sessions import SessionManager
 
             self.sessions = SessionManager(self.backend, config)
