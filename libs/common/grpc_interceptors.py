@@ -185,8 +185,12 @@ class MetricsInterceptor(_CallObserver):
             registry,
         )
 
+        self._requests_of = metrics.children(self._requests)
+        self._duration_of = metrics.children(self._duration)
+        self._in_flight_of = metrics.children(self._in_flight)
+
     def _started(self, info: CallInfo) -> None:
-        self._in_flight.labels(info.service, info.method).inc()
+        self._in_flight_of(info.service, info.method).inc()
 
     def _finished(
         self,
@@ -195,9 +199,9 @@ class MetricsInterceptor(_CallObserver):
         code: grpc.StatusCode,
         duration_s: float,
     ) -> None:
-        self._in_flight.labels(info.service, info.method).dec()
-        self._requests.labels(info.service, info.method, code.name).inc()
-        self._duration.labels(info.service, info.method).observe(duration_s)
+        self._in_flight_of(info.service, info.method).dec()
+        self._requests_of(info.service, info.method, code.name).inc()
+        self._duration_of(info.service, info.method).observe(duration_s)
 
 
 class LoggingInterceptor(_CallObserver):

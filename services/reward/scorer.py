@@ -94,10 +94,8 @@ class Scorer:
         )
         self._admitted = 0
         self._lock = threading.Lock()
-        # Metric children by label values: prometheus_client's labels() validates and locks on
-        # every call (~10 us each, twice per verification).
-        self._score_counters: dict[tuple[str, int], Any] = {}
-        self._duration_histograms: dict[str, Any] = {}
+        self._scores_of = metrics.children(self._scores)
+        self._duration_of = metrics.children(self._duration)
 
     def validate(self, request: reward_pb2.ScoreRequest, prefix: str = "") -> VerifyInput:
         """The request as a VerifyInput; InvalidRequest naming the first bad field."""
@@ -202,19 +200,9 @@ class Scorer:
             request.tools_used,
         )
         result.verify_time_s = elapsed_s
-        self._count(item.task_type, result.verdict, elapsed_s)
+        self._scores_of(item.task_type, group_pb2.Verdict.Name(result.verdict)).inc()
+        self._duration_of(item.task_type).observe(elapsed_s)
         return result
-
-    def _count(self, task_type: str, verdict: int, elapsed_s: float) -> None:
-        counter = self._score_counters.get((task_type, verdict))
-        if counter is None:
-            counter = self._scores.labels(task_type, group_pb2.Verdict.Name(verdict))
-            self._score_counters[(task_type, verdict)] = counter
-        histogram = self._duration_histograms.get(task_type)
-        if histogram is None:
-            histogram = self._duration_histograms[task_type] = self._duration.labels(task_type)
-        counter.inc()
-        histogram.observe(elapsed_s)
 
     def ready(self) -> bool:
         """True while at least one verifier process is alive."""
