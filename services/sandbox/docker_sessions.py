@@ -6,12 +6,12 @@ budget with least-recently-used eviction of idle sessions and a `rejected` answe
 later" when every session in the way is running a call, the per-call timeout and output cap,
 and the messages). What differs is where a session lives:
 
-- Its first call takes a container out of the warm pool for the session's lifetime
-  (`ContainerPool.take_for_session`): a ready one while more than one is ready, the pool
-  starting its replacement at once, else a fresh one created in the call (seconds on vfs). So
-  the pool keeps `pool_size` containers for one-shot runs whatever the sessions do, and session
-  containers number at most `max_sessions` (and their memory limits fit
-  `session_memory_budget_mb`), on top of the pool.
+- Its first call creates a container for the session's lifetime
+  (`ContainerPool.take_for_session`: the pool's settings and lock-down, about a second on
+  overlay2, 5-15 s on a loaded vfs host). The pool's `pool_size` containers are never taken,
+  so one-shot runs keep all of them whatever the sessions do; session containers number at
+  most `max_sessions` (and their memory limits fit `session_memory_budget_mb`), on top of the
+  pool.
 - The container's executor (agentrl.sandbox.docker_executor) forks the session's interpreter
   (agentrl.sandbox.session_kernel) as the sandbox uid, with its control pipe as fd 3; the
   service then writes each call to its stdin and reads its stdout, stderr and control pipe
@@ -100,9 +100,6 @@ class DockerSessionManager(SessionManager):
         if box.container is None:
             box.container, box.spent = self.pool.take_for_session(), False
         container, config = box.container, self.config
-        if not container.stop_programs(config.sandbox_uid):  # the pool's warm interpreter
-            box.spent = True
-            raise RuntimeError("the session's container could not be emptied; retry the call")
         container.cgroup.set_limits(
             session.memory_mb, config.max_processes + EXTRA_PROCESSES, config.cpu_cores
         )
