@@ -237,3 +237,13 @@ def test_links_a_session_planted_are_never_followed(sandbox, tmp_path):
     assert fetch.status == Status.OK and fetch.files == {}
     assert target.read_text() == "host"
     assert sandbox.close_session("links")
+
+
+def test_a_memory_bomb_is_oom_and_the_session_starts_over(sandbox):
+    run(sandbox, "kept = 1", "oom", memory_mb=128)  # the first call's limit is the session's
+    bomb = run(sandbox, "blocks = []\nwhile True: blocks.append(bytearray(1 << 24))", "oom")
+    assert bomb.status == Status.OOM, bomb
+    assert "128 MB memory limit" in bomb.message and "state was lost" in bomb.message
+    after = run(sandbox, "print('kept' in dir())", "oom")
+    assert after.stdout == "False\n" and "previous one was stopped" in after.message
+    assert sandbox.close_session("oom")
