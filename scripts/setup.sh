@@ -36,8 +36,6 @@ command -v bwrap >/dev/null || missing+=(bubblewrap)
 if [ "${AGENTRL_WITH_DOCKER:-0}" = 1 ]; then
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
-  # `docker-compose config` validates docker-compose.yml in the deploy tests.
-  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   skip "present: redis-server bubblewrap$([ "${AGENTRL_WITH_DOCKER:-0}" = 1 ] && echo ' docker.io')"
@@ -80,6 +78,28 @@ if [ "${AGENTRL_WITH_DOCKER:-0}" = 1 ] && ! docker info >/dev/null 2>&1; then
     >/var/log/agentrl-dockerd.log 2>&1 &
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   docker info >/dev/null 2>&1 || fail "dockerd did not start; see /var/log/agentrl-dockerd.log"
+fi
+
+# Compose v2 (`docker compose`): the Compose loop's test and the deploy tests run docker-compose.yml
+# with it (bookworm's docker-compose 1.29 cannot pass the sandbox's systempaths=unconfined).
+# Debian packages it from trixie on (a static Go binary): fetched with apt from trixie's index
+# kept in a private directory (the system's sources are not touched), unpacked as a CLI plugin.
+if [ "${AGENTRL_WITH_DOCKER:-0}" = 1 ] && ! docker compose version >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || fail "Compose v2 is missing: install the docker-compose-plugin package (or Debian trixie's docker-compose) or run this as root."
+  skip "installing Compose v2 (Debian trixie's docker-compose) as a Docker CLI plugin"
+  apt_dir=$(mktemp -d) && chmod 0755 "$apt_dir"  # readable by apt's _apt user
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    >"$apt_dir/trixie.sources"
+  apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/trixie.sources" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+  apt-get -qq "${apt_opts[@]}" update
+  (cd "$apt_dir" && apt-get -qq "${apt_opts[@]}" download docker-compose 2>/dev/null)
+  dpkg -x "$apt_dir"/docker-compose_2*.deb "$apt_dir/x"
+  install -D -m 0755 "$apt_dir/x/usr/libexec/docker/cli-plugins/docker-compose" \
+    /usr/local/lib/docker/cli-plugins/docker-compose
+  rm -rf "$apt_dir"
+  docker compose version >/dev/null || fail "Compose v2 did not install (see the output above)"
 fi
 
 # --- 2. virtual environment ---------------------------------------------------------------------
