@@ -7,7 +7,7 @@ its container on the ports the config defaults give it, take the auth token only
 caller's environment, and give the loop's containers a recipe whose every key and address
 resolves (the real `load_config`) to a compose service. Every Dockerfile must build from a base
 image given as a build argument and run as a non-root user. Whether the images build and the
-loop runs is checked by tests/integration/test_compose_loop.py (opt-in, see there).
+loop runs is checked by tests/integration/test_compose_loop.py (in CI with the CI image, see there).
 """
 
 from __future__ import annotations
