@@ -125,6 +125,8 @@ class Watched:
     paused: dict[int, int] = field(default_factory=dict)
     """pid -> pidfd of each process the CPU quota has SIGSTOPped."""
     pauses: int = 0
+    on_end: Callable[[], None] | None = None
+    """Run once by `RunWatch.remove` (closes `watching_process`'s pidfd)."""
 
 
 class RunWatch:
@@ -137,33 +139,48 @@ class RunWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @contextmanager
-    def watching(
+    def add(
         self, root_pid: int, limit_bytes: int, kill: Callable[[], None], cpu_cores: float = 0.0
-    ) -> Iterator[Watched]:
-        """Watch the processes under `root_pid` for the block; `kill` ends the run. Paused
-        processes are continued when the block ends."""
+    ) -> Watched:
+        """Watch the processes under `root_pid` until `remove`; `kill` ends the run."""
         watched = Watched(root_pid, limit_bytes, kill, cpu_cores)
         with self._lock:
             self._watched[id(watched)] = watched
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="run-watch", daemon=True)
                 self._thread.start()
+        return watched
+
+    def remove(self, watched: Watched) -> None:
+        """End the watch of `watched` (again: nothing): its paused processes are continued,
+        `kill` is never called after, `on_end` runs once."""
+        with self._lock:
+            self._watched.pop(id(watched), None)
+        with watched.lock:
+            if watched.done:
+                return
+            watched.done = True
+            _resume(watched)
+            if watched.on_end is not None:
+                watched.on_end()
+
+    @contextmanager
+    def watching(
+        self, root_pid: int, limit_bytes: int, kill: Callable[[], None], cpu_cores: float = 0.0
+    ) -> Iterator[Watched]:
+        """`add` for the block, `remove` after it."""
+        watched = self.add(root_pid, limit_bytes, kill, cpu_cores)
         try:
             yield watched
         finally:
-            with self._lock:
-                self._watched.pop(id(watched), None)
-            with watched.lock:
-                watched.done = True
-                _resume(watched)
+            self.remove(watched)
 
-    @contextmanager
-    def watching_process(
+    def add_process(
         self, proc: subprocess.Popen, limit_bytes: int, cpu_cores: float = 0.0
-    ) -> Iterator[Watched]:
-        """`watching` the tree under `proc` (bwrap, outside the run's namespaces), killing
-        `proc` through a pidfd (never a reused pid); bwrap's child dies with it."""
+    ) -> Watched:
+        """`add` the tree under `proc` (bwrap, outside the run's namespaces), killing `proc`
+        through a pidfd (never a reused pid; closed by `remove`); bwrap's child dies with it.
+        A session's interpreter is watched so from its start to its stop (sessions.py)."""
         pidfd = os.pidfd_open(proc.pid)
 
         def kill() -> None:
@@ -173,10 +190,24 @@ class RunWatch:
                 pass
 
         try:
-            with self.watching(proc.pid, limit_bytes, kill, cpu_cores) as watched:
-                yield watched
-        finally:
+            watched = self.add(proc.pid, limit_bytes, kill, cpu_cores)
+        except BaseException:
             os.close(pidfd)
+            raise
+        with watched.lock:
+            watched.on_end = lambda: os.close(pidfd)
+        return watched
+
+    @contextmanager
+    def watching_process(
+        self, proc: subprocess.Popen, limit_bytes: int, cpu_cores: float = 0.0
+    ) -> Iterator[Watched]:
+        """`add_process` for the block, `remove` after it."""
+        watched = self.add_process(proc, limit_bytes, cpu_cores)
+        try:
+            yield watched
+        finally:
+            self.remove(watched)
 
     def sample(self, watched: Watched) -> None:
         """Add up the run's processes now; kill it the first time the sum passes its limit;
@@ -224,6 +255,8 @@ class RunWatch:
 def _pause(watched: Watched, pids: set[int]) -> None:
     """SIGSTOP each of `pids` not yet paused, through a pidfd opened while it is still a
     child of the run's tree (a pid reused by another process is never signalled)."""
+    for pid in set(watched.paused) - pids:  # gone since it was paused (a session lives long)
+        os.close(watched.paused.pop(pid))
     if not watched.paused:
         watched.pauses += 1
     for pid in pids - set(watched.paused):

@@ -41,7 +41,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,7 @@ from agentrl.sandbox.capture import READ_CHUNK_BYTES, kill_group, spawn
 from agentrl.sandbox.interface import ExecutionRequest, ExecutionResult, RequestRejected, Status
 from agentrl.sandbox.leftovers import end_leftovers, session_pids
 from agentrl.sandbox.private_tmpfs import sandbox_pid
+from agentrl.sandbox.run_watch import Watched
 
 log = get_logger(__name__)
 
@@ -89,6 +90,9 @@ class Session:
     lost_state: str = ""
     kernel_pids: frozenset[int] = frozenset()
     """The interpreter's own processes (bwrap, its init, the kernel), kept after each call."""
+    watched: Watched | None = None
+    """Without cgroups: the interpreter's processes summed and CPU-rated (run_watch) from its
+    start to its stop, between calls too."""
 
 
 class SessionManager:
@@ -177,6 +181,11 @@ class SessionManager:
         )
         session.proc = spawn(argv, SANDBOX_ENV, pass_fds=(write_fd,))
         os.close(write_fd)
+        watch = self.backend.run_watch if slot.cgroup is None else None
+        if watch is not None:
+            session.watched = watch.add_process(
+                session.proc, session.memory_mb << 20, self.config.cpu_cores
+            )
         session.control_fd = read_fd
         for stream in (session.proc.stdout, session.proc.stderr):
             os.set_blocking(stream.fileno(), False)
@@ -219,8 +228,14 @@ class SessionManager:
             kill_group(session.proc)
             session.proc.wait()
             for stream in (session.proc.stdin, session.proc.stdout, session.proc.stderr):
-                stream.close()
+                # A frame sent to an interpreter that died between calls stays in stdin's
+                # buffer: closing flushes it into the broken pipe (the fd is closed anyway).
+                with suppress(BrokenPipeError):
+                    stream.close()
             session.proc = None
+        if session.watched is not None:  # after the kill: nothing paused runs again
+            self.backend.run_watch.remove(session.watched)
+            session.watched = None
         if session.slot.cgroup is not None:
             session.slot.cgroup.kill_all()
         if session.control_fd >= 0:
@@ -242,13 +257,10 @@ class SessionManager:
             frame = json.dumps(
                 {"code": request.code, "stdin": request.stdin.decode("utf-8", "replace")}
             ).encode()
-            watch = self.backend.run_watch if group is None else None
-            with (
-                watch.watching_process(session.proc, session.memory_mb << 20, self.config.cpu_cores)
-                if watch is not None
-                else nullcontext()
-            ) as watched:
-                result = self._call(session, b"%d\n" % len(frame) + frame, request)
+            # Watched since the interpreter started: an OOM kill between calls (a thread the
+            # program left running) reads here as the crash it left, with the same message.
+            watched = session.watched
+            result = self._call(session, b"%d\n" % len(frame) + frame, request)
             if watched is not None and watched.exceeded:
                 result.status = Status.OOM
                 result.message = (

@@ -20,14 +20,20 @@ import time
 import httpx
 import pytest
 
+from agentrl.sandbox.client import SandboxClient
+from agentrl.sandbox.interface import Status
+from agentrl.sandbox.leftovers import session_pids
+
 UID = 10001
 SERVER = """
 import sys
 from prometheus_client import CollectorRegistry
 from agentrl.common.config import SandboxConfig
+from agentrl.common.grpc_server import serve
 from agentrl.common.http import serve_in_thread
 from agentrl.sandbox.executor import Sandbox
 from agentrl.sandbox.http_api import create_sandbox_app
+from agentrl.sandbox.servicer import SERVICE_NAME, SandboxServicer, register
 config = SandboxConfig(
     max_concurrency=4,
     queue_size=64,
@@ -39,8 +45,12 @@ config = SandboxConfig(
 registry = CollectorRegistry()
 sandbox = Sandbox(config, registry=registry)
 http = serve_in_thread(create_sandbox_app(sandbox, token=None, registry=registry))
-print(http.url, flush=True)
+servicer = SandboxServicer(sandbox)  # gRPC, for sessions
+grpc = serve(register(servicer), [SERVICE_NAME], token=None, registry=registry)
+print(http.url, grpc.port, flush=True)
 sys.stdin.read()  # serve until the test closes stdin
+grpc.stop(0)
+servicer.close()
 http.stop()
 sandbox.close()
 """
@@ -66,7 +76,8 @@ def processes_of(uid: int) -> list[int]:
 
 @contextlib.contextmanager
 def non_root_service(cpu_cores: float = 1.0):
-    """The service as uid UID, reached over HTTP (a client with `server_pid`, `work_root`)."""
+    """The service as uid UID, reached over HTTP (a client with `server_pid`, `work_root`, and
+    `grpc`: a SandboxClient, for sessions)."""
     work_root = tempfile.mkdtemp(prefix="agentrl-nonroot-", dir="/tmp")
     os.chmod(work_root, 0o755)
     os.chown(work_root, UID, UID)
@@ -78,12 +89,16 @@ def non_root_service(cpu_cores: float = 1.0):
         env={"PATH": os.environ["PATH"], "HOME": work_root},
         text=True,
     )
-    url = server.stdout.readline().strip()
+    url, _, grpc_port = server.stdout.readline().strip().partition(" ")
     assert url.startswith("http://127.0.0.1:"), "the non-root service did not start"
     try:
-        with httpx.Client(base_url=url, timeout=120) as client:
+        with (
+            httpx.Client(base_url=url, timeout=120) as client,
+            SandboxClient(f"127.0.0.1:{grpc_port}", token=None) as grpc,
+        ):
             client.server_pid = server.pid
             client.work_root = work_root
+            client.grpc = grpc
             yield client
     finally:
         server.stdin.close()
@@ -259,3 +274,97 @@ def test_busy_processes_are_paused_at_the_runs_cpu_quota():
     events, ratio = answer["run_result"]["stdout"].split()
     assert int(events) > 0, answer
     assert float(ratio) < 0.5, answer
+
+
+def session_kernel_pid(service) -> int:
+    """The host pid of the service's one session interpreter (the python under its bwrap)."""
+    kernels = []
+    for pid in session_pids(service.server_pid, None) - {service.server_pid}:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as handle:
+            if handle.read().startswith("python"):
+                kernels.append(pid)
+    assert len(kernels) == 1, kernels
+    return kernels[0]
+
+
+def stat_of(pid: int) -> tuple[str, float]:
+    """The state letter and the CPU seconds (utime + stime, all threads) of `pid`."""
+    with open(f"/proc/{pid}/stat") as handle:
+        stat = handle.read()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[0], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SPIN_THREAD = """
+import threading
+stop = threading.Event()
+def spin():
+    while not stop.is_set():
+        pass
+threading.Thread(target=spin, daemon=True).start()
+print('spinning')
+"""
+
+
+def test_a_thread_busy_between_calls_is_paused_at_the_sessions_cpu_quota():
+    """cpu_cores=0.05: a call leaves a thread spinning in the session's interpreter. Between
+    calls the watch still rates the session: the interpreter is seen stopped (state T in
+    /proc) and over ~2 s it uses a fraction of a core (a spinning thread unthrottled takes a
+    whole one). The next call, sent while the interpreter is stopped, waits for the quota
+    and succeeds in the same interpreter."""
+    with non_root_service(cpu_cores=0.05) as slow:
+        started = slow.grpc.execute(SPIN_THREAD, session_id="spinner", timeout_s=30)
+        assert started.status == Status.OK and started.stdout == "spinning\n", started
+        kernel = session_kernel_pid(slow)
+        stops, first, start = 0, stat_of(kernel)[1], time.monotonic()
+        while time.monotonic() - start < 2 or not stops:
+            assert time.monotonic() - start < 60, "the busy interpreter was never stopped"
+            stops += stat_of(kernel)[0] == "T"
+            time.sleep(0.005)
+        ratio = (stat_of(kernel)[1] - first) / (time.monotonic() - start)
+        while stat_of(kernel)[0] != "T":  # the next call comes while the quota holds it
+            assert time.monotonic() - start < 120, "the busy interpreter was not stopped again"
+            time.sleep(0.001)
+        after = slow.grpc.execute(
+            "stop.set()\nprint('same interpreter')", session_id="spinner", timeout_s=60
+        )
+        assert after.status == Status.OK and after.stdout == "same interpreter\n", after
+        assert session_kernel_pid(slow) == kernel
+    assert stops > 0 and ratio < 0.5, (stops, ratio)
+
+
+GROW_THREAD = """
+import threading, time
+def grow():
+    time.sleep(0.5)
+    global held
+    held = []
+    for _ in range(25):  # 200 MB, at most 40 MB/s: within RLIMIT_AS (128 + 256 MB)
+        held.append(b'x' * (8 << 20))
+        time.sleep(0.2)
+    time.sleep(600)
+threading.Thread(target=grow, daemon=True).start()
+print('growing')
+"""
+
+
+def test_a_thread_growing_past_the_limit_between_calls_gets_the_session_killed(service):
+    """A call leaves a thread that allocates 200 MB after it returned (the session's limit is
+    128 MB): the watch kills the session between calls; the next call is `oom` and says the
+    state was lost, the one after starts a clean interpreter."""
+    grpc = service.grpc
+    first = grpc.execute(GROW_THREAD, session_id="grower", memory_mb=128, timeout_s=30)
+    assert first.status == Status.OK and first.stdout == "growing\n", first
+    kernel = session_kernel_pid(service)
+    deadline = time.monotonic() + 60
+    while kernel in session_pids(service.server_pid, None):
+        assert time.monotonic() < deadline, "the session outgrew its limit and lived on"
+        time.sleep(0.1)
+    after = grpc.execute("print(len(held))", session_id="grower", timeout_s=30)
+    assert after.status == Status.OOM, after
+    assert "held more than 128 MB together" in after.message, after
+    assert "session state was lost" in after.message, after
+    clean = grpc.execute("print('held' in dir())", session_id="grower", timeout_s=30)
+    assert clean.status == Status.OK and clean.stdout == "False\n", clean
+    assert clean.message.startswith("(a new interpreter"), clean
+    assert grpc.close_session("grower")
