@@ -142,3 +142,33 @@ def test_without_a_quota_nothing_is_paused():
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         watch.close()
+
+
+def test_a_watch_added_lasts_until_removed():
+    """`add_process` (a session's interpreter, watched from its start to its stop, between
+    calls too): paused while ahead of its quota with no block around it; `remove` continues
+    it and ends the watch (again: nothing; no kill after it)."""
+    watch = RunWatch(interval_s=3600)
+    proc = subprocess.Popen([sys.executable, "-c", SPINNERS], start_new_session=True)
+    try:
+        wait_for(lambda: len(session_pids(proc.pid, None)) == 4, "the spinners did not start")
+        watched = watch.add_process(proc, 1 << 40, cpu_cores=0.05)
+
+        def sampled_paused() -> bool:
+            watch.sample(watched)
+            return bool(watched.paused)
+
+        wait_for(sampled_paused, "busy processes were never paused")
+        stopped = set(watched.paused)
+        wait_for(lambda: all(state(pid) == "T" for pid in stopped), "not stopped")
+        watch.remove(watched)
+        watch.remove(watched)
+        assert watched.done and not watched.paused
+        wait_for(lambda: all(state(pid) != "T" for pid in stopped), "left stopped after remove")
+        watched.limit_bytes = 1
+        watch.sample(watched)  # a sample racing the end of the session
+        assert not watched.exceeded and proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        watch.close()
