@@ -24,6 +24,15 @@ Without root the work dir is a tmpfs inside the session's own mount namespace
 (agentrl.sandbox.private_tmpfs): it lives as long as the interpreter, so a session whose
 interpreter was stopped (timeout, crash, eviction) starts with an empty work dir too.
 
+Without cgroups (the service not root) the interpreter's processes are watched together
+(agentrl.sandbox.run_watch) from its start to its stop, between calls too: a thread the program
+left running is paused by SIGSTOP at `cpu_cores`, and memory held past the session's limit kills
+the session; its next call is `oom` with the same message as an OOM during a call (the state
+lost; the one after starts clean). A call that comes while the quota holds the interpreter
+stopped waits for it: the frame waits in the pipe until the watch continues the interpreter
+(the quota's debt over `cpu_cores`, at most one sample's CPU time ahead), then shares the quota
+with the busy thread; the wait counts against the call's timeout.
+
 What this module does NOT cover: persistence across service restarts or replicas (a session
 lives in one process: route a trajectory's calls to one replica), per-call CPU/peak memory
 (reported for the session's cgroup, cumulative peak), and threads a call starts in the
