@@ -27,9 +27,9 @@ between samples takes its last < 50 ms of CPU uncounted.
 A one-shot run is watched for its run (`watching_process`); a session's interpreter from its
 start to its stop (`add_process` ... `remove`, agentrl.sandbox.sessions), between calls too: a
 thread the program left running in it is paused at the session's quota and killed with the
-session past its memory limit. Each watched run or session costs one sample per 50 ms (~140 us
-measured on a 3-process tree on this 2-core host under load: 64 idle sessions, the default
-max_sessions, take ~18% of a core).
+session past its memory limit. Each watched run or session costs one sample per 50 ms (median
+~190 us on a 3-process tree, 2 loaded cores: 64 idle sessions, the default max_sessions, take
+~25% of a core; docs/sandbox.md).
 
 What this does NOT cover: processes of the run that escaped its process tree (none can: bwrap's
 pid namespace adopts orphans); a child seen alive by a sample, then reaped after a later one, has

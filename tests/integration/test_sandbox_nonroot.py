@@ -330,6 +330,7 @@ def test_a_thread_busy_between_calls_is_paused_at_the_sessions_cpu_quota():
         )
         assert after.status == Status.OK and after.stdout == "same interpreter\n", after
         assert session_kernel_pid(slow) == kernel
+    print(f"a call to the stopped session took {after.wall_time_s:.2f} s; ratio {ratio:.2f}")
     assert stops > 0 and ratio < 0.5, (stops, ratio)
 
 
