@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -68,10 +69,19 @@ pytestmark = [
 
 
 def processes_of(uid: int) -> list[int]:
+    """The host's processes of `uid`, those of Docker containers left out (the Compose stack's
+    services run as the same uid 10001)."""
     out = subprocess.run(
         ["ps", "-u", str(uid), "-o", "pid="], capture_output=True, text=True, check=False
     )
-    return [int(pid) for pid in out.stdout.split()]
+    return [int(pid) for pid in out.stdout.split() if not in_a_container(int(pid))]
+
+
+def in_a_container(pid: int) -> bool:
+    try:
+        return "docker" in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False  # gone: not counted by a later look either
 
 
 @contextlib.contextmanager
