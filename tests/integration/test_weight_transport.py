@@ -147,8 +147,10 @@ def max_diff(a: list[float], b: list[float]) -> float:
 async def push(
     urls: list[str], sender: GlooWeightSender, packed: PackedWeights, version: int
 ) -> float:
-    """The transfer as the trainer runs it (the servers generate meanwhile), then the load in
-    the pause window; returns the pause window in seconds."""
+    """The transfer as the trainer runs it (NativeTransport._transfer: connect, then start and
+    send while the servers generate), then the load in the pause window; returns the pause
+    window in seconds."""
+    await asyncio.to_thread(sender.connect)
     await asyncio.to_thread(sender.start)
     await asyncio.to_thread(sender.update, packed)
     await asyncio.to_thread(sender.wait)

@@ -767,6 +767,9 @@ class GlooWeightSender:
         self.engines: dict[str, GlooTrainerWeightTransferEngine] = {}
         self.started: list[str] = []
         """Servers with an open session (between start and finish or discard)."""
+        self.unstarted: set[str] = set()
+        """Servers connected by this sender that no start of ours has reached since: a session
+        open there is a dead trainer's (our init emptied it), closed by the next start."""
         self.session = ""
         """How far the open session got: "started", "sent" (update), "staged" (wait)."""
 
@@ -791,13 +794,13 @@ class GlooWeightSender:
 
         engines, failures = self._each([u for u in self.urls if u not in self.engines], init)
         self.engines.update(engines)
+        self.unstarted.update(engines)
         self._raise(failures, "no server was sent anything")
 
     def start(self) -> None:
         """/start_weight_update on every server (connecting first where needed). A session
         left open (by a caller that gave up half-way) is discarded first."""
         self.discard()
-        fresh = {url for url in self.urls if url not in self.engines}
         self.connect()
 
         def start(url: str) -> None:
@@ -805,11 +808,12 @@ class GlooWeightSender:
             try:
                 engine.start()
             except ControlError as exc:
-                if url not in fresh or STALE_SESSION not in str(exc):
+                if url not in self.unstarted or STALE_SESSION not in str(exc):
                     raise
                 # A dead trainer's session: our init emptied it, so this finish loads nothing.
                 engine.client.finish_weight_update()
                 engine.start()
+            self.unstarted.discard(url)
 
         started, failures = self._each(self.urls, start)
         self.started, self.session = list(started), "started"
@@ -932,6 +936,7 @@ class GlooWeightSender:
         self._drop(url)
 
     def _drop(self, url: str) -> None:
+        self.unstarted.discard(url)
         engine = self.engines.pop(url, None)
         if engine is not None:
             engine.shutdown()
