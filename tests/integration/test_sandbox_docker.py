@@ -327,8 +327,12 @@ def test_grpc_service_with_docker_backend(sandbox_image):
                     f"import socket\nsocket.create_connection(('127.0.0.1', {port}), 1)"
                 )
                 assert reach.status == Status.ERROR and "ConnectionRefused" in reach.stderr
-            session = client.execute("x = 1", session_id="s1")
-            assert session.status == Status.REJECTED and "bwrap" in session.message
+            # A session through the real service: state kept between calls, its container
+            # removed on close (the owner check below finds none left).
+            assert client.execute("x = 41", session_id="s1").status == Status.OK
+            session = client.execute("print(x + 1)", session_id="s1")
+            assert (session.status, session.stdout) == (Status.OK, "42\n"), session
+            client.close_session("s1")
         fusion = httpx.post(
             f"{http}/run_code", json={"code": "print(2)", "language": "python"}, timeout=30
         ).json()
