@@ -99,7 +99,8 @@ class Sandbox:
                 resolved = resolve_request(request, self.config)
                 if resolved.session_id and self.sessions is None:
                     raise RequestRejected(
-                        f"sessions need the bwrap backend; this replica runs {self.backend.name}"
+                        f"this replica's {self.backend.name} backend has no sessions; send the "
+                        "request without a session_id, or to a bwrap or docker replica"
                     )
                 if resolved.session_id and resolved.language != "python":
                     raise RequestRejected(
