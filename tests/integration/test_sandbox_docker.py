@@ -82,9 +82,9 @@ def recycles(sandbox, reason):
 
 def leftovers(sandbox, marker="sleep 4242.1"):
     """Live processes a finished run left: any of the sandbox uid in a pool container other
-    than the warm interpreters (and `runc init`, which starts the next one), or any host
-    process whose command line carries `marker`. Containers being removed, and processes
-    already exiting (zombies), are skipped."""
+    than the warm interpreters, the executor's children before their execve, and `runc init`
+    (which starts the next one), or any host process whose command line carries `marker`.
+    Containers being removed, and processes already exiting (zombies), are skipped."""
     stray = []
     for container in list(sandbox.backend.pool._live.values()):
         try:
@@ -102,7 +102,14 @@ def leftovers(sandbox, marker="sleep 4242.1"):
             # cmdline reads empty from then on; seen once in a full CI run).
             if state in ("Z", "X") or not cmdline:
                 continue
-            if WARM_SOURCE.encode()[:40] not in cmdline and not cmdline.startswith(b"runc"):
+            # The executor's own code under the sandbox uid: a child it forked for the next run
+            # (or the pool's warm-up of a refilled container), between setresuid and execve.
+            # A run's own processes never carry it (the program was exec'd).
+            if (
+                WARM_SOURCE.encode()[:40] not in cmdline
+                and EXECUTOR_SOURCE.encode()[:40] not in cmdline
+                and not cmdline.startswith(b"runc")
+            ):
                 stray.append(cmdline.decode(errors="replace"))
     out = subprocess.run(
         ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
