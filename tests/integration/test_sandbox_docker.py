@@ -22,18 +22,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from docker_sandbox_helpers import SANDBOX_UID, left_in_container
 from prometheus_client import CollectorRegistry
 
 from agentrl.common.config import SandboxConfig
 from agentrl.sandbox.client import SandboxClient
-from agentrl.sandbox.docker_pool import EXECUTOR_SOURCE, OWNER_LABEL, WARM_SOURCE
+from agentrl.sandbox.docker_pool import EXECUTOR_SOURCE, OWNER_LABEL
 from agentrl.sandbox.executor import Sandbox
 from agentrl.sandbox.interface import ExecutionRequest, Status
 
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[2]
-SANDBOX_UID = 65534
 # A recycled container is re-created in the background; on vfs that copies the whole image
 # (~840 MB with the runtime, ~10 s on a loaded host, more while several refill at once), so a
 # run waits up to this long for one instead of the default 30 s.
@@ -88,29 +88,9 @@ def leftovers(sandbox, marker="sleep 4242.1"):
     stray = []
     for container in list(sandbox.backend.pool._live.values()):
         try:
-            pids = container.cgroup.pids(uid=SANDBOX_UID)
+            stray += left_in_container(container.cgroup)
         except OSError:
             continue
-        for pid in pids:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                # The state follows the parenthesised command name: Z (zombie) and X (dead).
-                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-            except (OSError, IndexError):
-                continue
-            # Already exiting, not left over: a zombie, or a process whose memory is gone (its
-            # cmdline reads empty from then on; seen once in a full CI run).
-            if state in ("Z", "X") or not cmdline:
-                continue
-            # The executor's own code under the sandbox uid: a child it forked for the next run
-            # (or the pool's warm-up of a refilled container), between setresuid and execve.
-            # A run's own processes never carry it (the program was exec'd).
-            if (
-                WARM_SOURCE.encode()[:40] not in cmdline
-                and EXECUTOR_SOURCE.encode()[:40] not in cmdline
-                and not cmdline.startswith(b"runc")
-            ):
-                stray.append(cmdline.decode(errors="replace"))
     out = subprocess.run(
         ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
     ).stdout

@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 import pytest
+from docker_sandbox_helpers import left_in_container
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentrl.sandbox.client import SandboxClient
@@ -49,7 +50,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 NON_ROOT_UID = 10001
-SANDBOX_UID = 65534  # SandboxConfig.sandbox_uid: the uid of every program in a docker container
 MARKER = "4242.77"  # in the command line of every process an attack leaves behind
 SECRET = "hostile-secret-do-not-leak"
 SERVE = "from agentrl.common.config import load_config\nfrom agentrl.sandbox.main import main\nmain(load_config())"
@@ -184,28 +184,17 @@ class Service:
         ]
 
     def left_in_containers(self) -> list[str]:
-        """Live processes of the sandbox uid in the service's containers other than the warm
-        interpreters the pool keeps (and `runc init`); zombies are already exiting."""
+        """Live processes of the sandbox uid left in the service's containers
+        (docker_sandbox_helpers.left_in_container)."""
         from agentrl.sandbox.cgroups import Cgroup
-        from agentrl.sandbox.docker_pool import WARM_SOURCE
 
         stray = []
         for container in self.containers():
             try:
                 cgroup = Cgroup.of_process(container["State"]["Pid"])
-                pids = cgroup.pids(uid=SANDBOX_UID) if cgroup else []
+                stray += [line[:120] for line in left_in_container(cgroup)] if cgroup else []
             except OSError:  # being removed: its cgroups are going
                 continue
-            for pid in pids:
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                    state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-                except (OSError, IndexError):
-                    continue
-                if state in ("Z", "X") or not cmdline:
-                    continue
-                if WARM_SOURCE.encode()[:40] not in cmdline and not cmdline.startswith(b"runc"):
-                    stray.append(cmdline.decode(errors="replace")[:120])
         return stray
 
     def container_ids(self) -> set[str]:
