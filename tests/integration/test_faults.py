@@ -61,7 +61,10 @@ FAULTS = [
     *(Fault(t, TERM) for t in ("rollout", "reward", "sandbox", "trainer")),
     *(Fault(t, KILL) for t in ("rollout", "reward", "redis", "vllm")),
 ]
-SEARCH_STEPS = 20
+# A step of the search run takes well under a second on an idle machine once groups are queued,
+# and a search fault can cost 10 steps before the next one is injected (a CI rehearsal ran out of
+# steps after 2 of its 4 faults at 20).
+SEARCH_STEPS = 60
 SEARCH_FAULTS = [Fault("search", KILL), Fault("search", TERM), Fault("search", KILL)]
 SEARCH_FAULTS.append(Fault("rollout", TERM))
 SEED = 20
