@@ -3,8 +3,11 @@
 Each message is a `group_pb2.Group` of 16 scored trajectories x 2,048 tokens (token ids,
 behaviour log-probs, loss mask and policy versions filled), about what a rollout worker pushes
 per prompt. Both paths run in batches of `--batch` messages: publish them, read them through a
-consumer group, ack each (the queue: `is_done` + `complete`, i.e. done-set check, atomic
-done-mark and ack), then trim exactly what was acked, so the stream stays small. Same Redis,
+consumer group, ack them (the queue: `is_done` + `complete`, i.e. done-set check, atomic
+done-mark and ack), then trim exactly what was acked, so the stream stays small. Acks go
+per message (one `complete` per entry against one XACK each) and per batch (one `complete` of
+the batch, as the trainer completes a step's groups, against one XACK of the batch's ids): two
+ratio lines. Same Redis,
 same process; `--rounds` paired rounds in alternating order (benchmarks/paired.py), each path
 on a fresh stream per round; prints messages/s per round and the ratio queue / bare as
 min / median / max over the rounds.
@@ -88,7 +91,9 @@ def make_group(rng: random.Random, index: int) -> group_pb2.Group:
     return group_pb2.Group(group_id=key, idempotency_key=key, task=task, samples=samples)
 
 
-def run_bare(url: str, stream: str, payloads: list[bytes], batch: int, deadline: float) -> Timing:
+def run_bare(
+    url: str, stream: str, payloads: list[bytes], batch: int, deadline: float, per_batch: bool
+) -> Timing:
     client = redis.Redis.from_url(url)
     client.xgroup_create(stream, "trainer", id="0", mkstream=True)
     timing = Timing()
@@ -101,7 +106,10 @@ def run_bare(url: str, stream: str, payloads: list[bytes], batch: int, deadline:
         entries = reply[0][1]
         for entry_id, fields in entries:
             assert fields[b"data"]
-            client.xack(stream, "trainer", entry_id)
+            if not per_batch:
+                client.xack(stream, "trainer", entry_id)
+        if per_batch:
+            client.xack(stream, "trainer", *(entry_id for entry_id, _ in entries))
         client.xtrim(stream, minid=entries[-1][0], approximate=False)
         timing.publish_s += mid - start
         timing.consume_s += time.perf_counter() - mid
@@ -111,7 +119,9 @@ def run_bare(url: str, stream: str, payloads: list[bytes], batch: int, deadline:
     return timing
 
 
-def run_queue(url: str, stream: str, payloads: list[bytes], batch: int, deadline: float) -> Timing:
+def run_queue(
+    url: str, stream: str, payloads: list[bytes], batch: int, deadline: float, per_batch: bool
+) -> Timing:
     queue = StreamQueue(url, stream, "trainer")
     queue.ensure_group()
     timing = Timing()
@@ -121,12 +131,18 @@ def run_queue(url: str, stream: str, payloads: list[bytes], batch: int, deadline
             queue.publish(payloads[i], f"task-{i}")
         mid = time.perf_counter()
         entries = queue.read(count=batch, block_ms=1000)
+        fresh = []
         for entry in entries:
             if queue.is_done(entry):
                 queue.ack(entry)
                 continue
             assert entry.payload
-            queue.complete(entry)
+            if per_batch:
+                fresh.append(entry)
+            else:
+                queue.complete(entry)
+        if fresh:
+            queue.complete(fresh)
         queue.trim()
         timing.publish_s += mid - start
         timing.consume_s += time.perf_counter() - mid
@@ -156,16 +172,24 @@ def main() -> None:
         f"{args.num_messages} messages per path and round, batches of {args.batch}"
     )
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    runners = {"bare redis-py": run_bare, "StreamQueue": run_queue}
+    # Acked per message (the queue: one `complete` per entry) and per batch (one `complete` of
+    # the batch, as the trainer completes a step's groups; bare: one XACK of the batch ids).
+    runners = {
+        "bare redis-py": (run_bare, False),
+        "StreamQueue": (run_queue, False),
+        "bare per batch": (run_bare, True),
+        "Queue per batch": (run_queue, True),
+    }
     trips: dict[str, float] = {}
     RoundTrips.install()
 
     def path(name: str):
         def one_round(r: int) -> float:
-            stream = stream_key(run_id, f"{name.split()[0].lower()}-{r}")
+            stream = stream_key(run_id, f"{name.replace(' ', '-').lower()}-{r}")
             deadline = time.monotonic() + MAX_RUNTIME_S_PER_PATH
             before = RoundTrips.count
-            t = runners[name](args.redis_url, stream, payloads, args.batch, deadline)
+            runner, per_batch = runners[name]
+            t = runner(args.redis_url, stream, payloads, args.batch, deadline, per_batch)
             trips[name] = (RoundTrips.count - before) / t.num_messages
             return t.num_messages / t.total_s
 
@@ -173,16 +197,18 @@ def main() -> None:
 
     def show(r: int, name: str, rate: float) -> None:
         print(
-            f"  round {r} {name:<14} {rate:>7.0f} msg/s {rate * mean_bytes / 1e6:>7.1f} MB/s "
+            f"  round {r} {name:<15} {rate:>7.0f} msg/s {rate * mean_bytes / 1e6:>7.1f} MB/s "
             f"{trips[name]:.2f} round trips/msg"
         )
 
     rates = paired_rounds(args.rounds, {name: path(name) for name in runners}, show)
-    print(
-        ratio_line(
-            "StreamQueue / bare (msg/s)", rates["StreamQueue"], rates["bare redis-py"], ">= 0.95"
+    for queue, bare, how in (
+        ("StreamQueue", "bare redis-py", "acked per message"),
+        ("Queue per batch", "bare per batch", "acked per batch"),
+    ):
+        print(
+            ratio_line(f"StreamQueue / bare, {how} (msg/s)", rates[queue], rates[bare], ">= 0.95")
         )
-    )
 
 
 if __name__ == "__main__":
