@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -170,6 +171,8 @@ async def rollout_tokens(
             traj = await loop.run(prompt, settings, trajectory_id=f"{tag}-{i}")
             if traj.finish_reason == trajectory_pb2.FINISH_REASON_ERROR:
                 raise RuntimeError(traj.error)
+            if traj.num_tool_calls:  # unequal work: raw and pool run no tool
+                raise RuntimeError(f"episode {traj.trajectory_id} ran a tool call")
             return sum(traj.loss_mask)
 
         return job
@@ -225,7 +228,10 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
     tools = ToolBox({"python": SandboxTool(sandbox, 10.0)} if sandbox is not None else {})
     loop = AgentLoop(pool, tokenizer, tools)
     try:
-        # (a) no tools: one turn per episode (a stray </code> must not start a second turn).
+        # (a) no tools: one turn per episode. The tiny model writes `</code>` (the format's
+        # stop string) in about a third of its turns; max_tool_calls=0 records that call
+        # without running it, as raw and pool run none (max_turns=1 alone still ran it: the
+        # last turn's call runs, its observation is part of the trajectory).
         plain = EpisodeSettings(
             sampling={
                 "temperature": 1.0,
@@ -235,6 +241,7 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
             },
             max_tokens_per_turn=args.max_tokens,
             max_turns=1,
+            max_tool_calls=0,
             max_total_tokens=4096,
         )
         sampling = turn_sampling(plain)  # what the agent loop passes to the pool
@@ -361,12 +368,29 @@ def main() -> None:
 
 
 def run_with_vllm(args, work: Path, model_dir: Path, tokenizer) -> None:
+    config = InferenceServerConfig(max_model_len=1024, kv_cache_gib=1, max_num_seqs=128)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(VLLMServer.launch(config, model_dir, work / "vllm.log"))
+        # The sandbox (its gRPC server's threads, its slots) only when (b) runs: (a) must not
+        # share this process with it.
+        sandbox = stack.enter_context(start_sandbox(args)) if args.tool_concurrency else None
+        print(
+            f"tiny model, 1 vLLM server (engine start {server.start_time_s:.0f} s), "
+            f"{os.cpu_count()} CPUs, sandbox concurrency "
+            f"{args.sandbox_concurrency if sandbox is not None else '- (no tool rows)'}",
+            flush=True,
+        )
+        asyncio.run(bench(args, server.url, tokenizer, sandbox))
+
+
+@contextlib.contextmanager
+def start_sandbox(args):
+    """A sandbox service in this process (bubblewrap backend) and a client of it."""
     from agentrl.common.grpc_server import serve
     from agentrl.sandbox import executor as sandbox_executor
     from agentrl.sandbox import servicer as sandbox_service
     from agentrl.sandbox.client import SandboxClient
 
-    config = InferenceServerConfig(max_model_len=1024, kv_cache_gib=1, max_num_seqs=128)
     sandbox_config = AgentRLConfig.model_validate(
         {"sandbox": {"max_concurrency": args.sandbox_concurrency}}
     ).sandbox
@@ -380,16 +404,8 @@ def run_with_vllm(args, work: Path, model_dir: Path, tokenizer) -> None:
         max_workers=max(8, args.sandbox_concurrency),
     )
     try:
-        with (
-            VLLMServer.launch(config, model_dir, work / "vllm.log") as server,
-            SandboxClient(grpc_server.address, token=None) as sandbox,
-        ):
-            print(
-                f"tiny model, 1 vLLM server (engine start {server.start_time_s:.0f} s), "
-                f"{os.cpu_count()} CPUs, sandbox concurrency {args.sandbox_concurrency}",
-                flush=True,
-            )
-            asyncio.run(bench(args, server.url, tokenizer, sandbox))
+        with SandboxClient(grpc_server.address, token=None) as sandbox:
+            yield sandbox
     finally:
         grpc_server.stop(0)
         servicer.close()
