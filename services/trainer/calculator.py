@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 TASK_TYPE = "math"
 TOOLS = ("python",)
@@ -230,32 +230,63 @@ def write_task(
     }
 
 
-def make_calculator_data(
+@dataclass(frozen=True)
+class ExecutedTask(Generic[P]):
+    """A task whose SFT tool calls the sandbox executes, as `make_task_data` draws it: its
+    problems (`make_problems(count, rng, exclude)`, distinct), their prompt rows
+    (`prompt_row(problem, split, index)`) and their two kinds of SFT episode."""
+
+    seed_prefix: str
+    """Seeds the task's draws (`{seed_prefix}:{seed}`): the same seed, the same files."""
+    make_problems: Callable[[int, random.Random, set[str]], list[P]]
+    prompt_row: Callable[[P, str, int], dict[str, Any]]
+    executed_trajectory: Callable[[P, Any], dict[str, Any]]
+    direct_trajectory: Callable[[P], dict[str, Any]]
+
+
+def make_task_data(
+    task: ExecutedTask[P],
     out_dir: str | Path,
     sandbox: Any,
     *,
+    num_sft: int,
     num_train: int = 2000,
     num_eval: int = 100,
-    num_sft: int = 1500,
     tool_fraction: float = 0.4,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Write train.jsonl, eval.jsonl and sft.jsonl to `out_dir`; returns a summary."""
+    """Write `task`'s train.jsonl, eval.jsonl and sft.jsonl to `out_dir`; returns a summary.
+    Eval, train and SFT problems are drawn in that order from one seeded stream, disjoint; the
+    SFT calls run in `sandbox`. Shared by every executed task (this one,
+    trainer/word_problems.py)."""
     for name, count in (("num_train", num_train), ("num_eval", num_eval), ("num_sft", num_sft)):
         if count < 1:
             raise ValueError(f"{name} must be at least 1, got {count}")
-    rng = random.Random(f"agentrl-calculator:{seed}")
+    rng = random.Random(f"{task.seed_prefix}:{seed}")
     seen: set[str] = set()
-    eval_problems = make_problems(num_eval, rng, seen)
-    train_problems = make_problems(num_train, rng, seen)
-    sft_problems = make_problems(num_sft, rng, seen)
+    eval_problems = task.make_problems(num_eval, rng, seen)
+    train_problems = task.make_problems(num_train, rng, seen)
+    sft_problems = task.make_problems(num_sft, rng, seen)
     trajectories = sft_trajectories(
         sft_problems,
         tool_fraction,
         rng,
-        lambda problem: executed_trajectory(problem, sandbox),
-        direct_trajectory,
+        lambda problem: task.executed_trajectory(problem, sandbox),
+        task.direct_trajectory,
     )
-    train = [prompt_row(p, "train", i) for i, p in enumerate(train_problems)]
-    held_out = [prompt_row(p, "eval", i) for i, p in enumerate(eval_problems)]
+    train = [task.prompt_row(p, "train", i) for i, p in enumerate(train_problems)]
+    held_out = [task.prompt_row(p, "eval", i) for i, p in enumerate(eval_problems)]
     return write_task(out_dir, train, held_out, trajectories, seed)
+
+
+CALCULATOR = ExecutedTask(
+    "agentrl-calculator", make_problems, prompt_row, executed_trajectory, direct_trajectory
+)
+
+
+def make_calculator_data(
+    out_dir: str | Path, sandbox: Any, *, num_sft: int = 1500, **options: Any
+) -> dict[str, Any]:
+    """The quickstart's train.jsonl, eval.jsonl and sft.jsonl in `out_dir`; returns a summary.
+    `options`: make_task_data's (sizes, tool_fraction, seed)."""
+    return make_task_data(CALCULATOR, out_dir, sandbox, num_sft=num_sft, **options)

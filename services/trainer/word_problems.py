@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.trainer.calculator import (
+    ExecutedTask,
     direct_episode,
     distinct,
-    sft_trajectories,
+    make_task_data,
     tool_episode,
-    write_task,
 )
 
 TASK_TYPE = "math"
@@ -162,34 +162,14 @@ def direct_trajectory(problem: WordProblem) -> dict[str, Any]:
     return direct_episode(problem.prompt, answer(str(problem.value)))
 
 
+WORD_PROBLEMS = ExecutedTask(
+    "agentrl-word-problems", make_problems, prompt_row, executed_trajectory, direct_trajectory
+)
+
+
 def make_word_problem_data(
-    out_dir: str | Path,
-    sandbox: Any,
-    *,
-    num_train: int = 2000,
-    num_eval: int = 100,
-    num_sft: int = 400,
-    tool_fraction: float = 0.4,
-    seed: int = 0,
+    out_dir: str | Path, sandbox: Any, *, num_sft: int = 400, **options: Any
 ) -> dict[str, Any]:
-    """Write train.jsonl, eval.jsonl and sft.jsonl to `out_dir`; returns a summary."""
-    for name, count in (("num_train", num_train), ("num_eval", num_eval), ("num_sft", num_sft)):
-        if count < 1:
-            raise ValueError(f"{name} must be at least 1, got {count}")
-    if not 0.0 <= tool_fraction <= 1.0:
-        raise ValueError(f"tool_fraction must be in [0, 1], got {tool_fraction}")
-    rng = random.Random(f"agentrl-word-problems:{seed}")
-    seen: set[str] = set()
-    eval_problems = make_problems(num_eval, rng, seen)
-    train_problems = make_problems(num_train, rng, seen)
-    sft_problems = make_problems(num_sft, rng, seen)
-    trajectories = sft_trajectories(
-        sft_problems,
-        tool_fraction,
-        rng,
-        lambda problem: executed_trajectory(problem, sandbox),
-        direct_trajectory,
-    )
-    train = [prompt_row(p, "train", i) for i, p in enumerate(train_problems)]
-    held_out = [prompt_row(p, "eval", i) for i, p in enumerate(eval_problems)]
-    return write_task(out_dir, train, held_out, trajectories, seed)
+    """The recipe's train.jsonl, eval.jsonl and sft.jsonl in `out_dir`; returns a summary.
+    `options`: calculator.make_task_data's (sizes, tool_fraction, seed)."""
+    return make_task_data(WORD_PROBLEMS, out_dir, sandbox, num_sft=num_sft, **options)
