@@ -4,10 +4,15 @@
     await worker.run()          # until request_stop(); other threads: pause/resume/status
 
 Loop: read one task at a time from `agentrl:{run_id}:prompts` (consumer group `rollout`) while
-fewer than `rollout.max_concurrent_episodes` episodes run (a task holds its n episodes; a task
-larger than the cap runs alone), sample its group (`GroupSampler`, asyncio), publish the Group
-to `agentrl:{run_id}:groups`, and only then `complete()` the task entry (key recorded as done,
-entry acked, atomically).
+fewer than `rollout.max_concurrent_episodes` episodes run, sample its group (`GroupSampler`,
+asyncio), publish the Group to `agentrl:{run_id}:groups`, and only then `complete()` the task
+entry (key recorded as done, entry acked, atomically).
+
+Episode slots: a task starts once its n episodes fit under the cap (a task larger than the cap
+runs alone) and gives each slot back as that episode ends, not when its whole group is
+published: the next task starts while a group's slowest episodes (and the scoring) finish, so
+the engine keeps a full batch instead of draining to a group's stragglers (docs/trainer.md,
+"Async overlap"). At most `max_concurrent_episodes` episodes run at any time either way.
 
 Delivery (agentrl.common.streams): a task whose key is already done is acked and skipped; a
 second copy of a task running here waits for the first and is then skipped. While episodes run,
@@ -126,11 +131,11 @@ class RolloutWorker:
             config.redis.url, run_id, on_version=metrics.published_version.set
         )
         self.paused = False
-        self.reserved = 0  # episodes of the tasks in flight (n each)
+        self.reserved = 0  # episode slots taken: episodes started and not ended
         self.active: dict[str, asyncio.Task] = {}  # idempotency key -> its task
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._changed: asyncio.Condition | None = None
+        self._changed: asyncio.Event | None = None  # set on every change a waiter may need
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="rollout-read")  # read() thread
 
     # ---- control, from any thread ---------------------------------------------------------
@@ -139,7 +144,7 @@ class RolloutWorker:
         """Stop taking tasks and drain (safe from signal handlers and other threads)."""
         if self.loop is not None and self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
-            asyncio.run_coroutine_threadsafe(self._notify(), self.loop)
+            self.loop.call_soon_threadsafe(self._wake)
 
     def pause(self, mode: str, timeout_s: float = 60.0) -> None:
         """Admit no new task and pause the vLLM pool (`keep`, `wait` or `abort`)."""
@@ -187,7 +192,7 @@ class RolloutWorker:
     async def run(self, on_started=None) -> None:
         """Consume tasks until `request_stop()`, then drain; `on_started()` once reading."""
         self.loop = asyncio.get_running_loop()
-        self._stop, self._changed = asyncio.Event(), asyncio.Condition()
+        self._stop, self._changed = asyncio.Event(), asyncio.Event()
         await asyncio.to_thread(self.prompts.ensure_group)
         await asyncio.to_thread(self.versions.start)
         if on_started is not None:
@@ -220,13 +225,28 @@ class RolloutWorker:
 
     async def _wait_for(self, predicate) -> bool:
         """Wait until `predicate()` holds; False when a stop was requested first."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: predicate() or self._stop.is_set())
+        while not (predicate() or self._stop.is_set()):
+            self._changed.clear()  # every waiter woken by the last set() already returned
+            await self._changed.wait()
         return not self._stop.is_set()
 
+    def _wake(self) -> None:
+        """Every `_wait_for` looks at its predicate again (on the loop's thread)."""
+        self._changed.set()
+
     async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        self._wake()
+
+    def _fits(self, n: int) -> bool:
+        """n more episodes fit under the cap (a task larger than the cap runs alone)."""
+        return self.reserved == 0 or self.reserved + n <= self.cap
+
+    def _release(self, count: int) -> None:
+        """`count` episodes ended (or were cancelled): their slots go to the next task."""
+        if count > 0:
+            self.reserved -= count
+            self.metrics.finish_episodes(count)
+            self._wake()
 
     async def _admit(self, entry: StreamEntry) -> None:
         try:
@@ -245,7 +265,7 @@ class RolloutWorker:
             return
         self.metrics.record_pickup(task.created_at_unix_s)
         n = task.num_samples
-        if not await self._wait_for(lambda: self.reserved == 0 or self.reserved + n <= self.cap):
+        if not await self._wait_for(lambda: self._fits(n)):
             return  # stopping: the entry stays unacked for another worker
         self.reserved += n
         self.metrics.start_episodes(n)
@@ -256,11 +276,12 @@ class RolloutWorker:
     async def _handle(
         self, entry: StreamEntry, task: task_pb2.RolloutTask, earlier: asyncio.Task | None
     ) -> None:
-        n, left = task.num_samples, [task.num_samples]
+        n, left = task.num_samples, [task.num_samples]  # left: slots this task still holds
 
         def finished(traj: trajectory_pb2.Trajectory) -> None:
-            left[0] -= 1
-            self.metrics.finish_episodes(1)
+            if left[0] > 0:  # its slot goes to the next task now, before the group is scored
+                left[0] -= 1
+                self._release(1)
             self.metrics.record_episode(
                 traj,
                 latest_version=self.latest_policy_version,
@@ -283,7 +304,7 @@ class RolloutWorker:
                     break
                 except Exception as exc:  # noqa: BLE001 - retried; the entry stays ours
                     self.metrics.failures.inc()
-                    self.metrics.finish_episodes(left[0])
+                    self._release(left[0])  # the attempt's episodes were cancelled
                     left[0] = 0
                     if attempt == self.max_attempts:
                         # Back to the queue: unacked, no longer renewed, reclaimed later.
@@ -300,17 +321,19 @@ class RolloutWorker:
                     )
                     await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
                     backoff_s = min(backoff_s * 2, RETRY_MAX_S)
+                    if not await self._wait_for(lambda: self._fits(n)):
+                        return  # stopping: the entry stays unacked for another worker
+                    self.reserved += n
                     left[0] = n
                     self.metrics.start_episodes(n)
             await asyncio.to_thread(self.groups.publish, group)
             await asyncio.to_thread(self.prompts.complete, entry)
             self.metrics.groups.inc()
         finally:
-            self.metrics.finish_episodes(left[0])
-            self.reserved -= n
+            self._release(left[0])  # a copy that waited, or episodes cancelled by a stop
             if self.active.get(entry.key) is asyncio.current_task():
                 del self.active[entry.key]
-            await self._notify()
+            self._wake()
 
     async def _keep_alive_loop(self) -> None:
         while True:
