@@ -2,8 +2,8 @@
 
 A slot is a reusable bundle of host resources, one per concurrent execution plus spares: a
 cgroup (memory, pids, cpu, cpuacct; agentrl.sandbox.cgroups) and a size-limited tmpfs work dir
-(agentrl.sandbox.workdir). Each slot keeps a *warm* sandbox (agentrl.sandbox.bwrap_argv: sh
-joins the cgroups and sets rlimits, setpriv drops to the sandbox uid, bwrap unshares every
+(agentrl.sandbox.workdir). Each slot keeps a *warm* sandbox (agentrl.sandbox.bwrap_argv: the
+launcher joins the cgroups, sets rlimits and drops to the sandbox uid, bwrap unshares every
 namespace) running agentrl.sandbox.runner, which waits on stdin for one program.
 
 One run: write the files and the source into the slot, hand the source to the warm runner and
@@ -69,6 +69,8 @@ from agentrl.sandbox.interface import (
     Status,
 )
 from agentrl.sandbox.languages import BINARY_PATH, Language, get_language
+from agentrl.sandbox.launch import FAILURE_PREFIX
+from agentrl.sandbox.launch import build as build_launcher
 from agentrl.sandbox.outcome import classify, compile_failure, compile_memory_mb, compile_outcome
 from agentrl.sandbox.private_tmpfs import RELEASE, await_hold, hold_argv, sandbox_pid, supports_size
 from agentrl.sandbox.run_watch import RunWatch, Watched
@@ -102,6 +104,8 @@ BINARY_NAME = BINARY_PATH.removeprefix("/work/")
 # from the runner's control line leaves its slot tearing down and re-priming in the
 # background, so at full concurrency the next request would otherwise wait for that.
 SPARE_SLOT_FRACTION = 0.25
+# What bwrap and the launcher print when they could not start the program (sandbox_error).
+FAILURES = (b"bwrap: ", FAILURE_PREFIX)
 
 
 @dataclass
@@ -139,12 +143,14 @@ class BwrapBackend(Backend):
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.root = Path(config.work_root) / self.instance
         is_root = os.geteuid() == 0
-        # As root, the sandbox runs as an unprivileged host uid (nobody), not as mapped root.
-        self.run_as: int | None = config.sandbox_uid if is_root and setpriv else None
         if is_root:
             sweep_stale(Path(config.work_root))
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
+        launcher = build_launcher(self.root)
+        # As root, the sandbox runs as an unprivileged host uid (nobody), not as mapped root.
+        can_drop = launcher is not None or setpriv is not None
+        self.run_as: int | None = config.sandbox_uid if is_root and can_drop else None
         seccomp_path = self.root / "seccomp.bpf"
         if not config.seccomp:
             log.warning("sandbox.seccomp is off: sandboxes run without a syscall filter")
@@ -162,6 +168,7 @@ class BwrapBackend(Backend):
             str(seccomp_path) if seccomp_path else None,
             shutil.which("prlimit"),
             supports_size(bwrap),
+            launcher,
         )
         if not self.tools.sized_tmpfs:
             log.warning("bwrap %s has no --size (bubblewrap >= 0.5 has): /dev/shm unbounded", bwrap)
@@ -376,7 +383,9 @@ class BwrapBackend(Backend):
             oomed = group.oom_kills() > oom_before
             cpu_time_s = group.cpu_time_s() - cpu_before
             peak_mb = group.peak_memory_bytes() / (1024 * 1024)
-        result = classify(captured, oomed, request, self.config.max_output_bytes)
+        result = classify(captured, oomed, request, self.config.max_output_bytes, FAILURES)
+        if result.status == Status.OOM and watched is not None:  # what the run held (run_watch)
+            result.message += f" ({watched.reason})"
         result.cpu_time_s, result.peak_memory_mb = cpu_time_s, peak_mb
         result.backend, result.request_id = self.name, request.request_id
         result.compile_result = compiled
@@ -455,7 +464,9 @@ class BwrapBackend(Backend):
         if slot.dir.private:
             binary = slot.dir.read_files([BINARY_NAME], self.config.disk_mb << 20).get(BINARY_NAME)
             slot.dir.detach()
-        outcome = compile_outcome(captured, oomed, request, memory_mb, self.config.max_output_bytes)
+        outcome = compile_outcome(
+            captured, oomed, request, memory_mb, self.config.max_output_bytes, FAILURES
+        )
         return outcome, binary
 
     def command(
@@ -466,7 +477,7 @@ class BwrapBackend(Backend):
         program: list[str],
         pass_fds: tuple[int, ...] = (),
     ) -> list[str]:
-        """The full argv: shell prologue (cgroups, rlimits), setpriv, bwrap, program."""
+        """The full argv: launcher (cgroups, rlimits, uid), bwrap, program."""
         return sandbox_argv(
             self.config,
             self.tools,
