@@ -384,8 +384,6 @@ class BwrapBackend(Backend):
             cpu_time_s = group.cpu_time_s() - cpu_before
             peak_mb = group.peak_memory_bytes() / (1024 * 1024)
         result = classify(captured, oomed, request, self.config.max_output_bytes, FAILURES)
-        if result.status == Status.OOM and watched is not None:  # what the run held (run_watch)
-            result.message += f" ({watched.reason})"
         result.cpu_time_s, result.peak_memory_mb = cpu_time_s, peak_mb
         result.backend, result.request_id = self.name, request.request_id
         result.compile_result = compiled

@@ -21,7 +21,7 @@ agentrl.sandbox.bwrap and by the sessions (agentrl.sandbox.sessions).
 
 /dev/shm is a tmpfs of `disk_mb` and the rest of /dev read-only (bwrap's /dev is otherwise an
 unbounded tmpfs the program may write). A private slot (no root to mount its tmpfs;
-agentrl.sandbox.private_tmpfs) gets /work, /tmp and /dev/shm from one tmpfs of `disk_mb`.
+agentrl.sandbox.private_tmpfs) gets tmpfs mounts of `disk_mb` at /work and /tmp from bwrap.
 
 Without a cgroup (not root, cgroup v2 host) memory falls back to RLIMIT_AS per process, and
 the process limit to RLIMIT_NPROC set by prlimit inside the run's own user namespace, which
@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 from agentrl.common.config import SandboxConfig
 from agentrl.sandbox.cgroups import Cgroup
-from agentrl.sandbox.private_tmpfs import private_mounts
 from agentrl.sandbox.workdir import SlotDir
 
 # The sandbox's environment: nothing of the service's leaks in.
@@ -79,8 +78,8 @@ class Tools:
     prlimit: str | None = None
     """util-linux prlimit (sets the per-run process limit inside the run's user namespace)."""
     sized_tmpfs: bool = False
-    """bwrap has `--size` (>= 0.5): /dev/shm is a tmpfs of `disk_mb` in the run's own mount
-    namespace (a private slot's shares one with its /work and /tmp)."""
+    """bwrap has `--size` (>= 0.5): /dev/shm and a private slot's /work and /tmp are tmpfs
+    mounts of `disk_mb` in the run's own mount namespace."""
     launcher: str | None = None
     """The built launcher (agentrl.sandbox.launch); None: sh and setpriv do its steps."""
 
@@ -195,12 +194,12 @@ def bwrap_args(
         args += ["--ro-bind", path, path]
     args += ["--proc", "/proc", "--dev", "/dev"]
     size = str(config.disk_mb << 20)
-    if sized_tmpfs and not slot_dir.private:
+    if sized_tmpfs:
         # bwrap's /dev is a tmpfs of the sandbox uid without a size: /dev/shm gets a sized
         # one of its own and the rest of /dev becomes read-only, so neither fills memory.
         args += ["--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     if slot_dir.private:
-        args += private_mounts(config.disk_mb << 20)  # /work, /tmp, /dev/shm: one tmpfs
+        args += ["--size", size, "--tmpfs", "/work", "--size", size, "--tmpfs", "/tmp"]
     else:
         args += ["--bind", str(slot_dir.work), "/work", "--bind", str(slot_dir.tmp), "/tmp"]
     return [*args, "--chdir", "/work", "--remount-ro", "/"]
