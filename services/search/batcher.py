@@ -38,11 +38,15 @@ class Item:
     done: bool = False
 
 
+# Batch sizes kept in `BatchStats.sizes`: enough to see batching at work, bounded memory.
+RECENT_BATCHES = 1000
+
+
 @dataclass
 class BatchStats:
     batches: int = 0
     queries: int = 0
-    sizes: list[int] = field(default_factory=list)  # recent batch sizes (bounded)
+    sizes: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_BATCHES))
 
 
 RunGroup = Callable[[Hashable, list[str]], Sequence[Any]]
@@ -99,6 +103,9 @@ class QueryBatcher:
             finally:
                 with self._cond:
                     self._free_slots += 1
+                    self.stats.batches += 1
+                    self.stats.queries += len(batch)
+                    self.stats.sizes.append(len(batch))
                     self._cond.notify_all()
         for item in items:
             if item.error is not None:
@@ -119,9 +126,5 @@ class QueryBatcher:
                     item.error = exc
             for item in items:
                 item.done = True
-        with self._cond:
-            self.stats.batches += 1
-            self.stats.queries += len(batch)
-            self.stats.sizes = (self.stats.sizes + [len(batch)])[-1000:]
         if self._on_batch is not None:
             self._on_batch(len(batch))

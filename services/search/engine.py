@@ -146,7 +146,7 @@ class SearchEngine:
                     results.append(())
                     continue
                 cached = self.cache.get((target.version, method, top_k, query))
-                self.metrics.cache_lookups.labels("miss" if cached is None else "hit").inc()
+                (self.metrics.cache_misses if cached is None else self.metrics.cache_hits).inc()
                 results.append(cached)
                 if cached is None:
                     misses.append(i)
@@ -164,13 +164,11 @@ class SearchEngine:
                 for i, hits in zip(misses, found):
                     results[i] = hits
                     self.cache.put((target.version, method, top_k, queries[i]), hits)
-            self.metrics.queries.labels(target.name, method).inc(len(queries))
+            self.metrics.queries_of(target.name, method).inc(len(queries))
             return RetrieveResult(target.name, target.version, method, results)
         finally:
             self._release()
-            self.metrics.latency.labels("retrieve", transport).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.latency_of("retrieve", transport).observe(time.perf_counter() - started)
 
     def _check_retrieve(
         self, index: SearchIndex, queries: Sequence[str], top_k: int, method: str
@@ -229,7 +227,7 @@ class SearchEngine:
                 raise NotFound(str(exc)) from None
         finally:
             self._release()
-            self.metrics.latency.labels("access", transport).observe(time.perf_counter() - started)
+            self.metrics.latency_of("access", transport).observe(time.perf_counter() - started)
 
     def lookup(
         self, keys: Sequence[str], index: str = "", transport: str = "python"
@@ -249,4 +247,4 @@ class SearchEngine:
             return target, passages
         finally:
             self._release()
-            self.metrics.latency.labels("access", transport).observe(time.perf_counter() - started)
+            self.metrics.latency_of("access", transport).observe(time.perf_counter() - started)

@@ -79,3 +79,9 @@ class SearchMetrics:
         self.passages = metrics.gauge(
             SERVICE, "index", "passages", "Passages in each loaded index.", ("index",), registry
         )
+        # Children bound once: `labels()` validates and locks on every call, and a Retrieve
+        # touches these for every request (engine.py).
+        self.cache_hits = self.cache_lookups.labels("hit")
+        self.cache_misses = self.cache_lookups.labels("miss")
+        self.queries_of = metrics.children(self.queries)
+        self.latency_of = metrics.children(self.latency)

@@ -67,7 +67,7 @@ def test_queries_arriving_while_busy_run_as_one_batch_per_group() -> None:
     assert results[0] == ["g1:q1", "g1:r1"] and results[1] == ["g2:q2", "g2:r2"]
     # One batch of 12 queued queries, split into one call per group.
     assert [len(q) for _, q in search.batches] == [1, 6, 6]
-    assert batcher.stats.sizes == [1, 12]
+    assert list(batcher.stats.sizes) == [1, 12]
 
 
 def test_a_failing_group_fails_only_its_own_requests() -> None:
