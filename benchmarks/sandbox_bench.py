@@ -4,10 +4,13 @@ Each backend runs behind a real gRPC server on 127.0.0.1 (the service's own code
 validation, admission, metrics); `bare` is a backend that runs `python3 -c CODE` with no
 isolation at all, through the same server, client, timeout and output handling. For every
 workload and concurrency it prints requests/s, p50 and p99 latency, CPU per request (the
-whole machine, this process, the sandboxed programs) and the statuses seen. All backends are
-started first and every cell runs them back to back (with `--rounds N`, N times in
-alternating order, reporting medians), so that a shared machine's changing load hits all of
-them alike; the closing table gives throughput and p50 as ratios to bare.
+whole machine, this process, the sandboxed programs) and the statuses seen. A pool's
+background work for a cell's requests (bwrap re-primes a warm sandbox after each run) is
+counted in them: their CPU is read once the pool is full again (the paired table also gives
+it as read when the last request was answered, which misses the re-priming still under way).
+All backends are started first and every cell runs them back to back (with `--rounds N`, N
+times in alternating order, reporting medians), so that a shared machine's changing load hits
+all of them alike; the closing tables give throughput, p50 and CPU as ratios to bare.
 
     .venv/bin/python benchmarks/sandbox_bench.py                 # bwrap and bare
     .venv/bin/python benchmarks/sandbox_bench.py --rounds 3 --workloads 'print(1)'
@@ -32,7 +35,11 @@ output (max_output_bytes is set to 16 MB so it must come back whole, status ok).
 
 `docker-exec` is the docker backend as it was before its in-container executor (one `docker
 exec` per run), loaded from git at --docker-exec-commit, so both run side by side in one
-process against the same engine and image.
+process against the same engine and image. `bwrap-old` is likewise the bwrap backend of
+--bwrap-old-commit (each sandbox started through sh and setpriv), beside the current one:
+
+    .venv/bin/python benchmarks/sandbox_bench.py --backends bare bwrap bwrap-old --rounds 3 \
+        --workloads 'print(1)' '10 MB output' --concurrency 32
 
 docker needs the engine and the image (AGENTRL_WITH_DOCKER=1 bash scripts/setup.sh, then
 bash services/sandbox/image/build.sh). Its pool is filled before each cell (a timed-out run
@@ -44,10 +51,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +89,10 @@ NON_ROOT_UID = 10001
 DOCKER_ENGINE = ("dockerd", "containerd", "runc")
 # The last commit whose docker backend ran each program through its own `docker exec`.
 DOCKER_EXEC_COMMIT = "0744b96"
+# The last commit whose bwrap backend started each sandbox through sh and setpriv, and the
+# modules `bwrap-old` loads from it (the rest, and runner.py beside them, as that commit had it).
+BWRAP_OLD_COMMIT = "bf60bda"
+BWRAP_OLD_MODULES = ("bwrap_argv", "bwrap")
 SERVE = (
     "from agentrl.common.config import load_config\n"
     "from agentrl.sandbox.main import main\n"
@@ -134,21 +148,34 @@ class BareBackend(Backend):
         )
 
 
-def docker_exec_backend(commit: str) -> type[Backend]:
-    """The docker backend (and its pool) as `commit` had them, loaded under other module names."""
+def modules_at(commit: str, names: tuple[str, ...]) -> types.ModuleType:
+    """The modules `names` (services/sandbox/<name>.py) as `commit` had them, loaded in that
+    order under other module names (`<name>_at`) beside the current ones; the last one is
+    returned. Their imports of each other are renamed too; every other module is the current
+    one. The files are loaded from a temporary directory, so a module reading a file beside
+    itself at import (the bwrap backend's runner.py) reads the old one."""
     repo = Path(__file__).resolve().parents[1]
-    for name in ("docker_pool", "docker_backend"):
+    directory = Path(tempfile.mkdtemp(prefix=f"sandbox-bench-{commit}-"))
+    for name in [*names, "runner"]:
         source = subprocess.run(
             ["git", "-C", str(repo), "show", f"{commit}:services/sandbox/{name}.py"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
-        source = source.replace("agentrl.sandbox.docker_pool", "agentrl.sandbox.docker_pool_at")
+        for other in names:
+            source = re.sub(
+                rf"\bagentrl\.sandbox\.{other}\b", f"agentrl.sandbox.{other}_at", source
+            )
+        (directory / f"{name}.py").write_text(source)
+    for name in names:
+        path = directory / f"{name}.py"
         module = types.ModuleType(f"agentrl.sandbox.{name}_at")
+        module.__file__ = str(path)
         sys.modules[module.__name__] = module
-        exec(compile(source, f"{commit}:{name}.py", "exec"), module.__dict__)  # noqa: S102
-    return sys.modules["agentrl.sandbox.docker_backend_at"].DockerBackend
+        exec(compile(path.read_text(), f"{commit}:{name}.py", "exec"), module.__dict__)  # noqa: S102
+    shutil.rmtree(directory)
+    return module
 
 
 def machine_busy_s() -> float:
@@ -211,6 +238,7 @@ def run_cell(
     timeout_s: float,
     concurrency: int,
     num_requests: int,
+    pool_size: int,
 ) -> dict:
     def one(_: int) -> tuple[float, str, int]:
         start = time.perf_counter()
@@ -222,11 +250,18 @@ def run_cell(
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(min(concurrency, 4))))  # warm up connections and slots
+        wait_for_pool(backend, pool_size)  # the warm-up's slots are re-primed outside the cell
         start, busy, (own, kids) = time.perf_counter(), machine_busy_s(), own_cpu_s(backend)
         samples = list(pool.map(one, range(num_requests)))
         elapsed = time.perf_counter() - start
+        busy = machine_busy_s() - busy
+        own_answered, kids_answered = own_cpu_s(backend)
+        # A pool's background work for these requests (bwrap re-primes a warm sandbox per run,
+        # docker resets containers) counts in their CPU: read it once that work is done.
+        wait_for_pool(backend, pool_size)
         own_after, kids_after = own_cpu_s(backend)
-        busy, own, kids = machine_busy_s() - busy, own_after - own, kids_after - kids
+        answered = own_answered + kids_answered - own - kids
+        own, kids = own_after - own, kids_after - kids
     latencies = sorted(s[0] for s in samples)
     statuses: dict[str, int] = {}
     for _, status, _ in samples:
@@ -244,6 +279,10 @@ def run_cell(
         "service_cpu_ms": 1000 * own / num_requests,
         "sandbox_cpu_ms": 1000 * kids / num_requests,
         "own_cpu_ms": 1000 * (own + kids) / num_requests,
+        # the same, read as the last request was answered (the pool's background work for the
+        # last requests still under way; before 2026-12-06 the cell counted only this, plus
+        # the warm-up's re-priming)
+        "answered_cpu_ms": 1000 * answered / num_requests,
         "busy_cores": busy / elapsed,
     }
 
@@ -320,7 +359,11 @@ class Bench:
 
     @classmethod
     def start(
-        cls, name: str, pool_size: int, docker_exec_commit: str = DOCKER_EXEC_COMMIT
+        cls,
+        name: str,
+        pool_size: int,
+        docker_exec_commit: str = DOCKER_EXEC_COMMIT,
+        bwrap_old_commit: str = BWRAP_OLD_COMMIT,
     ) -> Bench:
         config = SandboxConfig(
             backend="docker" if name.startswith("docker") else "bwrap",
@@ -352,7 +395,10 @@ class Bench:
         if name == "bare":
             backend = BareBackend(config)
         elif name == "docker-exec":
-            backend = docker_exec_backend(docker_exec_commit)(config)
+            names = ("docker_pool", "docker_backend")
+            backend = modules_at(docker_exec_commit, names).DockerBackend(config)
+        elif name == "bwrap-old":
+            backend = modules_at(bwrap_old_commit, BWRAP_OLD_MODULES).BwrapBackend(config)
         else:
             backend = BACKENDS[config.backend](config)
         sandbox = Sandbox(config, backend=backend)
@@ -437,13 +483,14 @@ def bench(
     rounds: int = 1,
     docker_exec_commit: str = DOCKER_EXEC_COMMIT,
     concurrencies: tuple[int, ...] = CONCURRENCIES,
+    bwrap_old_commit: str = BWRAP_OLD_COMMIT,
 ) -> list[tuple]:
     """Every cell runs each backend back to back (`rounds` times, alternating the order), so
     that the comparison sees the same load from whatever else runs on the machine."""
     benches = []
     try:
         for name in names:
-            benches.append(Bench.start(name, pool_size, docker_exec_commit))
+            benches.append(Bench.start(name, pool_size, docker_exec_commit, bwrap_old_commit))
         rows = []
         for workload in workloads:
             code, timeout_s = WORKLOADS[workload]
@@ -456,7 +503,7 @@ def bench(
                     for one in order:
                         wait_for_pool(one.backend, pool_size)
                         cell = run_cell(
-                            one.client, one.backend, code, timeout_s, concurrency, count
+                            one.client, one.backend, code, timeout_s, concurrency, count, pool_size
                         )
                         rows.append((workload, concurrency, one.name, cell))
                         print(
@@ -514,15 +561,20 @@ def summarize(rows: list[tuple]) -> None:
 def paired(cells: dict[tuple, list[dict]]) -> None:
     """Per round, each backend's throughput and CPU per request (service + programs, so that
     other users of the machine do not count) as ratios to bare's in the same round (the rounds
-    ran back to back): min / median / max over the rounds."""
-    print("\n| workload | c | backend | req/s vs bare | CPU/req vs bare | rounds |")
-    print("|---|---|---|---|---|---|")
+    ran back to back): min / median / max over the rounds. CPU once the pool's background
+    work for the cell is done, and as read when the last request was answered."""
+    keys = ("rps", "own_cpu_ms", "answered_cpu_ms")
+    print(
+        "\n| workload | c | backend | req/s vs bare | CPU/req vs bare "
+        "| CPU/req vs bare, read when answered | rounds |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for (workload, concurrency, name), found in sorted(cells.items()):
         bare = cells.get((workload, concurrency, "bare"))
         if name == "bare" or not bare:
             continue
         spreads = []
-        for key in ("rps", "own_cpu_ms"):
+        for key in keys:
             ratios = sorted(c[key] / b[key] for c, b in zip(found, bare, strict=False) if b[key])
             spreads.append(
                 f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}"
@@ -530,7 +582,7 @@ def paired(cells: dict[tuple, list[dict]]) -> None:
                 else "-"
             )
         print(
-            f"| {workload} | {concurrency} | {name} | {spreads[0]} | {spreads[1]} | "
+            f"| {workload} | {concurrency} | {name} | {' | '.join(spreads)} | "
             f"{min(len(found), len(bare))} |"
         )
 
@@ -561,6 +613,11 @@ def main() -> None:
         help="the commit whose docker backend the `docker-exec` backend runs",
     )
     parser.add_argument(
+        "--bwrap-old-commit",
+        default=BWRAP_OLD_COMMIT,
+        help="the commit whose bwrap backend the `bwrap-old` backend runs",
+    )
+    parser.add_argument(
         "--starvation",
         action="store_true",
         help="print(1) latency during eight 5 s busy loops vs idle, per backend",
@@ -578,6 +635,7 @@ def main() -> None:
         args.rounds,
         args.docker_exec_commit,
         tuple(args.concurrency),
+        args.bwrap_old_commit,
     )
     print(f"{time.perf_counter() - start:.0f} s including start-up and teardown")
     summarize(rows)
