@@ -21,7 +21,7 @@ agentrl.sandbox.bwrap and by the sessions (agentrl.sandbox.sessions).
 
 /dev/shm is a tmpfs of `disk_mb` and the rest of /dev read-only (bwrap's /dev is otherwise an
 unbounded tmpfs the program may write). A private slot (no root to mount its tmpfs;
-agentrl.sandbox.private_tmpfs) gets tmpfs mounts of `disk_mb` at /work and /tmp from bwrap.
+agentrl.sandbox.private_tmpfs) gets /work, /tmp and /dev/shm from one tmpfs of `disk_mb`.
 
 Without a cgroup (not root, cgroup v2 host) memory falls back to RLIMIT_AS per process, and
 the process limit to RLIMIT_NPROC set by prlimit inside the run's own user namespace, which
@@ -36,11 +36,19 @@ from __future__ import annotations
 import math
 import os
 import shlex
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from agentrl.common.config import SandboxConfig
+from agentrl.common.logging import get_logger
 from agentrl.sandbox.cgroups import Cgroup
+from agentrl.sandbox.launch import build as build_launcher
+from agentrl.sandbox.private_tmpfs import private_mounts, supports_size
+from agentrl.sandbox.seccomp import write_filter
 from agentrl.sandbox.workdir import SlotDir
+
+log = get_logger(__name__)
 
 # The sandbox's environment: nothing of the service's leaks in.
 SANDBOX_ENV = {
@@ -78,8 +86,8 @@ class Tools:
     prlimit: str | None = None
     """util-linux prlimit (sets the per-run process limit inside the run's user namespace)."""
     sized_tmpfs: bool = False
-    """bwrap has `--size` (>= 0.5): /dev/shm and a private slot's /work and /tmp are tmpfs
-    mounts of `disk_mb` in the run's own mount namespace."""
+    """bwrap has `--size` (>= 0.5): /dev/shm is a tmpfs of `disk_mb` in the run's own mount
+    namespace (a private slot's shares one with its /work and /tmp)."""
     launcher: str | None = None
     """The built launcher (agentrl.sandbox.launch); None: sh and setpriv do its steps."""
 
@@ -194,12 +202,47 @@ def bwrap_args(
         args += ["--ro-bind", path, path]
     args += ["--proc", "/proc", "--dev", "/dev"]
     size = str(config.disk_mb << 20)
-    if sized_tmpfs:
+    if sized_tmpfs and not slot_dir.private:
         # bwrap's /dev is a tmpfs of the sandbox uid without a size: /dev/shm gets a sized
         # one of its own and the rest of /dev becomes read-only, so neither fills memory.
         args += ["--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     if slot_dir.private:
-        args += ["--size", size, "--tmpfs", "/work", "--size", size, "--tmpfs", "/tmp"]
+        args += private_mounts(config.disk_mb << 20)  # /work, /tmp, /dev/shm: one tmpfs
     else:
         args += ["--bind", str(slot_dir.work), "/work", "--bind", str(slot_dir.tmp), "/tmp"]
     return [*args, "--chdir", "/work", "--remount-ro", "/"]
+
+
+def find_tools(config: SandboxConfig, root: Path) -> Tools:
+    """The host's tools for `config`: bwrap (required), setpriv and prlimit, the launcher built
+    into `root` (the backend's instance dir) and the seccomp filter written there. Logs a
+    warning for each protection a missing one costs."""
+    bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
+    if bwrap is None:
+        raise RuntimeError("bubblewrap is not installed; `apt-get install -y bubblewrap`")
+    launcher = build_launcher(root)
+    # As root, the sandbox runs as an unprivileged host uid (nobody), not as mapped root.
+    can_drop = launcher is not None or setpriv is not None
+    run_as = config.sandbox_uid if os.geteuid() == 0 and can_drop else None
+    seccomp_path: Path | None = root / "seccomp.bpf"
+    if not config.seccomp:
+        log.warning("sandbox.seccomp is off: sandboxes run without a syscall filter")
+        seccomp_path = None
+    elif not write_filter(seccomp_path):
+        log.warning(
+            "no seccomp filter for this architecture (%s): sandboxes run without one",
+            os.uname().machine,
+        )
+        seccomp_path = None
+    tools = Tools(
+        bwrap,
+        setpriv,
+        run_as,
+        str(seccomp_path) if seccomp_path else None,
+        shutil.which("prlimit"),
+        supports_size(bwrap),
+        launcher,
+    )
+    if not tools.sized_tmpfs:
+        log.warning("bwrap %s has no --size (bubblewrap >= 0.5 has): /dev/shm unbounded", bwrap)
+    return tools

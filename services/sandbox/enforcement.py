@@ -44,10 +44,11 @@ def bwrap_limits(
     cgroup_note: str = "",
 ) -> list[Limit]:
     """The bwrap backend's limits given what it found at start-up. `disk`: "slot" (a tmpfs
-    per slot mounted by the service), "private" (tmpfs mounts in each run's own mount
-    namespace, by bwrap) or "none"; `shm`: /dev/shm is a sized tmpfs and /dev read-only;
-    `run_watch`: without cgroups, a run's processes are sampled together; `cgroups`: the
-    hierarchy used ("cgroup v1", "cgroup v2") or None, and `cgroup_note` why none."""
+    per slot mounted by the service), "private" (one tmpfs for /work, /tmp and /dev/shm in
+    each run's own mount namespace, by bwrap) or "none"; `shm`: /dev/shm is a sized tmpfs and
+    /dev read-only; `run_watch`: without cgroups, a run's processes and tmpfs files are sampled
+    together; `cgroups`: the hierarchy used ("cgroup v1", "cgroup v2") or None, and
+    `cgroup_note` why none."""
     hierarchy = cgroups or ""
     missing_cgroup = (
         f"no usable cgroup ({cgroup_note or 'not detected'}): run as root on a cgroup v1 host "
@@ -62,8 +63,9 @@ def bwrap_limits(
     if run_watch:
         memory_how = (
             f"all processes of a run together, sampled every {SAMPLE_INTERVAL_S * 1000:g} ms "
-            "(proportional anonymous + shared memory); a run past memory_mb is killed and "
-            f"reported oom; not a kernel limit: between samples the hard bound is {hard_bound}"
+            "(proportional anonymous + shared memory, plus the run's files in its tmpfs at "
+            "/work, /tmp and /dev/shm); a run past memory_mb is killed and reported oom; not a "
+            f"kernel limit: between samples the hard bound is {hard_bound}"
         )
     else:
         memory_how = (
@@ -71,10 +73,22 @@ def bwrap_limits(
             "sampled watch"
         )
     shm_how = f"; /dev/shm a tmpfs of disk_mb={config.disk_mb}, the rest of /dev read-only"
+    if disk == "private":
+        shm_how = ", the rest of /dev read-only"
+    # Where a tmpfs's pages are charged: memory, not disk.
+    charged = (
+        "its pages charged to the run's memory cgroup"
+        if cgroups
+        else "counted in the run's sampled memory"
+        if run_watch
+        else "in memory charged to no run (the pod's memory limit must allow for it)"
+    )
     disk_how = {
-        "slot": f"a tmpfs of disk_mb={config.disk_mb} per slot (work dir and /tmp together)",
-        "private": f"tmpfs mounts of disk_mb={config.disk_mb} each at /work and /tmp inside each "
-        "run's own mount namespace (bwrap --size; nothing reaches the host's disk)",
+        "slot": f"a tmpfs of disk_mb={config.disk_mb} per slot (work dir and /tmp together), "
+        f"{charged}",
+        "private": f"one tmpfs of disk_mb={config.disk_mb} for /work, /tmp and /dev/shm "
+        "together, inside each run's own mount namespace (bwrap --size; nothing reaches the "
+        f"host's disk), {charged}",
         "none": "only RLIMIT_FSIZE per file: many files can fill the host disk under work_root; "
         "needs root (a tmpfs per slot) or bubblewrap >= 0.5 (--size)",
     }[disk]

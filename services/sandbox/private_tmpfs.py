@@ -1,10 +1,28 @@
-"""A run's /work and /tmp as size-limited tmpfs mounts inside its own mount namespace.
+"""A run's /work, /tmp and /dev/shm as one size-limited tmpfs inside its own mount namespace.
 
 Without root the service cannot mount a tmpfs per slot (agentrl.sandbox.workdir), so a run's
 files would land on the host disk, bounded only per file by RLIMIT_FSIZE. bubblewrap can
-mount them itself, inside the user and mount namespaces it makes for the run:
-`--size BYTES --tmpfs /work` (bwrap >= 0.5), so the kernel stops a run at `disk_mb` and
-everything the run wrote is gone when its last process exits.
+mount one itself, inside the user and mount namespaces it makes for the run (`--size BYTES
+--tmpfs`, bwrap >= 0.5): `private_mounts` makes a single tmpfs of `disk_mb` at `DISK_ROOT`
+and bind-mounts three directories of it at /work, /tmp and /dev/shm, so the kernel stops the
+run's files *together* at `disk_mb` (ENOSPC in all three), and everything the run wrote is
+gone when its last process exits. The tmpfs is memory: agentrl.sandbox.run_watch counts what
+it holds in the run's memory, as a memory cgroup would charge it.
+
+    bwrap ... --size N --tmpfs /.agentrl-disk  --dir /.agentrl-disk/work
+              --bind-try ../../newroot/.agentrl-disk/work /work  (tmp, shm alike)
+              --remount-ro /.agentrl-disk
+
+A bind's source is a host path to bwrap (0.5 to 0.11 alike): it first resolves it with
+realpath() on the host, relative to its cwd (`--bind-try` keeps a source that does not exist
+there as given), then mounts it from under `/oldroot`, where it moved the host's root, beside
+the sandbox's root at `/newroot` in its set-up tmpfs. A relative source with one `..` per level
+of the service's cwd is `/newroot/...` on the host (absent: only root could make it, and
+`private_mounts` refuses to run if it exists) and `/oldroot/../../newroot/...`, a directory of
+the sandbox's own tmpfs, at set-up. Were a bind skipped, /work would be missing and bwrap's
+`--chdir /work` would fail the run; tests/unit/sandbox/test_run_watch.py and
+tests/integration/test_sandbox_nonroot.py check the layout. `DISK_ROOT` itself stays visible to
+the run, read-only (the same files as its three mounts).
 
 The host reaches such a tmpfs through the run's own processes: the service owns the run's user
 namespace (it made it), so it may open `/proc/<pid>/root/work` of a process inside it. A
@@ -15,11 +33,12 @@ service then opens the run's /work as a directory fd, writes the request's files
 tmpfs: after the run has exited the service reads the fetched files through it, then closes
 it, which frees the memory. A session opens the fd once its kernel is ready and keeps it.
 
-    bwrap ... --size N --tmpfs /work -- sh -c 'echo HOLD; read; exec "$@"' program
+    bwrap ... (private_mounts) -- sh -c 'echo HOLD; read; exec "$@"' program
     service: read HOLD -> open /proc/<child>/root/work -> write files -> RELEASE + stdin
 
-What this module does NOT cover: the tmpfs is memory, not disk; without a memory cgroup it is
-charged to no run (the pod's cgroup, if any, holds it): `disk_mb` per mount bounds it.
+What this module does NOT cover: the tmpfs is memory, not disk; without a memory cgroup and
+without the sampled watch (Linux < 5.10) it is charged to no run (the pod's cgroup, if any,
+holds it) and only `disk_mb` bounds it.
 """
 
 from __future__ import annotations
@@ -28,6 +47,7 @@ import os
 import select
 import subprocess
 import time
+from pathlib import Path
 
 from agentrl.sandbox.no_follow import DIR_FLAGS
 from agentrl.sandbox.run_watch import parent_pid
@@ -38,6 +58,13 @@ RELEASE = b"\n"
 HOLD_SCRIPT = f'echo {HOLD_LINE.decode().strip()}; read -r _ || exit 125; exec "$@"'
 # bwrap's set-up takes milliseconds; this allows for a loaded host.
 HOLD_TIMEOUT_S = 30.0
+# Where the run's one tmpfs is mounted; a hidden name at the root (read-only there), since
+# /work, /tmp and /dev/shm each show one of its directories.
+DISK_ROOT = "/.agentrl-disk"
+# Where bwrap keeps the sandbox's root during set-up (and so a bind source's host-side path).
+NEWROOT = "/newroot"
+# The tmpfs's directory behind each writable place of the run.
+DISK_DIRS = {"work": "/work", "tmp": "/tmp", "shm": "/dev/shm"}
 
 
 def supports_size(bwrap: str) -> bool:
@@ -49,6 +76,21 @@ def supports_size(bwrap: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return "--size" in result.stdout + result.stderr
+
+
+def private_mounts(disk_bytes: int) -> list[str]:
+    """bwrap arguments (after `--dev /dev`): /work, /tmp and /dev/shm from one tmpfs of
+    `disk_bytes`, the tmpfs's own root and the rest of /dev read-only."""
+    if os.path.lexists(NEWROOT):
+        raise RuntimeError(
+            f"{NEWROOT} exists on this host: bwrap would bind it as a run's /work; remove it"
+        )
+    up = "../" * len(Path.cwd().parts)  # from the cwd up to /, on the host and at set-up
+    args = ["--size", str(disk_bytes), "--tmpfs", DISK_ROOT]
+    for name, dest in DISK_DIRS.items():
+        inside = f"{DISK_ROOT}/{name}"
+        args += ["--dir", inside, "--bind-try", f"{up}{NEWROOT[1:]}{inside}", dest]
+    return [*args, "--remount-ro", DISK_ROOT, "--remount-ro", "/dev"]
 
 
 def hold_argv(program: list[str]) -> list[str]:

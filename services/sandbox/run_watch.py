@@ -13,8 +13,16 @@ bound, passes the limit) and kills the run the first time the sum passes its lim
 reports status `oom`. A run is killed within one sample of holding more than its limit; between
 samples it can pass the limit by what it allocates in that time, never more than RLIMIT_AS per
 process (memory_mb + 256 MB) times the processes it may have (max_processes). It is not a
-kernel limit: no allocation fails, the run is killed after it. File pages (page cache) and the
-run's tmpfs mounts (bounded by disk_mb) are not counted. Needs Linux >= 5.10 (Pss_Anon).
+kernel limit: no allocation fails, the run is killed after it. Needs Linux >= 5.10 (Pss_Anon).
+
+The run's files count too, as a memory cgroup charges them: /work, /tmp and /dev/shm are tmpfs
+(agentrl.sandbox.private_tmpfs, or a slot's tmpfs as root), memory that a process's smaps shows
+only while it maps the file, so each sample adds what those file systems hold (fstatfs, each
+file system once). The watch opens them as O_PATH fds through /proc/<pid>/root of a process of
+the run (once bwrap has moved it into the run's own root), keeps them until the watch ends and
+counts only tmpfs (a slot dir on the host's disk is disk, bounded per file by RLIMIT_FSIZE). So a run holding 20 MB in its processes and
+40 MB of files under memory_mb=48 is killed and reported `oom` (`Watched.reason` says which).
+File pages of the host (page cache of /usr) are not counted.
 
 CPU: a token bucket per run, filled at `cpu_cores` CPU seconds per wall second (at most
 `CPU_BURST_S` x cpu_cores ahead) and drained by the CPU time of the run's processes (utime +
@@ -26,18 +34,21 @@ between samples takes its last < 50 ms of CPU uncounted.
 
 A one-shot run is watched for its run (`watching_process`); a session's interpreter from its
 start to its stop (`add_process` ... `remove`, agentrl.sandbox.sessions), between calls too: a
-thread the program left running in it is paused at the session's quota and killed with the
-session past its memory limit. Each watched run or session costs one sample per 50 ms (median
-~190 us on a 3-process tree, 2 loaded cores: 64 idle sessions, the default max_sessions, take
-~25% of a core; docs/sandbox.md).
+thread the program left running in it is paused at the session's quota, and the session is
+killed past its memory limit, files it keeps in /work between calls included. Each watched run
+or session costs one sample per 50 ms (docs/sandbox.md gives the measured cost).
 
 What this does NOT cover: processes of the run that escaped its process tree (none can: bwrap's
 pid namespace adopts orphans); a child seen alive by a sample, then reaped after a later one, has
-its CPU time counted twice (alive, then in its parent's reaped-children time).
+its CPU time counted twice (alive, then in its parent's reaped-children time); a tmpfs file the
+run also maps (an mmap of a file in /work, a multiprocessing.shared_memory block in /dev/shm)
+counts twice once the exact sum is taken, as a file and as mapped shared memory (a memory cgroup
+counts it once); a run's files written and its processes exited within one sample are not seen.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -59,6 +70,15 @@ HELD_FIELDS = ("Pss_Anon", "Pss_Shmem")
 CPU_BURST_S = 0.2
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+# Where a run writes, under its root: tmpfs mounts (its own one, or a slot's and /dev/shm's as
+# root) or, without either, a host dir on disk (not memory: not counted).
+WRITABLE_PLACES = ("work", "tmp", "dev/shm")
+# statfs f_type of tmpfs (linux/magic.h).
+TMPFS_MAGIC = 0x01021994
+PLACE_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MEGABYTE = 1 << 20
+# The service's own root: a process of the run still there has not been moved into the run's.
+_HOST_ROOT = (os.stat("/").st_dev, os.stat("/").st_ino)
 
 
 def process_memory_bytes(pid: int) -> int:
@@ -113,6 +133,68 @@ def supported() -> bool:
         return False
 
 
+class StatFs(ctypes.Structure):
+    """`struct statfs` of 64-bit Linux (glibc, x86-64 and aarch64)."""
+
+    _fields_ = [
+        ("f_type", ctypes.c_long),
+        ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_ulong),
+        ("f_bfree", ctypes.c_ulong),
+        ("f_bavail", ctypes.c_ulong),
+        ("f_files", ctypes.c_ulong),
+        ("f_ffree", ctypes.c_ulong),
+        ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    ]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def tmpfs_used_bytes(fd: int) -> int | None:
+    """Bytes the file system of `fd` holds if it is a tmpfs; None otherwise (or on error)."""
+    buf = StatFs()
+    if _LIBC.fstatfs(fd, ctypes.byref(buf)) != 0 or buf.f_type != TMPFS_MAGIC:
+        return None
+    return (buf.f_blocks - buf.f_bfree) * buf.f_bsize
+
+
+def open_tmpfs_places(pid: int) -> list[int] | None:
+    """O_PATH fds of the distinct tmpfs file systems at /work, /tmp and /dev/shm of `pid`'s
+    root (no link followed; a place on the host's disk left out); None while `pid` is not yet
+    in a root of its own with a /work (bwrap still setting up), or is gone."""
+    root = f"/proc/{pid}/root"
+    try:
+        own = os.stat(root)
+    except OSError:
+        return None
+    if (own.st_dev, own.st_ino) == _HOST_ROOT:
+        return None
+    fds: dict[int, int] = {}
+    try:
+        for place in WRITABLE_PLACES:
+            try:
+                fd = os.open(f"{root}/{place}", PLACE_FLAGS)
+            except OSError:
+                if place == "work":
+                    return None  # not the run's own root yet
+                continue
+            device = os.fstat(fd).st_dev
+            if device in fds or tmpfs_used_bytes(fd) is None:
+                os.close(fd)
+            else:
+                fds[device] = fd
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return list(fds.values())
+
+
 @dataclass
 class Watched:
     root_pid: int
@@ -122,7 +204,14 @@ class Watched:
     """CPU quota in cores (0: none)."""
     exceeded: bool = False
     peak_bytes: int = 0
-    """Largest sum seen: resident bytes, or the proportional count once that passed the limit."""
+    """Largest sum seen: resident bytes, or the proportional count once that passed the limit,
+    plus the run's tmpfs files."""
+    tmpfs_bytes: int = 0
+    """What the run's tmpfs mounts held at the last sample."""
+    reason: str = ""
+    """Why the run was killed (set with `exceeded`): what its processes and its files held."""
+    tmpfs_fds: list[int] | None = None
+    """O_PATH fds of the run's tmpfs mounts (None until found; closed by `RunWatch.remove`)."""
     done: bool = False
     """Set when the watch ends: `kill` is never called after that (its pidfd is closed)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -168,6 +257,9 @@ class RunWatch:
                 return
             watched.done = True
             _resume(watched)
+            for fd in watched.tmpfs_fds or ():
+                os.close(fd)
+            watched.tmpfs_fds = None
             if watched.on_end is not None:
                 watched.on_end()
 
@@ -217,21 +309,29 @@ class RunWatch:
             self.remove(watched)
 
     def sample(self, watched: Watched) -> None:
-        """Add up the run's processes now; kill it the first time the sum passes its limit;
-        pause or resume it by its CPU quota."""
+        """Add up the run's processes and files now; kill it the first time the sum passes its
+        limit; pause or resume it by its CPU quota."""
         pids = session_pids(watched.root_pid, None) - {watched.root_pid}
+        if watched.tmpfs_fds is None:
+            self._find_tmpfs(watched, pids)
+        files = sum(tmpfs_used_bytes(fd) or 0 for fd in watched.tmpfs_fds or ())
         # Resident memory bounds the proportional count from above: the costly exact sum is
         # needed only when the cheap one passes the limit.
         held = sum(process_rss_bytes(pid) for pid in pids)
-        if held > watched.limit_bytes:
+        if held + files > watched.limit_bytes:
             held = sum(process_memory_bytes(pid) for pid in pids)
-        watched.peak_bytes = max(watched.peak_bytes, held)
+        watched.tmpfs_bytes = files
+        watched.peak_bytes = max(watched.peak_bytes, held + files)
         now, cpu_s = time.monotonic(), sum(process_cpu_s(pid) for pid in pids)
         with watched.lock:
             if watched.done:
                 return
-            if held > watched.limit_bytes and not watched.exceeded:
+            if held + files > watched.limit_bytes and not watched.exceeded:
                 watched.exceeded = True
+                watched.reason = (
+                    f"{(held + files) // MEGABYTE} MB held: {held // MEGABYTE} MB by its "
+                    f"processes, {files // MEGABYTE} MB by its files in /work, /tmp and /dev/shm"
+                )
                 watched.kill()
             if watched.cpu_cores <= 0:
                 return
@@ -245,6 +345,23 @@ class RunWatch:
                 _pause(watched, pids)
             elif watched.paused:
                 _resume(watched)
+
+    @staticmethod
+    def _find_tmpfs(watched: Watched, pids: set[int]) -> None:
+        """Open the run's tmpfs mounts through the first process of the run (by pid) that
+        bwrap has moved into the run's own root; kept once found (the mounts never change)."""
+        for pid in sorted(pids):
+            fds = open_tmpfs_places(pid)
+            if fds is None:
+                continue
+            # A pid reused since the tree was listed has a parent outside it.
+            keep = parent_pid(pid) in pids | {watched.root_pid}
+            with watched.lock:
+                if keep and not watched.done:
+                    watched.tmpfs_fds, fds = fds, []
+            for fd in fds:
+                os.close(fd)
+            return
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

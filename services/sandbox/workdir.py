@@ -13,10 +13,12 @@ host file or directory, dangling, in a parent component) makes the write a `reje
 and a fetch skip the file; it is never followed.
 
 Without root the slot cannot mount a tmpfs. A slot made with `private_ok` (the bwrap backend,
-when its bwrap has `--size`) is then *private*: bwrap mounts a tmpfs of `disk_mb` at /work and
-/tmp inside each run's own mount namespace (agentrl.sandbox.private_tmpfs), nothing of the run
-touches the host's disk, and the service reaches /work through a directory fd it opens from a
-process of the run (`attach`) and keeps until the run's files are read back (`detach`).
+when its bwrap has `--size`) is then *private*: bwrap mounts one tmpfs of `disk_mb` for /work,
+/tmp and /dev/shm together inside each run's own mount namespace (agentrl.sandbox.private_tmpfs),
+nothing of the run touches the host's disk, and the service reaches /work through a directory
+fd it opens from a process of the run (`attach`) and keeps until the run's files are read back
+(`detach`). Without a memory cgroup, what a slot's tmpfs holds (mounted or private) counts in
+the run's sampled memory (agentrl.sandbox.run_watch).
 
 `sweep_stale` frees what a crashed service process left (its cgroups, its mounted work dirs);
 `check_traversable` checks that the sandbox uid can reach the slot dirs.

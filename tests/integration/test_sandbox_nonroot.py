@@ -2,9 +2,11 @@
 cgroups, no tmpfs mounts of its own and no setpriv. A real service runs as that user; /readyz
 says which limits hold and which do not, a fork bomb in one run leaves another client's
 print(1) working (the per-run process limit lives in the run's own user namespace), nothing of
-the run survives it, and a run that writes 1 GB is stopped at `disk_mb` by the tmpfs mounts
-bwrap makes in the run's own mount namespace, with request files in, fetched files out, C++
-and sessions working through them."""
+the run survives it, and a run that writes 1 GB is stopped at `disk_mb` by the one tmpfs bwrap
+makes in the run's own mount namespace for /work, /tmp and /dev/shm together, with request
+files in, fetched files out, C++ and sessions working through it. What that tmpfs holds is
+memory and counts in the run's memory limit: a run (or a session, between calls) whose files
+and processes together pass memory_mb is killed and reported oom."""
 
 import ast
 import base64
@@ -202,21 +204,52 @@ def disk_use_bytes(path: str) -> int:
 
 
 def test_a_run_writing_1_gb_stops_at_disk_mb_in_its_own_tmpfs(service):
-    assert "own mount namespace" in service.get("/readyz").json()["limits"]["disk"]["how"]
+    """1 GB per mount: /work, /tmp and /dev/shm share one tmpfs, so their files together stop
+    at disk_mb=64 (each of /tmp and /dev/shm its own 64 MB before, 3 x disk_mb of memory)."""
+    disk_how = service.get("/readyz").json()["limits"]["disk"]["how"]
+    assert "own mount namespace" in disk_how and "/dev/shm together" in disk_how, disk_how
     before = disk_use_bytes(service.work_root)
     answer = run(service, FILL, run_timeout=60)
     assert answer["status"] == "Success", answer
     written = ast.literal_eval(answer["run_result"]["stdout"])
-    # Each mount stops short of disk_mb=64 with ENOSPC (28), files of 4 MB each: <= 60 MB.
-    assert {mount: value[1] for mount, value in written.items() if mount != "/dev"} == {
-        "/work": 28,
-        "/tmp": 28,
-        "/dev/shm": 28,
+    # /work fills the tmpfs short of 64 MB (files of 4 MB each, main.py beside them); then
+    # every mount gets ENOSPC (28) at once.
+    assert {mount: value for mount, value in written.items() if mount != "/dev"} == {
+        "/work": (written["/work"][0], 28),
+        "/tmp": (0, 28),
+        "/dev/shm": (0, 28),
     }, written
-    assert all(56 <= value[0] <= 64 for mount, value in written.items() if mount != "/dev")
+    assert 56 <= written["/work"][0] <= 64, written
     assert written["/dev"] == 30  # EROFS: the rest of /dev is read-only
     # Nothing of it reached the host's disk under work_root.
     assert disk_use_bytes(service.work_root) - before < 1 << 20
+
+
+FILES_AND_HOLD = """
+import os, time
+written = 0
+for mount in ("/work", "/tmp", "/dev/shm"):
+    try:
+        for index in range(6):  # 24 MB per mount in 4 MB files: 72 MB, past disk_mb=64
+            with open(f"{mount}/held-{index}", "wb") as handle:
+                handle.write(b"x" * (4 << 20))
+            written += 4
+    except OSError:
+        pass
+print(written, "MB written", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_runs_files_count_in_its_memory(service):
+    """Files in /work, /tmp and /dev/shm are memory (tmpfs): a run holding ~60 MB of them under
+    memory_limit_MB=32 is killed and reported oom, the message saying what its files held.
+    (Before, each mount was a tmpfs of its own charged to no run: 72 MB written, Success.)"""
+    memory_how = service.get("/readyz").json()["limits"]["memory"]["how"]
+    assert "/work, /tmp and /dev/shm" in memory_how, memory_how
+    answer = run(service, FILES_AND_HOLD, memory_limit_MB=32, run_timeout=60)
+    assert answer["status"] == "Failed" and answer["message"].startswith("oom"), answer
+    assert "by its files in /work, /tmp and /dev/shm" in answer["message"], answer
 
 
 def test_files_go_in_and_come_out_through_the_private_work_dir(service):
@@ -379,3 +412,39 @@ def test_a_thread_growing_past_the_limit_between_calls_gets_the_session_killed(s
     assert clean.status == Status.OK and clean.stdout == "False\n", clean
     assert clean.message.startswith("(a new interpreter"), clean
     assert grpc.close_session("grower")
+
+
+FILL_BETWEEN_CALLS = """
+import threading, time
+def fill():
+    time.sleep(0.5)
+    try:
+        for index in range(20):  # 80 MB of files, at most 40 MB/s: past disk_mb=64 too
+            with open(f"/work/kept-{index}", "wb") as handle:
+                handle.write(b"x" * (4 << 20))
+            time.sleep(0.1)
+    except OSError:
+        pass
+    time.sleep(600)
+threading.Thread(target=fill, daemon=True).start()
+print('filling')
+"""
+
+
+def test_a_session_filling_its_work_dir_between_calls_gets_killed(service):
+    """A call leaves a thread writing files into /work after the call returned; the session's
+    limit is 48 MB: its files (up to disk_mb=64) and its interpreter together pass it, the
+    watch kills the session between calls and the next call is `oom`, the state lost."""
+    grpc = service.grpc
+    first = grpc.execute(FILL_BETWEEN_CALLS, session_id="filler", memory_mb=48, timeout_s=30)
+    assert first.status == Status.OK and first.stdout == "filling\n", first
+    kernel = session_kernel_pid(service)
+    deadline = time.monotonic() + 60
+    while kernel in session_pids(service.server_pid, None):
+        assert time.monotonic() < deadline, "the session's files passed its limit; it lived on"
+        time.sleep(0.1)
+    after = grpc.execute("print('after')", session_id="filler", timeout_s=30)
+    assert after.status == Status.OOM, after
+    assert "held more than 48 MB together" in after.message, after
+    assert "session state was lost" in after.message, after
+    assert grpc.close_session("filler")
