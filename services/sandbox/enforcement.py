@@ -74,7 +74,7 @@ def bwrap_limits(
         )
     shm_how = f"; /dev/shm a tmpfs of disk_mb={config.disk_mb}, the rest of /dev read-only"
     if disk == "private":
-        shm_how = ", the rest of /dev read-only"
+        shm_how = "; the rest of /dev read-only"
     # Where a tmpfs's pages are charged: memory, not disk.
     charged = (
         "its pages charged to the run's memory cgroup"
