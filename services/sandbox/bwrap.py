@@ -4,15 +4,14 @@ A slot is a reusable bundle of host resources, one per concurrent execution plus
 cgroup (memory, pids, cpu, cpuacct; agentrl.sandbox.cgroups) and a size-limited tmpfs work dir
 (agentrl.sandbox.workdir). Each slot keeps a *warm* sandbox (agentrl.sandbox.bwrap_argv: the
 launcher joins the cgroups, sets rlimits and drops to the sandbox uid, bwrap unshares every
-namespace) running agentrl.sandbox.runner, which waits on stdin for one program.
+namespace) running agentrl.sandbox.runner, which waits on stdin for one program; the slots,
+their warm sandboxes and their recycling live in agentrl.sandbox.bwrap_slots.
 
 One run: write the files and the source into the slot, hand the source to the warm runner and
 drive it with agentrl.sandbox.capture. The runner reports the program's exit status on a
 control pipe once the program's observable shutdown is done, and the request is answered then,
-without waiting for the interpreter and the namespaces to come down. Recycler threads then
-SIGKILL everything left in the slot's cgroup until it is empty, empty the work dir and start
-the next warm sandbox; only then is the slot handed out again, so the next run never meets
-the previous one's processes or files. Bash, and Python when no warm sandbox is there, start
+without waiting for the interpreter and the namespaces to come down; the slot is recycled in
+the background before it is handed out again. Bash, and Python when no warm sandbox is there, start
 cold and are answered at EOF as before. On timeout or output overflow every process of the
 cgroup is SIGKILLed at once; the pid namespace dies with its init anyway, so children that
 called setsid() die too.
@@ -41,22 +40,15 @@ from __future__ import annotations
 
 import math
 import os
-import queue
 import shutil
 import subprocess
-import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
-from agentrl.sandbox.bwrap_argv import (
-    MAX_OPEN_FILES,
-    SANDBOX_ENV,
-    Tools,
-    sandbox_argv,
-)
+from agentrl.sandbox.bwrap_argv import MAX_OPEN_FILES, SANDBOX_ENV, find_tools, sandbox_argv
+from agentrl.sandbox.bwrap_slots import RUNNER_SOURCE, Slot, SlotPool
 from agentrl.sandbox.capture import Captured, drive, kill_group, spawn
 from agentrl.sandbox.cgroup_v2 import detect_cgroups
 from agentrl.sandbox.cgroups import Cgroup
@@ -70,12 +62,10 @@ from agentrl.sandbox.interface import (
 )
 from agentrl.sandbox.languages import BINARY_PATH, Language, get_language
 from agentrl.sandbox.launch import FAILURE_PREFIX
-from agentrl.sandbox.launch import build as build_launcher
 from agentrl.sandbox.outcome import classify, compile_failure, compile_memory_mb, compile_outcome
-from agentrl.sandbox.private_tmpfs import RELEASE, await_hold, hold_argv, sandbox_pid, supports_size
+from agentrl.sandbox.private_tmpfs import RELEASE, await_hold, hold_argv, sandbox_pid
 from agentrl.sandbox.run_watch import RunWatch, Watched
 from agentrl.sandbox.run_watch import supported as run_watch_supported
-from agentrl.sandbox.seccomp import write_filter
 from agentrl.sandbox.workdir import CGROUP_PREFIX, SlotDir, check_traversable, sweep_stale
 
 __all__ = [
@@ -93,11 +83,6 @@ log = get_logger(__name__)
 
 # A finished run's pid namespace tears down asynchronously; wait this long before force-killing.
 TEARDOWN_WAIT_S = 1.0
-RUNNER_SOURCE = (Path(__file__).parent / "runner.py").read_text()
-# Threads tearing down and re-priming used slots. A reset mostly waits (the old sandbox's
-# SIGKILL rounds, fork/exec of the next one while running sandboxes hold the CPUs), so one
-# thread would cap throughput near 1 / (its wall time).
-RECYCLER_THREADS = 4
 # The compiled binary's name in the work dir (carried from compile to run in a private slot).
 BINARY_NAME = BINARY_PATH.removeprefix("/work/")
 # Warm slots beyond max_concurrency (this fraction of it, at least one): a request answered
@@ -106,22 +91,6 @@ BINARY_NAME = BINARY_PATH.removeprefix("/work/")
 SPARE_SLOT_FRACTION = 0.25
 # What bwrap and the launcher print when they could not start the program (sandbox_error).
 FAILURES = (b"bwrap: ", FAILURE_PREFIX)
-
-
-@dataclass
-class Slot:
-    """Host resources one running sandbox uses: its writable dirs, its cgroup (if any) and,
-    when warm, a sandboxed interpreter already waiting for a program (agentrl.sandbox.runner)."""
-
-    name: str
-    dir: SlotDir
-    cgroup: Cgroup | None
-    warm: subprocess.Popen | None = None
-    control_fd: int = -1
-    """Read end of the warm runner's control pipe (its exit-status line), -1 without one."""
-    spent: subprocess.Popen | None = None
-    """The last run's sandbox when its answer came from the control line: maybe still
-    exiting; the recycler kills and reaps it before the slot is used again."""
 
 
 class BwrapBackend(Backend):
@@ -137,9 +106,6 @@ class BwrapBackend(Backend):
 
     def __init__(self, config: SandboxConfig, num_slots: int | None = None) -> None:
         self.config = config
-        bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
-        if bwrap is None:
-            raise RuntimeError("bubblewrap is not installed; `apt-get install -y bubblewrap`")
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.root = Path(config.work_root) / self.instance
         is_root = os.geteuid() == 0
@@ -147,37 +113,14 @@ class BwrapBackend(Backend):
             sweep_stale(Path(config.work_root))
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
-        launcher = build_launcher(self.root)
-        # As root, the sandbox runs as an unprivileged host uid (nobody), not as mapped root.
-        can_drop = launcher is not None or setpriv is not None
-        self.run_as: int | None = config.sandbox_uid if is_root and can_drop else None
-        seccomp_path = self.root / "seccomp.bpf"
-        if not config.seccomp:
-            log.warning("sandbox.seccomp is off: sandboxes run without a syscall filter")
-            seccomp_path = None
-        elif not write_filter(seccomp_path):
-            log.warning(
-                "no seccomp filter for this architecture (%s): sandboxes run without one",
-                os.uname().machine,
-            )
-            seccomp_path = None
-        self.tools = Tools(
-            bwrap,
-            setpriv,
-            self.run_as,
-            str(seccomp_path) if seccomp_path else None,
-            shutil.which("prlimit"),
-            supports_size(bwrap),
-            launcher,
-        )
-        if not self.tools.sized_tmpfs:
-            log.warning("bwrap %s has no --size (bubblewrap >= 0.5 has): /dev/shm unbounded", bwrap)
-        if self.run_as is not None:
-            try:
+        try:
+            self.tools = find_tools(config, self.root)
+            if self.tools.run_as is not None:
                 check_traversable(self.root)
-            except ValueError:
-                shutil.rmtree(self.root, ignore_errors=True)
-                raise
+        except (RuntimeError, ValueError):
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        self.run_as = self.tools.run_as
         self.cgroups, self.cgroup_note = detect_cgroups(f"{CGROUP_PREFIX}{self.instance}", is_root)
         # Without cgroups, a run's processes are watched together (memory and CPU, sampled).
         self.run_watch: RunWatch | None = None
@@ -191,21 +134,8 @@ class BwrapBackend(Backend):
         if num_slots is None:
             spare = max(1, math.ceil(config.max_concurrency * SPARE_SLOT_FRACTION))
             num_slots = config.max_concurrency + (spare if self.cgroups is not None else 0)
-        # FIFO: the slot recycled longest ago has the most warmed-up interpreter.
-        self._ready: queue.Queue[Slot] = queue.Queue()
-        self._dirty: queue.Queue[Slot | None] = queue.Queue()
-        self._all: list[Slot] = []
-        for index in range(num_slots):
-            slot = self.make_slot(f"slot-{index}")
-            self._all.append(slot)
-            self._prime(slot)
-            self._ready.put(slot)
-        self._recyclers = [
-            threading.Thread(target=self._recycle_loop, name=f"bwrap-recycler-{index}", daemon=True)
-            for index in range(min(RECYCLER_THREADS, len(self._all)))
-        ]
-        for thread in self._recyclers:
-            thread.start()
+        self._all = [self.make_slot(f"slot-{index}") for index in range(num_slots)]
+        self.pool = SlotPool(self._all, config, self.command)
 
     # -- slots ---------------------------------------------------------------------------------
 
@@ -218,13 +148,13 @@ class BwrapBackend(Backend):
         return Slot(name, slot_dir, group)
 
     def release_slot(self, slot: Slot) -> None:
-        self._kill(slot)
+        slot.kill()
         if slot.cgroup is not None:
             slot.cgroup.destroy()
         slot.dir.close()
 
     def pool_size(self) -> int:
-        return self._ready.qsize()
+        return self.pool.num_ready()
 
     def limits(self) -> list[Limit]:
         disk = "private" if any(slot.dir.private for slot in self._all) else "slot"
@@ -241,69 +171,14 @@ class BwrapBackend(Backend):
             run_watch=self.run_watch is not None,
         )
 
-    def _prime(self, slot: Slot) -> None:
-        """Start the slot's next warm interpreter (only with a cgroup: limits are set later;
-        and not in a private slot, whose files go in only once the sandbox is up)."""
-        if slot.cgroup is None or slot.dir.private:
-            return
-        slot.cgroup.set_limits(
-            max(self.config.default_memory_mb, 64), self.config.max_processes, self.config.cpu_cores
-        )
-        read_fd, write_fd = os.pipe()
-        program = [self.config.python, "-c", RUNNER_SOURCE, str(write_fd)]
-        try:
-            slot.warm = spawn(
-                self.command(slot, self.config.max_timeout_s, 0, program, (write_fd,)),
-                SANDBOX_ENV,
-                pass_fds=(write_fd,),
-            )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        slot.control_fd = read_fd
-
-    def _kill(self, slot: Slot) -> None:
-        """Kill and reap the slot's sandbox processes (warm or spent) until its cgroup is empty."""
-        for proc in (slot.warm, slot.spent):
-            if proc is not None:
-                if proc.returncode is None:  # never signal a reaped pid: it may be reused
-                    kill_group(proc)
-                proc.wait()
-                for stream in (proc.stdin, proc.stdout, proc.stderr):
-                    stream.close()
-        slot.warm = slot.spent = None
-        if slot.control_fd >= 0:
-            os.close(slot.control_fd)
-            slot.control_fd = -1
-        if slot.cgroup is not None and not slot.cgroup.kill_all():
-            log.error("processes survived SIGKILL", extra={"slot": slot.name})
-
-    def reset_slot(self, slot: Slot) -> None:
-        """Kill what is left, empty the dirs and the cgroup's charges, start the next warm one."""
-        self._kill(slot)
-        slot.dir.clear()
-        self._prime(slot)
-
-    def _recycle_loop(self) -> None:
-        while (slot := self._dirty.get()) is not None:
-            try:
-                self.reset_slot(slot)
-            except Exception:
-                log.exception(
-                    "slot reset failed; starting it cold next time", extra={"slot": slot.name}
-                )
-            self._ready.put(slot)
-
     # -- execution -----------------------------------------------------------------------------
 
     def execute(self, request: ExecutionRequest) -> ExecutionResult:
-        slot = self._ready.get()
+        slot = self.pool.take()
         try:
             return self.run_in_slot(slot, request)
         finally:
-            self._dirty.put(slot)
+            self.pool.recycle(slot)
 
     def run_in_slot(self, slot: Slot, request: ExecutionRequest) -> ExecutionResult:
         try:
@@ -327,7 +202,7 @@ class BwrapBackend(Backend):
                 )
             except OSError:  # the warm interpreter alone is above the requested limit
                 slot.warm = proc
-                self._kill(slot)
+                slot.kill()
                 proc = None
                 group.set_limits(
                     request.memory_mb, self.config.max_processes, self.config.cpu_cores
@@ -335,7 +210,7 @@ class BwrapBackend(Backend):
             group.reset_usage()
         if proc is not None and (language.name != "python" or proc.poll() is not None):
             slot.warm = proc
-            self._kill(slot)
+            slot.kill()
             proc = None
         compiled = None
         if language.compiler:
@@ -490,10 +365,7 @@ class BwrapBackend(Backend):
         )
 
     def close(self) -> None:
-        for _ in self._recyclers:
-            self._dirty.put(None)
-        for thread in self._recyclers:
-            thread.join(timeout=10)
+        self.pool.close()
         for slot in self._all:
             self.release_slot(slot)
         if self.cgroups is not None:

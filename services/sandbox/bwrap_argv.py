@@ -27,8 +27,11 @@ Without a cgroup (not root, cgroup v2 host) memory falls back to RLIMIT_AS per p
 the process limit to RLIMIT_NPROC set by prlimit inside the run's own user namespace, which
 the kernel (5.14+) counts per namespace: per run, not shared by all runs of the uid.
 
-What this module does NOT cover: starting or supervising the process (agentrl.sandbox.capture),
-building the launcher, and the cgroup's limits (set by the backend).
+`find_tools` finds the host's tools once per backend (bwrap, setpriv, prlimit, whether bwrap
+has `--size`), builds the launcher and writes the seccomp filter into the backend's dir.
+
+What this module does NOT cover: starting or supervising the process (agentrl.sandbox.capture)
+and the cgroup's limits (set by the backend).
 """
 
 from __future__ import annotations
@@ -36,12 +39,19 @@ from __future__ import annotations
 import math
 import os
 import shlex
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from agentrl.common.config import SandboxConfig
+from agentrl.common.logging import get_logger
 from agentrl.sandbox.cgroups import Cgroup
-from agentrl.sandbox.private_tmpfs import private_mounts
+from agentrl.sandbox.launch import build as build_launcher
+from agentrl.sandbox.private_tmpfs import private_mounts, supports_size
+from agentrl.sandbox.seccomp import write_filter
 from agentrl.sandbox.workdir import SlotDir
+
+log = get_logger(__name__)
 
 # The sandbox's environment: nothing of the service's leaks in.
 SANDBOX_ENV = {
@@ -204,3 +214,38 @@ def bwrap_args(
     else:
         args += ["--bind", str(slot_dir.work), "/work", "--bind", str(slot_dir.tmp), "/tmp"]
     return [*args, "--chdir", "/work", "--remount-ro", "/"]
+
+
+def find_tools(config: SandboxConfig, root: Path) -> Tools:
+    """The host's tools for `config`: bwrap (required), setpriv and prlimit, the launcher built
+    into `root` (the backend's instance dir) and the seccomp filter written there. Logs a
+    warning for each protection a missing one costs."""
+    bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
+    if bwrap is None:
+        raise RuntimeError("bubblewrap is not installed; `apt-get install -y bubblewrap`")
+    launcher = build_launcher(root)
+    # As root, the sandbox runs as an unprivileged host uid (nobody), not as mapped root.
+    can_drop = launcher is not None or setpriv is not None
+    run_as = config.sandbox_uid if os.geteuid() == 0 and can_drop else None
+    seccomp_path: Path | None = root / "seccomp.bpf"
+    if not config.seccomp:
+        log.warning("sandbox.seccomp is off: sandboxes run without a syscall filter")
+        seccomp_path = None
+    elif not write_filter(seccomp_path):
+        log.warning(
+            "no seccomp filter for this architecture (%s): sandboxes run without one",
+            os.uname().machine,
+        )
+        seccomp_path = None
+    tools = Tools(
+        bwrap,
+        setpriv,
+        run_as,
+        str(seccomp_path) if seccomp_path else None,
+        shutil.which("prlimit"),
+        supports_size(bwrap),
+        launcher,
+    )
+    if not tools.sized_tmpfs:
+        log.warning("bwrap %s has no --size (bubblewrap >= 0.5 has): /dev/shm unbounded", bwrap)
+    return tools

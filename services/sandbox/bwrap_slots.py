@@ -1,0 +1,159 @@
+"""The bwrap backend's slots: host resources per concurrent run, kept warm, recycled in the
+background.
+
+    SlotPool.take() -> run in the slot (agentrl.sandbox.bwrap) -> SlotPool.recycle(slot)
+        -> a recycler thread: kill, empty the dirs, prime the next warm sandbox -> ready again
+
+A `Slot` bundles a cgroup (memory, pids, cpu, cpuacct; agentrl.sandbox.cgroups, or None
+without one) and the work dir behind the sandbox's /work and /tmp (agentrl.sandbox.workdir).
+With a cgroup (and a host work dir), a slot keeps a *warm* sandbox: bwrap already running
+agentrl.sandbox.runner, which waits on stdin for one program, with the read end of its control
+pipe in `control_fd`. A warm sandbox runs exactly one program.
+
+After a run, `recycle` hands the slot to one of `RECYCLER_THREADS` threads, which SIGKILL every
+process left in the slot's cgroup until it is empty, reap them, empty the work dir and start
+the next warm sandbox; only then does the slot go back to the ready queue (first in, first
+out), so the next run never meets the previous one's processes or files.
+
+What this module does NOT cover: the runs themselves, the limits a run sets on its cgroup and
+the argv of a sandbox (the backend's `command`, agentrl.sandbox.bwrap_argv).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentrl.common.config import SandboxConfig
+from agentrl.common.logging import get_logger
+from agentrl.sandbox.bwrap_argv import SANDBOX_ENV
+from agentrl.sandbox.capture import kill_group, spawn
+from agentrl.sandbox.cgroups import Cgroup
+from agentrl.sandbox.workdir import SlotDir
+
+log = get_logger(__name__)
+
+RUNNER_SOURCE = (Path(__file__).parent / "runner.py").read_text()
+# Threads tearing down and re-priming used slots. A reset mostly waits (the old sandbox's
+# SIGKILL rounds, fork/exec of the next one while running sandboxes hold the CPUs), so one
+# thread would cap throughput near 1 / (its wall time).
+RECYCLER_THREADS = 4
+# The warm interpreter's memory limit until a run sets its own (enough for it to start).
+MIN_WARM_MEMORY_MB = 64
+
+# The backend's argv of one sandbox: (slot, timeout_s, memory_mb, program, pass_fds) -> argv.
+Command = Callable[["Slot", float, int, list[str], tuple[int, ...]], list[str]]
+
+
+@dataclass
+class Slot:
+    """Host resources one running sandbox uses: its writable dirs, its cgroup (if any) and,
+    when warm, a sandboxed interpreter already waiting for a program (agentrl.sandbox.runner)."""
+
+    name: str
+    dir: SlotDir
+    cgroup: Cgroup | None
+    warm: subprocess.Popen | None = None
+    control_fd: int = -1
+    """Read end of the warm runner's control pipe (its exit-status line), -1 without one."""
+    spent: subprocess.Popen | None = None
+    """The last run's sandbox when its answer came from the control line: maybe still
+    exiting; the recycler kills and reaps it before the slot is used again."""
+
+    def kill(self) -> None:
+        """Kill and reap the slot's sandbox processes (warm or spent) until its cgroup is empty."""
+        for proc in (self.warm, self.spent):
+            if proc is not None:
+                if proc.returncode is None:  # never signal a reaped pid: it may be reused
+                    kill_group(proc)
+                proc.wait()
+                for stream in (proc.stdin, proc.stdout, proc.stderr):
+                    stream.close()
+        self.warm = self.spent = None
+        if self.control_fd >= 0:
+            os.close(self.control_fd)
+            self.control_fd = -1
+        if self.cgroup is not None and not self.cgroup.kill_all():
+            log.error("processes survived SIGKILL", extra={"slot": self.name})
+
+    def prime(self, config: SandboxConfig, command: Command) -> None:
+        """Start the slot's next warm interpreter (only with a cgroup: limits are set later;
+        and not in a private slot, whose files go in only once the sandbox is up)."""
+        if self.cgroup is None or self.dir.private:
+            return
+        self.cgroup.set_limits(
+            max(config.default_memory_mb, MIN_WARM_MEMORY_MB),
+            config.max_processes,
+            config.cpu_cores,
+        )
+        read_fd, write_fd = os.pipe()
+        program = [config.python, "-c", RUNNER_SOURCE, str(write_fd)]
+        try:
+            self.warm = spawn(
+                command(self, config.max_timeout_s, 0, program, (write_fd,)),
+                SANDBOX_ENV,
+                pass_fds=(write_fd,),
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self.control_fd = read_fd
+
+    def reset(self, config: SandboxConfig, command: Command) -> None:
+        """Kill what is left, empty the dirs, start the next warm one."""
+        self.kill()
+        self.dir.clear()
+        self.prime(config, command)
+
+
+class SlotPool:
+    """`slots` handed out one run at a time, first primed first; recycled in the background."""
+
+    def __init__(self, slots: list[Slot], config: SandboxConfig, command: Command) -> None:
+        self.slots, self.config, self.command = slots, config, command
+        self._ready: queue.Queue[Slot] = queue.Queue()
+        self._dirty: queue.Queue[Slot | None] = queue.Queue()
+        for slot in slots:
+            slot.prime(config, command)
+            self._ready.put(slot)
+        self._recyclers = [
+            threading.Thread(target=self._recycle_loop, name=f"bwrap-recycler-{index}", daemon=True)
+            for index in range(min(RECYCLER_THREADS, len(slots)))
+        ]
+        for thread in self._recyclers:
+            thread.start()
+
+    def take(self) -> Slot:
+        """The next ready slot (waits for one)."""
+        return self._ready.get()
+
+    def recycle(self, slot: Slot) -> None:
+        """Give back a slot after its run; it is ready again once reset."""
+        self._dirty.put(slot)
+
+    def num_ready(self) -> int:
+        return self._ready.qsize()
+
+    def _recycle_loop(self) -> None:
+        while (slot := self._dirty.get()) is not None:
+            try:
+                slot.reset(self.config, self.command)
+            except Exception:
+                log.exception(
+                    "slot reset failed; starting it cold next time", extra={"slot": slot.name}
+                )
+            self._ready.put(slot)
+
+    def close(self) -> None:
+        """Stop the recyclers (the slots themselves are the backend's to release)."""
+        for _ in self._recyclers:
+            self._dirty.put(None)
+        for thread in self._recyclers:
+            thread.join(timeout=10)
