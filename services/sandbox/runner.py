@@ -2,7 +2,8 @@
 
 The bwrap backend starts `python3 -c <this file> <control fd>` in a fresh sandbox before any
 request needs it (a warm slot), so a request pays neither namespace setup nor interpreter
-start-up. Protocol on stdin: one line with the code's length in bytes, the code, then the
+start-up; it passes this file compiled ahead by the same interpreter, with a one-line boot that
+loads it (agentrl.sandbox.bwrap_slots.runner_args), so no start compiles it again. Protocol on stdin: one line with the code's length in bytes, the code, then the
 program's own stdin until EOF. The program runs once as `__main__` from /work/main.py (also
 written to disk), with the tracebacks, exit codes and sys.argv that `python3 /work/main.py`
 would give. A warm process is never reused for a second program.
