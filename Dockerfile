@@ -9,8 +9,10 @@
 # `docker import` (Debian's python3 3.11 in /usr), which is how this builds without a registry.
 # Both stages use the same base, so the virtual environment's interpreter link stays valid.
 #
-# vLLM, torch and the GPU services (rollout, trainer) are not in this image; they join with
-# their issues, in their own image or a build target added here.
+# torch's CPU build is in it (the search service's dense retrieval runs sentence-transformers;
+# without it pip would pull PyPI's CUDA torch, several GB): TORCH_SPEC from TORCH_INDEX_URL, or a
+# matching wheel placed in docker-wheels/ of the build context (as Dockerfile.loop). vLLM and
+# the loop's services (rollout, trainer) are in Dockerfile.vllm and Dockerfile.loop.
 ARG BASE_IMAGE=python:3.11-slim
 
 # --- build: a virtual environment with the project (editable) and its generated gRPC code ----
@@ -35,11 +37,19 @@ RUN python -c 'from pip._vendor import certifi; print(open(certifi.where()).read
 ENV PIP_CERT=/opt/agentrl/pip-ca.pem
 WORKDIR /opt/agentrl/src
 
-# Dependencies first, from pyproject.toml alone: editing code does not reinstall them.
+# Dependencies first, from pyproject.toml alone: editing code does not reinstall them. torch
+# first (a wheel in docker-wheels/ wins over the index), then everything else constrained to it.
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+COPY docker-wheels/ /tmp/wheels/
+RUN pip install -q --find-links /tmp/wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+      "$TORCH_SPEC" \
+    && pip freeze | grep -i '^torch==' > /tmp/torch-constraint.txt \
+    && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
       > /tmp/requirements.txt \
-    && pip install -q -r /tmp/requirements.txt "grpcio-tools>=1.66"
+    && pip install -q -r /tmp/requirements.txt "grpcio-tools>=1.66" -c /tmp/torch-constraint.txt \
+    && rm -rf /tmp/wheels /tmp/*.txt
 
 COPY setup.py ./
 COPY proto ./proto
@@ -57,10 +67,13 @@ RUN pip install -q --no-deps -e . \
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
+# HOME=/tmp: the root file system is read-only where the manifests and Compose run it, and
+# /tmp is the writable tmpfs (library caches), as in the loop and vLLM images.
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/agentrl/venv/bin:$PATH \
+    HOME=/tmp \
     AGENTRL_RECIPE=/opt/agentrl/src/recipes/local.yaml
 # bubblewrap: the sandbox's bwrap backend. tini: PID 1 that forwards SIGTERM (graceful drain)
 # and reaps orphans of sandboxed programs. setpriv and mount come with util-linux/mount.
@@ -80,7 +93,6 @@ RUN groupadd --gid 10001 agentrl \
 # No setuid/setgid files: no process in the container can regain root through one (this matters
 # most for the privileged sandbox variant, docs/deploy.md).
 RUN find / -xdev -perm /6000 -type f -exec chmod a-s {} +
-COPY --from=build /opt/agentrl /opt/agentrl
 # Relative recipe paths (runs/, data/search-index) land on the shared volume.
 WORKDIR /var/lib/agentrl
 USER 10001:10001
@@ -88,3 +100,5 @@ USER 10001:10001
 EXPOSE 50051 8081 50052 8082 50053 8083
 ENTRYPOINT ["tini", "--", "agentrl"]
 CMD ["--help"]
+# Last: on a vfs storage driver every step after it would copy its GB again.
+COPY --from=build /opt/agentrl /opt/agentrl

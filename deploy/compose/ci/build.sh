@@ -6,8 +6,8 @@
 #
 # The base is services/sandbox/image/build.sh's debootstrap bookworm image (built by it when
 # missing; BASE_IMAGE=python:3.11-slim on a machine with a registry). The image is current
-# when its label carries the hash of the Dockerfile and the base's id; FORCE=1 rebuilds. It
-# holds nothing of the checkout, so every clone on the machine shares it.
+# when its label carries the hash of the Dockerfile (less its comments) and the base's id;
+# FORCE=1 rebuilds. It holds nothing of the checkout, so every clone on the machine shares it.
 set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -28,8 +28,10 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   bash "$REPO/services/sandbox/image/build.sh"
 fi
 
+# As services/sandbox/image/build.sh decides: comment lines are left out of the hash, so
+# editing one does not rebuild (the check is repeated there; that script is the sandbox's).
 base_id=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")
-want=$( (cat "$HERE/Dockerfile"; echo "$base_id") | sha256sum | cut -c1-16)
+want=$( (grep -v '^[[:space:]]*#' "$HERE/Dockerfile"; echo "$base_id") | sha256sum | cut -c1-16)
 have=$(docker image inspect -f '{{ index .Config.Labels "agentrl.ci.build" }}' "$IMAGE" \
   2>/dev/null || true)
 if [ "$have" = "$want" ] && [ "$FORCE" != 1 ]; then
