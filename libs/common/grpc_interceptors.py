@@ -5,6 +5,10 @@ and code, `agentrl_grpc_server_request_duration_seconds`, `agentrl_grpc_server_i
 logging (one structured record per call: method, code, duration_s, peer), then auth (in
 agentrl.common.auth) and drain (counts in-flight calls; once shutdown began, rejects new ones
 with UNAVAILABLE while health and reflection keep answering).
+
+Each interceptor wraps a method's handler once and hands the same wrapped handler to every
+later call of that method (grpcio asks the interceptors for a handler on every call); what
+differs per call (metadata, context) is read when the call runs.
 """
 
 from __future__ import annotations
@@ -67,6 +71,23 @@ def _wrap_handler(
     )
 
 
+def _wrapped_once(
+    cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]],
+    method: str,
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[grpc.RpcMethodHandler], grpc.RpcMethodHandler],
+) -> grpc.RpcMethodHandler:
+    """`wrap(handler)`, built on a method's first call and reused while the inner chain hands
+    back the same handler (one entry per method: an inner interceptor that answers with a fresh
+    handler, e.g. auth's refusal, gets a fresh wrap that replaces the entry)."""
+    entry = cache.get(method)
+    if entry is not None and entry[0] is handler:
+        return entry[1]
+    wrapped = wrap(handler)
+    cache[method] = (handler, wrapped)
+    return wrapped
+
+
 def _status_of(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
@@ -80,12 +101,11 @@ def _status_of(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
 
 @dataclass(frozen=True)
 class CallInfo:
-    """What an observing interceptor knows about a call before it runs."""
+    """What an observing interceptor knows about a method's calls before they run."""
 
     full_method: str
     service: str
     method: str
-    metadata: dict[str, str | bytes]
 
 
 class _CallObserver(grpc.ServerInterceptor):
@@ -96,7 +116,12 @@ class _CallObserver(grpc.ServerInterceptor):
     ended (for response streams: once the stream ended).
     """
 
-    def _scope(self, info: CallInfo) -> contextlib.AbstractContextManager[Any]:
+    def __init__(self) -> None:
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def _scope(
+        self, info: CallInfo, context: grpc.ServicerContext
+    ) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
     def _started(self, info: CallInfo) -> None:
@@ -115,13 +140,13 @@ class _CallObserver(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        service, method = split_method(handler_call_details.method)
-        info = CallInfo(
-            handler_call_details.method,
-            service,
-            method,
-            dict(handler_call_details.invocation_metadata or ()),
+        full_method = handler_call_details.method
+        return _wrapped_once(
+            self._handlers, full_method, handler, lambda h: self._observed(full_method, h)
         )
+
+    def _observed(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        info = CallInfo(full_method, *split_method(full_method))
 
         def finish(context: grpc.ServicerContext, start: float, raised: bool) -> None:
             self._finished(info, context, _status_of(context, raised), time.perf_counter() - start)
@@ -131,7 +156,7 @@ class _CallObserver(grpc.ServerInterceptor):
             start = time.perf_counter()
             raised = True
             try:
-                with self._scope(info):
+                with self._scope(info, context):
                     result = call()
                 raised = False
             finally:
@@ -139,16 +164,22 @@ class _CallObserver(grpc.ServerInterceptor):
                     finish(context, start, raised)
             if not handler.response_streaming:
                 return result
-            return self._observe_stream(info, result, lambda raised: finish(context, start, raised))
+            return self._observe_stream(
+                info, context, result, lambda raised: finish(context, start, raised)
+            )
 
         return _wrap_handler(handler, around)
 
     def _observe_stream(
-        self, info: CallInfo, responses: Iterator[Any], finish: Callable[[bool], None]
+        self,
+        info: CallInfo,
+        context: grpc.ServicerContext,
+        responses: Iterator[Any],
+        finish: Callable[[bool], None],
     ) -> Iterator[Any]:
         raised = True
         try:
-            with self._scope(info):
+            with self._scope(info, context):
                 yield from responses
             raised = False
         finally:
@@ -159,6 +190,7 @@ class MetricsInterceptor(_CallObserver):
     """Prometheus: calls by service, method and final code; latency; calls in flight."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__()
         labels = ("grpc_service", "grpc_method")
         self._requests = metrics.counter(
             "grpc_server",
@@ -211,8 +243,11 @@ class LoggingInterceptor(_CallObserver):
     field while the call runs, so the servicer's own records carry it too.
     """
 
-    def _scope(self, info: CallInfo) -> contextlib.AbstractContextManager[Any]:
-        request_id = info.metadata.get(REQUEST_ID_METADATA_KEY)
+    def _scope(
+        self, info: CallInfo, context: grpc.ServicerContext
+    ) -> contextlib.AbstractContextManager[Any]:
+        metadata = context.invocation_metadata() or ()
+        request_id = next((v for k, v in metadata if k == REQUEST_ID_METADATA_KEY), None)
         return log_context(request_id=request_id) if request_id else contextlib.nullcontext()
 
     def _finished(
@@ -247,6 +282,7 @@ class DrainInterceptor(grpc.ServerInterceptor):
         self._in_flight = 0
         self._draining = False
         self._abandoned = False
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -288,7 +324,9 @@ class DrainInterceptor(grpc.ServerInterceptor):
             handler_call_details.method, _LIFECYCLE_EXEMPT_PREFIXES
         ):
             return handler
+        return _wrapped_once(self._handlers, handler_call_details.method, handler, self._counted)
 
+    def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         def around(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
             self._enter(context)
             if handler.response_streaming:

@@ -472,14 +472,17 @@ def test_each_call_is_logged_with_method_code_duration_and_peer(start_server, ch
     with pytest.raises(grpc.RpcError):
         stub.GetStatus(REQUEST)
     stub.GetStatus(REQUEST, metadata=(("x-request-id", "req-42"),))
+    stub.GetStatus(REQUEST)  # the method's handler is wrapped once: no id left over from the last
 
     calls = [r for r in caplog.records if getattr(r, "method", None) == GET_STATUS]
     assert [(r.code, r.levelno) for r in calls] == [
         ("NOT_FOUND", logging.WARNING),
         ("OK", logging.DEBUG),
+        ("OK", logging.DEBUG),
     ]
     for record in calls:
         assert record.duration_s >= 0
         assert record.peer.startswith("ipv4:127.0.0.1:")
-    assert servicer.contexts[-1].get("request_id") == "req-42"
+    assert servicer.contexts[-2].get("request_id") == "req-42"
     assert "request_id" not in servicer.contexts[0]
+    assert "request_id" not in servicer.contexts[-1]
