@@ -272,9 +272,10 @@ class SessionManager:
             result = self._call(session, b"%d\n" % len(frame) + frame, request)
             if watched is not None and watched.exceeded:
                 result.status = Status.OOM
+                held = f" ({watched.reason})" if watched.reason else ""
                 result.message = (
-                    f"killed: the session's processes held more than {session.memory_mb} MB "
-                    f"together; {result.message}"
+                    f"killed: the session's processes and files held more than "
+                    f"{session.memory_mb} MB together{held}; {result.message}"
                 )
             if session.proc is not None:
                 self._end_leftovers(session, result)

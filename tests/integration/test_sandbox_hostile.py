@@ -358,7 +358,7 @@ def environment_and_proc_secrets(svc, expect):
 
 def disk_fill(svc, expect):
     """256 MB per mount in 2 MB files (each below RLIMIT_FSIZE): every mount stops at disk_mb
-    (16 here; /work and /tmp share it as root and on docker, each has its own without root),
+    (16 here; /work and /tmp share it as root and on docker, and /dev/shm too without root),
     /dev is closed (the errno by backend is the case's), and nothing reaches the host's disk
     under work_root."""
     code = (
