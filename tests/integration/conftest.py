@@ -15,12 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from agentrl.common.config import AgentRLConfig, InferenceServerConfig
-from agentrl.common.grpc_server import serve
+from agentrl.common.config import AgentRLConfig, InferenceServerConfig, SandboxConfig
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.reward.main import start as start_reward
-from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import servicer as sandbox_service
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -74,26 +71,16 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @pytest.fixture(scope="module")
 def services() -> Iterator[tuple[str, str]]:
     """(sandbox address, reward address), both serving in this process."""
-    config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 4}})
-    executor = sandbox_executor.Sandbox(config.sandbox)
-    servicer = sandbox_service.SandboxServicer(executor)
-    sandbox = serve(
-        sandbox_service.register(servicer),
-        [sandbox_service.SERVICE_NAME],
-        port=0,
-        token=None,
-        max_workers=8,
-    )
-    reward = start_reward(
-        AgentRLConfig.model_validate(
-            {
-                "reward": {"grpc_port": 0, "http_port": 0, "num_verifier_workers": 1},
-                "sandbox": {"address": sandbox.address},
-            }
+    from sandbox_service_helpers import sandbox_server  # beside this file, on sys.path (above)
+
+    with sandbox_server(SandboxConfig(max_concurrency=4)) as sandbox:
+        reward = start_reward(
+            AgentRLConfig.model_validate(
+                {
+                    "reward": {"grpc_port": 0, "http_port": 0, "num_verifier_workers": 1},
+                    "sandbox": {"address": sandbox.address},
+                }
+            )
         )
-    )
-    yield sandbox.address, reward.grpc.address
-    reward.stop(0)
-    sandbox.stop(0)
-    servicer.close()
-    executor.close()
+        yield sandbox.address, reward.grpc.address
+        reward.stop(0)

@@ -9,15 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentrl.common.config import AgentRLConfig
-from agentrl.common.grpc_server import serve
+# The real sandbox service (bubblewrap backend, installed by scripts/setup.sh) runs the tests.
+from sandbox_service_helpers import sandbox_server
+
+from agentrl.common.config import AgentRLConfig, SandboxConfig
 from agentrl.proto.core.v1 import group_pb2
 from agentrl.reward.client import RewardClient
 from agentrl.reward.main import RunningRewardService, start
-
-# The real sandbox service (bubblewrap backend, installed by scripts/setup.sh) runs the tests.
-from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import servicer as sandbox_service
 
 ASSERTS = json.dumps(
     {"asserts": ["assert is_leap(2024)", "assert not is_leap(1900)", "assert is_leap(2000)"]}
@@ -34,20 +32,8 @@ def fenced(program: str) -> str:
 
 @pytest.fixture(scope="module")
 def sandbox_address() -> Iterator[str]:
-    config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 4}})
-    sandbox = sandbox_executor.Sandbox(config.sandbox)
-    servicer = sandbox_service.SandboxServicer(sandbox)
-    server = serve(
-        sandbox_service.register(servicer),
-        [sandbox_service.SERVICE_NAME],
-        port=0,
-        token=None,
-        max_workers=64,
-    )
-    yield server.address
-    server.stop(0)
-    servicer.close()
-    sandbox.close()
+    with sandbox_server(SandboxConfig(max_concurrency=4), max_workers=64) as server:
+        yield server.address
 
 
 def start_reward(sandbox_address: str, **code: object) -> RunningRewardService:

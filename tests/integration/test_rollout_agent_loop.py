@@ -23,21 +23,19 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
+from sandbox_service_helpers import sandbox_server
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from agentrl.common.agent.loop import TRUNCATION_NOTE, AgentLoop, EpisodeSettings
 from agentrl.common.agent.tools import SandboxTool, SearchTool, ToolBox
-from agentrl.common.config import AgentRLConfig, SearchConfig
+from agentrl.common.config import SandboxConfig, SearchConfig
 from agentrl.common.grpc_client import NO_RETRY, create_channel
-from agentrl.common.grpc_server import serve
 from agentrl.common.inference.pool import InferencePool
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.common.tool_formats import ParsedCall, get_format
 from agentrl.proto.core.v1 import trajectory_pb2
 from agentrl.proto.search.v1 import search_pb2, search_pb2_grpc
-from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import servicer as sandbox_service
 from agentrl.sandbox.client import SandboxClient
 from agentrl.search.cli import data_app, index_app
 from agentrl.search.main import start_search_service
@@ -57,21 +55,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxClient]:
-    config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 2}})
-    executor = sandbox_executor.Sandbox(config.sandbox)
-    servicer = sandbox_service.SandboxServicer(executor)
-    grpc_server = serve(
-        sandbox_service.register(servicer),
-        [sandbox_service.SERVICE_NAME],
-        port=0,
-        token=None,
-        max_workers=8,
-    )
-    with SandboxClient(grpc_server.address, token=None) as client:
+    with (
+        sandbox_server(SandboxConfig(max_concurrency=2)) as grpc_server,
+        SandboxClient(grpc_server.address, token=None) as client,
+    ):
         yield client
-    grpc_server.stop(0)
-    servicer.close()
-    executor.close()
 
 
 @pytest.fixture(scope="module")

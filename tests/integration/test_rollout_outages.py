@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import ExitStack
 
 import httpx
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from sandbox_service_helpers import sandbox_server
 from transformers import AutoTokenizer
 
 from agentrl.common.config import AgentRLConfig, InferenceServerConfig
-from agentrl.common.grpc_server import serve
 from agentrl.common.inference.launcher import VLLMServer, free_port
 from agentrl.common.models import default_corpus, init_tiny_model
 from agentrl.common.run_layout import RunLayout
@@ -24,8 +25,6 @@ from agentrl.common.streams import StreamQueue
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
 from agentrl.reward.main import start as start_reward
 from agentrl.rollout import main as rollout_main
-from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import servicer as sandbox_service
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +108,8 @@ def test_outages_are_retried_or_requeued_never_published(redis_url, tmp_path) ->
     worker = rollout_main.start(
         config, extra_sampling={"structured_outputs": {"regex": CALL_REGEX}}
     )
-    vllm = sandbox = reward = executor = servicer = None
+    vllm = reward = None
+    sandbox = ExitStack()  # holds the sandbox service once step 3 starts it
     worker_url = f"http://127.0.0.1:{http_port}"
     try:
         # 1. vLLM, sandbox and reward down: attempts fail, the task is released, nothing is
@@ -136,15 +136,7 @@ def test_outages_are_retried_or_requeued_never_published(redis_url, tmp_path) ->
         )
         assert client.xlen(layout.groups) == 0
         # 3. Sandbox and reward come back: exactly one group of real episodes, the task acked.
-        executor = sandbox_executor.Sandbox(config.sandbox)
-        servicer = sandbox_service.SandboxServicer(executor)
-        sandbox = serve(
-            sandbox_service.register(servicer),
-            [sandbox_service.SERVICE_NAME],
-            port=sandbox_port,
-            token=None,
-            max_workers=8,
-        )
+        sandbox.enter_context(sandbox_server(config.sandbox, port=sandbox_port))
         reward = start_reward(config)
         wait_until(lambda: client.xlen(layout.groups) >= 1, 240, "group")
         time.sleep(1.0)  # a second copy would be published right after the first
@@ -163,11 +155,6 @@ def test_outages_are_retried_or_requeued_never_published(redis_url, tmp_path) ->
             vllm.stop()
         if reward is not None:
             reward.stop(0)
-        if sandbox is not None:
-            sandbox.stop(0)
-        if servicer is not None:
-            servicer.close()
-        if executor is not None:
-            executor.close()
+        sandbox.close()
         prompts.close()
         client.close()

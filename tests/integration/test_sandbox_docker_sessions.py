@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from sandbox_service_helpers import serve_sandbox
 
 from agentrl.common.agent.tools import SandboxTool
 from agentrl.common.config import SandboxConfig
-from agentrl.common.grpc_server import serve
 from agentrl.common.tool_formats import ParsedCall
 from agentrl.proto.core.v1 import trajectory_pb2
-from agentrl.sandbox import servicer as sandbox_service
 from agentrl.sandbox.client import SandboxClient
 from agentrl.sandbox.docker_pool import OWNER_LABEL
 from agentrl.sandbox.executor import Sandbox
@@ -259,26 +258,17 @@ def test_a_memory_bomb_is_oom_and_the_session_starts_over(sandbox):
 def test_an_episode_s_calls_share_a_session_through_the_rollout_s_grpc_tool(sandbox):
     """The rollout's path: SandboxTool over SandboxClient (gRPC) with the episode's session
     id; the second call sees the first's variables; the episode's end closes the session."""
-    servicer = sandbox_service.SandboxServicer(sandbox)
-    server = serve(
-        sandbox_service.register(servicer),
-        [sandbox_service.SERVICE_NAME],
-        port=0,
-        token=None,
-        max_workers=4,
-    )
-    try:
-        with SandboxClient(server.address, token=None) as client:
-            tool = SandboxTool(client, timeout_s=10.0)
-            first = asyncio.run(tool.run(ParsedCall("python", "answer = 6 * 7"), "episode-1"))
-            second = asyncio.run(tool.run(ParsedCall("python", "print(answer)"), "episode-1"))
-            other = asyncio.run(tool.run(ParsedCall("python", "print(answer)"), "episode-2"))
-            ok = trajectory_pb2.TOOL_CALL_STATUS_OK
-            assert (first.status, second.status, second.output) == (ok, ok, "42\n"), second
-            assert other.status != ok and "NameError" in other.output
-            asyncio.run(tool.close_session("episode-1"))
-            asyncio.run(tool.close_session("episode-2"))
-            assert sandbox.sessions.count() == 0
-    finally:
-        server.stop(0)
-        servicer.close()
+    with (
+        serve_sandbox(sandbox, max_workers=4) as server,
+        SandboxClient(server.address, token=None) as client,
+    ):
+        tool = SandboxTool(client, timeout_s=10.0)
+        first = asyncio.run(tool.run(ParsedCall("python", "answer = 6 * 7"), "episode-1"))
+        second = asyncio.run(tool.run(ParsedCall("python", "print(answer)"), "episode-1"))
+        other = asyncio.run(tool.run(ParsedCall("python", "print(answer)"), "episode-2"))
+        ok = trajectory_pb2.TOOL_CALL_STATUS_OK
+        assert (first.status, second.status, second.output) == (ok, ok, "42\n"), second
+        assert other.status != ok and "NameError" in other.output
+        asyncio.run(tool.close_session("episode-1"))
+        asyncio.run(tool.close_session("episode-2"))
+        assert sandbox.sessions.count() == 0

@@ -8,21 +8,21 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 
 import grpc
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from sandbox_service_helpers import serve_sandbox
 
 from agentrl.common.config import SandboxConfig
-from agentrl.common.grpc_server import serve
 from agentrl.common.http import serve_in_thread
 from agentrl.proto.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from agentrl.sandbox.client import SandboxClient, SandboxOverloaded
 from agentrl.sandbox.executor import Sandbox
 from agentrl.sandbox.http_api import create_sandbox_app
 from agentrl.sandbox.interface import ExecutionRequest, Status
-from agentrl.sandbox.servicer import SERVICE_NAME, SandboxServicer, register
 
 # bubblewrap is installed by scripts/setup.sh: a missing one must fail the suite, not skip it.
 
@@ -32,14 +32,13 @@ class Stack:
         config = SandboxConfig(**{"max_concurrency": 4, "queue_size": 300, **overrides})
         self.registry = CollectorRegistry()
         self.sandbox = Sandbox(config, registry=self.registry)
-        self.servicer = SandboxServicer(self.sandbox)
-        self.grpc = serve(
-            register(self.servicer),
-            [SERVICE_NAME],
-            port=0,
-            token=None,
-            max_workers=config.max_concurrency + config.queue_size + 8,
-            registry=self.registry,
+        self.serving = ExitStack()
+        self.grpc = self.serving.enter_context(
+            serve_sandbox(
+                self.sandbox,
+                max_workers=config.max_concurrency + config.queue_size + 8,
+                registry=self.registry,
+            )
         )
         app = create_sandbox_app(self.sandbox, token=None, registry=self.registry)
         self.http = serve_in_thread(app)
@@ -51,8 +50,7 @@ class Stack:
         self.client.close()
         self.channel.close()
         self.http.stop()
-        self.grpc.stop(0)
-        self.servicer.close()
+        self.serving.close()  # the gRPC server, then its servicer
         self.sandbox.close()
 
 

@@ -27,17 +27,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sandbox_service_helpers import sandbox_server
 
 from agentrl.common.agent.loop import AgentLoop, EpisodeSettings
 from agentrl.common.agent.tools import SandboxTool, ToolBox
-from agentrl.common.config import AgentRLConfig, InferenceServerConfig
-from agentrl.common.grpc_server import serve
+from agentrl.common.config import InferenceServerConfig, SandboxConfig
 from agentrl.common.inference.launcher import VLLMServer
 from agentrl.common.inference.pool import InferencePool
 from agentrl.common.tool_formats import get_format
 from agentrl.proto.core.v1 import trajectory_pb2
-from agentrl.sandbox import executor as sandbox_executor
-from agentrl.sandbox import servicer as sandbox_service
 from agentrl.sandbox.client import SandboxClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -87,25 +85,15 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxClient]:
-    config = AgentRLConfig.model_validate({"sandbox": {"max_concurrency": 1}})
-    executor = sandbox_executor.Sandbox(config.sandbox)
-    servicer = sandbox_service.SandboxServicer(executor)
-    grpc_server = serve(
-        sandbox_service.register(servicer),
-        [sandbox_service.SERVICE_NAME],
-        port=0,
-        token=None,
-        max_workers=4,
-    )
-    with SandboxClient(grpc_server.address, token=None) as client:
+    with (
+        sandbox_server(SandboxConfig(max_concurrency=1), max_workers=4) as grpc_server,
+        SandboxClient(grpc_server.address, token=None) as client,
+    ):
         # A session call first: a broken sandbox fails here, before the server's slow start.
         probe = client.execute("print(1)", session_id="probe", timeout_s=30.0)
         assert probe.stdout in ("1\n", b"1\n"), probe
         client.close_session("probe")
         yield client
-    grpc_server.stop(0)
-    servicer.close()
-    executor.close()
 
 
 class SpyPool(InferencePool):
