@@ -4,9 +4,10 @@
 
 Per optimizer step:
 1. admit: publish `RolloutTask`s (data-set prompts, rendered and tokenised once) to
-   `agentrl:{run_id}:prompts` while the staleness bound allows (driver.AdmissionControl); the
-   task's idempotency key is `{run_id}:{epoch}:{offset}` of the data order, so a resumed run
-   re-admitting the same prompts reuses their keys.
+   `agentrl:{run_id}:prompts` while the staleness bound allows (driver.AdmissionControl): as
+   soon as the previous step's sync made its version the served one (step 4), and while
+   waiting; the task's idempotency key is `{run_id}:{epoch}:{offset}` of the data order, so a
+   resumed run re-admitting the same prompts reuses their keys.
 2. wait: read `Group`s from `agentrl:{run_id}:groups` (consumer group `trainer`, consumer
    `trainer-{run_id}`) until `batch_size` groups with a learning signal are in; dropped groups
    (zero signal, all samples stale) free their admission slot, so more prompts are admitted
@@ -464,8 +465,16 @@ class RLTrainer:
                         for name, seconds in synced.phases_s.items()
                     },
                 }
+                if self.main and self.step < max_steps:
+                    # The slots the new version opens are filled now, not after the drift check,
+                    # the step's files and the next step's catch-up: workers start on them
+                    # while this step finishes (the bound is the same, only reached sooner; the
+                    # record above counts the admissions this step trained under).
+                    self.admit()
                 if self.trainer.drift_check:
+                    mark = time.perf_counter()
                     extra.update(await self.drift(batch))
+                    extra["time_drift_check_s"] = time.perf_counter() - mark
                 name = "after" if self.step == max_steps else f"step_{self.step:08d}"
                 if self.step == max_steps or (interval and self.step % interval == 0):
                     evaluation = await self.evaluate(name)
