@@ -422,7 +422,8 @@ class RolloutConfig(ServiceEndpoint):
     grpc_port: int = Field(default=50054, ge=0, le=65535)
     http_port: int = Field(default=8084, ge=0, le=65535)
     max_concurrent_episodes: int = Field(default=64, gt=0)
-    """Episodes one worker runs at once (a task holds its n; a task larger than this runs alone)."""
+    """Episodes one worker runs at once: a task starts once its n fit (a task larger than this runs
+    alone) and each episode's slot is free again as soon as it ends."""
     shutdown_grace_s: float = Field(default=120.0, gt=0)
     """On SIGTERM a worker takes no new task and gives the ones in flight this long to finish and
     publish; unfinished ones are left unacked for another worker (keep it under the pod's
