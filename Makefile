@@ -29,8 +29,9 @@ lint:
 	$(PY) -m ruff check libs services tests benchmarks scripts
 	$(PY) -m ruff format --check libs services tests benchmarks scripts
 
-# Container images (docs/deploy.md, "Images"): the services (Dockerfile), the trainer + rollout
-# worker (Dockerfile.loop) and the vLLM pool (Dockerfile.vllm). Offline or behind a proxy:
+# Container images (docs/deploy.md, "Images"): the services (Dockerfile), the vLLM pool
+# (Dockerfile.vllm) and the trainer + rollout worker (Dockerfile.loop, built after vLLM's: the
+# two build stages are identical, so the second comes from the build cache). Offline or behind a proxy:
 #   make images BASE_IMAGE=agentrl-base:bookworm TORCH_INDEX_URL= \
 #     DOCKER_BUILD="DOCKER_BUILDKIT=0 docker build --network host" \
 #     EXTRA_CA_CERT="$$(cat /usr/local/share/ca-certificates/*.crt)"
@@ -47,9 +48,11 @@ IMAGE_ARGS = --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg EXTRA_CA_CERT="$(E
 
 images:
 	mkdir -p docker-wheels
-	$(DOCKER_BUILD) $(IMAGE_ARGS) -t agentrl:$(IMAGE_TAG) .
 	$(DOCKER_BUILD) $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) \
-	  -f Dockerfile.loop -t agentrl-loop:$(IMAGE_TAG) .
+	  -t agentrl:$(IMAGE_TAG) .
 	$(DOCKER_BUILD) $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) \
 	  --build-arg VLLM_PACKAGE=$(VLLM_PACKAGE) --build-arg VLLM_VERSION=$(VLLM_VERSION) \
 	  -f Dockerfile.vllm -t agentrl-vllm:$(IMAGE_TAG) .
+	$(DOCKER_BUILD) $(IMAGE_ARGS) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) \
+	  --build-arg VLLM_PACKAGE=$(VLLM_PACKAGE) --build-arg VLLM_VERSION=$(VLLM_VERSION) \
+	  -f Dockerfile.loop -t agentrl-loop:$(IMAGE_TAG) .
