@@ -77,13 +77,18 @@ ENV DEBIAN_FRONTEND=noninteractive \
     AGENTRL_RECIPE=/opt/agentrl/src/recipes/local.yaml
 # bubblewrap: the sandbox's bwrap backend. tini: PID 1 that forwards SIGTERM (graceful drain)
 # and reaps orphans of sandboxed programs. setpriv and mount come with util-linux/mount.
+# The bwrap sandbox runs this image's /usr (read-only), so its runtime is installed here as the
+# docker backend's image has it (services/sandbox/image/Dockerfile, docs/sandbox.md): Debian's
+# python3 at /usr/bin/python3 (sandbox.python) with numpy, scipy, sympy and pandas, and g++ for
+# `cpp` (its cc also builds the sandbox's launcher); SANDBOX_PACKAGES adds Debian packages.
+ARG SANDBOX_PACKAGES=""
 RUN apt-get update -qq \
     && apt-get install -y -qq --no-install-recommends bubblewrap tini \
-    && rm -rf /var/lib/apt/lists/* \
-    && command -v setpriv >/dev/null && command -v mount >/dev/null
-# The sandbox runs `python` at sandbox.python (default /usr/bin/python3) from the read-only
-# /usr it binds; the official python images keep their interpreter in /usr/local only.
-RUN [ -x /usr/bin/python3 ] || ln -s "$(command -v python3)" /usr/bin/python3
+       g++ python3 python3-numpy python3-scipy python3-sympy python3-pandas ${SANDBOX_PACKAGES} \
+    && rm -rf /var/lib/apt/lists/* /usr/include/boost \
+    && find /usr/lib/python3/dist-packages -depth -type d -name tests -exec rm -rf {} + \
+    && /usr/bin/python3 -c 'import numpy, scipy.linalg, scipy.optimize, sympy, pandas' \
+    && command -v cc >/dev/null && command -v setpriv >/dev/null && command -v mount >/dev/null
 # One unprivileged user for every service; uid/gid 10001 are what the Kubernetes manifests
 # name in runAsUser/fsGroup. /var/lib/agentrl is the shared volume (runs, weights, indexes).
 RUN groupadd --gid 10001 agentrl \
