@@ -36,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dashboards import DASHBOARDS, dashboard_queries
 
 from agentrl.trainer.intake import read_group_history, trained_keys
 
@@ -58,7 +59,6 @@ SERVICES = (
     "trainer",
     "prometheus",
 )
-DASHBOARDS = sorted((REPO / "deploy" / "grafana").glob("*.json"))
 # Panels the 3-step calculator run fills (one per part of the loop), and what Grafana makes of
 # $__rate_interval for a data source without a scrape interval set (4 x its default 15 s).
 PANELS_WITH_DATA = (
@@ -225,16 +225,6 @@ def trainer_finished(stack: Stack) -> dict:
         1200,
         "the trainer to finish",
     )
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL expression) of every target of every dashboard."""
-    return [
-        (panel["title"], target["expr"])
-        for path in DASHBOARDS
-        for panel in json.loads(path.read_text())["panels"]
-        for target in panel.get("targets", [])
-    ]
 
 
 def test_search_answers_from_the_index_prepare_built(stack: Stack):

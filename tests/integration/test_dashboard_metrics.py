@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from dashboards import dashboard_queries
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentrl.common.inference.launcher import free_port
@@ -39,22 +40,11 @@ from agentrl.common.models import default_corpus, init_tiny_model
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 REPO = Path(__file__).resolve().parents[2]
 AGENTRL = [sys.executable, "-m", "agentrl.common.cli"]
-DASHBOARDS = sorted((REPO / "deploy" / "grafana").glob("*.json"))
 SERVICES = ("sandbox", "reward", "search", "rollout", "trainer")
 # A loaded 2-core machine: vLLM starts in 30-90 s, a step of the tiny model takes seconds.
 STEP_DEADLINE_S = 600.0
 # Step 2 or later: every gauge of step 1 is set by then (a step's index is set before its values).
 SECOND_STEP = re.compile(r"^agentrl_trainer_step_index ([2-9]|\d\d)", re.MULTILINE)
-
-
-def dashboard_queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL expression) of every target of every dashboard."""
-    return [
-        (panel["title"], target["expr"])
-        for path in DASHBOARDS
-        for panel in json.loads(path.read_text())["panels"]
-        for target in panel.get("targets", [])
-    ]
 
 
 def write_inputs(root: Path) -> Path:
