@@ -392,19 +392,29 @@ print('growing')
 """
 
 
-def test_a_thread_growing_past_the_limit_between_calls_gets_the_session_killed(service):
-    """A call leaves a thread that allocates 200 MB after it returned (the session's limit is
-    128 MB): the watch kills the session between calls; the next call is `oom` and says the
-    state was lost, the one after starts a clean interpreter."""
+def call_after_the_watch_killed(service, code, printed, session_id, memory_mb, next_code):
+    """Run `code` (it prints `printed` and leaves a thread outgrowing `memory_mb` after the call
+    returned) in a session, wait until the watch killed the session's interpreter between
+    calls, then answer the session's next call, `next_code`."""
     grpc = service.grpc
-    first = grpc.execute(GROW_THREAD, session_id="grower", memory_mb=128, timeout_s=30)
-    assert first.status == Status.OK and first.stdout == "growing\n", first
+    first = grpc.execute(code, session_id=session_id, memory_mb=memory_mb, timeout_s=30)
+    assert first.status == Status.OK and first.stdout == printed, first
     kernel = session_kernel_pid(service)
     deadline = time.monotonic() + 60
     while kernel in session_pids(service.server_pid, None):
         assert time.monotonic() < deadline, "the session outgrew its limit and lived on"
         time.sleep(0.1)
-    after = grpc.execute("print(len(held))", session_id="grower", timeout_s=30)
+    return grpc.execute(next_code, session_id=session_id, timeout_s=30)
+
+
+def test_a_thread_growing_past_the_limit_between_calls_gets_the_session_killed(service):
+    """A call leaves a thread that allocates 200 MB after it returned (the session's limit is
+    128 MB): the watch kills the session between calls; the next call is `oom` and says the
+    state was lost, the one after starts a clean interpreter."""
+    grpc = service.grpc
+    after = call_after_the_watch_killed(
+        service, GROW_THREAD, "growing\n", "grower", 128, "print(len(held))"
+    )
     assert after.status == Status.OOM, after
     assert "held more than 128 MB together" in after.message, after
     assert "session state was lost" in after.message, after
@@ -436,14 +446,9 @@ def test_a_session_filling_its_work_dir_between_calls_gets_killed(service):
     limit is 48 MB: its files (up to disk_mb=64) and its interpreter together pass it, the
     watch kills the session between calls and the next call is `oom`, the state lost."""
     grpc = service.grpc
-    first = grpc.execute(FILL_BETWEEN_CALLS, session_id="filler", memory_mb=48, timeout_s=30)
-    assert first.status == Status.OK and first.stdout == "filling\n", first
-    kernel = session_kernel_pid(service)
-    deadline = time.monotonic() + 60
-    while kernel in session_pids(service.server_pid, None):
-        assert time.monotonic() < deadline, "the session's files passed its limit; it lived on"
-        time.sleep(0.1)
-    after = grpc.execute("print('after')", session_id="filler", timeout_s=30)
+    after = call_after_the_watch_killed(
+        service, FILL_BETWEEN_CALLS, "filling\n", "filler", 48, "print('after')"
+    )
     assert after.status == Status.OOM, after
     assert "held more than 48 MB together" in after.message, after
     assert "session state was lost" in after.message, after
