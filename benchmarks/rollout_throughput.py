@@ -165,7 +165,9 @@ def engine_means(before, after) -> str:
 
 async def rollout_tokens(
     loop: AgentLoop, prompt_list, settings: EpisodeSettings, concurrency: int, tag: str
-) -> tuple[int, float]:
+) -> tuple[int, float, int]:
+    """Generated tokens, seconds, and the calls sampled on the last turn (recorded, not run)."""
+
     def job_for(i: int, prompt: list[int]):
         async def job():
             traj = await loop.run(prompt, settings, trajectory_id=f"{tag}-{i}")
@@ -173,13 +175,15 @@ async def rollout_tokens(
                 raise RuntimeError(traj.error)
             if traj.num_tool_calls:  # unequal work: raw and pool run no tool
                 raise RuntimeError(f"episode {traj.trajectory_id} ran a tool call")
-            return sum(traj.loss_mask)
+            unrun = sum(1 for turn in traj.turns if turn.HasField("tool_call"))
+            return sum(traj.loss_mask), unrun
 
         return job
 
     started = time.perf_counter()
-    counts = await bounded(concurrency, [job_for(i, p) for i, p in enumerate(prompt_list)])
-    return sum(counts), time.perf_counter() - started
+    results = await bounded(concurrency, [job_for(i, p) for i, p in enumerate(prompt_list)])
+    elapsed = time.perf_counter() - started
+    return sum(t for t, _ in results), elapsed, sum(u for _, u in results)
 
 
 async def pool_tokens(
@@ -229,9 +233,10 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
     loop = AgentLoop(pool, tokenizer, tools)
     try:
         # (a) no tools: one turn per episode. The tiny model writes `</code>` (the format's
-        # stop string) in about a third of its turns; max_tool_calls=0 records that call
-        # without running it, as raw and pool run none (max_turns=1 alone still ran it: the
-        # last turn's call runs, its observation is part of the trajectory).
+        # stop string) in about a third of its turns; max_turns=1 makes that the last turn's
+        # call, which the agent loop records without running it, as raw and pool run none.
+        # The tool-call limit is left at its default on purpose: the check in rollout_tokens
+        # then fails the benchmark if the loop ever runs a last turn's call again.
         plain = EpisodeSettings(
             sampling={
                 "temperature": 1.0,
@@ -241,7 +246,6 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
             },
             max_tokens_per_turn=args.max_tokens,
             max_turns=1,
-            max_tool_calls=0,
             max_total_tokens=4096,
         )
         sampling = turn_sampling(plain)  # what the agent loop passes to the pool
@@ -251,7 +255,7 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
         await pool_tokens(pool, prompt_list[: args.concurrency], sampling, args.concurrency, "w")
 
         async def measure(path: str, r: int) -> float:
-            cpu = time.process_time()
+            cpu, unrun = time.process_time(), ""
             before = await engine_totals(url)
             if path == "raw":
                 tokens, seconds = await raw_tokens(url, prompt_list, wire, args.concurrency)
@@ -260,15 +264,16 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
                     pool, prompt_list, sampling, args.concurrency, f"pool{r}"
                 )
             else:
-                tokens, seconds = await rollout_tokens(
+                tokens, seconds, calls = await rollout_tokens(
                     loop, prompt_list, plain, args.concurrency, f"plain{r}"
                 )
+                unrun = f", {calls} last-turn calls recorded, not run"
             cpu_s = time.process_time() - cpu
             cpu_per_token[path].append(cpu_s / tokens)
             means = engine_means(before, await engine_totals(url))
             print(
                 f"  round {r} {path:<8} {tokens} tokens in {seconds:.2f} s "
-                f"({tokens / seconds:,.0f}/s), client CPU {cpu_s:.2f} s{means}",
+                f"({tokens / seconds:,.0f}/s), client CPU {cpu_s:.2f} s{unrun}{means}",
                 flush=True,
             )
             return tokens / seconds

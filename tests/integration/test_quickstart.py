@@ -146,7 +146,7 @@ def test_reduced_quickstart_completes_and_reports(recipe: Path, first_run) -> No
 
 
 def test_every_consumed_trajectory_accounts_for_its_tokens(recipe: Path, first_run) -> None:
-    from agentrl.proto.core.v1 import group_pb2
+    from agentrl.proto.core.v1 import group_pb2, trajectory_pb2
 
     assert first_run.returncode == 0
     client = redis.Redis.from_url(REDIS_URL)
@@ -176,7 +176,15 @@ def test_every_consumed_trajectory_accounts_for_its_tokens(recipe: Path, first_r
                 position = turn.observation_end
             assert position == n
             assert {i for i in range(t.prompt_length, n) if not t.loss_mask[i]} == observed
-            assert t.num_tool_calls == sum(1 for turn in t.turns if turn.HasField("tool_call"))
+            # A call a limit refused (the last turn's, one past max_tool_calls) is recorded
+            # with status UNSPECIFIED and never ran: it is not counted.
+            ran = [
+                turn
+                for turn in t.turns
+                if turn.HasField("tool_call")
+                and turn.tool_call.status != trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED
+            ]
+            assert t.num_tool_calls == len(ran)
 
 
 def test_resume_survives_killed_worker_and_sandbox(recipe: Path, first_run) -> None:

@@ -182,9 +182,12 @@ def test_recorded_logprobs_equal_vllm_scoring_across_turns(server, sandbox, toke
         server, sandbox, tokenizer, None, allowed=allowed, max_turns=3, max_tool_calls=5
     )
     assert traj.finish_reason == Finish.FINISH_REASON_MAX_TURNS and len(traj.turns) == 3
-    assert all(
-        t.tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_PARSE_ERROR for t in traj.turns
-    )
+    # The last turn's call is recorded, not run: no later turn would read its observation.
+    assert [t.tool_call.status for t in traj.turns] == [
+        trajectory_pb2.TOOL_CALL_STATUS_PARSE_ERROR,
+        trajectory_pb2.TOOL_CALL_STATUS_PARSE_ERROR,
+        trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED,
+    ]
     second = traj.turns[1]
     observation = traj.token_ids[second.observation_start : second.observation_end]
     assert "could not parse" in tokenizer.decode(list(observation))
@@ -199,6 +202,11 @@ def test_tool_errors_are_observations_and_limits_end_episodes(server, sandbox, t
     traj, _ = episode(server, sandbox, tokenizer, failing, max_turns=2, max_tool_calls=5)
     assert traj.finish_reason == Finish.FINISH_REASON_MAX_TURNS and len(traj.turns) == 2
     assert traj.turns[0].tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_ERROR
+    # The second (last) turn's call never reached the sandbox: recorded, no observation.
+    last = traj.turns[1]
+    assert last.tool_call.arguments == "1/0" and traj.num_tool_calls == 1
+    assert last.tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED
+    assert last.observation_start == last.observation_end == len(traj.token_ids)
     assert "ZeroDivisionError" in traj.turns[0].tool_call.output
     assert "ZeroDivisionError" in tokenizer.decode(
         list(traj.token_ids[traj.turns[0].observation_start : traj.turns[0].observation_end])
@@ -315,7 +323,7 @@ def test_search_service_down_is_an_unavailable_observation(server, tokenizer) ->
             r"<search>capital of Krouperburg</search>",
             tools=tools,
             tool_format="search_tags",
-            max_turns=1,
+            max_turns=2,  # the first turn's call runs; the last turn's is never run
         )
     assert traj.finish_reason == Finish.FINISH_REASON_MAX_TURNS
     call = traj.turns[0].tool_call

@@ -11,6 +11,11 @@ Invariants (ARCHITECTURE.md, "Rollout in detail"):
   and policy version -1; sampled tokens carry vLLM's log-prob and the version that sampled them.
 - Episodes end on an answer (`</answer>` or EOS), a limit (turns, tool calls, total tokens, the
   turn's max_tokens) or an error; tool errors are observations, not episode errors.
+- The call that ends the last allowed turn (`max_turns`), or comes past `max_tool_calls`, is
+  parsed and recorded in its turn (status UNSPECIFIED, no output, no observation tokens) but
+  never run, nor counted in `num_tool_calls`: no later turn could read its observation (verl's
+  tool agent loop also stops at its turn limit before running calls; Search-R1's last turn
+  has no search).
 - A turn aborted by a pause (`pause(mode="abort")`) keeps its sampled tokens and continues from
   them after the resume, at most MAX_ABORT_RESUMES times.
 - One tool session per episode: every call of the episode runs with the same `session_id`
@@ -51,7 +56,8 @@ RAN_STATUSES = (
     trajectory_pb2.TOOL_CALL_STATUS_TIMEOUT,
 )
 
-# Tool calls per episode when a task gives no limit: one per default turn (8 turns).
+# Tool calls per episode when a task gives no limit: as many as the default turns (8), so by
+# default the turn limit binds (at most 7 calls run: the last turn's call is not run).
 DEFAULT_MAX_TOOL_CALLS = 8
 # EpisodeLimits.max_tool_calls of a task that allows no tool call at all (0 there means "the
 # default", as for every limit); `agentrl eval --max-tool-calls 0` sends it.
@@ -123,6 +129,18 @@ class Session:
 
     id: str
     opened: bool = False
+
+
+def record_unrun(turn: trajectory_pb2.Turn, call: ParsedCall) -> None:
+    """Record a call an episode limit refused: what the model wrote, status UNSPECIFIED (every
+    reader takes it as "never ran": metrics, tool-error counts, ARPO's replay), no output."""
+    turn.tool_call.CopyFrom(
+        trajectory_pb2.ToolCall(
+            tool=call.tool,
+            arguments=call.arguments,
+            status=trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED,
+        )
+    )
 
 
 class AgentLoop:
@@ -237,14 +255,13 @@ class AgentLoop:
             turn_text = self.tokenizer.decode(list(traj.token_ids[turn.response_start :]))
             call = fmt.parse(turn_text)
             if traj.num_tool_calls >= settings.max_tool_calls:
-                turn.tool_call.CopyFrom(
-                    trajectory_pb2.ToolCall(
-                        tool=call.tool,
-                        arguments=call.arguments,
-                        status=trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED,
-                    )
-                )
+                record_unrun(turn, call)
                 return Finish.FINISH_REASON_MAX_TOOL_CALLS
+            if len(traj.turns) >= settings.max_turns:
+                # No turn follows to read the observation: running the call would only cost a
+                # sandbox or search run.
+                record_unrun(turn, call)
+                return Finish.FINISH_REASON_MAX_TURNS
             fits = await self._observe(traj, turn, call, settings, fmt, session)
             if not fits:
                 return Finish.FINISH_REASON_MAX_TOKENS

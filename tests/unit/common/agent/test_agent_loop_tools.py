@@ -1,6 +1,6 @@
 """How the agent loop uses its tools (pure logic: a stand-in pool and tools; the real sandbox
-path is tests/integration/test_quickstart.py): no call at all when a task allows none; one python
-session per episode, closed however the episode ends; an ARPO branch replays its prefix's
+path is tests/integration/test_quickstart.py): no call at all when a task allows none; the call
+ending the last turn recorded, never run; one python session per episode, closed however the episode ends; an ARPO branch replays its prefix's
 calls into its own session; several sandbox replicas, each session pinned to one."""
 
 from __future__ import annotations
@@ -116,6 +116,43 @@ def test_an_episodes_calls_share_one_session_closed_at_the_end() -> None:
     loop, _ = two_call_episode(plain, sessions=False)
     asyncio.run(loop.run(prompt, EpisodeSettings(), trajectory_id="t"))
     assert [s for _, s in plain.calls] == ["", ""] and plain.closed == []
+
+
+def test_the_call_ending_the_last_turn_is_recorded_not_run() -> None:
+    sandbox = FakeSandbox()
+    _, encode = tokenizer_and_ids()
+    turns = [
+        (encode("<code>\nx = 6 * 7\n</code>"), "</code>"),
+        (encode("<code>\nprint(x)\n</code>"), "</code>"),
+    ]
+    loop, _ = two_call_episode(sandbox, pool_turns=turns)
+    prompt = encode("What is 6 * 7?")
+    traj = asyncio.run(loop.run(prompt, EpisodeSettings(max_turns=2), trajectory_id="t"))
+    assert traj.finish_reason == trajectory_pb2.FINISH_REASON_MAX_TURNS
+    # The first turn's call ran (a later turn read it); the last turn's call did not.
+    assert [code for code, _ in sandbox.calls] == ["x = 6 * 7"]
+    assert traj.num_tool_calls == 1
+    first, last = traj.turns
+    assert first.tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_OK
+    assert first.observation_end > first.observation_start
+    assert last.tool_call == trajectory_pb2.ToolCall(
+        tool="python", arguments="print(x)", status=trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED
+    )
+    # No observation: the trajectory ends on the call's sampled tokens (loss mask 1).
+    n = len(traj.token_ids)
+    assert last.response_end == last.observation_start == last.observation_end == n
+    assert list(traj.token_ids[last.response_start :]) == turns[1][0]
+    assert set(traj.loss_mask[last.response_start :]) == {1}
+    assert sandbox.closed == [sandbox.calls[0][1]]
+
+    # One turn: its call is the last turn's, so nothing runs and no session is opened.
+    sandbox = FakeSandbox()
+    loop, _ = two_call_episode(sandbox, pool_turns=turns[:1])
+    traj = asyncio.run(loop.run(prompt, EpisodeSettings(max_turns=1), trajectory_id="t1"))
+    assert traj.finish_reason == trajectory_pb2.FINISH_REASON_MAX_TURNS
+    assert sandbox.calls == [] and sandbox.closed == [] and traj.num_tool_calls == 0
+    assert traj.turns[0].tool_call.status == trajectory_pb2.TOOL_CALL_STATUS_UNSPECIFIED
+    assert len(traj.token_ids) == len(prompt) + len(turns[0][0])
 
 
 def test_the_session_is_closed_when_the_episode_fails_or_is_cancelled() -> None:
