@@ -438,7 +438,8 @@ class RolloutConfig(ServiceEndpoint):
     arpo: ARPOConfig = ARPOConfig()
     """ARPO's branching parameters (`rollout.arpo.*`), used for tasks with `tree_sampling`."""
     max_turns: int | None = Field(default=None, gt=0)
-    """Model turns per episode, written into each admitted task; None: the rollout default (8)."""
+    """Model turns per episode, written into each admitted task; None: the rollout default (8).
+    A tool call that ends the last turn is recorded, not run: no turn could read its output."""
     max_tool_calls: int | None = Field(default=None, gt=0)
     """Tool calls per episode, written into each admitted task; None: the rollout default (8)."""
     max_response_tokens: int | None = Field(default=None, gt=0)
