@@ -20,8 +20,8 @@ any service, Redis or trainer is left.
 
 It prints, per fault, how long the run paused (from the signal to the next step's record) and
 what was redone: the figures of docs/streams.md's fault table. Not exercised: the tiny
-calculator model calls python in a few episodes only, so a sandbox fault meets few calls in
-flight (tests/integration/test_rollout_outages.py covers a sandbox outage under episodes that
+calculator model calls python in a few episodes only (in the first of its two turns: the last
+turn's call is not run), so a sandbox fault meets few calls in flight (tests/integration/test_rollout_outages.py covers a sandbox outage under episodes that
 all call it); the search model searches in most episodes.
 """
 
@@ -106,7 +106,9 @@ def base_config(root: Path, model_dir: Path, data: Path, total_steps: int) -> di
             "http_port": next(ports),
             "max_concurrent_episodes": 8,
             "shutdown_grace_s": 5,
-            "max_turns": 1,
+            # Two turns: a first turn's python call runs in the sandbox (a last turn's call is
+            # recorded, not run), so the sandbox's faults meet calls.
+            "max_turns": 2,
             "max_response_tokens": 32,
         },
         "trainer": {
