@@ -5,10 +5,7 @@ while the subscription is down is picked up from the key after the reconnect."""
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 
-import pytest
 import redis
 
 from agentrl.common.policy_version import PolicyVersionPublisher, PolicyVersionSubscriber
@@ -23,16 +20,6 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout_s} s")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def run_id() -> Iterator[str]:
-    run = f"test-policy-{uuid.uuid4().hex[:10]}"
-    yield run
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"agentrl:{run}:*"))
-    if keys:
-        client.delete(*keys)
 
 
 def test_subscriber_follows_published_versions_across_a_lost_connection(run_id) -> None:

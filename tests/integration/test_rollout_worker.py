@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,16 +177,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir)
-
-
-@pytest.fixture
-def run_id() -> Iterator[str]:
-    run = f"test-rollout-{uuid.uuid4().hex[:10]}"
-    yield run
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"agentrl:{run}:*"))
-    if keys:
-        client.delete(*keys)
 
 
 def make_config(

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,6 @@ from agentrl.common.streams import StreamQueue, StreamUnavailableError, stream_k
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
 
 REDIS_URL = "redis://127.0.0.1:6379"
-
-
-@pytest.fixture
-def run_id():
-    """A fresh run namespace on the shared Redis; its keys are deleted afterwards."""
-    run = f"test-{uuid.uuid4().hex[:12]}"
-    yield run
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"agentrl:{run}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture

@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
-import pytest
 import redis
 
 from agentrl.common.config import AgentRLConfig
@@ -57,16 +54,6 @@ class ScriptedSampler:
             *(self.episode(task, i, on_episode) for i in range(task.num_samples))
         )
         return group_pb2.Group(idempotency_key=task.idempotency_key, samples=samples)
-
-
-@pytest.fixture
-def run_id() -> Iterator[str]:
-    run = f"test-slots-{uuid.uuid4().hex[:10]}"
-    yield run
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"agentrl:{run}:*"))
-    if keys:
-        client.delete(*keys)
 
 
 def wait_until(predicate, what: str) -> None:
