@@ -171,14 +171,17 @@ def run_with_stand_ins(config, redis_url: str, max_steps: int) -> None:
     from agentrl.trainer.rl_loop import run_training
 
     stop = threading.Event()
+    rollout = threading.Thread(
+        target=seeded_rollout, args=(redis_url, config.run.run_id, stop), daemon=True
+    )
     if is_main_process():
-        threading.Thread(
-            target=seeded_rollout, args=(redis_url, config.run.run_id, stop), daemon=True
-        ).start()
+        rollout.start()
     try:
         run_training(config, max_steps, pool=stand_in_pool(), wait_timeout_s=60)
     finally:
         stop.set()
+        if rollout.is_alive():  # ended before the test stops its Redis (its reads block 0.2 s)
+            rollout.join(timeout=30)
 
 
 # ---- stand-ins for vLLM and the rollout worker ------------------------------------------------
