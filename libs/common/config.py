@@ -338,7 +338,9 @@ class InferenceServerConfig(Section):
     model_path: Path | None = None
     """Checkpoint the local launcher serves (`agentrl up`); None: the run's `model.path`."""
     max_model_len: int = Field(default=4096, gt=0)
-    """Context length of the launched servers: prompt + whole episode must fit."""
+    """Context length of the servers (the launcher's and the chart's `--max-model-len`): an
+    episode's token budget (prompt + whole episode) is capped at it, and
+    rollout.max_response_tokens must stay below it."""
     kv_cache_gib: int = Field(default=1, ge=1)
     """CPU servers: KV cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE, which vLLM reads as an
     integer); 1 GiB holds ~1M tokens of the tiny model."""
@@ -804,6 +806,20 @@ class AgentRLConfig(Section):
             raise ValueError(
                 f"{config_json} does not fit the Megatron layout: {'; '.join(problems)}; "
                 "change trainer.megatron's sizes"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_episode_fits_engine(self) -> AgentRLConfig:
+        response, context = self.rollout.max_response_tokens, self.inference.server.max_model_len
+        if response is not None and response >= context:
+            raise ValueError(
+                f"rollout.max_response_tokens ({response}) leaves no room for a prompt in "
+                f"inference.server.max_model_len ({context}), the engine's context (prompt + "
+                "whole episode; the launcher and the chart start vLLM with it): raise "
+                "inference.server.max_model_len to at least the longest prompt plus "
+                f"{response} (for an engine you run yourself, set it to that engine's "
+                "--max-model-len), or lower rollout.max_response_tokens"
             )
         return self
 

@@ -100,7 +100,9 @@ class TrainingTimeout(RuntimeError):
 def make_task(row: PromptRow, config: AgentRLConfig, tokenizer: Any, key: str, version: int):
     """The RolloutTask of one data-set row. Episode limits, the per-turn token budget and the
     ARPO switch come from the `rollout` section; a limit left unset there stays 0 in the task,
-    i.e. the rollout default, as do the other sampling fields."""
+    i.e. the rollout default, as do the other sampling fields. The episode's token budget is
+    capped at `inference.server.max_model_len`."""
+    from agentrl.common.agent.loop import EpisodeSettings
     from agentrl.proto.core.v1 import task_pb2
     from agentrl.trainer.rendering import render_prompt
 
@@ -114,6 +116,11 @@ def make_task(row: PromptRow, config: AgentRLConfig, tokenizer: Any, key: str, v
     max_total_tokens = (
         len(prompt_ids) + rollout.max_response_tokens if rollout.max_response_tokens else 0
     )
+    # An episode never outgrows the engine's context: vLLM answers a longer request with a 400
+    # and the episode would end in an error. A long prompt leaves its episode less room.
+    context = config.inference.server.max_model_len
+    if (max_total_tokens or EpisodeSettings.max_total_tokens) > context:
+        max_total_tokens = context
     return task_pb2.RolloutTask(
         task_id=key,
         idempotency_key=key,

@@ -208,3 +208,12 @@ def test_the_native_transport_needs_the_engine_it_drives(tmp_path, engine, fix):
 def test_a_check_of_a_whole_section_reads_without_pydantics_prefix(tmp_path):
     issues = issues_of(write(tmp_path, "algorithm:\n  clip_low: 0.3\n  clip_high: 0.2\n"))
     assert issues["algorithm"].startswith("clip_high (0.2) must be >= clip_low (0.3)")
+
+
+def test_a_response_budget_the_engine_cannot_hold_is_refused_with_the_fix(tmp_path):
+    recipe = write(tmp_path, "rollout:\n  max_response_tokens: 4096\n")  # the default context
+    issues = issues_of(recipe)
+    assert list(issues) == ["(recipe)"]
+    assert "raise inference.server.max_model_len" in issues["(recipe)"]
+    assert "or lower rollout.max_response_tokens" in issues["(recipe)"]
+    load_config(recipe, env={"AGENTRL__INFERENCE__SERVER__MAX_MODEL_LEN": "8192"})

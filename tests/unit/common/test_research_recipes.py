@@ -161,3 +161,21 @@ def test_search_r1_uses_its_tags_top3_and_an_exact_match_reward_behind_a_format_
     assert shape(Verification(CORRECT, 1.0, ""), settings, long_response, 2).reward == 1.0
     assert shape(Verification(INCORRECT, 0.0, ""), settings, long_response, 2).reward == 0.0
     assert shape(Verification(FORMAT_ERROR, 0.0, ""), settings, 10, 0).reward == -1.0
+
+
+@pytest.mark.parametrize("response_budget", [None, 60])
+def test_an_episode_budget_never_passes_the_engines_context(response_budget):
+    # The default budget (4096 in all) or prompt + max_response_tokens, above a 64-token context.
+    config = AgentRLConfig(
+        inference={"server": {"max_model_len": 64}},
+        rollout={"max_response_tokens": response_budget},
+    )
+    task = task_of(config, prompt="a prompt of eight words, as long as this")
+    assert task.limits.max_total_tokens == 64
+    assert EpisodeSettings.from_task(task).max_total_tokens == 64
+    # Within the context nothing changes: prompt + budget, or 0 (the rollout default).
+    roomy = task_of(AgentRLConfig(rollout={"max_response_tokens": response_budget}))
+    prompt_length = len(roomy.prompt_token_ids)
+    assert roomy.limits.max_total_tokens == (
+        prompt_length + response_budget if response_budget else 0
+    )
