@@ -34,8 +34,10 @@ lint:
 # two build stages are identical, so the second comes from the build cache). Offline or behind a proxy:
 #   make images BASE_IMAGE=agentrl-base:bookworm TORCH_INDEX_URL= \
 #     DOCKER_BUILD="DOCKER_BUILDKIT=0 docker build --network host" \
-#     EXTRA_CA_CERT="$$(cat /usr/local/share/ca-certificates/*.crt)"
-# with torch's CPU wheel copied into docker-wheels/ when download.pytorch.org is out of reach.
+#     EXTRA_CA_CERT='$$(cat /usr/local/share/ca-certificates/*.crt)'
+# with torch's CPU wheel copied into docker-wheels/ when download.pytorch.org is out of reach
+# (EXTRA_CA_CERT quoted so that the recipe's shell reads the files: a multi-line value given on
+# make's command line breaks the recipe's line).
 # VLLM_PACKAGE=vllm VLLM_VERSION=... builds the CUDA vLLM image (TORCH_INDEX_URL= for the loop's).
 IMAGE_TAG ?= dev
 BASE_IMAGE ?= python:3.11-slim
