@@ -474,8 +474,8 @@ class MegatronConfig(Section):
     """Ranks each layer is split over: must divide the attention heads, the key/value heads
     and the MLP hidden size of the model."""
     pipeline_parallel_size: int = Field(default=1, ge=1)
-    """Pipeline stages (must divide the layers). Checkpoints convert for any stage count, but
-    only 1 trains today."""
+    """Pipeline stages (must divide the layers; the backend's own GPipe schedule,
+    backends/megatron/pipeline.py). Models with tied embeddings train at 1 only."""
     vocab_padding_multiple: int = Field(default=128, ge=1)
     """Megatron's `make_vocab_size_divisible_by`: the embedding and output rows are padded to
     a multiple of this times tensor_parallel_size (the padding never reaches a checkpoint)."""
@@ -507,11 +507,18 @@ def megatron_layout_problems(model_config: dict[str, Any], megatron: MegatronCon
         ("MLP hidden size", model_config.get("intermediate_size", 0), tp, "tensor_parallel_size"),
         ("layers", model_config.get("num_hidden_layers", 0), pp, "pipeline_parallel_size"),
     ]
-    return [
+    problems = [
         f"the model's {what} ({size}) do not divide by trainer.megatron.{setting} {by}"
         for what, size, by, setting in sizes
         if size % by
     ]
+    if pp > 1 and model_config.get("tie_word_embeddings", False):
+        problems.append(
+            "the model ties its embedding and output layer (tie_word_embeddings: true), which "
+            f"trainer.megatron.pipeline_parallel_size {pp} does not train (the first and last "
+            "stage would each hold a copy); use pipeline_parallel_size 1 for this model"
+        )
+    return problems
 
 
 class CollapseConfig(Section):
@@ -624,15 +631,6 @@ class TrainerConfig(ServiceEndpoint):
             raise ValueError(
                 "backend 'megatron' parallelises by trainer.megatron's sizes; leave "
                 "trainer.parallelism at 'single' (fsdp2 is the torch backend's)"
-            )
-        if self.megatron.pipeline_parallel_size > 1:
-            raise ValueError(
-                "trainer.megatron.pipeline_parallel_size > 1 is not built: the Megatron "
-                "backend converts checkpoints for pipeline stages but trains with tensor "
-                "parallelism only (megatron-core 0.16.1's pipeline schedules allocate a CUDA "
-                "tensor unconditionally, pipeline_parallel/schedules.py:2138 "
-                "torch.zeros(..., device='cuda'), so they cannot run or be tested on CPU; "
-                "docs/trainer.md); set it to 1"
             )
         return self
 

@@ -1,5 +1,6 @@
 """`trainer.backend: megatron` in `agentrl config validate`: the sizes that do not divide the
-model are named with the setting to change; what is not built (pipeline training) is refused."""
+model are named with the setting to change; what is not built (a tied embedding over pipeline
+stages, FSDP2) is refused."""
 
 from __future__ import annotations
 
@@ -66,13 +67,16 @@ def test_an_unmapped_family_is_named(tmp_path):
     assert "model_type 'gpt2' has no Megatron mapping; supported: qwen3, qwen2, llama" in message
 
 
-def test_pipeline_training_and_fsdp2_are_refused_with_the_fix(tmp_path):
-    found = issues(recipe(tmp_path, "    pipeline_parallel_size: 2\n"))
-    assert (
-        "converts checkpoints for pipeline stages but trains with tensor parallelism only"
-        in found["trainer"]
-    )
-    assert "pipeline_parallel/schedules.py:2138" in found["trainer"]  # the reason, exactly
+def test_pipeline_stages_validate_unless_the_embedding_is_tied(tmp_path):
+    config = load_config(recipe(tmp_path, "    pipeline_parallel_size: 2\n"), env={})
+    assert config.trainer.megatron.pipeline_parallel_size == 2
+    tied = recipe(tmp_path, "    pipeline_parallel_size: 2\n", {"tie_word_embeddings": True})
+    (message,) = issues(tied).values()
+    assert "ties its embedding and output layer (tie_word_embeddings: true)" in message
+    assert "use pipeline_parallel_size 1 for this model" in message
+
+
+def test_fsdp2_is_refused_with_the_fix(tmp_path):
     path = recipe(tmp_path, "    tensor_parallel_size: 2\n")
     path.write_text(path.read_text() + "  parallelism: fsdp2\n")
     assert "leave trainer.parallelism at 'single'" in issues(path)["trainer"]

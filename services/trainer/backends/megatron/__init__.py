@@ -1,8 +1,8 @@
 """The `megatron` backend: a megatron-core GPTModel trained behind the same interface as the
 torch backend, with Hugging Face checkpoints converted in and out (convert.py), the model and
-its forward (model.py), the CPU accommodations (cpu.py) and the verbs (backend.py). `build` is
-what `create_backend` calls; megatron-core is imported only then (`pip install
-agentrl[megatron]`)."""
+its forward (model.py), the CPU accommodations (cpu.py), the pipeline schedule (pipeline.py)
+and the verbs (backend.py). `build` is what `create_backend` calls; megatron-core is imported
+only then (`pip install agentrl[megatron]`)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,19 @@
-"""The `megatron` training backend: a megatron-core GPTModel with tensor and data parallelism.
+"""The `megatron` training backend: a megatron-core GPTModel with tensor, pipeline and data
+parallelism.
 
-    hf checkpoint ─convert.hf_to_megatron─► this rank's shard ─► GPTModel (model.py)
-        ─► logits (vocab-parallel, gathered over TP) ─► log-probs, entropy ─► loss_fn ─► backward
-        ─► grads: SUM over data-parallel ranks, QK-norm grads SUM over TP ─► clip (global norm)
-        ─► AdamW ─► hf_weights(): shards gathered ─convert.megatron_to_hf─► transports
+    hf checkpoint ─convert.hf_to_megatron─► this rank's (stage, tensor) shard ─► GPTModel
+        ─► stage by stage (pipeline.py, GPipe) ─► last stage: logits (vocab-parallel, gathered
+        over TP) ─► log-probs, entropy ─► loss_fn ─► backward, stage by stage in reverse
+        ─► grads: SUM over data-parallel ranks, QK-norm grads SUM over TP ─► clip (global norm
+        over TP and every stage) ─► AdamW ─► hf_weights(): shards gathered over TP x PP
+        ─convert.megatron_to_hf─► transports
 
-- Ranks: world = TP x DP (pipeline parallelism is converted but not trained here: PP > 1 is
-  refused). The RL driver splits a step's micro-batches by global rank
-  (`distributed.rank_share`); the ranks of one tensor-parallel group must run the same
-  sequences, so each verb first all-gathers its group's micro-batches and runs them all: a
-  data-parallel replica trains on the union of its TP ranks' shares, every sequence once.
+- Ranks: world = TP x PP x DP. The RL driver splits a step's micro-batches by global rank
+  (`distributed.rank_share`); the ranks of one model replica (megatron's model-parallel group,
+  TP x PP) must run the same sequences, so each verb first all-gathers its group's
+  micro-batches and runs them all: a data-parallel replica trains on the union of its ranks'
+  shares, every sequence once. Log-probs and metrics come from the last stage and are
+  broadcast over the pipeline, so every rank returns what it would at PP 1.
 - The loss is the caller's `loss_fn` (loss.policy_loss_fn or sft.sft_loss_fn), applied to the
   full-vocabulary log-probs exactly as the torch backend does (packing.py's shift and masking),
   normalised by the GLOBAL counts (`global_counts` sums over every rank), so gradients are
@@ -17,11 +21,13 @@
 - Precision: float32 master weights and AdamW state; `bfloat16` runs the forward under autocast
   (CUDA only: megatron's linear layers take CUDA's autocast state into their backward).
 - State dicts are Hugging Face-named full tensors for the model and for AdamW's moments
-  (gathered over TP by the conversion table), so a checkpoint resumes at any TP size.
+  (gathered over TP x PP by the conversion table), so a checkpoint resumes at any TP or PP.
 - Optimizer: torch's AdamW over each rank's shard; `distributed_optimizer` shards its state
   over data-parallel ranks (torch's ZeroRedundancyOptimizer over megatron's DP group).
-- What is NOT covered: pipeline-parallel training and megatron-core's own
-  DistributedOptimizer (both need CUDA in megatron-core 0.16.1, docs/trainer.md),
+- Pipeline stages: our GPipe schedule (pipeline.py), not megatron-core's (it needs CUDA in
+  0.16.1). A tied embedding is refused at PP > 1 (its two copies' gradients are not summed).
+- What is NOT covered: megatron-core's own schedules and DistributedOptimizer (both need CUDA
+  in megatron-core 0.16.1, docs/trainer.md), 1F1B or interleaved pipeline schedules,
   sequence/context parallelism, THD packed attention
   (needs Transformer Engine), and loading only this rank's slice of the checkpoint (every
   rank reads the whole Hugging Face checkpoint once at start).
@@ -45,6 +51,7 @@ from agentrl.trainer.backends.interface import (
     TrainerBackend,
 )
 from agentrl.trainer.backends.megatron import model as megatron_model
+from agentrl.trainer.backends.megatron import pipeline
 from agentrl.trainer.backends.megatron.convert import (
     ConversionError,
     ModelShape,
@@ -94,12 +101,6 @@ class MegatronBackend(TrainerBackend):
             )
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"training dtype {dtype!r} is not supported; use float32 or bfloat16")
-        if layout.pp != 1:
-            raise ValueError(
-                f"pipeline_parallel_size {layout.pp}: the Megatron backend converts checkpoints "
-                "for pipeline stages but does not train them (megatron-core 0.16.1's pipeline "
-                "schedules need CUDA: schedules.py:2138; docs/trainer.md); set it to 1"
-            )
         if dtype == "bfloat16" and not torch.cuda.is_available():
             raise ValueError(
                 "model.dtype bfloat16 with trainer.backend megatron needs a CUDA GPU: "
@@ -118,6 +119,14 @@ class MegatronBackend(TrainerBackend):
         self.compute_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         self.hf_config = AutoConfig.from_pretrained(model_path)
         self.shape = ModelShape.from_hf(self.hf_config)
+        if layout.pp > 1 and self.shape.tied_embeddings:
+            raise ValueError(
+                f"pipeline_parallel_size {layout.pp} with a tied embedding "
+                "(tie_word_embeddings: true in config.json): the pipeline schedule does not "
+                "sum the embedding and output-layer gradients across the first and last stage "
+                "(and megatron-core 0.16.1 builds that tied copy with .cuda()); use "
+                "pipeline_parallel_size 1 for this model, or an untied one"
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         megatron_model.init_parallel(layout)
         self.device = (
@@ -128,10 +137,14 @@ class MegatronBackend(TrainerBackend):
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
         self.dp_group = parallel_state.get_data_parallel_group()
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+        # The ranks of one model replica (TP x PP): they run the same micro-batches.
+        self.model_parallel_group = parallel_state.get_model_parallel_group()
+        self.stage = pipeline.Stage.current()
         self.model = megatron_model.build_gpt_model(
             self.hf_config, layout, dtype=self.compute_dtype, recompute=recompute
         )
-        shard = hf_to_megatron(read_hf_state(model_path), self.shape, layout)[(0, self.tp_rank)]
+        shard = hf_to_megatron(read_hf_state(model_path), self.shape, layout)[self._shard_key]
         result = self.model.load_state_dict(shard, strict=False)
         missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
         if missing or result.unexpected_keys:
@@ -143,7 +156,7 @@ class MegatronBackend(TrainerBackend):
         self.rope = megatron_model.Rope.from_hf(self.hf_config)
         # From the conversion table: megatron marks sharded weights only when it initialises
         # them, and every weight here is loaded instead.
-        self.replicated = replicated_names(self.shape, layout, pp_rank=0)
+        self.replicated = replicated_names(self.shape, layout, pp_rank=self.pp_rank)
         adamw = {
             "lr": optimizer.learning_rate * optimizer.lr_factor(0),
             "betas": optimizer.betas,
@@ -168,24 +181,30 @@ class MegatronBackend(TrainerBackend):
         self.step = 0
         self._world = dist.get_world_size()
 
+    @property
+    def _shard_key(self) -> tuple[int, int]:
+        """This rank's key in convert.py's shards: (pipeline stage, tensor rank)."""
+        return (self.pp_rank, self.tp_rank)
+
     # --- forward -----------------------------------------------------------------------------
 
     def _group_micro_batches(self, micro_batches: Sequence[MicroBatch]) -> tuple[list, int]:
-        """All micro-batches of this tensor-parallel group (see the module docstring) and
-        where this rank's own ones start in that list."""
+        """All micro-batches of this model replica, its TP x PP ranks (see the module
+        docstring), and where this rank's own ones start in that list."""
         for micro_batch in micro_batches:
             if micro_batch.cu_seqlens is None or micro_batch.input_ids.shape[0] != 1:
                 raise ValueError(
                     "the Megatron backend trains packed micro-batches ([1, T] rows with "
                     "cu_seqlens, packing.pack_micro_batches); padded ones are not supported"
                 )
-        if self.layout.tp == 1:
+        if self.layout.tp * self.layout.pp == 1:
             return list(micro_batches), 0
         import torch.distributed as dist
 
-        gathered: list[Any] = [None] * self.layout.tp
-        dist.all_gather_object(gathered, list(micro_batches), group=self.tp_group)
-        start = sum(len(gathered[r]) for r in range(self.tp_rank))
+        gathered: list[Any] = [None] * (self.layout.tp * self.layout.pp)
+        dist.all_gather_object(gathered, list(micro_batches), group=self.model_parallel_group)
+        mine = dist.get_rank(self.model_parallel_group)
+        start = sum(len(gathered[r]) for r in range(mine))
         return [mb for share in gathered for mb in share], start
 
     def _autocast(self):
@@ -193,7 +212,14 @@ class MegatronBackend(TrainerBackend):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
-    def _forward(self, micro_batch: MicroBatch, temperature: float):
+    def _forward(
+        self,
+        micro_batch: MicroBatch,
+        temperature: float,
+        input_tensor: torch.Tensor | None = None,
+    ):
+        """This stage's forward of a micro-batch: on the last stage (log-probs, entropy), on
+        the others the hidden states for the next one."""
         from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
 
         input_ids = micro_batch.input_ids.to(self.device)
@@ -204,7 +230,10 @@ class MegatronBackend(TrainerBackend):
                 input_ids,
                 micro_batch.position_ids.to(self.device),
                 micro_batch.cu_seqlens,
+                input_tensor,
             )
+        if not self.stage.is_last:
+            return logits  # hidden states [T, 1, H]
         # [T, 1, V_padded / TP] -> the full vocabulary without its padding, [1, T, V].
         logits = gather_from_tensor_model_parallel_region(logits.float())
         logits = logits[..., : self.shape.vocab_size].transpose(0, 1)
@@ -217,12 +246,21 @@ class MegatronBackend(TrainerBackend):
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         group, start = self._group_micro_batches(micro_batches)
         self.model.eval()
-        out = []
-        with torch.no_grad():
-            for micro_batch in group:
-                logprobs, entropy = self._forward(micro_batch, temperature)
-                out.append((logprobs.float().cpu(), entropy.float().cpu()))
+
+        def forward(micro_batch: MicroBatch, received: torch.Tensor | None):
+            output = self._forward(micro_batch, temperature, received)
+            if not self.stage.is_last:
+                return output
+            logprobs, entropy = output
+            return logprobs.float().cpu(), entropy.float().cpu()
+
+        out = pipeline.forward_only(self.stage, group, forward, self._hidden_shape, self.device)
+        out = pipeline.broadcast_from_last(self.stage, out)
         return out[start : start + len(micro_batches)]
+
+    def _hidden_shape(self, micro_batch: MicroBatch) -> tuple[int, int, int]:
+        """What arrives from the previous stage for a [1, T] micro-batch: [T, 1, H]."""
+        return (micro_batch.input_ids.shape[-1], 1, self.shape.hidden_size)
 
     def forward_backward(
         self, micro_batches: Sequence[MicroBatch], loss_fn: LossFn, temperature: float = 1.0
@@ -230,19 +268,27 @@ class MegatronBackend(TrainerBackend):
         group, _ = self._group_micro_batches(micro_batches)
         self.model.train()
         totals: dict[str, float] = {}
-        for micro_batch in group:
-            logprobs, entropy = self._forward(micro_batch, temperature)
+
+        def forward(micro_batch: MicroBatch, received: torch.Tensor | None):
+            output = self._forward(micro_batch, temperature, received)
+            if not self.stage.is_last:
+                return output
+            logprobs, entropy = output
             on_device = dataclasses.replace(
                 micro_batch,
                 seq_index=micro_batch.seq_index.to(self.device),
                 per_token={k: v.to(self.device) for k, v in micro_batch.per_token.items()},
             )
             loss, metrics = loss_fn(logprobs, entropy, on_device)
-            loss.backward()
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + float(value)
+            return loss
+
+        pipeline.forward_backward(self.stage, group, forward, self._hidden_shape, self.device)
         self._reduce_grads()
-        # Every TP rank of a replica computed the same metrics: sum over replicas only.
+        # The last stage computed the metrics, the same on each of its TP ranks: hand them to
+        # every stage, then sum over data-parallel replicas.
+        totals = pipeline.broadcast_from_last(self.stage, totals)
         return self._all_reduce_metrics(totals, self.dp_group)
 
     def _reduce_grads(self) -> None:
@@ -271,7 +317,8 @@ class MegatronBackend(TrainerBackend):
     # --- optimizer ---------------------------------------------------------------------------
 
     def _grad_norm(self) -> float:
-        """The global L2 norm: TP-sharded gradients summed over TP, replicated ones once."""
+        """The global L2 norm: TP-sharded gradients summed over TP, replicated ones once,
+        then every pipeline stage's part summed."""
         import torch.distributed as dist
 
         sharded = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -284,7 +331,10 @@ class MegatronBackend(TrainerBackend):
                 sharded += square
         if self.layout.tp > 1:
             dist.all_reduce(sharded, group=self.tp_group)
-        return float((sharded + replicated).sqrt())
+        total = sharded + replicated
+        if self.layout.pp > 1:
+            dist.all_reduce(total, group=self.stage.group)
+        return float(total.sqrt())
 
     def optimizer_step(self) -> StepStats:
         learning_rate = self.settings.learning_rate * self.settings.lr_factor(self.step)
@@ -317,23 +367,27 @@ class MegatronBackend(TrainerBackend):
 
     # --- weights out -------------------------------------------------------------------------
 
-    def _gathered_shards(self) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
-        """Every tensor rank's model state (CPU), on every rank of the TP group."""
+    def _gathered_shards(
+        self, local: dict[str, torch.Tensor]
+    ) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
+        """Every (stage, tensor rank)'s `local` tensors, on every rank of the model replica."""
+        if self.layout.tp * self.layout.pp == 1:
+            return {self._shard_key: local}
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * (self.layout.tp * self.layout.pp)
+        dist.all_gather_object(gathered, (self._shard_key, local), group=self.model_parallel_group)
+        return dict(gathered)
+
+    def _hf_state(self, tied_head: bool) -> dict[str, torch.Tensor]:
         local = {
             name: tensor.detach().cpu().clone()  # a snapshot: training goes on in place
             for name, tensor in self.model.state_dict().items()
             if not name.endswith("_extra_state")
         }
-        if self.layout.tp == 1:
-            return {(0, 0): local}
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self.layout.tp
-        dist.all_gather_object(gathered, local, group=self.tp_group)
-        return {(0, rank): state for rank, state in enumerate(gathered)}
-
-    def _hf_state(self, tied_head: bool) -> dict[str, torch.Tensor]:
-        return megatron_to_hf(self._gathered_shards(), self.shape, self.layout, tied_head=tied_head)
+        return megatron_to_hf(
+            self._gathered_shards(local), self.shape, self.layout, tied_head=tied_head
+        )
 
     def is_main_process(self) -> bool:
         import torch.distributed as dist
@@ -380,23 +434,16 @@ class MegatronBackend(TrainerBackend):
                 "adam_step": steps.pop() if steps else None,
                 **{m: self._to_hf(tensors) for m, tensors in moments.items()},
             },
-            "layout": {"tp": self.layout.tp},
+            "layout": {"tp": self.layout.tp, "pp": self.layout.pp},
             "schedule": {"step": self.step},
         }
 
     def _to_hf(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Parameter-shaped tensors of this rank (Megatron names), as full Hugging Face ones."""
-        shards = {(0, 0): local}
-        if self.layout.tp > 1:
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * self.layout.tp
-            dist.all_gather_object(gathered, local, group=self.tp_group)
-            shards = {(0, rank): state for rank, state in enumerate(gathered)}
-        return megatron_to_hf(shards, self.shape, self.layout)
+        return megatron_to_hf(self._gathered_shards(local), self.shape, self.layout)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`'s output, written at any tensor-parallel size."""
+        """Restore `state_dict()`'s output, written at any tensor or pipeline size."""
         if "optimizer" not in state:
             raise ValueError(
                 "this Megatron checkpoint predates resharding (it has no 'optimizer' entry in "
@@ -404,7 +451,7 @@ class MegatronBackend(TrainerBackend):
             )
 
         def mine(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return hf_to_megatron(hf_state, self.shape, self.layout)[(0, self.tp_rank)]
+            return hf_to_megatron(hf_state, self.shape, self.layout)[self._shard_key]
 
         shard = mine(state["model"])
         with torch.no_grad():

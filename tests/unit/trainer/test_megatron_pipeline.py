@@ -1,0 +1,163 @@
+"""The Megatron backend's pipeline schedule over 4 CPU ranks (gloo): at pipeline parallel 2 x
+tensor parallel 2, and at pipeline parallel 2 x data parallel 2, an RL step gives the same
+log-probs, loss metrics, grad norm and new weights as one process at PP 1; at PP 2 x TP 2 the
+checkpoint state (model and AdamW moments, in Hugging Face naming) is PP 1's, and a checkpoint
+written at PP 1 resumes there with the uninterrupted run's next step.
+
+The ranks run this file as a script under torchrun (the `__main__` block); the test compares
+what rank 0 wrote with the same steps taken in the test process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+LENGTHS = [12, 30, 7, 21, 16, 9, 25, 11]
+TOKEN_BUDGET = 40
+LEARNING_RATE = 1e-2
+
+
+def one_step(backend) -> dict:
+    """What rl_step.train_step does with a backend: rank share, global counts, the step, on
+    deterministic packed micro-batches with RL fields."""
+    from agentrl.common.config import AlgorithmConfig
+    from agentrl.trainer.distributed import rank_share
+    from agentrl.trainer.loss import GlobalTokenCounts, policy_loss_fn
+    from agentrl.trainer.packing import pack_micro_batches
+
+    generator = torch.Generator().manual_seed(0)
+    vocab_size = backend.shape.vocab_size
+    token_ids = [torch.randint(0, vocab_size, (n,), generator=generator).tolist() for n in LENGTHS]
+    per_token = {
+        "loss_mask": [[0.0] * 3 + [1.0] * (n - 3) for n in LENGTHS],
+        "advantages": [
+            [float(a)] * n for a, n in zip(torch.randn(len(LENGTHS), generator=generator), LENGTHS)
+        ],
+        "old_logprobs": [(-2.0 - torch.rand(n, generator=generator)).tolist() for n in LENGTHS],
+    }
+    share = rank_share(pack_micro_batches(token_ids, TOKEN_BUDGET, per_token))
+    logprobs = backend.logprobs(share)
+    local = sum(
+        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in share),
+        GlobalTokenCounts(0, 0, 0),
+    )
+    algorithm = AlgorithmConfig(learning_rate=LEARNING_RATE, entropy_coef=0.01)
+    loss_fn = policy_loss_fn(algorithm, backend.global_counts(local))
+    metrics, stats = backend.train_step(share, loss_fn)
+    return {
+        "logprobs": {tuple(mb.sample_indices): lp for mb, (lp, _) in zip(share, logprobs)},
+        "metrics": metrics,
+        "grad_norm": stats.grad_norm,
+        "weights": backend.hf_weights(),
+    }
+
+
+def build(checkpoint: Path, tp: int, pp: int):
+    from agentrl.trainer.backends.interface import OptimizerSettings
+    from agentrl.trainer.backends.megatron.backend import MegatronBackend
+    from agentrl.trainer.backends.megatron.convert import ParallelLayout
+
+    settings = OptimizerSettings(learning_rate=LEARNING_RATE, max_grad_norm=0.1)
+    return MegatronBackend(checkpoint, settings, layout=ParallelLayout(tp=tp, pp=pp))
+
+
+@pytest.fixture(scope="module")
+def untied_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """tiny_checkpoint's tokenizer and shape with an untied output layer (tied heads are refused
+    at PP > 1)."""
+    from transformers import AutoConfig, AutoTokenizer, Qwen3ForCausalLM
+
+    out = tmp_path_factory.mktemp("untied_checkpoint")
+    config = AutoConfig.from_pretrained(tiny_checkpoint)
+    config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    Qwen3ForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_checkpoint).save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow  # 4 processes import megatron-core: ~40 s on 2 cores
+def test_pipeline_parallel_equals_one_process(untied_checkpoint, tmp_path):
+    pytest.importorskip("megatron.core", reason="megatron-core is not installed")
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    # One process at PP 1: a step, its checkpoint state, the next step (uninterrupted).
+    pp1_state = tmp_path / "pp1_state.pt"
+    try:
+        backend = build(untied_checkpoint, tp=1, pp=1)
+        expected = one_step(backend)
+        expected_state = backend.state_dict()
+        torch.save(expected_state, pp1_state)
+        second_step = one_step(backend)["weights"]
+    finally:
+        parallel_state.destroy_model_parallel()
+        dist.destroy_process_group()
+
+    out = tmp_path / "rank0.pt"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=4",
+        __file__,
+        str(untied_checkpoint),
+        str(out),
+        str(pp1_state),
+    ]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-6000:]
+    ranks = torch.load(out)
+    for layout in ("tp2_pp2", "pp2_dp2"):
+        step = ranks[layout]
+        assert step["logprobs"] and step["logprobs"].keys() <= expected["logprobs"].keys()
+        for samples, logprobs in step["logprobs"].items():
+            torch.testing.assert_close(
+                logprobs, expected["logprobs"][samples], atol=2e-5, rtol=1e-5
+            )
+        assert step["metrics"].keys() == expected["metrics"].keys()
+        for name, value in expected["metrics"].items():
+            assert step["metrics"][name] == pytest.approx(value, abs=2e-6), (layout, name)
+        assert step["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-4), layout
+        assert set(step["weights"]) == set(expected["weights"])
+        for name, tensor in expected["weights"].items():  # 1% of one Adam update (lr)
+            torch.testing.assert_close(step["weights"][name], tensor, atol=1e-4, rtol=0)
+
+    # The PP 2 x TP 2 checkpoint state is PP 1's: every shard's weights and moments gathered.
+    state = ranks["state"]
+    assert state["optimizer"]["adam_step"] == expected_state["optimizer"]["adam_step"] == 1.0
+    for part in ("exp_avg", "exp_avg_sq"):
+        saved = expected_state["optimizer"][part]
+        assert set(state["optimizer"][part]) == set(saved)
+        for name, tensor in saved.items():
+            torch.testing.assert_close(state["optimizer"][part][name], tensor, atol=1e-7, rtol=1e-4)
+    for name, tensor in expected_state["model"].items():
+        torch.testing.assert_close(state["model"][name], tensor, atol=1e-4, rtol=0)
+
+    # PP 1's checkpoint resumed at PP 2 x TP 2 takes the uninterrupted run's second step.
+    for name, tensor in second_step.items():
+        torch.testing.assert_close(ranks["resumed_from_pp1"][name], tensor, atol=1e-4, rtol=0)
+
+
+if __name__ == "__main__":  # one rank of the test above, under torchrun
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    checkpoint = Path(sys.argv[1])
+    backend = build(checkpoint, tp=2, pp=2)
+    result = {"tp2_pp2": one_step(backend)}
+    result["state"] = backend.state_dict()  # collective: every rank
+    resumed = build(checkpoint, tp=2, pp=2)
+    resumed.load_state_dict(torch.load(sys.argv[3]))
+    result["resumed_from_pp1"] = one_step(resumed)["weights"]
+    result["pp2_dp2"] = one_step(build(checkpoint, tp=1, pp=2))
+    if dist.get_rank() == 0:
+        torch.save(result, sys.argv[2])
+    dist.destroy_process_group()
