@@ -183,12 +183,13 @@ def test_a_setting_naming_something_not_built_fails_validation_with_the_fix(tmp_
     issues = issues_of(
         write(
             tmp_path,
-            "trainer:\n  backend: megatron\n  megatron:\n    pipeline_parallel_size: 2\n"
+            "trainer:\n  weight_transport: vllm\n"
+            "inference:\n  weight_transfer_backend: nccl\n"
             "algorithm:\n  kl_coef: 0.1\n",
         )
     )
-    assert "pipeline_parallel_size > 1 is not built" in issues["trainer"]
-    assert "set it to 1" in issues["trainer"]
+    assert "'nccl' is not built" in issues["(recipe)"]
+    assert "use trainer.weight_transport: disk" in issues["(recipe)"]
     assert "algorithm.kl_coef" not in issues  # the reference policy is built (reference.py)
 
 
