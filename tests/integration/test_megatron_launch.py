@@ -179,7 +179,8 @@ def test_the_rl_loop_on_two_tp_ranks_resumes_at_tp_1_and_equals_one_process(
         step: torch.load(two / "checkpoints" / f"step_0000000{step}" / "backend.pt")["layout"]
         for step in (2, 3)
     }
-    assert written == {2: {"tp": 2}, 3: {"tp": 1}}  # written by the 2 ranks, then by 1
+    # Written by the 2 ranks, then by 1 (one pipeline stage both times).
+    assert written == {2: {"tp": 2, "pp": 1}, 3: {"tp": 1, "pp": 1}}
     weights = "weights/v00000003/model.safetensors"  # the last version the pool was sent
     sent, reference = load_file(two / weights), load_file(one / weights)
     assert sent.keys() == reference.keys()

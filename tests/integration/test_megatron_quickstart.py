@@ -161,7 +161,7 @@ def test_train_at_tp_1_through_the_stack(recipes, stack) -> None:
     assert [r["step"] for r in records] == list(range(1, TP1_STEPS + 1))
     assert before == 0  # the SFT checkpoint vLLM started with
     assert_trained_and_served(stack, records)
-    assert checkpoint_layout(stack, TP1_STEPS) == {"tp": 1}
+    assert checkpoint_layout(stack, TP1_STEPS) == {"tp": 1, "pp": 1}
 
 
 def test_train_at_tp_2_on_two_ranks_resumes_the_tp_1_run(recipes, stack) -> None:
@@ -174,5 +174,5 @@ def test_train_at_tp_2_on_two_ranks_resumes_the_tp_1_run(recipes, stack) -> None
     print([{k: r[k] for k in ("step", "loss", "grad_norm", "logprob_drift_max")} for r in records])
     assert [r["step"] for r in records] == list(range(1, TP2_STEPS + 1))
     assert_trained_and_served(stack, records)
-    assert checkpoint_layout(stack, TP1_STEPS) == {"tp": 1}
-    assert checkpoint_layout(stack, TP2_STEPS) == {"tp": 2}
+    assert checkpoint_layout(stack, TP1_STEPS) == {"tp": 1, "pp": 1}
+    assert checkpoint_layout(stack, TP2_STEPS) == {"tp": 2, "pp": 1}
