@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from agentrl.trainer.backends.interface import TrainerBackend
+from agentrl.trainer.main import uninterrupted
 
 STEP_PREFIX = "step_"
 PARTIAL_PREFIX = ".partial-"
@@ -131,6 +132,10 @@ class CheckpointManager:
         backend_state = backend.state_dict()  # collective under FSDP2: every rank calls it
         if not backend.is_main_process():
             return None
+        with uninterrupted():  # a SIGTERM now stops the trainer once the files are written
+            return self._write_checkpoint(backend_state, state)
+
+    def _write_checkpoint(self, backend_state: dict[str, Any], state: TrainingState) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"{STEP_PREFIX}{state.step:08d}"
         partial = self.root / f"{PARTIAL_PREFIX}{name}-{os.getpid()}"
@@ -199,6 +204,10 @@ class BestCheckpoint:
     def save(self, backend: TrainerBackend, record: dict[str, Any]) -> None:
         """Write `backend`'s weights and `record` as the new best (every rank calls it:
         gathering the weights is collective under FSDP2; rank 0 writes)."""
+        with uninterrupted():  # a SIGTERM now stops the trainer once the files are written
+            self._write_best(backend, record)
+
+    def _write_best(self, backend: TrainerBackend, record: dict[str, Any]) -> None:
         partial = self.directory.parent / f"{PARTIAL_PREFIX}{BEST_DIR}-{os.getpid()}"
         if backend.is_main_process():
             shutil.rmtree(partial, ignore_errors=True)

@@ -11,8 +11,9 @@ another process needs, since groups are acked only after the checkpoint that tra
 (rl_loop.py step 5). The groups read since the last checkpoint stay pending to the run's
 consumer, and the next start resumes from that checkpoint and trains them again. The exit code
 is 128 + the signal (143 for SIGTERM), as if the signal had killed it: not 0, which would mark
-the trainer's Kubernetes Job complete instead of restarting its pod to resume the run. A second
-signal during the clean-up ends the process at once.
+the trainer's Kubernetes Job complete instead of restarting its pod to resume the run. A signal
+during a checkpoint write stops it once the checkpoint is written (`uninterrupted`). A second
+signal during the clean-up (or the write) ends the process at once.
 """
 
 from __future__ import annotations
@@ -39,10 +40,32 @@ class TrainingInterrupted(SystemExit):
         self.signum = signum
 
 
+class _Shield:
+    """How many `uninterrupted` blocks are open, and the signal that arrived inside one."""
+
+    depth = 0
+    pending: int | None = None
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A shutdown signal arriving inside the block stops the trainer when the block ends, not
+    in the middle: a checkpoint's files are written whole (torch.save interrupted mid-write
+    raises an error of its own in place of `TrainingInterrupted`, and the exit code is lost)."""
+    _Shield.depth += 1
+    try:
+        yield
+    finally:
+        _Shield.depth -= 1
+    if not _Shield.depth and _Shield.pending is not None:
+        signum, _Shield.pending = _Shield.pending, None
+        raise TrainingInterrupted(signum)
+
+
 @contextmanager
 def stop_on_shutdown_signal() -> Iterator[None]:
     """Turn SIGTERM/SIGINT into `TrainingInterrupted` raised in the main thread (elsewhere
-    signal handlers cannot be installed: nothing changes)."""
+    signal handlers cannot be installed: nothing changes); inside `uninterrupted`, at its end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -50,6 +73,9 @@ def stop_on_shutdown_signal() -> Iterator[None]:
     def on_signal(signum: int, _frame: Any) -> None:
         for each in SHUTDOWN_SIGNALS:  # a second signal: the default action, at once
             signal.signal(each, signal.SIG_DFL)
+        if _Shield.depth:
+            _Shield.pending = signum
+            return
         raise TrainingInterrupted(signum)
 
     previous: dict = {}
