@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -22,3 +24,20 @@ def run_id() -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def run_ranks() -> Callable[..., subprocess.CompletedProcess]:
+    """`run_ranks(script, nproc, *args)`: `script` on `nproc` ranks of this machine under
+    torchrun (each rank: `python script *args`); asserts that every rank exited 0."""
+
+    def run(script, nproc: int, *args, timeout_s: float = 300) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += [f"--nproc-per-node={nproc}", str(script), *map(str, args)]
+        done = subprocess.run(
+            command, check=False, capture_output=True, text=True, timeout=timeout_s
+        )
+        assert done.returncode == 0, done.stderr[-6000:]
+        return done
+
+    return run

@@ -10,7 +10,6 @@ what rank 0 wrote with the same steps taken in the test process.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -82,7 +81,7 @@ def untied_checkpoint(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.mark.slow  # 4 processes import megatron-core: ~40 s on 2 cores
-def test_pipeline_parallel_equals_one_process(untied_checkpoint, tmp_path):
+def test_pipeline_parallel_equals_one_process(untied_checkpoint, tmp_path, run_ranks):
     pytest.importorskip("megatron.core", reason="megatron-core is not installed")
     import torch.distributed as dist
     from megatron.core import parallel_state
@@ -100,19 +99,7 @@ def test_pipeline_parallel_equals_one_process(untied_checkpoint, tmp_path):
         dist.destroy_process_group()
 
     out = tmp_path / "rank0.pt"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=4",
-        __file__,
-        str(untied_checkpoint),
-        str(out),
-        str(pp1_state),
-    ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-6000:]
+    run_ranks(__file__, 4, untied_checkpoint, out, pp1_state)
     ranks = torch.load(out)
     for layout in ("tp2_pp2", "pp2_dp2"):
         step = ranks[layout]

@@ -10,7 +10,6 @@ what rank 0 wrote with the same step taken in the test process.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -124,7 +123,7 @@ def build(checkpoint: Path, tp: int, distributed_optimizer: bool = False):
 
 
 @pytest.mark.slow  # 4 processes import megatron-core: ~30 s on 2 cores
-def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path):
+def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path, run_ranks):
     pytest.importorskip("megatron.core", reason="megatron-core is not installed")
     import torch.distributed as dist
     from megatron.core import parallel_state
@@ -144,19 +143,7 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path):
         release()
 
     out = tmp_path / "rank0.pt"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=4",
-        __file__,
-        str(tiny_checkpoint),
-        str(out),
-        str(tp1_state),
-    ]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[:6000]
+    run_ranks(__file__, 4, tiny_checkpoint, out, tp1_state)
     ranks = torch.load(out)
     for samples, logprobs in ranks["logprobs"].items():
         torch.testing.assert_close(logprobs, expected["logprobs"][samples], atol=2e-5, rtol=1e-5)
