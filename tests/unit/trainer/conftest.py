@@ -7,8 +7,15 @@ Face directory with a byte-level BPE tokenizer trained on calculator-task text
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# The helpers beside the tests (`from megatron_batches import ...`), which pytest's importlib
+# mode does not put on sys.path by itself.
+sys.path.insert(0, str(Path(__file__).parent))
 
 VOCAB_SIZE = 101
 

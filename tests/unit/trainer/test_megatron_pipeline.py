@@ -15,45 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-LENGTHS = [12, 30, 7, 21, 16, 9, 25, 11]
-TOKEN_BUDGET = 40
-LEARNING_RATE = 1e-2
-
-
-def one_step(backend) -> dict:
-    """What rl_step.train_step does with a backend: rank share, global counts, the step, on
-    deterministic packed micro-batches with RL fields."""
-    from agentrl.common.config import AlgorithmConfig
-    from agentrl.trainer.distributed import rank_share
-    from agentrl.trainer.loss import GlobalTokenCounts, policy_loss_fn
-    from agentrl.trainer.packing import pack_micro_batches
-
-    generator = torch.Generator().manual_seed(0)
-    vocab_size = backend.shape.vocab_size
-    token_ids = [torch.randint(0, vocab_size, (n,), generator=generator).tolist() for n in LENGTHS]
-    per_token = {
-        "loss_mask": [[0.0] * 3 + [1.0] * (n - 3) for n in LENGTHS],
-        "advantages": [
-            [float(a)] * n for a, n in zip(torch.randn(len(LENGTHS), generator=generator), LENGTHS)
-        ],
-        "old_logprobs": [(-2.0 - torch.rand(n, generator=generator)).tolist() for n in LENGTHS],
-    }
-    share = rank_share(pack_micro_batches(token_ids, TOKEN_BUDGET, per_token))
-    logprobs = backend.logprobs(share)
-    local = sum(
-        (GlobalTokenCounts.of(mb.per_token["loss_mask"], mb.seq_index) for mb in share),
-        GlobalTokenCounts(0, 0, 0),
-    )
-    algorithm = AlgorithmConfig(learning_rate=LEARNING_RATE, entropy_coef=0.01)
-    loss_fn = policy_loss_fn(algorithm, backend.global_counts(local))
-    metrics, stats = backend.train_step(share, loss_fn)
-    return {
-        "logprobs": {tuple(mb.sample_indices): lp for mb, (lp, _) in zip(share, logprobs)},
-        "metrics": metrics,
-        "grad_norm": stats.grad_norm,
-        "weights": backend.hf_weights(),
-    }
+from megatron_batches import LEARNING_RATE, one_step
 
 
 def build(checkpoint: Path, tp: int, pp: int):
