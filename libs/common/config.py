@@ -475,7 +475,8 @@ class MegatronConfig(Section):
     and the MLP hidden size of the model."""
     pipeline_parallel_size: int = Field(default=1, ge=1)
     """Pipeline stages (must divide the layers; the backend's own GPipe schedule,
-    backends/megatron/pipeline.py). Models with tied embeddings train at 1 only."""
+    backends/megatron/pipeline.py); a tied embedding is kept on the first and the last stage,
+    their gradients summed."""
     vocab_padding_multiple: int = Field(default=128, ge=1)
     """Megatron's `make_vocab_size_divisible_by`: the embedding and output rows are padded to
     a multiple of this times tensor_parallel_size (the padding never reaches a checkpoint)."""
@@ -512,12 +513,6 @@ def megatron_layout_problems(model_config: dict[str, Any], megatron: MegatronCon
         for what, size, by, setting in sizes
         if size % by
     ]
-    if pp > 1 and model_config.get("tie_word_embeddings", False):
-        problems.append(
-            "the model ties its embedding and output layer (tie_word_embeddings: true), which "
-            f"trainer.megatron.pipeline_parallel_size {pp} does not train (the first and last "
-            "stage would each hold a copy); use pipeline_parallel_size 1 for this model"
-        )
     return problems
 
 

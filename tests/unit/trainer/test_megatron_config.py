@@ -1,6 +1,5 @@
 """`trainer.backend: megatron` in `agentrl config validate`: the sizes that do not divide the
-model are named with the setting to change; what is not built (a tied embedding over pipeline
-stages, FSDP2) is refused."""
+model are named with the setting to change; what is not built (FSDP2) is refused."""
 
 from __future__ import annotations
 
@@ -67,13 +66,11 @@ def test_an_unmapped_family_is_named(tmp_path):
     assert "model_type 'gpt2' has no Megatron mapping; supported: qwen3, qwen2, llama" in message
 
 
-def test_pipeline_stages_validate_unless_the_embedding_is_tied(tmp_path):
-    config = load_config(recipe(tmp_path, "    pipeline_parallel_size: 2\n"), env={})
-    assert config.trainer.megatron.pipeline_parallel_size == 2
-    tied = recipe(tmp_path, "    pipeline_parallel_size: 2\n", {"tie_word_embeddings": True})
-    (message,) = issues(tied).values()
-    assert "ties its embedding and output layer (tie_word_embeddings: true)" in message
-    assert "use pipeline_parallel_size 1 for this model" in message
+def test_pipeline_stages_validate_with_tied_and_untied_embeddings(tmp_path):
+    for tied in (False, True):
+        path = recipe(tmp_path, "    pipeline_parallel_size: 2\n", {"tie_word_embeddings": tied})
+        config = load_config(path, env={})
+        assert config.trainer.megatron.pipeline_parallel_size == 2
 
 
 def test_fsdp2_is_refused_with_the_fix(tmp_path):

@@ -2,7 +2,7 @@
 same log-probs, loss, metrics, grad norm and new weights as one process at TP 1; a checkpoint
 state written at TP 1 resumes at TP 2 and one written at TP 2 resumes at TP 1, each giving the
 uninterrupted run's next step; and the conversion table's names and shapes at TP 2 x PP 2 are
-those of megatron-core's GPTModel (untied heads).
+those of megatron-core's GPTModel (tied and untied heads).
 
 The ranks run this file as a script under torchrun (the `__main__` block); the test compares
 what rank 0 wrote with the same step taken in the test process.
@@ -39,10 +39,7 @@ def real_shapes_at_tp2_pp2() -> dict:
         ("qwen2", Qwen2Config),
         ("llama", LlamaConfig),
     ]:
-        # Untied only: a tied head at PP > 1 makes megatron-core 0.16.1 call `.cuda()` on the
-        # embedding (language_module.py, setup_embeddings_and_output_layer), so it cannot be
-        # built on CPU (docs/trainer.md, "Megatron backend").
-        for tied in (False,):
+        for tied in (False, True):
             config = config_class(**SHAPE_CHECK_SIZES, tie_word_embeddings=tied)
             model = build_gpt_model(config, layout)
             shapes[(family, tied)] = {
@@ -141,8 +138,8 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path, r
         torch.testing.assert_close(ranks["resumed_from_tp1"][name], tensor, atol=1e-4, rtol=0)
         torch.testing.assert_close(from_tp2[name], tensor, atol=1e-4, rtol=0)
 
-    # The conversion table's layout at TP 2 x PP 2 is megatron-core's own, for every family
-    # (untied heads; tied ones at PP > 1 need CUDA to build, see real_shapes_at_tp2_pp2).
+    # The conversion table's layout at TP 2 x PP 2 is megatron-core's own, for every family,
+    # tied and untied heads.
     from transformers import AutoConfig
 
     from agentrl.trainer.backends.megatron.convert import (
@@ -154,7 +151,7 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path, r
     real = ranks["real_shapes"]
     assert set(real) == {(p, t) for p in range(2) for t in range(2)}
     for family in ("qwen3", "qwen2", "llama"):
-        for tied in (False,):
+        for tied in (False, True):
             config = AutoConfig.for_model(family, **SHAPE_CHECK_SIZES, tie_word_embeddings=tied)
             table = megatron_shapes(ModelShape.from_hf(config), ParallelLayout(2, 2, 16))
             for key, names in table.items():

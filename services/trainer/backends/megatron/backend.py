@@ -25,7 +25,8 @@ parallelism.
 - Optimizer: torch's AdamW over each rank's shard; `distributed_optimizer` shards its state
   over data-parallel ranks (torch's ZeroRedundancyOptimizer over megatron's DP group).
 - Pipeline stages: our GPipe schedule (pipeline.py), not megatron-core's (it needs CUDA in
-  0.16.1). A tied embedding is refused at PP > 1 (its two copies' gradients are not summed).
+  0.16.1). A tied embedding at PP > 1 is two copies (first stage's embedding, last stage's
+  output layer) whose gradients are summed over megatron's embedding group.
 - What is NOT covered: megatron-core's own schedules and DistributedOptimizer (both need CUDA
   in megatron-core 0.16.1, docs/trainer.md), 1F1B or interleaved pipeline schedules,
   sequence/context parallelism, THD packed attention
@@ -53,6 +54,7 @@ from agentrl.trainer.backends.interface import (
 from agentrl.trainer.backends.megatron import model as megatron_model
 from agentrl.trainer.backends.megatron import pipeline
 from agentrl.trainer.backends.megatron.convert import (
+    OUTPUT_RULE,
     ConversionError,
     ModelShape,
     ParallelLayout,
@@ -119,14 +121,6 @@ class MegatronBackend(TrainerBackend):
         self.compute_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         self.hf_config = AutoConfig.from_pretrained(model_path)
         self.shape = ModelShape.from_hf(self.hf_config)
-        if layout.pp > 1 and self.shape.tied_embeddings:
-            raise ValueError(
-                f"pipeline_parallel_size {layout.pp} with a tied embedding "
-                "(tie_word_embeddings: true in config.json): the pipeline schedule does not "
-                "sum the embedding and output-layer gradients across the first and last stage "
-                "(and megatron-core 0.16.1 builds that tied copy with .cuda()); use "
-                "pipeline_parallel_size 1 for this model, or an untied one"
-            )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         megatron_model.init_parallel(layout)
         self.device = (
@@ -141,6 +135,16 @@ class MegatronBackend(TrainerBackend):
         # The ranks of one model replica (TP x PP): they run the same micro-batches.
         self.model_parallel_group = parallel_state.get_model_parallel_group()
         self.stage = pipeline.Stage.current()
+        # A tied embedding at PP > 1: the first stage's embedding and the last stage's output
+        # layer are two copies of one weight; their gradients are summed over megatron's
+        # embedding group (first and last stage of this pipeline, same tensor rank), so both
+        # take the same update, and the grad norm counts the last stage's copy out.
+        self.tied_copy = None
+        if self.shape.tied_embeddings and layout.pp > 1:
+            if self.stage.is_first:
+                self.tied_copy = "embedding.word_embeddings.weight"
+            elif self.stage.is_last:
+                self.tied_copy = OUTPUT_RULE.megatron
         self.model = megatron_model.build_gpt_model(
             self.hf_config, layout, dtype=self.compute_dtype, recompute=recompute
         )
@@ -293,8 +297,10 @@ class MegatronBackend(TrainerBackend):
 
     def _reduce_grads(self) -> None:
         """Gradients summed over data-parallel ranks; QK-norm weights (shared by the heads of
-        every tensor rank) summed over TP as well, as megatron's finalize_model_grads does."""
+        every tensor rank) summed over TP as well, and a tied embedding's two copies summed
+        between the first and last stage, as megatron's finalize_model_grads does."""
         import torch.distributed as dist
+        from megatron.core import parallel_state
 
         for name, parameter in self.model.named_parameters():
             if parameter.grad is None:
@@ -303,6 +309,8 @@ class MegatronBackend(TrainerBackend):
                 dist.all_reduce(parameter.grad, group=self.dp_group)
             if self.layout.tp > 1 and ("q_layernorm" in name or "k_layernorm" in name):
                 dist.all_reduce(parameter.grad, group=self.tp_group)
+            if name == self.tied_copy:
+                dist.all_reduce(parameter.grad, group=parallel_state.get_embedding_group())
 
     def _all_reduce_metrics(self, metrics: dict[str, float], group) -> dict[str, float]:
         import torch.distributed as dist
@@ -324,6 +332,8 @@ class MegatronBackend(TrainerBackend):
         sharded = torch.zeros((), dtype=torch.float64, device=self.device)
         replicated = torch.zeros((), dtype=torch.float64, device=self.device)
         for name, parameter in self.model.named_parameters():
+            if self.stage.is_last and name == self.tied_copy:
+                continue  # the first stage counts the tied embedding
             square = parameter.grad.double().square().sum()
             if name in self.replicated:
                 replicated += square

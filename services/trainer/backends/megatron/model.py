@@ -151,7 +151,11 @@ def build_gpt_model(hf_config: Any, layout: ParallelLayout, **config_kwargs):
         max_sequence_length=getattr(hf_config, "max_position_embeddings", 4096),
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
-        share_embeddings_and_output_weights=shape.tied_embeddings,
+        # A tied head at PP > 1 is an ordinary output layer on the last stage, loaded from the
+        # embedding; the backend sums the two copies' gradients (megatron-core's own set-up of
+        # that copy moves it with .cuda(), which a CPU rank cannot do, and its initial
+        # all-reduce is not needed: both copies are loaded from the checkpoint).
+        share_embeddings_and_output_weights=shape.tied_embeddings and layout.pp == 1,
         position_embedding_type="rope",
         parallel_output=True,
     )
