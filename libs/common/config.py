@@ -474,7 +474,7 @@ class MegatronConfig(Section):
     """Ranks each layer is split over: must divide the attention heads, the key/value heads
     and the MLP hidden size of the model."""
     pipeline_parallel_size: int = Field(default=1, ge=1)
-    """Pipeline stages (must divide the layers; the backend's own GPipe schedule,
+    """Pipeline stages (must divide the layers; the backend's own 1F1B schedule,
     backends/megatron/pipeline.py); a tied embedding is kept on the first and the last stage,
     their gradients summed."""
     vocab_padding_multiple: int = Field(default=128, ge=1)

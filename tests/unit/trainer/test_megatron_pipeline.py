@@ -5,6 +5,8 @@ checkpoint state (model and AdamW moments, in Hugging Face naming) is PP 1's, an
 written at PP 1 resumes there with the uninterrupted run's next step. A tied embedding (two
 copies at PP > 1, the first stage's embedding and the last stage's output layer) takes two
 steps at PP 2 x TP 2 equal to PP 1's: the second step reads the updated copy on the last stage.
+The schedule is 1F1B: the first of 2 stages holds at most 2 micro-batches' activations at once,
+of the step's more than 2 (all-forwards-first would hold them all).
 
 The ranks run this file as a script under torchrun (the `__main__` block); the test compares
 what rank 0 wrote with the same steps taken in the test process.
@@ -88,6 +90,8 @@ def test_pipeline_parallel_equals_one_process(
         assert_same_step(ranks[layout], expected, layout)
     for number, (step, expected_step) in enumerate(zip(ranks["tied_tp2_pp2"], expected_tied)):
         assert_same_step(step, expected_step, f"tied, step {number + 1}")
+    micro_batches, peak = ranks["schedule"]
+    assert micro_batches > 2 and peak == 2, ranks["schedule"]  # stage 0 of 2
 
     # The PP 2 x TP 2 checkpoint state is PP 1's: every shard's weights and moments gathered.
     state = ranks["state"]
@@ -111,8 +115,13 @@ if __name__ == "__main__":  # one rank of the test above, under torchrun
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     checkpoint = Path(sys.argv[1])
+    from agentrl.trainer.backends.megatron import pipeline
+
+    peaks, schedule = [], pipeline.forward_backward  # how many micro-batches stage 0 held
+    pipeline.forward_backward = lambda *args: peaks.append((len(args[1]), schedule(*args)))
     backend = build(checkpoint, tp=2, pp=2)
-    result = {"tp2_pp2": one_step(backend)}
+    result = {"tp2_pp2": one_step(backend), "schedule": peaks[0]}
+    pipeline.forward_backward = schedule
     result["state"] = backend.state_dict()  # collective: every rank
     resumed = build(checkpoint, tp=2, pp=2)
     resumed.load_state_dict(torch.load(sys.argv[3]))

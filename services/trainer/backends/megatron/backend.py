@@ -2,7 +2,7 @@
 parallelism.
 
     hf checkpoint ─convert.hf_to_megatron─► this rank's (stage, tensor) shard ─► GPTModel
-        ─► stage by stage (pipeline.py, GPipe) ─► last stage: logits (vocab-parallel, gathered
+        ─► stage by stage (pipeline.py, 1F1B) ─► last stage: logits (vocab-parallel, gathered
         over TP) ─► log-probs, entropy ─► loss_fn ─► backward, stage by stage in reverse
         ─► grads: SUM over data-parallel ranks, QK-norm grads SUM over TP ─► clip (global norm
         over TP and every stage) ─► AdamW ─► hf_weights(): shards gathered over TP x PP
@@ -24,11 +24,11 @@ parallelism.
   (gathered over TP x PP by the conversion table), so a checkpoint resumes at any TP or PP.
 - Optimizer: torch's AdamW over each rank's shard; `distributed_optimizer` shards its state
   over data-parallel ranks (torch's ZeroRedundancyOptimizer over megatron's DP group).
-- Pipeline stages: our GPipe schedule (pipeline.py), not megatron-core's (it needs CUDA in
+- Pipeline stages: our 1F1B schedule (pipeline.py), not megatron-core's (it needs CUDA in
   0.16.1). A tied embedding at PP > 1 is two copies (first stage's embedding, last stage's
   output layer) whose gradients are summed over megatron's embedding group.
 - What is NOT covered: megatron-core's own schedules and DistributedOptimizer (both need CUDA
-  in megatron-core 0.16.1, docs/trainer.md), 1F1B or interleaved pipeline schedules,
+  in megatron-core 0.16.1, docs/trainer.md), interleaved pipeline schedules,
   sequence/context parallelism, THD packed attention
   (needs Transformer Engine), and loading only this rank's slice of the checkpoint (every
   rank reads the whole Hugging Face checkpoint once at start).
