@@ -60,9 +60,12 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from paired import round_order
 
 from agentrl.common.config import SandboxConfig
 from agentrl.common.grpc_client import RpcCallError
@@ -85,6 +88,13 @@ STARVATION_HOGS = 8
 STARVATION_HOG_S = 5.0
 STARVATION_PROBES = 10
 NON_ROOT_UID = 10001
+# Session mode (--sessions): each client thread calls its own session with these in turn; the
+# second uses state an earlier call left (x counts the session's calls of it: 0, 1, 2, ...).
+SESSION_COUNTER = "x = x + 1 if 'x' in dir() else 0\nprint(x)"
+SESSION_CALLS = ("print(1)", SESSION_COUNTER)
+SESSION_CALL_TIMEOUT_S = 10.0
+# A session's first call: the client's deadline is this plus 30 s (the service's max_timeout_s).
+SESSION_OPEN_TIMEOUT_S = 60.0
 # The Docker engine's own processes (their names in /proc/<pid>/stat); the shims too.
 DOCKER_ENGINE = ("dockerd", "containerd", "runc")
 # The last commit whose docker backend ran each program through its own `docker exec`.
@@ -251,17 +261,24 @@ def run_cell(
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(min(concurrency, 4))))  # warm up connections and slots
         wait_for_pool(backend, pool_size)  # the warm-up's slots are re-primed outside the cell
-        start, busy, (own, kids) = time.perf_counter(), machine_busy_s(), own_cpu_s(backend)
-        samples = list(pool.map(one, range(num_requests)))
-        elapsed = time.perf_counter() - start
-        busy = machine_busy_s() - busy
-        own_answered, kids_answered = own_cpu_s(backend)
-        # A pool's background work for these requests (bwrap re-primes a warm sandbox per run,
-        # docker resets containers) counts in their CPU: read it once that work is done.
-        wait_for_pool(backend, pool_size)
-        own_after, kids_after = own_cpu_s(backend)
-        answered = own_answered + kids_answered - own - kids
-        own, kids = own_after - own, kids_after - kids
+        return measure(backend, pool_size, lambda: list(pool.map(one, range(num_requests))))
+
+
+def measure(backend: Backend, pool_size: int, send: Callable[[], list[tuple]]) -> dict:
+    """Run `send` (it returns one (latency s, status, stdout bytes) per request) and read what
+    its requests cost: rate, latency, CPU per request."""
+    start, busy, (own, kids) = time.perf_counter(), machine_busy_s(), own_cpu_s(backend)
+    samples = send()
+    elapsed = time.perf_counter() - start
+    busy = machine_busy_s() - busy
+    own_answered, kids_answered = own_cpu_s(backend)
+    # A pool's background work for these requests (bwrap re-primes a warm sandbox per run,
+    # docker resets containers) counts in their CPU: read it once that work is done.
+    wait_for_pool(backend, pool_size)
+    own_after, kids_after = own_cpu_s(backend)
+    answered = own_answered + kids_answered - own - kids
+    own, kids = own_after - own, kids_after - kids
+    num_requests = len(samples)
     latencies = sorted(s[0] for s in samples)
     statuses: dict[str, int] = {}
     for _, status, _ in samples:
@@ -506,20 +523,126 @@ def bench(
                             one.client, one.backend, code, timeout_s, concurrency, count, pool_size
                         )
                         rows.append((workload, concurrency, one.name, cell))
-                        print(
-                            f"{workload:13} c={concurrency:<3} {one.name:6} "
-                            f"{cell['rps']:7.1f} req/s  p50 {cell['p50_ms']:7.1f} ms  "
-                            f"p99 {cell['p99_ms']:7.1f} ms  cpu/req {cell['cpu_ms']:5.1f} ms "
-                            f"(service {cell['service_cpu_ms']:4.1f}, "
-                            f"programs {cell['sandbox_cpu_ms']:4.1f})  "
-                            f"busy {cell['busy_cores']:.2f} cores  "
-                            f"{cell['statuses']} out={cell['stdout_bytes']}",
-                            flush=True,
-                        )
+                        print_cell(workload, concurrency, one.name, cell)
         return rows
     finally:
         for one in benches:
             one.close()
+
+
+def print_cell(workload: str, concurrency: int, name: str, cell: dict) -> None:
+    print(
+        f"{workload:13} c={concurrency:<3} {name:6} "
+        f"{cell['rps']:7.1f} req/s  p50 {cell['p50_ms']:7.1f} ms  "
+        f"p99 {cell['p99_ms']:7.1f} ms  cpu/req {cell['cpu_ms']:5.1f} ms "
+        f"(service {cell['service_cpu_ms']:4.1f}, programs {cell['sandbox_cpu_ms']:4.1f})  "
+        f"busy {cell['busy_cores']:.2f} cores  {cell['statuses']} out={cell['stdout_bytes']}",
+        flush=True,
+    )
+
+
+class SessionClients:
+    """`num_sessions` client threads, each calling its own session of one backend in turn with
+    SESSION_CALLS (bare: the same code as one-shot runs, no session). A counter call whose
+    answer is not its session's previous one plus 1 is counted as status `state lost`."""
+
+    def __init__(self, one: Bench, num_sessions: int) -> None:
+        self.one = one
+        self.bare = one.name == "bare"
+        self.session_ids = [f"bench-{index}" for index in range(num_sessions)]
+        self.counters = dict.fromkeys(self.session_ids, -1)  # last value each counter printed
+
+    def call(
+        self, session_id: str, code: str, timeout_s: float = SESSION_CALL_TIMEOUT_S
+    ) -> tuple[float, str, int]:
+        start = time.perf_counter()
+        try:
+            result = self.one.client.execute(
+                code, timeout_s=timeout_s, session_id="" if self.bare else session_id
+            )
+        except RpcCallError as error:
+            return time.perf_counter() - start, f"rpc {error.code().name}", 0
+        status = result.status.value
+        if code == SESSION_COUNTER and result.status == Status.OK:
+            expected = 0 if self.bare else self.counters[session_id] + 1
+            if result.stdout != f"{expected}\n":
+                status = "state lost"
+            elif not self.bare:
+                self.counters[session_id] = expected
+        return time.perf_counter() - start, status, len(result.stdout)
+
+    def open(self) -> None:
+        """Each session's first call, one after another (a docker session's creates its
+        container: 5-15 s on a loaded vfs host); raises if one fails."""
+        if self.bare:
+            return
+        for session_id in self.session_ids:
+            latency, status, _ = self.call(session_id, SESSION_COUNTER, SESSION_OPEN_TIMEOUT_S)
+            if status != "ok":
+                raise RuntimeError(f"{self.one.name}: opening session {session_id}: {status}")
+            print(f"  {self.one.name} session {session_id} opened in {latency:.1f} s", flush=True)
+
+    def cell(self, calls_per_session: int, pool_size: int) -> dict:
+        def client(session_id: str) -> list[tuple]:
+            return [
+                self.call(session_id, SESSION_CALLS[index % len(SESSION_CALLS)])
+                for index in range(calls_per_session)
+            ]
+
+        with ThreadPoolExecutor(len(self.session_ids)) as pool:
+            if self.bare:
+                list(pool.map(client, self.session_ids))  # warm up connections
+            wait_for_pool(self.one.backend, pool_size)
+
+            def send() -> list[tuple]:
+                return [s for found in pool.map(client, self.session_ids) for s in found]
+
+            return measure(self.one.backend, pool_size, send)
+
+    def close(self) -> None:
+        """CloseSession for every session at once (a docker session's waits for its
+        container's removal, up to 20 s)."""
+        if self.bare:
+            return
+        start = time.perf_counter()
+        with ThreadPoolExecutor(len(self.session_ids)) as pool:
+            existed = list(pool.map(self.one.client.close_session, self.session_ids))
+        print(
+            f"  {self.one.name}: {sum(existed)} of {len(existed)} sessions closed in "
+            f"{time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
+
+
+def bench_sessions(
+    names: list[str], num_sessions: int, num_requests: int, pool_size: int, rounds: int
+) -> list[tuple]:
+    """Sessions of each backend but bare against bare one-shot runs of the same code at the
+    same concurrency: sessions opened once, then `rounds` rounds in rotating order, each cell
+    `num_requests` calls spread over the sessions; rows named `<backend> sessions`."""
+    workload = "session calls"
+    calls_per_session = max(2, num_requests // num_sessions)
+    clients: list[SessionClients] = []
+    try:
+        for name in names:
+            clients.append(SessionClients(Bench.start(name, pool_size), num_sessions))
+            wait_for_pool(clients[-1].one.backend, pool_size)
+            clients[-1].open()
+        rows = []
+        for round_index in range(rounds):
+            for name in round_order(names, round_index):
+                one = clients[names.index(name)]
+                cell = one.cell(calls_per_session, pool_size)
+                label = name if one.bare else f"{name} sessions"
+                rows.append((workload, num_sessions, label, cell))
+                print_cell(workload, num_sessions, label, cell)
+        return rows
+    finally:
+        for one in clients:
+            try:
+                one.close()
+            finally:
+                one.one.close()
 
 
 def summarize(rows: list[tuple]) -> None:
@@ -528,16 +651,20 @@ def summarize(rows: list[tuple]) -> None:
     for workload, concurrency, name, cell in rows:
         cells.setdefault((workload, concurrency, name), []).append(cell)
     med = {
-        key: {k: statistics.median(c[k] for c in found) for k in ("rps", "p50_ms", "p99_ms")}
+        key: {
+            k: statistics.median(c[k] for c in found)
+            for k in ("rps", "p50_ms", "p99_ms", "own_cpu_ms")
+        }
         for key, found in cells.items()
     }
     print(
-        "\n| workload | c | backend | req/s | p50 ms | p99 ms | req/s vs bare | p50 vs bare "
-        "| statuses |"
+        "\n| workload | c | backend | req/s | p50 ms | p99 ms | CPU/req ms (service + programs) "
+        "| req/s vs bare | p50 vs bare | statuses |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    order = [*WORKLOADS, "session calls"]
     for (workload, concurrency, name), cell in sorted(
-        med.items(), key=lambda kv: (list(WORKLOADS).index(kv[0][0]), kv[0][1], kv[0][2])
+        med.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1], kv[0][2])
     ):
         bare = med.get((workload, concurrency, "bare"))
         ratios = (
@@ -551,7 +678,7 @@ def summarize(rows: list[tuple]) -> None:
                 statuses[status] = statuses.get(status, 0) + count
         print(
             f"| {workload} | {concurrency} | {name} | {cell['rps']:.1f} | "
-            f"{cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | {ratios} | "
+            f"{cell['p50_ms']:.1f} | {cell['p99_ms']:.1f} | {cell['own_cpu_ms']:.1f} | {ratios} | "
             + ", ".join(f"{k} {v}" for k, v in statuses.items())
             + " |"
         )
@@ -622,7 +749,22 @@ def main() -> None:
         action="store_true",
         help="print(1) latency during eight 5 s busy loops vs idle, per backend",
     )
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=0,
+        help="K sessions per backend, K client threads each calling its own, against bare "
+        "one-shot runs at concurrency K (--requests calls a cell)",
+    )
     args = parser.parse_args()
+    if args.sessions:
+        start = time.perf_counter()
+        rows = bench_sessions(
+            args.backends, args.sessions, args.requests, args.pool_size, args.rounds
+        )
+        print(f"{time.perf_counter() - start:.0f} s including start-up and teardown")
+        summarize(rows)
+        return
     if args.starvation:
         starvation(args.backends, args.pool_size, args.rounds)
         return
