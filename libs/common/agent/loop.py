@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from typing import Any
 
 from agentrl.common.agent.tools import ToolBox
@@ -40,7 +41,6 @@ from agentrl.common.inference.pool import GenerationResult, InferenceError, Infe
 from agentrl.common.tool_formats import ParsedCall, get_format
 from agentrl.proto.core.v1 import task_pb2, trajectory_pb2
 
-Finish = trajectory_pb2.FinishReason
 TurnHook = Callable[[trajectory_pb2.Trajectory, GenerationResult], None]
 # A turn aborted more often than this (pauses in a row) ends the episode as ABORTED.
 MAX_ABORT_RESUMES = 8
@@ -127,8 +127,39 @@ class EpisodeSettings:
 class Session:
     """The tool session of one episode: its id, and whether a stateful tool was called in it."""
 
-    id: str
+    trajectory_id: str
     opened: bool = False
+
+    @cached_property
+    def id(self) -> str:
+        """Drawn at the first tool call (an episode without one never needs it)."""
+        return f"{self.trajectory_id[:SESSION_ID_PREFIX_CHARS]}-{uuid.uuid4().hex[:12]}"
+
+
+# Where transformers' own `decode` and `_decode` live for fast tokenizers: with both stock, and
+# no clean-up of spaces, `decode` is the Rust tokenizer's decode behind a layer of Python.
+STOCK_DECODE_MODULES = (
+    "transformers.tokenization_utils_base",
+    "transformers.tokenization_utils_tokenizers",  # transformers 5
+    "transformers.tokenization_utils_fast",  # transformers 4
+)
+
+
+def text_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
+    """`tokenizer.decode` of a list of token ids, for the loop's per-turn decodes. A stock fast
+    tokenizer that cleans up no spaces decodes with its Rust tokenizer directly, as
+    transformers' decode ends up doing (the same text), without transformers' per-call Python
+    (input conversion, batch check, kwargs): ~40% of the loop's own CPU per episode went there
+    (docs/rollout.md). Any other tokenizer keeps its own decode."""
+    cls = type(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    stock = all(
+        getattr(getattr(cls, name, None), "__module__", None) in STOCK_DECODE_MODULES
+        for name in ("decode", "_decode")
+    )
+    if backend is None or not stock or getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return tokenizer.decode
+    return partial(backend.decode, skip_special_tokens=False)
 
 
 def record_unrun(turn: trajectory_pb2.Turn, call: ParsedCall) -> None:
@@ -146,12 +177,13 @@ def record_unrun(turn: trajectory_pb2.Turn, call: ParsedCall) -> None:
 class AgentLoop:
     def __init__(self, pool: InferencePool, tokenizer: Any, tools: ToolBox) -> None:
         self.pool, self.tokenizer, self.tools = pool, tokenizer, tools
+        self.decode = text_decoder(tokenizer)
 
     def truncate_output(self, text: str, budget_tokens: int) -> tuple[str, bool]:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) <= budget_tokens:
             return text, False
-        return self.tokenizer.decode(ids[:budget_tokens]) + TRUNCATION_NOTE, True
+        return self.decode(ids[:budget_tokens]) + TRUNCATION_NOTE, True
 
     async def run(
         self,
@@ -187,12 +219,15 @@ class AgentLoop:
         stop = fmt.stop_strings + [
             s for s in settings.sampling.get("stop", []) if s not in fmt.stop_strings
         ]
-        session = Session(f"{traj.trajectory_id[:SESSION_ID_PREFIX_CHARS]}-{uuid.uuid4().hex[:12]}")
+        session = Session(traj.trajectory_id)
+        # The episode's token ids as a list, kept equal to traj.token_ids: each turn sends it
+        # as it is, instead of copying the protobuf field out once per turn.
+        ids = list(traj.token_ids)
         try:
             await self._replay(traj, session)
-            finish = await self._turns(traj, settings, fmt, stop, on_turn, session)
+            finish = await self._turns(traj, ids, settings, fmt, stop, on_turn, session)
         except InferenceError as exc:
-            finish, traj.error = Finish.FINISH_REASON_ERROR, str(exc)
+            finish, traj.error = trajectory_pb2.FINISH_REASON_ERROR, str(exc)
             if traj.turns and traj.turns[-1].response_end < traj.turns[-1].response_start:
                 # The failed turn keeps what it sampled before the error, and no observation.
                 last = traj.turns[-1]
@@ -204,8 +239,8 @@ class AgentLoop:
             if session.opened:  # shielded: a cancelled episode still frees its interpreter
                 await asyncio.shield(self.tools.close_session(session.id))
         traj.finish_reason = finish
-        traj.truncated = finish == Finish.FINISH_REASON_MAX_TOKENS
-        traj.response_text = self.tokenizer.decode(list(traj.token_ids[traj.prompt_length :]))
+        traj.truncated = finish == trajectory_pb2.FINISH_REASON_MAX_TOKENS
+        traj.response_text = self.decode(ids[traj.prompt_length :])
         traj.wall_time_s = time.monotonic() - started
         return traj
 
@@ -222,6 +257,7 @@ class AgentLoop:
     async def _turns(
         self,
         traj,
+        ids: list[int],
         settings: EpisodeSettings,
         fmt,
         stop: list[str],
@@ -230,44 +266,44 @@ class AgentLoop:
     ) -> int:
         while True:
             if len(traj.turns) >= settings.max_turns:
-                return Finish.FINISH_REASON_MAX_TURNS
-            budget = settings.max_total_tokens - len(traj.token_ids)
+                return trajectory_pb2.FINISH_REASON_MAX_TURNS
+            budget = settings.max_total_tokens - len(ids)
             if budget <= 0:
-                return Finish.FINISH_REASON_MAX_TOKENS
-            turn = traj.turns.add(index=len(traj.turns), response_start=len(traj.token_ids))
+                return trajectory_pb2.FINISH_REASON_MAX_TOKENS
+            turn = traj.turns.add(index=len(traj.turns), response_start=len(ids))
             out = await self._generate_turn(
-                traj, settings, stop, min(settings.max_tokens_per_turn, budget)
+                traj, ids, settings, stop, min(settings.max_tokens_per_turn, budget)
             )
-            turn.response_end = turn.observation_start = turn.observation_end = len(traj.token_ids)
+            turn.response_end = turn.observation_start = turn.observation_end = len(ids)
             turn.stop_reason = (
                 str(out.stop_reason) if out.stop_reason is not None else out.finish_reason
             )
             if on_turn is not None:
                 on_turn(traj, out)
             if out.finish_reason == "abort":
-                return Finish.FINISH_REASON_ABORTED
+                return trajectory_pb2.FINISH_REASON_ABORTED
             if not fmt.ends_with_call(out.stop_reason):
                 return (
-                    Finish.FINISH_REASON_MAX_TOKENS
+                    trajectory_pb2.FINISH_REASON_MAX_TOKENS
                     if out.finish_reason == "length"
-                    else Finish.FINISH_REASON_ANSWER
+                    else trajectory_pb2.FINISH_REASON_ANSWER
                 )
-            turn_text = self.tokenizer.decode(list(traj.token_ids[turn.response_start :]))
+            turn_text = self.decode(ids[turn.response_start :])
             call = fmt.parse(turn_text)
             if traj.num_tool_calls >= settings.max_tool_calls:
                 record_unrun(turn, call)
-                return Finish.FINISH_REASON_MAX_TOOL_CALLS
+                return trajectory_pb2.FINISH_REASON_MAX_TOOL_CALLS
             if len(traj.turns) >= settings.max_turns:
                 # No turn follows to read the observation: running the call would only cost a
                 # sandbox or search run.
                 record_unrun(turn, call)
-                return Finish.FINISH_REASON_MAX_TURNS
-            fits = await self._observe(traj, turn, call, settings, fmt, session)
+                return trajectory_pb2.FINISH_REASON_MAX_TURNS
+            fits = await self._observe(traj, ids, turn, call, settings, fmt, session)
             if not fits:
-                return Finish.FINISH_REASON_MAX_TOKENS
+                return trajectory_pb2.FINISH_REASON_MAX_TOKENS
 
     async def _generate_turn(
-        self, traj, settings: EpisodeSettings, stop: list[str], max_tokens: int
+        self, traj, ids: list[int], settings: EpisodeSettings, stop: list[str], max_tokens: int
     ):
         """Sample one turn and append it; an aborted request resumes from its tokens."""
         for _ in range(MAX_ABORT_RESUMES + 1):
@@ -279,7 +315,8 @@ class AgentLoop:
                 "n": 1,
                 "logprobs": settings.sampling.get("logprobs", 0),
             }
-            out = await self.pool.generate(traj.trajectory_id, list(traj.token_ids), sampling)
+            out = await self.pool.generate(traj.trajectory_id, ids, sampling)
+            ids.extend(out.token_ids)
             self._append(
                 traj, out.token_ids, out.logprobs or [0.0] * len(out.token_ids), out.policy_versions
             )
@@ -289,7 +326,14 @@ class AgentLoop:
         return out
 
     async def _observe(
-        self, traj, turn, call: ParsedCall, settings: EpisodeSettings, fmt, session: Session
+        self,
+        traj,
+        ids: list[int],
+        turn,
+        call: ParsedCall,
+        settings: EpisodeSettings,
+        fmt,
+        session: Session,
     ) -> bool:
         """Run the call, append its observation (mask 0); False when it did not fit."""
         session.opened = session.opened or self.tools.stateful(call.tool)
@@ -297,10 +341,11 @@ class AgentLoop:
         traj.num_tool_calls += 1
         shown, truncated = self.truncate_output(outcome.output, settings.max_tool_output_tokens)
         obs_ids = self.tokenizer.encode(fmt.render_observation(shown), add_special_tokens=False)
-        room = settings.max_total_tokens - len(traj.token_ids)
-        turn.observation_start = len(traj.token_ids)
+        room = settings.max_total_tokens - len(ids)
+        turn.observation_start = len(ids)
+        ids.extend(obs_ids[:room])
         self._append(traj, obs_ids[:room])
-        turn.observation_end = len(traj.token_ids)
+        turn.observation_end = len(ids)
         turn.tool_call.CopyFrom(
             trajectory_pb2.ToolCall(
                 tool=call.tool,
