@@ -41,6 +41,15 @@ process against the same engine and image. `bwrap-old` is likewise the bwrap bac
     .venv/bin/python benchmarks/sandbox_bench.py --backends bare bwrap bwrap-old --rounds 3 \
         --workloads 'print(1)' '10 MB output' --concurrency 32
 
+`--sessions K` measures stateful sessions instead: each backend but bare opens K sessions
+(their first calls untimed; a docker session's creates its container), then K client threads
+each call their own session, `print(1)` and a counter kept in the session in turn, against
+bare one-shot runs of the same code through the same server at concurrency K; at the end
+every session is closed (CloseSession, which removes a docker session's container):
+
+    .venv/bin/python benchmarks/sandbox_bench.py --backends bare docker bwrap --sessions 4 \
+        --pool-size 4 --rounds 3 --requests 800
+
 docker needs the engine and the image (AGENTRL_WITH_DOCKER=1 bash scripts/setup.sh, then
 bash services/sandbox/image/build.sh). Its pool is filled before each cell (a timed-out run
 recycles its container), so the figures are warm-pool latencies; a cell at a concurrency above
