@@ -105,15 +105,18 @@ class DockerBackend(Backend):
         self.root = Path(config.work_root) / self.instance
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
-        # The containers live under a cgroup of this instance weighted as `pool_size`
-        # processes: cgroup v1 schedules a group as one process, so under Docker's own parent
-        # all containers together would get one process's CPU on a busy host.
+        # The containers (the pool's and the sessions') live under a cgroup of this instance
+        # weighted as the programs that can run at once, one per container up to
+        # max_concurrency: cgroup v1 schedules a group as one process, so under Docker's own
+        # parent all containers together would get one process's CPU on a busy host.
         self.cgroup_parent = CgroupParent.detect(f"{CGROUP_PREFIX}{self.instance}")
         if self.cgroup_parent is None:
             raise RuntimeError(
                 "the docker backend needs cgroup v1 controllers on this host (use backend: bwrap)"
             )
-        self.cgroup_parent.weigh_as(config.pool_size)
+        self.cgroup_parent.weigh_as(
+            min(config.max_concurrency, config.pool_size + config.max_sessions)
+        )
         cpu_group = self.cgroup_parent.paths["cpu"].relative_to(CGROUP_ROOT)
         if config.pool_size < config.max_concurrency:
             log.warning(

@@ -126,11 +126,15 @@ def test_ok_error_stdin_files_and_usage_reported(sandbox):
 
 
 @pytest.mark.slow
-def test_the_containers_weigh_as_pool_size_processes(sandbox):
-    """Under the instance's own cgroup, weighted like `pool_size` processes, not under Docker's
+def test_the_containers_weigh_as_the_programs_that_run_at_once(sandbox):
+    """Under the instance's own cgroup, weighted like as many processes as programs can run at
+    once (a container each, pool and sessions, up to max_concurrency), not under Docker's
     parent, where all containers together weigh as one process on a busy host."""
     parent = sandbox.backend.cgroup_parent.paths["cpu"]
-    assert int((parent / "cpu.shares").read_text()) == 1024 * sandbox.config.pool_size
+    config = sandbox.config
+    at_once = min(config.max_concurrency, config.pool_size + config.max_sessions)
+    assert at_once == 8 > config.pool_size  # sessions' containers count too
+    assert int((parent / "cpu.shares").read_text()) == 1024 * at_once
     live = list(sandbox.backend.pool._live.values())
     assert live and all(container.cgroup.paths["cpu"].parent == parent for container in live)
 
