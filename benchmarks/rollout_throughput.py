@@ -9,7 +9,8 @@
     tokens/s, the client's CPU seconds, and with `--engine vllm` vLLM's own per-request means
     from its /metrics histograms (queue, prefill, decode, end-to-end) over that path's
     requests, so a difference between paths shows up where it arises: in the engine or in
-    the client. Prints ratios rollout/raw and pool/raw as min / median / max over the rounds.
+    the client. Prints ratios rollout/raw, pool/raw and rollout/pool (the agent loop's own
+    share) as min / median / max over the rounds.
 (b) `--engine vllm` only: episodes/s with one code tool call per episode at each
     `--tool-concurrency`: every turn is forced by a structured-outputs regex to write
     `print(6 * 7)` in `<code>`; with max_tool_calls=1 the first turn runs in the sandbox
@@ -291,9 +292,10 @@ async def bench(args, url: str, tokenizer, sandbox) -> None:
         )
         print(ratio_line("rollout / raw", rates["rollout"], rates["raw"], ">= 0.95"))
         print(ratio_line("pool / raw", rates["pool"], rates["raw"]))
+        print(ratio_line("rollout / pool", rates["rollout"], rates["pool"]))
         print("client CPU per generated token (lower is better):")
-        for path in ("rollout", "pool"):
-            print(ratio_line(f"{path} / raw", cpu_per_token[path], cpu_per_token["raw"]))
+        for path, base in (("rollout", "raw"), ("pool", "raw"), ("rollout", "pool")):
+            print(ratio_line(f"{path} / {base}", cpu_per_token[path], cpu_per_token[base]))
         sys.stdout.flush()
         if sandbox is None or not args.tool_concurrency:
             return
