@@ -54,11 +54,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from google.protobuf.message import Message
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from agentrl.common import retry
@@ -175,11 +177,14 @@ def call_with_deadline(
     url: str,
     deadline_s: float = RETRY_DEADLINE_S,
     backoff_max_s: float = BACKOFF_MAX_S,
+    started_s: float | None = None,
 ) -> T:
     """`op()`, retried on connection errors and timeouts with the shared policy of
     agentrl.common.retry (jittered exponential backoff) until `deadline_s` has passed, then
     `StreamUnavailableError` naming `url` and the fix. Every Redis client here uses it (streams,
-    the policy version publisher)."""
+    the policy version publisher). `started_s` (time.monotonic()): when the caller's own first
+    try failed, the deadline counts from that try."""
+    left_s = deadline_s if started_s is None else deadline_s - (time.monotonic() - started_s)
 
     def unavailable(err: BaseException) -> StreamUnavailableError:
         return StreamUnavailableError(
@@ -191,7 +196,7 @@ def call_with_deadline(
 
     return retry.call_with_deadline(
         op,
-        retry.Outage("Redis", url, "redis.reconnect_deadline_s", deadline_s),
+        retry.Outage("Redis", url, "redis.reconnect_deadline_s", left_s),
         retry_on=lambda err: isinstance(err, redis.ConnectionError | redis.TimeoutError),
         backoff_max_s=backoff_max_s,
         error=unavailable,
@@ -238,6 +243,12 @@ class StreamQueue:
             retry=Retry(NoBackoff(), 0),
         )
         self._complete = self.client.register_script(_COMPLETE_LUA)
+        # complete()'s leading EVALSHA arguments, encoded once: it runs once per message, and
+        # redis-py encodes a str or int argument with five type checks on every call.
+        self._complete_args = (
+            b"2",
+            *(str(a).encode() for a in (stream, self.done_key, group, done_ttl_s)),
+        )
         self._keep_alive = self.client.register_script(_KEEP_ALIVE_LUA)
         self._trim = self.client.register_script(_TRIM_LUA)
         self._in_flight: set[str] = set()  # ids handed out by read() and not yet acked
@@ -251,11 +262,26 @@ class StreamQueue:
     # -- connection handling ------------------------------------------------------------------
 
     def _retry(self, op: Callable[[], T]) -> T:
+        """`op()` through outages and a lost group. The first try runs bare: every operation
+        takes this path, and the retry machinery (closures, the Outage) cost as much Python as
+        a redis-py command. A failed first try is replayed as the first attempt of
+        `_retry_failed`, so backoff, deadline and group re-creation are those of one loop."""
+        started_s = time.monotonic()
+        try:
+            return op()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as err:
+            first_error = err
+        return self._retry_failed(op, first_error, started_s)
+
+    def _retry_failed(self, op: Callable[[], T], first_error: Exception, started_s: float) -> T:
         need_group = [False]  # kept across reconnects: a restarted server lost the group
+        replay = [first_error]
 
         def attempt() -> T:
             while True:
                 try:
+                    if replay:
+                        raise replay.pop()
                     if need_group[0]:
                         self._create_group()
                     return op()
@@ -267,7 +293,19 @@ class StreamQueue:
                         raise
                     need_group[0] = True
 
-        return call_with_deadline(attempt, self.url, self.retry_deadline_s, self.backoff_max_s)
+        return call_with_deadline(
+            attempt, self.url, self.retry_deadline_s, self.backoff_max_s, started_s
+        )
+
+    def _eval(self, script: Script, *args: str | int | bytes) -> Any:
+        """EVALSHA of a registered script (`args`: the number of keys, the keys, the script's
+        arguments), loaded again on NOSCRIPT (a restarted server). What redis-py's Script call
+        does, without its two imports and tuple copies per call."""
+        try:
+            return self.client.execute_command("EVALSHA", script.sha, *args)
+        except NoScriptError:
+            script.sha = self.client.script_load(script.script)
+            return self.client.execute_command("EVALSHA", script.sha, *args)
 
     def _create_group(self) -> None:
         # Start at 0 so entries published before the first consumer came up are not skipped.
@@ -405,7 +443,7 @@ class StreamQueue:
         if not ids:
             return []
         kept = self._retry(
-            lambda: self._keep_alive(keys=[self.stream], args=[self.group, self.consumer, *ids])
+            lambda: self._eval(self._keep_alive, 1, self.stream, self.group, self.consumer, *ids)
         )
         return [i.decode() for i in kept]
 
@@ -428,19 +466,15 @@ class StreamQueue:
         batch = [entries] if isinstance(entries, StreamEntry) else list(entries)
         if not batch:
             return 0
-        self._forget(batch)
-        self._mark_done({e.key for e in batch})
-        args: list[str | int] = [self.group, self.done_ttl_s]
-        for e in batch:
-            args += [e.id, e.key]
-        return self._retry(lambda: self._complete(keys=[self.stream, self.done_key], args=args))
-
-    def _mark_done(self, keys: set[str]) -> None:
-        """Copies of completed keys read earlier (a duplicate in the same batch) are done now."""
+        keys = {e.key for e in batch}
         with self._lock:
+            self._forget_locked(e.id for e in batch)
+            # Copies of these keys read earlier (a duplicate in the same batch) are done now.
             for entry_id, (key, _done, read_s) in self._done_at_read.items():
                 if key in keys:
                     self._done_at_read[entry_id] = (key, True, read_s)
+        args = [arg for e in batch for arg in (e.id, e.key)]
+        return self._retry(lambda: self._eval(self._complete, *self._complete_args, *args))
 
     def release(self, entries: StreamEntry | Iterable[StreamEntry]) -> None:
         """Give entries back without acking: this consumer stops renewing them, so once the
@@ -450,10 +484,13 @@ class StreamQueue:
     def _forget(self, entries: StreamEntry | Iterable[StreamEntry]) -> list[str]:
         ids = [entries.id] if isinstance(entries, StreamEntry) else [e.id for e in entries]
         with self._lock:
-            self._in_flight.difference_update(ids)
-            for i in ids:
-                self._done_at_read.pop(i, None)
+            self._forget_locked(ids)
         return ids
+
+    def _forget_locked(self, ids: Iterable[str]) -> None:
+        for i in ids:
+            self._in_flight.discard(i)
+            self._done_at_read.pop(i, None)
 
     # -- housekeeping -------------------------------------------------------------------------
 
@@ -465,7 +502,7 @@ class StreamQueue:
         `approximate`, Redis deletes only whole internal nodes below the bound (XTRIM MINID ~):
         cheap enough to call after every batch, at the price of a few acked entries kept."""
         return self._retry(
-            lambda: self._trim(keys=[self.stream], args=["1" if approximate else "0"])
+            lambda: self._eval(self._trim, 1, self.stream, "1" if approximate else "0")
         )
 
     def stats(self) -> StreamStats:
