@@ -149,8 +149,8 @@ def text_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
     """`tokenizer.decode` of a list of token ids, for the loop's per-turn decodes. A stock fast
     tokenizer that cleans up no spaces decodes with its Rust tokenizer directly, as
     transformers' decode ends up doing (the same text), without transformers' per-call Python
-    (input conversion, batch check, kwargs): ~40% of the loop's own CPU per episode went there
-    (docs/rollout.md). Any other tokenizer keeps its own decode."""
+    (input conversion, batch check, kwargs): 12 of the loop's 52 us per 64-token episode went
+    there (docs/rollout.md). Any other tokenizer keeps its own decode."""
     cls = type(tokenizer)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     stock = all(
