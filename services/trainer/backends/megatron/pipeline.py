@@ -115,7 +115,7 @@ def forward_only(
             if stage.is_last:
                 results.append(output)
             else:
-                dist.send(output.float().contiguous(), dst=stage.next_rank)
+                _exchange([(output.float(), stage.next_rank)], None, device)
     return results
 
 
@@ -144,9 +144,9 @@ def forward_backward(
 
     def run_forward(index: int, received: torch.Tensor | None) -> list[tuple[torch.Tensor, int]]:
         """The forward of micro-batch `index`; what to send to the next stage."""
+        nonlocal peak
         if received is not None:
             received.requires_grad_(True)
-        nonlocal peak
         output = forward(micro_batches[index], received)
         if not stage.is_last:
             output = output.float()
