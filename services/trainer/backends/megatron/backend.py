@@ -54,6 +54,7 @@ from agentrl.trainer.backends.interface import (
 from agentrl.trainer.backends.megatron import model as megatron_model
 from agentrl.trainer.backends.megatron import pipeline
 from agentrl.trainer.backends.megatron.convert import (
+    EMBEDDING_RULE,
     OUTPUT_RULE,
     ConversionError,
     ModelShape,
@@ -142,7 +143,7 @@ class MegatronBackend(TrainerBackend):
         self.tied_copy = None
         if self.shape.tied_embeddings and layout.pp > 1:
             if self.stage.is_first:
-                self.tied_copy = "embedding.word_embeddings.weight"
+                self.tied_copy = EMBEDDING_RULE.megatron
             elif self.stage.is_last:
                 self.tied_copy = OUTPUT_RULE.megatron
         self.model = megatron_model.build_gpt_model(
