@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from agentrl.trainer.backends.interface import TrainerBackend
-from agentrl.trainer.main import uninterrupted
+from agentrl.trainer.shutdown import uninterrupted
 
 STEP_PREFIX = "step_"
 PARTIAL_PREFIX = ".partial-"

@@ -1,4 +1,4 @@
-"""The trainer on SIGTERM/SIGINT (trainer/main.py `stop_on_shutdown_signal`): it stops where it
+"""The trainer on SIGTERM/SIGINT (trainer/shutdown.py `stop_on_shutdown_signal`): it stops where it
 is, its asyncio loop's clean-up runs (rl_loop's `finally: trainer.close()`), and it exits with
 128 + the signal, not 0 (a Job would count 0 as done). A real child process is signalled
 while it waits inside `asyncio.run`, as the RL loop does between steps; the fault suite
@@ -19,7 +19,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from agentrl.trainer.main import stop_on_shutdown_signal
+    from agentrl.trainer.shutdown import stop_on_shutdown_signal
 
     marks = Path(sys.argv[1])
 
@@ -66,7 +66,7 @@ MID_CHECKPOINT = textwrap.dedent(
     from pathlib import Path
     import torch
     from agentrl.trainer.checkpoint import CheckpointManager, TrainingState
-    from agentrl.trainer.main import stop_on_shutdown_signal
+    from agentrl.trainer.shutdown import stop_on_shutdown_signal
 
     class SignalledWhilePickled:
         # torch.save calls this in the middle of writing backend.pt: the SIGTERM arrives then
