@@ -16,12 +16,7 @@ from typing import Any
 from agentrl.common.config import AgentRLConfig
 from agentrl.common.logging import get_logger
 from agentrl.trainer import collapse
-from agentrl.trainer.shutdown import (
-    # Re-exported while tests/integration/fault_injection.py imports it from here; once it
-    # imports agentrl.trainer.shutdown, this name goes.
-    TrainingInterrupted,  # noqa: F401
-    stop_on_shutdown_signal,
-)
+from agentrl.trainer.shutdown import stop_on_shutdown_signal
 
 log = get_logger(__name__)
 

@@ -36,7 +36,7 @@ from agentrl.common import local_stack
 from agentrl.common.config import load_config
 from agentrl.common.run_layout import GROUPS_GROUP, PROMPTS_GROUP, RunLayout
 from agentrl.trainer.intake import read_group_history, trained_keys
-from agentrl.trainer.main import TrainingInterrupted
+from agentrl.trainer.shutdown import TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[2]
 AGENTRL = [sys.executable, "-m", "agentrl.common.cli"]
