@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from agentrl.common.streams import StreamQueue, StreamUnavailableError, stream_key
+from agentrl.common.streams import DONE_TTL_S, StreamQueue, StreamUnavailableError, stream_key
 from agentrl.proto.core.v1 import group_pb2, task_pb2, trajectory_pb2
 
 REDIS_URL = "redis://127.0.0.1:6379"
@@ -178,6 +178,21 @@ def test_complete_is_idempotent_and_redelivered_copy_is_done(run_id, queues):
     assert queue.complete([]) == 0
     assert queue.ack(second) == 1
     assert queue.stats().pending == 0
+
+
+def test_done_keys_are_forgotten_after_done_ttl_and_the_done_set_expires(run_id, queues):
+    stream = stream_key(run_id, "groups")
+    queue = queues(REDIS_URL, stream, done_ttl_s=3600)
+    queue.ensure_group()
+    # Completed an hour and a minute ago, by a consumer gone since.
+    queue.client.zadd(queue.done_key, {"old-key": time.time() - 3660})
+    queue.publish(b"a", "old-key")
+    queue.publish(b"b", "new-key")
+    _old, new = queue.read(count=10, block_ms=100)
+    assert queue.complete(new) == 1
+    assert queue.client.zscore(queue.done_key, "old-key") is None  # pruned: past done_ttl_s
+    assert queue.is_done(new)
+    assert 3590 < queue.client.ttl(queue.done_key) <= 3600
 
 
 def test_group_messages_round_trip_and_key_defaults_to_message_field(run_id, queues):
@@ -368,6 +383,9 @@ def test_redis_restart_empty_recreates_group_and_consumers_go_on(private_redis, 
     for i in range(20):  # published before any consumer re-created the group
         producer.publish(b"x", f"after-{i}")
     assert consumer.complete(held[10:]) == 10  # entries of the old server: nothing to ack
+    # The done set the restart re-created expires like the first one, though this queue's next
+    # prune is a minute away.
+    assert 0 < consumer.client.ttl(consumer.done_key) <= DONE_TTL_S
     got = []
     deadline = time.monotonic() + 10
     while len(got) < 20 and time.monotonic() < deadline:
