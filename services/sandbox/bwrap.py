@@ -5,7 +5,10 @@ cgroup (memory, pids, cpu, cpuacct; agentrl.sandbox.cgroups) and a size-limited 
 (agentrl.sandbox.workdir). Each slot keeps a *warm* sandbox (agentrl.sandbox.bwrap_argv: the
 launcher joins the cgroups, sets rlimits and drops to the sandbox uid, bwrap unshares every
 namespace) running agentrl.sandbox.runner, which waits on stdin for one program; the slots,
-their warm sandboxes and their recycling live in agentrl.sandbox.bwrap_slots.
+their warm sandboxes and their recycling live in agentrl.sandbox.bwrap_slots. With cgroups
+and the launcher, a slot's bwrap sandbox lasts for all its runs and each run starts in fresh
+pid, IPC and mount namespaces inside it (agentrl.sandbox.slot_executor): the same isolation
+between runs without bwrap's ~5 ms of CPU per run.
 
 One run: write the files and the source into the slot, hand the source to the warm runner and
 drive it with agentrl.sandbox.capture. The runner reports the program's exit status on a
@@ -38,6 +41,8 @@ after the cgroup is emptied); reaping bwrap's orphaned inner init is left to the
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import shutil
@@ -52,6 +57,7 @@ from agentrl.sandbox.bwrap_slots import RUNNER_SOURCE, Slot, SlotPool
 from agentrl.sandbox.capture import Captured, drive, kill_group, spawn
 from agentrl.sandbox.cgroup_v2 import detect_cgroups
 from agentrl.sandbox.cgroups import Cgroup
+from agentrl.sandbox.docker_channel import ExecutorGone
 from agentrl.sandbox.enforcement import Limit, bwrap_limits
 from agentrl.sandbox.interface import (
     Backend,
@@ -66,6 +72,8 @@ from agentrl.sandbox.outcome import classify, compile_failure, compile_memory_mb
 from agentrl.sandbox.private_tmpfs import RELEASE, await_hold, hold_argv, sandbox_pid
 from agentrl.sandbox.run_watch import RunWatch, Watched
 from agentrl.sandbox.run_watch import supported as run_watch_supported
+from agentrl.sandbox.slot_executor import build as build_executor
+from agentrl.sandbox.slot_executor import sandbox_argv as slot_sandbox_argv
 from agentrl.sandbox.workdir import CGROUP_PREFIX, SlotDir, check_traversable, sweep_stale
 
 __all__ = [
@@ -135,6 +143,13 @@ class BwrapBackend(Backend):
             spare = max(1, math.ceil(config.max_concurrency * SPARE_SLOT_FRACTION))
             num_slots = config.max_concurrency + (spare if self.cgroups is not None else 0)
         self._all = [self.make_slot(f"slot-{index}") for index in range(num_slots)]
+        if self.cgroups is not None and self.tools.launcher is not None:
+            executor = build_executor(self.root)
+            if executor is not None:
+                self.tools = dataclasses.replace(self.tools, executor=executor)
+        for slot in self._all:
+            if self.tools.executor is not None and not slot.dir.private:
+                slot.sandbox_argv = functools.partial(self._slot_sandbox_argv, slot)
         self.pool = SlotPool(self._all, config, self.command)
 
     # -- slots ---------------------------------------------------------------------------------
@@ -148,7 +163,7 @@ class BwrapBackend(Backend):
         return Slot(name, slot_dir, group)
 
     def release_slot(self, slot: Slot) -> None:
-        slot.kill()
+        slot.close()
         if slot.cgroup is not None:
             slot.cgroup.destroy()
         slot.dir.close()
@@ -169,6 +184,7 @@ class BwrapBackend(Backend):
             disk=disk,
             shm=self.tools.sized_tmpfs,
             run_watch=self.run_watch is not None,
+            slot_sandbox=any(slot.sandbox_argv is not None for slot in self._all),
         )
 
     # -- execution -----------------------------------------------------------------------------
@@ -183,6 +199,13 @@ class BwrapBackend(Backend):
     def run_in_slot(self, slot: Slot, request: ExecutionRequest) -> ExecutionResult:
         try:
             return self._run_in_slot(slot, request)
+        except ExecutorGone as gone:  # the slot's sandbox could not start or died
+            return ExecutionResult(
+                status=Status.SANDBOX_ERROR,
+                message=str(gone),
+                backend=self.name,
+                request_id=request.request_id,
+            )
         finally:
             slot.dir.detach()  # a private slot's tmpfs is freed with its run
 
@@ -197,16 +220,12 @@ class BwrapBackend(Backend):
         slot.warm = None
         if group is not None:
             try:
-                group.set_limits(
-                    request.memory_mb, self.config.max_processes, self.config.cpu_cores
-                )
+                slot.limit(self.config, request.memory_mb)
             except OSError:  # the warm interpreter alone is above the requested limit
                 slot.warm = proc
                 slot.kill()
                 proc = None
-                group.set_limits(
-                    request.memory_mb, self.config.max_processes, self.config.cpu_cores
-                )
+                slot.limit(self.config, request.memory_mb)
             group.reset_usage()
         if proc is not None and (language.name != "python" or proc.poll() is not None):
             slot.warm = proc
@@ -220,9 +239,7 @@ class BwrapBackend(Backend):
             if binary is not None:  # a private slot: the binary goes into the run's tmpfs
                 files[BINARY_NAME] = binary
             if group is not None:
-                group.set_limits(
-                    request.memory_mb, self.config.max_processes, self.config.cpu_cores
-                )
+                slot.limit(self.config, request.memory_mb)
                 group.reset_usage()
         warm = proc is not None
         if warm:
@@ -243,18 +260,18 @@ class BwrapBackend(Backend):
             stdin=stdin,
             timeout_s=request.timeout_s,
             max_output_bytes=self.config.max_output_bytes,
-            kill_tree=group.kill_all if group is not None else None,
+            kill_tree=slot.kill_run if group is not None else None,
             control_fd=slot.control_fd if warm else None,
         )
         if group is not None and not captured.exited and request.fetch_files:
-            group.kill_all()  # files are read back only once nothing can change them
+            slot.kill_run()  # files are read back only once nothing can change them
         oomed = watched is not None and watched.exceeded
         cpu_time_s, peak_mb = captured.cpu_time_s, captured.max_rss_kb / 1024
         if watched is not None:
             peak_mb = max(peak_mb, watched.peak_bytes / (1024 * 1024))
         if group is not None:
-            if captured.exited and not group.wait_empty(TEARDOWN_WAIT_S):
-                group.kill_all()
+            if captured.exited and not group.wait_empty(TEARDOWN_WAIT_S, exclude=slot.own_pids):
+                slot.kill_run()
             oomed = group.oom_kills() > oom_before
             cpu_time_s = group.cpu_time_s() - cpu_before
             peak_mb = group.peak_memory_bytes() / (1024 * 1024)
@@ -292,6 +309,8 @@ class BwrapBackend(Backend):
         A private slot's sandbox starts behind the hold (agentrl.sandbox.private_tmpfs): once
         bwrap has mounted its tmpfs, `files` are written into it through the attached /work,
         and the returned RELEASE lets the program start. Otherwise the files are there already."""
+        if slot.sandbox_argv is not None:
+            return slot.start_in_sandbox(self.config, timeout_s, program), b""
         if not slot.dir.private:
             return spawn(self.command(slot, timeout_s, memory_mb, program), SANDBOX_ENV), b""
         proc = spawn(self.command(slot, timeout_s, memory_mb, hold_argv(program)), SANDBOX_ENV)
@@ -317,7 +336,7 @@ class BwrapBackend(Backend):
         memory_mb = compile_memory_mb(request, self.config)
         oom_before = 0
         if group is not None:
-            group.set_limits(memory_mb, self.config.max_processes, self.config.cpu_cores)
+            slot.limit(self.config, memory_mb)
             oom_before = group.oom_kills()
         program = language.compile_argv(f"/work/{language.source_name}")
         proc, release = self._spawn_cold(slot, request.compile_timeout_s, memory_mb, program, files)
@@ -328,12 +347,12 @@ class BwrapBackend(Backend):
             stdin=release,
             timeout_s=request.compile_timeout_s,
             max_output_bytes=self.config.max_output_bytes,
-            kill_tree=group.kill_all if group is not None else None,
+            kill_tree=slot.kill_run if group is not None else None,
         )
         oomed = watched is not None and watched.exceeded
         if group is not None:
-            if not group.wait_empty(TEARDOWN_WAIT_S):
-                group.kill_all()
+            if not group.wait_empty(TEARDOWN_WAIT_S, exclude=slot.own_pids):
+                slot.kill_run()
             oomed = group.oom_kills() > oom_before
         binary = None
         if slot.dir.private:
@@ -343,6 +362,9 @@ class BwrapBackend(Backend):
             captured, oomed, request, memory_mb, self.config.max_output_bytes, FAILURES
         )
         return outcome, binary
+
+    def _slot_sandbox_argv(self, slot: Slot, socket_fd: int) -> list[str]:
+        return slot_sandbox_argv(self.config, self.tools, slot.dir, slot.cgroup, socket_fd)
 
     def command(
         self,

@@ -93,6 +93,8 @@ class Tools:
     namespace (a private slot's shares one with its /work and /tmp)."""
     launcher: str | None = None
     """The built launcher (agentrl.sandbox.launch); None: sh and setpriv do its steps."""
+    executor: str | None = None
+    """The built slot executor (agentrl.sandbox.slot_executor); None: a sandbox per run."""
 
 
 def sandbox_argv(
@@ -177,8 +179,14 @@ def rlimits(
 
 
 def bwrap_args(
-    config: SandboxConfig, bwrap: str, slot_dir: SlotDir, sized_tmpfs: bool = False
+    config: SandboxConfig,
+    bwrap: str,
+    slot_dir: SlotDir,
+    sized_tmpfs: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
+    """bwrap's flags; `extra` go in before the root is made read-only (a slot sandbox's
+    executor bind and capabilities, agentrl.sandbox.slot_executor)."""
     args = [
         bwrap,
         "--unshare-all",
@@ -213,7 +221,7 @@ def bwrap_args(
         args += private_mounts(config.disk_mb << 20)  # /work, /tmp, /dev/shm: one tmpfs
     else:
         args += ["--bind", str(slot_dir.work), "/work", "--bind", str(slot_dir.tmp), "/tmp"]
-    return [*args, "--chdir", "/work", "--remount-ro", "/"]
+    return [*args, *extra, "--chdir", "/work", "--remount-ro", "/"]
 
 
 def find_tools(config: SandboxConfig, root: Path) -> Tools:

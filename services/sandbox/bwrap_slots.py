@@ -32,9 +32,11 @@ from pathlib import Path
 
 from agentrl.common.config import SandboxConfig
 from agentrl.common.logging import get_logger
-from agentrl.sandbox.bwrap_argv import SANDBOX_ENV
+from agentrl.sandbox.bwrap_argv import SANDBOX_ENV, rlimits
 from agentrl.sandbox.capture import kill_group, spawn
 from agentrl.sandbox.cgroups import Cgroup
+from agentrl.sandbox.docker_channel import ContainerProcess, ExecutorGone
+from agentrl.sandbox.slot_executor import EXTRA_PROCESSES, SlotSandbox
 from agentrl.sandbox.workdir import SlotDir
 
 log = get_logger(__name__)
@@ -64,22 +66,69 @@ Command = Callable[["Slot", float, int, list[str], tuple[int, ...]], list[str]]
 @dataclass
 class Slot:
     """Host resources one running sandbox uses: its writable dirs, its cgroup (if any) and,
-    when warm, a sandboxed interpreter already waiting for a program (agentrl.sandbox.runner)."""
+    when warm, a sandboxed interpreter already waiting for a program (agentrl.sandbox.runner).
+
+    With `sandbox_argv` (a cgroup, not private, the executor built) the slot keeps one bwrap
+    sandbox for all its runs and starts each in fresh namespaces inside it
+    (agentrl.sandbox.slot_executor); otherwise each run is a bwrap sandbox of its own."""
 
     name: str
     dir: SlotDir
     cgroup: Cgroup | None
-    warm: subprocess.Popen | None = None
+    warm: subprocess.Popen | ContainerProcess | None = None
     control_fd: int = -1
     """Read end of the warm runner's control pipe (its exit-status line), -1 without one."""
-    spent: subprocess.Popen | None = None
+    spent: subprocess.Popen | ContainerProcess | None = None
     """The last run's sandbox when its answer came from the control line: maybe still
     exiting; the recycler kills and reaps it before the slot is used again."""
+    sandbox_argv: Callable[[int], list[str]] | None = None
+    """The slot sandbox's argv for the executor's socket fd (None: a sandbox per run)."""
+    sandbox: SlotSandbox | None = None
+
+    @property
+    def own_pids(self) -> frozenset[int]:
+        """The slot sandbox's own processes (bwrap's, the executor), which no run's kill hits."""
+        return self.sandbox.own_pids if self.sandbox is not None else frozenset()
+
+    def limit(self, config: SandboxConfig, memory_mb: int) -> None:
+        """Set the cgroup's limits for a run of `memory_mb` (the executor and a run's init
+        count in pids.max besides the program's own processes)."""
+        extra = EXTRA_PROCESSES if self.sandbox_argv is not None else 0
+        self.cgroup.set_limits(memory_mb, config.max_processes + extra, config.cpu_cores)
+
+    def kill_run(self) -> bool:
+        """SIGKILL every process of the run (the whole cgroup, but a slot sandbox's own)."""
+        return self.cgroup.kill_all(exclude=self.own_pids)
+
+    def start_in_sandbox(
+        self, config: SandboxConfig, timeout_s: float, program: list[str], control: bool = False
+    ) -> ContainerProcess:
+        """`program` started in the slot's sandbox (the sandbox first, when there is none)."""
+        if self.sandbox is None:
+            self.sandbox = SlotSandbox.start(self.sandbox_argv, self.cgroup)
+        try:
+            return self.sandbox.run(program, SANDBOX_ENV, rlimits(config, timeout_s, None), control)
+        except ExecutorGone:
+            self.stop_sandbox()
+            raise
+
+    def stop_sandbox(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.stop()
+            self.sandbox = None
 
     def kill(self) -> None:
-        """Kill and reap the slot's sandbox processes (warm or spent) until its cgroup is empty."""
+        """Kill and reap the slot's run (warm or spent) until its cgroup holds nothing else."""
+        if self.sandbox is not None and not self.sandbox.alive():
+            self.stop_sandbox()  # a dead executor: the sandbox starts again with the next run
         for proc in (self.warm, self.spent):
-            if proc is not None:
+            if isinstance(proc, ContainerProcess):
+                if proc.returncode is None and not proc.lost:
+                    self.kill_run()
+                if proc.wait() < 0:  # no exit report: the executor is gone
+                    self.stop_sandbox()
+                proc.close()
+            elif proc is not None:
                 if proc.returncode is None:  # never signal a reaped pid: it may be reused
                     kill_group(proc)
                 proc.wait()
@@ -89,21 +138,29 @@ class Slot:
         if self.control_fd >= 0:
             os.close(self.control_fd)
             self.control_fd = -1
-        if self.cgroup is not None and not self.cgroup.kill_all():
+        if self.cgroup is not None and not self.cgroup.kill_all(exclude=self.own_pids):
             log.error("processes survived SIGKILL", extra={"slot": self.name})
+
+    def close(self) -> None:
+        """Kill the run and the slot's sandbox."""
+        self.kill()
+        self.stop_sandbox()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
 
     def prime(self, config: SandboxConfig, command: Command) -> None:
         """Start the slot's next warm interpreter (only with a cgroup: limits are set later;
         and not in a private slot, whose files go in only once the sandbox is up)."""
         if self.cgroup is None or self.dir.private:
             return
-        self.cgroup.set_limits(
-            max(config.default_memory_mb, MIN_WARM_MEMORY_MB),
-            config.max_processes,
-            config.cpu_cores,
-        )
-        read_fd, write_fd = os.pipe()
+        self.limit(config, max(config.default_memory_mb, MIN_WARM_MEMORY_MB))
         source, *code = runner_args(config.python)  # the control fd is the runner's argv[1]
+        if self.sandbox_argv is not None:
+            program = [config.python, "-c", source, "3", *code]
+            self.warm = self.start_in_sandbox(config, config.max_timeout_s, program, True)
+            self.control_fd = self.warm.control
+            return
+        read_fd, write_fd = os.pipe()
         program = [config.python, "-c", source, str(write_fd), *code]
         try:
             self.warm = spawn(

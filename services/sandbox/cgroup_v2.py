@@ -27,6 +27,7 @@ over its runs so far); I/O limits.
 from __future__ import annotations
 
 import os
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,14 +130,18 @@ class CgroupV2(Cgroup):
         return self._keyed("cpu.stat", "usage_usec") / 1e6
 
     def kill_all(
-        self, timeout_s: float = KILL_ROUNDS * KILL_ROUND_SLEEP_S, uid: int | None = None
+        self,
+        timeout_s: float = KILL_ROUNDS * KILL_ROUND_SLEEP_S,
+        uid: int | None = None,
+        exclude: AbstractSet[int] = frozenset(),
     ) -> bool:
         """cgroup.kill (Linux >= 5.14) SIGKILLs the whole group at once, forks in flight
-        included; then the SIGKILL rounds until it is empty (the fallback without it)."""
+        included; then the SIGKILL rounds until it is empty (the fallback without it, and the
+        only way when some processes must live)."""
         kill = self.path / "cgroup.kill"
-        if uid is None and kill.exists():
+        if uid is None and not exclude and kill.exists():
             kill.write_text("1")
-        return super().kill_all(timeout_s, uid)
+        return super().kill_all(timeout_s, uid, exclude)
 
     def destroy(self) -> None:
         self.kill_all()

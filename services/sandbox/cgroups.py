@@ -23,6 +23,7 @@ import os
 import shlex
 import signal
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,19 +115,24 @@ class Cgroup:
     def cpu_time_s(self) -> float:
         return int(self._read("cpuacct", "cpuacct.usage")) / 1e9
 
-    def pids(self, uid: int | None = None) -> list[int]:
-        """Processes in the group; with `uid`, only those whose real uid it is."""
+    def pids(self, uid: int | None = None, exclude: AbstractSet[int] = frozenset()) -> list[int]:
+        """Processes in the group; with `uid`, only those whose real uid it is; never those in
+        `exclude` (a slot sandbox's own processes, agentrl.sandbox.slot_executor)."""
         pids = [int(p) for p in self._read("pids", "cgroup.procs").split()]
+        pids = [p for p in pids if p not in exclude]
         return pids if uid is None else [p for p in pids if _real_uid(p) == uid]
 
     def kill_all(
-        self, timeout_s: float = KILL_ROUNDS * KILL_ROUND_SLEEP_S, uid: int | None = None
+        self,
+        timeout_s: float = KILL_ROUNDS * KILL_ROUND_SLEEP_S,
+        uid: int | None = None,
+        exclude: AbstractSet[int] = frozenset(),
     ) -> bool:
-        """SIGKILL every process in the group (with `uid`: every one of that real uid) until
-        none is left; False if some survived."""
+        """SIGKILL every process in the group (with `uid`: every one of that real uid; never
+        those in `exclude`) until none is left; False if some survived."""
         deadline = time.monotonic() + timeout_s
         while True:
-            pids = self.pids(uid)
+            pids = self.pids(uid, exclude)
             if not pids:
                 return True
             if time.monotonic() > deadline:
@@ -138,10 +144,12 @@ class Cgroup:
                     pass
             time.sleep(KILL_ROUND_SLEEP_S)
 
-    def wait_empty(self, timeout_s: float, uid: int | None = None) -> bool:
+    def wait_empty(
+        self, timeout_s: float, uid: int | None = None, exclude: AbstractSet[int] = frozenset()
+    ) -> bool:
         """Wait for processes that are already dying (a pid namespace tears down asynchronously)."""
         deadline = time.monotonic() + timeout_s
-        while self.pids(uid):
+        while self.pids(uid, exclude):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.001)

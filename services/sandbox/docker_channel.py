@@ -70,10 +70,18 @@ class ExecutorChannel:
         finally:
             os.close(dir_fd)
         channel = cls(sock)
-        if not channel._reply(max(0.0, deadline - time.monotonic())).get("ready"):
-            channel.close()
-            raise ExecutorGone("the container's executor sent no greeting")
+        channel.await_greeting(max(0.0, deadline - time.monotonic()))
         return channel
+
+    def await_greeting(self, timeout_s: float) -> None:
+        """Read the executor's first message, {"ready": true}; closes the channel and raises
+        ExecutorGone if another or none came."""
+        try:
+            if not self._reply(timeout_s).get("ready"):
+                raise ExecutorGone("the executor sent no greeting")
+        except ExecutorGone:
+            self.close()
+            raise
 
     def start(
         self, argv: list[str], env: dict[str, str], control: bool = False
@@ -81,12 +89,16 @@ class ExecutorChannel:
         """Start `argv` in the container; its stdin, stdout and stderr are pipes to here. With
         `control` it also gets fd 3, the write end of a pipe whose read end is the process's
         `control` (a session's interpreter reports on it: agentrl.sandbox.session_kernel)."""
+        return self.send_request(json.dumps({"argv": argv, "env": env}).encode(), control)
+
+    def send_request(self, message: bytes, control: bool = False) -> ContainerProcess:
+        """`start` with the request already encoded (the bwrap slot executor's format differs:
+        agentrl.sandbox.slot_executor)."""
         assert not self.busy, "one program at a time per container"
         ends = [os.pipe2(os.O_CLOEXEC) for _ in range(4 if control else 3)]
         theirs = [ends[0][0], *(end[1] for end in ends[1:])]
         ours = [ends[0][1], *(end[0] for end in ends[1:])]
         try:
-            message = json.dumps({"argv": argv, "env": env}).encode()
             self.sock.sendmsg(
                 [message],
                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", theirs).tobytes())],

@@ -42,13 +42,15 @@ def bwrap_limits(
     shm: bool = True,
     run_watch: bool = False,
     cgroup_note: str = "",
+    slot_sandbox: bool = False,
 ) -> list[Limit]:
     """The bwrap backend's limits given what it found at start-up. `disk`: "slot" (a tmpfs
     per slot mounted by the service), "private" (one tmpfs for /work, /tmp and /dev/shm in
     each run's own mount namespace, by bwrap) or "none"; `shm`: /dev/shm is a sized tmpfs and
     /dev read-only; `run_watch`: without cgroups, a run's processes and tmpfs files are sampled
     together; `cgroups`: the hierarchy used ("cgroup v1", "cgroup v2") or None, and
-    `cgroup_note` why none."""
+    `cgroup_note` why none; `slot_sandbox`: runs start in fresh pid, IPC and mount namespaces
+    inside their slot's long-lived sandbox (agentrl.sandbox.slot_executor)."""
     hierarchy = cgroups or ""
     missing_cgroup = (
         f"no usable cgroup ({cgroup_note or 'not detected'}): run as root on a cgroup v1 host "
@@ -106,6 +108,7 @@ def bwrap_limits(
             "processes",
             bool(cgroups) or prlimit,
             f"{hierarchy} pids.max={config.max_processes} per run"
+            + (" (plus the slot's executor and the run's init)" if slot_sandbox else "")
             if cgroups
             else f"RLIMIT_NPROC={config.max_processes} inside each run's own user namespace "
             "(counted per namespace by Linux >= 5.14)"
@@ -133,7 +136,14 @@ def bwrap_limits(
             if seccomp
             else "no seccomp filter: sandbox.seccomp is off or the architecture has no table",
         ),
-        Limit("network", True, "an empty network namespace per run"),
+        Limit(
+            "network",
+            True,
+            "an empty network namespace per slot, its runs one after another (a run's sockets "
+            "die with its processes)"
+            if slot_sandbox
+            else "an empty network namespace per run",
+        ),
     ]
 
 

@@ -47,8 +47,8 @@ log = get_logger(__name__)
 FAILURE_PREFIX = b"agentrl-launch: "
 # gcc compiles the ~60 lines in well under a second; a loaded host gets this much.
 BUILD_TIMEOUT_S = 60.0
-# The binary this process compiled (at most one): each backend gets a copy in its own dir.
-_compiled: list[bytes] = []
+# The binaries this process compiled, by name: each backend gets a copy in its own dir.
+_compiled: dict[str, bytes] = {}
 _lock = threading.Lock()
 LAUNCH_SOURCE = r"""
 #define _GNU_SOURCE
@@ -164,13 +164,25 @@ def build(directory: Path) -> str | None:
     """The launcher as a mode 0700 binary in `directory` (the service's own), checked to run
     there; its path, or None (the backend then uses sh and setpriv). Compiled once per
     process; later backends get a copy of the same binary."""
-    binary = directory / "launch"
+    binary = compile_c(directory, "launch", LAUNCH_SOURCE, ["--", "/bin/true"])
+    if binary is None:
+        log.warning("sandboxes start through sh and setpriv (slower): no launcher")
+    return binary
+
+
+def compile_c(
+    directory: Path, name: str, source: str, check_args: list[str], mode: int = 0o700
+) -> str | None:
+    """`source` compiled into `directory`/`name` (`mode`; statically where the host's libc
+    allows), checked to run there with `check_args`; its path, or None with a warning saying
+    why. Compiled once per process and name; later calls copy the same binary."""
+    binary = directory / name
     with _lock:
         errors = []
-        if _compiled:
-            binary.write_bytes(_compiled[0])
-            binary.chmod(0o700)
-            error = _run([str(binary), "--", "/bin/true"])
+        if name in _compiled:
+            binary.write_bytes(_compiled[name])
+            binary.chmod(mode)
+            error = _run([str(binary), *check_args])
             if error is None:
                 return str(binary)
             errors.append(error)
@@ -178,22 +190,19 @@ def build(directory: Path) -> str | None:
             compiler = shutil.which("cc") or shutil.which("gcc")
             if compiler is None:
                 errors.append("no C compiler (cc)")
-            source = directory / "launch.c"
-            source.write_text(LAUNCH_SOURCE)
+            source_path = directory / f"{name}.c"
+            source_path.write_text(source)
             # Static first: no loader and no shared libc to map on each of thousands of starts.
             for flags in (["-static"], []) if compiler else ():
-                error = _run([compiler, "-O2", *flags, "-o", str(binary), str(source)])
+                error = _run([compiler, "-O2", *flags, "-o", str(binary), str(source_path)])
                 if error is None:
-                    binary.chmod(0o700)
-                    error = _run([str(binary), "--", "/bin/true"])
+                    binary.chmod(mode)
+                    error = _run([str(binary), *check_args])
                     if error is None:
-                        _compiled.append(binary.read_bytes())
+                        _compiled[name] = binary.read_bytes()
                         return str(binary)
                 errors.append(error)
-    log.warning(
-        "could not build the sandbox launcher: sandboxes start through sh and setpriv (slower)",
-        extra={"error": " | ".join(errors)},
-    )
+    log.warning(f"could not build the sandbox's {name}", extra={"error": " | ".join(errors)})
     return None
 
 

@@ -31,7 +31,8 @@ def run(sandbox, code, **fields):
 
 def leftovers(sandbox, marker="sleep 4242.1", wait_s=2.0):
     """Live processes a finished run left behind: beyond the warm interpreter of each slot
-    (sh/bwrap, bwrap's init, python: 3 processes), or any host process whose command line
+    (one-shot sandboxes: bwrap, bwrap's init, python: 3 processes; in a slot sandbox, besides
+    its own bwrap and executor: the run's init and python, 2), or any host process whose command line
     carries `marker`. Zombies are dead and not counted. A run is answered as soon as its
     program is done and its sandbox is killed in the background, so this waits up to
     `wait_s` for that teardown (test_next_run_never_meets_the_previous_one checks that it
@@ -41,7 +42,8 @@ def leftovers(sandbox, marker="sleep 4242.1", wait_s=2.0):
         extra = [
             slot.name
             for slot in sandbox.backend._all
-            if slot.cgroup is not None and len(slot.cgroup.pids()) > 3
+            if slot.cgroup is not None
+            and len(slot.cgroup.pids(exclude=slot.own_pids)) > (2 if slot.sandbox else 3)
         ]
         out = subprocess.run(
             ["ps", "-eo", "stat=,args="], capture_output=True, text=True, check=True
@@ -149,7 +151,8 @@ def test_next_run_never_meets_the_previous_one():
                     for line in out.splitlines()
                     if "sleep 4242.19" in line and not line.startswith("Z") and "ps -eo" not in line
                 ],
-                len(slot.cgroup.pids()) if slot.cgroup else 0,
+                len(slot.cgroup.pids(exclude=slot.own_pids)) if slot.cgroup else 0,
+                3 if slot.sandbox is None else 2,  # the warm sandbox's (as in leftovers)
             )
         )
         return run_in_slot(slot, request)
@@ -165,7 +168,7 @@ def test_next_run_never_meets_the_previous_one():
             second = run(single, "import os\nprint(sorted(os.listdir('.')))")
             assert (first.status, first.stdout) == (Status.OK, "a\n")
             assert (second.status, second.stdout) == (Status.OK, "['main.py']\n")
-        assert all(stray == [] and procs <= 3 for stray, procs in seen), seen
+        assert all(stray == [] and procs <= warm for stray, procs, warm in seen), seen
         assert leftovers(single, marker="sleep 4242.19") == []
     finally:
         single.close()
@@ -221,9 +224,12 @@ def test_writes_outside_the_work_dir_fail(sandbox):
 
 def test_service_environment_is_invisible(sandbox, monkeypatch):
     monkeypatch.setenv("AGENTRL_SECRET_FOR_TEST", "hunter2")
+    # pid 1 is bwrap's init, or in a slot sandbox the run's init, whose /proc entries are
+    # closed to the program (not dumpable: it held the executor's capabilities).
     code = (
-        "import os\nprint(sorted(os.environ))\nprint(open('/proc/1/environ','rb').read())\n"
-        "print(os.listdir('/proc'))"
+        "import os\nprint(sorted(os.environ))\ntry:\n"
+        "    print(open('/proc/1/environ','rb').read())\nexcept PermissionError:\n"
+        "    print('closed')\nprint(os.listdir('/proc'))"
     )
     result = run(sandbox, code)
     assert result.status == Status.OK and "hunter2" not in result.stdout
@@ -308,3 +314,44 @@ def test_startup_sweeps_what_a_crashed_service_left():
         assert not os.path.exists(stale)
     finally:
         fresh.close()
+
+
+def test_runs_of_a_slot_sandbox_share_nothing_but_the_sandbox():
+    """With cgroups, one bwrap sandbox serves every run of a slot (agentrl.sandbox.slot_executor),
+    each run in fresh pid, IPC and mount namespaces: what a run leaves in /dev/shm, in SysV
+    IPC, in its work dir or as a background process is gone for the next one, which sees only
+    its own pid namespace (its init is pid 1; the executor and the slot's other processes are
+    outside it); a run that kills everything it can leaves the sandbox serving."""
+    from agentrl.sandbox.bwrap import BwrapBackend
+
+    config = SandboxConfig(max_concurrency=1)
+    backend = BwrapBackend(config, num_slots=1)
+    single = Sandbox(config, backend=backend)
+    slot = backend._all[0]
+    try:
+        if backend.cgroups is None:
+            assert slot.sandbox is None  # no cgroup: a bwrap sandbox per run, as before
+            return
+        first = slot.sandbox.proc.pid
+        leave = (
+            "import os, subprocess\nsubprocess.run(['ipcmk', '-M', '4096'], check=True)\n"
+            "open('/dev/shm/left', 'w').write('x')\nopen('left.txt', 'w').write('x')\n"
+            "subprocess.Popen(['sleep', '4242.3'], start_new_session=True)\n"
+            "for pid in (1, -1):\n    try:\n        os.kill(pid, 9)\n    except OSError:\n"
+            "        pass\nprint('left')"
+        )
+        look = (
+            "import os, subprocess\nprint(os.listdir('/dev/shm'), os.listdir('.'))\n"
+            "print(subprocess.run(['ipcs', '-m'], capture_output=True, text=True).stdout.count('0x'))\n"
+            "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+            "lines = [open(f'/proc/{p}/cmdline', 'rb').read() for p in pids]\n"
+            "print(sum(b'4242.3' in line for line in lines), max(map(int, pids)) < 20)"
+        )
+        for _ in range(3):
+            left = run(single, leave)
+            assert left.status in (Status.OK, Status.ERROR), left
+            seen = run(single, look)
+            assert (seen.status, seen.stdout) == (Status.OK, "[] ['main.py']\n0\n0 True\n"), seen
+        assert slot.sandbox is not None and slot.sandbox.proc.pid == first
+    finally:
+        backend.close()

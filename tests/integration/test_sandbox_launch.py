@@ -75,6 +75,8 @@ def counted(result):
 def test_a_launcher_step_that_fails_is_a_sandbox_error(backend):
     with_launcher = backend.tools
     backend.tools = dataclasses.replace(with_launcher, seccomp_filter="/nonexistent/filter")
+    for slot in backend._all:  # a slot sandbox runs the launcher when it starts again
+        slot.close()
     try:
         result = backend.execute(
             ExecutionRequest(code="echo ran", language="bash", timeout_s=10, memory_mb=256)
