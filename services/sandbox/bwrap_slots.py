@@ -56,6 +56,8 @@ COMPILE_RUNNER = (
 RECYCLER_THREADS = 4
 # Compiling the runner once at start-up takes milliseconds; a loaded host gets this much.
 COMPILE_TIMEOUT_S = 60.0
+# How long the recycler lets a finished run's namespace end by itself before killing it.
+SETTLE_S = 0.02
 # The warm interpreter's memory limit until a run sets its own (enough for it to start).
 MIN_WARM_MEMORY_MB = 64
 
@@ -123,7 +125,9 @@ class Slot:
             self.stop_sandbox()  # a dead executor: the sandbox starts again with the next run
         for proc in (self.warm, self.spent):
             if isinstance(proc, ContainerProcess):
-                if proc.returncode is None and not proc.lost:
+                # A runner that wrote its status line exits at once, and the run's namespace
+                # with it: a kill (cgroup reads and signals) is only for what did not.
+                if not proc.reported_within(SETTLE_S):
                     self.kill_run()
                 if proc.wait() < 0:  # no exit report: the executor is gone
                     self.stop_sandbox()

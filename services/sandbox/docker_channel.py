@@ -128,6 +128,8 @@ class ExecutorChannel:
         return process
 
     def _reply(self, timeout_s: float) -> dict:
+        if self.sock.fileno() < 0:
+            raise ExecutorGone("the connection to the executor is closed")
         ready, _, _ = select.select([self.sock], [], [], timeout_s)
         if not ready:
             raise ExecutorGone(f"the container's executor did not answer within {timeout_s:g} s")
@@ -178,6 +180,14 @@ class ContainerProcess:
             if ready:
                 self.wait()
         return -1 if self.lost else self.returncode
+
+    def reported_within(self, timeout_s: float) -> bool:
+        """Whether the executor's exit report is there or comes within `timeout_s` (unread;
+        a closed connection counts as reported: `wait` then returns at once)."""
+        if self.returncode is not None or self.lost or self.channel.sock.fileno() < 0:
+            return True
+        ready, _, _ = select.select([self.channel.sock], [], [], timeout_s)
+        return bool(ready)
 
     def wait(self, timeout_s: float = EXIT_TIMEOUT_S) -> int:
         """The exit status (the shell's: 128 + signal); -1 with `lost` set if none came."""
