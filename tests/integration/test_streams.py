@@ -307,6 +307,14 @@ def test_unreachable_redis_raises_clear_error_within_deadline(queues):
     assert "check that the server is running" in str(info.value)
 
 
+def test_maxlen_caps_the_stream_and_publish_returns_the_entry_id(run_id, queues):
+    queue = queues(REDIS_URL, stream_key(run_id, "groups"), maxlen=10)
+    ids = [queue.publish(b"x", f"k{i}") for i in range(500)]
+    # Approximate cap: Redis drops whole nodes (100 entries each by default), never the newest.
+    assert 10 <= queue.client.xlen(queue.stream) < 200
+    assert [e[0].decode() for e in queue.client.xrevrange(queue.stream, count=10)] == ids[::-1][:10]
+
+
 def test_bad_arguments_are_rejected(queues):
     with pytest.raises(ValueError, match="non-empty"):
         stream_key("", "groups")
