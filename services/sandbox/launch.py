@@ -50,7 +50,37 @@ BUILD_TIMEOUT_S = 60.0
 # The binaries this process compiled, by name: each backend gets a copy in its own dir.
 _compiled: dict[str, bytes] = {}
 _lock = threading.Lock()
-LAUNCH_SOURCE = r"""
+# One rlimit given as "name=value" (the kernel's unit), soft and hard alike: the launcher's
+# `-r` and the slot executor's per-run limits (agentrl.sandbox.slot_executor) share it.
+SET_LIMIT_C = r"""
+static const struct { const char *name; int resource; } LIMITS[] = {
+    {"core", RLIMIT_CORE}, {"fsize", RLIMIT_FSIZE}, {"nofile", RLIMIT_NOFILE},
+    {"cpu", RLIMIT_CPU}, {"as", RLIMIT_AS},
+};
+
+/* 0, or -1 with errno set (EINVAL: an unknown name or a value that is not a number). */
+static int set_limit(const char *spec) {
+    const char *equals = strchr(spec, '=');
+    size_t known = sizeof LIMITS / sizeof LIMITS[0], k = 0;
+    for (; equals && k < known; k++)
+        if (strlen(LIMITS[k].name) == (size_t)(equals - spec)
+            && strncmp(LIMITS[k].name, spec, equals - spec) == 0)
+            break;
+    char *end;
+    errno = 0;
+    unsigned long long value = equals ? strtoull(equals + 1, &end, 10) : 0;
+    if (equals == NULL || k == known || errno || end == equals + 1 || *end
+        || equals[1] == '-') {
+        errno = EINVAL;
+        return -1;
+    }
+    struct rlimit limit;
+    limit.rlim_cur = limit.rlim_max = value;
+    return setrlimit(LIMITS[k].resource, &limit);
+}
+"""
+LAUNCH_SOURCE = (
+    r"""
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -60,6 +90,9 @@ LAUNCH_SOURCE = r"""
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
+"""
+    + SET_LIMIT_C
+    + r"""
 
 static void fail(const char *step, const char *what) {
     fprintf(stderr, "agentrl-launch: %s %s: %s\n", step, what, strerror(errno));
@@ -77,11 +110,6 @@ static unsigned long long number(const char *text, const char *what) {
     return value;
 }
 
-static const struct { const char *name; int resource; } LIMITS[] = {
-    {"core", RLIMIT_CORE}, {"fsize", RLIMIT_FSIZE}, {"nofile", RLIMIT_NOFILE},
-    {"cpu", RLIMIT_CPU}, {"as", RLIMIT_AS},
-};
-
 int main(int argc, char **argv) {
     long long uid = -1, gid = -1;
     int i = 1;
@@ -98,19 +126,7 @@ int main(int argc, char **argv) {
             if (fd < 0 || write(fd, pid, length) != length || close(fd) != 0)
                 fail("join", value);
         } else if (flag[1] == 'r') {
-            const char *equals = strchr(value, '=');
-            size_t known = sizeof LIMITS / sizeof LIMITS[0], k = 0;
-            for (; equals && k < known; k++)
-                if (strlen(LIMITS[k].name) == (size_t)(equals - value)
-                    && strncmp(LIMITS[k].name, value, equals - value) == 0)
-                    break;
-            if (equals == NULL || k == known) {
-                errno = EINVAL;
-                fail("rlimit", value);
-            }
-            struct rlimit limit;
-            limit.rlim_cur = limit.rlim_max = number(equals + 1, value);
-            if (setrlimit(LIMITS[k].resource, &limit) != 0)
+            if (set_limit(value) != 0)
                 fail("rlimit", value);
         } else if (flag[1] == 'f') {
             const char *equals = strchr(value, '=');
@@ -158,6 +174,7 @@ int main(int argc, char **argv) {
     return 127;
 }
 """
+)
 
 
 def build(directory: Path) -> str | None:

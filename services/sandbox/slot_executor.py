@@ -62,7 +62,7 @@ from agentrl.sandbox.bwrap_argv import SANDBOX_ENV, Tools, bwrap_args
 from agentrl.sandbox.capture import kill_group
 from agentrl.sandbox.cgroups import Cgroup
 from agentrl.sandbox.docker_channel import ContainerProcess, ExecutorChannel, ExecutorGone
-from agentrl.sandbox.launch import compile_c
+from agentrl.sandbox.launch import SET_LIMIT_C, compile_c
 from agentrl.sandbox.workdir import SlotDir
 
 # Processes a slot's pids.max holds beyond a one-shot sandbox's (bwrap's two and the program's):
@@ -75,7 +75,8 @@ GREETING_TIMEOUT_S = 60.0
 # Capabilities the executor keeps inside the slot's user namespace (the programs get none).
 EXECUTOR_CAPS = ("CAP_SYS_ADMIN", "CAP_SETPCAP")
 
-EXECUTOR_SOURCE = r"""
+EXECUTOR_SOURCE = (
+    r"""
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -97,6 +98,9 @@ EXECUTOR_SOURCE = r"""
 
 extern char **environ;
 
+"""
+    + SET_LIMIT_C
+    + r"""
 #define MAX_MESSAGE (1 << 20)
 #define MAX_FIELDS 4096
 #define MAX_FDS 4
@@ -124,27 +128,10 @@ static int status_of(int wait_status) {
     return WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 128 + WTERMSIG(wait_status);
 }
 
-static const struct { const char *name; int resource; } LIMITS[] = {
-    {"core", RLIMIT_CORE}, {"fsize", RLIMIT_FSIZE}, {"nofile", RLIMIT_NOFILE},
-    {"cpu", RLIMIT_CPU}, {"as", RLIMIT_AS},
-};
-
 static void set_limits(char **limits, int count) {
-    for (int i = 0; i < count; i++) {
-        char *equals = strchr(limits[i], '=');
-        size_t known = sizeof LIMITS / sizeof LIMITS[0], k = 0;
-        for (; equals && k < known; k++)
-            if (strlen(LIMITS[k].name) == (size_t)(equals - limits[i])
-                && strncmp(LIMITS[k].name, limits[i], equals - limits[i]) == 0)
-                break;
-        errno = EINVAL;
-        if (equals == NULL || k == known)
-            fail(2, "rlimit");
-        struct rlimit limit;
-        limit.rlim_cur = limit.rlim_max = strtoull(equals + 1, NULL, 10);
-        if (setrlimit(LIMITS[k].resource, &limit) != 0)
-            fail(2, "rlimit");
-    }
+    for (int i = 0; i < count; i++)
+        if (set_limit(limits[i]) != 0)
+            fail(2, limits[i]);
 }
 
 /* No capability left in any set (ambient, bounding, effective, permitted, inheritable). */
@@ -328,6 +315,7 @@ int main(int argc, char **argv) {
     }
 }
 """
+)
 
 
 def build(directory: Path) -> str | None:

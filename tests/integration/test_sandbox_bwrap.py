@@ -355,3 +355,12 @@ def test_runs_of_a_slot_sandbox_share_nothing_but_the_sandbox():
         assert slot.sandbox is not None and slot.sandbox.proc.pid == first
     finally:
         backend.close()
+
+
+def test_each_run_gets_its_rlimits(sandbox):
+    """The rlimits are set per run (by the launcher, or in a slot sandbox by its executor for
+    each program): CPU seconds from the request's timeout, file size, open files, no core."""
+    result = run(sandbox, "ulimit -t -f -n -c", language="bash", timeout_s=5)
+    values = [line.split()[-1] for line in result.stdout.splitlines()]
+    disk_blocks = str((sandbox.config.disk_mb << 20) // 1024)  # bash's -f counts 1024 bytes
+    assert values == ["6", disk_blocks, "1024", "0"], result
