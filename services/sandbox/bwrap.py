@@ -276,6 +276,8 @@ class BwrapBackend(Backend):
             cpu_time_s = group.cpu_time_s() - cpu_before
             peak_mb = group.peak_memory_bytes() / (1024 * 1024)
         result = classify(captured, oomed, request, self.config.max_output_bytes, FAILURES)
+        if getattr(proc, "lost", False):  # the slot sandbox's executor died: no exit status
+            result.status, result.message = Status.SANDBOX_ERROR, "the slot's sandbox died"
         if result.status == Status.OOM and watched is not None:  # what the run held (run_watch)
             result.message += f" ({watched.reason})"
         result.cpu_time_s, result.peak_memory_mb = cpu_time_s, peak_mb

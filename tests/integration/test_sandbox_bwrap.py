@@ -364,3 +364,39 @@ def test_each_run_gets_its_rlimits(sandbox):
     values = [line.split()[-1] for line in result.stdout.splitlines()]
     disk_blocks = str((sandbox.config.disk_mb << 20) // 1024)  # bash's -f counts 1024 bytes
     assert values == ["6", disk_blocks, "1024", "0"], result
+
+
+def test_a_slot_sandbox_whose_executor_dies_is_a_sandbox_error_then_starts_again():
+    """The executor killed mid-run (the OOM killer may pick it): that run is `sandbox_error`,
+    not a program error, and the slot's next run gets a new sandbox."""
+    import signal
+    import threading
+    from pathlib import Path
+
+    from agentrl.sandbox.bwrap import BwrapBackend
+
+    backend = BwrapBackend(SandboxConfig(max_concurrency=1), num_slots=1)
+    slot = backend._all[0]
+    try:
+        if backend.cgroups is None:
+            assert slot.sandbox is None
+            return
+        first = slot.sandbox.proc.pid
+        (executor,) = [
+            pid
+            for pid in slot.sandbox.own_pids
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/.agentrl-executor")
+        ]
+        killer = threading.Timer(0.5, os.kill, (executor, signal.SIGKILL))
+        killer.start()
+        request = ExecutionRequest(
+            code="sleep 3; echo done", language="bash", timeout_s=10, memory_mb=256
+        )
+        result = backend.execute(request)
+        killer.join()
+        assert (result.status, result.stdout) == (Status.SANDBOX_ERROR, ""), result
+        again = backend.execute(ExecutionRequest(code="print(1)", timeout_s=10, memory_mb=256))
+        assert (again.status, again.stdout) == (Status.OK, "1\n"), again
+        assert slot.sandbox is not None and slot.sandbox.proc.pid != first
+    finally:
+        backend.close()
