@@ -241,6 +241,9 @@ class BwrapBackend(Backend):
             if group is not None:
                 slot.limit(self.config, request.memory_mb)
                 group.reset_usage()
+        # Read before the program starts: a cold one runs as soon as it is started.
+        oom_before = group.oom_kills() if group is not None else 0
+        cpu_before = group.cpu_time_s() if group is not None else 0.0
         warm = proc is not None
         if warm:
             stdin = b"%d\n" % len(code) + code + stdin
@@ -250,8 +253,6 @@ class BwrapBackend(Backend):
                 slot, request.timeout_s, request.memory_mb, program, files
             )
             stdin = release + stdin
-        oom_before = group.oom_kills() if group is not None else 0
-        cpu_before = group.cpu_time_s() if group is not None else 0.0
         slot.spent = proc  # the recycler kills and reaps whatever of it is left
         captured, watched = self._drive(
             proc,
