@@ -391,6 +391,9 @@ class BwrapBackend(Backend):
 
     def close(self) -> None:
         self.pool.close()
+        for slot in self._all:  # every slot sandbox comes down at once, then each is reaped
+            if slot.sandbox is not None:
+                kill_group(slot.sandbox.proc)
         for slot in self._all:
             self.release_slot(slot)
         if self.cgroups is not None:

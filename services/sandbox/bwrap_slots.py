@@ -90,7 +90,14 @@ class Slot:
     @property
     def own_pids(self) -> frozenset[int]:
         """The slot sandbox's own processes (bwrap's, the executor), which no run's kill hits."""
-        return self.sandbox.own_pids if self.sandbox is not None else frozenset()
+        if self.sandbox is None or self.sandbox.own_pids is None:
+            return frozenset()
+        return self.sandbox.own_pids
+
+    def spawn_sandbox(self) -> None:
+        """Start the slot's sandbox without waiting for it (the next run waits)."""
+        if self.sandbox_argv is not None and self.sandbox is None:
+            self.sandbox = SlotSandbox.spawn(self.sandbox_argv)
 
     def limit(self, config: SandboxConfig, memory_mb: int) -> None:
         """Set the cgroup's limits for a run of `memory_mb` (the executor and a run's init
@@ -106,9 +113,9 @@ class Slot:
         self, config: SandboxConfig, timeout_s: float, program: list[str], control: bool = False
     ) -> ContainerProcess:
         """`program` started in the slot's sandbox (the sandbox first, when there is none)."""
-        if self.sandbox is None:
-            self.sandbox = SlotSandbox.start(self.sandbox_argv, self.cgroup)
         try:
+            self.spawn_sandbox()
+            self.sandbox.await_ready(self.cgroup)
             return self.sandbox.run(program, SANDBOX_ENV, rlimits(config, timeout_s, None), control)
         except ExecutorGone:
             self.stop_sandbox()
@@ -213,6 +220,8 @@ class SlotPool:
         self.slots, self.config, self.command = slots, config, command
         self._ready: queue.Queue[Slot] = queue.Queue()
         self._dirty: queue.Queue[Slot | None] = queue.Queue()
+        for slot in slots:  # all slot sandboxes start together; each prime waits for its own
+            slot.spawn_sandbox()
         for slot in slots:
             slot.prime(config, command)
             self._ready.put(slot)

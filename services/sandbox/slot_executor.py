@@ -384,12 +384,13 @@ class SlotSandbox:
 
     proc: subprocess.Popen
     channel: ExecutorChannel
-    own_pids: frozenset[int]
+    own_pids: frozenset[int] | None = None
+    """None until the executor greeted (`await_ready`)."""
 
     @classmethod
-    def start(cls, argv_for: Callable[[int], list[str]], cgroup: Cgroup) -> SlotSandbox:
-        """Start the sandbox whose argv `argv_for(socket_fd)` gives, in `cgroup`, and wait for
-        its executor's greeting; raises ExecutorGone with bwrap's own words if none came."""
+    def spawn(cls, argv_for: Callable[[int], list[str]]) -> SlotSandbox:
+        """Start the sandbox whose argv `argv_for(socket_fd)` gives, without waiting for it
+        (a pool starts all its slots' sandboxes first, then waits for them together)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = subprocess.Popen(
@@ -403,15 +404,21 @@ class SlotSandbox:
             )
         finally:
             theirs.close()
-        channel = ExecutorChannel(ours)
+        return cls(proc, ExecutorChannel(ours))
+
+    def await_ready(self, cgroup: Cgroup) -> None:
+        """Wait for the executor's greeting, then note the sandbox's own processes (all that
+        `cgroup` holds then); raises ExecutorGone with bwrap's own words if none came."""
+        if self.own_pids is not None:
+            return
         try:
-            channel.await_greeting(GREETING_TIMEOUT_S)
+            self.channel.await_greeting(GREETING_TIMEOUT_S)
         except ExecutorGone as gone:
-            kill_group(proc)
-            _, error = proc.communicate()
+            kill_group(self.proc)
+            _, error = self.proc.communicate()
             detail = error.decode(errors="replace").strip()[-500:]
             raise ExecutorGone(f"the slot's sandbox did not start: {detail or gone}") from None
-        return cls(proc, channel, frozenset(cgroup.pids()))
+        self.own_pids = frozenset(cgroup.pids())
 
     def run(
         self,
@@ -433,4 +440,5 @@ class SlotSandbox:
         self.channel.close()
         kill_group(self.proc)
         self.proc.wait()
-        self.proc.stderr.close()
+        if not self.proc.stderr.closed:
+            self.proc.stderr.close()
