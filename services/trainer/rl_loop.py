@@ -101,7 +101,7 @@ def make_task(row: PromptRow, config: AgentRLConfig, tokenizer: Any, key: str, v
     """The RolloutTask of one data-set row. Episode limits, the per-turn token budget and the
     ARPO switch come from the `rollout` section; a limit left unset there stays 0 in the task,
     i.e. the rollout default, as do the other sampling fields. The episode's token budget is
-    capped at `inference.server.max_model_len`."""
+    capped at `inference.server.max_model_len` - 1."""
     from agentrl.common.agent.loop import EpisodeSettings
     from agentrl.proto.core.v1 import task_pb2
     from agentrl.trainer.rendering import render_prompt
@@ -117,8 +117,11 @@ def make_task(row: PromptRow, config: AgentRLConfig, tokenizer: Any, key: str, v
         len(prompt_ids) + rollout.max_response_tokens if rollout.max_response_tokens else 0
     )
     # An episode never outgrows the engine's context: vLLM answers a longer request with a 400
-    # and the episode would end in an error. A long prompt leaves its episode less room.
-    context = config.inference.server.max_model_len
+    # and the episode would end in an error. A long prompt leaves its episode less room. One
+    # token less than the context: scoring a whole episode (the drift check's prompt
+    # log-probs, InferencePool.score) asks vLLM for one token after it, and an episode of
+    # exactly max_model_len tokens got a 400 there that ended the run.
+    context = config.inference.server.max_model_len - 1
     if (max_total_tokens or EpisodeSettings.max_total_tokens) > context:
         max_total_tokens = context
     return task_pb2.RolloutTask(

@@ -119,7 +119,8 @@ def test_open_agentrl_reward_shapes_wrong_answers_by_tool_calls_and_long_respons
 
 
 def test_unset_limits_stay_the_rollout_defaults():
-    task = task_of(AgentRLConfig())
+    # An engine context above the default episode budget (4096): nothing to cap.
+    task = task_of(AgentRLConfig(inference={"server": {"max_model_len": 8192}}))
     assert (
         task.limits.max_turns,
         task.limits.max_tool_calls,
@@ -166,15 +167,23 @@ def test_search_r1_uses_its_tags_top3_and_an_exact_match_reward_behind_a_format_
 @pytest.mark.parametrize("response_budget", [None, 60])
 def test_an_episode_budget_never_passes_the_engines_context(response_budget):
     # The default budget (4096 in all) or prompt + max_response_tokens, above a 64-token context.
+    # The default context (4096) caps the default budget too: 4095.
+    assert task_of(AgentRLConfig()).limits.max_total_tokens == 4095
     config = AgentRLConfig(
         inference={"server": {"max_model_len": 64}},
         rollout={"max_response_tokens": response_budget},
     )
     task = task_of(config, prompt="a prompt of eight words, as long as this")
-    assert task.limits.max_total_tokens == 64
-    assert EpisodeSettings.from_task(task).max_total_tokens == 64
+    # One token below: scoring the whole episode asks the engine for one more token.
+    assert task.limits.max_total_tokens == 63
+    assert EpisodeSettings.from_task(task).max_total_tokens == 63
     # Within the context nothing changes: prompt + budget, or 0 (the rollout default).
-    roomy = task_of(AgentRLConfig(rollout={"max_response_tokens": response_budget}))
+    roomy = task_of(
+        AgentRLConfig(
+            inference={"server": {"max_model_len": 8192}},
+            rollout={"max_response_tokens": response_budget},
+        )
+    )
     prompt_length = len(roomy.prompt_token_ids)
     assert roomy.limits.max_total_tokens == (
         prompt_length + response_budget if response_budget else 0
