@@ -32,6 +32,8 @@ def step_line(record: dict[str, Any]) -> str:
     )
     if record.get("logprob_drift_alarm"):
         line += f"  | WARNING log-prob drift {record['logprob_drift_max']:.1e} after sync"
+    if record.get("logprob_drift_skipped"):
+        line += "  | drift check skipped (no vLLM server answered)"
     if record.get("collapse_warning"):
         line += f"  | {collapse.describe(record)}"
     if "eval_avg_at_k" in record:

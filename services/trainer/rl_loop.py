@@ -68,7 +68,7 @@ from agentrl.trainer.checkpoint import BestCheckpoint, CheckpointManager, Traini
 from agentrl.trainer.collapse import CollapseDetector
 from agentrl.trainer.data import EpochOrder, PromptRow, load_prompts
 from agentrl.trainer.distributed import broadcast_object, is_main_process
-from agentrl.trainer.drift_check import check_logprob_drift
+from agentrl.trainer.drift_check import DriftCheckSkipped, check_logprob_drift
 from agentrl.trainer.intake import GroupIntake
 from agentrl.trainer.metrics import StepMetricsWriter, read_step_metrics
 from agentrl.trainer.pool_weights import PoolWeights
@@ -391,13 +391,19 @@ class RLTrainer:
 
             self.backend.logprobs(pack_micro_batches([list(token_ids)], len(token_ids)))
             return {}
-        report = await check_logprob_drift(
-            self.backend,
-            self.pool,
-            list(token_ids),
-            self.trainer.drift_threshold,
-            raise_above=False,
-        )
+        try:
+            report = await check_logprob_drift(
+                self.backend,
+                self.pool,
+                list(token_ids),
+                self.trainer.drift_threshold,
+                raise_above=False,
+            )
+        except DriftCheckSkipped as skipped:  # vLLM died after the sync: the next step waits
+            log.warning("drift check skipped at version %d: %s", self.version, skipped)
+            return {"logprob_drift_skipped": 1}
+        if report.unanswered:
+            log.warning("drift check left out %s (no answer)", ", ".join(report.unanswered))
         if report.exceeded:
             log.warning("%s", report.describe())
         return {

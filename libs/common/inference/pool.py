@@ -338,7 +338,8 @@ class InferencePool:
 
     async def score(self, token_ids: list[int], url: str | None = None) -> list[float | None]:
         """vLLM's log-prob of every token given the ones before it (None for the first), from
-        server `url` (default: the least-loaded healthy one)."""
+        server `url` (default: the least-loaded healthy one). A server that does not answer
+        (or answers 5xx) is ejected and NoHealthyServer raised: one try, no waiting."""
         server = (
             self.servers[url.rstrip("/")]
             if url
@@ -349,9 +350,16 @@ class InferencePool:
             "output_mode": "tokens",
             "sampling_params": {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 1.0},
         }
-        response = await self.http.post(
-            server.url + GENERATE_ROUTE, json=body, timeout=self.request_timeout_s
-        )
+        try:
+            response = await self.http.post(
+                server.url + GENERATE_ROUTE, json=body, timeout=self.request_timeout_s
+            )
+        except httpx.TransportError as exc:
+            self.eject(server.url, f"{type(exc).__name__}: {exc}")
+            raise NoHealthyServer(f"{server.url} did not answer the score request: {exc}") from exc
+        if response.status_code >= 500:
+            self.eject(server.url, f"HTTP {response.status_code}: {response.text[:200]}")
+            raise NoHealthyServer(f"{server.url}: HTTP {response.status_code} scoring")
         if response.status_code != 200:
             raise InferenceError(f"{server.url}: HTTP {response.status_code} {response.text[:500]}")
         scored = response.json()["prompt_logprobs"]
