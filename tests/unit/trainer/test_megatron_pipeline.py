@@ -131,4 +131,5 @@ if __name__ == "__main__":  # one rank of the test above, under torchrun
     result["tied_tp2_pp2"] = [one_step(tied), one_step(tied)]
     if dist.get_rank() == 0:
         torch.save(result, sys.argv[2])
+    dist.barrier()  # as distributed.process_group: no rank tears down before the others
     dist.destroy_process_group()

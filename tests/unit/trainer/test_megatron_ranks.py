@@ -184,4 +184,5 @@ if __name__ == "__main__":  # one rank of the test above, under torchrun
     result["real_shapes"] = {key: value for part in shapes for key, value in part.items()}
     if dist.get_rank() == 0:
         torch.save(result, sys.argv[2])
+    dist.barrier()  # as distributed.process_group: no rank tears down before the others
     dist.destroy_process_group()

@@ -88,4 +88,5 @@ if __name__ == "__main__":  # one stage of the test above, under torchrun
         "peak": peak,
     }
     torch.save(result, f"{sys.argv[1]}/rank{rank}.pt")
+    dist.barrier()  # as distributed.process_group: no rank tears down before the others
     dist.destroy_process_group()
