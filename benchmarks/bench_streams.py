@@ -42,25 +42,21 @@ MAX_RUNTIME_S_PER_PATH = 20.0  # a round of one path stops here even on a slow m
 
 
 class RoundTrips:
-    """Counts Redis round trips of this process: a command outside a pipeline is one, a
-    pipeline's execute() one. Deterministic, unlike the timings on a shared machine."""
+    """Counts Redis round trips of this process: every write of packed commands to a socket
+    (a command, a pipeline's execute(), StreamQueue's own batched round trips alike; a
+    connection's health check or handshake too). Deterministic, unlike the timings."""
 
     count = 0
 
     @classmethod
     def install(cls) -> None:
-        command, execute = redis.Redis.execute_command, redis.client.Pipeline.execute
+        send = redis.connection.AbstractConnection.send_packed_command
 
-        def counted_command(self, *args, **kwargs):
+        def counted_send(self, *args, **kwargs):
             cls.count += 1
-            return command(self, *args, **kwargs)
+            return send(self, *args, **kwargs)
 
-        def counted_execute(self, *args, **kwargs):
-            cls.count += 1
-            return execute(self, *args, **kwargs)
-
-        redis.Redis.execute_command = counted_command
-        redis.client.Pipeline.execute = counted_execute
+        redis.connection.AbstractConnection.send_packed_command = counted_send
 
 
 @dataclass
