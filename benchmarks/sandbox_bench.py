@@ -21,6 +21,13 @@ all of them alike; the closing tables give throughput, p50 and CPU as ratios to 
     .venv/bin/python benchmarks/sandbox_bench.py --backends bare bwrap nonroot --starvation
     .venv/bin/python benchmarks/sandbox_bench.py --backends docker --starvation --pool-size 10
 
+`--client-process` sends each cell's requests from a process of its own (as rollout workers
+do) instead of client threads beside the server: the service's process then holds the GIL for
+the service alone, and its CPU column no longer counts the clients (the machine's column does):
+
+    .venv/bin/python benchmarks/sandbox_bench.py --backends bare bwrap --rounds 3 \
+        --workloads 'print(1)' '10 MB output' --concurrency 32 --client-process
+
 `nonroot` is the service as the Kubernetes manifests run it: `agentrl.sandbox.main` in a
 process of its own as uid 10001 (no cgroups, no tmpfs, no setpriv; this benchmark must run as
 root to start it), reached over gRPC like the others (its CPU is counted in the machine's
@@ -59,6 +66,7 @@ recycles its container), so the figures are warm-pool latencies; a cell at a con
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
@@ -73,6 +81,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from paired import round_order
 
@@ -258,19 +267,77 @@ def run_cell(
     concurrency: int,
     num_requests: int,
     pool_size: int,
+    client_target: str | None = None,
 ) -> dict:
+    """One cell: `client`'s requests from this process, or from a process of its own that
+    reaches the server at `client_target`."""
+    if client_target is not None:
+        with ClientProcess(client_target, code, timeout_s, concurrency, num_requests) as remote:
+            wait_for_pool(backend, pool_size)
+            return measure(backend, pool_size, remote.send)
+
     def one(_: int) -> tuple[float, str, int]:
-        start = time.perf_counter()
-        try:
-            result = client.execute(code, timeout_s=timeout_s)
-        except RpcCallError as error:  # e.g. the client's deadline while queued for a container
-            return time.perf_counter() - start, f"rpc {error.code().name}", 0
-        return time.perf_counter() - start, result.status.value, len(result.stdout)
+        return timed_call(client, code, timeout_s)
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(min(concurrency, 4))))  # warm up connections and slots
         wait_for_pool(backend, pool_size)  # the warm-up's slots are re-primed outside the cell
         return measure(backend, pool_size, lambda: list(pool.map(one, range(num_requests))))
+
+
+def timed_call(client: SandboxClient, code: str, timeout_s: float) -> tuple[float, str, int]:
+    """One request: (latency s, status, stdout bytes)."""
+    start = time.perf_counter()
+    try:
+        result = client.execute(code, timeout_s=timeout_s)
+    except RpcCallError as error:  # e.g. the client's deadline while queued for a container
+        return time.perf_counter() - start, f"rpc {error.code().name}", 0
+    return time.perf_counter() - start, result.status.value, len(result.stdout)
+
+
+class ClientProcess:
+    """A cell's clients in a process of their own (`--client-process`), as rollout workers are:
+    the service's process then runs only the service, and its CPU column is the service's
+    alone. The child connects and warms up (untimed), says so, sends the cell's requests when
+    told, and answers with their (latency, status, stdout bytes) as JSON."""
+
+    def __init__(
+        self, target: str, code: str, timeout_s: float, concurrency: int, num_requests: int
+    ) -> None:
+        spec = json.dumps([target, code, timeout_s, concurrency, num_requests])
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--drive", spec],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def __enter__(self) -> Self:
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the client process did not start (its error is above)")
+        return self
+
+    def send(self) -> list[tuple]:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        return [tuple(sample) for sample in json.loads(self.process.stdout.readline())]
+
+    def __exit__(self, *exc) -> None:
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+def drive_cell(spec: str) -> None:
+    """The child of ClientProcess."""
+    target, code, timeout_s, concurrency, num_requests = json.loads(spec)
+    client = SandboxClient(target, token=None)
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda _: timed_call(client, code, timeout_s), range(min(concurrency, 4))))
+        print("ready", flush=True)
+        sys.stdin.readline()
+        samples = list(pool.map(lambda _: timed_call(client, code, timeout_s), range(num_requests)))
+    print(json.dumps(samples), flush=True)
+    client.close()
 
 
 def measure(backend: Backend, pool_size: int, send: Callable[[], list[tuple]]) -> dict:
@@ -440,6 +507,13 @@ class Bench:
             name, backend, sandbox, servicer, server, SandboxClient(server.address, token=None)
         )
 
+    @property
+    def address(self) -> str:
+        """Where the backend's gRPC server listens."""
+        if self.server is None:  # a service process of its own
+            return f"127.0.0.1:{self.backend.port}"
+        return self.server.address
+
     def close(self) -> None:
         self.client.close()
         if self.server is None:  # a service process of its own
@@ -510,6 +584,7 @@ def bench(
     docker_exec_commit: str = DOCKER_EXEC_COMMIT,
     concurrencies: tuple[int, ...] = CONCURRENCIES,
     bwrap_old_commit: str = BWRAP_OLD_COMMIT,
+    client_process: bool = False,
 ) -> list[tuple]:
     """Every cell runs each backend back to back (`rounds` times, alternating the order), so
     that the comparison sees the same load from whatever else runs on the machine."""
@@ -529,7 +604,14 @@ def bench(
                     for one in order:
                         wait_for_pool(one.backend, pool_size)
                         cell = run_cell(
-                            one.client, one.backend, code, timeout_s, concurrency, count, pool_size
+                            one.client,
+                            one.backend,
+                            code,
+                            timeout_s,
+                            concurrency,
+                            count,
+                            pool_size,
+                            one.address if client_process else None,
                         )
                         rows.append((workload, concurrency, one.name, cell))
                         print_cell(workload, concurrency, one.name, cell)
@@ -765,7 +847,16 @@ def main() -> None:
         help="K sessions per backend, K client threads each calling its own, against bare "
         "one-shot runs at concurrency K (--requests calls a cell)",
     )
+    parser.add_argument(
+        "--client-process",
+        action="store_true",
+        help="the clients in a process of their own (the service's CPU column is then its own)",
+    )
+    parser.add_argument("--drive", help=argparse.SUPPRESS)  # ClientProcess's child
     args = parser.parse_args()
+    if args.drive:
+        drive_cell(args.drive)
+        return
     if args.sessions:
         start = time.perf_counter()
         rows = bench_sessions(
@@ -787,6 +878,7 @@ def main() -> None:
         args.docker_exec_commit,
         tuple(args.concurrency),
         args.bwrap_old_commit,
+        args.client_process,
     )
     print(f"{time.perf_counter() - start:.0f} s including start-up and teardown")
     summarize(rows)
