@@ -111,6 +111,7 @@ def test_pipeline_parallel_equals_one_process(
 
 if __name__ == "__main__":  # one rank of the test above, under torchrun
     import torch.distributed as dist
+    from rank_exit import end_rank
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -131,5 +132,4 @@ if __name__ == "__main__":  # one rank of the test above, under torchrun
     result["tied_tp2_pp2"] = [one_step(tied), one_step(tied)]
     if dist.get_rank() == 0:
         torch.save(result, sys.argv[2])
-    dist.barrier()  # as distributed.process_group: no rank tears down before the others
-    dist.destroy_process_group()
+    end_rank()

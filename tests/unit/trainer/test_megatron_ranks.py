@@ -160,6 +160,7 @@ def test_tensor_and_data_parallel_equal_one_process(tiny_checkpoint, tmp_path, r
 
 if __name__ == "__main__":  # one rank of the test above, under torchrun
     import torch.distributed as dist
+    from rank_exit import end_rank
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -184,5 +185,4 @@ if __name__ == "__main__":  # one rank of the test above, under torchrun
     result["real_shapes"] = {key: value for part in shapes for key, value in part.items()}
     if dist.get_rank() == 0:
         torch.save(result, sys.argv[2])
-    dist.barrier()  # as distributed.process_group: no rank tears down before the others
-    dist.destroy_process_group()
+    end_rank()

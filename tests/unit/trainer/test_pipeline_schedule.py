@@ -50,6 +50,7 @@ def test_1f1b_gradients_equal_one_process(tmp_path, run_ranks):
 
 if __name__ == "__main__":  # one stage of the test above, under torchrun
     import torch.distributed as dist
+    from rank_exit import end_rank
 
     from agentrl.trainer.backends.megatron import pipeline
 
@@ -88,5 +89,4 @@ if __name__ == "__main__":  # one stage of the test above, under torchrun
         "peak": peak,
     }
     torch.save(result, f"{sys.argv[1]}/rank{rank}.pt")
-    dist.barrier()  # as distributed.process_group: no rank tears down before the others
-    dist.destroy_process_group()
+    end_rank()
